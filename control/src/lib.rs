@@ -1,0 +1,1 @@
+//! relay.v1 API.

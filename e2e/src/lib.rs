@@ -1,0 +1,1 @@
+//! Meta emulator and internal peers.

@@ -1,0 +1,328 @@
+//! The boundary between the control plane (gRPC, `relayctl`, tests) and the engine.
+//!
+//! Everything here is plain data plus the [`CallControl`] trait. The gRPC server in
+//! [`crate::control`] translates `relay.v1` messages to and from these types; the engine
+//! implements the trait. Tests can drive either side alone.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use crate::srtp::SrtpProfile;
+
+/// Who placed the call, in Meta's terms.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CallDirection {
+    /// The consumer called the business: Meta's `connect` webhook carries the SDP offer, the
+    /// relay returns the answer (for `pre_accept`/`accept`).
+    UserInitiated,
+    /// The business calls the consumer: the relay produces the offer, Meta's answer arrives
+    /// later through [`CallControl::set_remote_description`].
+    BusinessInitiated,
+}
+
+/// How the WhatsApp leg is secured when the relay writes the offer (business-initiated).
+/// For user-initiated calls the offer decides (`UDP/TLS/RTP/SAVPF` → DTLS, `RTP/SAVP` → SDES).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum WaSecurity {
+    DtlsSrtp,
+    Sdes(SrtpProfile),
+}
+
+/// What the internal leg is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum InternalKind {
+    /// `RTP/AVP`: a SIP media server (FreeSWITCH, Asterisk), an IVR, a recorder.
+    PlainRtp,
+    /// `RTP/SAVP` with `a=crypto`.
+    SdesSrtp(SrtpProfile),
+}
+
+/// Where the internal leg's media is accepted from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum SourcePolicy {
+    /// Only from the address in the internal leg's SDP (the default).
+    #[default]
+    Strict,
+    /// From the first address that sends to the call's internal port (NAT'd media servers);
+    /// after that, only from that address.
+    Latch,
+}
+
+/// The internal leg as the signaling tier describes it at create time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InternalLegSpec {
+    pub kind: InternalKind,
+    /// The internal peer's SDP (offer or answer), if already known. It may instead arrive later
+    /// through [`CallControl::set_remote_description`] with [`LegKind::Internal`].
+    pub remote_sdp: Option<String>,
+    pub source: SourcePolicy,
+}
+
+impl Default for InternalLegSpec {
+    fn default() -> Self {
+        InternalLegSpec {
+            kind: InternalKind::PlainRtp,
+            remote_sdp: None,
+            source: SourcePolicy::Strict,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateCall {
+    /// Meta's call ID (`wacid.…`). Every request is idempotent by this key.
+    pub call_id: String,
+    /// The business phone number (ID) the call belongs to; the concurrency limit is per number.
+    pub business_number: String,
+    /// The consumer's WhatsApp ID; one live call per (business number, consumer).
+    pub consumer: String,
+    pub direction: CallDirection,
+    /// User-initiated: Meta's SDP offer from the `connect` webhook. Business-initiated: `None`.
+    pub whatsapp_offer: Option<String>,
+    /// Business-initiated only: how to secure the offer we write.
+    pub whatsapp_security: WaSecurity,
+    pub internal: InternalLegSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallCreated {
+    pub call_id: String,
+    /// User-initiated: the answer for `pre_accept`/`accept`. Business-initiated: the offer.
+    pub whatsapp_sdp: String,
+    /// The SDP to give the internal peer (RTP/AVP or RTP/SAVP, the relay's internal address).
+    pub internal_sdp: String,
+    /// Which shard carries the call (diagnostics).
+    pub shard: u32,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LegKind {
+    WhatsApp,
+    Internal,
+}
+
+/// Why a call ended. Maps to Meta's error codes where one exists.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EndCause {
+    /// The signaling tier terminated it (Meta's terminate webhook, hang-up, transfer away).
+    Terminated,
+    /// ICE never produced a working pair in time (Meta 138020).
+    IceFailed,
+    /// DTLS failed, timed out, or the certificate did not match the SDP fingerprint (138019).
+    DtlsFailed,
+    /// The peer's certificate fingerprint did not match the SDP (138019).
+    FingerprintMismatch,
+    /// Gate open, no packet from WhatsApp within the start window (138023).
+    NoMediaAfterAccept,
+    /// Media flowed, then stopped for the established window (138021).
+    MediaReceiveTimeout,
+    /// ICE consent (RFC 7675) lost (138020).
+    ConsentLost,
+    /// The internal leg stayed silent beyond its limit and the policy ends the call.
+    InternalLegTimeout,
+    /// The peer closed DTLS (close_notify) or sent a fatal alert.
+    PeerClosed,
+    /// The relay is draining and the deadline passed.
+    Drained,
+}
+
+impl EndCause {
+    /// The Meta error code the signaling tier should report for this cause, if any.
+    pub fn meta_code(self) -> Option<u32> {
+        match self {
+            EndCause::Terminated | EndCause::PeerClosed | EndCause::Drained => None,
+            EndCause::IceFailed | EndCause::ConsentLost => Some(138020),
+            EndCause::DtlsFailed | EndCause::FingerprintMismatch => Some(138019),
+            EndCause::NoMediaAfterAccept => Some(138023),
+            EndCause::MediaReceiveTimeout => Some(138021),
+            EndCause::InternalLegTimeout => Some(138022),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndCause::Terminated => "terminated",
+            EndCause::IceFailed => "ice_failed",
+            EndCause::DtlsFailed => "dtls_failed",
+            EndCause::FingerprintMismatch => "fingerprint_mismatch",
+            EndCause::NoMediaAfterAccept => "no_media_after_accept",
+            EndCause::MediaReceiveTimeout => "media_receive_timeout",
+            EndCause::ConsentLost => "consent_lost",
+            EndCause::InternalLegTimeout => "internal_leg_timeout",
+            EndCause::PeerClosed => "peer_closed",
+            EndCause::Drained => "drained",
+        }
+    }
+}
+
+/// Where a call is in its life.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CallState {
+    /// Created; waiting for ICE (and the remote description, business-initiated).
+    Connecting,
+    /// ICE and DTLS (or SDES) done: the WhatsApp leg can carry media. Gate may still be closed.
+    Ready,
+    /// Gate open, media flowing.
+    Active,
+    Ended,
+}
+
+/// Per-direction media counters of one leg.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets lost, from sequence gaps (received) or the peer's RTCP (sent).
+    pub lost: u64,
+    /// Interarrival jitter in milliseconds (RFC 3550).
+    pub jitter_ms: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LegStats {
+    pub received: StreamStats,
+    pub sent: StreamStats,
+    /// Datagrams dropped on this leg, by any reason (bad source, malformed, auth failure...).
+    pub dropped: u64,
+    /// SRTP/SRTCP authentication failures (a subset of `dropped`).
+    pub auth_failures: u64,
+    /// Round-trip time from RTCP (LSR/DLSR), if measured.
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallInfo {
+    pub call_id: String,
+    pub business_number: String,
+    pub consumer: String,
+    pub direction: CallDirection,
+    pub state: CallState,
+    pub gate_open: bool,
+    /// Negotiated SRTP profile on the WhatsApp leg, once known.
+    pub srtp_profile: Option<SrtpProfile>,
+    /// The nominated remote address on the WhatsApp leg, once ICE selected one.
+    pub whatsapp_remote: Option<SocketAddr>,
+    pub internal_remote: Option<SocketAddr>,
+    pub whatsapp: LegStats,
+    pub internal: LegStats,
+    pub end_cause: Option<EndCause>,
+    pub created_at: SystemTime,
+}
+
+/// Everything the watch stream reports. Per call, in the order it happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallEventKind {
+    Created,
+    IceConnected { remote: SocketAddr },
+    DtlsConnected { profile: SrtpProfile },
+    /// The WhatsApp leg can carry media (ICE + DTLS done, or SDES with a known address).
+    WhatsAppReady,
+    GateOpened,
+    FirstMedia { from: LegKind },
+    DtmfReceived { from: LegKind, digit: char },
+    ConsentLost,
+    Ended { cause: EndCause, meta_code: Option<u32> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallEvent {
+    pub call_id: String,
+    pub at: SystemTime,
+    pub kind: CallEventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A bad request: malformed or unsupported SDP (with the offending line), a missing field.
+    /// Meta-style code 100.
+    #[error("invalid parameter: {0}")]
+    InvalidArgument(String),
+    #[error("call {0} not found")]
+    NotFound(String),
+    /// Over the per-business-number concurrent limit (Meta 138002).
+    #[error("business number {number} is at its limit of {limit} concurrent calls")]
+    CallLimit { number: String, limit: u32 },
+    /// A live call already exists between this business number and consumer (Meta 138003).
+    #[error("a call between {number} and {consumer} is already in progress ({existing})")]
+    DuplicateCall {
+        number: String,
+        consumer: String,
+        existing: String,
+    },
+    /// The request does not fit the call's state (e.g. an answer on a user-initiated call).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// Draining or at capacity: try another relay.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The Meta-style code carried in the gRPC status details.
+    pub fn meta_code(&self) -> Option<u32> {
+        match self {
+            ApiError::InvalidArgument(_) => Some(100),
+            ApiError::CallLimit { .. } => Some(138002),
+            ApiError::DuplicateCall { .. } => Some(138003),
+            _ => None,
+        }
+    }
+}
+
+/// Load as reported to the signaling tier and autoscaler.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Load {
+    pub active_calls: u32,
+    pub capacity: u32,
+    pub draining: bool,
+    /// Per shard: (active calls, packets per second received over the last interval).
+    pub shards: Vec<ShardLoad>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardLoad {
+    pub shard: u32,
+    pub calls: u32,
+    pub packets_per_second: u64,
+}
+
+/// The operations the control plane drives. Implemented by the engine's handle.
+/// Every operation is idempotent by call ID.
+pub trait CallControl: Send + Sync + 'static {
+    fn create_call(
+        &self,
+        req: CreateCall,
+    ) -> impl Future<Output = Result<CallCreated, ApiError>> + Send;
+
+    /// Meta's answer (business-initiated) or the internal peer's SDP.
+    fn set_remote_description(
+        &self,
+        call_id: String,
+        leg: LegKind,
+        sdp: String,
+    ) -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
+
+    /// The signaling tier got 200 on `accept` (or the business-initiated call connected):
+    /// media may now flow to WhatsApp.
+    fn open_gate(&self, call_id: String) -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
+
+    /// End the call. Unknown or already-ended calls succeed with `None`.
+    fn terminate(
+        &self,
+        call_id: String,
+        reason: String,
+    ) -> impl Future<Output = Result<Option<CallInfo>, ApiError>> + Send;
+
+    fn get_call(&self, call_id: String) -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
+
+    fn list_calls(&self) -> impl Future<Output = Result<Vec<CallInfo>, ApiError>> + Send;
+
+    fn load(&self) -> impl Future<Output = Result<Load, ApiError>> + Send;
+
+    /// Every state change of every call. Slow subscribers lag (and are told so); they never
+    /// block a shard.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CallEvent>;
+}

@@ -1,0 +1,1 @@
+//! The call state machine: both legs, the media gate, rewriting, timers, statistics.

@@ -1,0 +1,1 @@
+//! The gRPC server (`relay.v1`) over [`crate::api::CallControl`].

@@ -1,0 +1,1 @@
+//! DTLS-SRTP (RFC 5764) driver around `dimpl`: certificate, fingerprint, key export.

@@ -1,0 +1,1 @@
+//! Shards: one OS thread per core owning its sockets, calls and timers.

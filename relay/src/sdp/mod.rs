@@ -1,0 +1,1 @@
+//! SDP (RFC 8866) parsing and writing for the WhatsApp and internal legs.

@@ -1,0 +1,1 @@
+//! Pure wire formats: no I/O, no clock, no allocation on parse.
