@@ -1,1 +1,359 @@
 //! The call state machine: both legs, the media gate, rewriting, timers, statistics.
+//!
+//! Sans-IO. The engine hands every datagram of the call's sockets to
+//! [`Call::handle_datagram`] and calls [`Call::handle_timeout`] when [`Call::poll_timeout`] is
+//! due; the call pushes what it wants sent into an [`Outbox`] and queues [`CallEventKind`]s.
+//! Read [`media`] for the per-packet path, top to bottom.
+
+pub mod config;
+mod legs;
+mod media;
+pub mod prebuffer;
+pub mod rewrite;
+mod rtcp;
+mod setup;
+pub mod stats;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub use config::CallConfig;
+pub use setup::{Advertised, CallSetup, Created, LocalSockets};
+
+use crate::api::{CallDirection, CallEventKind, CallInfo, CallState, EndCause, LegKind};
+use crate::dtls::{DtlsEvent, DtlsIdentity};
+use crate::ice::IceEvent;
+use crate::net::{Outbox, SocketRef};
+use crate::srtp::{MasterKey, SrtpSession};
+
+use legs::{InternalLeg, WhatsAppLeg};
+use prebuffer::Prebuffer;
+
+pub struct Call {
+    pub call_id: String,
+    pub business_number: String,
+    pub consumer: String,
+    direction: CallDirection,
+    cfg: CallConfig,
+    created_at: SystemTime,
+    /// `now` at creation: the origin for RTCP wall-clock time and jitter arrival units.
+    created_mono: Instant,
+    identity: Arc<DtlsIdentity>,
+    /// Our SDES keys, kept until the remote description arrives.
+    wa_local_key: Option<MasterKey>,
+    internal_local_key: Option<MasterKey>,
+    /// Remote descriptions applied so far (repeats are idempotent).
+    wa_remote_sdp: Option<String>,
+    internal_remote_sdp: Option<String>,
+    wa_cname: String,
+    internal_cname: String,
+
+    wa: WhatsAppLeg,
+    internal: InternalLeg,
+
+    /// The signaling tier opened the gate (Meta's `accept` returned 200).
+    gate_open_at: Option<Instant>,
+    /// ICE + DTLS (or SDES) done: `WhatsAppReady` was emitted.
+    wa_ready: bool,
+    /// Internal media held until the WhatsApp leg may carry it.
+    prebuffer: Prebuffer,
+    /// Next time a held packet may be played out (accelerated pacing).
+    prebuffer_next: Option<Instant>,
+
+    /// Last authenticated packet (RTP or RTCP) from WhatsApp, for the inward timeouts.
+    last_wa_media: Option<Instant>,
+    /// Last RTP packet from the internal leg (drives silence fill).
+    last_internal_media: Option<Instant>,
+    /// Last RTP packet we sent to WhatsApp (forwarded or generated).
+    last_wa_sent: Option<Instant>,
+    next_rtcp_wa: Option<Instant>,
+    next_rtcp_internal: Option<Instant>,
+
+    first_media_from_wa: bool,
+    first_media_from_internal: bool,
+    /// Timestamp of the last DTMF event reported per leg (one event per digit, not per packet).
+    last_dtmf_ts: [Option<u32>; 2],
+
+    events: VecDeque<CallEventKind>,
+    ended: Option<EndCause>,
+    /// Cached earliest deadline, recomputed after every input.
+    next_deadline: Option<Instant>,
+}
+
+impl Call {
+    /// The shard routes every datagram of this call's sockets here.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        via: SocketRef,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut impl Outbox,
+    ) {
+        if self.ended.is_some() {
+            return;
+        }
+        if via.is_whatsapp() {
+            self.on_whatsapp_datagram(now, via, from, buf, len, out);
+        } else {
+            self.on_internal_datagram(now, from, buf, len, out);
+        }
+        self.after_input(now, out);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_deadline
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.ended.is_some() {
+            return;
+        }
+        if let Some(ice) = self.wa.ice.as_mut() {
+            ice.handle_timeout(now, out);
+        }
+        if let Some(dtls) = self.wa.dtls.as_mut() {
+            dtls.handle_timeout(now);
+        }
+        self.check_media_timeouts(now);
+        self.drain_prebuffer(now, out);
+        self.fill_silence(now, out);
+        self.send_due_rtcp(now, out);
+        self.after_input(now, out);
+    }
+
+    /// The signaling tier may now let media reach WhatsApp. Sends the maiden packet at once if
+    /// the leg is ready (held media, else silence).
+    pub fn open_gate(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.gate_open_at.is_some() || self.ended.is_some() {
+            return;
+        }
+        self.gate_open_at = Some(now);
+        self.events.push_back(CallEventKind::GateOpened);
+        self.on_wa_sendable(now, out);
+        self.after_input(now, out);
+    }
+
+    /// End the call (signaling tier's terminate, drain). Sends RTCP BYE on both legs.
+    pub fn terminate(&mut self, now: Instant, cause: EndCause, out: &mut impl Outbox) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.send_bye(now, out);
+        self.end(cause);
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    pub fn poll_event(&mut self) -> Option<CallEventKind> {
+        self.events.pop_front()
+    }
+
+    pub fn state(&self) -> CallState {
+        if self.ended.is_some() {
+            CallState::Ended
+        } else if self.gate_open_at.is_some() && self.wa_ready {
+            CallState::Active
+        } else if self.wa_ready {
+            CallState::Ready
+        } else {
+            CallState::Connecting
+        }
+    }
+
+    pub fn info(&self) -> CallInfo {
+        CallInfo {
+            call_id: self.call_id.clone(),
+            business_number: self.business_number.clone(),
+            consumer: self.consumer.clone(),
+            direction: self.direction,
+            state: self.state(),
+            gate_open: self.gate_open_at.is_some(),
+            srtp_profile: self.wa.srtp.as_ref().map(|s: &SrtpSession| s.tx.profile()),
+            whatsapp_remote: self.wa.selected.map(|(_, a)| a),
+            internal_remote: self.internal.remote,
+            whatsapp: self.wa.counters.to_api(
+                self.wa.tx.packets,
+                self.wa.tx.octets,
+                legs::OPUS_CLOCK,
+            ),
+            internal: self.internal.counters.to_api(
+                self.internal.tx.packets,
+                self.internal.tx.octets,
+                legs::OPUS_CLOCK,
+            ),
+            end_cause: self.ended,
+            created_at: self.created_at,
+        }
+    }
+
+    /// Drops on one leg by reason (for metrics and tests).
+    pub fn dropped(&self, leg: LegKind, reason: stats::DropReason) -> u64 {
+        match leg {
+            LegKind::WhatsApp => self.wa.counters.dropped(reason),
+            LegKind::Internal => self.internal.counters.dropped(reason),
+        }
+    }
+
+    fn end(&mut self, cause: EndCause) {
+        if self.ended.is_none() {
+            self.ended = Some(cause);
+            self.events.push_back(CallEventKind::Ended {
+                cause,
+                meta_code: cause.meta_code(),
+            });
+            self.next_deadline = None;
+        }
+    }
+
+    /// After any input: run the ICE/DTLS event cascade and recompute the deadline.
+    fn after_input(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.process_ice_events(now, out);
+        self.process_dtls(now, out);
+        self.check_wa_ready(now, out);
+        if self.ended.is_none() {
+            self.next_deadline = self.compute_deadline();
+        }
+    }
+
+    fn process_ice_events(&mut self, now: Instant, out: &mut impl Outbox) {
+        loop {
+            let Some(ice) = self.wa.ice.as_mut() else {
+                return;
+            };
+            let Some(ev) = ice.poll_event() else {
+                return;
+            };
+            match ev {
+                IceEvent::Connected { via, remote } => {
+                    self.wa.selected = Some((via, remote));
+                    self.events
+                        .push_back(CallEventKind::IceConnected { remote });
+                    // DTLS client: the ClientHello goes out the moment a check succeeds.
+                    if let Some(dtls) = self.wa.dtls.as_mut() {
+                        dtls.start(now);
+                    }
+                    self.check_wa_ready(now, out);
+                }
+                IceEvent::SelectedPairChanged { via, remote } => {
+                    // The WhatsApp side moved (Wi-Fi to mobile data) with valid credentials.
+                    self.wa.selected = Some((via, remote));
+                }
+                IceEvent::ConsentLost => {
+                    self.events.push_back(CallEventKind::ConsentLost);
+                    self.end(EndCause::ConsentLost);
+                }
+                IceEvent::Failed => self.end(EndCause::IceFailed),
+            }
+        }
+    }
+
+    fn process_dtls(&mut self, now: Instant, out: &mut impl Outbox) {
+        let Some(dtls) = self.wa.dtls.as_mut() else {
+            return;
+        };
+        // Flush handshake flights toward the selected pair.
+        if let Some((via, to)) = self.wa.selected {
+            let mut scratch = [0u8; 1500];
+            while let Some(n) = dtls.poll_transmit(&mut scratch) {
+                out.push(via, to, &scratch[..n]);
+            }
+        }
+        while let Some(ev) = self.wa.dtls.as_mut().and_then(|d| d.poll_event()) {
+            match ev {
+                DtlsEvent::Connected { keys, profile } => match SrtpSession::new(&keys) {
+                    Ok(s) => {
+                        self.wa.srtp = Some(s);
+                        self.events
+                            .push_back(CallEventKind::DtlsConnected { profile });
+                        self.check_wa_ready(now, out);
+                    }
+                    Err(_) => self.end(EndCause::DtlsFailed),
+                },
+                DtlsEvent::Failed(crate::dtls::DtlsFailure::FingerprintMismatch) => {
+                    self.end(EndCause::FingerprintMismatch)
+                }
+                DtlsEvent::Failed(_) => self.end(EndCause::DtlsFailed),
+                DtlsEvent::Closed => self.end(EndCause::PeerClosed),
+            }
+        }
+    }
+
+    /// Emit `WhatsAppReady` once, when the leg has a path and keys.
+    fn check_wa_ready(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.wa_ready || self.wa.selected.is_none() || self.wa.srtp.is_none() {
+            return;
+        }
+        self.wa_ready = true;
+        self.events.push_back(CallEventKind::WhatsAppReady);
+        self.on_wa_sendable(now, out);
+    }
+
+    fn compute_deadline(&self) -> Option<Instant> {
+        let mut d: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                d = Some(d.map_or(t, |d| d.min(t)));
+            }
+        };
+        consider(self.wa.ice.as_ref().and_then(|i| i.poll_timeout()));
+        consider(self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()));
+        consider(self.media_timeout_deadline());
+        consider(self.prebuffer_next);
+        consider(self.next_fill_at());
+        consider(self.next_rtcp_wa);
+        consider(self.next_rtcp_internal);
+        d
+    }
+
+    fn media_timeout_deadline(&self) -> Option<Instant> {
+        let gate = self.gate_open_at?;
+        Some(match self.last_wa_media {
+            Some(t) if t >= gate => t + self.cfg.media_timeout,
+            _ => gate + self.cfg.start_media_timeout,
+        })
+    }
+
+    /// Meta's rules applied inward: nothing from WhatsApp after the gate opened, or media
+    /// that stopped.
+    fn check_media_timeouts(&mut self, now: Instant) {
+        let Some(deadline) = self.media_timeout_deadline() else {
+            return;
+        };
+        if now >= deadline {
+            let flowed = matches!((self.last_wa_media, self.gate_open_at), (Some(t), Some(g)) if t >= g);
+            self.end(if flowed {
+                EndCause::MediaReceiveTimeout
+            } else {
+                EndCause::NoMediaAfterAccept
+            });
+        }
+    }
+
+    fn wa_can_send(&self) -> bool {
+        self.gate_open_at.is_some() && self.wa_ready && self.ended.is_none()
+    }
+
+    /// The gate is open and the leg ready (whichever happened last): send the maiden packet
+    /// and start the RTCP schedule.
+    fn on_wa_sendable(&mut self, now: Instant, out: &mut impl Outbox) {
+        if !self.wa_can_send() {
+            return;
+        }
+        if self.next_rtcp_wa.is_none() {
+            // A first report soon after media starts, then every interval.
+            self.next_rtcp_wa = Some(now + self.cfg.rtcp_interval.min(std::time::Duration::from_secs(1)));
+        }
+        if !self.prebuffer.is_empty() {
+            self.prebuffer_next = Some(now);
+            self.drain_prebuffer(now, out);
+        } else if self.last_wa_sent.is_none() {
+            self.send_silence(now, out);
+        }
+    }
+}

@@ -1,1 +1,496 @@
 //! Shards: one OS thread per core owning its sockets, calls and timers.
+//!
+//! [`Engine::start`] spawns the shards and returns an [`EngineHandle`], which implements
+//! [`CallControl`] for the control plane. Call setup (SDP parsing, socket binding, answer
+//! writing) runs on the caller's thread; the finished call moves to its shard through the
+//! shard's command queue and never leaves it. The handle keeps the control-plane registry
+//! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
+
+mod shard;
+mod sockets;
+pub mod udp;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::Sender;
+use mio::{Poll, Waker};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::api::{
+    ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
+    LegKind, Load, ShardLoad,
+};
+use crate::call::{Advertised, Call, CallConfig, CallSetup};
+use crate::dtls::DtlsIdentity;
+use shard::{CallSockets, Command, Shard};
+pub use sockets::PortRange;
+
+/// How the engine binds and what it advertises.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Number of shards (threads); 0 = one per available core.
+    pub shards: usize,
+    /// WhatsApp-facing bind addresses; `None` disables that family.
+    pub whatsapp_bind_v4: Option<IpAddr>,
+    pub whatsapp_bind_v6: Option<IpAddr>,
+    pub internal_bind: IpAddr,
+    /// Addresses written into SDP; default to the bind addresses.
+    pub advertised: Advertised,
+    /// Media ports come from this range; `None` lets the OS pick.
+    pub ports: Option<PortRange>,
+    pub max_calls_per_number: u32,
+    /// Calls this relay admits in total.
+    pub capacity: u32,
+    pub call: CallConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let v4: IpAddr = "127.0.0.1".parse().expect("literal");
+        let v6: IpAddr = "::1".parse().expect("literal");
+        EngineConfig {
+            shards: 0,
+            whatsapp_bind_v4: Some(v4),
+            whatsapp_bind_v6: Some(v6),
+            internal_bind: v4,
+            advertised: Advertised {
+                wa_v4: Some(v4),
+                wa_v6: Some(v6),
+                internal: v4,
+            },
+            ports: None,
+            max_calls_per_number: 1000,
+            capacity: 10_000,
+            call: CallConfig::default(),
+        }
+    }
+}
+
+/// Counters a shard publishes for the control plane (relaxed atomics, written by the shard).
+#[derive(Default, Debug)]
+pub struct ShardStats {
+    pub calls: AtomicUsize,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub recv_errors: AtomicU64,
+}
+
+struct ShardHandle {
+    commands: Sender<Command>,
+    waker: Waker,
+    stats: Arc<ShardStats>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShardHandle {
+    fn send(&self, cmd: Command) -> Result<(), ApiError> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| ApiError::Unavailable("shard stopped".into()))?;
+        self.waker
+            .wake()
+            .map_err(|e| ApiError::Internal(format!("waking shard: {e}")))
+    }
+}
+
+enum Entry {
+    /// Setup in progress (sockets being bound, SDP written).
+    Creating,
+    Live {
+        shard: usize,
+        created: CallCreated,
+    },
+}
+
+struct RegEntry {
+    entry: Entry,
+    business_number: String,
+    consumer: String,
+}
+
+#[derive(Default)]
+struct Registry {
+    calls: HashMap<String, RegEntry>,
+    per_number: HashMap<String, u32>,
+    /// (business number, consumer) → call ID of the live call between them.
+    pairs: HashMap<(String, String), String>,
+    draining: bool,
+}
+
+impl Registry {
+    fn forget(&mut self, call_id: &str) {
+        if let Some(e) = self.calls.remove(call_id) {
+            if let Some(n) = self.per_number.get_mut(&e.business_number) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_number.remove(&e.business_number);
+                }
+            }
+            let key = (e.business_number, e.consumer);
+            if self.pairs.get(&key).map(String::as_str) == Some(call_id) {
+                self.pairs.remove(&key);
+            }
+        }
+    }
+}
+
+struct Inner {
+    cfg: EngineConfig,
+    identity: Arc<DtlsIdentity>,
+    shards: Vec<ShardHandle>,
+    registry: Mutex<Registry>,
+    events: broadcast::Sender<CallEvent>,
+    ports: sockets::PortAllocator,
+    next_shard: AtomicUsize,
+}
+
+/// The control plane's handle on the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Inner>,
+}
+
+pub struct Engine;
+
+impl Engine {
+    /// Spawn the shards. Call `EngineHandle::shutdown` to stop them.
+    pub fn start(cfg: EngineConfig) -> std::io::Result<EngineHandle> {
+        let identity = Arc::new(
+            DtlsIdentity::generate().map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        let n = if cfg.shards == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            cfg.shards
+        };
+        let (events_tx, events_rx) = crossbeam_channel::unbounded::<CallEvent>();
+        let mut shards = Vec::with_capacity(n);
+        for id in 0..n {
+            let poll = Poll::new()?;
+            let waker = Shard::make_waker(&poll)?;
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let stats = Arc::new(ShardStats::default());
+            let shard = Shard::new(id, poll, rx, events_tx.clone(), stats.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("relay-shard-{id}"))
+                .spawn(move || shard.run())?;
+            shards.push(ShardHandle {
+                commands: tx,
+                waker,
+                stats,
+                thread: Some(thread),
+            });
+        }
+        let (bcast, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            ports: sockets::PortAllocator::new(cfg.ports),
+            cfg,
+            identity,
+            shards,
+            registry: Mutex::new(Registry::default()),
+            events: bcast,
+            next_shard: AtomicUsize::new(0),
+        });
+        // Shard events → registry bookkeeping + broadcast to watchers. A plain thread so the
+        // engine works without a tokio runtime.
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("relay-events".into())
+            .spawn(move || {
+                for ev in events_rx {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if matches!(ev.kind, CallEventKind::Ended { .. }) {
+                        lock(&inner.registry).forget(&ev.call_id);
+                    }
+                    let _ = inner.events.send(ev);
+                }
+            })?;
+        Ok(EngineHandle { inner })
+    }
+}
+
+fn lock(m: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
+    // A panic while holding the registry would be a bug; keep serving rather than cascade.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EngineHandle {
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    pub fn identity(&self) -> &Arc<DtlsIdentity> {
+        &self.inner.identity
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.stats.calls.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn shard_stats(&self) -> Vec<Arc<ShardStats>> {
+        self.inner.shards.iter().map(|s| s.stats.clone()).collect()
+    }
+
+    /// Stop admitting new calls.
+    pub fn set_draining(&self, draining: bool) {
+        lock(&self.inner.registry).draining = draining;
+    }
+
+    /// End every call (cause `Drained`) and stop the shard threads.
+    pub fn shutdown(&self) {
+        for s in &self.inner.shards {
+            let _ = s.send(Command::Stop);
+        }
+    }
+
+    /// Wait for shard threads to exit (after `shutdown`).
+    pub fn join(&mut self) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            for s in &mut inner.shards {
+                if let Some(t) = s.thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+
+    fn pick_shard(&self) -> usize {
+        // Least loaded, ties broken round-robin.
+        let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
+        let n = self.inner.shards.len();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .min_by_key(|&i| self.inner.shards[i].stats.calls.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    fn shard_of(&self, call_id: &str) -> Result<usize, ApiError> {
+        match lock(&self.inner.registry).calls.get(call_id).map(|e| &e.entry) {
+            Some(Entry::Live { shard, .. }) => Ok(*shard),
+            Some(Entry::Creating) => Err(ApiError::Unavailable(format!(
+                "call {call_id} is being created; retry"
+            ))),
+            None => Err(ApiError::NotFound(call_id.to_string())),
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.shards[shard].send(make(tx))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("shard stopped".into()))
+    }
+
+    /// Admission and idempotency. Returns `Some(existing)` for a repeated create.
+    fn admit(&self, req: &CreateCall) -> Result<Option<CallCreated>, ApiError> {
+        let mut reg = lock(&self.inner.registry);
+        if let Some(e) = reg.calls.get(&req.call_id) {
+            return match &e.entry {
+                Entry::Live { created, .. } => Ok(Some(created.clone())),
+                Entry::Creating => Err(ApiError::Unavailable(format!(
+                    "call {} is being created; retry",
+                    req.call_id
+                ))),
+            };
+        }
+        if reg.draining {
+            return Err(ApiError::Unavailable("relay is draining".into()));
+        }
+        if reg.calls.len() as u32 >= self.inner.cfg.capacity {
+            return Err(ApiError::Unavailable(format!(
+                "relay at capacity ({} calls)",
+                self.inner.cfg.capacity
+            )));
+        }
+        let limit = self.inner.cfg.max_calls_per_number;
+        if reg.per_number.get(&req.business_number).copied().unwrap_or(0) >= limit {
+            return Err(ApiError::CallLimit {
+                number: req.business_number.clone(),
+                limit,
+            });
+        }
+        let pair = (req.business_number.clone(), req.consumer.clone());
+        if !req.consumer.is_empty()
+            && let Some(existing) = reg.pairs.get(&pair)
+        {
+            return Err(ApiError::DuplicateCall {
+                number: req.business_number.clone(),
+                consumer: req.consumer.clone(),
+                existing: existing.clone(),
+            });
+        }
+        *reg.per_number.entry(req.business_number.clone()).or_insert(0) += 1;
+        if !req.consumer.is_empty() {
+            reg.pairs.insert(pair, req.call_id.clone());
+        }
+        reg.calls.insert(
+            req.call_id.clone(),
+            RegEntry {
+                entry: Entry::Creating,
+                business_number: req.business_number.clone(),
+                consumer: req.consumer.clone(),
+            },
+        );
+        Ok(None)
+    }
+
+    async fn create_inner(&self, req: &CreateCall) -> Result<CallCreated, ApiError> {
+        let cfg = &self.inner.cfg;
+        let bound = sockets::bind_call(cfg, &self.inner.ports)
+            .map_err(|e| ApiError::Unavailable(format!("binding media sockets: {e}")))?;
+        let shard = self.pick_shard();
+        let created = Call::create(
+            CallSetup {
+                req,
+                sockets: bound.addrs,
+                advertised: cfg.advertised,
+                identity: self.inner.identity.clone(),
+                cfg: cfg.call.clone(),
+            },
+            Instant::now(),
+            SystemTime::now(),
+        )?;
+        let out = CallCreated {
+            call_id: req.call_id.clone(),
+            whatsapp_sdp: created.whatsapp_sdp,
+            internal_sdp: created.internal_sdp,
+            shard: shard as u32,
+        };
+        let call = Box::new(created.call);
+        self.ask(shard, |reply| Command::Insert {
+            call,
+            sockets: CallSockets {
+                sockets: bound.sockets,
+            },
+            reply,
+        })
+        .await?;
+        Ok(out)
+    }
+}
+
+impl CallControl for EngineHandle {
+    async fn create_call(&self, req: CreateCall) -> Result<CallCreated, ApiError> {
+        if req.call_id.is_empty() {
+            return Err(ApiError::InvalidArgument("call_id is empty".into()));
+        }
+        if let Some(existing) = self.admit(&req)? {
+            return Ok(existing);
+        }
+        match self.create_inner(&req).await {
+            Ok(created) => {
+                let mut reg = lock(&self.inner.registry);
+                if let Some(e) = reg.calls.get_mut(&req.call_id) {
+                    e.entry = Entry::Live {
+                        shard: created.shard as usize,
+                        created: created.clone(),
+                    };
+                }
+                Ok(created)
+            }
+            Err(e) => {
+                lock(&self.inner.registry).forget(&req.call_id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_remote_description(
+        &self,
+        call_id: String,
+        leg: LegKind,
+        sdp: String,
+    ) -> Result<CallInfo, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        self.ask(shard, |reply| Command::SetRemote {
+            call_id,
+            leg,
+            sdp,
+            reply,
+        })
+        .await?
+    }
+
+    async fn open_gate(&self, call_id: String) -> Result<CallInfo, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        self.ask(shard, |reply| Command::OpenGate { call_id, reply })
+            .await?
+    }
+
+    async fn terminate(&self, call_id: String, _reason: String) -> Result<Option<CallInfo>, ApiError> {
+        let shard = match self.shard_of(&call_id) {
+            Ok(s) => s,
+            // Unknown or already ended: success, nothing to do (webhooks repeat).
+            Err(ApiError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let info = self
+            .ask(shard, |reply| Command::Terminate {
+                call_id: call_id.clone(),
+                cause: EndCause::Terminated,
+                reply,
+            })
+            .await?;
+        lock(&self.inner.registry).forget(&call_id);
+        Ok(info)
+    }
+
+    async fn get_call(&self, call_id: String) -> Result<CallInfo, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        self.ask(shard, |reply| Command::Get {
+            call_id: call_id.clone(),
+            reply,
+        })
+        .await?
+        .ok_or(ApiError::NotFound(call_id))
+    }
+
+    async fn list_calls(&self) -> Result<Vec<CallInfo>, ApiError> {
+        let mut all = Vec::new();
+        for shard in 0..self.inner.shards.len() {
+            all.extend(self.ask(shard, |reply| Command::List { reply }).await?);
+        }
+        Ok(all)
+    }
+
+    async fn load(&self) -> Result<Load, ApiError> {
+        let draining = lock(&self.inner.registry).draining;
+        Ok(Load {
+            active_calls: self.active_calls() as u32,
+            capacity: self.inner.cfg.capacity,
+            draining,
+            shards: self
+                .inner
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| ShardLoad {
+                    shard: i as u32,
+                    calls: s.stats.calls.load(Ordering::Relaxed) as u32,
+                    packets_per_second: 0,
+                })
+                .collect(),
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
+        self.inner.events.subscribe()
+    }
+}

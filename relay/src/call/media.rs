@@ -1,0 +1,412 @@
+//! The per-packet path, both directions, top to bottom.
+//!
+//! WhatsApp → internal: classify (RFC 7983) → STUN to ICE / DTLS to the handshake / SRTP:
+//! source check → unprotect in place → parse → map payload type → strip extensions → rewrite
+//! SSRC/seq/ts → (protect, SDES) → push to the internal socket.
+//!
+//! Internal → WhatsApp: source check (strict or latch) → (unprotect, SDES) → parse → map
+//! payload type → gate: hold in the prebuffer, or rewrite → protect → push to the selected pair.
+//!
+//! Every step works in the caller's buffer; nothing here allocates or locks.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::api::{CallEventKind, LegKind};
+use crate::call::Call;
+use crate::call::legs::OPUS_CLOCK;
+use crate::call::rewrite::Source;
+use crate::call::stats::DropReason;
+use crate::net::{Outbox, SocketRef};
+use crate::srtp::SrtpError;
+use crate::wire::classify::{PacketKind, classify};
+use crate::wire::{rtp, stun};
+
+/// A 20 ms Opus frame of silence (TOC 0xF8: CELT fullband 20 ms mono, then an empty frame);
+/// what SIP media servers and WebRTC stacks send for comfort silence.
+pub const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
+
+impl Call {
+    pub(super) fn on_whatsapp_datagram(
+        &mut self,
+        now: Instant,
+        via: SocketRef,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut impl Outbox,
+    ) {
+        let Some(data) = buf.get(..len) else {
+            return self.wa.counters.drop(DropReason::Malformed);
+        };
+        match classify(data) {
+            PacketKind::Stun => {
+                let Some(ice) = self.wa.ice.as_mut() else {
+                    return self.wa.counters.drop(DropReason::Unexpected);
+                };
+                match stun::parse(data) {
+                    Ok(msg) => ice.handle_stun(now, via, from, &msg, data, out),
+                    Err(_) => self.wa.counters.drop(DropReason::Malformed),
+                }
+            }
+            PacketKind::Dtls => {
+                if self.wa.selected != Some((via, from)) {
+                    return self.wa.counters.drop(DropReason::BadSource);
+                }
+                match self.wa.dtls.as_mut() {
+                    Some(dtls) => dtls.handle_datagram(now, data),
+                    None => self.wa.counters.drop(DropReason::Unexpected),
+                }
+            }
+            PacketKind::Rtp => self.forward_to_internal(now, via, from, buf, len, out),
+            PacketKind::Rtcp => self.consume_whatsapp_rtcp(now, via, from, buf, len),
+            PacketKind::Unknown => self.wa.counters.drop(DropReason::Malformed),
+        }
+    }
+
+    /// WhatsApp → internal, one SRTP packet.
+    fn forward_to_internal(
+        &mut self,
+        now: Instant,
+        via: SocketRef,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut impl Outbox,
+    ) {
+        let wa = &mut self.wa;
+        if wa.selected != Some((via, from)) {
+            return wa.counters.drop(DropReason::BadSource);
+        }
+        let Some(srtp) = wa.srtp.as_mut() else {
+            return wa.counters.drop(DropReason::NotReady);
+        };
+        let n = match srtp.rx.unprotect_rtp(&mut buf[..len]) {
+            Ok(n) => n,
+            Err(e) => return wa.counters.drop(srtp_drop_reason(e)),
+        };
+        let Ok(hdr) = rtp::parse(&buf[..n]) else {
+            return wa.counters.drop(DropReason::Malformed);
+        };
+        wa.counters.rx_packets += 1;
+        wa.counters.rx_bytes += n as u64;
+        wa.counters.remote_ssrc = Some(hdr.ssrc);
+        wa.counters
+            .rx_seq
+            .get_or_insert_with(|| rtp::SeqTracker::new(hdr.sequence))
+            .update(hdr.sequence, hdr.timestamp, rtp_clock_at(now, self.created_mono));
+        self.last_wa_media = Some(now);
+        if !self.first_media_from_wa {
+            self.first_media_from_wa = true;
+            self.events.push_back(CallEventKind::FirstMedia {
+                from: LegKind::WhatsApp,
+            });
+        }
+
+        // Payload type map: WhatsApp's PTs → the internal leg's.
+        let out_pt = if hdr.payload_type == self.wa.opus_pt {
+            self.internal.opus_pt
+        } else if Some(hdr.payload_type) == self.wa.te_pt {
+            let Some(pt) = self.internal.te_pt else {
+                return self.wa.counters.drop(DropReason::UnknownPayloadType);
+            };
+            self.note_dtmf(LegKind::WhatsApp, &buf[hdr.header_len..n], hdr.timestamp);
+            pt
+        } else {
+            return self.wa.counters.drop(DropReason::UnknownPayloadType);
+        };
+
+        let internal = &mut self.internal;
+        let Some(dst) = internal.remote else {
+            return internal.counters.drop(DropReason::NotReady);
+        };
+        // The internal leg negotiated no header extensions (Meta may send transport-cc).
+        let Ok(n) = rtp::strip_extensions_and_csrc(buf, n) else {
+            return self.wa.counters.drop(DropReason::Malformed);
+        };
+        let payload_len = n - rtp::MIN_HEADER_LEN;
+        let rw = internal.tx.next(
+            Source::Forwarded {
+                ssrc: hdr.ssrc,
+                seq: hdr.sequence,
+                ts: hdr.timestamp,
+            },
+            now,
+            payload_len,
+        );
+        rtp::set_payload_type(buf, out_pt);
+        rtp::set_marker(buf, hdr.marker || rw.marker);
+        rtp::set_sequence(buf, rw.seq);
+        rtp::set_timestamp(buf, rw.ts);
+        rtp::set_ssrc(buf, rw.ssrc);
+        let n = match internal.srtp.as_mut() {
+            Some(srtp) => match srtp.tx.protect_rtp(buf, n) {
+                Ok(n) => n,
+                Err(_) => return internal.counters.drop(DropReason::Malformed),
+            },
+            None => n,
+        };
+        out.push(SocketRef::Internal, dst, &buf[..n]);
+    }
+
+    fn consume_whatsapp_rtcp(
+        &mut self,
+        now: Instant,
+        via: SocketRef,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+    ) {
+        let wa = &mut self.wa;
+        if wa.selected != Some((via, from)) {
+            return wa.counters.drop(DropReason::BadSource);
+        }
+        let Some(srtp) = wa.srtp.as_mut() else {
+            return wa.counters.drop(DropReason::NotReady);
+        };
+        let n = match srtp.rx.unprotect_rtcp(&mut buf[..len]) {
+            Ok(n) => n,
+            Err(e) => return wa.counters.drop(srtp_drop_reason(e)),
+        };
+        self.last_wa_media = Some(now);
+        let ntp = self.ntp_at(now);
+        Self::read_reports(&mut self.wa.counters, self.wa.tx.ssrc(), &buf[..n], now, ntp);
+    }
+
+    pub(super) fn on_internal_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut impl Outbox,
+    ) {
+        if !self.internal.accept_source(from) {
+            return self.internal.counters.drop(DropReason::BadSource);
+        }
+        let Some(data) = buf.get(..len) else {
+            return self.internal.counters.drop(DropReason::Malformed);
+        };
+        match classify(data) {
+            PacketKind::Rtp => self.from_internal_rtp(now, buf, len, out),
+            PacketKind::Rtcp => {
+                let n = match self.internal.srtp.as_mut() {
+                    Some(srtp) => match srtp.rx.unprotect_rtcp(&mut buf[..len]) {
+                        Ok(n) => n,
+                        Err(e) => return self.internal.counters.drop(srtp_drop_reason(e)),
+                    },
+                    None => len,
+                };
+                let ssrc = self.internal.tx.ssrc();
+                let ntp = self.ntp_at(now);
+                Self::read_reports(&mut self.internal.counters, ssrc, &buf[..n], now, ntp);
+            }
+            // STUN/DTLS belong to a WebRTC internal leg, which this leg kind is not.
+            _ => self.internal.counters.drop(DropReason::Unexpected),
+        }
+    }
+
+    /// Internal → WhatsApp, one RTP (or SDES-SRTP) packet.
+    fn from_internal_rtp(&mut self, now: Instant, buf: &mut [u8], len: usize, out: &mut impl Outbox) {
+        let internal = &mut self.internal;
+        let n = match internal.srtp.as_mut() {
+            Some(srtp) => match srtp.rx.unprotect_rtp(&mut buf[..len]) {
+                Ok(n) => n,
+                Err(e) => return internal.counters.drop(srtp_drop_reason(e)),
+            },
+            None => len,
+        };
+        let Ok(hdr) = rtp::parse(&buf[..n]) else {
+            return internal.counters.drop(DropReason::Malformed);
+        };
+        if hdr.payload_type != internal.opus_pt && Some(hdr.payload_type) != internal.te_pt {
+            return internal.counters.drop(DropReason::UnknownPayloadType);
+        }
+        internal.counters.rx_packets += 1;
+        internal.counters.rx_bytes += n as u64;
+        internal.counters.remote_ssrc = Some(hdr.ssrc);
+        internal
+            .counters
+            .rx_seq
+            .get_or_insert_with(|| rtp::SeqTracker::new(hdr.sequence))
+            .update(hdr.sequence, hdr.timestamp, rtp_clock_at(now, self.created_mono));
+        self.last_internal_media = Some(now);
+        if !self.first_media_from_internal {
+            self.first_media_from_internal = true;
+            self.events.push_back(CallEventKind::FirstMedia {
+                from: LegKind::Internal,
+            });
+        }
+        if Some(hdr.payload_type) == self.internal.te_pt {
+            self.note_dtmf(LegKind::Internal, &buf[hdr.header_len..n], hdr.timestamp);
+        }
+
+        // The gate: nothing reaches WhatsApp before accept, and nothing overtakes held media.
+        if !self.wa_can_send() || !self.prebuffer.is_empty() {
+            self.prebuffer.push(&buf[..n], now);
+            if self.wa_can_send() && self.prebuffer_next.is_none() {
+                self.prebuffer_next = Some(now);
+            }
+            return;
+        }
+        self.send_to_whatsapp(now, buf, n, out);
+    }
+
+    /// Rewrite and protect a plaintext internal RTP packet (in `buf[..n]`) and send it to the
+    /// selected pair. The caller checked the gate.
+    pub(super) fn send_to_whatsapp(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        n: usize,
+        out: &mut impl Outbox,
+    ) {
+        let Ok(hdr) = rtp::parse(&buf[..n]) else {
+            return self.internal.counters.drop(DropReason::Malformed);
+        };
+        let out_pt = if hdr.payload_type == self.internal.opus_pt {
+            self.wa.opus_pt
+        } else {
+            match self.wa.te_pt {
+                Some(pt) => pt,
+                None => return self.internal.counters.drop(DropReason::UnknownPayloadType),
+            }
+        };
+        let wa = &mut self.wa;
+        let (Some((via, to)), Some(srtp)) = (wa.selected, wa.srtp.as_mut()) else {
+            return wa.counters.drop(DropReason::NotReady);
+        };
+        let Ok(n) = rtp::strip_extensions_and_csrc(buf, n) else {
+            return self.internal.counters.drop(DropReason::Malformed);
+        };
+        let rw = wa.tx.next(
+            Source::Forwarded {
+                ssrc: hdr.ssrc,
+                seq: hdr.sequence,
+                ts: hdr.timestamp,
+            },
+            now,
+            n - rtp::MIN_HEADER_LEN,
+        );
+        rtp::set_payload_type(buf, out_pt);
+        rtp::set_marker(buf, hdr.marker || rw.marker);
+        rtp::set_sequence(buf, rw.seq);
+        rtp::set_timestamp(buf, rw.ts);
+        rtp::set_ssrc(buf, rw.ssrc);
+        match srtp.tx.protect_rtp(buf, n) {
+            Ok(n) => {
+                out.push(via, to, &buf[..n]);
+                self.last_wa_sent = Some(now);
+            }
+            Err(_) => wa.counters.drop(DropReason::Malformed),
+        }
+    }
+
+    /// One generated 20 ms Opus silence frame to WhatsApp (maiden packet and fill).
+    pub(super) fn send_silence(&mut self, now: Instant, out: &mut impl Outbox) {
+        let wa = &mut self.wa;
+        let (Some((via, to)), Some(srtp)) = (wa.selected, wa.srtp.as_mut()) else {
+            return;
+        };
+        let rw = wa.tx.next(Source::Generated, now, OPUS_SILENCE.len());
+        let mut pkt = [0u8; 64];
+        let Ok(h) = rtp::write_header(
+            &mut pkt,
+            &rtp::RtpHeaderFields {
+                marker: rw.marker,
+                payload_type: wa.opus_pt,
+                sequence: rw.seq,
+                timestamp: rw.ts,
+                ssrc: rw.ssrc,
+            },
+        ) else {
+            return;
+        };
+        pkt[h..h + OPUS_SILENCE.len()].copy_from_slice(&OPUS_SILENCE);
+        if let Ok(n) = srtp.tx.protect_rtp(&mut pkt, h + OPUS_SILENCE.len()) {
+            out.push(via, to, &pkt[..n]);
+            self.last_wa_sent = Some(now);
+        }
+    }
+
+    /// When the next silence frame is due: the internal leg has been quiet for `fill_after`
+    /// and a packet time has passed since the last packet we sent.
+    pub(super) fn next_fill_at(&self) -> Option<Instant> {
+        if !self.cfg.silence_fill || !self.wa_can_send() || !self.prebuffer.is_empty() {
+            return None;
+        }
+        let after_last_sent = self.last_wa_sent.map(|t| t + self.cfg.ptime);
+        let after_quiet = self.last_internal_media.map(|t| t + self.cfg.fill_after);
+        match (after_last_sent, after_quiet) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (Some(a), None) => Some(a),
+            (None, _) => self.gate_open_at,
+        }
+    }
+
+    pub(super) fn fill_silence(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.next_fill_at().is_some_and(|t| t <= now) {
+            self.send_silence(now, out);
+        }
+    }
+
+    /// Play held internal media out at twice real time (one packet per half packet time) until
+    /// the backlog is gone, so the added latency drains in about as long as it built up.
+    pub(super) fn drain_prebuffer(&mut self, now: Instant, out: &mut impl Outbox) {
+        if !self.wa_can_send() {
+            return;
+        }
+        let Some(next) = self.prebuffer_next else {
+            return;
+        };
+        if next > now {
+            return;
+        }
+        let mut pkt = [0u8; crate::call::prebuffer::SLOT_BYTES + 64];
+        if let Some((n, _arrived)) = self.prebuffer.pop_into(&mut pkt) {
+            self.send_to_whatsapp(now, &mut pkt, n, out);
+        }
+        self.prebuffer_next = if self.prebuffer.is_empty() {
+            None
+        } else {
+            Some(now + self.cfg.ptime / 2)
+        };
+    }
+
+    /// RFC 4733: report a digit once per event (the first packet with a new timestamp).
+    fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
+        let idx = match leg {
+            LegKind::WhatsApp => 0,
+            LegKind::Internal => 1,
+        };
+        let Some(&event) = payload.first() else {
+            return;
+        };
+        if self.last_dtmf_ts[idx] == Some(ts) {
+            return;
+        }
+        self.last_dtmf_ts[idx] = Some(ts);
+        let digit = match event {
+            0..=9 => (b'0' + event) as char,
+            10 => '*',
+            11 => '#',
+            12..=15 => (b'A' + event - 12) as char,
+            _ => return,
+        };
+        self.events
+            .push_back(CallEventKind::DtmfReceived { from: leg, digit });
+    }
+}
+
+fn srtp_drop_reason(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::Replayed | SrtpError::TooOld => DropReason::Replayed,
+        SrtpError::AuthFailed => DropReason::AuthFailed,
+        _ => DropReason::Malformed,
+    }
+}
+
+/// Arrival time in RTP clock units (for RFC 3550 jitter), from the call's monotonic origin.
+fn rtp_clock_at(now: Instant, origin: Instant) -> u32 {
+    crate::call::rewrite::clock_units(now.saturating_duration_since(origin), OPUS_CLOCK)
+}

@@ -1,0 +1,191 @@
+//! RTCP per leg: the relay terminates RTCP (it rewrites SSRCs and numbering, so the peers'
+//! reports would describe streams the other side never sees) and sends its own SR/RR + SDES
+//! on each leg every `rtcp_interval`. Toward WhatsApp this doubles as the keepalive Meta
+//! watches for (it treats missing RTCP as a dead agent).
+
+use std::time::{Duration, Instant};
+
+use crate::call::Call;
+use crate::call::stats::LegCounters;
+use crate::net::{Outbox, SocketRef};
+use crate::wire::rtcp::{self, ReportBlock, RtcpPacket};
+
+/// Enough for SR + one report block + SDES CNAME + BYE, plus SRTCP overhead.
+const RTCP_BUF: usize = 256;
+
+impl Call {
+    /// Take what we need from a peer's compound RTCP: its SR (for our LSR/DLSR) and the report
+    /// block about our stream (loss, jitter, RTT).
+    pub(super) fn read_reports(
+        counters: &mut LegCounters,
+        our_ssrc: u32,
+        pkt: &[u8],
+        now: Instant,
+        now_ntp: u64,
+    ) {
+        counters.rtcp_received += 1;
+        for p in rtcp::iter(pkt) {
+            let Ok(p) = p else {
+                counters.drop(crate::call::stats::DropReason::Malformed);
+                return;
+            };
+            let blocks = match &p {
+                RtcpPacket::SenderReport(sr) => {
+                    counters.last_sr = Some((rtcp::ntp_middle32(sr.ntp), now));
+                    sr.reports()
+                }
+                RtcpPacket::ReceiverReport(rr) => rr.reports(),
+                _ => continue,
+            };
+            for b in blocks.flatten() {
+                if b.ssrc == our_ssrc {
+                    counters.remote_lost = b.cumulative_lost.max(0) as u64;
+                    counters.remote_jitter_units = b.jitter;
+                    if let Some(rtt) =
+                        rtcp::rtt_from_report(rtcp::ntp_middle32(now_ntp), b.lsr, b.dlsr)
+                    {
+                        counters.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_due_rtcp(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.next_rtcp_wa.is_some_and(|t| t <= now) {
+            self.next_rtcp_wa = Some(now + self.cfg.rtcp_interval);
+            if self.wa_can_send() {
+                self.send_rtcp(now, SocketRef::WaV4, false, out);
+            }
+        }
+        if self.next_rtcp_internal.is_some_and(|t| t <= now) {
+            self.next_rtcp_internal = Some(now + self.cfg.rtcp_interval);
+            if self.internal.remote.is_some() {
+                self.send_rtcp(now, SocketRef::Internal, false, out);
+            }
+        }
+    }
+
+    /// RTCP BYE on both legs when the call ends by request.
+    pub(super) fn send_bye(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.wa_can_send() {
+            self.send_rtcp(now, SocketRef::WaV4, true, out);
+        }
+        if self.internal.remote.is_some() && self.internal.tx.packets > 0 {
+            self.send_rtcp(now, SocketRef::Internal, true, out);
+        }
+    }
+
+    /// Wall-clock NTP time for `now`, derived from the call's creation so the state machine
+    /// never reads the clock itself.
+    pub(super) fn ntp_at(&self, now: Instant) -> u64 {
+        rtcp::ntp_from_system_time(self.created_at + now.saturating_duration_since(self.created_mono))
+    }
+
+    /// Write and send one compound report on a leg (`leg` is `Internal` or any WhatsApp ref).
+    fn send_rtcp(&mut self, now: Instant, leg: SocketRef, bye: bool, out: &mut impl Outbox) {
+        let ntp = self.ntp_at(now);
+        let (stream, counters, srtp, dest, cname) = if leg.is_whatsapp() {
+            let Some((via, to)) = self.wa.selected else {
+                return;
+            };
+            (
+                &self.wa.tx,
+                &mut self.wa.counters,
+                self.wa.srtp.as_mut(),
+                (via, to),
+                &self.wa_cname,
+            )
+        } else {
+            let Some(to) = self.internal.remote else {
+                return;
+            };
+            (
+                &self.internal.tx,
+                &mut self.internal.counters,
+                self.internal.srtp.as_mut(),
+                (SocketRef::Internal, to),
+                &self.internal_cname,
+            )
+        };
+        if leg.is_whatsapp() && srtp.is_none() {
+            return;
+        }
+        let mut block = [ReportBlock::default(); 1];
+        let reports: &[ReportBlock] = match report_block(counters, now) {
+            Some(b) => {
+                block[0] = b;
+                &block
+            }
+            None => &[],
+        };
+        let mut buf = [0u8; RTCP_BUF];
+        let mut n = 0;
+        let first = if stream.packets > 0 {
+            rtcp::write_sr(
+                &mut buf,
+                stream.ssrc(),
+                ntp,
+                stream.ts_at(now),
+                stream.packets as u32,
+                stream.octets as u32,
+                reports,
+            )
+        } else {
+            rtcp::write_rr(&mut buf, stream.ssrc(), reports)
+        };
+        let Ok(len) = first else { return };
+        n += len;
+        if let Ok(len) = rtcp::write_sdes_cname(&mut buf[n..], stream.ssrc(), cname.as_bytes()) {
+            n += len;
+        }
+        if bye && let Ok(len) = rtcp::write_bye(&mut buf[n..], stream.ssrc()) {
+            n += len;
+        }
+        let n = match srtp {
+            Some(s) => match s.tx.protect_rtcp(&mut buf, n) {
+                Ok(n) => n,
+                Err(_) => return,
+            },
+            None => n,
+        };
+        counters.rtcp_sent += 1;
+        out.push(dest.0, dest.1, &buf[..n]);
+    }
+}
+
+/// The report block about the stream we receive on a leg (RFC 3550 §6.4.1), if any.
+fn report_block(c: &mut LegCounters, now: Instant) -> Option<ReportBlock> {
+    let ssrc = c.remote_ssrc?;
+    let t = c.rx_seq.as_ref()?;
+    let expected = t.expected();
+    let received = t.received();
+    let expected_interval = expected.saturating_sub(c.expected_prior);
+    let received_interval = received.saturating_sub(c.received_prior);
+    c.expected_prior = expected;
+    c.received_prior = received;
+    let lost_interval = expected_interval.saturating_sub(received_interval);
+    let fraction_lost = if expected_interval == 0 {
+        0
+    } else {
+        ((lost_interval << 8) / expected_interval).min(255) as u8
+    };
+    let (lsr, dlsr) = match c.last_sr {
+        Some((mid, at)) => (mid, dlsr_units(now.saturating_duration_since(at))),
+        None => (0, 0),
+    };
+    Some(ReportBlock {
+        ssrc,
+        fraction_lost,
+        cumulative_lost: t.lost().min(0x7f_ffff) as i32,
+        highest_seq: t.highest_extended(),
+        jitter: t.jitter(),
+        lsr,
+        dlsr,
+    })
+}
+
+/// DLSR is in units of 1/65536 s.
+fn dlsr_units(d: Duration) -> u32 {
+    (d.as_secs_f64() * 65536.0) as u32
+}

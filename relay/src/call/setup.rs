@@ -1,0 +1,433 @@
+//! Building a call from a create request, and applying remote descriptions later.
+//!
+//! User-initiated: Meta's offer in → our answer (`a=setup:active`, ICE controlling).
+//! Business-initiated: our offer (`actpass`) out → Meta's answer in through
+//! [`Call::set_remote_description`], which decides the DTLS role.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::api::{
+    ApiError, CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, WaSecurity,
+};
+use crate::call::legs::{InternalLeg, OPUS_CLOCK, WhatsAppLeg};
+use crate::call::prebuffer::Prebuffer;
+use crate::call::rewrite::OutboundStream;
+use crate::call::stats::LegCounters;
+use crate::call::{Call, CallConfig};
+use crate::dtls::{DtlsConfig, DtlsDriver, DtlsIdentity, DtlsRole};
+use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
+use crate::net::{Outbox, SocketRef};
+use crate::sdp::{self, LocalDescription, Setup};
+use crate::srtp::{self, MasterKey, SessionKeys, SrtpProfile, SrtpSession};
+
+/// The sockets the engine bound for this call.
+#[derive(Copy, Clone, Debug)]
+pub struct LocalSockets {
+    pub wa_v4: Option<SocketAddr>,
+    pub wa_v6: Option<SocketAddr>,
+    pub internal: SocketAddr,
+}
+
+/// The addresses written into SDP (NAT / Kubernetes may differ from the bind addresses).
+#[derive(Copy, Clone, Debug)]
+pub struct Advertised {
+    pub wa_v4: Option<IpAddr>,
+    pub wa_v6: Option<IpAddr>,
+    pub internal: IpAddr,
+}
+
+pub struct CallSetup<'a> {
+    pub req: &'a CreateCall,
+    pub sockets: LocalSockets,
+    pub advertised: Advertised,
+    pub identity: Arc<DtlsIdentity>,
+    pub cfg: CallConfig,
+}
+
+/// A new call and the two descriptions to hand out.
+pub struct Created {
+    pub call: Call,
+    pub whatsapp_sdp: String,
+    pub internal_sdp: String,
+}
+
+/// ICE host candidate priority (RFC 8445 §5.1.2.1): type preference 126 (host), IPv6
+/// preferred by local preference, component 1.
+fn host_priority(addr: &SocketAddr) -> u32 {
+    let local_pref: u32 = if addr.is_ipv6() { 65535 } else { 65534 };
+    (126 << 24) | (local_pref << 8) | 255
+}
+
+fn bad(e: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidArgument(e.to_string())
+}
+
+/// How the WhatsApp leg's DTLS role follows the remote `a=setup` (RFC 5763 §5).
+fn dtls_role_for(remote: Option<Setup>) -> DtlsRole {
+    match remote {
+        // Meta will connect: we are the server.
+        Some(Setup::Active) => DtlsRole::Server,
+        // actpass (user-initiated offer), passive, or absent: we connect, as Meta expects.
+        _ => DtlsRole::Client,
+    }
+}
+
+impl Call {
+    pub fn create(setup: CallSetup<'_>, now: Instant, wall: SystemTime) -> Result<Created, ApiError> {
+        let req = setup.req;
+        let cfg = setup.cfg.clone();
+        let ice_creds = IceCredentials::random();
+        let wa_cname = format!("relay-{}", rand::random::<u32>());
+        let internal_cname = format!("relay-{}", rand::random::<u32>());
+        let wa_ssrc = rand::random::<u32>();
+
+        // Our candidates: one per bound WhatsApp socket, at the advertised address.
+        let mut candidates = Vec::new();
+        if let (Some(bound), Some(ip)) = (setup.sockets.wa_v4, setup.advertised.wa_v4) {
+            let a = SocketAddr::new(ip, bound.port());
+            candidates.push((a, host_priority(&a)));
+        }
+        if let (Some(bound), Some(ip)) = (setup.sockets.wa_v6, setup.advertised.wa_v6) {
+            let a = SocketAddr::new(ip, bound.port());
+            candidates.push((a, host_priority(&a)));
+        }
+        if candidates.is_empty() {
+            return Err(ApiError::Internal("no WhatsApp-facing socket bound".into()));
+        }
+
+        let mut wa = WhatsAppLeg {
+            ice: None,
+            dtls: None,
+            srtp: None,
+            selected: None,
+            opus_pt: 111,
+            te_pt: Some(126),
+            tx: OutboundStream::new(wa_ssrc, OPUS_CLOCK, rand::random(), rand::random()),
+            counters: LegCounters::default(),
+        };
+        let mut wa_local_key = None;
+        let fingerprint = setup.identity.fingerprint().clone();
+        let wa_params = |crypto: Option<(u32, SrtpProfile, MasterKey)>| sdp::WaLocalParams {
+            ice_ufrag: ice_creds.ufrag.clone(),
+            ice_pwd: ice_creds.pwd.clone(),
+            fingerprint: sdp::Fingerprint {
+                algorithm: fingerprint.algorithm.clone(),
+                bytes: fingerprint.bytes.clone(),
+            },
+            candidates: candidates.clone(),
+            setup: Setup::Active,
+            ssrc: Some((wa_ssrc, wa_cname.clone())),
+            crypto: crypto.map(|(tag, p, k)| (tag, p.sdes_name().to_string(), format!("inline:{}", srtp::sdes_inline(&k)))),
+            connection: candidates[0].0.ip(),
+            port: candidates[0].0.port(),
+        };
+
+        let whatsapp_sdp = match req.direction {
+            CallDirection::UserInitiated => {
+                let text = req
+                    .whatsapp_offer
+                    .as_deref()
+                    .ok_or_else(|| bad("whatsapp_offer is required for a user-initiated call"))?;
+                let offer = sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+                wa.opus_pt = offer.opus_pt;
+                wa.te_pt = offer.telephone_event_pt;
+                match &offer.transport {
+                    sdp::WaTransport::Dtls(d) => {
+                        let mut ice = ControllingAgent::new(ice_creds.clone(), now, ice_config(&cfg));
+                        ice.set_remote_credentials(IceCredentials {
+                            ufrag: d.ice_ufrag.clone(),
+                            pwd: d.ice_pwd.clone(),
+                        });
+                        add_locals(&mut ice, &setup.sockets);
+                        for c in &d.candidates {
+                            ice.add_remote_candidate(c.addr, c.priority);
+                        }
+                        wa.ice = Some(ice);
+                        wa.dtls = Some(DtlsDriver::new(
+                            setup.identity.clone(),
+                            &dtls_config(&cfg),
+                            dtls_role_for(d.setup),
+                            crate::dtls::Fingerprint {
+                                algorithm: d.fingerprint.algorithm.clone(),
+                                bytes: d.fingerprint.bytes.clone(),
+                            },
+                            now,
+                        ));
+                        let mut params = wa_params(None);
+                        params.setup = match dtls_role_for(d.setup) {
+                            DtlsRole::Client => Setup::Active,
+                            DtlsRole::Server => Setup::Passive,
+                        };
+                        LocalDescription::whatsapp_answer(&offer, params).to_sdp()
+                    }
+                    sdp::WaTransport::Sdes(s) => {
+                        let profile = SrtpProfile::from_sdes_name(&s.suite)
+                            .ok_or_else(|| bad(format!("unsupported crypto suite {}", s.suite)))?;
+                        let remote = srtp::parse_sdes_inline(profile, &s.key_params).map_err(bad)?;
+                        let local = srtp::random_master_key(profile);
+                        wa.srtp = Some(
+                            SrtpSession::new(&SessionKeys {
+                                local: local.clone(),
+                                remote,
+                            })
+                            .map_err(bad)?,
+                        );
+                        wa.selected = Some((sdes_socket(&s.addr), s.addr));
+                        LocalDescription::whatsapp_answer(&offer, wa_params(Some((s.tag, profile, local))))
+                            .to_sdp()
+                    }
+                }
+            }
+            CallDirection::BusinessInitiated => match req.whatsapp_security {
+                WaSecurity::DtlsSrtp => {
+                    let mut ice = ControllingAgent::new(ice_creds.clone(), now, ice_config(&cfg));
+                    add_locals(&mut ice, &setup.sockets);
+                    wa.ice = Some(ice);
+                    let mut params = wa_params(None);
+                    params.setup = Setup::ActPass;
+                    LocalDescription::whatsapp_offer(params).to_sdp()
+                }
+                WaSecurity::Sdes(profile) => {
+                    let local = srtp::random_master_key(profile);
+                    wa_local_key = Some(local.clone());
+                    LocalDescription::whatsapp_offer(wa_params(Some((1, profile, local)))).to_sdp()
+                }
+            },
+        };
+
+        let (internal, internal_local_key, internal_sdp) =
+            build_internal(&req.internal, &setup, &internal_cname)?;
+
+        let call = Call {
+            call_id: req.call_id.clone(),
+            business_number: req.business_number.clone(),
+            consumer: req.consumer.clone(),
+            direction: req.direction,
+            cfg,
+            created_at: wall,
+            created_mono: now,
+            wa,
+            internal,
+            wa_local_key,
+            internal_local_key,
+            wa_remote_sdp: req.whatsapp_offer.clone(),
+            internal_remote_sdp: req.internal.remote_sdp.clone(),
+            identity: setup.identity.clone(),
+            wa_cname,
+            internal_cname,
+            gate_open_at: None,
+            wa_ready: false,
+            prebuffer: Prebuffer::new(setup.cfg.prebuffer_packets),
+            prebuffer_next: None,
+            last_wa_media: None,
+            last_internal_media: None,
+            last_wa_sent: None,
+            next_rtcp_wa: None,
+            next_rtcp_internal: Some(now + setup.cfg.rtcp_interval),
+            first_media_from_wa: false,
+            first_media_from_internal: false,
+            last_dtmf_ts: [None; 2],
+            events: VecDeque::from([crate::api::CallEventKind::Created]),
+            ended: None,
+            next_deadline: None,
+        };
+        let mut call = call;
+        // ICE's first check (or SDES readiness) is due at once: the engine runs
+        // `handle_timeout` as soon as it inserts the call.
+        call.next_deadline = Some(now);
+        Ok(Created {
+            call,
+            whatsapp_sdp,
+            internal_sdp,
+        })
+    }
+
+    /// Meta's answer (business-initiated) or the internal peer's description. Repeating the
+    /// same description is harmless; a different one after the first is refused.
+    pub fn set_remote_description(
+        &mut self,
+        leg: LegKind,
+        text: &str,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) -> Result<(), ApiError> {
+        match leg {
+            LegKind::WhatsApp => self.set_whatsapp_answer(text, now)?,
+            LegKind::Internal => self.set_internal_remote(text)?,
+        }
+        self.after_input(now, out);
+        Ok(())
+    }
+
+    fn set_whatsapp_answer(&mut self, text: &str, now: Instant) -> Result<(), ApiError> {
+        if let Some(prev) = &self.wa_remote_sdp {
+            return if prev == text {
+                Ok(())
+            } else if self.direction == CallDirection::UserInitiated {
+                Err(ApiError::FailedPrecondition(
+                    "user-initiated call: Meta's offer was given at create; no renegotiation".into(),
+                ))
+            } else {
+                Err(ApiError::FailedPrecondition(
+                    "Meta's answer was already applied; WhatsApp calls do not renegotiate".into(),
+                ))
+            };
+        }
+        let answer = sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+        self.wa.opus_pt = answer.opus_pt;
+        self.wa.te_pt = answer.telephone_event_pt;
+        match &answer.transport {
+            sdp::WaTransport::Dtls(d) => {
+                let Some(ice) = self.wa.ice.as_mut() else {
+                    return Err(bad("answer uses DTLS but our offer was SDES"));
+                };
+                ice.set_remote_credentials(IceCredentials {
+                    ufrag: d.ice_ufrag.clone(),
+                    pwd: d.ice_pwd.clone(),
+                });
+                for c in &d.candidates {
+                    ice.add_remote_candidate(c.addr, c.priority);
+                }
+                self.wa.dtls = Some(DtlsDriver::new(
+                    self.identity.clone(),
+                    &dtls_config(&self.cfg),
+                    dtls_role_for(d.setup),
+                    crate::dtls::Fingerprint {
+                        algorithm: d.fingerprint.algorithm.clone(),
+                        bytes: d.fingerprint.bytes.clone(),
+                    },
+                    now,
+                ));
+            }
+            sdp::WaTransport::Sdes(s) => {
+                let Some(local) = self.wa_local_key.clone() else {
+                    return Err(bad("answer uses SDES but our offer was DTLS"));
+                };
+                let profile = SrtpProfile::from_sdes_name(&s.suite)
+                    .filter(|p| *p == local.profile)
+                    .ok_or_else(|| bad(format!("answer chose crypto suite {} we did not offer", s.suite)))?;
+                let remote = srtp::parse_sdes_inline(profile, &s.key_params).map_err(bad)?;
+                self.wa.srtp = Some(SrtpSession::new(&SessionKeys { local, remote }).map_err(bad)?);
+                self.wa.selected = Some((sdes_socket(&s.addr), s.addr));
+            }
+        }
+        self.wa_remote_sdp = Some(text.to_string());
+        Ok(())
+    }
+
+    fn set_internal_remote(&mut self, text: &str) -> Result<(), ApiError> {
+        if self.internal_remote_sdp.as_deref() == Some(text) && self.internal.remote.is_some() {
+            return Ok(());
+        }
+        let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+        apply_internal_remote(&mut self.internal, self.internal_local_key.as_ref(), &remote)?;
+        self.internal_remote_sdp = Some(text.to_string());
+        Ok(())
+    }
+}
+
+fn ice_config(cfg: &CallConfig) -> IceConfig {
+    IceConfig {
+        connect_timeout: cfg.ice_connect_timeout,
+        initial_rto: cfg.ice_check_rto,
+        consent_interval: cfg.consent_interval,
+        consent_timeout: cfg.consent_timeout,
+        ..IceConfig::default()
+    }
+}
+
+fn dtls_config(cfg: &CallConfig) -> DtlsConfig {
+    DtlsConfig {
+        flight_start_rto: cfg.dtls_flight_rto,
+        handshake_timeout: cfg.dtls_timeout,
+        ..DtlsConfig::default()
+    }
+}
+
+fn add_locals(ice: &mut ControllingAgent, s: &LocalSockets) {
+    if let Some(a) = s.wa_v4 {
+        ice.add_local(SocketRef::WaV4, a);
+    }
+    if let Some(a) = s.wa_v6 {
+        ice.add_local(SocketRef::WaV6, a);
+    }
+}
+
+fn sdes_socket(remote: &SocketAddr) -> SocketRef {
+    if remote.is_ipv6() {
+        SocketRef::WaV6
+    } else {
+        SocketRef::WaV4
+    }
+}
+
+fn build_internal(
+    spec: &InternalLegSpec,
+    setup: &CallSetup<'_>,
+    cname: &str,
+) -> Result<(InternalLeg, Option<MasterKey>, String), ApiError> {
+    let ssrc = rand::random::<u32>();
+    let mut leg = InternalLeg {
+        srtp: None,
+        remote: None,
+        policy: spec.source,
+        latched: false,
+        opus_pt: 111,
+        te_pt: Some(101),
+        tx: OutboundStream::new(ssrc, OPUS_CLOCK, rand::random(), rand::random()),
+        counters: LegCounters::default(),
+    };
+    let local_key = match spec.kind {
+        InternalKind::PlainRtp => None,
+        InternalKind::SdesSrtp(p) => Some(srtp::random_master_key(p)),
+    };
+    if let Some(text) = &spec.remote_sdp {
+        let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+        apply_internal_remote(&mut leg, local_key.as_ref(), &remote)?;
+    }
+    let addr = SocketAddr::new(setup.advertised.internal, setup.sockets.internal.port());
+    let desc = LocalDescription::internal(sdp::InternalLocalParams {
+        addr,
+        opus_pt: leg.opus_pt,
+        telephone_event_pt: leg.te_pt,
+        crypto: local_key
+            .as_ref()
+            .map(|k| (1, k.profile.sdes_name().to_string(), format!("inline:{}", srtp::sdes_inline(k)))),
+        ssrc: Some((ssrc, cname.to_string())),
+    });
+    Ok((leg, local_key, desc.to_sdp()))
+}
+
+fn apply_internal_remote(
+    leg: &mut InternalLeg,
+    local_key: Option<&MasterKey>,
+    remote: &sdp::InternalRemote,
+) -> Result<(), ApiError> {
+    leg.opus_pt = remote.opus_pt.unwrap_or(leg.opus_pt);
+    leg.te_pt = remote.telephone_event_pt.or(leg.te_pt);
+    if !leg.latched {
+        leg.remote = Some(remote.addr);
+    }
+    match (local_key, &remote.crypto) {
+        (Some(local), Some(c)) => {
+            let profile = SrtpProfile::from_sdes_name(&c.suite)
+                .filter(|p| *p == local.profile)
+                .ok_or_else(|| bad(format!("internal leg crypto suite {} does not match ours ({})", c.suite, local.profile)))?;
+            let rk = srtp::parse_sdes_inline(profile, &c.key_params).map_err(bad)?;
+            leg.srtp = Some(
+                SrtpSession::new(&SessionKeys {
+                    local: local.clone(),
+                    remote: rk,
+                })
+                .map_err(bad)?,
+            );
+        }
+        (Some(_), None) => return Err(bad("internal leg is SDES-SRTP but its SDP has no a=crypto")),
+        (None, Some(_)) => return Err(bad("internal leg is plain RTP but its SDP offers a=crypto (RTP/SAVP)")),
+        (None, None) => {}
+    }
+    Ok(())
+}
