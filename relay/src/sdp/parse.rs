@@ -257,11 +257,8 @@ impl Walker {
                     return Err(line.err("second o= line"));
                 }
             }
-            b's' => {
-                if self.session_name.replace(line.value.to_string()).is_some() {
-                    return Err(line.err("second s= line"));
-                }
-            }
+            b's' if self.session_name.is_some() => return Err(line.err("second s= line")),
+            b's' => self.session_name = Some(line.value.to_string()),
             _ if self.session.line(line)? => {}
             b'a' => match line.attribute() {
                 ("ice-lite", _) => self.ice_lite = true,
