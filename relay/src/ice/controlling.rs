@@ -14,6 +14,9 @@
 //!   after it processed our SDP. A 401 response means the same thing (Meta does not know
 //!   our credentials yet) and keeps the pair alive; a 487 is counted and retried (we never
 //!   give up the controlling role, which is what makes Meta work); other errors fail the pair.
+//!   Every response, errors included, must come from the checked address and carry valid
+//!   MESSAGE-INTEGRITY (Meta's password); anything else is dropped and counted, so an
+//!   unauthenticated error cannot kill a pair.
 //! - **Consent** (RFC 7675): a check on the selected pair every 4–6 s, each with a new
 //!   transaction ID and no retransmissions; consent is lost `consent_timeout` after the last
 //!   authenticated response on the selected pair.
