@@ -1,1 +1,6 @@
 //! Pure wire formats: no I/O, no clock, no allocation on parse.
+
+pub mod classify;
+pub mod rtcp;
+pub mod rtp;
+pub mod stun;
