@@ -92,22 +92,22 @@ podIP without.
 {{- define "relay.advertiseEnv" -}}
 {{- $from := .spec.from }}
 {{- if eq $from "auto" }}{{ $from = ternary "hostIP" "podIP" .hostNetwork }}{{ end }}
-{{- if eq $from "hostIP" }}
+{{- if eq $from "hostIP" -}}
 - name: {{ .name }}
   valueFrom:
     fieldRef:
       fieldPath: status.hostIP
-{{- else if eq $from "podIP" }}
+{{- else if eq $from "podIP" -}}
 - name: {{ .name }}
   valueFrom:
     fieldRef:
       fieldPath: status.podIP
-{{- else if eq $from "annotation" }}
+{{- else if eq $from "annotation" -}}
 - name: {{ .name }}
   valueFrom:
     fieldRef:
       fieldPath: {{ printf "metadata.annotations['%s']" (required (printf "%s: from=annotation needs an annotation key" .name) .spec.annotation) }}
-{{- else if eq $from "value" }}
+{{- else if eq $from "value" -}}
 - name: {{ .name }}
   value: {{ required (printf "%s: from=value needs a value" .name) .spec.value | quote }}
 {{- else if ne $from "none" }}

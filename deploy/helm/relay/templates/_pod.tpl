@@ -113,9 +113,15 @@ spec:
           value: {{ .Values.media.whatsappV6 | quote }}
         - name: RELAY_INTERNAL
           value: {{ .Values.media.internal | quote }}
-        {{- include "relay.advertiseEnv" (dict "name" "RELAY_ADVERTISE_V4" "spec" .Values.advertise.v4 "hostNetwork" .Values.hostNetwork) | nindent 8 }}
-        {{- include "relay.advertiseEnv" (dict "name" "RELAY_ADVERTISE_V6" "spec" .Values.advertise.v6 "hostNetwork" .Values.hostNetwork) | nindent 8 }}
-        {{- include "relay.advertiseEnv" (dict "name" "RELAY_ADVERTISE_INTERNAL" "spec" .Values.advertise.internal "hostNetwork" .Values.hostNetwork) | nindent 8 }}
+        {{- with include "relay.advertiseEnv" (dict "name" "RELAY_ADVERTISE_V4" "spec" .Values.advertise.v4 "hostNetwork" .Values.hostNetwork) }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with include "relay.advertiseEnv" (dict "name" "RELAY_ADVERTISE_V6" "spec" .Values.advertise.v6 "hostNetwork" .Values.hostNetwork) }}
+        {{- . | nindent 8 }}
+        {{- end }}
+        {{- with include "relay.advertiseEnv" (dict "name" "RELAY_ADVERTISE_INTERNAL" "spec" .Values.advertise.internal "hostNetwork" .Values.hostNetwork) }}
+        {{- . | nindent 8 }}
+        {{- end }}
         - name: RELAY_PORT_MIN
           value: {{ .Values.media.portMin | quote }}
         - name: RELAY_PORT_MAX
