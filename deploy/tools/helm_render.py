@@ -11,6 +11,7 @@ Backends, first available wins:
 Usage:
   helm_render.py [--values-json JSON] [CHART]   print the manifest (exit 3: no backend)
   helm_render.py --write-k8s                    regenerate deploy/k8s/{relay,monitoring}.yaml
+  helm_render.py --check-k8s                    exit 1 (with a diff) if they are stale
   helm_render.py --backend                      print the backend name (or "none", exit 3)
 Render errors (e.g. the chart's `fail` checks) go to stderr with exit 1.
 """
@@ -258,6 +259,19 @@ def main(argv: list[str]) -> int:
         print("helm_render: no Helm backend (helm CLI, or helm_sdkpy)", file=sys.stderr)
         return 3
     try:
+        if "--check-k8s" in args:
+            import difflib
+            stale = 0
+            for name, text in k8s_files().items():
+                have = (K8S / name).read_text() if (K8S / name).exists() else ""
+                if have != text:
+                    stale += 1
+                    sys.stdout.writelines(difflib.unified_diff(
+                        have.splitlines(True), text.splitlines(True), f"deploy/k8s/{name}",
+                        f"rendered {name}"))
+            if stale:
+                print("deploy/k8s is stale: run deploy/tools/helm_render.py --write-k8s")
+            return 1 if stale else 0
         if "--write-k8s" in args:
             for name, text in k8s_files().items():
                 (K8S / name).write_text(text)
