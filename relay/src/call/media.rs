@@ -93,7 +93,7 @@ impl Call {
         wa.counters.remote_ssrc = Some(hdr.ssrc);
         wa.counters
             .rx_seq
-            .get_or_insert_with(|| rtp::SeqTracker::new(hdr.sequence))
+            .get_or_insert_with(rtp::SeqTracker::new)
             .update(hdr.sequence, hdr.timestamp, rtp_clock_at(now, self.created_mono));
         self.last_wa_media = Some(now);
         if !self.first_media_from_wa {
@@ -228,7 +228,7 @@ impl Call {
         internal
             .counters
             .rx_seq
-            .get_or_insert_with(|| rtp::SeqTracker::new(hdr.sequence))
+            .get_or_insert_with(rtp::SeqTracker::new)
             .update(hdr.sequence, hdr.timestamp, rtp_clock_at(now, self.created_mono));
         self.last_internal_media = Some(now);
         if !self.first_media_from_internal {

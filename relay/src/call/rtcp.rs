@@ -157,32 +157,11 @@ impl Call {
 /// The report block about the stream we receive on a leg (RFC 3550 §6.4.1), if any.
 fn report_block(c: &mut LegCounters, now: Instant) -> Option<ReportBlock> {
     let ssrc = c.remote_ssrc?;
-    let t = c.rx_seq.as_ref()?;
-    let expected = t.expected();
-    let received = t.received();
-    let expected_interval = expected.saturating_sub(c.expected_prior);
-    let received_interval = received.saturating_sub(c.received_prior);
-    c.expected_prior = expected;
-    c.received_prior = received;
-    let lost_interval = expected_interval.saturating_sub(received_interval);
-    let fraction_lost = if expected_interval == 0 {
-        0
-    } else {
-        ((lost_interval << 8) / expected_interval).min(255) as u8
-    };
     let (lsr, dlsr) = match c.last_sr {
         Some((mid, at)) => (mid, dlsr_units(now.saturating_duration_since(at))),
         None => (0, 0),
     };
-    Some(ReportBlock {
-        ssrc,
-        fraction_lost,
-        cumulative_lost: t.lost().min(0x7f_ffff) as i32,
-        highest_seq: t.highest_extended(),
-        jitter: t.jitter(),
-        lsr,
-        dlsr,
-    })
+    Some(c.rx_seq.as_mut()?.report_block(ssrc, lsr, dlsr))
 }
 
 /// DLSR is in units of 1/65536 s.

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::api::{
-    ApiError, CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, WaSecurity,
+    ApiError, CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, SourcePolicy,
+    WaSecurity,
 };
 use crate::call::legs::{InternalLeg, OPUS_CLOCK, WhatsAppLeg};
 use crate::call::prebuffer::Prebuffer;
@@ -109,20 +110,26 @@ impl Call {
             counters: LegCounters::default(),
         };
         let mut wa_local_key = None;
-        let fingerprint = setup.identity.fingerprint().clone();
-        let wa_params = |crypto: Option<(u32, SrtpProfile, MasterKey)>| sdp::WaLocalParams {
-            ice_ufrag: ice_creds.ufrag.clone(),
-            ice_pwd: ice_creds.pwd.clone(),
-            fingerprint: sdp::Fingerprint {
-                algorithm: fingerprint.algorithm.clone(),
-                bytes: fingerprint.bytes.clone(),
-            },
-            candidates: candidates.clone(),
-            setup: Setup::Active,
+        let fingerprint = to_sdp_fingerprint(setup.identity.fingerprint());
+        let session_id = rand::random::<u32>() as u64;
+        let (conn, port) = (candidates[0].0.ip(), candidates[0].0.port());
+        let wa_params = |security: sdp::LocalSecurity| sdp::WaLocalParams {
+            session_id,
+            session_version: 1,
+            connection: conn,
+            port,
+            security,
             ssrc: Some((wa_ssrc, wa_cname.clone())),
-            crypto: crypto.map(|(tag, p, k)| (tag, p.sdes_name().to_string(), format!("inline:{}", srtp::sdes_inline(&k)))),
-            connection: candidates[0].0.ip(),
-            port: candidates[0].0.port(),
+        };
+        let dtls_security = |setup: Option<Setup>| sdp::LocalSecurity::Dtls {
+            ice: sdp::LocalIce {
+                ufrag: ice_creds.ufrag.clone(),
+                pwd: ice_creds.pwd.clone(),
+                candidates: candidates.clone(),
+                end_of_candidates: true,
+            },
+            fingerprint: fingerprint.clone(),
+            setup,
         };
 
         let whatsapp_sdp = match req.direction {
@@ -131,69 +138,64 @@ impl Call {
                     .whatsapp_offer
                     .as_deref()
                     .ok_or_else(|| bad("whatsapp_offer is required for a user-initiated call"))?;
-                let offer = sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+                let offer =
+                    sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
                 wa.opus_pt = offer.opus_pt;
                 wa.te_pt = offer.telephone_event_pt;
-                match &offer.transport {
+                let security = match &offer.transport {
                     sdp::WaTransport::Dtls(d) => {
-                        let mut ice = ControllingAgent::new(ice_creds.clone(), now, ice_config(&cfg));
-                        ice.set_remote_credentials(IceCredentials {
-                            ufrag: d.ice_ufrag.clone(),
-                            pwd: d.ice_pwd.clone(),
-                        });
-                        add_locals(&mut ice, &setup.sockets);
-                        for c in &d.candidates {
-                            ice.add_remote_candidate(c.addr, c.priority);
-                        }
-                        wa.ice = Some(ice);
+                        let role = dtls_role_for(Some(d.setup));
+                        wa.ice = Some(controlling_agent(&ice_creds, d, &setup.sockets, &cfg, now));
                         wa.dtls = Some(DtlsDriver::new(
                             setup.identity.clone(),
                             &dtls_config(&cfg),
-                            dtls_role_for(d.setup),
-                            crate::dtls::Fingerprint {
-                                algorithm: d.fingerprint.algorithm.clone(),
-                                bytes: d.fingerprint.bytes.clone(),
-                            },
+                            role,
+                            to_dtls_fingerprint(&d.fingerprint),
                             now,
                         ));
-                        let mut params = wa_params(None);
-                        params.setup = match dtls_role_for(d.setup) {
+                        dtls_security(Some(match role {
                             DtlsRole::Client => Setup::Active,
                             DtlsRole::Server => Setup::Passive,
-                        };
-                        LocalDescription::whatsapp_answer(&offer, params).to_sdp()
+                        }))
                     }
                     sdp::WaTransport::Sdes(s) => {
-                        let profile = SrtpProfile::from_sdes_name(&s.suite)
-                            .ok_or_else(|| bad(format!("unsupported crypto suite {}", s.suite)))?;
-                        let remote = srtp::parse_sdes_inline(profile, &s.key_params).map_err(bad)?;
+                        let profile = s.crypto.profile;
                         let local = srtp::random_master_key(profile);
                         wa.srtp = Some(
                             SrtpSession::new(&SessionKeys {
                                 local: local.clone(),
-                                remote,
+                                remote: s.crypto.key.clone(),
                             })
                             .map_err(bad)?,
                         );
-                        wa.selected = Some((sdes_socket(&s.addr), s.addr));
-                        LocalDescription::whatsapp_answer(&offer, wa_params(Some((s.tag, profile, local))))
-                            .to_sdp()
+                        wa.selected = Some((sdes_socket(&s.rtp_addr), s.rtp_addr));
+                        sdp::LocalSecurity::Sdes {
+                            profile,
+                            key_params: sdp::sdes_key_params(&local),
+                        }
                     }
-                }
+                };
+                LocalDescription::whatsapp_answer(&offer, wa_params(security))
+                    .map_err(bad)?
+                    .to_sdp()
             }
             CallDirection::BusinessInitiated => match req.whatsapp_security {
                 WaSecurity::DtlsSrtp => {
                     let mut ice = ControllingAgent::new(ice_creds.clone(), now, ice_config(&cfg));
                     add_locals(&mut ice, &setup.sockets);
                     wa.ice = Some(ice);
-                    let mut params = wa_params(None);
-                    params.setup = Setup::ActPass;
-                    LocalDescription::whatsapp_offer(params).to_sdp()
+                    LocalDescription::whatsapp_offer(wa_params(dtls_security(Some(Setup::ActPass))))
+                        .to_sdp()
                 }
                 WaSecurity::Sdes(profile) => {
                     let local = srtp::random_master_key(profile);
-                    wa_local_key = Some(local.clone());
-                    LocalDescription::whatsapp_offer(wa_params(Some((1, profile, local)))).to_sdp()
+                    let key_params = sdp::sdes_key_params(&local);
+                    wa_local_key = Some(local);
+                    LocalDescription::whatsapp_offer(wa_params(sdp::LocalSecurity::Sdes {
+                        profile,
+                        key_params,
+                    }))
+                    .to_sdp()
                 }
             },
         };
@@ -282,7 +284,7 @@ impl Call {
         match &answer.transport {
             sdp::WaTransport::Dtls(d) => {
                 let Some(ice) = self.wa.ice.as_mut() else {
-                    return Err(bad("answer uses DTLS but our offer was SDES"));
+                    return Err(bad("Meta's answer uses DTLS but our offer was SDES"));
                 };
                 ice.set_remote_credentials(IceCredentials {
                     ufrag: d.ice_ufrag.clone(),
@@ -291,27 +293,35 @@ impl Call {
                 for c in &d.candidates {
                     ice.add_remote_candidate(c.addr, c.priority);
                 }
+                if d.setup == Setup::ActPass {
+                    return Err(bad("Meta's answer says a=setup:actpass; an answer must pick active or passive"));
+                }
                 self.wa.dtls = Some(DtlsDriver::new(
                     self.identity.clone(),
                     &dtls_config(&self.cfg),
-                    dtls_role_for(d.setup),
-                    crate::dtls::Fingerprint {
-                        algorithm: d.fingerprint.algorithm.clone(),
-                        bytes: d.fingerprint.bytes.clone(),
-                    },
+                    dtls_role_for(Some(d.setup)),
+                    to_dtls_fingerprint(&d.fingerprint),
                     now,
                 ));
             }
             sdp::WaTransport::Sdes(s) => {
                 let Some(local) = self.wa_local_key.clone() else {
-                    return Err(bad("answer uses SDES but our offer was DTLS"));
+                    return Err(bad("Meta's answer uses SDES but our offer was DTLS"));
                 };
-                let profile = SrtpProfile::from_sdes_name(&s.suite)
-                    .filter(|p| *p == local.profile)
-                    .ok_or_else(|| bad(format!("answer chose crypto suite {} we did not offer", s.suite)))?;
-                let remote = srtp::parse_sdes_inline(profile, &s.key_params).map_err(bad)?;
-                self.wa.srtp = Some(SrtpSession::new(&SessionKeys { local, remote }).map_err(bad)?);
-                self.wa.selected = Some((sdes_socket(&s.addr), s.addr));
+                if s.crypto.profile != local.profile {
+                    return Err(bad(format!(
+                        "Meta's answer chose {} but we offered {}",
+                        s.crypto.profile, local.profile
+                    )));
+                }
+                self.wa.srtp = Some(
+                    SrtpSession::new(&SessionKeys {
+                        local,
+                        remote: s.crypto.key.clone(),
+                    })
+                    .map_err(bad)?,
+                );
+                self.wa.selected = Some((sdes_socket(&s.rtp_addr), s.rtp_addr));
             }
         }
         self.wa_remote_sdp = Some(text.to_string());
@@ -332,7 +342,7 @@ impl Call {
 fn ice_config(cfg: &CallConfig) -> IceConfig {
     IceConfig {
         connect_timeout: cfg.ice_connect_timeout,
-        initial_rto: cfg.ice_check_rto,
+        rto_initial: cfg.ice_check_rto,
         consent_interval: cfg.consent_interval,
         consent_timeout: cfg.consent_timeout,
         ..IceConfig::default()
@@ -388,16 +398,18 @@ fn build_internal(
         let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
         apply_internal_remote(&mut leg, local_key.as_ref(), &remote)?;
     }
-    let addr = SocketAddr::new(setup.advertised.internal, setup.sockets.internal.port());
-    let desc = LocalDescription::internal(sdp::InternalLocalParams {
-        addr,
-        opus_pt: leg.opus_pt,
-        telephone_event_pt: leg.te_pt,
-        crypto: local_key
-            .as_ref()
-            .map(|k| (1, k.profile.sdes_name().to_string(), format!("inline:{}", srtp::sdes_inline(k)))),
-        ssrc: Some((ssrc, cname.to_string())),
-    });
+    let mut params = sdp::InternalLocalParams::new(
+        rand::random::<u32>() as u64,
+        setup.advertised.internal,
+        setup.sockets.internal.port(),
+    );
+    params.opus_pt = leg.opus_pt;
+    params.telephone_event_pt = leg.te_pt;
+    params.crypto = local_key
+        .as_ref()
+        .map(|k| (1, k.profile, sdp::sdes_key_params(k)));
+    params.ssrc = Some((ssrc, cname.to_string()));
+    let desc = LocalDescription::internal(params);
     Ok((leg, local_key, desc.to_sdp()))
 }
 
@@ -406,28 +418,73 @@ fn apply_internal_remote(
     local_key: Option<&MasterKey>,
     remote: &sdp::InternalRemote,
 ) -> Result<(), ApiError> {
-    leg.opus_pt = remote.opus_pt.unwrap_or(leg.opus_pt);
+    leg.opus_pt = remote.opus_pt;
     leg.te_pt = remote.telephone_event_pt.or(leg.te_pt);
     if !leg.latched {
-        leg.remote = Some(remote.addr);
+        // `None` (c=0.0.0.0): learn the address from the first packet.
+        leg.remote = remote.rtp_addr;
+        if remote.rtp_addr.is_none() {
+            leg.policy = SourcePolicy::Latch;
+        }
     }
     match (local_key, &remote.crypto) {
         (Some(local), Some(c)) => {
-            let profile = SrtpProfile::from_sdes_name(&c.suite)
-                .filter(|p| *p == local.profile)
-                .ok_or_else(|| bad(format!("internal leg crypto suite {} does not match ours ({})", c.suite, local.profile)))?;
-            let rk = srtp::parse_sdes_inline(profile, &c.key_params).map_err(bad)?;
+            if c.profile != local.profile {
+                return Err(bad(format!(
+                    "internal leg crypto suite {} does not match ours ({})",
+                    c.profile, local.profile
+                )));
+            }
             leg.srtp = Some(
                 SrtpSession::new(&SessionKeys {
                     local: local.clone(),
-                    remote: rk,
+                    remote: c.key.clone(),
                 })
                 .map_err(bad)?,
             );
         }
-        (Some(_), None) => return Err(bad("internal leg is SDES-SRTP but its SDP has no a=crypto")),
-        (None, Some(_)) => return Err(bad("internal leg is plain RTP but its SDP offers a=crypto (RTP/SAVP)")),
+        (Some(_), None) => {
+            return Err(bad("internal leg is SDES-SRTP but its SDP has no a=crypto"));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "internal leg is plain RTP but its SDP is RTP/SAVP with a=crypto",
+            ));
+        }
         (None, None) => {}
     }
     Ok(())
+}
+
+fn controlling_agent(
+    creds: &IceCredentials,
+    remote: &sdp::DtlsRemote,
+    sockets: &LocalSockets,
+    cfg: &CallConfig,
+    now: Instant,
+) -> ControllingAgent {
+    let mut ice = ControllingAgent::new(creds.clone(), now, ice_config(cfg));
+    ice.set_remote_credentials(IceCredentials {
+        ufrag: remote.ice_ufrag.clone(),
+        pwd: remote.ice_pwd.clone(),
+    });
+    add_locals(&mut ice, sockets);
+    for c in &remote.candidates {
+        ice.add_remote_candidate(c.addr, c.priority);
+    }
+    ice
+}
+
+fn to_sdp_fingerprint(f: &crate::dtls::Fingerprint) -> sdp::Fingerprint {
+    sdp::Fingerprint {
+        algorithm: f.algorithm.clone(),
+        bytes: f.bytes.clone(),
+    }
+}
+
+fn to_dtls_fingerprint(f: &sdp::Fingerprint) -> crate::dtls::Fingerprint {
+    crate::dtls::Fingerprint {
+        algorithm: f.algorithm.clone(),
+        bytes: f.bytes.clone(),
+    }
 }

@@ -71,9 +71,6 @@ pub struct LegCounters {
     pub remote_ssrc: Option<u32>,
     /// The peer's last SR: NTP middle 32 bits and when it arrived (for LSR/DLSR).
     pub last_sr: Option<(u32, Instant)>,
-    /// Totals at our previous report, for the interval's fraction lost (RFC 3550 A.3).
-    pub expected_prior: u64,
-    pub received_prior: u64,
 }
 
 impl LegCounters {
@@ -91,7 +88,7 @@ impl LegCounters {
 
     pub fn to_api(&self, sent_packets: u64, sent_bytes: u64, clock_rate: u32) -> LegStats {
         let (lost, jitter_units) = match &self.rx_seq {
-            Some(t) => (t.lost(), t.jitter()),
+            Some(t) => (t.lost().max(0) as u64, t.jitter()),
             None => (0, 0),
         };
         LegStats {
