@@ -19,6 +19,9 @@ const DTMF_END_REPEATS: u8 = 3;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceivedRtp {
     pub at: Instant,
+    /// Wall-clock receive time (µs since the Unix epoch), comparable with the send time in
+    /// stamped payloads ([`crate::rtp::read_stamp`]) for one-way latency on one machine.
+    pub at_unix_us: u64,
     pub from: SocketAddr,
     pub header: RtpHeader,
     pub payload: Vec<u8>,

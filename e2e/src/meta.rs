@@ -27,7 +27,7 @@ use relay::srtp::{MasterKey, SessionKeys, SrtpProfile};
 
 use crate::dtls::{DtlsSetup, PeerCertificate, PeerDtls};
 use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
-use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types};
+use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
 use crate::runner::{PeerCore, Runner};
 use crate::sdp::{Crypto, RemoteSdp, crlf, host_candidate};
 use crate::srtp::SrtpSession;
@@ -572,6 +572,7 @@ impl MetaCore {
                 self.stats.media.first_packet_at.get_or_insert(now);
                 self.recorder.rtp.push(ReceivedRtp {
                     at: now,
+                    at_unix_us: unix_micros(),
                     from,
                     header,
                     payload: payload.to_vec(),

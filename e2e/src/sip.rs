@@ -13,7 +13,7 @@ use relay::srtp::{MasterKey, SessionKeys, SrtpProfile};
 
 use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
 use crate::meta::wait_until;
-use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types};
+use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
 use crate::runner::{PeerCore, Runner};
 use crate::sdp::{Crypto, RemoteSdp, crlf};
 use crate::srtp::SrtpSession;
@@ -295,6 +295,7 @@ impl SipCore {
             self.stats.first_packet_at.get_or_insert(now);
             self.recorder.rtp.push(ReceivedRtp {
                 at: now,
+                at_unix_us: unix_micros(),
                 from,
                 header,
                 payload: payload.to_vec(),

@@ -341,3 +341,11 @@ fn identity_fingerprint_is_sha256_of_its_certificate() {
     assert_eq!(parsed.as_ref(), Ok(id.fingerprint()));
     let _: Result<_, DtlsError> = parsed;
 }
+
+#[test]
+fn driver_can_move_to_a_shard_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<DtlsDriver>();
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<DtlsIdentity>();
+}
