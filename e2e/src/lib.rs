@@ -1,1 +1,20 @@
-//! Meta emulator and internal peers.
+//! Meta emulator and internal peers, shared by the integration tests and the load test.
+//!
+//! Everything here is an independent stack on purpose: DTLS on webrtc-rs `rtc-dtls`, SRTP on
+//! `webrtc-srtp`, and STUN/RTP/SDP codecs of its own, so the relay is proven against code it
+//! does not share.
+//!
+//! - [`meta::MetaPeer`]: WhatsApp's media endpoint (ICE-lite, DTLS either role or SDES, Opus).
+//! - [`sip::SipPeer`]: the internal leg as a SIP media server (plain RTP or SDES-SRTP).
+//! - [`meta::MetaCore`] / [`sip::SipCore`]: the same peers sans-IO, for drivers that own
+//!   their sockets (the load test).
+
+pub mod dtls;
+pub mod media;
+pub mod meta;
+pub mod rtp;
+pub mod runner;
+pub mod sdp;
+pub mod sip;
+pub mod srtp;
+pub mod stun;
