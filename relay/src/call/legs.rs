@@ -13,8 +13,6 @@ use crate::srtp::SrtpSession;
 
 /// Opus always runs at 48 kHz RTP clock (RFC 7587).
 pub const OPUS_CLOCK: u32 = 48_000;
-/// RFC 4733 events toward WhatsApp use 8 kHz (Meta: telephone-event/8000 only).
-pub const TELEPHONE_EVENT_CLOCK: u32 = 8_000;
 
 pub struct WhatsAppLeg {
     /// `None` for SDES (no ICE toward Meta's SIP-style media).

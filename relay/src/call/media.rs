@@ -15,7 +15,7 @@ use std::time::Instant;
 use crate::api::{CallEventKind, LegKind};
 use crate::call::Call;
 use crate::call::legs::OPUS_CLOCK;
-use crate::call::rewrite::Source;
+use crate::call::rewrite::{Rewritten, Source};
 use crate::call::stats::DropReason;
 use crate::net::{Outbox, SocketRef};
 use crate::srtp::SrtpError;
@@ -24,6 +24,9 @@ use crate::wire::{rtp, stun};
 
 /// A 20 ms Opus frame of silence (TOC 0xF8: CELT fullband 20 ms mono, then an empty frame);
 /// what SIP media servers and WebRTC stacks send for comfort silence.
+/// The fixed RTP header; what `strip_extensions_and_csrc` leaves.
+const RTP_HEADER_LEN: usize = 12;
+
 pub const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
 
 impl Call {
@@ -124,7 +127,7 @@ impl Call {
         let Ok(n) = rtp::strip_extensions_and_csrc(buf, n) else {
             return self.wa.counters.drop(DropReason::Malformed);
         };
-        let payload_len = n - rtp::MIN_HEADER_LEN;
+        let payload_len = n - RTP_HEADER_LEN;
         let rw = internal.tx.next(
             Source::Forwarded {
                 ssrc: hdr.ssrc,
@@ -134,11 +137,9 @@ impl Call {
             now,
             payload_len,
         );
-        rtp::set_payload_type(buf, out_pt);
-        rtp::set_marker(buf, hdr.marker || rw.marker);
-        rtp::set_sequence(buf, rw.seq);
-        rtp::set_timestamp(buf, rw.ts);
-        rtp::set_ssrc(buf, rw.ssrc);
+        if rewrite_header(buf, out_pt, hdr.marker || rw.marker, rw).is_err() {
+            return internal.counters.drop(DropReason::Malformed);
+        }
         let n = match internal.srtp.as_mut() {
             Some(srtp) => match srtp.tx.protect_rtp(buf, n) {
                 Ok(n) => n,
@@ -286,13 +287,11 @@ impl Call {
                 ts: hdr.timestamp,
             },
             now,
-            n - rtp::MIN_HEADER_LEN,
+            n - RTP_HEADER_LEN,
         );
-        rtp::set_payload_type(buf, out_pt);
-        rtp::set_marker(buf, hdr.marker || rw.marker);
-        rtp::set_sequence(buf, rw.seq);
-        rtp::set_timestamp(buf, rw.ts);
-        rtp::set_ssrc(buf, rw.ssrc);
+        if rewrite_header(buf, out_pt, hdr.marker || rw.marker, rw).is_err() {
+            return wa.counters.drop(DropReason::Malformed);
+        }
         match srtp.tx.protect_rtp(buf, n) {
             Ok(n) => {
                 out.push(via, to, &buf[..n]);
@@ -396,6 +395,21 @@ impl Call {
         self.events
             .push_back(CallEventKind::DtmfReceived { from: leg, digit });
     }
+}
+
+/// Stamp the outbound stream's numbering onto a forwarded header (already parsed, so the
+/// fixed header is present).
+fn rewrite_header(
+    buf: &mut [u8],
+    pt: u8,
+    marker: bool,
+    rw: Rewritten,
+) -> Result<(), rtp::RtpError> {
+    rtp::set_payload_type(buf, pt)?;
+    rtp::set_marker(buf, marker)?;
+    rtp::set_sequence(buf, rw.seq)?;
+    rtp::set_timestamp(buf, rw.ts)?;
+    rtp::set_ssrc(buf, rw.ssrc)
 }
 
 fn srtp_drop_reason(e: SrtpError) -> DropReason {

@@ -29,15 +29,15 @@ impl Call {
                 counters.drop(crate::call::stats::DropReason::Malformed);
                 return;
             };
-            let blocks = match &p {
+            let blocks = match p {
                 RtcpPacket::SenderReport(sr) => {
                     counters.last_sr = Some((rtcp::ntp_middle32(sr.ntp), now));
-                    sr.reports()
+                    sr.reports
                 }
-                RtcpPacket::ReceiverReport(rr) => rr.reports(),
+                RtcpPacket::ReceiverReport { reports, .. } => reports,
                 _ => continue,
             };
-            for b in blocks.flatten() {
+            for b in blocks {
                 if b.ssrc == our_ssrc {
                     counters.remote_lost = b.cumulative_lost.max(0) as u64;
                     counters.remote_jitter_units = b.jitter;

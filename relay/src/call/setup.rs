@@ -22,7 +22,7 @@ use crate::dtls::{DtlsConfig, DtlsDriver, DtlsIdentity, DtlsRole};
 use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
 use crate::net::{Outbox, SocketRef};
 use crate::sdp::{self, LocalDescription, Setup};
-use crate::srtp::{self, MasterKey, SessionKeys, SrtpProfile, SrtpSession};
+use crate::srtp::{self, MasterKey, SessionKeys, SrtpSession};
 
 /// The sockets the engine bound for this call.
 #[derive(Copy, Clone, Debug)]

@@ -27,6 +27,12 @@ pub struct RecvBatch {
     msgs: Box<[libc::mmsghdr]>,
 }
 
+// SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers owned
+// by the same struct, and are rewritten before every syscall; moving the struct to another
+// thread (once, when a shard starts) moves the buffers with it.
+unsafe impl Send for RecvBatch {}
+unsafe impl Send for SendBatch {}
+
 impl Default for RecvBatch {
     fn default() -> Self {
         Self::new()
