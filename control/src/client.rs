@@ -142,7 +142,8 @@ impl RelayClient {
             sdp: sdp.into(),
         };
         let resp = self.inner.set_remote_description(req).await?.into_inner();
-        resp.call.ok_or_else(|| missing("SetRemoteDescriptionResponse.call"))
+        resp.call
+            .ok_or_else(|| missing("SetRemoteDescriptionResponse.call"))
     }
 
     pub async fn open_gate(&mut self, call_id: impl Into<String>) -> Result<pb::CallInfo, Status> {
@@ -210,10 +211,7 @@ impl RelayClient {
     }
 
     /// `None`: the relay's default deadline.
-    pub async fn drain(
-        &mut self,
-        deadline: Option<Duration>,
-    ) -> Result<pb::DrainResponse, Status> {
+    pub async fn drain(&mut self, deadline: Option<Duration>) -> Result<pb::DrainResponse, Status> {
         let deadline = deadline.map(|d| prost_types::Duration {
             seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),

@@ -162,10 +162,7 @@ mod tests {
 
     #[test]
     fn enum_names_are_short_and_unspecified_is_null() {
-        assert_eq!(
-            state(pb::CallState::Active).as_deref(),
-            Some("active")
-        );
+        assert_eq!(state(pb::CallState::Active).as_deref(), Some("active"));
         assert_eq!(state(pb::CallState::Unspecified), None);
         assert_eq!(
             srtp_profile(pb::SrtpProfile::AeadAes128Gcm).as_deref(),
