@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod json;
+pub mod table;
 
 /// Generated `relay.v1` messages, `relay_client::RelayClient` and `relay_server::Relay`.
 pub mod pb {
