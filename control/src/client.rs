@@ -40,9 +40,18 @@ pub enum ConnectError {
 }
 
 /// Adds `authorization: Bearer <token>` to every request (nothing when there is no token).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BearerAuth {
     header: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    // Never print the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerAuth")
+            .field("token", &self.header.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl BearerAuth {

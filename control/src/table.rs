@@ -43,7 +43,11 @@ impl Table {
                     text.push_str("  ");
                 }
                 text.push_str(cell);
-                let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count();
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(cell.chars().count());
                 text.extend(std::iter::repeat_n(' ', pad));
             }
             out.push_str(text.trim_end());

@@ -328,6 +328,22 @@ async fn next_event(s: &mut tonic::Streaming<pb::WatchResponse>) -> pb::CallEven
     }
 }
 
+/// The call's event log once it holds at least `n` events. The log is fed from the engine's
+/// event stream, so it catches up shortly after the RPC that caused the event.
+async fn event_log(c: &mut RelayClient, call_id: &str, n: usize) -> Vec<&'static str> {
+    guard(async {
+        loop {
+            if let Ok(r) = c.get_call(call_id).await
+                && r.events.len() >= n
+            {
+                return r.events.iter().map(kind_name).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 fn kind_name(e: &pb::CallEvent) -> &'static str {
     control::json::event_kind(e.kind.as_ref()).0
 }
@@ -386,8 +402,10 @@ async fn user_initiated_lifecycle_through_every_rpc() {
     assert_eq!(call.consumer, "4477");
     assert_eq!(call.direction(), pb::CallDirection::UserInitiated);
     assert!(call.created_at.is_some());
-    let log: Vec<&str> = got.events.iter().map(kind_name).collect();
-    assert_eq!(log, ["created", "gate_opened"]);
+    assert_eq!(
+        event_log(&mut c, "wacid.A", 2).await,
+        ["created", "gate_opened"]
+    );
 
     let last = c
         .terminate("wacid.A", "terminate webhook COMPLETED")
@@ -410,6 +428,17 @@ async fn user_initiated_lifecycle_through_every_rpc() {
     assert_eq!(c.terminate("wacid.A", "again").await.unwrap(), None);
     assert_eq!(c.terminate("wacid.never", "early").await.unwrap(), None);
     assert!(c.list_calls("", &[]).await.unwrap().is_empty());
+
+    // The engine forgot the ended call; its event log is still readable.
+    assert_eq!(
+        event_log(&mut c, "wacid.A", 3).await,
+        ["created", "gate_opened", "ended"]
+    );
+    assert_eq!(c.get_call("wacid.A").await.unwrap().call, None);
+    assert_eq!(
+        c.get_call("wacid.never").await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     relay.stop().await.unwrap();
 }

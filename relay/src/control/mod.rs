@@ -41,7 +41,7 @@ pub const ALLOW_UNAUTHENTICATED_FLAG: &str = "--control-allow-unauthenticated-no
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7070);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ControlConfig {
     /// Where the gRPC server listens. Default 127.0.0.1:7070.
     pub listen: SocketAddr,
@@ -68,6 +68,23 @@ impl Default for ControlConfig {
             default_drain_deadline: Duration::from_secs(60),
             event_log: LogLimits::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for ControlConfig {
+    // Configs get logged; the token must not be.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field(
+                "allow_unauthenticated_non_loopback",
+                &self.allow_unauthenticated_non_loopback,
+            )
+            .field("default_drain_deadline", &self.default_drain_deadline)
+            .field("event_log", &self.event_log)
+            .finish()
     }
 }
 

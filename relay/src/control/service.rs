@@ -106,11 +106,14 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
         request: Request<pb::GetCallRequest>,
     ) -> Result<Response<pb::GetCallResponse>, Status> {
         let id = call_id(request.into_inner().call_id)?;
-        let info = api(self.engine.get_call(id.clone()).await)?;
-        Ok(Response::new(pb::GetCallResponse {
-            call: Some(convert::call_info(info)),
-            events: self.log.get(&id),
-        }))
+        let events = self.log.get(&id);
+        let call = match self.engine.get_call(id).await {
+            Ok(info) => Some(convert::call_info(info)),
+            // The engine has forgotten an ended call, but its log is still worth reading.
+            Err(ApiError::NotFound(_)) if !events.is_empty() => None,
+            Err(e) => return Err(to_status(&e)),
+        };
+        Ok(Response::new(pb::GetCallResponse { call, events }))
     }
 
     async fn list_calls(
