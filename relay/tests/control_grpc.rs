@@ -577,6 +577,38 @@ async fn policy_errors_carry_metas_codes_in_details_and_trailers() {
     relay.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_at_the_limit_admit_exactly_the_limit() {
+    // 1001 creates for one number at once, over 8 connections: exactly 1000 admitted, one
+    // refused with 138002, nothing stuck; another number is unaffected.
+    let relay = Running::start(FakeEngine::new(1000, 4096), ControlConfig::default()).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(relay.client().await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1001 {
+        let mut c = clients[i % clients.len()].clone();
+        tasks.spawn(async move {
+            c.create_call(uic(&format!("c{i}"), "1555", &format!("u{i}")))
+                .await
+        });
+    }
+    let (mut ok, mut refused) = (0, Vec::new());
+    while let Some(r) = guard(tasks.join_next()).await {
+        match r.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) => refused.push((s.code(), meta_code(&s))),
+        }
+    }
+    assert_eq!(ok, 1000);
+    assert_eq!(refused, [(Code::ResourceExhausted, Some(138002))]);
+    let mut c = relay.client().await;
+    assert_eq!(c.list_calls("1555", &[]).await.unwrap().len(), 1000);
+    c.create_call(uic("other", "1666", "u1")).await.unwrap();
+    relay.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn state_errors_map_to_grpc_codes() {
     let relay = Running::default().await;

@@ -464,3 +464,69 @@ async fn watch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_table_shows_one_row_per_call() {
+        let call = pb::CallInfo {
+            call_id: "wacid.1".into(),
+            business_number: "1555".into(),
+            consumer: "4477".into(),
+            direction: pb::CallDirection::UserInitiated.into(),
+            state: pb::CallState::Active.into(),
+            gate_open: true,
+            srtp_profile: pb::SrtpProfile::AeadAes128Gcm.into(),
+            whatsapp_remote: "157.240.1.1:3478".into(),
+            whatsapp: Some(pb::LegStats {
+                received: Some(pb::StreamStats {
+                    packets: 50,
+                    ..Default::default()
+                }),
+                sent: Some(pb::StreamStats {
+                    packets: 49,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = list_table(&[call]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("CALL ID"));
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "wacid.1",
+                "1555",
+                "4477",
+                "in",
+                "active",
+                "open",
+                "AEAD_AES_128_GCM",
+                "157.240.1.1:3478",
+                "-",
+                "50/49",
+                "-"
+            ]
+        );
+        assert_eq!(lines[2], "1 call(s)");
+        assert_eq!(list_table(&[]), "no calls\n");
+    }
+
+    #[test]
+    fn event_details_read_as_key_value_pairs() {
+        let (kind, detail) = json::event_kind(Some(&pb::call_event::Kind::DtmfReceived(
+            pb::DtmfReceived {
+                from: pb::Leg::Whatsapp.into(),
+                digit: "5".into(),
+            },
+        )));
+        assert_eq!(kind, "dtmf_received");
+        assert_eq!(detail_text(&detail), "digit=5 from=whatsapp");
+    }
+}
