@@ -1,0 +1,532 @@
+//! `relayctl`: operate a relay from a shell. Lists, shows, terminates and watches calls, shows
+//! load and drains. Tables by default, `--json` for scripts (one JSON document per command; one
+//! per line for `watch`).
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use control::client::{RelayClient, error_reason, meta_code};
+use control::json;
+use control::pb;
+use control::table::{Table, parse_duration, short_duration};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "relayctl",
+    version,
+    about = "Operate a WhatsApp media relay over its gRPC control API"
+)]
+struct Cli {
+    /// The relay's control endpoint (https:// for TLS).
+    #[arg(
+        long,
+        env = "RELAYCTL_ADDR",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    addr: String,
+    /// Bearer token, if the relay requires one.
+    #[arg(long, env = "RELAYCTL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// CA certificate (PEM) that signed the relay's certificate.
+    #[arg(long, global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mTLS; needs --tls-key.
+    #[arg(long, global = true, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[arg(long, global = true, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List live calls.
+    List {
+        /// Only calls of this business phone number ID.
+        #[arg(long)]
+        number: Option<String>,
+        /// Only calls in this state (connecting, ready, active, ended); repeatable.
+        #[arg(long = "state", value_parser = parse_state)]
+        states: Vec<pb::CallState>,
+    },
+    /// Show one call: state, per-leg stats, event log.
+    Show { call_id: String },
+    /// End a call (safe to repeat; unknown calls succeed).
+    Terminate {
+        call_id: String,
+        #[arg(long, default_value = "relayctl")]
+        reason: String,
+    },
+    /// Stream call events (all calls, or one) until interrupted.
+    Watch { call_id: Option<String> },
+    /// Active calls, capacity and per-shard packet rates.
+    Load,
+    /// Stop admitting calls; end the remaining ones after the deadline.
+    Drain {
+        /// e.g. 60s, 5m; default: the relay's configured deadline.
+        #[arg(long, value_parser = parse_duration)]
+        deadline: Option<Duration>,
+    },
+}
+
+fn parse_state(s: &str) -> Result<pb::CallState, String> {
+    let upper = format!("CALL_STATE_{}", s.to_ascii_uppercase());
+    match pb::CallState::from_str_name(&upper) {
+        Some(st) if st != pb::CallState::Unspecified => Ok(st),
+        _ => Err(format!(
+            "unknown state {s:?} (connecting, ready, active, ended)"
+        )),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relayctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error>;
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let tls = tls_config(&cli)?;
+    let mut relay = RelayClient::connect_tls(cli.addr.clone(), cli.token.clone(), tls).await?;
+    let out = match cli.command {
+        Command::List { number, states } => {
+            let calls = relay
+                .list_calls(number.unwrap_or_default(), &states)
+                .await
+                .map_err(status_error)?;
+            if cli.json {
+                json_line(&serde_json::Value::Array(
+                    calls.iter().map(json::call_info).collect(),
+                ))
+            } else {
+                list_table(&calls)
+            }
+        }
+        Command::Show { call_id } => {
+            let resp = relay.get_call(call_id).await.map_err(status_error)?;
+            if cli.json {
+                json_line(&json::get_call(&resp))
+            } else {
+                show(&resp)
+            }
+        }
+        Command::Terminate { call_id, reason } => {
+            let last = relay
+                .terminate(call_id.clone(), reason)
+                .await
+                .map_err(status_error)?;
+            match (cli.json, last) {
+                (true, last) => json_line(&serde_json::json!({
+                    "call": last.as_ref().map(json::call_info)
+                })),
+                (false, Some(info)) => {
+                    let mut s = format!("terminated {call_id}\n");
+                    s.push_str(&call_summary(&info));
+                    s
+                }
+                (false, None) => format!("{call_id}: unknown or already ended; nothing to do\n"),
+            }
+        }
+        Command::Watch { call_id } => return watch(&mut relay, call_id, cli.json).await,
+        Command::Load => {
+            let load = relay.load().await.map_err(status_error)?;
+            if cli.json {
+                json_line(&json::load(&load))
+            } else {
+                load_table(&load)
+            }
+        }
+        Command::Drain { deadline } => {
+            let resp = relay.drain(deadline).await.map_err(status_error)?;
+            if cli.json {
+                json_line(&json::drain(&resp))
+            } else {
+                format!(
+                    "draining: new calls are refused; {} live call(s) will be ended at {}\n",
+                    resp.active_calls,
+                    resp.deadline
+                        .as_ref()
+                        .map_or("the relay's default deadline".into(), json::timestamp)
+                )
+            }
+        }
+    };
+    write_out(&out)
+}
+
+/// Writes to stdout; a closed pipe (`relayctl watch | head`) ends the command quietly.
+fn write_out(text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Like [`write_out`], but tells the caller whether the reader is still there.
+fn write_line(line: &str) -> Result<bool, Error> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn tls_config(cli: &Cli) -> Result<Option<ClientTlsConfig>, Error> {
+    if cli.tls_ca.is_none() && cli.tls_cert.is_none() {
+        // https:// endpoints without options use the system roots.
+        return Ok(cli
+            .addr
+            .starts_with("https://")
+            .then(|| ClientTlsConfig::new().with_enabled_roots()));
+    }
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &cli.tls_ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    } else {
+        tls = tls.with_enabled_roots();
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+/// A failed RPC, with the Meta code and reason when the relay gave them.
+fn status_error(s: tonic::Status) -> Error {
+    let mut msg = format!("{:?}: {}", s.code(), s.message());
+    if let Some(reason) = error_reason(&s) {
+        msg.push_str(&format!(" [{reason}]"));
+    }
+    if let Some(code) = meta_code(&s) {
+        msg.push_str(&format!(" (Meta code {code})"));
+    }
+    msg.into()
+}
+
+fn json_line(v: &serde_json::Value) -> String {
+    let mut s =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+fn opt(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+fn age(c: &pb::CallInfo) -> String {
+    c.created_at
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map_or("-".into(), |d| short_duration(d.as_secs()))
+}
+
+/// `received/sent` packet counts of a leg.
+fn packets(l: Option<&pb::LegStats>) -> String {
+    let n = |s: Option<&pb::StreamStats>| s.map_or(0, |s| s.packets);
+    l.map_or("-".into(), |l| {
+        format!("{}/{}", n(l.received.as_ref()), n(l.sent.as_ref()))
+    })
+}
+
+fn list_table(calls: &[pb::CallInfo]) -> String {
+    if calls.is_empty() {
+        return "no calls\n".into();
+    }
+    let mut t = Table::new([
+        "CALL ID",
+        "NUMBER",
+        "CONSUMER",
+        "DIR",
+        "STATE",
+        "GATE",
+        "SRTP",
+        "WHATSAPP",
+        "AGE",
+        "WA RX/TX",
+        "INT RX/TX",
+    ]);
+    for c in calls {
+        t.row([
+            c.call_id.clone(),
+            c.business_number.clone(),
+            c.consumer.clone(),
+            match c.direction() {
+                pb::CallDirection::UserInitiated => "in".into(),
+                pb::CallDirection::BusinessInitiated => "out".into(),
+                pb::CallDirection::Unspecified => "-".into(),
+            },
+            opt(json::state(c.state())),
+            if c.gate_open { "open" } else { "closed" }.into(),
+            opt(json::srtp_profile(c.srtp_profile())),
+            if c.whatsapp_remote.is_empty() {
+                "-".into()
+            } else {
+                c.whatsapp_remote.clone()
+            },
+            age(c),
+            packets(c.whatsapp.as_ref()),
+            packets(c.internal.as_ref()),
+        ]);
+    }
+    format!("{}{} call(s)\n", t.render(), calls.len())
+}
+
+fn call_summary(c: &pb::CallInfo) -> String {
+    let mut t = Table::new(["", ""]);
+    t.row(["call", c.call_id.as_str()]);
+    t.row(["business number", c.business_number.as_str()]);
+    t.row(["consumer", c.consumer.as_str()]);
+    t.row(["direction", &opt(json::direction(c.direction()))]);
+    t.row(["state", &opt(json::state(c.state()))]);
+    t.row(["gate", if c.gate_open { "open" } else { "closed" }]);
+    t.row(["srtp", &opt(json::srtp_profile(c.srtp_profile()))]);
+    t.row(["whatsapp remote", &non_empty(&c.whatsapp_remote)]);
+    t.row(["internal remote", &non_empty(&c.internal_remote)]);
+    t.row([
+        "created",
+        &c.created_at.as_ref().map_or("-".into(), json::timestamp),
+    ]);
+    t.row(["age", &age(c)]);
+    if let Some(cause) = json::end_cause(c.end_cause()) {
+        let meta = c
+            .meta_code
+            .map_or(String::new(), |m| format!(" (Meta {m})"));
+        t.row(["ended", &format!("{cause}{meta}")]);
+    }
+    // Drop the empty header line.
+    let rendered = t.render();
+    let mut s: String = rendered.lines().skip(1).map(|l| format!("{l}\n")).collect();
+
+    let mut legs = Table::new([
+        "LEG",
+        "DIR",
+        "PACKETS",
+        "BYTES",
+        "LOST",
+        "JITTER ms",
+        "DROPPED",
+        "AUTH FAIL",
+        "RTT ms",
+    ]);
+    for (name, leg) in [("whatsapp", &c.whatsapp), ("internal", &c.internal)] {
+        let Some(leg) = leg else { continue };
+        for (dir, st) in [("rx", &leg.received), ("tx", &leg.sent)] {
+            let st = st.unwrap_or_default();
+            let rx = dir == "rx";
+            legs.row([
+                name.to_string(),
+                dir.to_string(),
+                st.packets.to_string(),
+                st.bytes.to_string(),
+                st.lost.to_string(),
+                format!("{:.1}", st.jitter_ms),
+                if rx {
+                    leg.dropped.to_string()
+                } else {
+                    String::new()
+                },
+                if rx {
+                    leg.auth_failures.to_string()
+                } else {
+                    String::new()
+                },
+                if rx {
+                    leg.rtt_ms.map_or("-".into(), |r| format!("{r:.1}"))
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    if !legs.is_empty() {
+        s.push('\n');
+        s.push_str(&legs.render());
+    }
+    s
+}
+
+fn non_empty(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+fn show(resp: &pb::GetCallResponse) -> String {
+    let mut s = resp.call.as_ref().map(call_summary).unwrap_or_default();
+    if !resp.events.is_empty() {
+        s.push('\n');
+        let mut t = Table::new(["TIME", "EVENT", "DETAIL"]);
+        for e in &resp.events {
+            let (kind, detail) = json::event_kind(e.kind.as_ref());
+            t.row([
+                e.at.as_ref().map_or("-".into(), json::timestamp),
+                kind.to_string(),
+                detail_text(&detail),
+            ]);
+        }
+        s.push_str(&t.render());
+    }
+    s
+}
+
+/// `{"from":"whatsapp","digit":"5"}` → `from=whatsapp digit=5`.
+fn detail_text(v: &serde_json::Value) -> String {
+    let Some(map) = v.as_object() else {
+        return String::new();
+    };
+    map.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn load_table(l: &pb::GetLoadResponse) -> String {
+    let mut s = format!(
+        "active calls {} / capacity {}{}\n",
+        l.active_calls,
+        l.capacity,
+        if l.draining { "  (DRAINING)" } else { "" }
+    );
+    if !l.shards.is_empty() {
+        let mut t = Table::new(["SHARD", "CALLS", "PACKETS/S"]);
+        for sh in &l.shards {
+            t.row([
+                sh.shard.to_string(),
+                sh.calls.to_string(),
+                sh.packets_per_second.to_string(),
+            ]);
+        }
+        s.push('\n');
+        s.push_str(&t.render());
+    }
+    s
+}
+
+async fn watch(
+    relay: &mut RelayClient,
+    call_id: Option<String>,
+    as_json: bool,
+) -> Result<(), Error> {
+    let mut stream = relay.watch(call_id).await.map_err(status_error)?;
+    while let Some(item) = stream.message().await.map_err(status_error)? {
+        let line = if as_json {
+            json::watch_item(&item).to_string()
+        } else {
+            match item.item {
+                Some(pb::watch_response::Item::Event(e)) => {
+                    let (kind, detail) = json::event_kind(e.kind.as_ref());
+                    format!(
+                        "{}  {}  {}  {}",
+                        e.at.as_ref().map_or("-".into(), json::timestamp),
+                        e.call_id,
+                        kind,
+                        detail_text(&detail)
+                    )
+                }
+                Some(pb::watch_response::Item::Lagged(l)) => {
+                    format!("-- fell behind: {} event(s) skipped --", l.skipped)
+                }
+                None => continue,
+            }
+        };
+        if !write_line(line.trim_end())? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_table_shows_one_row_per_call() {
+        let call = pb::CallInfo {
+            call_id: "wacid.1".into(),
+            business_number: "1555".into(),
+            consumer: "4477".into(),
+            direction: pb::CallDirection::UserInitiated.into(),
+            state: pb::CallState::Active.into(),
+            gate_open: true,
+            srtp_profile: pb::SrtpProfile::AeadAes128Gcm.into(),
+            whatsapp_remote: "157.240.1.1:3478".into(),
+            whatsapp: Some(pb::LegStats {
+                received: Some(pb::StreamStats {
+                    packets: 50,
+                    ..Default::default()
+                }),
+                sent: Some(pb::StreamStats {
+                    packets: 49,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = list_table(&[call]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("CALL ID"));
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "wacid.1",
+                "1555",
+                "4477",
+                "in",
+                "active",
+                "open",
+                "AEAD_AES_128_GCM",
+                "157.240.1.1:3478",
+                "-",
+                "50/49",
+                "-"
+            ]
+        );
+        assert_eq!(lines[2], "1 call(s)");
+        assert_eq!(list_table(&[]), "no calls\n");
+    }
+
+    #[test]
+    fn event_details_read_as_key_value_pairs() {
+        let (kind, detail) = json::event_kind(Some(&pb::call_event::Kind::DtmfReceived(
+            pb::DtmfReceived {
+                from: pb::Leg::Whatsapp.into(),
+                digit: "5".into(),
+            },
+        )));
+        assert_eq!(kind, "dtmf_received");
+        assert_eq!(detail_text(&detail), "digit=5 from=whatsapp");
+    }
+}

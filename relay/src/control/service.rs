@@ -1,0 +1,185 @@
+//! `relay.v1.Relay` over a [`CallControl`] engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::pb;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::{ApiError, CallControl};
+
+use super::convert;
+use super::drain::DrainState;
+use super::events::{self, EventLog, WatchStream};
+use super::status::to_status;
+
+pub struct RelayService<C> {
+    pub(super) engine: Arc<C>,
+    pub(super) log: Arc<EventLog>,
+    pub(super) drain: Arc<DrainState>,
+    pub(super) default_drain_deadline: Duration,
+    pub(super) health: HealthReporter,
+    pub(super) stop: watch::Receiver<bool>,
+}
+
+fn api<T>(r: Result<T, ApiError>) -> Result<T, Status> {
+    r.map_err(|e| to_status(&e))
+}
+
+fn call_id(id: String) -> Result<String, Status> {
+    api(convert::required_id("call_id", id))
+}
+
+#[tonic::async_trait]
+impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
+    async fn create_call(
+        &self,
+        request: Request<pb::CreateCallRequest>,
+    ) -> Result<Response<pb::CreateCallResponse>, Status> {
+        let req = api(convert::create_call(request.into_inner()))?;
+        // While draining only repeats of existing calls go through (they stay idempotent: a
+        // retried `connect` webhook must get the same answer).
+        if self.drain.is_draining() && self.engine.get_call(req.call_id.clone()).await.is_err() {
+            return Err(to_status(&ApiError::Unavailable(
+                "the relay is draining; create the call on another relay".into(),
+            )));
+        }
+        let created = api(self.engine.create_call(req).await)?;
+        Ok(Response::new(convert::call_created(created)))
+    }
+
+    async fn set_remote_description(
+        &self,
+        request: Request<pb::SetRemoteDescriptionRequest>,
+    ) -> Result<Response<pb::SetRemoteDescriptionResponse>, Status> {
+        let req = request.into_inner();
+        let id = call_id(req.call_id)?;
+        let leg = api(convert::leg_kind(req.leg))?;
+        if req.sdp.is_empty() {
+            return Err(to_status(&ApiError::InvalidArgument(
+                "sdp is required".into(),
+            )));
+        }
+        let info = api(self.engine.set_remote_description(id, leg, req.sdp).await)?;
+        Ok(Response::new(pb::SetRemoteDescriptionResponse {
+            call: Some(convert::call_info(info)),
+        }))
+    }
+
+    async fn open_gate(
+        &self,
+        request: Request<pb::OpenGateRequest>,
+    ) -> Result<Response<pb::OpenGateResponse>, Status> {
+        let id = call_id(request.into_inner().call_id)?;
+        let info = api(self.engine.open_gate(id).await)?;
+        Ok(Response::new(pb::OpenGateResponse {
+            call: Some(convert::call_info(info)),
+        }))
+    }
+
+    async fn replace_internal_leg(
+        &self,
+        _request: Request<pb::ReplaceInternalLegRequest>,
+    ) -> Result<Response<pb::ReplaceInternalLegResponse>, Status> {
+        Err(Status::unimplemented(
+            "ReplaceInternalLeg is not supported by this relay's engine yet",
+        ))
+    }
+
+    async fn terminate(
+        &self,
+        request: Request<pb::TerminateRequest>,
+    ) -> Result<Response<pb::TerminateResponse>, Status> {
+        let req = request.into_inner();
+        let id = call_id(req.call_id)?;
+        let info = api(self.engine.terminate(id, req.reason).await)?;
+        Ok(Response::new(pb::TerminateResponse {
+            call: info.map(convert::call_info),
+        }))
+    }
+
+    async fn get_call(
+        &self,
+        request: Request<pb::GetCallRequest>,
+    ) -> Result<Response<pb::GetCallResponse>, Status> {
+        let id = call_id(request.into_inner().call_id)?;
+        let events = self.log.get(&id);
+        let call = match self.engine.get_call(id).await {
+            Ok(info) => Some(convert::call_info(info)),
+            // The engine has forgotten an ended call, but its log is still worth reading.
+            Err(ApiError::NotFound(_)) if !events.is_empty() => None,
+            Err(e) => return Err(to_status(&e)),
+        };
+        Ok(Response::new(pb::GetCallResponse { call, events }))
+    }
+
+    async fn list_calls(
+        &self,
+        request: Request<pb::ListCallsRequest>,
+    ) -> Result<Response<pb::ListCallsResponse>, Status> {
+        let req = request.into_inner();
+        let states = api(convert::call_states(&req.states))?;
+        let calls = api(self.engine.list_calls().await)?
+            .into_iter()
+            .filter(|c| req.business_number.is_empty() || c.business_number == req.business_number)
+            .filter(|c| states.is_empty() || states.contains(&c.state))
+            .map(convert::call_info)
+            .collect();
+        Ok(Response::new(pb::ListCallsResponse { calls }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = request.into_inner().call_id;
+        let filter = if id.is_empty() {
+            None
+        } else {
+            Some(call_id(id)?)
+        };
+        let rx = self.engine.subscribe();
+        Ok(Response::new(events::watch_stream(
+            rx,
+            filter,
+            self.stop.clone(),
+        )))
+    }
+
+    async fn get_load(
+        &self,
+        _request: Request<pb::GetLoadRequest>,
+    ) -> Result<Response<pb::GetLoadResponse>, Status> {
+        let load = api(self.engine.load().await)?;
+        Ok(Response::new(convert::load(load, self.drain.is_draining())))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let after = match request.into_inner().deadline {
+            None => self.default_drain_deadline,
+            Some(d) => Duration::try_from(d).map_err(|_| {
+                to_status(&ApiError::InvalidArgument(
+                    "deadline must be a non-negative duration".into(),
+                ))
+            })?,
+        };
+        let deadline = self.drain.start(after);
+        self.health
+            .set_service_status(control::SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        let load = api(self.engine.load().await)?;
+        tracing::info!(active_calls = load.active_calls, ?after, "draining");
+        Ok(Response::new(pb::DrainResponse {
+            active_calls: load.active_calls,
+            deadline: Some(deadline.into()),
+        }))
+    }
+}
