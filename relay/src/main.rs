@@ -49,6 +49,7 @@ fn main() -> std::process::ExitCode {
         token: args.control_token.clone(),
         tls: None,
         allow_unauthenticated_non_loopback: args.allow_unauthenticated,
+        ..ControlConfig::default()
     };
     let handle = engine.clone();
     let result = rt.block_on(async move {
