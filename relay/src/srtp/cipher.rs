@@ -165,7 +165,8 @@ impl AesCm {
         iv[..14].copy_from_slice(&self.salt);
         xor_into(&mut iv[4..8], &ssrc.to_be_bytes());
         xor_into(&mut iv[8..14], &index48(index));
-        CtrCore::<Aes128Enc, Ctr128BE>::inner_iv_init(self.aes.clone(), &iv.into())
+        // Keyed by reference: no copy of the expanded key per packet.
+        CtrCore::<&Aes128Enc, Ctr128BE>::inner_iv_init(&self.aes, &iv.into())
             .apply_keystream_partial(data.into());
     }
 
