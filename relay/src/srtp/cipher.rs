@@ -1,6 +1,6 @@
 //! The per-packet transforms: AES-CM + HMAC-SHA1-80 (RFC 3711 §4.1.1, §4.2.1) and AES-GCM
-//! (RFC 7714 §8, §9). Each holds session keys already expanded; a packet costs a copy of the
-//! keyed state, never a key schedule.
+//! (RFC 7714 §8, §9). Each holds session keys already expanded: a packet borrows the AES key
+//! schedule and copies the keyed HMAC state (inner and outer SHA-1 states), never re-keys.
 //!
 //! Both transforms place the index the same way in their IV: SSRC in bytes 2..6 of the 12-byte
 //! GCM nonce (4..8 of the 16-byte CM counter), then the 48-bit index (ROC || SEQ for SRTP, the
@@ -165,7 +165,8 @@ impl AesCm {
         iv[..14].copy_from_slice(&self.salt);
         xor_into(&mut iv[4..8], &ssrc.to_be_bytes());
         xor_into(&mut iv[8..14], &index48(index));
-        CtrCore::<Aes128Enc, Ctr128BE>::inner_iv_init(self.aes.clone(), &iv.into())
+        // Keyed by reference: no copy of the expanded key per packet.
+        CtrCore::<&Aes128Enc, Ctr128BE>::inner_iv_init(&self.aes, &iv.into())
             .apply_keystream_partial(data.into());
     }
 

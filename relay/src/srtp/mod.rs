@@ -1,9 +1,9 @@
 //! SRTP and SRTCP transforms applied in place on caller buffers (RFC 3711, RFC 7714).
 //!
 //! One [`SrtpContext`] protects or unprotects one direction of one leg. Session keys are derived
-//! once at setup ([`kdf`], RFC 3711 §4.3 with kdr = 0); after that every packet is transformed in
+//! once at setup (RFC 3711 §4.3 with kdr = 0); after that every packet is transformed in
 //! the caller's buffer with no heap allocation: the keyed cipher and HMAC states live in the
-//! context and are cloned (a memcpy) per packet rather than re-keyed.
+//! context and are borrowed or copied per packet rather than re-keyed.
 //!
 //! Receive order of operations, the same for SRTP and SRTCP: parse the header, estimate the packet
 //! index, reject replays and too-old packets (no crypto has run yet), authenticate and decrypt,

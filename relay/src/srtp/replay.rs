@@ -7,8 +7,10 @@ use super::SrtpError;
 pub(crate) const WINDOW: u64 = 1024;
 const WORDS: usize = (WINDOW / 64) as usize;
 
-/// The highest accepted index and a bitmap of which of the `WINDOW` indices at or below it were
-/// accepted. Bit k (word k / 64, bit k % 64) stands for index `top - k`.
+/// The highest accepted index and which of the `WINDOW` indices at or below it were accepted.
+///
+/// The bitmap is circular: index i lives at bit i mod `WINDOW`. Advancing the top by one (the
+/// common case) clears one bit instead of shifting the whole map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ReplayWindow {
     top: u64,
@@ -18,9 +20,12 @@ pub(crate) struct ReplayWindow {
 impl ReplayWindow {
     /// A window whose only accepted index is `first`.
     pub(crate) fn starting_at(first: u64) -> Self {
-        let mut bits = [0; WORDS];
-        bits[0] = 1;
-        ReplayWindow { top: first, bits }
+        let mut w = ReplayWindow {
+            top: first,
+            bits: [0; WORDS],
+        };
+        w.set(first);
+        w
     }
 
     /// The highest index accepted so far.
@@ -37,7 +42,8 @@ impl ReplayWindow {
         if age >= WINDOW {
             return Err(SrtpError::TooOld);
         }
-        if self.bit(age) {
+        let (word, bit) = Self::position(index);
+        if self.bits[word] >> bit & 1 == 1 {
             return Err(SrtpError::Replayed);
         }
         Ok(())
@@ -46,38 +52,43 @@ impl ReplayWindow {
     /// Records `index` as received. Indices older than the window are ignored (never reached:
     /// `check` rejects them first).
     pub(crate) fn accept(&mut self, index: u64) {
-        if let Some(ahead) = index.checked_sub(self.top).filter(|&n| n > 0) {
-            self.shift(ahead);
+        if index > self.top {
+            // The slots of top+1..=index still hold indices a window ago: forget them.
+            if index - self.top >= WINDOW {
+                self.bits = [0; WORDS];
+            } else {
+                self.clear(self.top + 1, index);
+            }
             self.top = index;
-        }
-        if let Some(age) = self.top.checked_sub(index).filter(|&a| a < WINDOW) {
-            self.bits[(age / 64) as usize] |= 1 << (age % 64);
-        }
-    }
-
-    fn bit(&self, age: u64) -> bool {
-        self.bits[(age / 64) as usize] >> (age % 64) & 1 == 1
-    }
-
-    /// Ages every entry by `n`: bit k moves to bit k + n; bits pushed past the window drop out.
-    fn shift(&mut self, n: u64) {
-        if n >= WINDOW {
-            self.bits = [0; WORDS];
+        } else if self.top - index >= WINDOW {
             return;
         }
-        let words = (n / 64) as usize;
-        let bits = (n % 64) as u32;
-        let old = self.bits;
-        for (i, word) in self.bits.iter_mut().enumerate() {
-            let from = |j: Option<usize>| j.and_then(|j| old.get(j)).copied().unwrap_or(0);
-            let src = i.checked_sub(words);
-            let high = from(src) << bits;
-            // The bits that overflow out of the next-younger word carry into this one.
-            let carry = match bits {
-                0 => 0,
-                _ => from(src.and_then(|s| s.checked_sub(1))) >> (64 - bits),
+        self.set(index);
+    }
+
+    fn position(index: u64) -> (usize, u32) {
+        let slot = index % WINDOW;
+        ((slot / 64) as usize, (slot % 64) as u32)
+    }
+
+    fn set(&mut self, index: u64) {
+        let (word, bit) = Self::position(index);
+        self.bits[word] |= 1 << bit;
+    }
+
+    /// Clears the slots of indices `from..=to` (fewer than `WINDOW` of them), a word at a time.
+    fn clear(&mut self, from: u64, to: u64) {
+        let mut i = from;
+        while i <= to {
+            let (word, bit) = Self::position(i);
+            let span = (64 - u64::from(bit)).min(to - i + 1);
+            let mask = if span == 64 {
+                !0
+            } else {
+                ((1u64 << span) - 1) << bit
             };
-            *word = high | carry;
+            self.bits[word] &= !mask;
+            i += span;
         }
     }
 }
@@ -138,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn shift_matches_a_naive_set_for_every_distance() {
+    fn matches_a_naive_set_for_every_distance() {
         // Against a plain list of accepted indices, for shifts across word boundaries.
         for step in [1u64, 3, 63, 64, 65, 127, 128, 500, 1023, 1024, 5000] {
             let mut w = ReplayWindow::starting_at(10_000);
