@@ -6,7 +6,7 @@
 //!   claims ICE-CONTROLLED gets 487 Role Conflict (a lite agent is always controlled). Checks
 //!   are ignored until the relay's SDP has been set, as Meta's only converge after it processed
 //!   the answer.
-//! - The nominated address is the source of the first USE-CANDIDATE request; DTLS runs toward
+//! - The nominated address is the source of the latest USE-CANDIDATE request; DTLS runs toward
 //!   it (as client), or answers a ClientHello from a validated address (as server). The relay's
 //!   certificate must match the fingerprint in its SDP.
 //! - Then SRTP/SRTCP: Opus on PT 111 every 20 ms when told, RFC 4733 DTMF, an SR every ~5 s;
@@ -456,9 +456,14 @@ impl MetaCore {
         if !self.stats.validated.contains(&from) {
             self.stats.validated.push(from);
         }
-        if msg.has(ATTR_USE_CANDIDATE) && self.stats.nominated.is_none() {
+        // A lite agent follows the controlling side's latest nomination (RFC 8445 §8.2
+        // leaves the choice among nominated pairs to it); the relay re-nominates its final
+        // pair, so both ends converge.
+        if msg.has(ATTR_USE_CANDIDATE) {
+            if self.stats.nominated.is_none() {
+                self.stats.nominated_at = Some(now);
+            }
             self.stats.nominated = Some(from);
-            self.stats.nominated_at = Some(now);
             self.target = Some((family, from));
             if self.role == DtlsSetup::Client && self.dtls.is_none() {
                 self.start_dtls(now, family, from);

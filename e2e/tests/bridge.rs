@@ -25,8 +25,10 @@ fn user_initiated_call(profile: SrtpProfile) {
     assert!(created.whatsapp_sdp.contains("a=setup:active\r\n"));
     assert!(created.whatsapp_sdp.contains("a=fingerprint:sha-256 "));
     assert!(created.internal_sdp.contains("RTP/AVP"));
-    meta.set_remote_sdp(&created.whatsapp_sdp).expect("meta takes answer");
-    sip.set_remote_sdp(&created.internal_sdp).expect("sip takes sdp");
+    meta.set_remote_sdp(&created.whatsapp_sdp)
+        .expect("meta takes answer");
+    sip.set_remote_sdp(&created.internal_sdp)
+        .expect("sip takes sdp");
 
     let ready = relay.wait_event(&id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady));
     assert!(ready.is_some(), "WhatsApp leg ready (ICE + DTLS)");
@@ -39,9 +41,10 @@ fn user_initiated_call(profile: SrtpProfile) {
     sip.start_audio();
     assert!(
         wait(|| meta.received().len() >= 50 && sip.received().len() >= 50),
-        "audio both ways: meta got {}, sip got {}",
+        "audio both ways: meta got {}, sip got {}; relay: {:?}",
         meta.received().len(),
-        sip.received().len()
+        sip.received().len(),
+        relay.get(&id)
     );
     meta.stop_audio();
     sip.stop_audio();
@@ -51,7 +54,10 @@ fn user_initiated_call(profile: SrtpProfile) {
     // WhatsApp → internal: payloads untouched, PT mapped to the internal leg's Opus PT.
     assert!(at_sip.iter().all(|p| payload_intact(&p.payload)));
     assert!(at_sip.iter().all(|p| p.header.pt == 111));
-    assert!(at_sip.iter().all(|p| p.header.ssrc != meta.ssrc()), "own SSRC");
+    assert!(
+        at_sip.iter().all(|p| p.header.ssrc != meta.ssrc()),
+        "own SSRC"
+    );
     // Internal → WhatsApp: the silence fill may precede the first forwarded packet; every
     // forwarded payload is intact.
     let forwarded: Vec<_> = at_meta.iter().filter(|p| p.payload.len() > 3).collect();
@@ -86,7 +92,9 @@ fn business_initiated_call(meta_cfg: MetaConfig) {
         .create(business_initiated(id, WaSecurity::DtlsSrtp, sip.sdp()))
         .expect("create");
     assert!(created.whatsapp_sdp.contains("a=setup:actpass\r\n"));
-    let answer = meta.answer_sdp(&created.whatsapp_sdp).expect("meta answers");
+    let answer = meta
+        .answer_sdp(&created.whatsapp_sdp)
+        .expect("meta answers");
     relay
         .set_remote(id, LegKind::WhatsApp, &answer)
         .expect("answer applied");
@@ -103,7 +111,9 @@ fn business_initiated_call(meta_cfg: MetaConfig) {
     relay.open_gate(id);
     meta.start_audio();
     sip.start_audio();
-    assert!(wait(|| meta.received().len() >= 20 && sip.received().len() >= 20));
+    assert!(wait(
+        || meta.received().len() >= 20 && sip.received().len() >= 20
+    ));
     assert!(sip.received().iter().all(|p| payload_intact(&p.payload)));
 }
 
@@ -134,7 +144,9 @@ fn sdes_on_the_whatsapp_leg() {
     relay.open_gate(id);
     meta.start_audio();
     sip.start_audio();
-    assert!(wait(|| meta.received().len() >= 20 && sip.received().len() >= 20));
+    assert!(wait(
+        || meta.received().len() >= 20 && sip.received().len() >= 20
+    ));
     assert!(sip.received().iter().all(|p| payload_intact(&p.payload)));
     assert_eq!(meta.stats().media.srtp_auth_failures, 0);
 }
@@ -154,16 +166,15 @@ fn sdes_on_the_internal_leg() {
     relay.open_gate(id);
     meta.start_audio();
     sip.start_audio();
-    assert!(wait(|| meta.received().len() >= 30 && sip.received().len() >= 20));
+    assert!(wait(
+        || meta.received().len() >= 30 && sip.received().len() >= 20
+    ));
     assert!(sip.received().iter().all(|p| payload_intact(&p.payload)));
     assert_eq!(sip.stats().srtp_auth_failures, 0);
 }
 
 /// Set up a plain user-initiated call with the gate open; returns the peers.
-fn connected_call(
-    relay: &mut Relay,
-    id: &str,
-) -> (e2e::meta::MetaHandle, e2e::sip::SipHandle) {
+fn connected_call(relay: &mut Relay, id: &str) -> (e2e::meta::MetaHandle, e2e::sip::SipHandle) {
     let meta = meta(MetaConfig::default());
     let sip = sip(SipConfig::default());
     let created = relay
@@ -185,10 +196,20 @@ fn dtmf_arrives_on_the_audio_sequence_and_timestamp_base() {
     let mut relay = Relay::start();
     let (meta, sip) = connected_call(&mut relay, "wacid.dtmf");
     sip.start_audio();
-    assert!(wait(|| meta.received().iter().filter(|p| p.header.pt == 111 && p.payload.len() > 3).count() >= 10));
+    assert!(wait(|| meta
+        .received()
+        .iter()
+        .filter(|p| p.header.pt == 111 && p.payload.len() > 3)
+        .count()
+        >= 10));
     sip.send_dtmf(5, Duration::from_millis(100));
     assert!(wait(|| meta.received().iter().any(|p| p.header.pt == 126)));
-    assert!(wait(|| meta.received().iter().filter(|p| p.header.pt == 111 && p.payload.len() > 3).count() >= 25));
+    assert!(wait(|| meta
+        .received()
+        .iter()
+        .filter(|p| p.header.pt == 111 && p.payload.len() > 3)
+        .count()
+        >= 25));
     let got = meta.received();
     let ssrcs: std::collections::HashSet<u32> = got.iter().map(|p| p.header.ssrc).collect();
     assert_eq!(ssrcs.len(), 1, "audio and DTMF share one SSRC");
@@ -202,7 +223,12 @@ fn dtmf_arrives_on_the_audio_sequence_and_timestamp_base() {
     assert_eq!(dtmf.header.seq, before.header.seq.wrapping_add(1));
     // Event timestamp is on the audio clock base: within a few frames of the previous audio.
     let dts = dtmf.header.ts.wrapping_sub(before.header.ts);
-    assert!(dts <= 960 * 5, "DTMF ts {} vs audio ts {}", dtmf.header.ts, before.header.ts);
+    assert!(
+        dts <= 960 * 5,
+        "DTMF ts {} vs audio ts {}",
+        dtmf.header.ts,
+        before.header.ts
+    );
     assert_eq!(dtmf.payload[0], 5, "event code 5 untouched");
     // And the relay reported the digit.
     assert!(
@@ -230,7 +256,10 @@ fn internal_ssrc_change_leaves_outbound_stream_continuous() {
     assert!(wait(|| meta.received().len() >= n + 20));
     let got = meta.received();
     let ssrc = got[0].header.ssrc;
-    assert!(got.iter().all(|p| p.header.ssrc == ssrc), "one outbound SSRC");
+    assert!(
+        got.iter().all(|p| p.header.ssrc == ssrc),
+        "one outbound SSRC"
+    );
     for w in got.windows(2) {
         assert_eq!(
             w[1].header.seq,
@@ -238,7 +267,10 @@ fn internal_ssrc_change_leaves_outbound_stream_continuous() {
             "sequence continuous across the source's SSRC change and jump"
         );
         let dts = w[1].header.ts.wrapping_sub(w[0].header.ts);
-        assert!(dts > 0 && dts < 960 * 10, "timestamps advance smoothly, got step {dts}");
+        assert!(
+            dts > 0 && dts < 960 * 10,
+            "timestamps advance smoothly, got step {dts}"
+        );
     }
 }
 
@@ -260,7 +292,10 @@ fn packets_from_a_stranger_are_dropped() {
     assert_eq!(info.internal.received.packets, 0);
     // The real peer still gets through.
     sip.start_audio();
-    assert!(wait(|| meta.received().iter().any(|p| payload_intact(&p.payload))));
+    assert!(wait(|| meta
+        .received()
+        .iter()
+        .any(|p| payload_intact(&p.payload))));
 }
 
 #[test]

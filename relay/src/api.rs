@@ -214,15 +214,27 @@ pub struct CallInfo {
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallEventKind {
     Created,
-    IceConnected { remote: SocketAddr },
-    DtlsConnected { profile: SrtpProfile },
+    IceConnected {
+        remote: SocketAddr,
+    },
+    DtlsConnected {
+        profile: SrtpProfile,
+    },
     /// The WhatsApp leg can carry media (ICE + DTLS done, or SDES with a known address).
     WhatsAppReady,
     GateOpened,
-    FirstMedia { from: LegKind },
-    DtmfReceived { from: LegKind, digit: char },
+    FirstMedia {
+        from: LegKind,
+    },
+    DtmfReceived {
+        from: LegKind,
+        digit: char,
+    },
     ConsentLost,
-    Ended { cause: EndCause, meta_code: Option<u32> },
+    Ended {
+        cause: EndCause,
+        meta_code: Option<u32>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -307,7 +319,8 @@ pub trait CallControl: Send + Sync + 'static {
 
     /// The signaling tier got 200 on `accept` (or the business-initiated call connected):
     /// media may now flow to WhatsApp.
-    fn open_gate(&self, call_id: String) -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
+    fn open_gate(&self, call_id: String)
+    -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
 
     /// End the call. Unknown or already-ended calls succeed with `None`.
     fn terminate(

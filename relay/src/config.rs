@@ -9,7 +9,11 @@ use crate::call::{Advertised, CallConfig};
 use crate::engine::{EngineConfig, PortRange};
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "relay", version, about = "Media relay for WhatsApp Business Calling")]
+#[command(
+    name = "relay",
+    version,
+    about = "Media relay for WhatsApp Business Calling"
+)]
 pub struct Args {
     /// gRPC control plane listen address.
     #[arg(long, env = "RELAY_CONTROL_LISTEN", default_value = "127.0.0.1:7070")]
@@ -71,13 +75,18 @@ impl Args {
         let v4 = parse_opt_ip("--whatsapp-v4", &self.whatsapp_v4)?;
         let v6 = parse_opt_ip("--whatsapp-v6", &self.whatsapp_v6)?;
         if v4.is_none() && v6.is_none() {
-            return Err("--whatsapp-v4 and --whatsapp-v6 are both `none`: no WhatsApp-facing address".into());
+            return Err(
+                "--whatsapp-v4 and --whatsapp-v6 are both `none`: no WhatsApp-facing address"
+                    .into(),
+            );
         }
         let ports = match (self.port_min, self.port_max) {
             (None, None) => None,
             (Some(min), Some(max)) if min <= max && min > 0 => Some(PortRange { min, max }),
             (Some(min), Some(max)) => {
-                return Err(format!("--port-min {min} / --port-max {max}: not a valid range"));
+                return Err(format!(
+                    "--port-min {min} / --port-max {max}: not a valid range"
+                ));
             }
             _ => return Err("--port-min and --port-max go together".into()),
         };

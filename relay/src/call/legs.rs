@@ -30,6 +30,18 @@ pub struct WhatsAppLeg {
     pub counters: LegCounters,
 }
 
+impl WhatsAppLeg {
+    /// Media and DTLS are accepted from the selected pair, or from any pair ICE validated
+    /// (Meta's lite side may prefer another nominated pair); everything else is a stranger.
+    pub fn accepts(&self, via: SocketRef, from: SocketAddr) -> bool {
+        self.selected == Some((via, from))
+            || self
+                .ice
+                .as_ref()
+                .is_some_and(|ice| ice.is_valid_pair(via, from))
+    }
+}
+
 pub struct InternalLeg {
     /// SDES-SRTP on the internal leg; `None` for plain RTP.
     pub srtp: Option<SrtpSession>,

@@ -53,7 +53,7 @@ impl Call {
                 }
             }
             PacketKind::Dtls => {
-                if self.wa.selected != Some((via, from)) {
+                if !self.wa.accepts(via, from) {
                     return self.wa.counters.drop(DropReason::BadSource);
                 }
                 match self.wa.dtls.as_mut() {
@@ -78,7 +78,7 @@ impl Call {
         out: &mut impl Outbox,
     ) {
         let wa = &mut self.wa;
-        if wa.selected != Some((via, from)) {
+        if !wa.accepts(via, from) {
             return wa.counters.drop(DropReason::BadSource);
         }
         let Some(srtp) = wa.srtp.as_mut() else {
@@ -97,7 +97,11 @@ impl Call {
         wa.counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(hdr.sequence, hdr.timestamp, rtp_clock_at(now, self.created_mono));
+            .update(
+                hdr.sequence,
+                hdr.timestamp,
+                rtp_clock_at(now, self.created_mono),
+            );
         self.last_wa_media = Some(now);
         if !self.first_media_from_wa {
             self.first_media_from_wa = true;
@@ -159,7 +163,7 @@ impl Call {
         len: usize,
     ) {
         let wa = &mut self.wa;
-        if wa.selected != Some((via, from)) {
+        if !wa.accepts(via, from) {
             return wa.counters.drop(DropReason::BadSource);
         }
         let Some(srtp) = wa.srtp.as_mut() else {
@@ -171,7 +175,13 @@ impl Call {
         };
         self.last_wa_media = Some(now);
         let ntp = self.ntp_at(now);
-        Self::read_reports(&mut self.wa.counters, self.wa.tx.ssrc(), &buf[..n], now, ntp);
+        Self::read_reports(
+            &mut self.wa.counters,
+            self.wa.tx.ssrc(),
+            &buf[..n],
+            now,
+            ntp,
+        );
     }
 
     pub(super) fn on_internal_datagram(
@@ -208,7 +218,13 @@ impl Call {
     }
 
     /// Internal → WhatsApp, one RTP (or SDES-SRTP) packet.
-    fn from_internal_rtp(&mut self, now: Instant, buf: &mut [u8], len: usize, out: &mut impl Outbox) {
+    fn from_internal_rtp(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+        out: &mut impl Outbox,
+    ) {
         let internal = &mut self.internal;
         let n = match internal.srtp.as_mut() {
             Some(srtp) => match srtp.rx.unprotect_rtp(&mut buf[..len]) {
@@ -230,7 +246,11 @@ impl Call {
             .counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(hdr.sequence, hdr.timestamp, rtp_clock_at(now, self.created_mono));
+            .update(
+                hdr.sequence,
+                hdr.timestamp,
+                rtp_clock_at(now, self.created_mono),
+            );
         self.last_internal_media = Some(now);
         if !self.first_media_from_internal {
             self.first_media_from_internal = true;

@@ -326,7 +326,8 @@ impl Call {
             return;
         };
         if now >= deadline {
-            let flowed = matches!((self.last_wa_media, self.gate_open_at), (Some(t), Some(g)) if t >= g);
+            let flowed =
+                matches!((self.last_wa_media, self.gate_open_at), (Some(t), Some(g)) if t >= g);
             self.end(if flowed {
                 EndCause::MediaReceiveTimeout
             } else {
@@ -347,7 +348,12 @@ impl Call {
         }
         if self.next_rtcp_wa.is_none() {
             // A first report soon after media starts, then every interval.
-            self.next_rtcp_wa = Some(now + self.cfg.rtcp_interval.min(std::time::Duration::from_secs(1)));
+            self.next_rtcp_wa = Some(
+                now + self
+                    .cfg
+                    .rtcp_interval
+                    .min(std::time::Duration::from_secs(1)),
+            );
         }
         if !self.prebuffer.is_empty() {
             self.prebuffer_next = Some(now);

@@ -79,9 +79,10 @@ impl OutboundStream {
     /// The RTP timestamp that corresponds to `now` on our outbound clock (for SR and fill).
     pub fn ts_at(&self, now: Instant) -> u32 {
         match self.last_sent_at {
-            Some(at) => self
-                .last_ts
-                .wrapping_add(clock_units(now.saturating_duration_since(at), self.clock_rate)),
+            Some(at) => self.last_ts.wrapping_add(clock_units(
+                now.saturating_duration_since(at),
+                self.clock_rate,
+            )),
             None => self.last_ts,
         }
     }
@@ -213,9 +214,17 @@ mod tests {
         // The source restarts with a new SSRC and random numbering 20 ms later.
         let r = s.next(fwd(2, 7, 123_456), t0 + Duration::from_millis(100), 80);
         assert_eq!(r.seq, 5);
-        assert_eq!(r.ts, 960 * 5, "timestamp advanced by exactly the 20 ms of wall time");
+        assert_eq!(
+            r.ts,
+            960 * 5,
+            "timestamp advanced by exactly the 20 ms of wall time"
+        );
         assert!(r.marker);
-        let r2 = s.next(fwd(2, 8, 123_456 + 960), t0 + Duration::from_millis(120), 80);
+        let r2 = s.next(
+            fwd(2, 8, 123_456 + 960),
+            t0 + Duration::from_millis(120),
+            80,
+        );
         assert_eq!((r2.seq, r2.ts, r2.marker), (6, 960 * 6, false));
     }
 

@@ -79,7 +79,9 @@ impl Call {
     /// Wall-clock NTP time for `now`, derived from the call's creation so the state machine
     /// never reads the clock itself.
     pub(super) fn ntp_at(&self, now: Instant) -> u64 {
-        rtcp::ntp_from_system_time(self.created_at + now.saturating_duration_since(self.created_mono))
+        rtcp::ntp_from_system_time(
+            self.created_at + now.saturating_duration_since(self.created_mono),
+        )
     }
 
     /// Write and send one compound report on a leg (`leg` is `Internal` or any WhatsApp ref).

@@ -77,7 +77,11 @@ fn dtls_role_for(remote: Option<Setup>) -> DtlsRole {
 }
 
 impl Call {
-    pub fn create(setup: CallSetup<'_>, now: Instant, wall: SystemTime) -> Result<Created, ApiError> {
+    pub fn create(
+        setup: CallSetup<'_>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Created, ApiError> {
         let req = setup.req;
         let cfg = setup.cfg.clone();
         let ice_creds = IceCredentials::random();
@@ -270,7 +274,8 @@ impl Call {
                 Ok(())
             } else if self.direction == CallDirection::UserInitiated {
                 Err(ApiError::FailedPrecondition(
-                    "user-initiated call: Meta's offer was given at create; no renegotiation".into(),
+                    "user-initiated call: Meta's offer was given at create; no renegotiation"
+                        .into(),
                 ))
             } else {
                 Err(ApiError::FailedPrecondition(
@@ -294,7 +299,9 @@ impl Call {
                     ice.add_remote_candidate(c.addr, c.priority);
                 }
                 if d.setup == Setup::ActPass {
-                    return Err(bad("Meta's answer says a=setup:actpass; an answer must pick active or passive"));
+                    return Err(bad(
+                        "Meta's answer says a=setup:actpass; an answer must pick active or passive",
+                    ));
                 }
                 self.wa.dtls = Some(DtlsDriver::new(
                     self.identity.clone(),
@@ -333,7 +340,11 @@ impl Call {
             return Ok(());
         }
         let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
-        apply_internal_remote(&mut self.internal, self.internal_local_key.as_ref(), &remote)?;
+        apply_internal_remote(
+            &mut self.internal,
+            self.internal_local_key.as_ref(),
+            &remote,
+        )?;
         self.internal_remote_sdp = Some(text.to_string());
         Ok(())
     }

@@ -160,9 +160,8 @@ pub struct Engine;
 impl Engine {
     /// Spawn the shards. Call `EngineHandle::shutdown` to stop them.
     pub fn start(cfg: EngineConfig) -> std::io::Result<EngineHandle> {
-        let identity = Arc::new(
-            DtlsIdentity::generate().map_err(|e| std::io::Error::other(e.to_string()))?,
-        );
+        let identity =
+            Arc::new(DtlsIdentity::generate().map_err(|e| std::io::Error::other(e.to_string()))?);
         let n = if cfg.shards == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -278,7 +277,11 @@ impl EngineHandle {
     }
 
     fn shard_of(&self, call_id: &str) -> Result<usize, ApiError> {
-        match lock(&self.inner.registry).calls.get(call_id).map(|e| &e.entry) {
+        match lock(&self.inner.registry)
+            .calls
+            .get(call_id)
+            .map(|e| &e.entry)
+        {
             Some(Entry::Live { shard, .. }) => Ok(*shard),
             Some(Entry::Creating) => Err(ApiError::Unavailable(format!(
                 "call {call_id} is being created; retry"
@@ -320,7 +323,13 @@ impl EngineHandle {
             )));
         }
         let limit = self.inner.cfg.max_calls_per_number;
-        if reg.per_number.get(&req.business_number).copied().unwrap_or(0) >= limit {
+        if reg
+            .per_number
+            .get(&req.business_number)
+            .copied()
+            .unwrap_or(0)
+            >= limit
+        {
             return Err(ApiError::CallLimit {
                 number: req.business_number.clone(),
                 limit,
@@ -336,7 +345,9 @@ impl EngineHandle {
                 existing: existing.clone(),
             });
         }
-        *reg.per_number.entry(req.business_number.clone()).or_insert(0) += 1;
+        *reg.per_number
+            .entry(req.business_number.clone())
+            .or_insert(0) += 1;
         if !req.consumer.is_empty() {
             reg.pairs.insert(pair, req.call_id.clone());
         }
@@ -434,7 +445,11 @@ impl CallControl for EngineHandle {
             .await?
     }
 
-    async fn terminate(&self, call_id: String, _reason: String) -> Result<Option<CallInfo>, ApiError> {
+    async fn terminate(
+        &self,
+        call_id: String,
+        _reason: String,
+    ) -> Result<Option<CallInfo>, ApiError> {
         let shard = match self.shard_of(&call_id) {
             Ok(s) => s,
             // Unknown or already ended: success, nothing to do (webhooks repeat).

@@ -185,7 +185,8 @@ impl Shard {
                     batch: &mut self.send,
                     fds: slot.fds,
                 };
-                slot.call.handle_datagram(now, via, from, buf, len, &mut out);
+                slot.call
+                    .handle_datagram(now, via, from, buf, len, &mut out);
             }
             self.stats.packets_in.fetch_add(n as u64, Ordering::Relaxed);
             // Edge-triggered readiness: a short batch means the socket was empty; any later
@@ -237,7 +238,11 @@ impl Shard {
             let Some(Some(slot)) = self.slots.get_mut(idx) else {
                 continue;
             };
-            if slot.call.poll_timeout().is_some_and(|d| d <= now + TIMER_SLACK) {
+            if slot
+                .call
+                .poll_timeout()
+                .is_some_and(|d| d <= now + TIMER_SLACK)
+            {
                 let mut out = SlotOutbox {
                     batch: &mut self.send,
                     fds: slot.fds,

@@ -267,6 +267,15 @@ impl ControllingAgent {
         self.events.pop_front()
     }
 
+    /// Did a check on this pair succeed? With aggressive nomination every successful pair is
+    /// nominated, and a lite peer may send from any of them (RFC 8445 §8.2 lets it pick the
+    /// highest-priority nominated pair, which need not be the one we picked).
+    pub fn is_valid_pair(&self, via: SocketRef, remote: SocketAddr) -> bool {
+        self.pairs
+            .iter()
+            .any(|p| p.via == via && p.remote == remote && p.state == PairState::Succeeded)
+    }
+
     fn ready(&self) -> bool {
         self.remote.is_some() && !self.pairs.is_empty()
     }
