@@ -199,7 +199,7 @@ impl Call {
             return self.internal.counters.drop(DropReason::Malformed);
         };
         match classify(data) {
-            PacketKind::Rtp => self.from_internal_rtp(now, buf, len, out),
+            PacketKind::Rtp => self.forward_to_whatsapp(now, buf, len, out),
             PacketKind::Rtcp => {
                 let n = match self.internal.srtp.as_mut() {
                     Some(srtp) => match srtp.rx.unprotect_rtcp(&mut buf[..len]) {
@@ -218,7 +218,7 @@ impl Call {
     }
 
     /// Internal → WhatsApp, one RTP (or SDES-SRTP) packet.
-    fn from_internal_rtp(
+    fn forward_to_whatsapp(
         &mut self,
         now: Instant,
         buf: &mut [u8],
