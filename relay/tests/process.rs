@@ -1,0 +1,198 @@
+//! The real `relay` binary, started as the README says, driven over gRPC exactly as a
+//! signaling tier would: create (Meta's offer in, answer out) → answer to Meta → open gate →
+//! audio both ways → terminate. Also: policy errors carry Meta's codes.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use control::client::{RelayClient, meta_code};
+use control::pb;
+use e2e::meta::{MetaConfig, MetaPeer, wait_until};
+use e2e::rtp::{read_stamp, stamped_payload};
+use e2e::sip::{SipConfig, SipPeer};
+
+/// The `relay` binary cargo built for this package's tests.
+fn relay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_relay"))
+}
+
+struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_relay(extra: &[&str]) -> (RelayProcess, String) {
+    let port = free_port();
+    let child = Command::new(relay_bin())
+        .args([
+            "--control-listen",
+            &format!("127.0.0.1:{port}"),
+            "--shards",
+            "1",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("relay starts");
+    (RelayProcess(child), format!("http://127.0.0.1:{port}"))
+}
+
+async fn connect(endpoint: &str) -> RelayClient {
+    for _ in 0..100 {
+        if let Ok(c) = RelayClient::connect(endpoint.to_string(), None).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("relay control plane did not come up at {endpoint}");
+}
+
+fn create_request(id: &str, number: &str, offer: String, sip_sdp: String) -> pb::CreateCallRequest {
+    pb::CreateCallRequest {
+        call_id: id.into(),
+        business_number: number.into(),
+        consumer: format!("c-{id}"),
+        direction: pb::CallDirection::UserInitiated.into(),
+        whatsapp_offer_sdp: offer,
+        whatsapp: None,
+        internal: Some(pb::InternalLeg {
+            remote_sdp: sip_sdp,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_the_relay_binary_over_grpc() {
+    let (_relay, endpoint) = start_relay(&[]);
+    let mut client = connect(&endpoint).await;
+    let meta = MetaPeer::spawn(MetaConfig::default()).unwrap();
+    let sip = SipPeer::spawn(SipConfig::default()).unwrap();
+
+    let created = client
+        .create_call(create_request(
+            "wacid.proc",
+            "15550002222",
+            meta.offer_sdp(),
+            sip.sdp(),
+        ))
+        .await
+        .expect("CreateCall");
+    assert!(created.whatsapp_sdp.contains("a=setup:active\r\n"));
+    // Webhooks repeat: the same create returns the same answer.
+    let again = client
+        .create_call(create_request(
+            "wacid.proc",
+            "15550002222",
+            meta.offer_sdp(),
+            sip.sdp(),
+        ))
+        .await
+        .expect("repeated CreateCall");
+    assert_eq!(again.whatsapp_sdp, created.whatsapp_sdp);
+
+    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
+    sip.set_remote_sdp(&created.internal_sdp).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || meta
+        .stats()
+        .dtls_connected_at
+        .is_some()));
+    // Nothing reaches WhatsApp before the gate opens.
+    assert_eq!(meta.stats().media.rtp_received, 0);
+    client.open_gate("wacid.proc").await.expect("OpenGate");
+    meta.start_audio();
+    sip.start_audio();
+    assert!(wait_until(Duration::from_secs(10), || {
+        sip.received().len() >= 25
+            && meta
+                .received()
+                .iter()
+                .filter(|p| p.payload.len() > 3)
+                .count()
+                >= 25
+    }));
+    for p in sip.received() {
+        let (counter, _) = read_stamp(&p.payload).unwrap();
+        assert_eq!(
+            p.payload[12..],
+            stamped_payload(counter, p.payload.len())[12..]
+        );
+    }
+
+    let ended = client
+        .terminate("wacid.proc", "hangup")
+        .await
+        .expect("Terminate");
+    let _ = ended;
+    // Terminating again (a repeated webhook) is harmless.
+    client
+        .terminate("wacid.proc", "hangup")
+        .await
+        .expect("second Terminate");
+    let status = client.get_call("wacid.unknown").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_errors_carry_meta_codes() {
+    let (_relay, endpoint) = start_relay(&["--max-calls-per-number", "2"]);
+    let mut client = connect(&endpoint).await;
+    let sip = SipPeer::spawn(SipConfig::default()).unwrap();
+    let meta = MetaPeer::spawn(MetaConfig::default()).unwrap();
+
+    // A hostile SDP: INVALID_ARGUMENT with code 100 and the offending line.
+    let bad = client
+        .create_call(create_request(
+            "wacid.bad",
+            "n1",
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 99999 UDP/TLS/RTP/SAVPF 111\r\n".into(),
+            sip.sdp(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(meta_code(&bad), Some(100));
+    assert!(bad.message().contains("line 5"), "{}", bad.message());
+
+    for i in 0..2 {
+        let mut req = create_request(&format!("wacid.l{i}"), "n1", meta.offer_sdp(), sip.sdp());
+        req.consumer = format!("consumer-{i}");
+        client.create_call(req).await.expect("under the limit");
+    }
+    let mut req = create_request("wacid.l2", "n1", meta.offer_sdp(), sip.sdp());
+    req.consumer = "consumer-x".into();
+    let over = client.create_call(req).await.unwrap_err();
+    assert_eq!(over.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(meta_code(&over), Some(138002));
+    // Another number is unaffected.
+    let mut req = create_request("wacid.other", "n2", meta.offer_sdp(), sip.sdp());
+    req.consumer = "consumer-0".into();
+    client.create_call(req).await.expect("other number");
+    // The same consumer again on n1: duplicate.
+    let mut req = create_request("wacid.dup", "n2", meta.offer_sdp(), sip.sdp());
+    req.consumer = "consumer-0".into();
+    let dup = client.create_call(req).await.unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+    assert_eq!(meta_code(&dup), Some(138003));
+    // A slot freed by terminate is reusable.
+    client.terminate("wacid.l0", "done").await.unwrap();
+    let mut req = create_request("wacid.l3", "n1", meta.offer_sdp(), sip.sdp());
+    req.consumer = "consumer-y".into();
+    client.create_call(req).await.expect("slot reused");
+}
