@@ -76,6 +76,10 @@ pub struct Call {
     /// Timestamp of the last DTMF event reported per leg (one event per digit, not per packet).
     last_dtmf_ts: [Option<u32>; 2],
 
+    /// Time from creation to ICE connected and to DTLS connected (setup-time metrics).
+    ice_connected_after: Option<std::time::Duration>,
+    dtls_connected_after: Option<std::time::Duration>,
+
     events: VecDeque<CallEventKind>,
     ended: Option<EndCause>,
     /// Cached earliest deadline, recomputed after every input.
@@ -192,6 +196,26 @@ impl Call {
         }
     }
 
+    /// Setup times: (create → ICE connected, create → DTLS connected).
+    pub fn setup_times(&self) -> (Option<std::time::Duration>, Option<std::time::Duration>) {
+        (self.ice_connected_after, self.dtls_connected_after)
+    }
+
+    /// Counters of one leg for engine-wide metrics.
+    pub fn leg_totals(&self, leg: LegKind) -> crate::engine::snapshot::LegTotals {
+        let (c, tx) = match leg {
+            LegKind::WhatsApp => (&self.wa.counters, &self.wa.tx),
+            LegKind::Internal => (&self.internal.counters, &self.internal.tx),
+        };
+        crate::engine::snapshot::LegTotals {
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: tx.packets,
+            tx_bytes: tx.octets,
+            drops: c.drops,
+        }
+    }
+
     /// Drops on one leg by reason (for metrics and tests).
     pub fn dropped(&self, leg: LegKind, reason: stats::DropReason) -> u64 {
         match leg {
@@ -232,6 +256,8 @@ impl Call {
             match ev {
                 IceEvent::Connected { via, remote } => {
                     self.wa.selected = Some((via, remote));
+                    self.ice_connected_after =
+                        Some(now.saturating_duration_since(self.created_mono));
                     self.events
                         .push_back(CallEventKind::IceConnected { remote });
                     // DTLS client: the ClientHello goes out the moment a check succeeds.
@@ -269,6 +295,8 @@ impl Call {
                 DtlsEvent::Connected { keys, profile } => match SrtpSession::new(&keys) {
                     Ok(s) => {
                         self.wa.srtp = Some(s);
+                        self.dtls_connected_after =
+                            Some(now.saturating_duration_since(self.created_mono));
                         self.events
                             .push_back(CallEventKind::DtlsConnected { profile });
                         self.check_wa_ready(now, out);

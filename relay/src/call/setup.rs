@@ -236,6 +236,8 @@ impl Call {
             first_media_from_wa: false,
             first_media_from_internal: false,
             last_dtmf_ts: [None; 2],
+            ice_connected_after: None,
+            dtls_connected_after: None,
             events: VecDeque::from([crate::api::CallEventKind::Created]),
             ended: None,
             next_deadline: None,

@@ -7,6 +7,7 @@
 //! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
 
 mod shard;
+pub mod snapshot;
 mod sockets;
 pub mod udp;
 
@@ -84,6 +85,7 @@ struct ShardHandle {
     commands: Sender<Command>,
     waker: Waker,
     stats: Arc<ShardStats>,
+    totals: Arc<Mutex<snapshot::ShardTotals>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -174,7 +176,15 @@ impl Engine {
             let waker = Shard::make_waker(&poll)?;
             let (tx, rx) = crossbeam_channel::unbounded();
             let stats = Arc::new(ShardStats::default());
-            let shard = Shard::new(id, poll, rx, events_tx.clone(), stats.clone());
+            let totals = Arc::new(Mutex::new(snapshot::ShardTotals::new(id as u32)));
+            let shard = Shard::new(
+                id,
+                poll,
+                rx,
+                events_tx.clone(),
+                stats.clone(),
+                totals.clone(),
+            );
             let thread = std::thread::Builder::new()
                 .name(format!("relay-shard-{id}"))
                 .spawn(move || shard.run())?;
@@ -182,6 +192,7 @@ impl Engine {
                 commands: tx,
                 waker,
                 stats,
+                totals,
                 thread: Some(thread),
             });
         }
@@ -241,6 +252,27 @@ impl EngineHandle {
 
     pub fn shard_stats(&self) -> Vec<Arc<ShardStats>> {
         self.inner.shards.iter().map(|s| s.stats.clone()).collect()
+    }
+
+    /// Engine-wide counters as of each shard's last publish (at most 1 s old).
+    pub fn metrics_snapshot(&self) -> snapshot::MetricsSnapshot {
+        let draining = lock(&self.inner.registry).draining;
+        snapshot::MetricsSnapshot {
+            active_calls: self.active_calls() as u64,
+            capacity: self.inner.cfg.capacity as u64,
+            draining,
+            shards: self
+                .inner
+                .shards
+                .iter()
+                .map(|s| s.totals.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                .collect(),
+        }
+    }
+
+    /// Is the relay refusing new calls?
+    pub fn is_draining(&self) -> bool {
+        lock(&self.inner.registry).draining
     }
 
     /// Stop admitting new calls.

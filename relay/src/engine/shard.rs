@@ -16,9 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::api::{ApiError, CallEvent, CallInfo, EndCause, LegKind};
+use crate::api::{ApiError, CallEvent, CallEventKind, CallInfo, EndCause, LegKind};
 use crate::call::Call;
+use crate::call::stats::DropReason;
 use crate::engine::ShardStats;
+use crate::engine::snapshot::ShardTotals;
 use crate::engine::udp::{BATCH, RecvBatch, SendBatch};
 use crate::net::{Outbox, SocketRef};
 
@@ -101,7 +103,14 @@ pub(crate) struct Shard {
     stats: Arc<ShardStats>,
     /// Earliest deadline of any call (may be early, never late).
     next_deadline: Option<Instant>,
+    /// Counters of calls that ended, plus setup/end histograms; live calls are added at publish.
+    totals: ShardTotals,
+    published: Arc<std::sync::Mutex<ShardTotals>>,
+    next_publish: Instant,
 }
+
+/// How often a shard folds its counters into the published snapshot (metrics resolution).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 impl Shard {
     pub(crate) fn new(
@@ -110,8 +119,12 @@ impl Shard {
         commands: Receiver<Command>,
         events_out: Sender<CallEvent>,
         stats: Arc<ShardStats>,
+        published: Arc<std::sync::Mutex<ShardTotals>>,
     ) -> Self {
         Shard {
+            totals: ShardTotals::new(id as u32),
+            published,
+            next_publish: Instant::now(),
             id,
             poll,
             commands,
@@ -158,7 +171,29 @@ impl Shard {
             }
             self.send.flush();
             self.publish_stats();
+            if now >= self.next_publish {
+                self.publish_totals(now);
+            }
         }
+    }
+
+    /// Once a second: ended totals + live calls' counters → the published snapshot.
+    fn publish_totals(&mut self, now: Instant) {
+        self.next_publish = now + PUBLISH_EVERY;
+        let mut t = self.totals.clone();
+        for slot in self.slots.iter().flatten() {
+            t.whatsapp.add(&slot.call.leg_totals(LegKind::WhatsApp));
+            t.internal.add(&slot.call.leg_totals(LegKind::Internal));
+            t.srtp_auth_failures_whatsapp +=
+                slot.call.dropped(LegKind::WhatsApp, DropReason::AuthFailed);
+            t.srtp_auth_failures_internal +=
+                slot.call.dropped(LegKind::Internal, DropReason::AuthFailed);
+        }
+        t.calls = self.by_id.len() as u64;
+        t.packets_in = self.stats.packets_in.load(Ordering::Relaxed);
+        t.packets_out = self.send.sent;
+        t.send_errors = self.send.send_errors;
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = t;
     }
 
     /// Receive everything queued on one socket and hand each datagram to its call.
@@ -207,6 +242,22 @@ impl Shard {
             return;
         };
         while let Some(kind) = slot.call.poll_event() {
+            let (ice, dtls) = slot.call.setup_times();
+            match &kind {
+                CallEventKind::Created => self.totals.calls_created += 1,
+                CallEventKind::IceConnected { .. } => {
+                    if let Some(d) = ice {
+                        self.totals.ice_setup.observe_duration(d);
+                    }
+                }
+                CallEventKind::DtlsConnected { .. } => {
+                    if let Some(d) = dtls {
+                        self.totals.dtls_setup.observe_duration(d);
+                    }
+                }
+                CallEventKind::Ended { cause, .. } => self.totals.count_ended(*cause),
+                _ => {}
+            }
             let _ = self.events_out.send(CallEvent {
                 call_id: slot.call.call_id.clone(),
                 at: SystemTime::now(),
@@ -228,8 +279,21 @@ impl Shard {
         }
         self.by_id.remove(&call.call_id);
         self.free.push(slot_idx);
+        // Fold the call's counters into the shard's totals.
+        let t = &mut self.totals;
+        t.whatsapp.add(&call.leg_totals(LegKind::WhatsApp));
+        t.internal.add(&call.leg_totals(LegKind::Internal));
+        t.srtp_auth_failures_whatsapp += call.dropped(LegKind::WhatsApp, DropReason::AuthFailed);
+        t.srtp_auth_failures_internal += call.dropped(LegKind::Internal, DropReason::AuthFailed);
+        let info = call.info();
+        let rx = &info.whatsapp.received;
+        if rx.packets > 0 {
+            t.call_loss
+                .observe(rx.lost as f64 / (rx.packets + rx.lost) as f64);
+            t.call_jitter.observe(rx.jitter_ms / 1000.0);
+        }
         self.stats.calls.fetch_sub(1, Ordering::Relaxed);
-        Some(call.info())
+        Some(info)
     }
 
     fn run_timers(&mut self, now: Instant) {

@@ -1,0 +1,147 @@
+//! Engine-wide counters for metrics, published by the shards once a second.
+//!
+//! The packet path only bumps plain integers inside each call; a shard folds them into a
+//! [`ShardTotals`] (ended calls' final counters plus live calls' current ones) on a 1 s timer
+//! and publishes a copy behind a mutex that only the metrics scrape and the shard's once-a-second
+//! publish ever take. No packet touches it.
+
+use std::time::Duration;
+
+use crate::api::EndCause;
+use crate::call::stats::DROP_REASONS;
+
+/// Counters of one leg.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LegTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Indexed like [`DROP_REASONS`].
+    pub drops: [u64; DROP_REASONS.len()],
+}
+
+impl LegTotals {
+    pub fn add(&mut self, o: &LegTotals) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// Observations for histograms, as raw samples since the last scrape would be unbounded; we
+/// keep fixed buckets instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds (seconds or ratio), ascending; an implicit +Inf bucket follows.
+    pub bounds: &'static [f64],
+    /// Cumulative-free counts per bucket (len = bounds.len() + 1).
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    pub fn observe_duration(&mut self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    pub fn add(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+}
+
+pub const SETUP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+pub const LOSS_BUCKETS: &[f64] = &[0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5];
+pub const JITTER_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16];
+
+/// What one shard publishes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardTotals {
+    pub shard: u32,
+    pub calls: u64,
+    pub calls_created: u64,
+    /// Ended calls by cause.
+    pub calls_ended: Vec<(EndCause, u64)>,
+    pub whatsapp: LegTotals,
+    pub internal: LegTotals,
+    pub srtp_auth_failures_whatsapp: u64,
+    pub srtp_auth_failures_internal: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub send_errors: u64,
+    /// Time from create to ICE connected / DTLS connected.
+    pub ice_setup: Histogram,
+    pub dtls_setup: Histogram,
+    /// Per ended call: loss ratio and jitter of what WhatsApp sent us.
+    pub call_loss: Histogram,
+    pub call_jitter: Histogram,
+}
+
+impl ShardTotals {
+    pub fn new(shard: u32) -> Self {
+        ShardTotals {
+            shard,
+            calls: 0,
+            calls_created: 0,
+            calls_ended: Vec::new(),
+            whatsapp: LegTotals::default(),
+            internal: LegTotals::default(),
+            srtp_auth_failures_whatsapp: 0,
+            srtp_auth_failures_internal: 0,
+            packets_in: 0,
+            packets_out: 0,
+            send_errors: 0,
+            ice_setup: Histogram::new(SETUP_BUCKETS),
+            dtls_setup: Histogram::new(SETUP_BUCKETS),
+            call_loss: Histogram::new(LOSS_BUCKETS),
+            call_jitter: Histogram::new(JITTER_BUCKETS),
+        }
+    }
+
+    pub fn count_ended(&mut self, cause: EndCause) {
+        match self.calls_ended.iter_mut().find(|(c, _)| *c == cause) {
+            Some((_, n)) => *n += 1,
+            None => self.calls_ended.push((cause, 1)),
+        }
+    }
+}
+
+/// The whole engine, for a scrape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsSnapshot {
+    pub active_calls: u64,
+    pub capacity: u64,
+    pub draining: bool,
+    pub shards: Vec<ShardTotals>,
+}
