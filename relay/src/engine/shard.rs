@@ -330,11 +330,11 @@ impl Shard {
                     sockets,
                     reply,
                 } => {
-                    self.insert(call, sockets, now);
+                    self.insert(call, sockets);
                     let _ = reply.send(());
                 }
                 Command::OpenGate { call_id, reply } => {
-                    let r = self.with_call(&call_id, now, |call, out| {
+                    let r = self.with_call(&call_id, |call, out| {
                         call.open_gate(now, out);
                         Ok(call.info())
                     });
@@ -346,7 +346,7 @@ impl Shard {
                     sdp,
                     reply,
                 } => {
-                    let r = self.with_call(&call_id, now, |call, out| {
+                    let r = self.with_call(&call_id, |call, out| {
                         call.set_remote_description(leg, &sdp, now, out)?;
                         Ok(call.info())
                     });
@@ -410,7 +410,6 @@ impl Shard {
     fn with_call<T>(
         &mut self,
         call_id: &str,
-        now: Instant,
         f: impl FnOnce(&mut Call, &mut SlotOutbox<'_>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let idx = *self
@@ -426,7 +425,6 @@ impl Shard {
         };
         let r = f(&mut slot.call, &mut out);
         // Commands may make a call due now (gate opened: maiden packet, fill timer).
-        let _ = now;
         if let Some(d) = slot.call.poll_timeout() {
             self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
         }
@@ -434,7 +432,7 @@ impl Shard {
         r
     }
 
-    fn insert(&mut self, call: Box<Call>, sockets: CallSockets, now: Instant) {
+    fn insert(&mut self, call: Box<Call>, sockets: CallSockets) {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -468,7 +466,6 @@ impl Shard {
         if let Some(d) = deadline {
             self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
         }
-        let _ = now;
         self.after_call_activity(idx);
     }
 
