@@ -991,11 +991,7 @@ async fn non_loopback_bind_without_authentication_is_refused() {
         err,
         ControlError::UnauthenticatedNonLoopback { .. }
     ));
-    assert!(
-        err.to_string()
-            .contains("--control-allow-unauthenticated-non-loopback"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("--allow-unauthenticated"), "{err}");
 
     let addr = cfg.listen;
     let with_token = ControlConfig {

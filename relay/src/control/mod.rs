@@ -29,13 +29,13 @@ use crate::api::CallControl;
 
 pub use auth::TokenCheck;
 pub use drain::{DRAIN_REASON, MAX_DRAIN_DEADLINE};
-pub use events::LogLimits;
+use events::LogLimits;
 pub use status::to_status;
 
-/// The command-line flag (and [`ControlConfig`] field) that allows serving without
-/// authentication on a non-loopback address. Named in the refusal so an operator knows the
-/// way out, and meant to be used by the `relay` binary's flag of the same name.
-pub const ALLOW_UNAUTHENTICATED_FLAG: &str = "--control-allow-unauthenticated-non-loopback";
+/// The `relay` binary's flag (env `RELAY_ALLOW_UNAUTHENTICATED`) that sets
+/// [`ControlConfig::allow_unauthenticated_non_loopback`]. Named in the refusal so an operator
+/// knows the way out.
+pub const ALLOW_UNAUTHENTICATED_FLAG: &str = "--allow-unauthenticated";
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -52,11 +52,10 @@ pub struct ControlConfig {
     /// Allow a non-loopback `listen` without a token or mTLS. Off by default: the control plane
     /// can end every call and must not be open to a network by accident.
     pub allow_unauthenticated_non_loopback: bool,
-    /// Drain deadline when a Drain request does not give one.
-    pub default_drain_deadline: Duration,
-    /// How much per-call event history GetCall can return.
-    pub event_log: LogLimits,
 }
+
+/// Drain deadline when a Drain request does not give one.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Default for ControlConfig {
     fn default() -> Self {
@@ -65,8 +64,6 @@ impl Default for ControlConfig {
             token: None,
             tls: None,
             allow_unauthenticated_non_loopback: false,
-            default_drain_deadline: Duration::from_secs(60),
-            event_log: LogLimits::default(),
         }
     }
 }
@@ -82,8 +79,6 @@ impl std::fmt::Debug for ControlConfig {
                 "allow_unauthenticated_non_loopback",
                 &self.allow_unauthenticated_non_loopback,
             )
-            .field("default_drain_deadline", &self.default_drain_deadline)
-            .field("event_log", &self.event_log)
             .finish()
     }
 }
@@ -217,7 +212,7 @@ pub async fn serve_on<C: CallControl>(
         .build_v1()
         .map_err(|e| ControlError::Reflection(e.to_string()))?;
 
-    let log = Arc::new(events::EventLog::new(cfg.event_log));
+    let log = Arc::new(events::EventLog::new(LogLimits::default()));
     // Subscribe before accepting requests so the log sees every call from its creation.
     tokio::spawn(events::run_log(
         Arc::clone(&engine),
@@ -236,7 +231,7 @@ pub async fn serve_on<C: CallControl>(
         engine,
         log,
         drain: drain_state,
-        default_drain_deadline: cfg.default_drain_deadline,
+        default_drain_deadline: DEFAULT_DRAIN_DEADLINE,
         health,
         stop: stop_rx,
     };
