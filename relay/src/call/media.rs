@@ -212,8 +212,11 @@ impl Call {
                 let ntp = self.ntp_at(now);
                 Self::read_reports(&mut self.internal.counters, ssrc, &buf[..n], now, ntp);
             }
+            PacketKind::Unknown => self.internal.counters.drop(DropReason::Malformed),
             // STUN/DTLS belong to a WebRTC internal leg, which this leg kind is not.
-            _ => self.internal.counters.drop(DropReason::Unexpected),
+            PacketKind::Stun | PacketKind::Dtls => {
+                self.internal.counters.drop(DropReason::Unexpected)
+            }
         }
     }
 
