@@ -127,14 +127,18 @@ pub async fn run(
         }
     };
     let left = engine.active_calls();
-    tracing::info!(
-        ?end,
-        calls_left = left,
-        "drain over; ending remaining calls (cause drained)"
-    );
-    if left > 0 && end != DrainEnd::Signal {
-        // Freshest counters for the records of the calls about to be ended.
-        call_log.sample_now(&*engine_arc).await;
+    if left > 0 {
+        tracing::info!(
+            ?end,
+            calls = left,
+            "drain over; ending the remaining calls (cause drained)"
+        );
+        if end != DrainEnd::Signal {
+            // Freshest counters for the records of the calls about to be ended.
+            call_log.sample_now(&*engine_arc).await;
+        }
+    } else {
+        tracing::info!(?end, "drain over; no calls left");
     }
     engine.shutdown();
     call_log.finish(END_EVENTS_WAIT).await;
