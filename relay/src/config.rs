@@ -520,7 +520,7 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
     use toml::Value as V;
     let c = &s.call;
     let text = |v: &dyn fmt::Display| Some(V::String(v.to_string()));
-    let opt_text = |v: Option<&dyn fmt::Display>| v.map(|v| V::String(v.to_string()));
+    let opt_ip = |v: Option<IpAddr>| v.map(|v| V::String(v.to_string()));
     let dur = |d: Duration| Some(V::String(humantime::format_duration(d).to_string()));
     let int = |i: u64| Some(V::Integer(i64::try_from(i).unwrap_or(i64::MAX)));
     let ip_or_none = |ip: Option<IpAddr>| text(&ip.map_or("none".to_string(), |ip| ip.to_string()));
@@ -539,9 +539,9 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "whatsapp_v4" => ip_or_none(s.whatsapp_v4),
         "whatsapp_v6" => ip_or_none(s.whatsapp_v6),
         "internal" => text(&s.internal),
-        "advertise_v4" => opt_text(s.advertise_v4.as_ref().map(|v| v as _)),
-        "advertise_v6" => opt_text(s.advertise_v6.as_ref().map(|v| v as _)),
-        "advertise_internal" => opt_text(s.advertise_internal.as_ref().map(|v| v as _)),
+        "advertise_v4" => opt_ip(s.advertise_v4),
+        "advertise_v6" => opt_ip(s.advertise_v6),
+        "advertise_internal" => opt_ip(s.advertise_internal),
         "port_min" => s.port_min.and_then(|p| int(p.into())),
         "port_max" => s.port_max.and_then(|p| int(p.into())),
         "max_calls_per_number" => int(s.max_calls_per_number.into()),

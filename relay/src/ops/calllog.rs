@@ -207,7 +207,6 @@ async fn run<C: CallControl>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            biased;
             received = events.recv() => match received {
                 Ok(ev) => on_event(&engine, &shared, ev),
                 Err(RecvError::Lagged(n)) => {
