@@ -17,6 +17,7 @@ pub mod dtls;
 pub mod engine;
 pub mod ice;
 pub mod net;
+pub mod ops;
 pub mod sdp;
 pub mod srtp;
 pub mod wire;

@@ -1,35 +1,52 @@
-//! `relay`: start the engine (one shard per core) and the gRPC control plane.
+//! `relay`: read the configuration, start the engine (one shard per core), then serve the gRPC
+//! control plane and the metrics/health listener until SIGTERM, drain, and exit.
+//!
+//! Exit codes: 0 after a drain, 2 for a configuration error, 1 for anything else that stops
+//! the relay from starting or serving.
 
-use std::sync::Arc;
+use std::process::ExitCode;
 
-use clap::Parser;
-use relay::config::Args;
-use relay::control::{ControlConfig, serve};
+use relay::config::{self, ConfigError};
 use relay::engine::Engine;
+use relay::ops;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    init_logging(args.log_json);
-    let engine_cfg = match args.engine_config() {
-        Ok(c) => c,
+fn main() -> ExitCode {
+    let loaded = match config::load_from_process() {
+        Ok(l) => l,
+        Err(ConfigError::Usage(e)) => {
+            // --help and --version land here too (exit code 0).
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
         Err(e) => {
             eprintln!("relay: configuration error: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
-    let engine = match Engine::start(engine_cfg) {
+    let settings = loaded.settings;
+    if loaded.print_config {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(settings.log_json);
+    if let Some(file) = &loaded.config_file {
+        tracing::info!(file = %file.display(), "configuration file read");
+    }
+
+    let engine = match Engine::start(settings.engine_config()) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("relay: cannot start engine: {e}");
-            return std::process::ExitCode::from(1);
+            tracing::error!(error = %e, "cannot start engine");
+            return ExitCode::from(1);
         }
     };
     tracing::info!(
         shards = engine.shard_count(),
-        control = %args.control_listen,
+        control = %settings.control_listen,
+        capacity = settings.capacity,
         fingerprint = %engine.identity().fingerprint().to_sdp_value(),
         "relay started"
     );
@@ -40,48 +57,25 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("relay: cannot start runtime: {e}");
-            return std::process::ExitCode::from(1);
+            tracing::error!(error = %e, "cannot start runtime");
+            engine.shutdown();
+            return ExitCode::from(1);
         }
     };
-    let control_cfg = ControlConfig {
-        listen: args.control_listen,
-        token: args.control_token.clone(),
-        tls: None,
-        allow_unauthenticated_non_loopback: args.allow_unauthenticated,
-        ..ControlConfig::default()
-    };
-    let handle = engine.clone();
-    let result = rt.block_on(async move {
-        let shutdown = async {
-            shutdown_signal().await;
-            tracing::info!("shutdown requested: ending calls");
-        };
-        serve(Arc::new(handle), control_cfg, shutdown).await
+    let result = rt.block_on(async {
+        let signals = ops::forward_signals().map_err(|e| format!("cannot watch signals: {e}"))?;
+        ops::run(engine.clone(), &settings, signals)
+            .await
+            .map_err(|e| e.to_string())
     });
     engine.shutdown();
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("relay: control plane: {e}");
-            std::process::ExitCode::from(1)
+            tracing::error!(error = %e, "relay stopped on an error");
+            ExitCode::from(1)
         }
     }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn init_logging(json: bool) {

@@ -43,6 +43,9 @@ fn start_relay(extra: &[&str]) -> (RelayProcess, String) {
             &format!("127.0.0.1:{port}"),
             "--shards",
             "1",
+            // Parallel tests: the default metrics port 9090 would collide.
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .args(extra)
         .env("RUST_LOG", "warn")

@@ -1,0 +1,70 @@
+//! One log line per call event, each with the call's ID as the `call_id` field.
+//!
+//! The engine publishes every state change of every call; logging them from one subscriber
+//! keeps the packet path free of logging and gives each line the same shape. Ends with a Meta
+//! error code (setup or media failures) log at WARN, everything else at INFO. DTMF digits can
+//! be PINs: INFO says a digit arrived, only DEBUG says which.
+
+use crate::api::{CallEvent, CallEventKind, LegKind};
+
+pub fn leg_name(leg: LegKind) -> &'static str {
+    match leg {
+        LegKind::WhatsApp => "whatsapp",
+        LegKind::Internal => "internal",
+    }
+}
+
+/// The event's name in logs and call records.
+pub fn event_name(kind: &CallEventKind) -> &'static str {
+    match kind {
+        CallEventKind::Created => "created",
+        CallEventKind::IceConnected { .. } => "ice_connected",
+        CallEventKind::DtlsConnected { .. } => "dtls_connected",
+        CallEventKind::WhatsAppReady => "whatsapp_ready",
+        CallEventKind::GateOpened => "gate_opened",
+        CallEventKind::FirstMedia { .. } => "first_media",
+        CallEventKind::DtmfReceived { .. } => "dtmf_received",
+        CallEventKind::ConsentLost => "consent_lost",
+        CallEventKind::Ended { .. } => "ended",
+    }
+}
+
+pub fn log_event(ev: &CallEvent) {
+    let call_id = ev.call_id.as_str();
+    let event = event_name(&ev.kind);
+    match &ev.kind {
+        CallEventKind::IceConnected { remote } => {
+            tracing::info!(call_id, event, %remote, "ICE connected toward WhatsApp");
+        }
+        CallEventKind::DtlsConnected { profile } => {
+            tracing::info!(call_id, event, profile = %profile, "DTLS connected");
+        }
+        CallEventKind::FirstMedia { from } => {
+            tracing::info!(call_id, event, leg = leg_name(*from), "first media");
+        }
+        CallEventKind::DtmfReceived { from, digit } => {
+            tracing::info!(call_id, event, leg = leg_name(*from), "DTMF digit received");
+            tracing::debug!(call_id, event, leg = leg_name(*from), %digit, "DTMF digit");
+        }
+        CallEventKind::ConsentLost => {
+            tracing::warn!(call_id, event, "ICE consent lost toward WhatsApp");
+        }
+        CallEventKind::Ended { cause, meta_code } => match meta_code {
+            Some(code) => {
+                tracing::warn!(
+                    call_id,
+                    event,
+                    cause = cause.as_str(),
+                    meta_code = code,
+                    "call ended"
+                );
+            }
+            None => tracing::info!(call_id, event, cause = cause.as_str(), "call ended"),
+        },
+        CallEventKind::Created => tracing::info!(call_id, event, "call created"),
+        CallEventKind::WhatsAppReady => {
+            tracing::info!(call_id, event, "WhatsApp leg ready for media");
+        }
+        CallEventKind::GateOpened => tracing::info!(call_id, event, "gate opened"),
+    }
+}

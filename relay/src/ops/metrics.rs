@@ -1,0 +1,560 @@
+//! Prometheus text exposition (format 0.0.4) of a [`MetricsSnapshot`].
+//!
+//! Label values all come from closed sets (legs, directions, drop reasons, end causes, shard
+//! numbers), so the number of series is fixed by the build and the shard count: no per-call
+//! labels. Every series is written even at zero, so `rate()` works from the first scrape.
+
+use std::fmt::Write;
+
+use crate::api::EndCause;
+use crate::call::stats::DROP_REASONS;
+use crate::engine::snapshot::{
+    Histogram, JITTER_BUCKETS, LOSS_BUCKETS, LegTotals, MetricsSnapshot, SETUP_BUCKETS, ShardTotals,
+};
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every end cause, in the order they are written.
+pub const END_CAUSES: [EndCause; 10] = [
+    EndCause::Terminated,
+    EndCause::IceFailed,
+    EndCause::DtlsFailed,
+    EndCause::FingerprintMismatch,
+    EndCause::NoMediaAfterAccept,
+    EndCause::MediaReceiveTimeout,
+    EndCause::ConsentLost,
+    EndCause::InternalLegTimeout,
+    EndCause::PeerClosed,
+    EndCause::Drained,
+];
+
+// A new EndCause variant fails to compile here: add it to END_CAUSES too.
+const _: fn(EndCause) = |c| match c {
+    EndCause::Terminated
+    | EndCause::IceFailed
+    | EndCause::DtlsFailed
+    | EndCause::FingerprintMismatch
+    | EndCause::NoMediaAfterAccept
+    | EndCause::MediaReceiveTimeout
+    | EndCause::ConsentLost
+    | EndCause::InternalLegTimeout
+    | EndCause::PeerClosed
+    | EndCause::Drained => {}
+};
+
+/// The whole `/metrics` page.
+pub fn render(s: &MetricsSnapshot) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let o = &mut out;
+
+    family(
+        o,
+        "relay_active_calls",
+        "gauge",
+        "Calls the relay holds now.",
+    );
+    sample(o, "relay_active_calls", "", s.active_calls as f64);
+    family(
+        o,
+        "relay_capacity",
+        "gauge",
+        "Calls the relay admits in total (configured).",
+    );
+    sample(o, "relay_capacity", "", s.capacity as f64);
+    family(
+        o,
+        "relay_draining",
+        "gauge",
+        "1 while the relay refuses new calls to drain.",
+    );
+    sample(o, "relay_draining", "", if s.draining { 1.0 } else { 0.0 });
+
+    family(o, "relay_calls_created_total", "counter", "Calls created.");
+    let created: u64 = s.shards.iter().map(|t| t.calls_created).sum();
+    sample(o, "relay_calls_created_total", "", created as f64);
+
+    family(
+        o,
+        "relay_calls_ended_total",
+        "counter",
+        "Calls ended, by cause.",
+    );
+    for cause in END_CAUSES {
+        let n: u64 = s
+            .shards
+            .iter()
+            .flat_map(|t| t.calls_ended.iter())
+            .filter(|(c, _)| *c == cause)
+            .map(|(_, n)| n)
+            .sum();
+        let labels = format!("cause=\"{}\"", cause.as_str());
+        sample(o, "relay_calls_ended_total", &labels, n as f64);
+    }
+
+    let legs = [
+        ("whatsapp", sum_legs(&s.shards, |t| &t.whatsapp)),
+        ("internal", sum_legs(&s.shards, |t| &t.internal)),
+    ];
+    family(
+        o,
+        "relay_packets_total",
+        "counter",
+        "Media datagrams per leg and direction.",
+    );
+    for (leg, t) in &legs {
+        for (dir, n) in [("rx", t.rx_packets), ("tx", t.tx_packets)] {
+            let labels = format!("leg=\"{leg}\",direction=\"{dir}\"");
+            sample(o, "relay_packets_total", &labels, n as f64);
+        }
+    }
+    family(
+        o,
+        "relay_bytes_total",
+        "counter",
+        "Media bytes (UDP payload) per leg and direction.",
+    );
+    for (leg, t) in &legs {
+        for (dir, n) in [("rx", t.rx_bytes), ("tx", t.tx_bytes)] {
+            let labels = format!("leg=\"{leg}\",direction=\"{dir}\"");
+            sample(o, "relay_bytes_total", &labels, n as f64);
+        }
+    }
+    family(
+        o,
+        "relay_drops_total",
+        "counter",
+        "Received datagrams dropped, per leg and reason.",
+    );
+    for (leg, t) in &legs {
+        for (reason, n) in DROP_REASONS.iter().zip(t.drops.iter()) {
+            let labels = format!("leg=\"{leg}\",reason=\"{}\"", reason.as_str());
+            sample(o, "relay_drops_total", &labels, *n as f64);
+        }
+    }
+    family(
+        o,
+        "relay_srtp_auth_failures_total",
+        "counter",
+        "SRTP/SRTCP packets that failed authentication, per leg.",
+    );
+    let auth = [
+        (
+            "whatsapp",
+            s.shards
+                .iter()
+                .map(|t| t.srtp_auth_failures_whatsapp)
+                .sum::<u64>(),
+        ),
+        (
+            "internal",
+            s.shards
+                .iter()
+                .map(|t| t.srtp_auth_failures_internal)
+                .sum::<u64>(),
+        ),
+    ];
+    for (leg, n) in auth {
+        sample(
+            o,
+            "relay_srtp_auth_failures_total",
+            &format!("leg=\"{leg}\""),
+            n as f64,
+        );
+    }
+
+    histogram(
+        o,
+        "relay_ice_setup_seconds",
+        "Time from call creation to ICE connected.",
+        &merged(&s.shards, SETUP_BUCKETS, |t| &t.ice_setup),
+    );
+    histogram(
+        o,
+        "relay_dtls_setup_seconds",
+        "Time from call creation to DTLS connected.",
+        &merged(&s.shards, SETUP_BUCKETS, |t| &t.dtls_setup),
+    );
+    histogram(
+        o,
+        "relay_call_loss_ratio",
+        "Per ended call: share of WhatsApp's packets lost on the way to the relay.",
+        &merged(&s.shards, LOSS_BUCKETS, |t| &t.call_loss),
+    );
+    histogram(
+        o,
+        "relay_call_jitter_seconds",
+        "Per ended call: interarrival jitter of WhatsApp's packets (RFC 3550).",
+        &merged(&s.shards, JITTER_BUCKETS, |t| &t.call_jitter),
+    );
+
+    family(
+        o,
+        "relay_shard_calls",
+        "gauge",
+        "Calls per engine shard (thread).",
+    );
+    for t in &s.shards {
+        sample(
+            o,
+            "relay_shard_calls",
+            &format!("shard=\"{}\"", t.shard),
+            t.calls as f64,
+        );
+    }
+    family(
+        o,
+        "relay_shard_packets_total",
+        "counter",
+        "Datagrams received per engine shard.",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(o, "relay_shard_packets_total", &labels, t.packets_in as f64);
+    }
+    family(
+        o,
+        "relay_shard_send_errors_total",
+        "counter",
+        "Datagrams the operating system refused to send, per engine shard.",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(
+            o,
+            "relay_shard_send_errors_total",
+            &labels,
+            t.send_errors as f64,
+        );
+    }
+    out
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+fn sample(o: &mut String, name: &str, labels: &str, v: f64) {
+    if labels.is_empty() {
+        let _ = writeln!(o, "{name} {}", number(v));
+    } else {
+        let _ = writeln!(o, "{name}{{{labels}}} {}", number(v));
+    }
+}
+
+/// Go-style float text, which is what Prometheus parses (Rust would print `inf`).
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        v.to_string()
+    }
+}
+
+fn sum_legs(shards: &[ShardTotals], leg: impl Fn(&ShardTotals) -> &LegTotals) -> LegTotals {
+    let mut t = LegTotals::default();
+    for s in shards {
+        t.add(leg(s));
+    }
+    t
+}
+
+/// Shards' histograms added up. Shards share the bucket constants; one with other bounds
+/// (which would be a bug) is left out rather than added wrongly.
+fn merged(
+    shards: &[ShardTotals],
+    bounds: &'static [f64],
+    h: impl Fn(&ShardTotals) -> &Histogram,
+) -> Histogram {
+    let mut total = Histogram::new(bounds);
+    for s in shards {
+        let x = h(s);
+        if x.bounds == bounds && x.counts.len() == total.counts.len() {
+            total.add(x);
+        }
+    }
+    total
+}
+
+fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
+    family(o, name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0u64;
+    for (i, bound) in h.bounds.iter().enumerate() {
+        cumulative += h.counts.get(i).copied().unwrap_or(0);
+        sample(
+            o,
+            &bucket,
+            &format!("le=\"{}\"", number(*bound)),
+            cumulative as f64,
+        );
+    }
+    cumulative += h.counts.get(h.bounds.len()).copied().unwrap_or(0);
+    sample(o, &bucket, "le=\"+Inf\"", cumulative as f64);
+    sample(o, &format!("{name}_sum"), "", h.sum);
+    // The +Inf bucket and _count must agree; both come from the same buckets.
+    sample(o, &format!("{name}_count"), "", cumulative as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::call::stats::DropReason;
+
+    /// The exposition parsed back: series (name plus labels, as written) → value, with the
+    /// family each HELP/TYPE line announced.
+    struct Parsed {
+        values: HashMap<String, f64>,
+        types: HashMap<String, String>,
+        order: Vec<String>,
+    }
+
+    fn parse(text: &str) -> Parsed {
+        let mut p = Parsed {
+            values: HashMap::new(),
+            types: HashMap::new(),
+            order: Vec::new(),
+        };
+        let mut current: Option<String> = None;
+        let mut helped: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(rest.len() > name.len() + 1, "empty HELP for {name}");
+                helped.push(name.to_string());
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+                assert_eq!(
+                    helped.last().map(String::as_str),
+                    Some(name),
+                    "HELP precedes TYPE"
+                );
+                assert!(["gauge", "counter", "histogram"].contains(&kind));
+                assert!(
+                    p.types.insert(name.into(), kind.into()).is_none(),
+                    "{name} twice"
+                );
+                current = Some(name.to_string());
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("series and value");
+            let name = series.split('{').next().unwrap();
+            let family = current.as_deref().expect("a sample after a TYPE line");
+            let base = match p.types[family].as_str() {
+                "histogram" => name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .or_else(|| name.strip_suffix("_count"))
+                    .unwrap_or(name),
+                _ => name,
+            };
+            assert_eq!(base, family, "{line} sits under its own family");
+            if p.types[family] == "counter" {
+                assert!(name.ends_with("_total"), "{name}: counters end in _total");
+            }
+            let v: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+            };
+            assert!(
+                p.values.insert(series.to_string(), v).is_none(),
+                "{series} twice"
+            );
+            p.order.push(series.to_string());
+        }
+        p
+    }
+
+    fn shard(id: u32) -> ShardTotals {
+        ShardTotals::new(id)
+    }
+
+    fn snapshot() -> MetricsSnapshot {
+        let mut a = shard(0);
+        a.calls = 2;
+        a.calls_created = 5;
+        a.count_ended(EndCause::Terminated);
+        a.count_ended(EndCause::Terminated);
+        a.count_ended(EndCause::IceFailed);
+        a.whatsapp.rx_packets = 100;
+        a.whatsapp.rx_bytes = 10_000;
+        a.whatsapp.tx_packets = 90;
+        a.whatsapp.tx_bytes = 9_000;
+        a.whatsapp.drops[DropReason::BadSource.index()] = 3;
+        a.internal.rx_packets = 80;
+        a.internal.tx_packets = 70;
+        a.srtp_auth_failures_whatsapp = 4;
+        a.packets_in = 180;
+        a.ice_setup.observe_duration(Duration::from_millis(30));
+        a.ice_setup.observe_duration(Duration::from_millis(700));
+        a.call_loss.observe(0.0);
+        a.call_jitter.observe(0.5); // beyond the last bound: +Inf only
+        let mut b = shard(1);
+        b.calls = 1;
+        b.calls_created = 2;
+        b.count_ended(EndCause::Drained);
+        b.whatsapp.rx_packets = 1;
+        b.whatsapp.drops[DropReason::AuthFailed.index()] = 4;
+        b.srtp_auth_failures_internal = 1;
+        b.packets_in = 7;
+        b.send_errors = 2;
+        b.ice_setup.observe_duration(Duration::from_millis(3));
+        MetricsSnapshot {
+            active_calls: 3,
+            capacity: 100,
+            draining: true,
+            shards: vec![a, b],
+        }
+    }
+
+    #[test]
+    fn values_add_up_across_shards() {
+        let p = parse(&render(&snapshot()));
+        let v = |s: &str| *p.values.get(s).unwrap_or_else(|| panic!("missing {s}"));
+        assert_eq!(v("relay_active_calls"), 3.0);
+        assert_eq!(v("relay_capacity"), 100.0);
+        assert_eq!(v("relay_draining"), 1.0);
+        assert_eq!(v("relay_calls_created_total"), 7.0);
+        assert_eq!(v("relay_calls_ended_total{cause=\"terminated\"}"), 2.0);
+        assert_eq!(v("relay_calls_ended_total{cause=\"ice_failed\"}"), 1.0);
+        assert_eq!(v("relay_calls_ended_total{cause=\"drained\"}"), 1.0);
+        assert_eq!(v("relay_calls_ended_total{cause=\"consent_lost\"}"), 0.0);
+        assert_eq!(
+            v("relay_packets_total{leg=\"whatsapp\",direction=\"rx\"}"),
+            101.0
+        );
+        assert_eq!(
+            v("relay_packets_total{leg=\"whatsapp\",direction=\"tx\"}"),
+            90.0
+        );
+        assert_eq!(
+            v("relay_packets_total{leg=\"internal\",direction=\"rx\"}"),
+            80.0
+        );
+        assert_eq!(
+            v("relay_packets_total{leg=\"internal\",direction=\"tx\"}"),
+            70.0
+        );
+        assert_eq!(
+            v("relay_bytes_total{leg=\"whatsapp\",direction=\"rx\"}"),
+            10_000.0
+        );
+        assert_eq!(
+            v("relay_drops_total{leg=\"whatsapp\",reason=\"bad_source\"}"),
+            3.0
+        );
+        assert_eq!(
+            v("relay_drops_total{leg=\"whatsapp\",reason=\"auth_failed\"}"),
+            4.0
+        );
+        assert_eq!(
+            v("relay_drops_total{leg=\"internal\",reason=\"not_ready\"}"),
+            0.0
+        );
+        assert_eq!(v("relay_srtp_auth_failures_total{leg=\"whatsapp\"}"), 4.0);
+        assert_eq!(v("relay_srtp_auth_failures_total{leg=\"internal\"}"), 1.0);
+        assert_eq!(v("relay_shard_calls{shard=\"0\"}"), 2.0);
+        assert_eq!(v("relay_shard_calls{shard=\"1\"}"), 1.0);
+        assert_eq!(v("relay_shard_packets_total{shard=\"1\"}"), 7.0);
+        assert_eq!(v("relay_shard_send_errors_total{shard=\"1\"}"), 2.0);
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let p = parse(&render(&snapshot()));
+        let v = |s: &str| *p.values.get(s).unwrap_or_else(|| panic!("missing {s}"));
+        // Observations 3 ms, 30 ms, 700 ms.
+        assert_eq!(v("relay_ice_setup_seconds_bucket{le=\"0.005\"}"), 1.0);
+        assert_eq!(v("relay_ice_setup_seconds_bucket{le=\"0.05\"}"), 2.0);
+        assert_eq!(v("relay_ice_setup_seconds_bucket{le=\"0.5\"}"), 2.0);
+        assert_eq!(v("relay_ice_setup_seconds_bucket{le=\"1\"}"), 3.0);
+        assert_eq!(v("relay_ice_setup_seconds_bucket{le=\"+Inf\"}"), 3.0);
+        assert_eq!(v("relay_ice_setup_seconds_count"), 3.0);
+        assert!((v("relay_ice_setup_seconds_sum") - 0.733).abs() < 1e-9);
+        assert_eq!(v("relay_call_loss_ratio_bucket{le=\"0\"}"), 1.0);
+        assert_eq!(v("relay_call_jitter_seconds_bucket{le=\"0.16\"}"), 0.0);
+        assert_eq!(v("relay_call_jitter_seconds_bucket{le=\"+Inf\"}"), 1.0);
+        assert_eq!(v("relay_dtls_setup_seconds_count"), 0.0);
+        // Buckets never decrease and end at +Inf, for every histogram.
+        for (family, kind) in &p.types {
+            if kind != "histogram" {
+                continue;
+            }
+            let prefix = format!("{family}_bucket{{");
+            let buckets: Vec<f64> = p
+                .order
+                .iter()
+                .filter(|s| s.starts_with(&prefix))
+                .map(|s| p.values[s])
+                .collect();
+            assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{family}");
+            let last = p.order.iter().rfind(|s| s.starts_with(&prefix)).unwrap();
+            assert!(last.ends_with("le=\"+Inf\"}"), "{family}");
+            assert_eq!(p.values[last], p.values[&format!("{family}_count")]);
+        }
+    }
+
+    #[test]
+    fn every_family_the_deployment_expects_is_typed() {
+        let p = parse(&render(&MetricsSnapshot {
+            active_calls: 0,
+            capacity: 1,
+            draining: false,
+            shards: vec![shard(0)],
+        }));
+        let expected = [
+            ("relay_active_calls", "gauge"),
+            ("relay_capacity", "gauge"),
+            ("relay_draining", "gauge"),
+            ("relay_shard_calls", "gauge"),
+            ("relay_calls_created_total", "counter"),
+            ("relay_calls_ended_total", "counter"),
+            ("relay_packets_total", "counter"),
+            ("relay_bytes_total", "counter"),
+            ("relay_drops_total", "counter"),
+            ("relay_srtp_auth_failures_total", "counter"),
+            ("relay_shard_packets_total", "counter"),
+            ("relay_ice_setup_seconds", "histogram"),
+            ("relay_dtls_setup_seconds", "histogram"),
+            ("relay_call_loss_ratio", "histogram"),
+            ("relay_call_jitter_seconds", "histogram"),
+        ];
+        for (name, kind) in expected {
+            assert_eq!(p.types.get(name).map(String::as_str), Some(kind), "{name}");
+        }
+        // Bounded cardinality: the series count depends on the shard count only.
+        assert_eq!(p.values.len(), render_series_count(1));
+        let two = parse(&render(&MetricsSnapshot {
+            active_calls: 0,
+            capacity: 1,
+            draining: false,
+            shards: vec![shard(0), shard(1)],
+        }));
+        assert_eq!(two.values.len(), render_series_count(2));
+    }
+
+    fn render_series_count(shards: usize) -> usize {
+        let fixed = 3 + 1 + END_CAUSES.len() + 4 + 4 + 2 * DROP_REASONS.len() + 2;
+        let hist = |b: &[f64]| b.len() + 1 + 2;
+        fixed + hist(SETUP_BUCKETS) * 2 + hist(LOSS_BUCKETS) + hist(JITTER_BUCKETS) + 3 * shards
+    }
+
+    #[test]
+    fn numbers_are_prometheus_floats() {
+        assert_eq!(number(1.0), "1");
+        assert_eq!(number(0.005), "0.005");
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        assert_eq!(number(f64::NAN), "NaN");
+    }
+}
