@@ -338,4 +338,26 @@ pub trait CallControl: Send + Sync + 'static {
     /// Every state change of every call. Slow subscribers lag (and are told so); they never
     /// block a shard.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CallEvent>;
+
+    /// Stop (`true`) or resume admitting new calls: creates then fail with `Unavailable`.
+    fn set_draining(&self, _draining: bool) {}
+
+    /// The drain deadline passed: end every live call with cause `Drained`. Returns how many
+    /// ended. The default terminates them one by one.
+    fn end_all_drained(&self) -> impl Future<Output = Result<usize, ApiError>> + Send {
+        async move {
+            let mut n = 0;
+            for c in self.list_calls().await? {
+                if c.state != CallState::Ended
+                    && self
+                        .terminate(c.call_id, "drain deadline passed".into())
+                        .await?
+                        .is_some()
+                {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::{CallControl, CallState};
+use crate::api::CallControl;
 
 /// Longest accepted drain deadline; longer requests are clamped (and the deadline must stay
 /// representable as an `Instant`).
@@ -87,24 +87,9 @@ pub async fn run_drain<C: CallControl>(
             }
         }
     }
-    let calls = match engine.list_calls().await {
-        Ok(calls) => calls,
-        Err(e) => {
-            tracing::error!(error = %e, "drain: cannot list calls to end them");
-            return;
-        }
-    };
-    tracing::info!(
-        calls = calls.len(),
-        "drain deadline passed; ending remaining calls"
-    );
-    for call in calls.into_iter().filter(|c| c.state != CallState::Ended) {
-        if let Err(e) = engine
-            .terminate(call.call_id.clone(), DRAIN_REASON.into())
-            .await
-        {
-            tracing::warn!(call_id = %call.call_id, error = %e, "drain: terminate failed");
-        }
+    match engine.end_all_drained().await {
+        Ok(n) => tracing::info!(calls = n, "drain deadline passed; ended remaining calls"),
+        Err(e) => tracing::error!(error = %e, "drain: cannot end the remaining calls"),
     }
 }
 

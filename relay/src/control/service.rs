@@ -172,6 +172,8 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
             })?,
         };
         let deadline = self.drain.start(after);
+        // The engine refuses creates too (readiness and metrics follow it).
+        self.engine.set_draining(true);
         self.health
             .set_service_status(control::SERVICE_NAME, ServingStatus::NotServing)
             .await;

@@ -540,4 +540,21 @@ impl CallControl for EngineHandle {
     fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.inner.events.subscribe()
     }
+
+    fn set_draining(&self, draining: bool) {
+        EngineHandle::set_draining(self, draining);
+    }
+
+    async fn end_all_drained(&self) -> Result<usize, ApiError> {
+        let mut n = 0;
+        for shard in 0..self.inner.shards.len() {
+            n += self
+                .ask(shard, |reply| Command::EndAll {
+                    cause: EndCause::Drained,
+                    reply,
+                })
+                .await?;
+        }
+        Ok(n)
+    }
 }

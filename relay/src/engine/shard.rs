@@ -60,6 +60,12 @@ pub(crate) enum Command {
     List {
         reply: tokio::sync::oneshot::Sender<Vec<CallInfo>>,
     },
+    /// End every call with `cause` (drain deadline); the shard keeps running.
+    EndAll {
+        cause: EndCause,
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
+    /// End every call (`Drained`) and stop the thread.
     Stop,
 }
 
@@ -146,9 +152,12 @@ impl Shard {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self
+            // Wake for the earliest call deadline, and at least for the once-a-second publish so
+            // an idle shard's metrics stay fresh.
+            let wake = self
                 .next_deadline
-                .map(|d| d.saturating_duration_since(Instant::now()));
+                .map_or(self.next_publish, |d| d.min(self.next_publish));
+            let timeout = Some(wake.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -385,26 +394,33 @@ impl Shard {
                     let all = self.slots.iter().flatten().map(|s| s.call.info()).collect();
                     let _ = reply.send(all);
                 }
+                Command::EndAll { cause, reply } => {
+                    let _ = reply.send(self.end_all(now, cause));
+                }
                 Command::Stop => {
-                    let ids: Vec<String> = self.by_id.keys().cloned().collect();
-                    for id in ids {
-                        if let Some(&idx) = self.by_id.get(&id) {
-                            if let Some(Some(slot)) = self.slots.get_mut(idx) {
-                                let mut out = SlotOutbox {
-                                    batch: &mut self.send,
-                                    fds: slot.fds,
-                                };
-                                slot.call.terminate(now, EndCause::Drained, &mut out);
-                            }
-                            self.send.flush();
-                            self.after_call_activity(idx);
-                        }
-                    }
+                    self.end_all(now, EndCause::Drained);
                     return false;
                 }
             }
         }
         true
+    }
+
+    /// End every call with `cause`, sending their BYEs. Returns how many ended.
+    fn end_all(&mut self, now: Instant, cause: EndCause) -> usize {
+        let live: Vec<usize> = self.by_id.values().copied().collect();
+        for &idx in &live {
+            if let Some(Some(slot)) = self.slots.get_mut(idx) {
+                let mut out = SlotOutbox {
+                    batch: &mut self.send,
+                    fds: slot.fds,
+                };
+                slot.call.terminate(now, cause, &mut out);
+            }
+            self.send.flush();
+            self.after_call_activity(idx);
+        }
+        live.len()
     }
 
     fn with_call<T>(
