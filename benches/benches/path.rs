@@ -58,10 +58,10 @@ impl Connected {
         };
         // First packets both ways: per-stream state (mappings, trackers) exists from here on.
         for _ in 0..3 {
-            let (mut b, n) = c.from_meta();
+            let (mut b, n) = c.meta_packet();
             c.call
                 .handle_datagram(now, SocketRef::WaV4, META, &mut b, n, &mut out);
-            let (mut b, n) = c.from_server();
+            let (mut b, n) = c.server_packet();
             c.call
                 .handle_datagram(now, SocketRef::Internal, MEDIA_SERVER, &mut b, n, &mut out);
             out.clear();
@@ -70,14 +70,14 @@ impl Connected {
         c
     }
 
-    fn from_meta(&mut self) -> Datagram {
+    fn meta_packet(&mut self) -> Datagram {
         let mut b = [0u8; 256];
         let n = self.meta_src.write_next(&mut b, PAYLOAD);
         let n = self.meta.protect_rtp(&mut b, n).unwrap();
         (b, n)
     }
 
-    fn from_server(&mut self) -> Datagram {
+    fn server_packet(&mut self) -> Datagram {
         let mut b = [0u8; 256];
         let n = self.server_src.write_next(&mut b, PAYLOAD);
         (b, n)
@@ -105,7 +105,7 @@ fn single_call(c: &mut Criterion, profile: SrtpProfile, identity: &Arc<DtlsIdent
         meta_src,
         server_src,
     } = &mut conn;
-    let mut wa = Connected::from_meta_with(meta, meta_src);
+    let mut wa = Connected::meta_packets(meta, meta_src);
     group.bench_function("wa_to_internal", |b| {
         b.iter_batched(
             || {
@@ -155,7 +155,7 @@ fn single_call(c: &mut Criterion, profile: SrtpProfile, identity: &Arc<DtlsIdent
 
 impl Connected {
     /// A generator of Meta's packets that borrows only Meta's side.
-    fn from_meta_with<'a>(
+    fn meta_packets<'a>(
         meta: &'a mut MetaPeer,
         src: &'a mut RtpSource,
     ) -> impl FnMut() -> Datagram + 'a {

@@ -180,7 +180,7 @@ impl Bench {
             );
         }
 
-        if i % 250 == 0 {
+        if i.is_multiple_of(250) {
             // Meta's SR and the server's RR, about the streams the relay sends them.
             let n = rtcp::write_sr(
                 &mut buf,

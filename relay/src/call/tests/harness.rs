@@ -331,7 +331,7 @@ impl Sim {
             let mut moved = false;
             for d in self.from_call.take() {
                 moved = true;
-                self.from_call_to_peer(d);
+                self.deliver_to_peer(d);
             }
             for mut d in self.from_meta.take() {
                 moved = true;
@@ -356,7 +356,7 @@ impl Sim {
         }
     }
 
-    fn from_call_to_peer(&mut self, mut d: Sent) {
+    fn deliver_to_peer(&mut self, mut d: Sent) {
         let now = self.now;
         let len = d.data.len();
         if d.via == SocketRef::Internal {
