@@ -155,6 +155,10 @@ fn crlf(text: &str) -> String {
     text.replace('\n', "\r\n")
 }
 
+/// The wall-clock time [`create_call`] gives the call (seconds since the Unix epoch), from
+/// which its RTCP NTP timestamps count.
+pub const CREATED_UNIX_SECS: u64 = 1_750_000_000;
+
 /// A user-initiated call for Meta's `offer`, with a plain-RTP internal leg toward
 /// [`MEDIA_SERVER`] (strict source), bound to [`RELAY_WA`] and [`RELAY_INTERNAL`].
 pub fn create_call(
@@ -193,7 +197,7 @@ pub fn create_call(
             cfg,
         },
         now,
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(CREATED_UNIX_SECS),
     )
 }
 

@@ -124,7 +124,7 @@ pub enum ToWa {
     Stun,
     Dtls,
     Rtp(Rtp),
-    /// RTCP packet types of the compound packet (200 SR, 201 RR, 202 SDES, 203 BYE).
+    /// The plaintext compound RTCP packet (see [`rtcp_types`]).
     Rtcp(Vec<u8>),
     /// Did not unprotect or classify: `Received` as text.
     Bad(String),
@@ -157,7 +157,7 @@ pub struct Sim {
     pub meta_gets_dtls: bool,
     /// When Meta last answered a check.
     pub last_stun_answer: Option<Instant>,
-    from_call: VecOutbox,
+    pub from_call: VecOutbox,
     from_meta: VecOutbox,
 }
 
@@ -319,7 +319,7 @@ impl Sim {
         self.collect_events();
     }
 
-    fn collect_events(&mut self) {
+    pub fn collect_events(&mut self) {
         while let Some(e) = self.call.poll_event() {
             self.events.push((self.now, e));
         }
@@ -395,7 +395,7 @@ impl Sim {
                 .handle_datagram(now, from, &mut d.data, len, &mut self.from_meta)
             {
                 Received::Rtp(n) => ToWa::Rtp(Rtp::parse(now, &d.data[..n]).expect("valid RTP")),
-                Received::Rtcp(n) => ToWa::Rtcp(rtcp_types(&d.data[..n])),
+                Received::Rtcp(n) => ToWa::Rtcp(d.data[..n].to_vec()),
                 other => ToWa::Bad(format!("{other:?}")),
             },
         };
@@ -429,7 +429,7 @@ impl Sim {
     pub fn wa_sr_times(&self) -> Vec<Instant> {
         self.to_wa
             .iter()
-            .filter(|d| matches!(&d.what, ToWa::Rtcp(t) if t.first() == Some(&200)))
+            .filter(|d| matches!(&d.what, ToWa::Rtcp(p) if rtcp_types(p).first() == Some(&200)))
             .map(|d| d.at)
             .collect()
     }
@@ -462,8 +462,9 @@ impl Sim {
     }
 }
 
-/// Packet types of a compound RTCP packet, walking the length fields.
-fn rtcp_types(pkt: &[u8]) -> Vec<u8> {
+/// Packet types of a compound RTCP packet (200 SR, 201 RR, 202 SDES, 203 BYE), walking the
+/// length fields.
+pub fn rtcp_types(pkt: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();
     let mut at = 0usize;
     while let (Some(&pt), Some(len)) = (pkt.get(at + 1), pkt.get(at + 2..at + 4)) {

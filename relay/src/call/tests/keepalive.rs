@@ -120,3 +120,69 @@ fn fill_forwarded_fill_keeps_the_stream_continuous_and_marks_talkspurts() {
     }
     eprintln!("fill ↔ forwarded: largest gap toward Meta {worst:?} (fill_after {fill_after:?})");
 }
+
+/// Each SR toward Meta describes exactly the stream Meta received up to it: our SSRC, packet
+/// and payload-octet counts, an RTP timestamp on the stream's clock, NTP time from the call's
+/// wall clock; plus a report block about Meta's stream and an SDES CNAME.
+#[test]
+fn sender_reports_describe_the_stream_meta_received() {
+    use crate::call::testing::CREATED_UNIX_SECS;
+    use crate::wire::rtcp::{self, RtcpPacket};
+
+    let mut sim = Sim::new(Leg::Sdes(SrtpProfile::AeadAes128Gcm));
+    sim.connect();
+    sim.wa.start(sim.now);
+    sim.open_gate();
+    sim.internal.start(sim.now + ms(3010));
+    sim.internal.stop_at(sim.now + ms(9010));
+    sim.run_for(secs(21));
+
+    let mut checked = 0;
+    for (i, d) in sim.to_wa.iter().enumerate() {
+        let ToWa::Rtcp(pkt) = &d.what else { continue };
+        let before: Vec<&Rtp> = sim.to_wa[..i]
+            .iter()
+            .filter_map(|d| match &d.what {
+                ToWa::Rtp(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let last = before.last().expect("an SR follows media");
+        let mut packets = rtcp::iter(pkt);
+        let Some(Ok(RtcpPacket::SenderReport(sr))) = packets.next() else {
+            panic!(
+                "first packet of the compound is an SR: {:?}",
+                rtcp_types(pkt)
+            );
+        };
+        assert_eq!(sr.ssrc, last.ssrc);
+        assert_eq!(sr.packet_count as usize, before.len());
+        let octets: usize = before.iter().map(|r| r.payload.len()).sum();
+        assert_eq!(sr.octet_count as usize, octets);
+        let since_last = d.at - last.at;
+        assert_eq!(
+            sr.rtp_ts,
+            last.ts
+                .wrapping_add(crate::call::rewrite::clock_units(since_last, 48_000))
+        );
+        let elapsed = d.at - sim.t0;
+        assert_eq!(
+            sr.ntp >> 32,
+            CREATED_UNIX_SECS + 2_208_988_800 + elapsed.as_secs()
+        );
+        // The report block is about what Meta sends us.
+        let blocks: Vec<_> = sr.reports.collect();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].ssrc, sim.wa.src.ssrc);
+        assert_eq!(blocks[0].cumulative_lost, 0);
+        let meta_sent_before = sim.wa.sent.iter().filter(|(t, _)| *t <= d.at).count() as u32;
+        let first_seq = 4000u32; // `Talker` numbering
+        assert_eq!(blocks[0].highest_seq, first_seq + meta_sent_before - 1);
+        assert!(matches!(
+            packets.next(),
+            Some(Ok(RtcpPacket::SourceDescription { .. }))
+        ));
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} SRs checked");
+}

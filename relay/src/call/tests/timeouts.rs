@@ -158,3 +158,36 @@ fn consent_unanswered_for_30s_is_consent_lost() {
         "{checks} unanswered consent checks"
     );
 }
+
+/// The signaling tier's terminate: RTCP BYE on both legs, `Ended{Terminated}` without a Meta
+/// code, then silence.
+#[test]
+fn terminate_says_bye_on_both_legs_then_goes_quiet() {
+    let mut sim = Sim::new(Leg::Dtls);
+    sim.connect();
+    sim.wa.start(sim.now);
+    sim.internal.start(sim.now);
+    sim.open_gate();
+    sim.run_for(secs(2));
+    let at = sim.now;
+    sim.call
+        .terminate(at, EndCause::Terminated, &mut sim.from_call);
+    sim.collect_events();
+    sim.run_for(secs(40));
+
+    let (when, cause, code) = sim.ended().unwrap();
+    assert_eq!((when, cause, code), (at, EndCause::Terminated, None));
+    let bye_to_meta = sim
+        .to_wa
+        .iter()
+        .any(|d| d.at == at && matches!(&d.what, ToWa::Rtcp(p) if rtcp_types(p).contains(&203)));
+    assert!(bye_to_meta, "RTCP BYE to Meta");
+    let bye_to_server = sim
+        .to_internal_rtcp
+        .iter()
+        .any(|(t, types)| *t == at && types.contains(&203));
+    assert!(bye_to_server, "RTCP BYE to the media server");
+    assert!(sim.to_wa.iter().all(|d| d.at <= at));
+    assert!(sim.to_internal.iter().all(|r| r.at <= at));
+    assert_eq!(sim.call.poll_timeout(), None);
+}
