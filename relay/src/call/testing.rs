@@ -252,6 +252,7 @@ impl MetaPeer {
     }
 
     /// Meta offering ICE + DTLS-SRTP, with a fresh certificate. Returns the peer and its offer.
+    /// Panics if the certificate cannot be generated (test support only).
     pub fn dtls(now: Instant) -> (MetaPeer, String) {
         let creds = IceCredentials::new("meta/Ufr4x9Q1", "Meta+pwd/with24charsX==");
         let identity = Arc::new(DtlsIdentity::generate().expect("certificate generation"));
@@ -451,7 +452,7 @@ impl RtpSource {
     }
 
     /// Write the next packet (12-byte header + `payload_len` bytes, at least 4) into `buf` and
-    /// return its length.
+    /// return its length. Panics if `buf` is too short (test support only).
     pub fn write_next(&mut self, buf: &mut [u8], payload_len: usize) -> usize {
         let len = 12 + payload_len.max(4);
         let pkt = &mut buf[..len];
