@@ -13,6 +13,9 @@ pub mod rewrite;
 mod rtcp;
 mod setup;
 pub mod stats;
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -1,0 +1,10 @@
+//! Scenario tests of the call state machine (issue 4's rules, statistics) in simulated time:
+//! a real [`crate::call::Call`] between a Meta peer (ICE-lite + DTLS, or SDES) and a plain-RTP
+//! media server built from the relay's own modules. See [`harness`].
+
+mod harness;
+
+mod gate;
+mod keepalive;
+mod stats;
+mod timeouts;
