@@ -24,11 +24,12 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 use crate::generator::{Command, GenConfig, Generator, NewCall};
+use crate::hist::Histogram;
 use crate::peer::meta::{MetaPeer, Security};
 use crate::peer::sip::SipPeer;
 use crate::procfs::{CpuSource, rss_bytes};
 use crate::raw::RawForwarder;
-use crate::report::{self, RelayCounters, RunInputs, RunReport};
+use crate::report::{self, RelayCounters, RunInputs, RunReport, SetupBreakdown};
 use crate::sampler::{Sampler, Window};
 
 /// Calls per business phone number (Meta's concurrency limit per number is 1,000).
@@ -114,6 +115,18 @@ struct Ctx {
     next_id: AtomicU64,
     /// Calls with audio on.
     active: Arc<AtomicUsize>,
+    stages: Mutex<SetupStages>,
+}
+
+/// Where setup time goes, per call (µs).
+#[derive(Default)]
+struct SetupStages {
+    /// CreateCall round trip.
+    create: Histogram,
+    /// CreateCall answered → the Meta peer's DTLS is up (ICE + DTLS).
+    connect: Histogram,
+    /// OpenGate round trip.
+    open_gate: Histogram,
 }
 
 struct LiveCall {
@@ -171,6 +184,7 @@ impl Session {
                 nonce: rand::random::<u32>() % 1_000_000,
                 next_id: AtomicU64::new(0),
                 active: Arc::new(AtomicUsize::new(0)),
+                stages: Mutex::new(SetupStages::default()),
             }),
             rss_baseline: relay_pid.and_then(rss_bytes),
             relay_pid,
@@ -179,6 +193,7 @@ impl Session {
     }
 
     fn start_sampler(&self) -> (Arc<Mutex<Sampler>>, oneshot::Sender<()>) {
+        *lock(&self.ctx.stages) = SetupStages::default();
         let sampler = Arc::new(Mutex::new(Sampler::new(
             self.ctx.generator.clone(),
             self.relay_pid,
@@ -491,8 +506,16 @@ impl Session {
                 .or_insert((0, f.why.clone()));
             e.0 += 1;
         }
+        let st = lock(&self.ctx.stages);
+        let stages = SetupBreakdown {
+            create_rpc: st.create.percentiles(),
+            ice_dtls: st.connect.percentiles(),
+            open_gate_rpc: st.open_gate.percentiles(),
+        };
+        drop(st);
         let s = lock(sampler);
         report::build(RunInputs {
+            stages,
             label: label.to_string(),
             calls,
             calls_ok,
@@ -558,6 +581,9 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
                 .create_call(req)
                 .await
                 .map_err(|s| fail("create")(format!("{}: {}", s.code(), s.message())))?;
+            lock(&ctx.stages)
+                .create
+                .record(created_at.elapsed().as_micros() as u64);
             let remotes = match meta.set_answer(&resp.whatsapp_sdp) {
                 Ok(r) => r,
                 Err(e) => {
@@ -599,6 +625,7 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
         })),
     );
     let live = LiveCall { id, call_id };
+    let handed_over = Instant::now();
     let ready = tokio::time::timeout(ctx.opts.ready_timeout, ready_rx).await;
     let why = match ready {
         Ok(Ok(Ok(_))) => None,
@@ -610,11 +637,18 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
         let _ = end(ctx, &live).await;
         return Err(fail("ready")(why));
     }
-    if let Backend::Relay { client, .. } = &ctx.backend
-        && let Err(s) = client.clone().open_gate(live.call_id.clone()).await
-    {
-        let _ = end(ctx, &live).await;
-        return Err(fail("open_gate")(format!("{}: {}", s.code(), s.message())));
+    let connected = Instant::now();
+    lock(&ctx.stages)
+        .connect
+        .record(connected.duration_since(handed_over).as_micros() as u64);
+    if let Backend::Relay { client, .. } = &ctx.backend {
+        if let Err(s) = client.clone().open_gate(live.call_id.clone()).await {
+            let _ = end(ctx, &live).await;
+            return Err(fail("open_gate")(format!("{}: {}", s.code(), s.message())));
+        }
+        lock(&ctx.stages)
+            .open_gate
+            .record(connected.elapsed().as_micros() as u64);
     }
     ctx.generator.send(id, Command::Media { id, on: true });
     ctx.active.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::hist::{Bucket, Histogram, Percentiles};
+use crate::hist::{Bucket, Percentiles};
 use crate::sampler::{Sample, Window};
 use crate::stats::{DirTotals, Totals};
 
@@ -93,6 +93,15 @@ pub struct RelayCounters {
     pub auth_failures: u64,
 }
 
+/// Where setup time goes.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SetupBreakdown {
+    pub create_rpc: Percentiles,
+    /// CreateCall answered → the Meta peer's DTLS is up (ICE checks, nomination, handshake).
+    pub ice_dtls: Percentiles,
+    pub open_gate_rpc: Percentiles,
+}
+
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunReport {
     pub label: String,
@@ -109,6 +118,7 @@ pub struct RunReport {
     /// Create request → first stamped media received at both peers.
     pub setup: Percentiles,
     pub setup_buckets: Vec<Bucket>,
+    pub setup_stages: SetupBreakdown,
     pub resources: Resources,
     pub generator: GeneratorHealth,
     pub relay: Option<RelayCounters>,
@@ -135,6 +145,7 @@ impl RunReport {
 }
 
 pub struct RunInputs<'a> {
+    pub stages: SetupBreakdown,
     pub label: String,
     pub calls: usize,
     pub calls_ok: usize,
@@ -172,6 +183,7 @@ pub fn build(r: RunInputs<'_>) -> RunReport {
         down: DirReport::new(&r.all.down, &s.down),
         setup: r.all.setup.percentiles(),
         setup_buckets: r.all.setup.buckets(),
+        setup_stages: r.stages,
         resources: Resources {
             relay_cpu_pct: r.steady.relay_cpu_mean(),
             relay_cpu_pct_max: max,
@@ -282,6 +294,19 @@ pub fn table(r: &RunReport) -> String {
             r.setup.p50_ms, r.setup.p90_ms, r.setup.p99_ms, r.setup.max_ms, r.setup.count
         ),
     );
+    let st = &r.setup_stages;
+    line(
+        &mut o,
+        format!(
+            "  stages p50/p99 ms: CreateCall {:.1}/{:.1}, ICE+DTLS {:.1}/{:.1}, OpenGate {:.1}/{:.1}",
+            st.create_rpc.p50_ms,
+            st.create_rpc.p99_ms,
+            st.ice_dtls.p50_ms,
+            st.ice_dtls.p99_ms,
+            st.open_gate_rpc.p50_ms,
+            st.open_gate_rpc.p99_ms
+        ),
+    );
     let x = &r.resources;
     line(
         &mut o,
@@ -327,13 +352,4 @@ pub fn table(r: &RunReport) -> String {
         );
     }
     o
-}
-
-/// Merges histograms of the window for p99 over a set of samples (ramp steps).
-pub fn merged(h: &[&Histogram]) -> Histogram {
-    let mut out = Histogram::default();
-    for x in h {
-        out.merge(x);
-    }
-    out
 }
