@@ -7,6 +7,7 @@
 //! (as a media server with a port per call does); that costs the generator more syscalls.
 //! Calls are told apart by the relay's address (the relay uses a port per call and leg).
 
+mod rxbatch;
 mod worker;
 
 use std::io;
@@ -209,6 +210,11 @@ impl Generator {
                 tid,
                 join: Some(join),
             });
+        }
+        // The CPU meter needs every thread's kernel ID: wait (briefly) until each has run.
+        let until = Instant::now() + std::time::Duration::from_secs(2);
+        while threads.iter().any(|t| t.tid.load(Ordering::Relaxed) == 0) && Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         Ok(Generator { cfg, threads })
     }

@@ -13,7 +13,9 @@ use crossbeam_channel::Receiver;
 use e2e::rtp::unix_micros;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use relay::engine::udp::{BUF_SIZE, RecvBatch, SendBatch};
+use relay::engine::udp::{BUF_SIZE, SendBatch};
+
+use super::rxbatch::{RecvBatch, enable_timestamps};
 
 use crate::generator::{Command, NewCall, PeerSocket};
 use crate::peer::media::PTIME;
@@ -28,6 +30,10 @@ const OWN_BASE: usize = 1 << 20;
 const MAX_LAG: Duration = Duration::from_millis(100);
 /// Longest sleep with nothing scheduled (commands wake the thread anyway).
 const IDLE: Duration = Duration::from_millis(50);
+/// With calls up, shared sockets are read at least this often. They are not registered for
+/// readiness: waking per datagram would cost the generator a wakeup per packet, and the kernel
+/// timestamps each datagram's arrival, so reading a little later does not skew latency.
+const SHARED_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Side {
@@ -94,11 +100,9 @@ impl Worker {
     ) -> io::Result<Worker> {
         let pool_half = meta_pool.len();
         let mut pool = Vec::new();
-        for (i, s) in meta_pool.into_iter().chain(sip_pool).enumerate() {
-            let mut s = UdpSocket::from_std(s);
-            poll.registry()
-                .register(&mut s, Token(i), Interest::READABLE)?;
-            pool.push(s);
+        for s in meta_pool.into_iter().chain(sip_pool) {
+            enable_timestamps(s.as_raw_fd());
+            pool.push(UdpSocket::from_std(s));
         }
         Ok(Worker {
             poll,
@@ -131,7 +135,12 @@ impl Worker {
             .into_iter()
             .flatten()
             .min();
-            let sleep = deadline.map_or(IDLE, |d| d.saturating_duration_since(now).min(IDLE));
+            let cap = if self.calls.by_id.is_empty() || self.pool.is_empty() {
+                IDLE
+            } else {
+                SHARED_POLL
+            };
+            let sleep = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
             if let Err(e) = self.poll.poll(&mut events, Some(sleep))
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -140,6 +149,9 @@ impl Worker {
             ready.clear();
             ready.extend(events.iter().map(|e| e.token()));
             let mut commands = false;
+            for i in 0..self.pool.len() {
+                self.drain(Token(i));
+            }
             for t in &ready {
                 if *t == WAKER {
                     commands = true;
@@ -183,13 +195,14 @@ impl Worker {
             let now = Instant::now();
             let now_us = unix_micros();
             for i in 0..n {
-                let (buf, len, from) = self.io.rx.get(i);
-                let (Some(from), Some(data)) = (from, buf.get_mut(..len)) else {
+                let Some((data, Some(from), stamp)) = self.io.rx.get(i) else {
                     continue;
                 };
+                // Kernel arrival time if we have it: latency excludes our own read delay.
+                let arrived_us = stamp.unwrap_or(now_us).min(now_us);
                 self.calls.dispatch(
                     now,
-                    now_us,
+                    arrived_us,
                     from,
                     data,
                     &mut self.io.meta_out,
@@ -254,6 +267,7 @@ impl Worker {
                     self.pool.get(index).map(|s| s.as_raw_fd())
                 }
                 PeerSocket::Own(s) => {
+                    enable_timestamps(s.as_raw_fd());
                     let mut s = UdpSocket::from_std(s);
                     let token = Token(OWN_BASE + 2 * i + side);
                     if self
