@@ -58,7 +58,7 @@ pub struct Resources {
     pub relay_cpu_pct_max: Option<f64>,
     pub relay_rss_baseline_bytes: Option<u64>,
     pub relay_rss_peak_bytes: Option<u64>,
-    /// (peak − baseline) / calls.
+    /// (peak − baseline) / the most calls that were up at once.
     pub relay_rss_per_call_bytes: Option<f64>,
     /// The generator threads, mean over the steady window.
     pub gen_cpu_pct: Option<f64>,
@@ -160,15 +160,33 @@ pub struct RunInputs<'a> {
 }
 
 pub fn build(r: RunInputs<'_>) -> RunReport {
-    let s = &r.steady.totals;
+    // Without a steady window (a ramp's whole run), the whole run is the window.
+    let whole;
+    let steady = if r.steady.samples.is_empty() {
+        whole = Window {
+            totals: r.all.clone(),
+            samples: r.timeline.clone(),
+        };
+        &whole
+    } else {
+        r.steady
+    };
+    let s = &steady.totals;
+    // Per call at the peak of concurrent calls (under churn, far fewer than were created).
+    let peak_calls = r
+        .timeline
+        .iter()
+        .map(|x| x.calls)
+        .max()
+        .unwrap_or(0)
+        .max(if r.timeline.is_empty() { r.calls_ok } else { 0 });
     let per_call = match (r.rss_baseline, r.rss_peak) {
-        (Some(b), Some(p)) if r.calls_ok > 0 => {
-            Some(p.saturating_sub(b) as f64 / r.calls_ok as f64)
+        (Some(b), Some(p)) if peak_calls > 0 => {
+            Some(p.saturating_sub(b) as f64 / peak_calls as f64)
         }
         _ => None,
     };
-    let max = r
-        .steady
+    let max = steady
         .samples
         .iter()
         .filter_map(|x| x.relay_cpu_pct)
@@ -185,13 +203,13 @@ pub fn build(r: RunInputs<'_>) -> RunReport {
         setup_buckets: r.all.setup.buckets(),
         setup_stages: r.stages,
         resources: Resources {
-            relay_cpu_pct: r.steady.relay_cpu_mean(),
+            relay_cpu_pct: steady.relay_cpu_mean(),
             relay_cpu_pct_max: max,
             relay_rss_baseline_bytes: r.rss_baseline,
             relay_rss_peak_bytes: r.rss_peak,
             relay_rss_per_call_bytes: per_call,
-            gen_cpu_pct: r.steady.gen_cpu_mean(),
-            process_cpu_pct: r.steady.process_cpu_mean(),
+            gen_cpu_pct: steady.gen_cpu_mean(),
+            process_cpu_pct: steady.process_cpu_mean(),
         },
         generator: GeneratorHealth {
             tick_lag: r.all.tick_lag.percentiles(),
