@@ -228,6 +228,8 @@ pub struct Report {
     pub tool: &'static str,
     pub command: String,
     pub started_unix_s: u64,
+    /// Load average when the run started.
+    pub load_start: String,
     pub target: String,
     pub machine: Machine,
     pub settings: Settings,
@@ -256,6 +258,9 @@ pub enum ModeReport {
 
 #[derive(Debug, Serialize)]
 pub struct Machine {
+    /// 1/5/15-minute load averages when the report was written: other work on the machine
+    /// skews latency (and pinned processes cannot move away from it).
+    pub load_average: String,
     pub cpus: usize,
     pub cpu_model: String,
     pub kernel: String,
@@ -271,6 +276,7 @@ impl Machine {
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_default();
         Machine {
+            load_average: load_average(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -279,6 +285,16 @@ impl Machine {
                 .to_string(),
         }
     }
+}
+
+/// The first three fields of /proc/loadavg.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +371,7 @@ async fn run_async(
     relay_cpu: Option<usize>,
     gen_cpu: Option<usize>,
 ) -> Result<ExitCode, CliError> {
+    let load_start = load_average();
     let mut child: Option<RelayProcess> = None;
     let (backend, target_desc) = if o.raw {
         let f =
@@ -431,6 +448,12 @@ async fn run_async(
         ..Options::default()
     };
     let session = Session::new(backend, opts)?;
+    if !o.quiet {
+        eprintln!(
+            "load average before the run: {load_start} ({} CPUs)",
+            Machine::detect().cpus
+        );
+    }
     let (result, ok) = match &mode {
         Mode::Run(a) => {
             let r = session.run(a.calls, a.duration, "run").await;
@@ -481,6 +504,12 @@ async fn run_async(
             if let Some(best) = &r.at_capacity {
                 println!("{}", report::table(best));
             }
+            if let Some(failed) = &r.first_failed {
+                println!(
+                    "first probe that missed the SLO:\n{}",
+                    report::table(failed)
+                );
+            }
             println!(
                 "capacity: {} calls within SLO (loss <= {}%, steady p99 <= {} ms){}",
                 r.capacity,
@@ -500,6 +529,7 @@ async fn run_async(
         started_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        load_start,
         target: target_desc,
         machine: Machine::detect(),
         settings: Settings {

@@ -422,7 +422,8 @@ impl Session {
         probe_hold: Duration,
     ) -> CapacityReport {
         let mut probes = Vec::new();
-        let mut best: Option<RunReport> = None;
+        let mut best: Option<Box<RunReport>> = None;
+        let mut first_failed: Option<Box<RunReport>> = None;
         let mut pass_n = 0usize;
         let mut fail_n: Option<usize> = None;
         let mut n = min.max(1);
@@ -430,13 +431,14 @@ impl Session {
             let r = self.probe(n, probe_hold, slo, &mut probes).await;
             if slo.met_by(&r) {
                 pass_n = n;
-                best = Some(r);
+                best = Some(Box::new(r));
                 if n >= max {
                     break;
                 }
                 n = (n * 2).min(max);
             } else {
                 fail_n = Some(n);
+                first_failed = Some(Box::new(r));
                 break;
             }
         }
@@ -446,7 +448,7 @@ impl Session {
                 let r = self.probe(mid, probe_hold, slo, &mut probes).await;
                 if slo.met_by(&r) {
                     pass_n = mid;
-                    best = Some(r);
+                    best = Some(Box::new(r));
                 } else {
                     hi = mid;
                 }
@@ -458,6 +460,7 @@ impl Session {
             first_failure: fail_n,
             probes,
             at_capacity: best,
+            first_failed,
         }
     }
 
@@ -810,5 +813,7 @@ pub struct CapacityReport {
     pub first_failure: Option<usize>,
     pub probes: Vec<Probe>,
     /// The full report of the probe at capacity.
-    pub at_capacity: Option<RunReport>,
+    pub at_capacity: Option<Box<RunReport>>,
+    /// The full report of the first probe that missed the SLO (what went wrong).
+    pub first_failed: Option<Box<RunReport>>,
 }

@@ -257,11 +257,13 @@ pub fn render(report: &Report) -> String {
     let mut body = String::new();
     let _ = write!(
         body,
-        "<h1>relay load test</h1><p><b>target</b> {}<br><b>machine</b> {} CPUs, {}, kernel {}<br><b>command</b> <code>{}</code></p>",
+        "<h1>relay load test</h1><p><b>target</b> {}<br><b>machine</b> {} CPUs, {}, kernel {}, load average {} at start, {} at end<br><b>command</b> <code>{}</code></p>",
         esc(&report.target),
         report.machine.cpus,
         esc(&report.machine.cpu_model),
         esc(&report.machine.kernel),
+        esc(&report.load_start),
+        esc(&report.machine.load_average),
         esc(&report.command)
     );
     match &report.result {
@@ -349,6 +351,10 @@ pub fn render(report: &Report) -> String {
             body.push_str("</table>");
             if let Some(best) = &capacity.at_capacity {
                 body.push_str(&run_section(best));
+            }
+            if let Some(failed) = &capacity.first_failed {
+                body.push_str("<h2>First probe that missed the SLO</h2>");
+                body.push_str(&run_section(failed));
             }
         }
     }
