@@ -2,7 +2,7 @@
 //! and a command queue from the orchestrator.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -28,6 +28,11 @@ pub(super) const WAKER: Token = Token(usize::MAX);
 const OWN_BASE: usize = 1 << 20;
 /// A tick later than this is skipped rather than sent in a burst.
 const MAX_LAG: Duration = Duration::from_millis(100);
+/// Datagrams from an address no call knows yet are held this long: the relay starts ICE while
+/// CreateCall is still being answered, before this thread has the call. A socket of its own
+/// would hold them in its buffer; the shared sockets hold them here.
+const EARLY_HOLD: Duration = Duration::from_millis(500);
+const EARLY_MAX: usize = 4096;
 /// Longest sleep with nothing scheduled (commands wake the thread anyway).
 const IDLE: Duration = Duration::from_millis(50);
 /// With calls up, shared sockets are read at least this often. They are not registered for
@@ -68,6 +73,8 @@ struct Calls {
     /// Media ticks: (when, slot). Entries that no longer match the slot's `next_tick` are
     /// stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Datagrams that arrived before their call was added (see [`EARLY_HOLD`]).
+    early: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
 }
 
 struct Io {
@@ -326,8 +333,11 @@ impl Worker {
             });
         }
         self.calls.pending.push(i);
+        let now = Instant::now();
+        self.calls
+            .replay_early(now, &mut self.io.meta_out, &mut self.local);
         // Plain mode is ready at once; DTLS peers once their handshake completes.
-        self.calls.check_ready(i, Instant::now());
+        self.calls.check_ready(i, now);
     }
 
     fn remove(&mut self, id: u64) {
@@ -425,7 +435,16 @@ impl Calls {
         totals: &mut Totals,
     ) {
         let Some(&(i, side)) = self.demux.get(&from) else {
-            totals.unknown_source += 1;
+            while self
+                .early
+                .front()
+                .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) > EARLY_HOLD)
+                || self.early.len() >= EARLY_MAX
+            {
+                self.early.pop_front();
+                totals.unknown_source += 1;
+            }
+            self.early.push_back((now, from, data.to_vec()));
             return;
         };
         let Some(Some(slot)) = self.slots.get_mut(i) else {
@@ -473,6 +492,30 @@ impl Calls {
             self.timers.push(Reverse((first, i)));
         }
         self.pending.retain(|p| *p != i);
+    }
+
+    /// Feeds held datagrams whose source is now known to their call.
+    fn replay_early(&mut self, now: Instant, out: &mut SendBatch, totals: &mut Totals) {
+        if self.early.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.early);
+        let now_us = unix_micros();
+        for (at, from, mut data) in held {
+            if self.demux.contains_key(&from) {
+                let age = now.saturating_duration_since(at).as_micros() as u64;
+                self.dispatch(
+                    now,
+                    now_us.saturating_sub(age),
+                    from,
+                    &mut data,
+                    out,
+                    totals,
+                );
+            } else {
+                self.early.push_back((at, from, data));
+            }
+        }
     }
 
     fn next_dtls_timeout(&self) -> Option<Instant> {
