@@ -74,6 +74,10 @@ pub struct Common {
     /// CPU for the generator (overrides --taskset's 1).
     #[arg(long, global = true)]
     pub gen_cpu: Option<usize>,
+    /// Run this process, its threads and a started relay at this nice value (e.g. -20 as root)
+    /// so that other work on a shared machine does not starve the measurement.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    pub nice: Option<i32>,
     /// Generator threads.
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
@@ -245,6 +249,7 @@ pub struct Settings {
     pub relay_shards: Option<usize>,
     pub relay_cpu: Option<usize>,
     pub gen_cpu: Option<usize>,
+    pub nice: Option<i32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -340,6 +345,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         return Err(CliError::RtpEngine);
     }
     target::raise_fd_limit();
+    // Before any thread or child exists: they inherit it.
+    if let Some(n) = o.nice {
+        // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
+        if r != 0 {
+            eprintln!(
+                "loadtest: warning: cannot set nice {n}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     let relay_cpu = o.relay_cpu.or(o.taskset.then_some(0));
     let gen_cpu = o.gen_cpu.or(o.taskset.then_some(1));
     // Pin before the runtime exists so every thread of this process inherits it.
@@ -539,6 +555,7 @@ async fn run_async(
             relay_shards: (!o.raw && o.relay_addr.is_none()).then_some(o.relay_shards),
             relay_cpu,
             gen_cpu,
+            nice: o.nice,
         },
         result,
     };

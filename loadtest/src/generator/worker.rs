@@ -172,8 +172,7 @@ impl Worker {
             }
             let now = Instant::now();
             self.run_timers(now);
-            self.calls
-                .poll_pending(now, &mut self.io.meta_out, &mut self.local);
+            self.calls.poll_pending(now, &mut self.io.meta_out);
             self.io.meta_out.flush();
             self.io.sip_out.flush();
             if now >= self.last_publish + FLUSH_EVERY {
@@ -525,7 +524,7 @@ impl Calls {
             .min()
     }
 
-    fn poll_pending(&mut self, now: Instant, out: &mut SendBatch, _totals: &mut Totals) {
+    fn poll_pending(&mut self, now: Instant, out: &mut SendBatch) {
         let mut k = 0;
         while let Some(&i) = self.pending.get(k) {
             if let Some(Some(slot)) = self.slots.get_mut(i) {
