@@ -1,4 +1,8 @@
-fn main() {
-    eprintln!("loadtest: not built yet (issue 5)");
-    std::process::exit(2);
+//! `loadtest`: see `loadtest --help` and loadtest/README.md.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    loadtest::cli::main()
 }

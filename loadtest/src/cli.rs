@@ -1,0 +1,643 @@
+//! The command line. `loadtest [OPTIONS] [run|ramp|capacity|churn ...]`; see `--help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use relay::srtp::SrtpProfile;
+use serde::Serialize;
+
+use crate::generator::{GenConfig, pin_current_thread};
+use crate::raw::RawForwarder;
+use crate::report::{self, html};
+use crate::session::{Backend, CapacityReport, Options, RampReport, Session, Slo};
+use crate::target::{self, RelayProcess, SpawnOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadtest",
+    about = "Load-test the relay with Meta-faithful WhatsApp peers and SIP media peers",
+    long_about = "Load-test the relay with Meta-faithful WhatsApp peers (ICE-lite, DTLS, SRTP, \
+Opus-like audio every 20 ms) and SIP media peers (plain RTP), creating calls through the relay's \
+gRPC API as a signaling tier does.\n\n\
+Pinning on a small machine: --taskset puts the relay (or the raw forwarder) on CPU 0 and the \
+generator on CPU 1, so each has a core and the generator's CPU line shows whether it kept up. \
+The relay is started under `taskset -c 0` when the taskset binary exists (else with \
+sched_setaffinity); this process pins itself with sched_setaffinity, like `taskset -p`. \
+The same by hand: `taskset -c 0 target/release/relay --shards 1 &` then \
+`taskset -c 1 target/release/loadtest --relay-addr http://127.0.0.1:7070 run`."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub opts: Common,
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Start this relay binary as a child (on a free control port; stopped at exit).
+    /// Default: `relay` next to this binary, unless --relay-addr or --raw is given.
+    #[arg(long, global = true)]
+    pub relay_bin: Option<PathBuf>,
+    /// Use a running relay's control API instead (e.g. http://127.0.0.1:7070).
+    #[arg(long, global = true, conflicts_with = "relay_bin")]
+    pub relay_addr: Option<String>,
+    /// PID of the --relay-addr relay, for its CPU and RSS (when it runs on this machine).
+    #[arg(long, global = true)]
+    pub relay_pid: Option<u32>,
+    /// Bearer token for the control API.
+    #[arg(long, global = true, env = "RELAY_CONTROL_TOKEN")]
+    pub token: Option<String>,
+    /// Relay shards (engine threads) when this tool starts the relay.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub relay_shards: usize,
+    /// Extra flag for a started relay (repeat for more), e.g. --relay-arg=--port-min=20000.
+    #[arg(long = "relay-arg", global = true, allow_hyphen_values = true)]
+    pub relay_args: Vec<String>,
+    /// Where a started relay's output goes.
+    #[arg(long, global = true, default_value = "/tmp/loadtest-relay.log")]
+    pub relay_log: PathBuf,
+    /// Measure the machine's ceiling: a trivial recvmmsg/sendmmsg forwarder replaces the relay.
+    #[arg(long, global = true, conflicts_with_all = ["relay_bin", "relay_addr"])]
+    pub raw: bool,
+    /// Drive rtpengine instead (not implemented in this tool yet).
+    #[arg(long, global = true)]
+    pub rtpengine: bool,
+    /// Pin the relay (or raw forwarder) to CPU 0 and the generator to CPU 1.
+    #[arg(long, global = true)]
+    pub taskset: bool,
+    /// CPU for the relay or raw forwarder (overrides --taskset's 0).
+    #[arg(long, global = true)]
+    pub relay_cpu: Option<usize>,
+    /// CPU for the generator (overrides --taskset's 1).
+    #[arg(long, global = true)]
+    pub gen_cpu: Option<usize>,
+    /// Run this process, its threads and a started relay at this nice value (e.g. -20 as root)
+    /// so that other work on a shared machine does not starve the measurement.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    pub nice: Option<i32>,
+    /// Generator threads.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Sockets per side per generator thread, shared by its calls (like Meta's media ports);
+    /// 0 gives every peer its own socket.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub pool: usize,
+    /// Call setups per second when bringing calls up.
+    #[arg(long, global = true, default_value_t = 200.0)]
+    pub setup_rate: f64,
+    /// Wait after stopping audio before counting (packets in flight).
+    #[arg(long, global = true, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// SRTP profiles the Meta peers accept, in preference order (repeat):
+    /// aead-aes-128-gcm, aes-cm-128-hmac-sha1-80, aead-aes-256-gcm. Default: all three.
+    #[arg(long = "profile", global = true, value_parser = parse_profile)]
+    pub profiles: Vec<SrtpProfile>,
+    /// Write the report as JSON.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with charts.
+    #[arg(long, global = true)]
+    pub html: Option<PathBuf>,
+    /// No live line.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Mode {
+    /// N calls for T seconds (the default mode).
+    Run(RunArgs),
+    /// Add calls step by step, holding each level; stop at the first step that misses the SLO.
+    Ramp(RampArgs),
+    /// Find the largest call count meeting the SLO (doubling, then bisection).
+    Capacity(CapacityArgs),
+    /// Setups per second with short calls: setup time under churn.
+    Churn(ChurnArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long, default_value_t = 100)]
+    pub calls: usize,
+    /// How long all calls hold audio once up ("20", "20s", "1m").
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SloArgs {
+    /// Largest loss ratio per direction (0.0001 = 0.01 %).
+    #[arg(long, default_value_t = 0.0001)]
+    pub slo_loss: f64,
+    /// Largest steady p99 one-way latency per direction, ms.
+    #[arg(long, default_value_t = 5.0)]
+    pub slo_p99_ms: f64,
+}
+
+impl SloArgs {
+    fn slo(&self) -> Slo {
+        Slo {
+            loss: self.slo_loss,
+            p99_ms: self.slo_p99_ms,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RampArgs {
+    #[arg(long, default_value_t = 100)]
+    pub start: usize,
+    #[arg(long, default_value_t = 100)]
+    pub step: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub max: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub step_duration: Duration,
+    /// Keep ramping past steps that miss the SLO.
+    #[arg(long)]
+    pub no_stop: bool,
+    #[command(flatten)]
+    pub slo: SloArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub slo: SloArgs,
+    /// First probe.
+    #[arg(long, default_value_t = 100)]
+    pub min: usize,
+    #[arg(long, default_value_t = 5000)]
+    pub max: usize,
+    /// Stop bisecting when the bracket is this narrow.
+    #[arg(long, default_value_t = 50)]
+    pub resolution: usize,
+    /// Steady time of each probe.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub probe_duration: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChurnArgs {
+    /// Setups per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// How long each call holds audio.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub call_duration: Duration,
+    /// How long to keep creating calls.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+}
+
+/// "20" (seconds), "20s", "500ms", "2m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 20, 20s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m)")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("`{s}`: not a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn parse_profile(s: &str) -> Result<SrtpProfile, String> {
+    let norm = s.to_ascii_uppercase().replace('-', "_");
+    SrtpProfile::ALL
+        .into_iter()
+        .find(|p| p.sdes_name() == norm)
+        .ok_or_else(|| {
+            format!("`{s}`: expected aead-aes-128-gcm, aes-cm-128-hmac-sha1-80 or aead-aes-256-gcm")
+        })
+}
+
+/// Everything written to --json (and rendered into --html).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub command: String,
+    pub started_unix_s: u64,
+    /// Load average when the run started.
+    pub load_start: String,
+    pub target: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    #[serde(flatten)]
+    pub result: ModeReport,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Settings {
+    pub threads: usize,
+    pub pool: usize,
+    pub setup_rate: f64,
+    pub relay_shards: Option<usize>,
+    pub relay_cpu: Option<usize>,
+    pub gen_cpu: Option<usize>,
+    pub nice: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ModeReport {
+    Run { run: report::RunReport },
+    Ramp { ramp: RampReport },
+    Capacity { capacity: CapacityReport },
+    Churn { run: report::RunReport },
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// 1/5/15-minute load averages when the report was written: other work on the machine
+    /// skews latency (and pinned processes cannot move away from it).
+    pub load_average: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        Machine {
+            load_average: load_average(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+/// The first three fields of /proc/loadavg.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "--rtpengine is not implemented: this tool drives the relay (or --raw); rtpengine's ng protocol is future work"
+    )]
+    RtpEngine,
+    #[error(
+        "no relay: give --relay-bin PATH, --relay-addr URL or --raw (no `relay` binary next to this one)"
+    )]
+    NoRelay,
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    #[error("cannot start the raw forwarder: {0}")]
+    Raw(std::io::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Parses the command line and runs; the binary's whole `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let o = &cli.opts;
+    if o.rtpengine {
+        return Err(CliError::RtpEngine);
+    }
+    target::raise_fd_limit();
+    // Before any thread or child exists: they inherit it.
+    if let Some(n) = o.nice {
+        // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
+        if r != 0 {
+            eprintln!(
+                "loadtest: warning: cannot set nice {n}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let relay_cpu = o.relay_cpu.or(o.taskset.then_some(0));
+    let gen_cpu = o.gen_cpu.or(o.taskset.then_some(1));
+    // Pin before the runtime exists so every thread of this process inherits it.
+    if let Some(cpu) = gen_cpu
+        && !pin_current_thread(cpu)
+    {
+        eprintln!("loadtest: warning: could not pin to CPU {cpu}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    rt.block_on(run_async(cli.clone_parts(), relay_cpu, gen_cpu))
+}
+
+impl Cli {
+    fn clone_parts(&self) -> (Common, Mode) {
+        let mode = self.mode.clone().unwrap_or(Mode::Run(RunArgs {
+            calls: 100,
+            duration: Duration::from_secs(10),
+        }));
+        (self.opts.clone(), mode)
+    }
+}
+
+async fn run_async(
+    (o, mode): (Common, Mode),
+    relay_cpu: Option<usize>,
+    gen_cpu: Option<usize>,
+) -> Result<ExitCode, CliError> {
+    let load_start = load_average();
+    let mut child: Option<RelayProcess> = None;
+    let (backend, target_desc) = if o.raw {
+        let f =
+            RawForwarder::start(GenConfig::default().bind_ip, relay_cpu).map_err(CliError::Raw)?;
+        // Let the thread record its ID for the CPU meter.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (
+            Backend::Raw(f),
+            "raw forwarder (recvmmsg/sendmmsg, no logic)".to_string(),
+        )
+    } else if let Some(addr) = &o.relay_addr {
+        let client = target::connect(addr, o.token.clone(), Duration::from_secs(10), None).await?;
+        (
+            Backend::Relay {
+                client,
+                pid: o.relay_pid,
+            },
+            format!("relay at {addr}"),
+        )
+    } else {
+        let bin = o
+            .relay_bin
+            .clone()
+            .or_else(target::default_relay_bin)
+            .ok_or(CliError::NoRelay)?;
+        let mut p = RelayProcess::spawn(&SpawnOptions {
+            bin: bin.clone(),
+            shards: o.relay_shards,
+            cpu: relay_cpu,
+            extra_args: o.relay_args.clone(),
+            log: o.relay_log.clone(),
+        })?;
+        let client = target::connect(
+            &p.endpoint(),
+            o.token.clone(),
+            Duration::from_secs(15),
+            Some(&mut p),
+        )
+        .await?;
+        let pid = p.pid();
+        if !o.quiet {
+            eprintln!(
+                "relay {} started: pid {pid}, control {}, shards {}, log {}",
+                bin.display(),
+                p.control,
+                o.relay_shards,
+                p.log.display()
+            );
+        }
+        child = Some(p);
+        (
+            Backend::Relay {
+                client,
+                pid: Some(pid),
+            },
+            format!("relay {} (--shards {})", bin.display(), o.relay_shards),
+        )
+    };
+    let opts = Options {
+        generator: GenConfig {
+            threads: o.threads.max(1),
+            pool: o.pool,
+            cpus: gen_cpu.into_iter().collect(),
+            ..GenConfig::default()
+        },
+        profiles: if o.profiles.is_empty() {
+            Options::default().profiles
+        } else {
+            o.profiles.clone()
+        },
+        setup_rate: o.setup_rate,
+        settle: o.settle,
+        live: !o.quiet,
+        ..Options::default()
+    };
+    let session = Session::new(backend, opts)?;
+    if !o.quiet {
+        eprintln!(
+            "load average before the run: {load_start} ({} CPUs)",
+            Machine::detect().cpus
+        );
+    }
+    let (result, ok) = match &mode {
+        Mode::Run(a) => {
+            let r = session.run(a.calls, a.duration, "run").await;
+            println!("{}", report::table(&r));
+            let ok = r.failures_total() == 0;
+            (ModeReport::Run { run: r }, ok)
+        }
+        Mode::Churn(a) => {
+            let r = session
+                .churn(a.rate, a.call_duration, a.duration, "churn")
+                .await;
+            println!("{}", report::table(&r));
+            let ok = r.failures_total() == 0;
+            (ModeReport::Churn { run: r }, ok)
+        }
+        Mode::Ramp(a) => {
+            let slo = a.slo.slo();
+            let r = session
+                .ramp(
+                    a.start,
+                    a.step,
+                    a.max,
+                    a.step_duration,
+                    (!a.no_stop).then_some(slo),
+                )
+                .await;
+            for s in &r.steps {
+                println!("{}", s.line());
+            }
+            println!(
+                "ramp: last step within SLO (loss <= {}%, p99 <= {} ms): {}",
+                slo.loss * 100.0,
+                slo.p99_ms,
+                r.last_pass
+                    .map_or_else(|| "none".into(), |n| format!("{n} calls"))
+            );
+            println!("{}", report::table(&r.run));
+            (ModeReport::Ramp { ramp: r }, true)
+        }
+        Mode::Capacity(a) => {
+            let slo = a.slo.slo();
+            let r = session
+                .capacity(slo, a.min, a.max, a.resolution, a.probe_duration)
+                .await;
+            for p in &r.probes {
+                println!("{}", p.line());
+            }
+            if let Some(best) = &r.at_capacity {
+                println!("{}", report::table(best));
+            }
+            if let Some(failed) = &r.first_failed {
+                println!(
+                    "first probe that missed the SLO:\n{}",
+                    report::table(failed)
+                );
+            }
+            println!(
+                "capacity: {} calls within SLO (loss <= {}%, steady p99 <= {} ms){}",
+                r.capacity,
+                slo.loss * 100.0,
+                slo.p99_ms,
+                r.first_failure
+                    .map_or_else(String::new, |f| format!("; {f} calls missed it"))
+            );
+            (ModeReport::Capacity { capacity: r }, true)
+        }
+    };
+    drop(session);
+    drop(child);
+    let report = Report {
+        tool: concat!("loadtest ", env!("CARGO_PKG_VERSION")),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        load_start,
+        target: target_desc,
+        machine: Machine::detect(),
+        settings: Settings {
+            threads: o.threads,
+            pool: o.pool,
+            setup_rate: o.setup_rate,
+            relay_shards: (!o.raw && o.relay_addr.is_none()).then_some(o.relay_shards),
+            relay_cpu,
+            gen_cpu,
+            nice: o.nice,
+        },
+        result,
+    };
+    if let Some(path) = &o.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        std::fs::write(path, text).map_err(|source| CliError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &o.html {
+        std::fs::write(path, html::render(&report)).map_err(|source| CliError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn profiles() {
+        assert_eq!(
+            parse_profile("aead-aes-128-gcm"),
+            Ok(SrtpProfile::AeadAes128Gcm)
+        );
+        assert_eq!(
+            parse_profile("AES_CM_128_HMAC_SHA1_80"),
+            Ok(SrtpProfile::Aes128CmHmacSha1_80)
+        );
+        assert!(parse_profile("rot13").is_err());
+    }
+
+    #[test]
+    fn the_documented_command_lines_parse() {
+        let c = Cli::try_parse_from([
+            "loadtest",
+            "--relay-bin",
+            "target/release/relay",
+            "run",
+            "--calls",
+            "200",
+            "--duration",
+            "20",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.mode,
+            Some(Mode::Run(RunArgs { calls: 200, .. }))
+        ));
+        let c = Cli::try_parse_from([
+            "loadtest",
+            "capacity",
+            "--slo-loss",
+            "0.0001",
+            "--slo-p99-ms",
+            "5",
+            "--taskset",
+        ])
+        .unwrap();
+        assert!(c.opts.taskset);
+        assert!(matches!(c.mode, Some(Mode::Capacity(_))));
+        assert!(Cli::try_parse_from(["loadtest", "--raw", "--relay-addr", "http://x"]).is_err());
+    }
+}

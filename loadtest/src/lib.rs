@@ -1,0 +1,26 @@
+//! `loadtest`: drives a relay with many simulated WhatsApp calls and measures what an operator
+//! needs before trusting it: loss and one-way latency per direction, jitter, setup time, the
+//! relay's CPU and memory per call, and the generator's own CPU (to show it was not the
+//! bottleneck).
+//!
+//! Layout, top down:
+//! - [`session`]: the signaling tier (gRPC: CreateCall → answer → OpenGate → Terminate) and the
+//!   modes (run, ramp, churn, capacity).
+//! - [`generator`]: generator threads, each a mio poll loop over nonblocking sockets with
+//!   `recvmmsg`/`sendmmsg`, running many calls' [`peer`]s.
+//! - [`sampler`], [`stats`], [`hist`], [`procfs`]: measurement; [`report`]: table, JSON, HTML.
+//! - [`target`]: start a relay process (or reach a running one); [`raw`]: the trivial
+//!   forwarder that gives the machine's ceiling.
+//! - [`cli`]: the command line (the binary is a thin wrapper).
+
+pub mod cli;
+pub mod generator;
+pub mod hist;
+pub mod peer;
+pub mod procfs;
+pub mod raw;
+pub mod report;
+pub mod sampler;
+pub mod session;
+pub mod stats;
+pub mod target;

@@ -1,0 +1,373 @@
+//! What a run reports: the final table, JSON (serde) and the HTML report ([`html`]).
+
+pub mod html;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::hist::{Bucket, Percentiles};
+use crate::sampler::{Sample, Window};
+use crate::stats::{DirTotals, Totals};
+
+/// One direction's result.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct DirReport {
+    pub sent: u64,
+    pub received: u64,
+    /// `sent - received` after the settle time: packets that never arrived.
+    pub lost: u64,
+    pub loss_ratio: f64,
+    /// Late or duplicated packets (stamp counter not above the highest seen).
+    pub reordered: u64,
+    /// One-way latency over the whole run.
+    pub latency: Percentiles,
+    /// One-way latency in the steady window (all calls up, before teardown).
+    pub steady_latency: Percentiles,
+    pub latency_buckets: Vec<Bucket>,
+    /// RFC 3550 jitter per stream at call end.
+    pub jitter: Percentiles,
+}
+
+impl DirReport {
+    fn new(all: &DirTotals, steady: &DirTotals) -> DirReport {
+        let lost = all.sent.saturating_sub(all.received);
+        DirReport {
+            sent: all.sent,
+            received: all.received,
+            lost,
+            loss_ratio: if all.sent > 0 {
+                lost as f64 / all.sent as f64
+            } else {
+                0.0
+            },
+            reordered: all.reordered,
+            latency: all.latency.percentiles(),
+            steady_latency: steady.latency.percentiles(),
+            latency_buckets: all.latency.buckets(),
+            jitter: all.jitter.percentiles(),
+        }
+    }
+}
+
+/// Relay CPU and memory.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Resources {
+    /// Mean over the steady window, percent of one core.
+    pub relay_cpu_pct: Option<f64>,
+    pub relay_cpu_pct_max: Option<f64>,
+    pub relay_rss_baseline_bytes: Option<u64>,
+    pub relay_rss_peak_bytes: Option<u64>,
+    /// (peak − baseline) / the most calls that were up at once.
+    pub relay_rss_per_call_bytes: Option<f64>,
+    /// The generator threads, mean over the steady window.
+    pub gen_cpu_pct: Option<f64>,
+    /// The whole load-test process (with an in-process relay or forwarder, if any).
+    pub process_cpu_pct: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct GeneratorHealth {
+    /// How late the generator's 20 ms ticks ran: if this grows, the generator is the
+    /// bottleneck, not the relay.
+    pub tick_lag: Percentiles,
+    pub ticks_skipped: u64,
+    pub send_errors: u64,
+    pub unknown_source: u64,
+    pub srtp_errors: u64,
+    /// Unstamped media from the relay (its silence fill toward WhatsApp).
+    pub fill_received: u64,
+    pub rtcp_sent: u64,
+    pub rtcp_received: u64,
+}
+
+/// The relay's own counters, summed from the final CallInfo of each Terminate.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RelayCounters {
+    pub calls: u64,
+    pub whatsapp_received: u64,
+    pub whatsapp_sent: u64,
+    pub internal_received: u64,
+    pub internal_sent: u64,
+    pub dropped: u64,
+    pub auth_failures: u64,
+}
+
+/// Where setup time goes.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SetupBreakdown {
+    pub create_rpc: Percentiles,
+    /// CreateCall answered → the Meta peer's DTLS is up (ICE checks, nomination, handshake).
+    pub ice_dtls: Percentiles,
+    pub open_gate_rpc: Percentiles,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RunReport {
+    pub label: String,
+    /// Calls asked for (run, capacity probe) or created (churn).
+    pub calls: usize,
+    pub calls_ok: usize,
+    /// Failed calls by stage ("create", "ready", "open_gate", "terminate"), with one example.
+    pub failures: BTreeMap<String, (u64, String)>,
+    pub hold_s: f64,
+    /// WhatsApp → internal (Meta peer → relay → SIP peer).
+    pub up: DirReport,
+    /// Internal → WhatsApp (SIP peer → relay → Meta peer).
+    pub down: DirReport,
+    /// Create request → first stamped media received at both peers.
+    pub setup: Percentiles,
+    pub setup_buckets: Vec<Bucket>,
+    pub setup_stages: SetupBreakdown,
+    pub resources: Resources,
+    pub generator: GeneratorHealth,
+    pub relay: Option<RelayCounters>,
+    pub timeline: Vec<Sample>,
+}
+
+impl RunReport {
+    pub fn failures_total(&self) -> u64 {
+        self.failures.values().map(|(n, _)| n).sum()
+    }
+
+    /// Worst loss ratio of the two directions.
+    pub fn loss_ratio(&self) -> f64 {
+        self.up.loss_ratio.max(self.down.loss_ratio)
+    }
+
+    /// Worst steady p99 of the two directions, ms.
+    pub fn steady_p99_ms(&self) -> f64 {
+        self.up
+            .steady_latency
+            .p99_ms
+            .max(self.down.steady_latency.p99_ms)
+    }
+}
+
+pub struct RunInputs<'a> {
+    pub stages: SetupBreakdown,
+    pub label: String,
+    pub calls: usize,
+    pub calls_ok: usize,
+    pub failures: BTreeMap<String, (u64, String)>,
+    pub hold_s: f64,
+    pub all: &'a Totals,
+    pub steady: &'a Window,
+    pub timeline: Vec<Sample>,
+    pub rss_baseline: Option<u64>,
+    pub rss_peak: Option<u64>,
+    pub relay: Option<RelayCounters>,
+}
+
+pub fn build(r: RunInputs<'_>) -> RunReport {
+    // Without a steady window (a ramp's whole run), the whole run is the window.
+    let whole;
+    let steady = if r.steady.samples.is_empty() {
+        whole = Window {
+            totals: r.all.clone(),
+            samples: r.timeline.clone(),
+        };
+        &whole
+    } else {
+        r.steady
+    };
+    let s = &steady.totals;
+    // Per call at the peak of concurrent calls (under churn, far fewer than were created).
+    let peak_calls = r
+        .timeline
+        .iter()
+        .map(|x| x.calls)
+        .max()
+        .unwrap_or(0)
+        .max(if r.timeline.is_empty() { r.calls_ok } else { 0 });
+    let per_call = match (r.rss_baseline, r.rss_peak) {
+        (Some(b), Some(p)) if peak_calls > 0 => {
+            Some(p.saturating_sub(b) as f64 / peak_calls as f64)
+        }
+        _ => None,
+    };
+    let max = steady
+        .samples
+        .iter()
+        .filter_map(|x| x.relay_cpu_pct)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    RunReport {
+        label: r.label,
+        calls: r.calls,
+        calls_ok: r.calls_ok,
+        failures: r.failures,
+        hold_s: r.hold_s,
+        up: DirReport::new(&r.all.up, &s.up),
+        down: DirReport::new(&r.all.down, &s.down),
+        setup: r.all.setup.percentiles(),
+        setup_buckets: r.all.setup.buckets(),
+        setup_stages: r.stages,
+        resources: Resources {
+            relay_cpu_pct: steady.relay_cpu_mean(),
+            relay_cpu_pct_max: max,
+            relay_rss_baseline_bytes: r.rss_baseline,
+            relay_rss_peak_bytes: r.rss_peak,
+            relay_rss_per_call_bytes: per_call,
+            gen_cpu_pct: steady.gen_cpu_mean(),
+            process_cpu_pct: steady.process_cpu_mean(),
+        },
+        generator: GeneratorHealth {
+            tick_lag: r.all.tick_lag.percentiles(),
+            ticks_skipped: r.all.ticks_skipped,
+            send_errors: r.all.send_errors,
+            unknown_source: r.all.unknown_source,
+            srtp_errors: r.all.srtp_errors,
+            fill_received: r.all.fill_received,
+            rtcp_sent: r.all.rtcp_sent,
+            rtcp_received: r.all.rtcp_received,
+        },
+        relay: r.relay,
+        timeline: r.timeline,
+    }
+}
+
+fn opt_pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}%"))
+}
+
+fn opt_mib(v: Option<u64>) -> String {
+    v.map_or_else(
+        || "-".into(),
+        |v| format!("{:.1} MiB", v as f64 / 1048576.0),
+    )
+}
+
+/// The final table.
+pub fn table(r: &RunReport) -> String {
+    let mut o = String::new();
+    let line = |o: &mut String, s: String| {
+        o.push_str(&s);
+        o.push('\n');
+    };
+    line(
+        &mut o,
+        format!(
+            "== {}: {} calls ({} ok, {} failed), steady {:.0} s",
+            r.label,
+            r.calls,
+            r.calls_ok,
+            r.failures_total(),
+            r.hold_s
+        ),
+    );
+    for (stage, (n, example)) in &r.failures {
+        line(
+            &mut o,
+            format!("   failed at {stage}: {n} (e.g. {example})"),
+        );
+    }
+    line(
+        &mut o,
+        format!(
+            "{:<22} {:>10} {:>10} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "direction",
+            "sent",
+            "received",
+            "lost",
+            "loss",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "jitter"
+        ),
+    );
+    for (name, d) in [
+        ("WhatsApp -> internal", &r.up),
+        ("internal -> WhatsApp", &r.down),
+    ] {
+        line(
+            &mut o,
+            format!(
+                "{:<22} {:>10} {:>10} {:>8} {:>8.4}% {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>6.3}ms",
+                name,
+                d.sent,
+                d.received,
+                d.lost,
+                d.loss_ratio * 100.0,
+                d.latency.p50_ms,
+                d.latency.p90_ms,
+                d.latency.p99_ms,
+                d.latency.max_ms,
+                d.jitter.p50_ms,
+            ),
+        );
+    }
+    line(
+        &mut o,
+        format!(
+            "steady p99: up {:.3} ms, down {:.3} ms",
+            r.up.steady_latency.p99_ms, r.down.steady_latency.p99_ms
+        ),
+    );
+    line(
+        &mut o,
+        format!(
+            "setup (create -> media both ways): p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (n={})",
+            r.setup.p50_ms, r.setup.p90_ms, r.setup.p99_ms, r.setup.max_ms, r.setup.count
+        ),
+    );
+    let st = &r.setup_stages;
+    line(
+        &mut o,
+        format!(
+            "  stages p50/p99 ms: CreateCall {:.1}/{:.1}, ICE+DTLS {:.1}/{:.1}, OpenGate {:.1}/{:.1}",
+            st.create_rpc.p50_ms,
+            st.create_rpc.p99_ms,
+            st.ice_dtls.p50_ms,
+            st.ice_dtls.p99_ms,
+            st.open_gate_rpc.p50_ms,
+            st.open_gate_rpc.p99_ms
+        ),
+    );
+    let x = &r.resources;
+    line(
+        &mut o,
+        format!(
+            "relay: cpu {} (max {}), rss {} -> {}, per call {}",
+            opt_pct(x.relay_cpu_pct),
+            opt_pct(x.relay_cpu_pct_max),
+            opt_mib(x.relay_rss_baseline_bytes),
+            opt_mib(x.relay_rss_peak_bytes),
+            x.relay_rss_per_call_bytes
+                .map_or_else(|| "-".into(), |b| format!("{:.1} KiB", b / 1024.0)),
+        ),
+    );
+    let g = &r.generator;
+    line(
+        &mut o,
+        format!(
+            "generator: cpu {} (process {}), tick lag p99 {:.2} ms max {:.2} ms, skipped {}, send errors {}, unknown {}, srtp errors {}, fill {}",
+            opt_pct(x.gen_cpu_pct),
+            opt_pct(x.process_cpu_pct),
+            g.tick_lag.p99_ms,
+            g.tick_lag.max_ms,
+            g.ticks_skipped,
+            g.send_errors,
+            g.unknown_source,
+            g.srtp_errors,
+            g.fill_received
+        ),
+    );
+    if let Some(c) = &r.relay {
+        line(
+            &mut o,
+            format!(
+                "relay counters ({} calls): whatsapp rx {} tx {}, internal rx {} tx {}, dropped {}, auth failures {}",
+                c.calls,
+                c.whatsapp_received,
+                c.whatsapp_sent,
+                c.internal_received,
+                c.internal_sent,
+                c.dropped,
+                c.auth_failures
+            ),
+        );
+    }
+    o
+}

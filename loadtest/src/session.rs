@@ -1,0 +1,819 @@
+//! The signaling tier's part: one task per call drives the relay's gRPC API exactly as a
+//! business's signaling service would for a user-initiated call, and hands the peers to the
+//! generator:
+//!
+//! 1. `CreateCall(USER_INITIATED)` with the Meta peer's offer and the SIP peer's SDP;
+//! 2. the answer to the Meta peer, the internal SDP to the SIP peer, both to a generator thread;
+//! 3. wait until the Meta peer's DTLS is up, then `OpenGate`, then audio both ways;
+//! 4. at the end: audio off, a settle time for packets in flight, `Terminate`.
+//!
+//! The modes (run, ramp, churn, capacity) are compositions of these steps; a [`Sampler`] task
+//! takes a [`Sample`](crate::sampler::Sample) every second meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use control::client::RelayClient;
+use control::pb;
+use e2e::dtls::PeerCertificate;
+use relay::srtp::SrtpProfile;
+use serde::Serialize;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+
+use crate::generator::{Command, GenConfig, Generator, NewCall};
+use crate::hist::Histogram;
+use crate::peer::meta::{MetaPeer, Security};
+use crate::peer::sip::SipPeer;
+use crate::procfs::{CpuSource, rss_bytes};
+use crate::raw::RawForwarder;
+use crate::report::{self, RelayCounters, RunInputs, RunReport, SetupBreakdown};
+use crate::sampler::{Sampler, Window};
+
+/// Calls per business phone number (Meta's concurrency limit per number is 1,000).
+const CALLS_PER_NUMBER: u64 = 500;
+/// Concurrent Terminate requests at teardown.
+const TERMINATE_CONCURRENCY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot start the generator: {0}")]
+    Generator(std::io::Error),
+    #[error("cannot create the Meta peers' certificate: {0}")]
+    Certificate(String),
+}
+
+/// What stands in for the relay.
+pub enum Backend {
+    /// A relay, driven over its gRPC control API. `pid` (a local process) enables CPU and RSS.
+    Relay {
+        client: RelayClient,
+        pid: Option<u32>,
+    },
+    /// The trivial forwarder: the machine's ceiling.
+    Raw(RawForwarder),
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub generator: GenConfig,
+    /// SRTP profiles the Meta peers accept, in preference order.
+    pub profiles: Vec<SrtpProfile>,
+    /// Setups per second when bringing calls up (run, ramp, capacity probes).
+    pub setup_rate: f64,
+    /// Wait between stopping audio and reading the counters, for packets in flight.
+    pub settle: Duration,
+    /// Longest wait for a call's DTLS.
+    pub ready_timeout: Duration,
+    /// Print a live line every second.
+    pub live: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            generator: GenConfig::default(),
+            profiles: vec![
+                SrtpProfile::AeadAes128Gcm,
+                SrtpProfile::Aes128CmHmacSha1_80,
+                SrtpProfile::AeadAes256Gcm,
+            ],
+            setup_rate: 200.0,
+            settle: Duration::from_millis(500),
+            ready_timeout: Duration::from_secs(10),
+            live: true,
+        }
+    }
+}
+
+/// The SLO a call count must meet.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Slo {
+    /// Largest loss ratio in either direction (0.0001 = 0.01 %).
+    pub loss: f64,
+    /// Largest steady p99 one-way latency in either direction, ms.
+    pub p99_ms: f64,
+}
+
+impl Slo {
+    pub fn met_by(&self, r: &RunReport) -> bool {
+        r.failures_total() == 0
+            && r.calls_ok == r.calls
+            && r.loss_ratio() <= self.loss
+            && r.steady_p99_ms() <= self.p99_ms
+    }
+}
+
+struct Ctx {
+    backend: Backend,
+    generator: Arc<Generator>,
+    security: Security,
+    opts: Options,
+    nonce: u32,
+    next_id: AtomicU64,
+    /// Calls with audio on.
+    active: Arc<AtomicUsize>,
+    stages: Mutex<SetupStages>,
+}
+
+/// Where setup time goes, per call (µs).
+#[derive(Default)]
+struct SetupStages {
+    /// CreateCall round trip.
+    create: Histogram,
+    /// CreateCall answered → the Meta peer's DTLS is up (ICE + DTLS).
+    connect: Histogram,
+    /// OpenGate round trip.
+    open_gate: Histogram,
+}
+
+struct LiveCall {
+    id: u64,
+    call_id: String,
+}
+
+#[derive(Debug)]
+struct Failure {
+    stage: &'static str,
+    why: String,
+}
+
+fn fail(stage: &'static str) -> impl FnOnce(String) -> Failure {
+    move |why| Failure { stage, why }
+}
+
+pub struct Session {
+    ctx: Arc<Ctx>,
+    relay_pid: Option<u32>,
+    relay_cpu: Option<CpuSource>,
+    rss_baseline: Option<u64>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub fn new(backend: Backend, opts: Options) -> Result<Session, SessionError> {
+        let generator =
+            Arc::new(Generator::start(opts.generator.clone()).map_err(SessionError::Generator)?);
+        let (relay_pid, relay_cpu) = match &backend {
+            Backend::Relay { pid, .. } => (*pid, pid.map(CpuSource::Process)),
+            Backend::Raw(f) => (None, f.tid().map(|t| CpuSource::Threads(vec![t]))),
+        };
+        let security = match &backend {
+            Backend::Raw(_) => Security::Plain,
+            Backend::Relay { .. } => Security::Dtls {
+                // One certificate for all Meta peers: key generation per call would only load
+                // the generator (Meta's fingerprint per call is not what the relay is tested on).
+                cert: PeerCertificate::generate()
+                    .map_err(|e| SessionError::Certificate(e.to_string()))?,
+                profiles: opts.profiles.clone(),
+            },
+        };
+        Ok(Session {
+            ctx: Arc::new(Ctx {
+                backend,
+                generator,
+                security,
+                opts,
+                nonce: rand::random::<u32>() % 1_000_000,
+                next_id: AtomicU64::new(0),
+                active: Arc::new(AtomicUsize::new(0)),
+                stages: Mutex::new(SetupStages::default()),
+            }),
+            rss_baseline: relay_pid.and_then(rss_bytes),
+            relay_pid,
+            relay_cpu,
+        })
+    }
+
+    fn start_sampler(&self) -> (Arc<Mutex<Sampler>>, oneshot::Sender<()>) {
+        *lock(&self.ctx.stages) = SetupStages::default();
+        let sampler = Arc::new(Mutex::new(Sampler::new(
+            self.ctx.generator.clone(),
+            self.relay_pid,
+            self.relay_cpu.clone(),
+            self.ctx.active.clone(),
+            self.ctx.opts.live,
+        )));
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let s = sampler.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        lock(&s).tick();
+                    }
+                    _ = &mut stop_rx => return,
+                }
+            }
+        });
+        (sampler, stop_tx)
+    }
+
+    /// Final counters: stops the sampler task, makes the generator publish, takes the rest.
+    async fn finish_sampler(&self, sampler: &Arc<Mutex<Sampler>>, stop: oneshot::Sender<()>) {
+        let _ = stop.send(());
+        self.ctx.generator.flush().await;
+        lock(sampler).tick();
+    }
+
+    async fn setup_many(&self, n: usize) -> (Vec<LiveCall>, Vec<Failure>) {
+        let mut set = JoinSet::new();
+        let gap = Duration::from_secs_f64(1.0 / self.ctx.opts.setup_rate.max(0.001));
+        let start = tokio::time::Instant::now();
+        for k in 0..n {
+            tokio::time::sleep_until(start + gap.mul_f64(k as f64)).await;
+            let ctx = self.ctx.clone();
+            let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+            set.spawn(async move { setup(&ctx, id).await });
+        }
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(c)) => ok.push(c),
+                Ok(Err(f)) => failed.push(f),
+                Err(e) => failed.push(Failure {
+                    stage: "task",
+                    why: e.to_string(),
+                }),
+            }
+        }
+        (ok, failed)
+    }
+
+    /// Audio off everywhere, settle, terminate and forget every call.
+    async fn teardown(&self, calls: Vec<LiveCall>) -> (Option<RelayCounters>, Vec<Failure>) {
+        for c in &calls {
+            stop_audio(&self.ctx, c);
+        }
+        tokio::time::sleep(self.ctx.opts.settle).await;
+        let limit = Arc::new(Semaphore::new(TERMINATE_CONCURRENCY));
+        let mut set = JoinSet::new();
+        for c in calls {
+            let ctx = self.ctx.clone();
+            let limit = limit.clone();
+            set.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                end(&ctx, &c).await
+            });
+        }
+        let mut counters =
+            matches!(self.ctx.backend, Backend::Relay { .. }).then(RelayCounters::default);
+        let mut failed = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(info)) => {
+                    if let (Some(c), Some(info)) = (counters.as_mut(), info) {
+                        add_counters(c, &info);
+                    }
+                }
+                Ok(Err(f)) => failed.push(f),
+                Err(e) => failed.push(Failure {
+                    stage: "task",
+                    why: e.to_string(),
+                }),
+            }
+        }
+        (counters, failed)
+    }
+
+    /// `calls` calls: brought up at the setup rate, held with audio both ways for `hold`, then
+    /// ended. Latency percentiles of the hold window are reported as "steady".
+    pub async fn run(&self, calls: usize, hold: Duration, label: &str) -> RunReport {
+        let (sampler, stop) = self.start_sampler();
+        let (live, mut failures) = self.setup_many(calls).await;
+        let calls_ok = live.len();
+        lock(&sampler).open_window();
+        tokio::time::sleep(hold).await;
+        let window = lock(&sampler).close_window();
+        let (counters, more) = self.teardown(live).await;
+        failures.extend(more);
+        self.finish_sampler(&sampler, stop).await;
+        self.report(
+            label, calls, calls_ok, failures, hold, &sampler, &window, counters,
+        )
+    }
+
+    /// Setups at `rate` per second for `total`, each call holding audio for `call_len`.
+    pub async fn churn(
+        &self,
+        rate: f64,
+        call_len: Duration,
+        total: Duration,
+        label: &str,
+    ) -> RunReport {
+        let (sampler, stop) = self.start_sampler();
+        lock(&sampler).open_window();
+        let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let n = (total.as_secs_f64() * rate).round() as usize;
+        let start = tokio::time::Instant::now();
+        let mut set = JoinSet::new();
+        for k in 0..n {
+            tokio::time::sleep_until(start + gap.mul_f64(k as f64)).await;
+            let ctx = self.ctx.clone();
+            let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+            set.spawn(async move {
+                let live = setup(&ctx, id).await?;
+                tokio::time::sleep(call_len).await;
+                stop_audio(&ctx, &live);
+                tokio::time::sleep(ctx.opts.settle).await;
+                end(&ctx, &live).await
+            });
+        }
+        let mut failures = Vec::new();
+        let mut counters =
+            matches!(self.ctx.backend, Backend::Relay { .. }).then(RelayCounters::default);
+        let mut ok = 0;
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(info)) => {
+                    ok += 1;
+                    if let (Some(c), Some(info)) = (counters.as_mut(), info) {
+                        add_counters(c, &info);
+                    }
+                }
+                Ok(Err(f)) => failures.push(f),
+                Err(e) => failures.push(Failure {
+                    stage: "task",
+                    why: e.to_string(),
+                }),
+            }
+        }
+        let window = lock(&sampler).close_window();
+        self.finish_sampler(&sampler, stop).await;
+        let hold = start.elapsed();
+        self.report(label, n, ok, failures, hold, &sampler, &window, counters)
+    }
+
+    /// Adds `step` calls at a time from `start` up to `max`, holding each level for
+    /// `step_hold`; stops early at the first step that misses `slo`, if given.
+    pub async fn ramp(
+        &self,
+        start: usize,
+        step: usize,
+        max: usize,
+        step_hold: Duration,
+        slo: Option<Slo>,
+    ) -> RampReport {
+        let (sampler, stop) = self.start_sampler();
+        let mut live: Vec<LiveCall> = Vec::new();
+        let mut failures = Vec::new();
+        let mut steps = Vec::new();
+        let mut target = start.max(1);
+        let ramp_start = Instant::now();
+        loop {
+            let (more, failed) = self.setup_many(target.saturating_sub(live.len())).await;
+            live.extend(more);
+            let step_failures = failed.len();
+            failures.extend(failed);
+            lock(&sampler).open_window();
+            tokio::time::sleep(step_hold).await;
+            let w = lock(&sampler).close_window();
+            let s = StepReport::new(live.len(), step_failures, &w, slo);
+            if self.ctx.opts.live {
+                eprintln!("{}", s.line());
+            }
+            let pass = s.pass;
+            steps.push(s);
+            if (slo.is_some() && !pass) || target >= max {
+                break;
+            }
+            target = (target + step.max(1)).min(max);
+        }
+        let calls_ok = live.len();
+        let (counters, more) = self.teardown(live).await;
+        failures.extend(more);
+        self.finish_sampler(&sampler, stop).await;
+        let whole = Window::default();
+        let run = self.report(
+            "ramp",
+            target,
+            calls_ok,
+            failures,
+            ramp_start.elapsed(),
+            &sampler,
+            &whole,
+            counters,
+        );
+        let last_pass = steps.iter().take_while(|s| s.pass).last().map(|s| s.calls);
+        RampReport {
+            steps,
+            last_pass,
+            run,
+        }
+    }
+
+    /// The largest call count that meets `slo`: doubling from `min` until a probe fails (or
+    /// `max`), then bisection down to `resolution` calls. Each probe is a fresh `run`.
+    pub async fn capacity(
+        &self,
+        slo: Slo,
+        min: usize,
+        max: usize,
+        resolution: usize,
+        probe_hold: Duration,
+    ) -> CapacityReport {
+        let mut probes = Vec::new();
+        let mut best: Option<Box<RunReport>> = None;
+        let mut first_failed: Option<Box<RunReport>> = None;
+        let mut pass_n = 0usize;
+        let mut fail_n: Option<usize> = None;
+        let mut n = min.max(1);
+        loop {
+            let r = self.probe(n, probe_hold, slo, &mut probes).await;
+            if slo.met_by(&r) {
+                pass_n = n;
+                best = Some(Box::new(r));
+                if n >= max {
+                    break;
+                }
+                n = (n * 2).min(max);
+            } else {
+                fail_n = Some(n);
+                first_failed = Some(Box::new(r));
+                break;
+            }
+        }
+        if let Some(mut hi) = fail_n {
+            while hi.saturating_sub(pass_n) > resolution.max(1) {
+                let mid = pass_n + (hi - pass_n) / 2;
+                let r = self.probe(mid, probe_hold, slo, &mut probes).await;
+                if slo.met_by(&r) {
+                    pass_n = mid;
+                    best = Some(Box::new(r));
+                } else {
+                    hi = mid;
+                }
+            }
+        }
+        CapacityReport {
+            slo,
+            capacity: pass_n,
+            first_failure: fail_n,
+            probes,
+            at_capacity: best,
+            first_failed,
+        }
+    }
+
+    async fn probe(
+        &self,
+        n: usize,
+        hold: Duration,
+        slo: Slo,
+        probes: &mut Vec<Probe>,
+    ) -> RunReport {
+        let r = self.run(n, hold, &format!("probe {n}")).await;
+        let p = Probe {
+            calls: n,
+            pass: slo.met_by(&r),
+            loss_ratio: r.loss_ratio(),
+            steady_p99_ms: r.steady_p99_ms(),
+            failures: r.failures_total(),
+            relay_cpu_pct: r.resources.relay_cpu_pct,
+            gen_cpu_pct: r.resources.gen_cpu_pct,
+        };
+        if self.ctx.opts.live {
+            eprintln!("{}", p.line());
+        }
+        probes.push(p);
+        // Let the relay release the probe's calls before the next one.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        label: &str,
+        calls: usize,
+        calls_ok: usize,
+        failures: Vec<Failure>,
+        hold: Duration,
+        sampler: &Arc<Mutex<Sampler>>,
+        steady: &Window,
+        relay: Option<RelayCounters>,
+    ) -> RunReport {
+        let mut by_stage: BTreeMap<String, (u64, String)> = BTreeMap::new();
+        for f in failures {
+            let e = by_stage
+                .entry(f.stage.to_string())
+                .or_insert((0, f.why.clone()));
+            e.0 += 1;
+        }
+        let st = lock(&self.ctx.stages);
+        let stages = SetupBreakdown {
+            create_rpc: st.create.percentiles(),
+            ice_dtls: st.connect.percentiles(),
+            open_gate_rpc: st.open_gate.percentiles(),
+        };
+        drop(st);
+        let s = lock(sampler);
+        report::build(RunInputs {
+            stages,
+            label: label.to_string(),
+            calls,
+            calls_ok,
+            failures: by_stage,
+            hold_s: hold.as_secs_f64(),
+            all: &s.cumulative,
+            steady,
+            timeline: s.timeline.clone(),
+            rss_baseline: self.rss_baseline,
+            rss_peak: s.rss_max,
+            relay,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn add_counters(c: &mut RelayCounters, info: &pb::CallInfo) {
+    c.calls += 1;
+    let packets = |s: &Option<pb::StreamStats>| s.as_ref().map_or(0, |s| s.packets);
+    if let Some(w) = &info.whatsapp {
+        c.whatsapp_received += packets(&w.received);
+        c.whatsapp_sent += packets(&w.sent);
+        c.dropped += w.dropped;
+        c.auth_failures += w.auth_failures;
+    }
+    if let Some(i) = &info.internal {
+        c.internal_received += packets(&i.received);
+        c.internal_sent += packets(&i.sent);
+        c.dropped += i.dropped;
+        c.auth_failures += i.auth_failures;
+    }
+}
+
+async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
+    let socks = ctx
+        .generator
+        .sockets_for(id)
+        .map_err(|e| fail("create")(e.to_string()))?;
+    let mut meta = MetaPeer::new(socks.meta_addr, ctx.security.clone());
+    let mut sip = SipPeer::new(socks.sip_addr);
+    let call_id = format!("wacid.lt{}-{id}", ctx.nonce);
+    let created_at = Instant::now();
+    let (meta_remotes, sip_remote) = match &ctx.backend {
+        Backend::Relay { client, .. } => {
+            let req = pb::CreateCallRequest {
+                call_id: call_id.clone(),
+                business_number: format!("1555{:07}", id / CALLS_PER_NUMBER),
+                consumer: format!("lt{}-{id}", ctx.nonce),
+                direction: pb::CallDirection::UserInitiated.into(),
+                whatsapp_offer_sdp: meta.offer_sdp(),
+                whatsapp: None,
+                internal: Some(pb::InternalLeg {
+                    transport: pb::InternalTransport::PlainRtp.into(),
+                    remote_sdp: sip.sdp(),
+                    ..Default::default()
+                }),
+            };
+            let resp = client
+                .clone()
+                .create_call(req)
+                .await
+                .map_err(|s| fail("create")(format!("{}: {}", s.code(), s.message())))?;
+            lock(&ctx.stages)
+                .create
+                .record(created_at.elapsed().as_micros() as u64);
+            let remotes = match meta.set_answer(&resp.whatsapp_sdp) {
+                Ok(r) => r,
+                Err(e) => {
+                    terminate(ctx, &call_id).await;
+                    return Err(fail("create")(e.to_string()));
+                }
+            };
+            let sip_remote = match sip.set_remote_sdp(&resp.internal_sdp, Instant::now()) {
+                Ok(r) => r,
+                Err(e) => {
+                    terminate(ctx, &call_id).await;
+                    return Err(fail("create")(e.to_string()));
+                }
+            };
+            (remotes, sip_remote)
+        }
+        Backend::Raw(fwd) => {
+            let (wa, internal) = fwd
+                .add(id, socks.meta_addr, socks.sip_addr)
+                .map_err(|e| fail("create")(e.to_string()))?;
+            meta.set_plain_target(wa);
+            sip.set_remote(internal, Instant::now());
+            (vec![wa], internal)
+        }
+    };
+    let (ready_tx, ready_rx) = oneshot::channel();
+    ctx.generator.send(
+        id,
+        Command::Add(Box::new(NewCall {
+            id,
+            meta,
+            meta_socket: socks.meta,
+            meta_remotes,
+            sip,
+            sip_socket: socks.sip,
+            sip_remote,
+            created_at,
+            ready: ready_tx,
+        })),
+    );
+    let live = LiveCall { id, call_id };
+    let handed_over = Instant::now();
+    let ready = tokio::time::timeout(ctx.opts.ready_timeout, ready_rx).await;
+    let why = match ready {
+        Ok(Ok(Ok(_))) => None,
+        Ok(Ok(Err(why))) => Some(why),
+        Ok(Err(_)) => Some("generator thread gone".to_string()),
+        Err(_) => Some(format!("not ready within {:?}", ctx.opts.ready_timeout)),
+    };
+    if let Some(why) = why {
+        let _ = end(ctx, &live).await;
+        return Err(fail("ready")(why));
+    }
+    let connected = Instant::now();
+    lock(&ctx.stages)
+        .connect
+        .record(connected.duration_since(handed_over).as_micros() as u64);
+    if let Backend::Relay { client, .. } = &ctx.backend {
+        if let Err(s) = client.clone().open_gate(live.call_id.clone()).await {
+            let _ = end(ctx, &live).await;
+            return Err(fail("open_gate")(format!("{}: {}", s.code(), s.message())));
+        }
+        lock(&ctx.stages)
+            .open_gate
+            .record(connected.elapsed().as_micros() as u64);
+    }
+    ctx.generator.send(id, Command::Media { id, on: true });
+    ctx.active.fetch_add(1, Ordering::Relaxed);
+    Ok(live)
+}
+
+fn stop_audio(ctx: &Ctx, c: &LiveCall) {
+    ctx.generator.send(
+        c.id,
+        Command::Media {
+            id: c.id,
+            on: false,
+        },
+    );
+    ctx.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn terminate(ctx: &Ctx, call_id: &str) -> Option<Result<Option<pb::CallInfo>, String>> {
+    match &ctx.backend {
+        Backend::Relay { client, .. } => Some(
+            client
+                .clone()
+                .terminate(call_id.to_string(), "loadtest: call over")
+                .await
+                .map_err(|s| format!("{}: {}", s.code(), s.message())),
+        ),
+        Backend::Raw(_) => None,
+    }
+}
+
+/// Terminate at the relay (or release the forwarder's ports) and drop the peers.
+async fn end(ctx: &Ctx, c: &LiveCall) -> Result<Option<pb::CallInfo>, Failure> {
+    let result = match terminate(ctx, &c.call_id).await {
+        Some(r) => r,
+        None => {
+            if let Backend::Raw(f) = &ctx.backend {
+                f.remove(c.id);
+            }
+            Ok(None)
+        }
+    };
+    ctx.generator.send(c.id, Command::Remove(c.id));
+    result.map_err(fail("terminate"))
+}
+
+/// One level of a ramp.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StepReport {
+    pub calls: usize,
+    pub setup_failures: usize,
+    pub up_received: u64,
+    pub down_received: u64,
+    pub up_lost: u64,
+    pub down_lost: u64,
+    pub loss_ratio: f64,
+    pub up_p99_ms: f64,
+    pub down_p99_ms: f64,
+    pub relay_cpu_pct: Option<f64>,
+    pub relay_rss_bytes: Option<u64>,
+    pub gen_cpu_pct: Option<f64>,
+    pub pass: bool,
+}
+
+impl StepReport {
+    fn new(calls: usize, setup_failures: usize, w: &Window, slo: Option<Slo>) -> StepReport {
+        let t = &w.totals;
+        let ratio = |lost: u64, got: u64| {
+            let total = lost + got;
+            if total == 0 {
+                0.0
+            } else {
+                lost as f64 / total as f64
+            }
+        };
+        let loss_ratio =
+            ratio(t.up.lost(), t.up.received).max(ratio(t.down.lost(), t.down.received));
+        let up_p99_ms = t.up.latency.quantile(0.99) as f64 / 1000.0;
+        let down_p99_ms = t.down.latency.quantile(0.99) as f64 / 1000.0;
+        let pass = setup_failures == 0
+            && slo.is_none_or(|s| loss_ratio <= s.loss && up_p99_ms.max(down_p99_ms) <= s.p99_ms);
+        StepReport {
+            calls,
+            setup_failures,
+            up_received: t.up.received,
+            down_received: t.down.received,
+            up_lost: t.up.lost(),
+            down_lost: t.down.lost(),
+            loss_ratio,
+            up_p99_ms,
+            down_p99_ms,
+            relay_cpu_pct: w.relay_cpu_mean(),
+            relay_rss_bytes: w.relay_rss_max(),
+            gen_cpu_pct: w.gen_cpu_mean(),
+            pass,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "step {:>5} calls: loss {:.4}%  p99 {:.2}/{:.2} ms  relay cpu {}  rss {}  generator cpu {}  {}",
+            self.calls,
+            self.loss_ratio * 100.0,
+            self.up_p99_ms,
+            self.down_p99_ms,
+            self.relay_cpu_pct
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}%")),
+            self.relay_rss_bytes
+                .map_or_else(|| "-".into(), |b| format!("{}MiB", b >> 20)),
+            self.gen_cpu_pct
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}%")),
+            if self.pass { "ok" } else { "MISSES SLO" }
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RampReport {
+    pub steps: Vec<StepReport>,
+    /// The last step of the unbroken run of passing steps.
+    pub last_pass: Option<usize>,
+    pub run: RunReport,
+}
+
+/// One capacity probe.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Probe {
+    pub calls: usize,
+    pub pass: bool,
+    pub loss_ratio: f64,
+    pub steady_p99_ms: f64,
+    pub failures: u64,
+    pub relay_cpu_pct: Option<f64>,
+    pub gen_cpu_pct: Option<f64>,
+}
+
+impl Probe {
+    pub fn line(&self) -> String {
+        format!(
+            "probe {:>5} calls: {}  loss {:.4}%  steady p99 {:.2} ms  failures {}  relay cpu {}  generator cpu {}",
+            self.calls,
+            if self.pass { "PASS" } else { "FAIL" },
+            self.loss_ratio * 100.0,
+            self.steady_p99_ms,
+            self.failures,
+            self.relay_cpu_pct
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}%")),
+            self.gen_cpu_pct
+                .map_or_else(|| "-".into(), |v| format!("{v:.0}%")),
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CapacityReport {
+    pub slo: Slo,
+    /// The largest probed call count that met the SLO (0 if none did).
+    pub capacity: usize,
+    /// The smallest probed count that missed it.
+    pub first_failure: Option<usize>,
+    pub probes: Vec<Probe>,
+    /// The full report of the probe at capacity.
+    pub at_capacity: Option<Box<RunReport>>,
+    /// The full report of the first probe that missed the SLO (what went wrong).
+    pub first_failed: Option<Box<RunReport>>,
+}
