@@ -186,7 +186,7 @@ fn seeds_reach_what_they_were_made_for() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Regressions: minimised inputs from fuzzing that still fail.
+// Regressions: minimised inputs found by fuzzing.
 
 /// Found by the `sdp` and `control` targets. `SdpError::text` is sanitised, but `reason` quotes
 /// the offending token verbatim (`address \`{token}\``, `port \`{token}\``: 19 `format!`
@@ -194,7 +194,6 @@ fn seeds_reach_what_they_were_made_for() {
 /// returned in gRPC statuses carries raw control characters (ESC: terminal escapes, log
 /// forging) from Meta's or a caller's SDP.
 #[test]
-#[ignore = "crash: SdpError reason quotes input tokens with control characters (sdp owner)"]
 fn sdp_error_display_has_no_control_characters() {
     let e = relay::sdp::parse_bytes(b"v=0\nc=IN IP4 \x1b[31m\n").unwrap_err();
     assert!(!e.to_string().chars().any(char::is_control), "{e:?}");

@@ -23,7 +23,7 @@ impl SdpError {
         SdpError {
             line,
             text: excerpt(text),
-            reason: reason.into(),
+            reason: neutralise(reason.into()),
         }
     }
 
@@ -32,8 +32,21 @@ impl SdpError {
         SdpError {
             line: 0,
             text: String::new(),
-            reason: reason.into(),
+            reason: neutralise(reason.into()),
         }
+    }
+}
+
+/// Reasons quote the offending token; replace control characters there too (found by fuzzing:
+/// an ESC in `c=` came back verbatim in the reason).
+fn neutralise(reason: String) -> String {
+    if reason.chars().any(char::is_control) {
+        reason
+            .chars()
+            .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+            .collect()
+    } else {
+        reason
     }
 }
 
