@@ -43,7 +43,7 @@ async fn twenty_calls_five_seconds_no_loss_exact_counts() {
         Backend::Relay { client, pid: None },
         Options {
             live: false,
-            settle: Duration::from_secs(1),
+            settle: Duration::from_secs(2),
             ..Options::default()
         },
     )
