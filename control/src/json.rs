@@ -89,6 +89,11 @@ pub fn event_kind(kind: Option<&pb::call_event::Kind>) -> (&'static str, Value) 
             json!({ "from": leg(k.from()), "digit": k.digit }),
         ),
         Some(Kind::ConsentLost(_)) => ("consent_lost", json!({})),
+        Some(Kind::InternalLegSilent(k)) => (
+            "internal_leg_silent",
+            json!({ "silent_for_ms": k.silent_for_ms }),
+        ),
+        Some(Kind::OneWayAudio(k)) => ("one_way_audio", json!({ "silent": leg(k.silent()) })),
         Some(Kind::Ended(k)) => (
             "ended",
             json!({ "cause": end_cause(k.cause()), "meta_code": k.meta_code }),

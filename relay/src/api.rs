@@ -231,6 +231,16 @@ pub enum CallEventKind {
         digit: char,
     },
     ConsentLost,
+    /// The internal leg has sent nothing for the configured time while the call is up (the
+    /// relay keeps WhatsApp alive with silence meanwhile). Reported once per silent spell.
+    InternalLegSilent {
+        silent_for_ms: u64,
+    },
+    /// Media arrives from one leg only: `silent` is the leg that sends nothing (the commonest
+    /// consumer complaint: one-way audio). Reported once per episode.
+    OneWayAudio {
+        silent: LegKind,
+    },
     Ended {
         cause: EndCause,
         meta_code: Option<u32>,

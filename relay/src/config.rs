@@ -222,6 +222,12 @@ pub const KEYS: &[Key] = &[
         "the internal leg counts as quiet after this long without a packet"),
     key("call.prebuffer_packets", "call-prebuffer-packets", "RELAY_CALL_PREBUFFER_PACKETS", Kind::Integer,
         "internal packets held until the WhatsApp leg can carry them (20 ms each)"),
+    key("call.internal_silence_timeout", "call-internal-silence-timeout", "RELAY_CALL_INTERNAL_SILENCE_TIMEOUT", Kind::Duration,
+        "the internal leg silent this long raises an internal_leg_silent event"),
+    key("call.end_on_internal_silence", "call-end-on-internal-silence", "RELAY_CALL_END_ON_INTERNAL_SILENCE", Kind::Bool,
+        "... and ends the call (cause internal_leg_timeout)"),
+    key("call.one_way_timeout", "call-one-way-timeout", "RELAY_CALL_ONE_WAY_TIMEOUT", Kind::Duration,
+        "media from one leg only for this long raises a one_way_audio event"),
 ];
 
 /// The file path (not itself a key: it says where the keys come from).
@@ -510,6 +516,9 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "call.silence_fill" => c.silence_fill = boolean(v)?,
         "call.fill_after" => c.fill_after = duration(v)?,
         "call.prebuffer_packets" => c.prebuffer_packets = integer(v, 0, 3000)?,
+        "call.internal_silence_timeout" => c.internal_silence_timeout = duration(v)?,
+        "call.end_on_internal_silence" => c.end_on_internal_silence = boolean(v)?,
+        "call.one_way_timeout" => c.one_way_timeout = duration(v)?,
         _ => return Err("not a configuration key".into()),
     }
     Ok(())
@@ -562,6 +571,9 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "call.silence_fill" => Some(V::Boolean(c.silence_fill)),
         "call.fill_after" => dur(c.fill_after),
         "call.prebuffer_packets" => int(c.prebuffer_packets as u64),
+        "call.internal_silence_timeout" => dur(c.internal_silence_timeout),
+        "call.end_on_internal_silence" => Some(V::Boolean(c.end_on_internal_silence)),
+        "call.one_way_timeout" => dur(c.one_way_timeout),
         _ => None,
     }
 }

@@ -45,6 +45,14 @@ pub struct CallConfig {
     pub fill_after: Duration,
     /// Internal packets held while the WhatsApp leg cannot carry them yet (20 ms each).
     pub prebuffer_packets: usize,
+    /// The internal leg silent this long (gate open) raises `InternalLegSilent`.
+    #[serde(with = "humantime_serde")]
+    pub internal_silence_timeout: Duration,
+    /// ... and, if set, ends the call (cause `internal_leg_timeout`).
+    pub end_on_internal_silence: bool,
+    /// Media from one leg only for this long raises `OneWayAudio`.
+    #[serde(with = "humantime_serde")]
+    pub one_way_timeout: Duration,
 }
 
 impl Default for CallConfig {
@@ -63,6 +71,9 @@ impl Default for CallConfig {
             silence_fill: true,
             fill_after: Duration::from_millis(60),
             prebuffer_packets: 75,
+            internal_silence_timeout: Duration::from_secs(30),
+            end_on_internal_silence: false,
+            one_way_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -103,6 +103,9 @@ impl Call {
                 rtp_clock_at(now, self.created_mono),
             );
         self.last_wa_media = Some(now);
+        if self.one_way == Some(LegKind::WhatsApp) {
+            self.one_way = None;
+        }
         if !self.first_media_from_wa {
             self.first_media_from_wa = true;
             self.events.push_back(CallEventKind::FirstMedia {
@@ -255,6 +258,10 @@ impl Call {
                 rtp_clock_at(now, self.created_mono),
             );
         self.last_internal_media = Some(now);
+        self.internal_silence_reported = false;
+        if self.one_way == Some(LegKind::Internal) {
+            self.one_way = None;
+        }
         if !self.first_media_from_internal {
             self.first_media_from_internal = true;
             self.events.push_back(CallEventKind::FirstMedia {

@@ -34,6 +34,9 @@ use crate::srtp::{MasterKey, SrtpSession};
 use legs::{InternalLeg, WhatsAppLeg};
 use prebuffer::Prebuffer;
 
+/// Cadence of the silence / one-way audio checks.
+const LEG_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Call {
     pub call_id: String,
     pub business_number: String,
@@ -78,6 +81,13 @@ pub struct Call {
     first_media_from_internal: bool,
     /// Timestamp of the last DTMF event reported per leg (one event per digit, not per packet).
     last_dtmf_ts: [Option<u32>; 2],
+
+    /// Silence/one-way episodes already reported (reset when media resumes).
+    internal_silence_reported: bool,
+    /// Next once-a-second silence/one-way check (set when the gate opens).
+    leg_check_at: Option<Instant>,
+    /// The leg reported silent in a one-way episode, until it sends again.
+    one_way: Option<LegKind>,
 
     /// Time from creation to ICE connected and to DTLS connected (setup-time metrics).
     ice_connected_after: Option<std::time::Duration>,
@@ -126,6 +136,7 @@ impl Call {
             dtls.handle_timeout(now);
         }
         self.check_media_timeouts(now);
+        self.check_leg_silence(now);
         self.drain_prebuffer(now, out);
         self.fill_silence(now, out);
         self.send_due_rtcp(now, out);
@@ -139,6 +150,7 @@ impl Call {
             return;
         }
         self.gate_open_at = Some(now);
+        self.leg_check_at = Some(now + LEG_CHECK_EVERY);
         self.events.push_back(CallEventKind::GateOpened);
         self.on_wa_sendable(now, out);
         self.after_input(now, out);
@@ -335,6 +347,7 @@ impl Call {
         consider(self.wa.ice.as_ref().and_then(|i| i.poll_timeout()));
         consider(self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()));
         consider(self.media_timeout_deadline());
+        consider(self.silence_deadline());
         consider(self.prebuffer_next);
         consider(self.next_fill_at());
         consider(self.next_rtcp_wa);
@@ -364,6 +377,65 @@ impl Call {
             } else {
                 EndCause::NoMediaAfterAccept
             });
+        }
+    }
+
+    /// Since when the internal leg has been quiet (gate open), and since when each leg has
+    /// been the only one sending.
+    fn internal_quiet_since(&self) -> Option<std::time::Instant> {
+        let gate = self.gate_open_at?;
+        Some(self.last_internal_media.map_or(gate, |t| t.max(gate)))
+    }
+
+    /// Silence and one-way audio are judged once a second after the gate opens: they are
+    /// reports for the signaling tier, not Meta's hard timers, and a fixed cadence cannot get
+    /// stuck on a deadline that passes without anything to report.
+    fn silence_deadline(&self) -> Option<Instant> {
+        self.leg_check_at
+    }
+
+    /// The internal leg silent too long, or media flowing one way only.
+    fn check_leg_silence(&mut self, now: Instant) {
+        let Some(quiet) = self.internal_quiet_since() else {
+            return;
+        };
+        match self.leg_check_at {
+            Some(t) if t <= now => self.leg_check_at = Some(now + LEG_CHECK_EVERY),
+            _ => return,
+        }
+        let silent_for = now.saturating_duration_since(quiet);
+        if !self.internal_silence_reported && silent_for >= self.cfg.internal_silence_timeout {
+            self.internal_silence_reported = true;
+            self.events.push_back(CallEventKind::InternalLegSilent {
+                silent_for_ms: silent_for.as_millis() as u64,
+            });
+            if self.cfg.end_on_internal_silence {
+                self.end(EndCause::InternalLegTimeout);
+                return;
+            }
+        }
+        if self.one_way.is_some() {
+            return;
+        }
+        // "Flowing" = a packet within the last second; "silent" = nothing for one_way_timeout.
+        let recent = |t: Option<Instant>| {
+            t.is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1))
+        };
+        let quiet_long = |t: Option<Instant>, since: Instant| {
+            now.saturating_duration_since(t.map_or(since, |t| t.max(since)))
+                >= self.cfg.one_way_timeout
+        };
+        let gate = quiet.min(self.gate_open_at.unwrap_or(quiet));
+        let silent = if recent(self.last_wa_media) && quiet_long(self.last_internal_media, gate) {
+            Some(LegKind::Internal)
+        } else if recent(self.last_internal_media) && quiet_long(self.last_wa_media, gate) {
+            Some(LegKind::WhatsApp)
+        } else {
+            None
+        };
+        if let Some(silent) = silent {
+            self.one_way = Some(silent);
+            self.events.push_back(CallEventKind::OneWayAudio { silent });
         }
     }
 

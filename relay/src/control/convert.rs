@@ -262,6 +262,14 @@ pub fn call_event(e: &CallEvent) -> pb::CallEvent {
             digit: digit.to_string(),
         }),
         CallEventKind::ConsentLost => Kind::ConsentLost(pb::ConsentLost {}),
+        CallEventKind::InternalLegSilent { silent_for_ms } => {
+            Kind::InternalLegSilent(pb::InternalLegSilent {
+                silent_for_ms: *silent_for_ms,
+            })
+        }
+        CallEventKind::OneWayAudio { silent } => Kind::OneWayAudio(pb::OneWayAudio {
+            silent: leg(*silent).into(),
+        }),
         CallEventKind::Ended { cause, meta_code } => Kind::Ended(pb::Ended {
             cause: end_cause(*cause).into(),
             meta_code: *meta_code,

@@ -25,6 +25,8 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::FirstMedia { .. } => "first_media",
         CallEventKind::DtmfReceived { .. } => "dtmf_received",
         CallEventKind::ConsentLost => "consent_lost",
+        CallEventKind::InternalLegSilent { .. } => "internal_leg_silent",
+        CallEventKind::OneWayAudio { .. } => "one_way_audio",
         CallEventKind::Ended { .. } => "ended",
     }
 }
@@ -48,6 +50,17 @@ pub fn log_event(ev: &CallEvent) {
         }
         CallEventKind::ConsentLost => {
             tracing::warn!(call_id, event, "ICE consent lost toward WhatsApp");
+        }
+        CallEventKind::InternalLegSilent { silent_for_ms } => {
+            tracing::warn!(call_id, event, silent_for_ms, "internal leg silent");
+        }
+        CallEventKind::OneWayAudio { silent } => {
+            tracing::warn!(
+                call_id,
+                event,
+                silent_leg = leg_name(*silent),
+                "one-way audio"
+            );
         }
         CallEventKind::Ended { cause, meta_code } => match meta_code {
             Some(code) => {

@@ -355,7 +355,9 @@ impl EventRecord {
         match kind {
             CallEventKind::IceConnected { remote } => e.remote = Some(remote.to_string()),
             CallEventKind::DtlsConnected { profile } => e.profile = Some(profile.to_string()),
-            CallEventKind::FirstMedia { from } | CallEventKind::DtmfReceived { from, .. } => {
+            CallEventKind::FirstMedia { from }
+            | CallEventKind::DtmfReceived { from, .. }
+            | CallEventKind::OneWayAudio { silent: from } => {
                 e.leg = Some(leg_name(*from));
             }
             CallEventKind::Ended { cause, meta_code } => {
@@ -365,6 +367,7 @@ impl EventRecord {
             CallEventKind::Created
             | CallEventKind::WhatsAppReady
             | CallEventKind::GateOpened
+            | CallEventKind::InternalLegSilent { .. }
             | CallEventKind::ConsentLost => {}
         }
         e

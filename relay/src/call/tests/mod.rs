@@ -6,5 +6,6 @@ mod harness;
 
 mod gate;
 mod keepalive;
+mod silence;
 mod stats;
 mod timeouts;
