@@ -19,8 +19,9 @@ pub struct WhatsAppLeg {
     pub ice: Option<ControllingAgent>,
     /// `None` for SDES.
     pub dtls: Option<DtlsDriver>,
-    /// Present once keys exist (DTLS connected, or SDES from the start).
-    pub srtp: Option<SrtpSession>,
+    /// Present once keys exist (DTLS connected, or SDES from the start). Boxed: two SRTP
+    /// contexts are ~9 KB and most of a call's size, and plain-RTP internal legs have none.
+    pub srtp: Option<Box<SrtpSession>>,
     /// Where media goes and is accepted from: the ICE-selected pair, or the SDES address.
     pub selected: Option<(SocketRef, SocketAddr)>,
     pub opus_pt: u8,
@@ -44,7 +45,7 @@ impl WhatsAppLeg {
 
 pub struct InternalLeg {
     /// SDES-SRTP on the internal leg; `None` for plain RTP.
-    pub srtp: Option<SrtpSession>,
+    pub srtp: Option<Box<SrtpSession>>,
     /// Where media goes and is accepted from (SDP address, or latched).
     pub remote: Option<SocketAddr>,
     pub policy: SourcePolicy,

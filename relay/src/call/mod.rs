@@ -193,7 +193,7 @@ impl Call {
             direction: self.direction,
             state: self.state(),
             gate_open: self.gate_open_at.is_some(),
-            srtp_profile: self.wa.srtp.as_ref().map(|s: &SrtpSession| s.tx.profile()),
+            srtp_profile: self.wa.srtp.as_ref().map(|s| s.tx.profile()),
             whatsapp_remote: self.wa.selected.map(|(_, a)| a),
             internal_remote: self.internal.remote,
             whatsapp: self.wa.counters.to_api(
@@ -309,7 +309,7 @@ impl Call {
             match ev {
                 DtlsEvent::Connected { keys, profile } => match SrtpSession::new(&keys) {
                     Ok(s) => {
-                        self.wa.srtp = Some(s);
+                        self.wa.srtp = Some(Box::new(s));
                         self.dtls_connected_after =
                             Some(now.saturating_duration_since(self.created_mono));
                         self.events

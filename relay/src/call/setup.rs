@@ -165,13 +165,13 @@ impl Call {
                     sdp::WaTransport::Sdes(s) => {
                         let profile = s.crypto.profile;
                         let local = srtp::random_master_key(profile);
-                        wa.srtp = Some(
+                        wa.srtp = Some(Box::new(
                             SrtpSession::new(&SessionKeys {
                                 local: local.clone(),
                                 remote: s.crypto.key.clone(),
                             })
                             .map_err(bad)?,
-                        );
+                        ));
                         wa.selected = Some((sdes_socket(&s.rtp_addr), s.rtp_addr));
                         sdp::LocalSecurity::Sdes {
                             profile,
@@ -326,13 +326,13 @@ impl Call {
                         s.crypto.profile, local.profile
                     )));
                 }
-                self.wa.srtp = Some(
+                self.wa.srtp = Some(Box::new(
                     SrtpSession::new(&SessionKeys {
                         local,
                         remote: s.crypto.key.clone(),
                     })
                     .map_err(bad)?,
-                );
+                ));
                 self.wa.selected = Some((sdes_socket(&s.rtp_addr), s.rtp_addr));
             }
         }
@@ -451,13 +451,13 @@ fn apply_internal_remote(
                     c.profile, local.profile
                 )));
             }
-            leg.srtp = Some(
+            leg.srtp = Some(Box::new(
                 SrtpSession::new(&SessionKeys {
                     local: local.clone(),
                     remote: c.key.clone(),
                 })
                 .map_err(bad)?,
-            );
+            ));
         }
         (Some(_), None) => {
             return Err(bad("internal leg is SDES-SRTP but its SDP has no a=crypto"));
