@@ -325,3 +325,36 @@ fn wrong_fingerprint_ends_the_call_with_a_clear_cause() {
     );
     assert!(wait(|| relay.engine.active_calls() == 0));
 }
+
+#[test]
+fn latch_mode_learns_the_internal_peer_from_its_first_packet() {
+    let mut relay = Relay::start();
+    let meta = meta(MetaConfig::default());
+    let sip = sip(SipConfig::default());
+    let id = "wacid.latch";
+    // A NAT'd media server: its SDP is not given; the relay learns it from the first packet.
+    let mut req = user_initiated(id, &meta, None);
+    req.internal.source = relay::api::SourcePolicy::Latch;
+    let created = relay.create(req).expect("create");
+    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
+    sip.set_remote_sdp(&created.internal_sdp).unwrap();
+    assert!(
+        relay
+            .wait_event(id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
+            .is_some()
+    );
+    relay.open_gate(id);
+    sip.start_audio();
+    meta.start_audio();
+    assert!(wait(|| sip.received().len() >= 20));
+    assert_eq!(
+        relay.get(id).unwrap().internal_remote,
+        Some(sip.local_addr()),
+        "latched to the media server's address"
+    );
+    // After the latch, a stranger is still a stranger.
+    sip.send_from_stranger();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(relay.get(id).unwrap().internal.dropped >= 1);
+    assert!(sip.received().iter().all(|p| payload_intact(&p.payload)));
+}
