@@ -280,21 +280,19 @@ impl Call {
             }
             return;
         }
-        self.send_to_whatsapp(now, buf, n, out);
+        self.send_to_whatsapp(now, buf, n, hdr, out);
     }
 
-    /// Rewrite and protect a plaintext internal RTP packet (in `buf[..n]`) and send it to the
-    /// selected pair. The caller checked the gate.
+    /// Rewrite and protect a plaintext internal RTP packet (in `buf[..n]`, parsed as `hdr`)
+    /// and send it to the selected pair. The caller checked the gate.
     pub(super) fn send_to_whatsapp(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         n: usize,
+        hdr: rtp::RtpHeader,
         out: &mut impl Outbox,
     ) {
-        let Ok(hdr) = rtp::parse(&buf[..n]) else {
-            return self.internal.counters.drop(DropReason::Malformed);
-        };
         let out_pt = if hdr.payload_type == self.internal.opus_pt {
             self.wa.opus_pt
         } else {
@@ -393,7 +391,10 @@ impl Call {
         }
         let mut pkt = [0u8; crate::call::prebuffer::SLOT_BYTES + 64];
         if let Some((n, _arrived)) = self.prebuffer.pop_into(&mut pkt) {
-            self.send_to_whatsapp(now, &mut pkt, n, out);
+            match rtp::parse(&pkt[..n]) {
+                Ok(hdr) => self.send_to_whatsapp(now, &mut pkt, n, hdr, out),
+                Err(_) => self.internal.counters.drop(DropReason::Malformed),
+            }
         }
         self.prebuffer_next = if self.prebuffer.is_empty() {
             None
