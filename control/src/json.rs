@@ -94,9 +94,22 @@ pub fn event_kind(kind: Option<&pb::call_event::Kind>) -> (&'static str, Value) 
             json!({ "silent_for_ms": k.silent_for_ms }),
         ),
         Some(Kind::OneWayAudio(k)) => ("one_way_audio", json!({ "silent": leg(k.silent()) })),
+        Some(Kind::IcePairNominated(k)) => (
+            "ice_pair_nominated",
+            json!({
+                "local": k.local,
+                "remote": k.remote,
+                "checks_sent": k.checks_sent,
+                "checks_answered": k.checks_answered,
+            }),
+        ),
         Some(Kind::Ended(k)) => (
             "ended",
-            json!({ "cause": end_cause(k.cause()), "meta_code": k.meta_code }),
+            json!({
+                "cause": end_cause(k.cause()),
+                "meta_code": k.meta_code,
+                "stats": k.stats.as_ref().map(call_info),
+            }),
         ),
     }
 }
@@ -110,6 +123,7 @@ pub fn load(l: &pb::GetLoadResponse) -> Value {
             "shard": s.shard,
             "calls": s.calls,
             "packets_per_second": s.packets_per_second,
+            "busy_ratio": s.busy_ratio,
         })).collect::<Vec<_>>(),
     })
 }

@@ -11,7 +11,7 @@ use common::*;
 use e2e::meta::MetaConfig;
 use e2e::rtp::read_stamp;
 use e2e::sip::SipConfig;
-use relay::api::{CallEventKind, EndCause, LegKind};
+use relay::api::{CallEventKind, CallState, EndCause, LegKind};
 use relay::call::CallConfig;
 
 fn short_timers() -> CallConfig {
@@ -121,17 +121,27 @@ fn whatsapp_going_silent_ends_the_call_with_138021_and_frees_it() {
     sip.start_audio();
     assert!(wait(|| sip.received().len() >= 10));
     meta.stop_audio();
+    let sent = meta.stats().media.rtp_sent;
     meta.stop();
     let ended = relay.wait_event("wacid.gone", WAIT, |k| {
         matches!(k, CallEventKind::Ended { .. })
     });
+    let Some(CallEventKind::Ended {
+        cause,
+        meta_code,
+        stats,
+    }) = ended
+    else {
+        panic!("no end: {ended:?}");
+    };
     assert_eq!(
-        ended,
-        Some(CallEventKind::Ended {
-            cause: EndCause::MediaReceiveTimeout,
-            meta_code: Some(138021)
-        })
+        (cause, meta_code),
+        (EndCause::MediaReceiveTimeout, Some(138021))
     );
+    // A timeout end still reports the call's exact final counters: every packet Meta sent.
+    assert_eq!(stats.state, CallState::Ended);
+    assert_eq!(stats.whatsapp.received.packets, sent);
+    assert!(sent >= 10);
     assert!(wait(|| relay.engine.active_calls() == 0));
 }
 
@@ -145,12 +155,15 @@ fn no_media_after_accept_ends_the_call_with_138023() {
     let ended = relay.wait_event("wacid.mute", WAIT, |k| {
         matches!(k, CallEventKind::Ended { .. })
     });
+    let Some(CallEventKind::Ended {
+        cause, meta_code, ..
+    }) = ended
+    else {
+        panic!("no end: {ended:?}");
+    };
     assert_eq!(
-        ended,
-        Some(CallEventKind::Ended {
-            cause: EndCause::NoMediaAfterAccept,
-            meta_code: Some(138023)
-        })
+        (cause, meta_code),
+        (EndCause::NoMediaAfterAccept, Some(138023))
     );
     assert!(wait(|| relay.engine.active_calls() == 0));
 }

@@ -241,9 +241,21 @@ pub enum CallEventKind {
     OneWayAudio {
         silent: LegKind,
     },
+    /// ICE nominated (or moved to) a pair toward WhatsApp: the per-call log's "checks sent
+    /// and answered, nominated pair".
+    IcePairNominated {
+        local: SocketAddr,
+        remote: SocketAddr,
+        /// Connectivity checks sent so far (retransmissions included) and answered.
+        checks_sent: u64,
+        checks_answered: u64,
+    },
+    /// The last event of a call, with its final statistics (exact counters at the end,
+    /// whatever ended it: Terminate, a timeout, drain).
     Ended {
         cause: EndCause,
         meta_code: Option<u32>,
+        stats: Box<CallInfo>,
     },
 }
 
@@ -308,7 +320,10 @@ pub struct Load {
 pub struct ShardLoad {
     pub shard: u32,
     pub calls: u32,
+    /// Datagrams received + sent per second over the last second.
     pub packets_per_second: u64,
+    /// Share of the last second the shard spent working (the admission signal).
+    pub busy_ratio: f64,
 }
 
 /// The operations the control plane drives. Implemented by the engine's handle.

@@ -192,6 +192,7 @@ impl CallControl for FakeEngine {
             CallEventKind::Ended {
                 cause: EndCause::Terminated,
                 meta_code: None,
+                stats: Box::new(info.clone()),
             },
         );
         Ok(Some(info))
@@ -217,6 +218,7 @@ impl CallControl for FakeEngine {
                 shard: 0,
                 calls: n,
                 packets_per_second: 50 * u64::from(n),
+                busy_ratio: 0.1,
             }],
         })
     }
@@ -674,6 +676,7 @@ async fn watch_delivers_one_calls_events_in_order() {
         CallEventKind::Ended {
             cause: EndCause::MediaReceiveTimeout,
             meta_code: EndCause::MediaReceiveTimeout.meta_code(),
+            stats: Box::new(ended_info("w1")),
         },
     );
 
@@ -1130,4 +1133,23 @@ async fn mtls_admits_a_client_certificate_from_the_ca_only() {
     }
     relay.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A call as it ended, for events published by fakes.
+fn ended_info(call_id: &str) -> CallInfo {
+    CallInfo {
+        call_id: call_id.into(),
+        business_number: "1555".into(),
+        consumer: String::new(),
+        direction: CallDirection::UserInitiated,
+        state: CallState::Ended,
+        gate_open: true,
+        srtp_profile: None,
+        whatsapp_remote: None,
+        internal_remote: None,
+        whatsapp: LegStats::default(),
+        internal: LegStats::default(),
+        end_cause: Some(EndCause::MediaReceiveTimeout),
+        created_at: SystemTime::now(),
+    }
 }

@@ -251,6 +251,7 @@ fn the_call_log_of_a_terminated_call_and_of_an_ice_failure() {
     for expected in [
         "created",
         "ice_connected",
+        "ice_pair_nominated",
         "dtls_connected",
         "whatsapp_ready",
         "gate_opened",
@@ -259,6 +260,27 @@ fn the_call_log_of_a_terminated_call_and_of_an_ice_failure() {
     ] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
+    // The nominated pair and the checks it took, as Meta's support asks for.
+    let nominated = rec["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "ice_pair_nominated")
+        .unwrap();
+    assert!(
+        nominated["local"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+            || nominated["local"].as_str().unwrap().starts_with("[::1]:"),
+        "{nominated}"
+    );
+    assert!(nominated["remote"].is_string(), "{nominated}");
+    let (sent, answered) = (
+        nominated["checks_sent"].as_u64().unwrap(),
+        nominated["checks_answered"].as_u64().unwrap(),
+    );
+    assert!(answered >= 1 && sent >= answered, "{nominated}");
     assert_eq!(names.first(), Some(&"created"));
     assert_eq!(names.last(), Some(&"ended"));
     let times: Vec<&str> = rec["events"]
@@ -280,5 +302,8 @@ fn the_call_log_of_a_terminated_call_and_of_an_ice_failure() {
     assert_eq!(rec["meta_code"], 138020);
     assert_eq!(rec["business_number"], "15550001111");
     assert_eq!(rec["mos"], serde_json::Value::Null, "no media, no score");
+    // A timeout end carries its final counters too (from the Ended event).
+    assert_eq!(rec["stats"]["source"], "final", "{rec}");
+    assert_eq!(rec["stats"]["whatsapp"]["rx"]["packets"], 0, "{rec}");
     engine.shutdown();
 }

@@ -417,12 +417,13 @@ fn load_table(l: &pb::GetLoadResponse) -> String {
         if l.draining { "  (DRAINING)" } else { "" }
     );
     if !l.shards.is_empty() {
-        let mut t = Table::new(["SHARD", "CALLS", "PACKETS/S"]);
+        let mut t = Table::new(["SHARD", "CALLS", "PACKETS/S", "BUSY"]);
         for sh in &l.shards {
             t.row([
                 sh.shard.to_string(),
                 sh.calls.to_string(),
                 sh.packets_per_second.to_string(),
+                format!("{:.0}%", sh.busy_ratio * 100.0),
             ]);
         }
         s.push('\n');

@@ -242,9 +242,11 @@ impl Call {
     fn end(&mut self, cause: EndCause) {
         if self.ended.is_none() {
             self.ended = Some(cause);
+            let stats = Box::new(self.info());
             self.events.push_back(CallEventKind::Ended {
                 cause,
                 meta_code: cause.meta_code(),
+                stats,
             });
             self.next_deadline = None;
         }
@@ -275,6 +277,7 @@ impl Call {
                         Some(now.saturating_duration_since(self.created_mono));
                     self.events
                         .push_back(CallEventKind::IceConnected { remote });
+                    self.note_nominated_pair(via, remote);
                     // DTLS client: the ClientHello goes out the moment a check succeeds.
                     if let Some(dtls) = self.wa.dtls.as_mut() {
                         dtls.start(now);
@@ -284,6 +287,7 @@ impl Call {
                 IceEvent::SelectedPairChanged { via, remote } => {
                     // The WhatsApp side moved (Wi-Fi to mobile data) with valid credentials.
                     self.wa.selected = Some((via, remote));
+                    self.note_nominated_pair(via, remote);
                 }
                 IceEvent::ConsentLost => {
                     self.events.push_back(CallEventKind::ConsentLost);
@@ -292,6 +296,23 @@ impl Call {
                 IceEvent::Failed => self.end(EndCause::IceFailed),
             }
         }
+    }
+
+    /// The per-call log's view of ICE toward WhatsApp: which pair, after how many checks.
+    fn note_nominated_pair(&mut self, via: SocketRef, remote: SocketAddr) {
+        let Some(ice) = self.wa.ice.as_ref() else {
+            return;
+        };
+        let Some((_, local, _)) = ice.local_candidates().find(|(s, _, _)| *s == via) else {
+            return;
+        };
+        let stats = ice.stats();
+        self.events.push_back(CallEventKind::IcePairNominated {
+            local,
+            remote,
+            checks_sent: stats.checks_sent,
+            checks_answered: stats.responses_received,
+        });
     }
 
     fn process_dtls(&mut self, now: Instant, out: &mut impl Outbox) {

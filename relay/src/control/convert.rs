@@ -270,9 +270,25 @@ pub fn call_event(e: &CallEvent) -> pb::CallEvent {
         CallEventKind::OneWayAudio { silent } => Kind::OneWayAudio(pb::OneWayAudio {
             silent: leg(*silent).into(),
         }),
-        CallEventKind::Ended { cause, meta_code } => Kind::Ended(pb::Ended {
+        CallEventKind::IcePairNominated {
+            local,
+            remote,
+            checks_sent,
+            checks_answered,
+        } => Kind::IcePairNominated(pb::IcePairNominated {
+            local: local.to_string(),
+            remote: remote.to_string(),
+            checks_sent: *checks_sent,
+            checks_answered: *checks_answered,
+        }),
+        CallEventKind::Ended {
+            cause,
+            meta_code,
+            stats,
+        } => Kind::Ended(pb::Ended {
             cause: end_cause(*cause).into(),
             meta_code: *meta_code,
+            stats: Some(call_info((**stats).clone())),
         }),
     };
     pb::CallEvent {
@@ -294,6 +310,7 @@ pub fn load(l: Load, draining: bool) -> pb::GetLoadResponse {
                 shard: s.shard,
                 calls: s.calls,
                 packets_per_second: s.packets_per_second,
+                busy_ratio: s.busy_ratio,
             })
             .collect(),
     }

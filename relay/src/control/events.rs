@@ -223,6 +223,21 @@ mod tests {
             CallEventKind::Ended {
                 cause: EndCause::Terminated,
                 meta_code: None,
+                stats: Box::new(crate::api::CallInfo {
+                    call_id: id.into(),
+                    business_number: String::new(),
+                    consumer: String::new(),
+                    direction: crate::api::CallDirection::UserInitiated,
+                    state: crate::api::CallState::Ended,
+                    gate_open: false,
+                    srtp_profile: None,
+                    whatsapp_remote: None,
+                    internal_remote: None,
+                    whatsapp: Default::default(),
+                    internal: Default::default(),
+                    end_cause: Some(EndCause::Terminated),
+                    created_at: SystemTime::UNIX_EPOCH,
+                }),
             },
         )
     }

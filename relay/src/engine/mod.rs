@@ -46,6 +46,10 @@ pub struct EngineConfig {
     pub max_calls_per_number: u32,
     /// Calls this relay admits in total.
     pub capacity: u32,
+    /// New calls go only to shards that spent less than this share of the last second working
+    /// (0..1; 1.0 turns the check off). When every shard is this busy, creates are refused
+    /// with UNAVAILABLE and /readyz turns 503, so the calls already up keep their core.
+    pub max_shard_busy: f64,
     pub call: CallConfig,
 }
 
@@ -66,6 +70,7 @@ impl Default for EngineConfig {
             ports: None,
             max_calls_per_number: 1000,
             capacity: 10_000,
+            max_shard_busy: 0.9,
             call: CallConfig::default(),
         }
     }
@@ -261,6 +266,7 @@ impl EngineHandle {
             active_calls: self.active_calls() as u64,
             capacity: self.inner.cfg.capacity as u64,
             draining,
+            max_shard_busy: self.inner.cfg.max_shard_busy,
             shards: self
                 .inner
                 .shards
@@ -298,14 +304,37 @@ impl EngineHandle {
         }
     }
 
-    fn pick_shard(&self) -> usize {
-        // Least loaded, ties broken round-robin.
+    /// The shard for a new call: the one with fewest calls among those not over the busy
+    /// limit, ties broken round-robin. `Unavailable` when every shard is over it.
+    fn pick_shard(&self) -> Result<usize, ApiError> {
+        let limit = self.inner.cfg.max_shard_busy;
+        let busy: Vec<f64> = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| {
+                s.totals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .busy_ratio
+            })
+            .collect();
+        if snapshot::overloaded(busy.iter().copied(), limit) {
+            let least = busy.iter().copied().fold(f64::INFINITY, f64::min);
+            return Err(ApiError::Unavailable(format!(
+                "relay overloaded: the least busy shard worked {:.0}% of the last second \
+                 (limit {:.0}%)",
+                least * 100.0,
+                limit * 100.0
+            )));
+        }
         let start = self.inner.next_shard.fetch_add(1, Ordering::Relaxed);
         let n = self.inner.shards.len();
         (0..n)
             .map(|i| (start + i) % n)
+            .filter(|&i| limit >= 1.0 || busy.get(i).is_some_and(|b| *b < limit))
             .min_by_key(|&i| self.inner.shards[i].stats.calls.load(Ordering::Relaxed))
-            .unwrap_or(0)
+            .ok_or_else(|| ApiError::Unavailable("no engine shard".into()))
     }
 
     fn shard_of(&self, call_id: &str) -> Result<usize, ApiError> {
@@ -396,9 +425,9 @@ impl EngineHandle {
 
     async fn create_inner(&self, req: &CreateCall) -> Result<CallCreated, ApiError> {
         let cfg = &self.inner.cfg;
+        let shard = self.pick_shard()?;
         let bound = sockets::bind_call(cfg, &self.inner.ports)
             .map_err(|e| ApiError::Unavailable(format!("binding media sockets: {e}")))?;
-        let shard = self.pick_shard();
         let created = Call::create(
             CallSetup {
                 req,
@@ -528,10 +557,14 @@ impl CallControl for EngineHandle {
                 .shards
                 .iter()
                 .enumerate()
-                .map(|(i, s)| ShardLoad {
-                    shard: i as u32,
-                    calls: s.stats.calls.load(Ordering::Relaxed) as u32,
-                    packets_per_second: 0,
+                .map(|(i, s)| {
+                    let t = s.totals.lock().unwrap_or_else(|p| p.into_inner());
+                    ShardLoad {
+                        shard: i as u32,
+                        calls: s.stats.calls.load(Ordering::Relaxed) as u32,
+                        packets_per_second: t.packets_per_second,
+                        busy_ratio: t.busy_ratio,
+                    }
                 })
                 .collect(),
         })

@@ -113,6 +113,11 @@ pub(crate) struct Shard {
     totals: ShardTotals,
     published: Arc<std::sync::Mutex<ShardTotals>>,
     next_publish: Instant,
+    /// Time spent working (not waiting in poll) since the last publish.
+    busy: Duration,
+    last_publish: Instant,
+    /// Packets in + out at the last publish, for the packets/s figure.
+    packets_at_publish: u64,
 }
 
 /// How often a shard folds its counters into the published snapshot (metrics resolution).
@@ -131,6 +136,9 @@ impl Shard {
             totals: ShardTotals::new(id as u32),
             published,
             next_publish: Instant::now(),
+            busy: Duration::ZERO,
+            last_publish: Instant::now(),
+            packets_at_publish: 0,
             id,
             poll,
             commands,
@@ -183,6 +191,8 @@ impl Shard {
             if now >= self.next_publish {
                 self.publish_totals(now);
             }
+            // One clock read per loop turn (per batch, not per packet).
+            self.busy += now.elapsed();
         }
     }
 
@@ -202,6 +212,16 @@ impl Shard {
         t.packets_in = self.stats.packets_in.load(Ordering::Relaxed);
         t.packets_out = self.send.sent;
         t.send_errors = self.send.send_errors;
+        let elapsed = now.saturating_duration_since(self.last_publish);
+        if !elapsed.is_zero() {
+            t.busy_ratio = (self.busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+            let packets = t.packets_in + t.packets_out;
+            t.packets_per_second = ((packets.saturating_sub(self.packets_at_publish)) as f64
+                / elapsed.as_secs_f64()) as u64;
+            self.packets_at_publish = packets;
+        }
+        self.busy = Duration::ZERO;
+        self.last_publish = now;
         *self.published.lock().unwrap_or_else(|p| p.into_inner()) = t;
     }
 

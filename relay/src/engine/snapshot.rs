@@ -100,6 +100,11 @@ pub struct ShardTotals {
     pub packets_in: u64,
     pub packets_out: u64,
     pub send_errors: u64,
+    /// Share of the last publish interval the shard spent working rather than waiting in
+    /// poll (0..=1): the admission signal, since a shard owns one core's worth of work.
+    pub busy_ratio: f64,
+    /// Datagrams received + sent per second over the last publish interval.
+    pub packets_per_second: u64,
     /// Time from create to ICE connected / DTLS connected.
     pub ice_setup: Histogram,
     pub dtls_setup: Histogram,
@@ -122,6 +127,8 @@ impl ShardTotals {
             packets_in: 0,
             packets_out: 0,
             send_errors: 0,
+            busy_ratio: 0.0,
+            packets_per_second: 0,
             ice_setup: Histogram::new(SETUP_BUCKETS),
             dtls_setup: Histogram::new(SETUP_BUCKETS),
             call_loss: Histogram::new(LOSS_BUCKETS),
@@ -143,5 +150,32 @@ pub struct MetricsSnapshot {
     pub active_calls: u64,
     pub capacity: u64,
     pub draining: bool,
+    /// Admission refuses new calls when every shard is at least this busy (1.0 = never).
+    pub max_shard_busy: f64,
     pub shards: Vec<ShardTotals>,
+}
+
+impl MetricsSnapshot {
+    /// Every shard is too busy to take another call: admission refuses, readiness is off.
+    pub fn overloaded(&self) -> bool {
+        overloaded(
+            self.shards.iter().map(|s| s.busy_ratio),
+            self.max_shard_busy,
+        )
+    }
+}
+
+/// True when no shard is below `limit` (and there is at least one shard).
+pub fn overloaded(busy: impl Iterator<Item = f64>, limit: f64) -> bool {
+    if limit >= 1.0 {
+        return false;
+    }
+    let mut shards = 0;
+    for b in busy {
+        if b < limit {
+            return false;
+        }
+        shards += 1;
+    }
+    shards > 0
 }

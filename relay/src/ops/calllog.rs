@@ -26,8 +26,6 @@ use super::record::{CallRecord, Recorder, RecorderLimits};
 
 /// Records waiting for the file writer; beyond it records go to the log only (and are counted).
 const WRITE_QUEUE: usize = 4096;
-/// How long an ended call waits for the answer of a Terminate in flight.
-const TERMINATE_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct CallLogConfig {
@@ -216,8 +214,6 @@ async fn run<C: CallControl>(
             },
             _ = tick.tick() => {
                 sample(&*engine, &shared).await;
-                let expired = shared.recorder().expire(SystemTime::now(), TERMINATE_GRACE);
-                shared.emit_all(expired);
             }
             _ = super::stopped(&mut stop) => return,
         }
@@ -326,15 +322,11 @@ impl<C: CallControl> CallControl for Observed<C> {
         call_id: String,
         reason: String,
     ) -> Result<Option<CallInfo>, ApiError> {
-        self.shared.recorder().terminate_started(&call_id);
-        let result = self.inner.terminate(call_id.clone(), reason).await;
-        let final_info = result.as_ref().ok().and_then(Clone::clone);
-        let record =
+        let result = self.inner.terminate(call_id, reason).await;
+        if let Ok(Some(info)) = &result {
             self.shared
                 .recorder()
-                .terminate_finished(&call_id, final_info, SystemTime::now());
-        if let Some(r) = record {
-            self.shared.emit(r);
+                .on_final_info(info.clone(), SystemTime::now());
         }
         result
     }

@@ -41,6 +41,8 @@ pub enum Readiness {
     Ready,
     Draining,
     AtCapacity,
+    /// Every shard is over the busy limit: new calls would degrade the ones up.
+    Overloaded,
 }
 
 pub fn readiness(s: &MetricsSnapshot) -> Readiness {
@@ -48,6 +50,8 @@ pub fn readiness(s: &MetricsSnapshot) -> Readiness {
         Readiness::Draining
     } else if s.active_calls >= s.capacity {
         Readiness::AtCapacity
+    } else if s.overloaded() {
+        Readiness::Overloaded
     } else {
         Readiness::Ready
     }
@@ -88,6 +92,7 @@ pub fn route(method: &str, target: &str, src: &dyn MetricsSource) -> Response {
             Readiness::Ready => Response::text(200, "ready"),
             Readiness::Draining => Response::text(503, "draining"),
             Readiness::AtCapacity => Response::text(503, "at capacity"),
+            Readiness::Overloaded => Response::text(503, "overloaded"),
         },
         _ => Response::text(404, "not found"),
     }
@@ -202,8 +207,25 @@ mod tests {
             active_calls: active,
             capacity,
             draining,
+            max_shard_busy: 0.9,
             shards: vec![ShardTotals::new(0)],
         })
+    }
+
+    #[test]
+    fn readiness_turns_off_when_every_shard_is_over_the_busy_limit() {
+        let mut s = src(1, 10, false);
+        s.0.shards = vec![ShardTotals::new(0), ShardTotals::new(1)];
+        s.0.shards[0].busy_ratio = 0.95;
+        s.0.shards[1].busy_ratio = 0.5;
+        // One shard still has room: new calls go there.
+        assert_eq!(route("GET", "/readyz", &s).status, 200);
+        s.0.shards[1].busy_ratio = 0.9;
+        let r = route("GET", "/readyz", &s);
+        assert_eq!((r.status, r.body.as_str()), (503, "overloaded\n"));
+        // 100 % turns the check off.
+        s.0.max_shard_busy = 1.0;
+        assert_eq!(route("GET", "/readyz", &s).status, 200);
     }
 
     #[test]

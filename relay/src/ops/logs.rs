@@ -27,6 +27,7 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::ConsentLost => "consent_lost",
         CallEventKind::InternalLegSilent { .. } => "internal_leg_silent",
         CallEventKind::OneWayAudio { .. } => "one_way_audio",
+        CallEventKind::IcePairNominated { .. } => "ice_pair_nominated",
         CallEventKind::Ended { .. } => "ended",
     }
 }
@@ -62,7 +63,25 @@ pub fn log_event(ev: &CallEvent) {
                 "one-way audio"
             );
         }
-        CallEventKind::Ended { cause, meta_code } => match meta_code {
+        CallEventKind::IcePairNominated {
+            local,
+            remote,
+            checks_sent,
+            checks_answered,
+        } => {
+            tracing::info!(
+                call_id,
+                event,
+                %local,
+                %remote,
+                checks_sent,
+                checks_answered,
+                "ICE pair nominated toward WhatsApp"
+            );
+        }
+        CallEventKind::Ended {
+            cause, meta_code, ..
+        } => match meta_code {
             Some(code) => {
                 tracing::warn!(
                     call_id,

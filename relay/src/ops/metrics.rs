@@ -214,6 +214,16 @@ pub fn render(s: &MetricsSnapshot) -> String {
     }
     family(
         o,
+        "relay_shard_busy_ratio",
+        "gauge",
+        "Share of the last second each shard spent working rather than waiting (admission refuses new calls when every shard is over max_shard_busy_percent).",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(o, "relay_shard_busy_ratio", &labels, t.busy_ratio);
+    }
+    family(
+        o,
         "relay_shard_send_errors_total",
         "counter",
         "Datagrams the operating system refused to send, per engine shard.",
@@ -409,11 +419,13 @@ mod tests {
         b.srtp_auth_failures_internal = 1;
         b.packets_in = 7;
         b.send_errors = 2;
+        b.busy_ratio = 0.25;
         b.ice_setup.observe_duration(Duration::from_millis(3));
         MetricsSnapshot {
             active_calls: 3,
             capacity: 100,
             draining: true,
+            max_shard_busy: 0.9,
             shards: vec![a, b],
         }
     }
@@ -423,6 +435,7 @@ mod tests {
         let p = parse(&render(&snapshot()));
         let v = |s: &str| *p.values.get(s).unwrap_or_else(|| panic!("missing {s}"));
         assert_eq!(v("relay_active_calls"), 3.0);
+        assert_eq!(v("relay_shard_busy_ratio{shard=\"1\"}"), 0.25);
         assert_eq!(v("relay_capacity"), 100.0);
         assert_eq!(v("relay_draining"), 1.0);
         assert_eq!(v("relay_calls_created_total"), 7.0);
@@ -511,6 +524,7 @@ mod tests {
             active_calls: 0,
             capacity: 1,
             draining: false,
+            max_shard_busy: 0.9,
             shards: vec![shard(0)],
         }));
         let expected = [
@@ -539,6 +553,7 @@ mod tests {
             active_calls: 0,
             capacity: 1,
             draining: false,
+            max_shard_busy: 0.9,
             shards: vec![shard(0), shard(1)],
         }));
         assert_eq!(two.values.len(), render_series_count(2));

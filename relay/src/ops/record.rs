@@ -1,14 +1,17 @@
 //! The per-call record (like the Call Logs Meta's support asks for), assembled from the engine's
 //! events and the call's statistics.
 //!
-//! The engine forgets a call the moment it ends and its `Ended` event carries no statistics,
-//! so [`Recorder`] keeps, per live call, its events and the latest [`CallInfo`] anyone saw:
-//! the answer to `Terminate` (the exact final counters), else the last `GetCall`/`ListCalls`
-//! answer or periodic sample. The record says which (`stats.source`) and how old the sample
-//! is. It is sans-IO: callers pass the time and decide where records go.
+//! The engine's `Ended` event carries the call's exact final statistics, whatever ended it.
+//! The broadcast can lag and lose events, so [`Recorder`] also keeps, per live call, the latest
+//! [`CallInfo`] anyone saw: the answer to `Terminate` (also final), else the last
+//! `GetCall`/`ListCalls` answer or periodic sample. The record says which (`stats.source`)
+//! and how old the sample is. It is sans-IO: callers pass the time and decide where records
+//! go.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+#[cfg(test)]
+use std::time::Duration;
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -47,14 +50,11 @@ struct Tracked {
     first_seen: SystemTime,
     info: Option<CallInfo>,
     info_at: Option<SystemTime>,
-    /// `info` came from Terminate: the counters at the end.
+    /// `info` is the call as it ended (from `Ended` or a Terminate answer).
     info_final: bool,
     events: Vec<(SystemTime, CallEventKind)>,
     events_dropped: u32,
     ended: Option<(SystemTime, EndCause, Option<u32>)>,
-    /// Terminate requests in flight: their answer carries the final counters, so an `Ended`
-    /// event waits for it.
-    terminating: u32,
     missing_samples: u8,
 }
 
@@ -68,7 +68,6 @@ impl Tracked {
             events: Vec::new(),
             events_dropped: 0,
             ended: None,
-            terminating: 0,
             missing_samples: 0,
         }
     }
@@ -117,11 +116,17 @@ impl Recorder {
         } else {
             t.events_dropped += 1;
         }
-        if let CallEventKind::Ended { cause, meta_code } = ev.kind {
-            t.ended = Some((ev.at, cause, meta_code));
-            if t.terminating == 0 || t.info_final {
-                return self.finish(&ev.call_id);
-            }
+        if let CallEventKind::Ended {
+            cause,
+            meta_code,
+            stats,
+        } = &ev.kind
+        {
+            t.ended = Some((ev.at, *cause, *meta_code));
+            t.info = Some((**stats).clone());
+            t.info_at = Some(ev.at);
+            t.info_final = true;
+            return self.finish(&ev.call_id);
         }
         None
     }
@@ -159,43 +164,14 @@ impl Recorder {
         lost.iter().filter_map(|id| self.finish(id)).collect()
     }
 
-    /// A Terminate request for `call_id` is about to go to the engine.
-    pub fn terminate_started(&mut self, call_id: &str) {
-        if let Some(t) = self.calls.get_mut(call_id) {
-            t.terminating += 1;
-        }
-    }
-
-    /// The engine answered a Terminate; `info` is the call as it ended, if it was live.
-    pub fn terminate_finished(
-        &mut self,
-        call_id: &str,
-        info: Option<CallInfo>,
-        at: SystemTime,
-    ) -> Option<CallRecord> {
-        let t = self.calls.get_mut(call_id)?;
-        t.terminating = t.terminating.saturating_sub(1);
-        if let Some(info) = info {
+    /// The engine answered a Terminate with the call as it ended. Final counters for a call
+    /// whose `Ended` event the broadcast lost; harmless otherwise (the record is gone).
+    pub fn on_final_info(&mut self, info: CallInfo, at: SystemTime) {
+        if let Some(t) = self.calls.get_mut(&info.call_id) {
             t.info = Some(info);
             t.info_at = Some(at);
             t.info_final = true;
         }
-        if t.ended.is_some() && (t.info_final || t.terminating == 0) {
-            return self.finish(call_id);
-        }
-        None
-    }
-
-    /// Records of calls that ended more than `grace` ago and are still waiting for a Terminate
-    /// answer (which will not come now).
-    pub fn expire(&mut self, now: SystemTime, grace: Duration) -> Vec<CallRecord> {
-        let due: Vec<String> = self
-            .calls
-            .iter()
-            .filter(|(_, t)| t.ended.is_some_and(|(at, _, _)| at + grace <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        due.iter().filter_map(|id| self.finish(id)).collect()
     }
 
     /// Records of everything still tracked (at shutdown).
@@ -271,6 +247,13 @@ pub struct EventRecord {
     pub event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// IcePairNominated: our socket and the checks it took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks_answered: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
     /// FirstMedia / DtmfReceived: the leg. DTMF digits are not recorded (they can be PINs).
@@ -347,6 +330,9 @@ impl EventRecord {
             at: timestamp(at),
             event: event_name(kind),
             remote: None,
+            local: None,
+            checks_sent: None,
+            checks_answered: None,
             profile: None,
             leg: None,
             cause: None,
@@ -360,7 +346,20 @@ impl EventRecord {
             | CallEventKind::OneWayAudio { silent: from } => {
                 e.leg = Some(leg_name(*from));
             }
-            CallEventKind::Ended { cause, meta_code } => {
+            CallEventKind::IcePairNominated {
+                local,
+                remote,
+                checks_sent,
+                checks_answered,
+            } => {
+                e.local = Some(local.to_string());
+                e.remote = Some(remote.to_string());
+                e.checks_sent = Some(*checks_sent);
+                e.checks_answered = Some(*checks_answered);
+            }
+            CallEventKind::Ended {
+                cause, meta_code, ..
+            } => {
                 e.cause = Some(cause.as_str());
                 e.meta_code = *meta_code;
             }
@@ -468,6 +467,7 @@ mod tests {
             CallEventKind::Ended {
                 cause,
                 meta_code: cause.meta_code(),
+                stats: Box::new(info(id, 250)),
             },
         )
     }
@@ -497,11 +497,21 @@ mod tests {
     }
 
     #[test]
-    fn a_timeout_end_is_written_with_the_last_sample() {
+    fn a_timeout_end_is_written_with_the_final_counters() {
         let mut r = Recorder::new(RecorderLimits::default());
         assert!(r.on_event(&ev("a", 0, CallEventKind::Created)).is_none());
         let remote = SocketAddr::from(([192, 0, 2, 1], 3478));
         r.on_event(&ev("a", 40, CallEventKind::IceConnected { remote }));
+        r.on_event(&ev(
+            "a",
+            40,
+            CallEventKind::IcePairNominated {
+                local: SocketAddr::from(([10, 0, 0, 1], 40000)),
+                remote,
+                checks_sent: 3,
+                checks_answered: 1,
+            },
+        ));
         r.on_event(&ev(
             "a",
             90,
@@ -528,10 +538,11 @@ mod tests {
         assert_eq!(rec.direction, Some("user_initiated"));
         assert_eq!(rec.srtp_profile.as_deref(), Some("AEAD_AES_128_GCM"));
         let stats = rec.stats.as_ref().unwrap();
-        assert_eq!(stats.source, "sampled");
-        assert_eq!(stats.as_of, timestamp(t(10_000)));
-        assert_eq!(stats.whatsapp.rx.packets, 500);
-        assert!((stats.whatsapp.rx.loss_ratio - 50.0 / 550.0).abs() < 1e-9);
+        // The end event's counters, not the older sample.
+        assert_eq!(stats.source, "final");
+        assert_eq!(stats.as_of, timestamp(t(40_000)));
+        assert_eq!(stats.whatsapp.rx.packets, 250);
+        assert!((stats.whatsapp.rx.loss_ratio - 25.0 / 275.0).abs() < 1e-9);
         assert!(rec.mos.is_some_and(|m| m > 1.0 && m < 4.5));
         let names: Vec<&str> = rec.events.iter().map(|e| e.event).collect();
         assert_eq!(
@@ -539,59 +550,34 @@ mod tests {
             [
                 "created",
                 "ice_connected",
+                "ice_pair_nominated",
                 "dtls_connected",
                 "first_media",
                 "ended"
             ]
         );
         assert_eq!(rec.events[1].remote.as_deref(), Some("192.0.2.1:3478"));
-        assert_eq!(rec.events[3].leg, Some("whatsapp"));
+        assert_eq!(rec.events[2].local.as_deref(), Some("10.0.0.1:40000"));
+        assert_eq!(
+            (rec.events[2].checks_sent, rec.events[2].checks_answered),
+            (Some(3), Some(1))
+        );
+        assert_eq!(rec.events[4].leg, Some("whatsapp"));
         let json = serde_json::to_value(&rec).unwrap();
-        assert_eq!(json["events"][4]["cause"], "media_receive_timeout");
+        assert_eq!(json["events"][5]["cause"], "media_receive_timeout");
         assert!(json["events"][0].get("cause").is_none());
     }
 
     #[test]
-    fn a_terminated_call_waits_for_the_final_counters() {
+    fn a_terminate_answer_gives_final_counters_when_the_end_event_was_lost() {
         let mut r = Recorder::new(RecorderLimits::default());
         r.on_event(&ev("a", 0, CallEventKind::Created));
-        r.terminate_started("a");
-        // The end event can overtake the Terminate answer.
-        assert!(
-            r.on_event(&ended("a", 5_000, EndCause::Terminated))
-                .is_none()
-        );
-        let rec = r
-            .terminate_finished("a", Some(info("a", 250)), t(5_001))
-            .expect("the answer completes the record");
-        let stats = rec.stats.unwrap();
-        assert_eq!(stats.source, "final");
-        assert_eq!(stats.whatsapp.rx.packets, 250);
-
-        // And the other order.
-        r.on_event(&ev("b", 0, CallEventKind::Created));
-        r.terminate_started("b");
-        assert!(
-            r.terminate_finished("b", Some(info("b", 7)), t(10))
-                .is_none()
-        );
+        r.on_final_info(info("a", 7), t(10));
         // A later sample does not replace the final counters.
-        r.on_info(info("b", 1), t(11));
-        let rec = r.on_event(&ended("b", 12, EndCause::Terminated)).unwrap();
-        assert_eq!(rec.stats.unwrap().whatsapp.rx.packets, 7);
-    }
-
-    #[test]
-    fn an_unanswered_terminate_does_not_hold_the_record_forever() {
-        let mut r = Recorder::new(RecorderLimits::default());
-        r.on_event(&ev("a", 0, CallEventKind::Created));
-        r.terminate_started("a");
-        assert!(r.on_event(&ended("a", 100, EndCause::Terminated)).is_none());
-        assert!(r.expire(t(1_000), Duration::from_secs(2)).is_empty());
-        let recs = r.expire(t(2_100), Duration::from_secs(2));
-        assert_eq!(recs.len(), 1);
-        assert_eq!(recs[0].cause, "terminated");
-        assert!(recs[0].stats.is_none(), "no sample was ever taken");
+        r.on_info(info("a", 1), t(11));
+        let rec = r.flush().pop().unwrap();
+        let stats = rec.stats.unwrap();
+        assert_eq!((stats.source, stats.whatsapp.rx.packets), ("final", 7));
     }
 
     #[test]
@@ -613,7 +599,7 @@ mod tests {
         let rec = r.on_event(&ended("a", 20, EndCause::PeerClosed)).unwrap();
         assert_eq!(rec.events.len(), 3, "two kept plus the end");
         assert_eq!(rec.events_dropped, 9);
-        assert!(rec.stats.is_none() && rec.business_number.is_none());
+        assert_eq!(rec.business_number.as_deref(), Some("15550001111"));
     }
 
     #[test]

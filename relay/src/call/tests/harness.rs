@@ -442,7 +442,9 @@ impl Sim {
     /// `(when, cause, Meta code)` of the `Ended` event.
     pub fn ended(&self) -> Option<(Instant, EndCause, Option<u32>)> {
         self.events.iter().find_map(|(t, e)| match e {
-            CallEventKind::Ended { cause, meta_code } => Some((*t, *cause, *meta_code)),
+            CallEventKind::Ended {
+                cause, meta_code, ..
+            } => Some((*t, *cause, *meta_code)),
             _ => None,
         })
     }
