@@ -539,6 +539,7 @@ mod tests {
             ("relay_drops_total", "counter"),
             ("relay_srtp_auth_failures_total", "counter"),
             ("relay_shard_packets_total", "counter"),
+            ("relay_shard_busy_ratio", "gauge"),
             ("relay_ice_setup_seconds", "histogram"),
             ("relay_dtls_setup_seconds", "histogram"),
             ("relay_call_loss_ratio", "histogram"),
@@ -562,7 +563,7 @@ mod tests {
     fn render_series_count(shards: usize) -> usize {
         let fixed = 3 + 1 + END_CAUSES.len() + 4 + 4 + 2 * DROP_REASONS.len() + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
-        fixed + hist(SETUP_BUCKETS) * 2 + hist(LOSS_BUCKETS) + hist(JITTER_BUCKETS) + 3 * shards
+        fixed + hist(SETUP_BUCKETS) * 2 + hist(LOSS_BUCKETS) + hist(JITTER_BUCKETS) + 4 * shards
     }
 
     #[test]
