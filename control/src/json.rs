@@ -94,6 +94,10 @@ pub fn event_kind(kind: Option<&pb::call_event::Kind>) -> (&'static str, Value) 
             json!({ "silent_for_ms": k.silent_for_ms }),
         ),
         Some(Kind::OneWayAudio(k)) => ("one_way_audio", json!({ "silent": leg(k.silent()) })),
+        Some(Kind::InternalLegReplaced(k)) => (
+            "internal_leg_replaced",
+            json!({ "previous": non_empty(&k.previous), "remote": non_empty(&k.remote) }),
+        ),
         Some(Kind::Ended(k)) => (
             "ended",
             json!({ "cause": end_cause(k.cause()), "meta_code": k.meta_code }),

@@ -270,6 +270,12 @@ pub fn call_event(e: &CallEvent) -> pb::CallEvent {
         CallEventKind::OneWayAudio { silent } => Kind::OneWayAudio(pb::OneWayAudio {
             silent: leg(*silent).into(),
         }),
+        CallEventKind::InternalLegReplaced { previous, remote } => {
+            Kind::InternalLegReplaced(pb::InternalLegReplaced {
+                previous: previous.map(|a| a.to_string()).unwrap_or_default(),
+                remote: remote.map(|a| a.to_string()).unwrap_or_default(),
+            })
+        }
         CallEventKind::Ended { cause, meta_code } => Kind::Ended(pb::Ended {
             cause: end_cause(*cause).into(),
             meta_code: *meta_code,

@@ -27,6 +27,7 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::ConsentLost => "consent_lost",
         CallEventKind::InternalLegSilent { .. } => "internal_leg_silent",
         CallEventKind::OneWayAudio { .. } => "one_way_audio",
+        CallEventKind::InternalLegReplaced { .. } => "internal_leg_replaced",
         CallEventKind::Ended { .. } => "ended",
     }
 }
@@ -62,6 +63,10 @@ pub fn log_event(ev: &CallEvent) {
                 "one-way audio"
             );
         }
+        CallEventKind::InternalLegReplaced { previous, remote } => {
+            let (previous, remote) = (addr_or_unknown(*previous), addr_or_unknown(*remote));
+            tracing::info!(call_id, event, %previous, %remote, "internal leg replaced");
+        }
         CallEventKind::Ended { cause, meta_code } => match meta_code {
             Some(code) => {
                 tracing::warn!(
@@ -80,4 +85,9 @@ pub fn log_event(ev: &CallEvent) {
         }
         CallEventKind::GateOpened => tracing::info!(call_id, event, "gate opened"),
     }
+}
+
+/// An address for a log field, or "unknown" (learned later from the first packet).
+fn addr_or_unknown(a: Option<std::net::SocketAddr>) -> String {
+    a.map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
