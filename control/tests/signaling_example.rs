@@ -65,7 +65,7 @@ async fn graph_calls(
     Path(pnid): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> axum::Json<Value> {
+) -> String {
     let body: Value = serde_json::from_slice(&body).expect("JSON body");
     let mut resp = json!({ "messaging_product": "whatsapp", "success": true });
     match body["action"].as_str() {
@@ -90,7 +90,7 @@ async fn graph_calls(
             .to_string(),
         body,
     });
-    axum::Json(resp)
+    resp.to_string()
 }
 
 struct World {
@@ -100,6 +100,12 @@ struct World {
     meta: Arc<MetaHandle>,
     app: Arc<app::Signaling>,
     webhook: SocketAddr,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.engine.shutdown();
+    }
 }
 
 impl World {

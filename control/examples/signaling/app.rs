@@ -424,14 +424,14 @@ impl Signaling {
         // Ended by us or by a webhook: Meta knows already.
         let Some((id, entry)) = ended else { return };
         tracing::warn!(
-            call_id = id,
+            call_id = %id,
             cause = cause.as_str_name(),
             ?meta_code,
             "relay ended the call"
         );
         let body = json!({ "messaging_product": "whatsapp", "call_id": id, "action": "terminate" });
         if let Err(e) = self.graph.calls(&entry.phone_number_id, &body).await {
-            tracing::warn!(call_id = id, error = %e, "graph terminate failed");
+            tracing::warn!(call_id = %id, error = %e, "graph terminate failed");
         }
     }
 }
