@@ -155,6 +155,20 @@ impl RelayClient {
             .ok_or_else(|| missing("SetRemoteDescriptionResponse.call"))
     }
 
+    /// Transfer: the call's internal leg now goes to the peer `internal` describes. The response
+    /// carries the SDP for the new peer.
+    pub async fn replace_internal_leg(
+        &mut self,
+        call_id: impl Into<String>,
+        internal: pb::InternalLeg,
+    ) -> Result<pb::ReplaceInternalLegResponse, Status> {
+        let req = pb::ReplaceInternalLegRequest {
+            call_id: call_id.into(),
+            internal: Some(internal),
+        };
+        Ok(self.inner.replace_internal_leg(req).await?.into_inner())
+    }
+
     pub async fn open_gate(&mut self, call_id: impl Into<String>) -> Result<pb::CallInfo, Status> {
         let req = pb::OpenGateRequest {
             call_id: call_id.into(),

@@ -103,6 +103,10 @@ pub fn event_kind(kind: Option<&pb::call_event::Kind>) -> (&'static str, Value) 
                 "checks_answered": k.checks_answered,
             }),
         ),
+        Some(Kind::InternalLegReplaced(k)) => (
+            "internal_leg_replaced",
+            json!({ "previous": non_empty(&k.previous), "remote": non_empty(&k.remote) }),
+        ),
         Some(Kind::Ended(k)) => (
             "ended",
             json!({

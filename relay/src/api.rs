@@ -250,6 +250,13 @@ pub enum CallEventKind {
         checks_sent: u64,
         checks_answered: u64,
     },
+    /// The internal leg was swapped for a new peer (transfer to another agent): `previous` got
+    /// an RTCP BYE and is no longer accepted; `remote` is the new peer's address, if its SDP
+    /// gave one (otherwise it is learned from the first packet).
+    InternalLegReplaced {
+        previous: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+    },
     /// The last event of a call, with its final statistics (exact counters at the end,
     /// whatever ended it: Terminate, a timeout, drain).
     Ended {
@@ -306,6 +313,15 @@ impl ApiError {
     }
 }
 
+/// The result of [`CallControl::replace_internal_leg`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct InternalLegReplaced {
+    /// The SDP to give the new internal peer (new SSRC, new SDES key if SDES; the relay's
+    /// internal address and port are unchanged).
+    pub internal_sdp: String,
+    pub call: CallInfo,
+}
+
 /// Load as reported to the signaling tier and autoscaler.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Load {
@@ -346,6 +362,15 @@ pub trait CallControl: Send + Sync + 'static {
     /// media may now flow to WhatsApp.
     fn open_gate(&self, call_id: String)
     -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
+
+    /// Transfer: swap the internal leg for a new peer without touching the WhatsApp leg (no new
+    /// SDP toward Meta; the outbound stream keeps its SSRC, sequence and timestamps). Repeating
+    /// the request with the same remote SDP returns the same answer.
+    fn replace_internal_leg(
+        &self,
+        call_id: String,
+        internal: InternalLegSpec,
+    ) -> impl Future<Output = Result<InternalLegReplaced, ApiError>> + Send;
 
     /// End the call. Unknown or already-ended calls succeed with `None`.
     fn terminate(

@@ -14,8 +14,8 @@ use control::client::{RelayClient, error_reason, meta_code};
 use control::pb;
 use relay::api::{
     ApiError, CallControl, CallCreated, CallDirection, CallEvent, CallEventKind, CallInfo,
-    CallState, CreateCall, EndCause, InternalKind, LegKind, LegStats, Load, ShardLoad,
-    SourcePolicy,
+    CallState, CreateCall, EndCause, InternalKind, InternalLegReplaced, InternalLegSpec, LegKind,
+    LegStats, Load, ShardLoad, SourcePolicy,
 };
 use relay::control::{ControlConfig, ControlError, TlsFiles, serve, serve_on};
 use relay::srtp::SrtpProfile;
@@ -40,6 +40,8 @@ struct Fake {
     requests: Vec<CreateCall>,
     /// Every (call, reason) it was asked to terminate.
     terminations: Vec<(String, String)>,
+    /// Every internal-leg replacement, as the engine received it.
+    replacements: Vec<(String, InternalLegSpec)>,
 }
 
 impl FakeEngine {
@@ -171,6 +173,31 @@ impl CallControl for FakeEngine {
         })?;
         self.publish(&call_id, CallEventKind::GateOpened);
         Ok(info)
+    }
+
+    async fn replace_internal_leg(
+        &self,
+        call_id: String,
+        internal: InternalLegSpec,
+    ) -> Result<InternalLegReplaced, ApiError> {
+        let previous = self.get_call(call_id.clone()).await?.internal_remote;
+        let remote: SocketAddr = "10.0.0.9:4002".parse().unwrap();
+        let call = self.update(&call_id, |info| {
+            info.internal_remote = Some(remote);
+            Ok(())
+        })?;
+        self.fake().replacements.push((call_id.clone(), internal));
+        self.publish(
+            &call_id,
+            CallEventKind::InternalLegReplaced {
+                previous,
+                remote: Some(remote),
+            },
+        );
+        Ok(InternalLegReplaced {
+            internal_sdp: "v=0\r\ns=internal-after-transfer\r\n".into(),
+            call,
+        })
     }
 
     async fn terminate(
@@ -507,18 +534,85 @@ async fn list_filters_by_number_and_state() {
 }
 
 #[tokio::test]
-async fn replace_internal_leg_is_declared_but_unimplemented() {
+async fn replace_internal_leg_reaches_the_engine_and_is_watched_and_logged() {
     let relay = Running::default().await;
     let mut c = relay.client().await;
+    c.create_call(uic("wacid.T", "1555", "4477")).await.unwrap();
+    c.set_remote_description("wacid.T", pb::Leg::Internal, "v=0\r\n")
+        .await
+        .unwrap();
+    let mut watch = c.watch(Some("wacid.T".into())).await.unwrap();
+
+    let agent_b = "v=0\r\nc=IN IP4 10.0.0.9\r\nm=audio 4002 RTP/AVP 111\r\n";
+    let r = c
+        .replace_internal_leg(
+            "wacid.T",
+            pb::InternalLeg {
+                transport: pb::InternalTransport::PlainRtp.into(),
+                srtp_profile: pb::SrtpProfile::Unspecified.into(),
+                remote_sdp: agent_b.into(),
+                source_policy: pb::SourcePolicy::Strict.into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.internal_sdp, "v=0\r\ns=internal-after-transfer\r\n");
+    assert_eq!(r.call.unwrap().internal_remote, "10.0.0.9:4002");
+    assert_eq!(
+        relay.engine.fake().replacements,
+        [(
+            "wacid.T".to_string(),
+            InternalLegSpec {
+                kind: InternalKind::PlainRtp,
+                remote_sdp: Some(agent_b.into()),
+                source: SourcePolicy::Strict,
+            }
+        )]
+    );
+
+    // Watchers see the transfer with both addresses; the call's event log keeps it.
+    match next_event(&mut watch).await.kind {
+        Some(pb::call_event::Kind::InternalLegReplaced(e)) => {
+            assert_eq!(e.previous, "10.0.0.5:4000");
+            assert_eq!(e.remote, "10.0.0.9:4002");
+        }
+        other => panic!("expected internal_leg_replaced, got {other:?}"),
+    }
+    assert_eq!(
+        event_log(&mut c, "wacid.T", 2).await,
+        ["created", "internal_leg_replaced"]
+    );
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn replace_internal_leg_refuses_a_missing_peer_or_an_unknown_call() {
+    let relay = Running::default().await;
+    let mut c = relay.client().await;
+    c.create_call(uic("wacid.T", "1555", "4477")).await.unwrap();
     let err = c
         .raw()
         .replace_internal_leg(pb::ReplaceInternalLegRequest {
-            call_id: "x".into(),
+            call_id: "wacid.T".into(),
             internal: None,
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(meta_code(&err), Some(100));
+    assert!(err.message().contains("internal"), "{}", err.message());
+
+    let err = c
+        .replace_internal_leg("wacid.nope", pb::InternalLeg::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .replace_internal_leg("", pb::InternalLeg::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(relay.engine.fake().replacements.is_empty());
     relay.stop().await.unwrap();
 }
 

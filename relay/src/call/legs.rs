@@ -51,6 +51,9 @@ pub struct InternalLeg {
     pub policy: SourcePolicy,
     /// Latch mode: the remote was learned from the first packet.
     pub latched: bool,
+    /// The previous peer after a transfer: never accepted, not even by latching (it keeps
+    /// sending until it processes our BYE).
+    pub refused: Option<SocketAddr>,
     pub opus_pt: u8,
     pub te_pt: Option<u8>,
     pub tx: OutboundStream,
@@ -62,6 +65,7 @@ impl InternalLeg {
     pub fn accept_source(&mut self, from: SocketAddr) -> bool {
         match (self.remote, self.policy) {
             (Some(r), _) if r == from => true,
+            _ if self.refused == Some(from) => false,
             (_, SourcePolicy::Latch) if !self.latched => {
                 self.remote = Some(from);
                 self.latched = true;

@@ -9,6 +9,7 @@ pub mod config;
 mod legs;
 mod media;
 pub mod prebuffer;
+mod replace;
 pub mod rewrite;
 mod rtcp;
 mod setup;

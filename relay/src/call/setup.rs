@@ -390,7 +390,7 @@ fn sdes_socket(remote: &SocketAddr) -> SocketRef {
     }
 }
 
-fn build_internal(
+pub(super) fn build_internal(
     spec: &InternalLegSpec,
     setup: &CallSetup<'_>,
     cname: &str,
@@ -401,6 +401,7 @@ fn build_internal(
         remote: None,
         policy: spec.source,
         latched: false,
+        refused: None,
         opus_pt: 111,
         te_pt: Some(101),
         tx: OutboundStream::new(ssrc, OPUS_CLOCK, rand::random(), rand::random()),

@@ -281,6 +281,12 @@ pub fn call_event(e: &CallEvent) -> pb::CallEvent {
             checks_sent: *checks_sent,
             checks_answered: *checks_answered,
         }),
+        CallEventKind::InternalLegReplaced { previous, remote } => {
+            Kind::InternalLegReplaced(pb::InternalLegReplaced {
+                previous: previous.map(|a| a.to_string()).unwrap_or_default(),
+                remote: remote.map(|a| a.to_string()).unwrap_or_default(),
+            })
+        }
         CallEventKind::Ended {
             cause,
             meta_code,

@@ -82,11 +82,22 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
 
     async fn replace_internal_leg(
         &self,
-        _request: Request<pb::ReplaceInternalLegRequest>,
+        request: Request<pb::ReplaceInternalLegRequest>,
     ) -> Result<Response<pb::ReplaceInternalLegResponse>, Status> {
-        Err(Status::unimplemented(
-            "ReplaceInternalLeg is not supported by this relay's engine yet",
-        ))
+        let req = request.into_inner();
+        let id = call_id(req.call_id)?;
+        // Unlike CreateCall, the new peer must be described: there is no sensible default.
+        let Some(internal) = req.internal else {
+            return Err(to_status(&ApiError::InvalidArgument(
+                "internal is required: the new internal peer".into(),
+            )));
+        };
+        let spec = api(convert::internal_leg(internal))?;
+        let r = api(self.engine.replace_internal_leg(id, spec).await)?;
+        Ok(Response::new(pb::ReplaceInternalLegResponse {
+            internal_sdp: r.internal_sdp,
+            call: Some(convert::call_info(r.call)),
+        }))
     }
 
     async fn terminate(

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
-    LegKind, Load, ShardLoad,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load, ShardLoad,
 };
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
@@ -118,6 +118,8 @@ struct RegEntry {
     entry: Entry,
     business_number: String,
     consumer: String,
+    /// The last internal-leg replacement (request, answer), so a retried one is idempotent.
+    last_replace: Option<(InternalLegSpec, String)>,
 }
 
 #[derive(Default)]
@@ -418,6 +420,7 @@ impl EngineHandle {
                 entry: Entry::Creating,
                 business_number: req.business_number.clone(),
                 consumer: req.consumer.clone(),
+                last_replace: None,
             },
         );
         Ok(None)
@@ -504,6 +507,43 @@ impl CallControl for EngineHandle {
         let shard = self.shard_of(&call_id)?;
         self.ask(shard, |reply| Command::OpenGate { call_id, reply })
             .await?
+    }
+
+    async fn replace_internal_leg(
+        &self,
+        call_id: String,
+        spec: InternalLegSpec,
+    ) -> Result<InternalLegReplaced, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        // A retry of the last replacement (same peer SDP) gets the same answer, not a third leg.
+        let repeat = lock(&self.inner.registry)
+            .calls
+            .get(&call_id)
+            .and_then(|e| e.last_replace.as_ref())
+            .filter(|(last, _)| spec.remote_sdp.is_some() && *last == spec)
+            .map(|(_, sdp)| sdp.clone());
+        if let Some(internal_sdp) = repeat {
+            let call = self.get_call(call_id).await?;
+            return Ok(InternalLegReplaced { internal_sdp, call });
+        }
+        let advertised = self.inner.cfg.advertised;
+        let replaced = self
+            .ask(shard, |reply| Command::ReplaceInternal {
+                call_id: call_id.clone(),
+                spec: spec.clone(),
+                advertised,
+                reply,
+            })
+            .await??;
+        let mut reg = lock(&self.inner.registry);
+        if let Some(e) = reg.calls.get_mut(&call_id) {
+            e.last_replace = Some((spec, replaced.internal_sdp.clone()));
+            // A repeated CreateCall now hands out the current internal SDP.
+            if let Entry::Live { created, .. } = &mut e.entry {
+                created.internal_sdp = replaced.internal_sdp.clone();
+            }
+        }
+        Ok(replaced)
     }
 
     async fn terminate(

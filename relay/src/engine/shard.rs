@@ -16,9 +16,12 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::api::{ApiError, CallEvent, CallEventKind, CallInfo, EndCause, LegKind};
-use crate::call::Call;
+use crate::api::{
+    ApiError, CallEvent, CallEventKind, CallInfo, EndCause, InternalLegReplaced, InternalLegSpec,
+    LegKind,
+};
 use crate::call::stats::DropReason;
+use crate::call::{Advertised, Call, LocalSockets};
 use crate::engine::ShardStats;
 use crate::engine::snapshot::ShardTotals;
 use crate::engine::udp::{BATCH, RecvBatch, SendBatch};
@@ -47,6 +50,13 @@ pub(crate) enum Command {
         leg: LegKind,
         sdp: String,
         reply: tokio::sync::oneshot::Sender<Result<CallInfo, ApiError>>,
+    },
+    /// Transfer: a new internal peer for the call (sockets stay, the SDP is rebuilt).
+    ReplaceInternal {
+        call_id: String,
+        spec: InternalLegSpec,
+        advertised: Advertised,
+        reply: tokio::sync::oneshot::Sender<Result<InternalLegReplaced, ApiError>>,
     },
     Terminate {
         call_id: String,
@@ -381,6 +391,24 @@ impl Shard {
                     });
                     let _ = reply.send(r);
                 }
+                Command::ReplaceInternal {
+                    call_id,
+                    spec,
+                    advertised,
+                    reply,
+                } => {
+                    let r = self.local_sockets(&call_id).and_then(|sockets| {
+                        self.with_call(&call_id, |call, out| {
+                            let internal_sdp =
+                                call.replace_internal_leg(&spec, sockets, advertised, now, out)?;
+                            Ok(InternalLegReplaced {
+                                internal_sdp,
+                                call: call.info(),
+                            })
+                        })
+                    });
+                    let _ = reply.send(r);
+                }
                 Command::Terminate {
                     call_id,
                     cause,
@@ -441,6 +469,28 @@ impl Shard {
             self.after_call_activity(idx);
         }
         live.len()
+    }
+
+    /// The addresses a call's sockets are bound to (a replaced internal leg keeps its port).
+    fn local_sockets(&self, call_id: &str) -> Result<LocalSockets, ApiError> {
+        let slot = self
+            .by_id
+            .get(call_id)
+            .and_then(|&i| self.slots.get(i)?.as_ref())
+            .ok_or_else(|| ApiError::NotFound(call_id.to_string()))?;
+        let addr = |r: SocketRef| {
+            slot.sockets
+                .get(r.index())?
+                .as_ref()
+                .and_then(|s| s.local_addr().ok())
+        };
+        Ok(LocalSockets {
+            wa_v4: addr(SocketRef::WaV4),
+            wa_v6: addr(SocketRef::WaV6),
+            internal: addr(SocketRef::Internal).ok_or_else(|| {
+                ApiError::Internal(format!("call {call_id} has no internal socket address"))
+            })?,
+        })
     }
 
     fn with_call<T>(

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, LegKind,
-    Load,
+    ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load,
 };
 
 use super::logs::log_event;
@@ -329,6 +329,16 @@ impl<C: CallControl> CallControl for Observed<C> {
                 .on_final_info(info.clone(), SystemTime::now());
         }
         result
+    }
+
+    async fn replace_internal_leg(
+        &self,
+        call_id: String,
+        internal: InternalLegSpec,
+    ) -> Result<InternalLegReplaced, ApiError> {
+        let r = self.inner.replace_internal_leg(call_id, internal).await?;
+        self.seen(&r.call);
+        Ok(r)
     }
 
     async fn get_call(&self, call_id: String) -> Result<CallInfo, ApiError> {

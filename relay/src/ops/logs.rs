@@ -28,6 +28,7 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::InternalLegSilent { .. } => "internal_leg_silent",
         CallEventKind::OneWayAudio { .. } => "one_way_audio",
         CallEventKind::IcePairNominated { .. } => "ice_pair_nominated",
+        CallEventKind::InternalLegReplaced { .. } => "internal_leg_replaced",
         CallEventKind::Ended { .. } => "ended",
     }
 }
@@ -79,6 +80,10 @@ pub fn log_event(ev: &CallEvent) {
                 "ICE pair nominated toward WhatsApp"
             );
         }
+        CallEventKind::InternalLegReplaced { previous, remote } => {
+            let (previous, remote) = (addr_or_unknown(*previous), addr_or_unknown(*remote));
+            tracing::info!(call_id, event, %previous, %remote, "internal leg replaced");
+        }
         CallEventKind::Ended {
             cause, meta_code, ..
         } => match meta_code {
@@ -99,4 +104,9 @@ pub fn log_event(ev: &CallEvent) {
         }
         CallEventKind::GateOpened => tracing::info!(call_id, event, "gate opened"),
     }
+}
+
+/// An address for a log field, or "unknown" (learned later from the first packet).
+fn addr_or_unknown(a: Option<std::net::SocketAddr>) -> String {
+    a.map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }

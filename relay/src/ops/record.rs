@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::api::{
-    CallDirection, CallEvent, CallEventKind, CallInfo, EndCause, LegStats, StreamStats,
+    CallDirection, CallEvent, CallEventKind, CallInfo, EndCause, LegKind, LegStats, StreamStats,
 };
 
 use super::logs::{event_name, leg_name};
@@ -362,6 +362,10 @@ impl EventRecord {
             } => {
                 e.cause = Some(cause.as_str());
                 e.meta_code = *meta_code;
+            }
+            CallEventKind::InternalLegReplaced { remote, .. } => {
+                e.leg = Some(leg_name(LegKind::Internal));
+                e.remote = remote.map(|a| a.to_string());
             }
             CallEventKind::Created
             | CallEventKind::WhatsAppReady

@@ -6,6 +6,7 @@ mod harness;
 
 mod gate;
 mod keepalive;
+mod replace;
 mod silence;
 mod stats;
 mod timeouts;
