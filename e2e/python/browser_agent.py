@@ -45,8 +45,11 @@ DTMF_PT = 126
 
 def emit(event, **fields):
     fields["event"] = event
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the harness is gone; the peer ends on stdin's EOF
 
 
 def log(msg):

@@ -57,8 +57,11 @@ PACKET_TIME = 0.020
 
 def emit(event, **fields):
     fields["event"] = event
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the harness is gone; the peer ends on stdin's EOF
 
 
 def log(msg):
