@@ -6,6 +6,9 @@
 //!   pyOpenSSL's DTLS with use_srtp and keying-material export, pylibsrtp). It offers as Meta
 //!   does (ice-lite, actpass, host candidates on loopback); a plain-RTP SIP peer (`SipPeer`) is
 //!   the internal leg.
+//! - `browser_agent.py`: aiortc's RTCPeerConnection as a browser agent on a WebRTC internal leg
+//!   (the relay ICE-lite, DTLS either role), both offer directions, with the Meta emulator on
+//!   the WhatsApp leg; and the agent hanging up.
 //!
 //! The Python peers speak JSON lines on stdin/stdout (see the scripts' docstrings). Their
 //! dependencies are pinned in `e2e/python/requirements.txt`: when they are missing the tests
@@ -447,4 +450,305 @@ fn meta_peer_aes_cm_128_hmac_sha1_80() {
 #[test]
 fn meta_peer_aead_aes_128_gcm() {
     user_initiated_with_meta_peer("SRTP_AEAD_AES_128_GCM", pb::SrtpProfile::AeadAes128Gcm);
+}
+
+// ----- 2. aiortc as the browser agent ----------------------------------------------------------
+
+const BROWSER_DEPS: &[&str] = &["aiortc", "av"];
+
+fn rtp_list(v: &Value) -> Vec<(u8, Vec<u8>)> {
+    v.as_array()
+        .expect("packet list")
+        .iter()
+        .map(|p| {
+            let pt = u8::try_from(u64_of(&p["pt"])).expect("payload type");
+            (pt, unhex(p["payload"].as_str().expect("hex payload")))
+        })
+        .collect()
+}
+
+/// The Opus PT (first `opus/48000` rtpmap) of an SDP.
+fn opus_pt(sdp: &str) -> u8 {
+    sdp.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("a=rtpmap:")?;
+            let (pt, codec) = rest.split_once(' ')?;
+            codec.starts_with("opus/48000").then(|| pt.parse().ok())?
+        })
+        .expect("an opus rtpmap")
+}
+
+/// A connected call: the Meta emulator on the WhatsApp leg, aiortc on the WebRTC leg.
+struct BrowserCall {
+    relay: GrpcRelay,
+    meta: e2e::meta::MetaHandle,
+    agent: PyPeer,
+    id: String,
+    /// aiortc's Opus payload type on the internal leg.
+    browser_opus: u8,
+    aiortc: Value,
+    role: &'static str,
+}
+
+/// A user-initiated WhatsApp call (Rust Meta emulator) bridged to aiortc on a WebRTC internal
+/// leg. `browser_offers`: aiortc's offer goes in CreateCall and `internal_sdp` is the relay's
+/// answer; otherwise `internal_sdp` is the relay's offer and aiortc's answer comes back through
+/// SetRemoteDescription(LEG_INTERNAL).
+fn connect_browser_call(browser_offers: bool) -> Option<BrowserCall> {
+    if !python_ready(BROWSER_DEPS) {
+        return None;
+    }
+    let mut relay = GrpcRelay::start(test_call_config());
+    let meta = common::meta(e2e::meta::MetaConfig::default());
+    let role = if browser_offers { "offer" } else { "answer" };
+    let mut agent = PyPeer::spawn("browser_agent.py", &["--role", role]);
+    let ready = agent.expect("ready");
+    let id = format!("wacid.browser-{role}");
+    let browser_offer = if browser_offers {
+        agent.expect("offer")["sdp"]
+            .as_str()
+            .expect("sdp")
+            .to_string()
+    } else {
+        String::new()
+    };
+    let created = relay.create(pb::CreateCallRequest {
+        call_id: id.clone(),
+        business_number: "15550004444".into(),
+        consumer: format!("c-{id}"),
+        direction: pb::CallDirection::UserInitiated.into(),
+        whatsapp_offer_sdp: meta.offer_sdp(),
+        whatsapp: None,
+        internal: Some(pb::InternalLeg {
+            transport: pb::InternalTransport::Webrtc.into(),
+            remote_sdp: browser_offer.clone(),
+            ..Default::default()
+        }),
+    });
+    let ours = &created.internal_sdp;
+    assert!(ours.contains("UDP/TLS/RTP/SAVPF"), "{ours}");
+    assert!(
+        ours.contains("a=ice-lite"),
+        "the relay is ICE-lite toward the browser"
+    );
+    let browser_sdp = if browser_offers {
+        assert!(ours.contains("a=setup:passive\r\n") || ours.contains("a=setup:active\r\n"));
+        agent.send(json!({"cmd": "answer", "sdp": ours}));
+        agent.expect("answer_set");
+        browser_offer
+    } else {
+        assert!(ours.contains("a=setup:actpass\r\n"));
+        agent.send(json!({"cmd": "offer", "sdp": ours}));
+        let answer = agent.expect("answer")["sdp"]
+            .as_str()
+            .expect("sdp")
+            .to_string();
+        relay
+            .rt
+            .block_on(
+                relay
+                    .client
+                    .set_remote_description(&id, pb::Leg::Internal, &answer),
+            )
+            .expect("SetRemoteDescription(LEG_INTERNAL)");
+        answer
+    };
+    let browser_opus = opus_pt(&browser_sdp);
+    meta.set_remote_sdp(&created.whatsapp_sdp)
+        .expect("meta takes the answer");
+
+    // aiortc: full ICE, controlling toward the lite relay; then DTLS.
+    loop {
+        let st = agent.expect("state");
+        match st["connection"].as_str() {
+            Some("connected") => break,
+            Some("failed" | "closed") => panic!("aiortc connection {st}"),
+            _ => {}
+        }
+    }
+    assert!(
+        meta.wait_until(WAIT, |s| s.dtls_connected_at.is_some()),
+        "WhatsApp leg DTLS"
+    );
+    Some(BrowserCall {
+        relay,
+        meta,
+        agent,
+        id,
+        browser_opus,
+        aiortc: ready["aiortc"].clone(),
+        role,
+    })
+}
+
+/// Audio both ways, DTMF toward the browser, RTCP, and the relay's counters against both ends.
+fn browser_agent_call(browser_offers: bool) {
+    let Some(BrowserCall {
+        mut relay,
+        meta,
+        mut agent,
+        id,
+        browser_opus,
+        aiortc,
+        role,
+    }) = connect_browser_call(browser_offers)
+    else {
+        return;
+    };
+
+    relay.open_gate(&id);
+    meta.start_audio();
+    assert!(
+        wait(|| meta
+            .received()
+            .iter()
+            .filter(|p| p.payload.len() > 3)
+            .count()
+            >= 75),
+        "aiortc's audio reaches WhatsApp: {}",
+        meta.received().len()
+    );
+    // The consumer presses 5: RFC 4733 from WhatsApp to the browser.
+    meta.send_dtmf(5, Duration::from_millis(120));
+    std::thread::sleep(Duration::from_millis(400));
+    agent.send(json!({"cmd": "stop_audio"}));
+    agent.expect("audio_stopped");
+    meta.stop_audio();
+    std::thread::sleep(Duration::from_millis(200));
+    let info = relay.terminate(&id).expect("final call info");
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = agent.stats();
+
+    assert_eq!(stats["ice_role"], "controlling");
+    // The relay answers `passive` to aiortc's actpass; aiortc answers `active` to ours.
+    assert_eq!(stats["dtls_role"], "client");
+    assert_eq!(stats["dtls_state"], "connected");
+    let profile = stats["srtp_profile"].as_str().expect("negotiated profile");
+    assert!(profile.starts_with("SRTP_"), "{profile}");
+
+    // Browser → WhatsApp: aiortc's Opus payloads (libopus via PyAV), byte for byte, in order.
+    let sent = rtp_list(&stats["sent"]);
+    assert!(sent.iter().all(|(pt, _)| *pt == browser_opus));
+    let at_meta: Vec<Vec<u8>> = meta
+        .received()
+        .into_iter()
+        // The relay's Opus silence (3 bytes) fills in whenever aiortc is late or stopped.
+        .filter(|p| p.header.pt == 111 && p.payload.len() > 3)
+        .map(|p| p.payload)
+        .collect();
+    let first = sent
+        .iter()
+        .position(|(_, p)| at_meta.iter().any(|m| m == p))
+        .expect("some aiortc payload reached WhatsApp intact");
+    let forwarded: Vec<&Vec<u8>> = at_meta
+        .iter()
+        .skip_while(|m| **m != sent[first].1)
+        .collect();
+    assert!(forwarded.len() >= 75);
+    for (i, got) in forwarded.iter().enumerate() {
+        assert_eq!(
+            Some(*got),
+            sent.get(first + i).map(|(_, p)| p),
+            "aiortc payload {i} after the first forwarded one"
+        );
+    }
+
+    // WhatsApp → browser: the emulator's stamped payloads, untouched, on the browser's Opus PT;
+    // the digit on the browser's telephone-event PT.
+    let received = rtp_list(&stats["received"]);
+    let audio: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(pt, p)| *pt == browser_opus && p.len() > 3)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(audio.len() >= 50, "{} audio packets at aiortc", audio.len());
+    assert!(audio.iter().all(|p| payload_intact(p)));
+    let dtmf: Vec<&Vec<u8>> = received
+        .iter()
+        .filter(|(pt, _)| *pt == 126)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(!dtmf.is_empty(), "telephone-event reached aiortc");
+    assert!(dtmf.iter().all(|p| p.first() == Some(&5)));
+    assert!(
+        dtmf.iter().any(|p| p.get(1).is_some_and(|b| b & 0x80 != 0)),
+        "end of event"
+    );
+
+    // RTCP: aiortc decrypted the relay's reports, and getStats agrees with the taps.
+    let types = stats["rtcp_types"].as_array().expect("rtcp types");
+    assert!(types.contains(&json!(200)) || types.contains(&json!(201)));
+    let gs = &stats["getstats"];
+    let outbound = u64_of(&gs["outbound-rtp"][0]["packetsSent"]);
+    assert_eq!(outbound, sent.len() as u64);
+    let inbound = u64_of(&gs["inbound-rtp"][0]["packetsReceived"]);
+    assert!(inbound >= audio.len() as u64);
+    // The relay's SRs (remote-outbound-rtp) and its report blocks on aiortc's stream
+    // (remote-inbound-rtp), as aiortc's RTCP stack understood them.
+    assert!(u64_of(&gs["remote-outbound-rtp"][0]["packetsSent"]) > 0);
+    assert!(u64_of(&gs["remote-inbound-rtp"][0]["packetsReceived"]) > 0);
+
+    // The relay's counters agree with both ends.
+    let wa = info.whatsapp.expect("whatsapp stats");
+    let internal = info.internal.expect("internal stats");
+    assert_eq!(internal.received.expect("rx").packets, outbound);
+    assert_eq!(
+        internal.sent.expect("tx").packets,
+        received.len() as u64,
+        "relay → browser"
+    );
+    assert_eq!(internal.auth_failures, 0);
+    assert_eq!(
+        wa.received.expect("rx").packets,
+        meta.stats().media.rtp_sent
+    );
+    eprintln!(
+        "browser agent (aiortc {}, {role}s, {profile}): {} → WhatsApp ({} matched), {} → browser \
+         ({} audio, {} DTMF), RTCP types {:?}",
+        aiortc,
+        outbound,
+        forwarded.len(),
+        received.len(),
+        audio.len(),
+        dtmf.len(),
+        types
+    );
+}
+
+#[test]
+fn browser_agent_offers() {
+    browser_agent_call(true);
+}
+
+#[test]
+fn relay_offers_to_browser_agent() {
+    browser_agent_call(false);
+}
+
+/// The agent closes its RTCPeerConnection (DTLS close_notify): the relay ends the call as
+/// peer_closed, with no Meta code.
+#[test]
+fn browser_agent_hangs_up() {
+    let Some(mut call) = connect_browser_call(true) else {
+        return;
+    };
+    call.relay.open_gate(&call.id);
+    call.agent.send(json!({"cmd": "close"}));
+    call.agent.expect("closed");
+    let id = call.id.clone();
+    let ended = |relay: &mut GrpcRelay| {
+        let resp = relay
+            .rt
+            .block_on(relay.client.get_call(id.as_str()))
+            .expect("GetCall keeps the event log");
+        resp.events.iter().find_map(|e| match &e.kind {
+            Some(pb::call_event::Kind::Ended(end)) => Some(*end),
+            _ => None,
+        })
+    };
+    assert!(wait(|| ended(&mut call.relay).is_some()), "the call ended");
+    let end = ended(&mut call.relay).expect("ended");
+    assert_eq!(end.cause, i32::from(pb::EndCause::PeerClosed));
+    assert_eq!(end.meta_code, None);
+    assert_eq!(call.relay.engine.active_calls(), 0);
 }
