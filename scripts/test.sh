@@ -14,6 +14,10 @@ echo "== deploy/ manifests, chart and dashboard (stdlib Python + PyYAML)"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 python3 deploy/validate.py
 
+echo "== Python interop peers (e2e/python: aiortc, aioice, pyOpenSSL, pylibsrtp; pinned wheels)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --only-binary=:all: \
+  -r e2e/python/requirements.txt
+
 echo "== tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

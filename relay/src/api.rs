@@ -36,12 +36,20 @@ pub enum InternalKind {
     PlainRtp,
     /// `RTP/SAVP` with `a=crypto`.
     SdesSrtp(SrtpProfile),
+    /// `UDP/TLS/RTP/SAVPF` toward a browser agent: the relay is ICE-lite (it answers the
+    /// browser's checks and follows its nomination), DTLS in either role, SRTP keys from the
+    /// handshake. Offer/answer works both ways: with the browser's offer in
+    /// [`InternalLegSpec::remote_sdp`], `internal_sdp` is our answer; without it, `internal_sdp`
+    /// is our offer (`a=setup:actpass`) and the browser's answer comes through
+    /// [`CallControl::set_remote_description`] with [`LegKind::Internal`].
+    WebRtc,
 }
 
 /// Where the internal leg's media is accepted from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum SourcePolicy {
-    /// Only from the address in the internal leg's SDP (the default).
+    /// Only from the address in the internal leg's SDP (the default). WebRTC legs ignore the
+    /// policy: media is accepted from the pair the browser nominated.
     #[default]
     Strict,
     /// From the first address that sends to the call's internal port (NAT'd media servers);
@@ -121,8 +129,14 @@ pub enum EndCause {
     ConsentLost,
     /// The internal leg stayed silent beyond its limit and the policy ends the call.
     InternalLegTimeout,
-    /// The peer closed DTLS (close_notify) or sent a fatal alert.
+    /// The peer closed DTLS (close_notify) or sent a fatal alert (Meta, or a browser agent
+    /// closing its RTCPeerConnection on a WebRTC internal leg).
     PeerClosed,
+    /// A WebRTC internal leg could not be set up or was lost: no ICE nomination in time after
+    /// the browser's description, DTLS failed or timed out, the browser's certificate did not
+    /// match its fingerprint, or its consent checks stopped. No Meta code: the WhatsApp side
+    /// was fine.
+    InternalLegFailed,
     /// The relay is draining and the deadline passed.
     Drained,
 }
@@ -131,7 +145,10 @@ impl EndCause {
     /// The Meta error code the signaling tier should report for this cause, if any.
     pub fn meta_code(self) -> Option<u32> {
         match self {
-            EndCause::Terminated | EndCause::PeerClosed | EndCause::Drained => None,
+            EndCause::Terminated
+            | EndCause::PeerClosed
+            | EndCause::Drained
+            | EndCause::InternalLegFailed => None,
             EndCause::IceFailed | EndCause::ConsentLost => Some(138020),
             EndCause::DtlsFailed | EndCause::FingerprintMismatch => Some(138019),
             EndCause::NoMediaAfterAccept => Some(138023),
@@ -152,6 +169,7 @@ impl EndCause {
             EndCause::InternalLegTimeout => "internal_leg_timeout",
             EndCause::PeerClosed => "peer_closed",
             EndCause::Drained => "drained",
+            EndCause::InternalLegFailed => "internal_leg_failed",
         }
     }
 }

@@ -1,15 +1,17 @@
 //! The two legs' state. The WhatsApp leg speaks ICE + DTLS-SRTP (or SDES-SRTP) toward Meta;
-//! the internal leg speaks plain RTP or SDES-SRTP toward a media server.
+//! the internal leg speaks plain RTP or SDES-SRTP toward a media server, or ICE-lite +
+//! DTLS-SRTP toward a browser ([`WebRtcTransport`]).
 
 use std::net::SocketAddr;
 
 use crate::api::SourcePolicy;
+use crate::call::internal_webrtc::WebRtcTransport;
 use crate::call::rewrite::OutboundStream;
-use crate::call::stats::LegCounters;
+use crate::call::stats::{DropReason, LegCounters};
 use crate::dtls::DtlsDriver;
 use crate::ice::ControllingAgent;
 use crate::net::SocketRef;
-use crate::srtp::SrtpSession;
+use crate::srtp::{SrtpError, SrtpSession};
 
 /// Opus always runs at 48 kHz RTP clock (RFC 7587).
 pub const OPUS_CLOCK: u32 = 48_000;
@@ -44,9 +46,16 @@ impl WhatsAppLeg {
 }
 
 pub struct InternalLeg {
-    /// SDES-SRTP on the internal leg; `None` for plain RTP.
+    /// SDES- or DTLS-SRTP keys once known; always `None` for plain RTP.
     pub srtp: Option<Box<SrtpSession>>,
-    /// Where media goes and is accepted from (SDP address, or latched).
+    /// SRTP legs (SDES, WebRTC): nothing is sent or accepted in the clear, even before the
+    /// keys exist.
+    pub secure: bool,
+    /// WebRTC: the browser-facing ICE-lite agent and DTLS handshake. Boxed: most legs are
+    /// plain RTP.
+    pub webrtc: Option<Box<WebRtcTransport>>,
+    /// Where media goes and is accepted from (SDP address, latched, or the pair the browser
+    /// nominated).
     pub remote: Option<SocketAddr>,
     pub policy: SourcePolicy,
     /// Latch mode: the remote was learned from the first packet.
@@ -61,6 +70,33 @@ pub struct InternalLeg {
 }
 
 impl InternalLeg {
+    /// Where media may go now: the remote, once a secure leg has its keys.
+    pub fn send_target(&self) -> Option<SocketAddr> {
+        if self.secure && self.srtp.is_none() {
+            return None;
+        }
+        self.remote
+    }
+
+    /// SRTP-unprotect an inbound RTP packet in `buf` in place (plain RTP passes through) and
+    /// return the plaintext length.
+    pub fn unprotect_rtp(&mut self, buf: &mut [u8]) -> Result<usize, DropReason> {
+        match (self.srtp.as_mut(), self.secure) {
+            (Some(srtp), _) => srtp.rx.unprotect_rtp(buf).map_err(srtp_drop_reason),
+            (None, true) => Err(DropReason::NotReady),
+            (None, false) => Ok(buf.len()),
+        }
+    }
+
+    /// As [`Self::unprotect_rtp`], for RTCP.
+    pub fn unprotect_rtcp(&mut self, buf: &mut [u8]) -> Result<usize, DropReason> {
+        match (self.srtp.as_mut(), self.secure) {
+            (Some(srtp), _) => srtp.rx.unprotect_rtcp(buf).map_err(srtp_drop_reason),
+            (None, true) => Err(DropReason::NotReady),
+            (None, false) => Ok(buf.len()),
+        }
+    }
+
     /// Is a datagram from `from` acceptable, latching it if the policy allows?
     pub fn accept_source(&mut self, from: SocketAddr) -> bool {
         match (self.remote, self.policy) {
@@ -73,5 +109,13 @@ impl InternalLeg {
             }
             _ => false,
         }
+    }
+}
+
+pub fn srtp_drop_reason(e: SrtpError) -> DropReason {
+    match e {
+        SrtpError::Replayed | SrtpError::TooOld => DropReason::Replayed,
+        SrtpError::AuthFailed => DropReason::AuthFailed,
+        _ => DropReason::Malformed,
     }
 }

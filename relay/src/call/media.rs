@@ -4,8 +4,10 @@
 //! source check → unprotect in place → parse → map payload type → strip extensions → rewrite
 //! SSRC/seq/ts → (protect, SDES) → push to the internal socket.
 //!
-//! Internal → WhatsApp: source check (strict or latch) → (unprotect, SDES) → parse → map
-//! payload type → gate: hold in the prebuffer, or rewrite → protect → push to the selected pair.
+//! Internal → WhatsApp: (WebRTC: STUN to the ICE-lite agent) → source check (strict, latch,
+//! or the browser's nominated pair) → DTLS to the internal handshake / (unprotect, SDES or
+//! DTLS-SRTP) → parse → map payload type → gate: hold in the prebuffer, or rewrite → protect →
+//! push to the selected pair.
 //!
 //! Every step works in the caller's buffer; nothing here allocates or locks.
 
@@ -14,11 +16,10 @@ use std::time::Instant;
 
 use crate::api::{CallEventKind, LegKind};
 use crate::call::Call;
-use crate::call::legs::OPUS_CLOCK;
+use crate::call::legs::{OPUS_CLOCK, srtp_drop_reason};
 use crate::call::rewrite::{Rewritten, Source};
 use crate::call::stats::DropReason;
 use crate::net::{Outbox, SocketRef};
-use crate::srtp::SrtpError;
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::{rtp, stun};
 
@@ -127,7 +128,7 @@ impl Call {
         };
 
         let internal = &mut self.internal;
-        let Some(dst) = internal.remote else {
+        let Some(dst) = internal.send_target() else {
             return internal.counters.drop(DropReason::NotReady);
         };
         // The internal leg negotiated no header extensions (Meta may send transport-cc).
@@ -195,25 +196,30 @@ impl Call {
         len: usize,
         out: &mut impl Outbox,
     ) {
-        if !self.internal.accept_source(from) {
-            return self.internal.counters.drop(DropReason::BadSource);
-        }
         let Some(data) = buf.get(..len) else {
             return self.internal.counters.drop(DropReason::Malformed);
         };
-        match classify(data) {
+        let kind = classify(data);
+        // A browser's checks come from any of its candidates: the ICE-lite agent judges them.
+        if kind == PacketKind::Stun && self.internal.webrtc.is_some() {
+            return self.on_internal_stun(now, from, data, out);
+        }
+        if !self.internal.accept_source(from) {
+            return self.internal.counters.drop(DropReason::BadSource);
+        }
+        match kind {
             PacketKind::Rtp => self.forward_to_whatsapp(now, buf, len, out),
             PacketKind::Rtcp => {
-                let n = match self.internal.srtp.as_mut() {
-                    Some(srtp) => match srtp.rx.unprotect_rtcp(&mut buf[..len]) {
-                        Ok(n) => n,
-                        Err(e) => return self.internal.counters.drop(srtp_drop_reason(e)),
-                    },
-                    None => len,
+                let n = match self.internal.unprotect_rtcp(&mut buf[..len]) {
+                    Ok(n) => n,
+                    Err(reason) => return self.internal.counters.drop(reason),
                 };
                 let ssrc = self.internal.tx.ssrc();
                 let ntp = self.ntp_at(now);
                 Self::read_reports(&mut self.internal.counters, ssrc, &buf[..n], now, ntp);
+            }
+            PacketKind::Dtls if self.internal.webrtc.is_some() => {
+                self.on_internal_dtls(now, &buf[..len])
             }
             PacketKind::Unknown => self.internal.counters.drop(DropReason::Malformed),
             // STUN/DTLS belong to a WebRTC internal leg, which this leg kind is not.
@@ -223,7 +229,7 @@ impl Call {
         }
     }
 
-    /// Internal → WhatsApp, one RTP (or SDES-SRTP) packet.
+    /// Internal → WhatsApp, one RTP (or SDES/DTLS-SRTP) packet.
     fn forward_to_whatsapp(
         &mut self,
         now: Instant,
@@ -232,12 +238,9 @@ impl Call {
         out: &mut impl Outbox,
     ) {
         let internal = &mut self.internal;
-        let n = match internal.srtp.as_mut() {
-            Some(srtp) => match srtp.rx.unprotect_rtp(&mut buf[..len]) {
-                Ok(n) => n,
-                Err(e) => return internal.counters.drop(srtp_drop_reason(e)),
-            },
-            None => len,
+        let n = match internal.unprotect_rtp(&mut buf[..len]) {
+            Ok(n) => n,
+            Err(reason) => return internal.counters.drop(reason),
         };
         let Ok(hdr) = rtp::parse(&buf[..n]) else {
             return internal.counters.drop(DropReason::Malformed);
@@ -441,14 +444,6 @@ fn rewrite_header(
     rtp::set_sequence(buf, rw.seq)?;
     rtp::set_timestamp(buf, rw.ts)?;
     rtp::set_ssrc(buf, rw.ssrc)
-}
-
-fn srtp_drop_reason(e: SrtpError) -> DropReason {
-    match e {
-        SrtpError::Replayed | SrtpError::TooOld => DropReason::Replayed,
-        SrtpError::AuthFailed => DropReason::AuthFailed,
-        _ => DropReason::Malformed,
-    }
 }
 
 /// Arrival time in RTP clock units (for RFC 3550 jitter), from the call's monotonic origin.

@@ -6,6 +6,7 @@
 //! Read [`media`] for the per-packet path, top to bottom.
 
 pub mod config;
+mod internal_webrtc;
 mod legs;
 mod media;
 pub mod prebuffer;
@@ -136,6 +137,10 @@ impl Call {
         if let Some(dtls) = self.wa.dtls.as_mut() {
             dtls.handle_timeout(now);
         }
+        self.internal_webrtc_timeout(now, out);
+        if self.ended.is_some() {
+            return;
+        }
         self.check_media_timeouts(now);
         self.check_leg_silence(now);
         self.drain_prebuffer(now, out);
@@ -257,6 +262,7 @@ impl Call {
     fn after_input(&mut self, now: Instant, out: &mut impl Outbox) {
         self.process_ice_events(now, out);
         self.process_dtls(now, out);
+        self.process_internal_webrtc(now, out);
         self.check_wa_ready(now, out);
         if self.ended.is_none() {
             self.next_deadline = self.compute_deadline();
@@ -368,6 +374,7 @@ impl Call {
         };
         consider(self.wa.ice.as_ref().and_then(|i| i.poll_timeout()));
         consider(self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()));
+        consider(self.internal.webrtc.as_ref().and_then(|w| w.poll_timeout()));
         consider(self.media_timeout_deadline());
         consider(self.silence_deadline());
         consider(self.prebuffer_next);

@@ -58,7 +58,7 @@ impl Call {
             cfg: self.cfg.clone(),
         };
         let (mut leg, local_key, internal_sdp) =
-            build_internal(spec, &setup, &self.internal_cname)?;
+            build_internal(spec, &setup, &self.internal_cname, now)?;
 
         self.send_internal_bye(now, out);
         let previous = self.internal.remote;

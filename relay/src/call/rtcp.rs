@@ -60,7 +60,7 @@ impl Call {
         }
         if self.next_rtcp_internal.is_some_and(|t| t <= now) {
             self.next_rtcp_internal = Some(now + self.cfg.rtcp_interval);
-            if self.internal.remote.is_some() {
+            if self.internal.send_target().is_some() {
                 self.send_rtcp(now, SocketRef::Internal, false, out);
             }
         }
@@ -71,7 +71,7 @@ impl Call {
         if self.wa_can_send() {
             self.send_rtcp(now, SocketRef::WaV4, true, out);
         }
-        if self.internal.remote.is_some() && self.internal.tx.packets > 0 {
+        if self.internal.send_target().is_some() && self.internal.tx.packets > 0 {
             self.send_rtcp(now, SocketRef::Internal, true, out);
         }
     }
@@ -99,7 +99,7 @@ impl Call {
                 &self.wa_cname,
             )
         } else {
-            let Some(to) = self.internal.remote else {
+            let Some(to) = self.internal.send_target() else {
                 return;
             };
             (

@@ -3,6 +3,7 @@
 //! User-initiated: Meta's offer in → our answer (`a=setup:active`, ICE controlling).
 //! Business-initiated: our offer (`actpass`) out → Meta's answer in through
 //! [`Call::set_remote_description`], which decides the DTLS role.
+//! The internal leg is built by [`build_internal`] (WebRTC: see [`internal_webrtc`]).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use crate::api::{
     ApiError, CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, SourcePolicy,
     WaSecurity,
 };
+use crate::call::internal_webrtc;
 use crate::call::legs::{InternalLeg, OPUS_CLOCK, WhatsAppLeg};
 use crate::call::prebuffer::Prebuffer;
 use crate::call::rewrite::OutboundStream;
@@ -205,7 +207,7 @@ impl Call {
         };
 
         let (internal, internal_local_key, internal_sdp) =
-            build_internal(&req.internal, &setup, &internal_cname)?;
+            build_internal(&req.internal, &setup, &internal_cname, now)?;
 
         let call = Call {
             call_id: req.call_id.clone(),
@@ -267,7 +269,7 @@ impl Call {
     ) -> Result<(), ApiError> {
         match leg {
             LegKind::WhatsApp => self.set_whatsapp_answer(text, now)?,
-            LegKind::Internal => self.set_internal_remote(text)?,
+            LegKind::Internal => self.set_internal_remote(text, now)?,
         }
         self.after_input(now, out);
         Ok(())
@@ -340,7 +342,10 @@ impl Call {
         Ok(())
     }
 
-    fn set_internal_remote(&mut self, text: &str) -> Result<(), ApiError> {
+    fn set_internal_remote(&mut self, text: &str, now: Instant) -> Result<(), ApiError> {
+        if self.internal.webrtc.is_some() {
+            return self.set_browser_answer(text, now);
+        }
         if self.internal_remote_sdp.as_deref() == Some(text) && self.internal.remote.is_some() {
             return Ok(());
         }
@@ -350,6 +355,37 @@ impl Call {
             self.internal_local_key.as_ref(),
             &remote,
         )?;
+        self.internal_remote_sdp = Some(text.to_string());
+        Ok(())
+    }
+}
+
+impl Call {
+    /// The browser's answer to our WebRTC offer. The same answer again is harmless; anything
+    /// after the first (or after the browser's own offer at create) is refused: a new browser
+    /// is a new internal leg.
+    fn set_browser_answer(&mut self, text: &str, now: Instant) -> Result<(), ApiError> {
+        if let Some(prev) = &self.internal_remote_sdp {
+            return if prev == text {
+                Ok(())
+            } else {
+                Err(ApiError::FailedPrecondition(
+                    "the WebRTC internal leg already has the browser's description; it does not \
+                     renegotiate"
+                        .into(),
+                ))
+            };
+        }
+        let remote = sdp::validate_webrtc(&sdp::parse_webrtc(text).map_err(bad)?).map_err(bad)?;
+        let ours = internal_webrtc::our_setup_after_answer(remote.setup).map_err(bad)?;
+        internal_webrtc::apply_remote(
+            &mut self.internal,
+            &remote,
+            ours,
+            self.identity.clone(),
+            &self.cfg,
+            now,
+        );
         self.internal_remote_sdp = Some(text.to_string());
         Ok(())
     }
@@ -390,14 +426,19 @@ fn sdes_socket(remote: &SocketAddr) -> SocketRef {
     }
 }
 
-pub(super) fn build_internal(
+/// The one place an [`InternalLeg`] is built from an [`InternalLegSpec`] (call creation, and
+/// replacing the internal leg): the leg, our SDES key if any, and the SDP to give the peer.
+pub(crate) fn build_internal(
     spec: &InternalLegSpec,
     setup: &CallSetup<'_>,
     cname: &str,
+    now: Instant,
 ) -> Result<(InternalLeg, Option<MasterKey>, String), ApiError> {
     let ssrc = rand::random::<u32>();
     let mut leg = InternalLeg {
         srtp: None,
+        secure: spec.kind != InternalKind::PlainRtp,
+        webrtc: None,
         remote: None,
         policy: spec.source,
         latched: false,
@@ -410,6 +451,10 @@ pub(super) fn build_internal(
     let local_key = match spec.kind {
         InternalKind::PlainRtp => None,
         InternalKind::SdesSrtp(p) => Some(srtp::random_master_key(p)),
+        InternalKind::WebRtc => {
+            let sdp = build_webrtc(&mut leg, spec, setup, cname, now)?;
+            return Ok((leg, None, sdp));
+        }
     };
     if let Some(text) = &spec.remote_sdp {
         let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
@@ -428,6 +473,48 @@ pub(super) fn build_internal(
     params.ssrc = Some((ssrc, cname.to_string()));
     let desc = LocalDescription::internal(params);
     Ok((leg, local_key, desc.to_sdp()))
+}
+
+/// A WebRTC leg toward a browser: our answer to its offer (`spec.remote_sdp`), or our offer.
+/// Media is accepted from the pair the browser nominates, whatever `spec.source` says.
+fn build_webrtc(
+    leg: &mut InternalLeg,
+    spec: &InternalLegSpec,
+    setup: &CallSetup<'_>,
+    cname: &str,
+    now: Instant,
+) -> Result<String, ApiError> {
+    leg.policy = SourcePolicy::Strict;
+    let creds = IceCredentials::random();
+    let addr = SocketAddr::new(setup.advertised.internal, setup.sockets.internal.port());
+    let params = sdp::WebRtcLocalParams {
+        session_id: rand::random::<u32>() as u64,
+        session_version: 1,
+        connection: addr.ip(),
+        port: addr.port(),
+        ice: sdp::LocalIce {
+            ufrag: creds.ufrag.clone(),
+            pwd: creds.pwd.clone(),
+            candidates: vec![(addr, host_priority(&addr))],
+            end_of_candidates: true,
+        },
+        fingerprint: to_sdp_fingerprint(setup.identity.fingerprint()),
+        ssrc: leg.tx.ssrc(),
+        cname: cname.to_string(),
+    };
+    leg.webrtc = Some(Box::new(internal_webrtc::WebRtcTransport::new(
+        creds, &setup.cfg, now,
+    )));
+    let Some(text) = &spec.remote_sdp else {
+        leg.opus_pt = sdp::DEFAULT_OPUS_PT;
+        leg.te_pt = Some(sdp::DEFAULT_TELEPHONE_EVENT_PT);
+        return Ok(LocalDescription::webrtc_offer(params).to_sdp());
+    };
+    let offer = sdp::validate_webrtc(&sdp::parse_webrtc(text).map_err(bad)?).map_err(bad)?;
+    let answer = LocalDescription::webrtc_answer(&offer, params).map_err(bad)?;
+    let ours = answer.audio.setup.unwrap_or(Setup::Passive);
+    internal_webrtc::apply_remote(leg, &offer, ours, setup.identity.clone(), &setup.cfg, now);
+    Ok(answer.to_sdp())
 }
 
 fn apply_internal_remote(

@@ -98,6 +98,7 @@ pub fn internal_leg(leg: pb::InternalLeg) -> Result<InternalLegSpec, ApiError> {
             "internal.srtp_profile",
             leg.srtp_profile,
         )?),
+        pb::InternalTransport::Webrtc => InternalKind::WebRtc,
     };
     let source = match enum_value("internal.source_policy", leg.source_policy)? {
         pb::SourcePolicy::Unspecified | pb::SourcePolicy::Strict => SourcePolicy::Strict,
@@ -220,6 +221,7 @@ pub fn end_cause(c: EndCause) -> pb::EndCause {
         EndCause::InternalLegTimeout => pb::EndCause::InternalLegTimeout,
         EndCause::PeerClosed => pb::EndCause::PeerClosed,
         EndCause::Drained => pb::EndCause::Drained,
+        EndCause::InternalLegFailed => pb::EndCause::InternalLegFailed,
     }
 }
 

@@ -16,7 +16,7 @@ use crate::engine::snapshot::{
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every end cause, in the order they are written.
-pub const END_CAUSES: [EndCause; 10] = [
+pub const END_CAUSES: [EndCause; 11] = [
     EndCause::Terminated,
     EndCause::IceFailed,
     EndCause::DtlsFailed,
@@ -27,6 +27,7 @@ pub const END_CAUSES: [EndCause; 10] = [
     EndCause::InternalLegTimeout,
     EndCause::PeerClosed,
     EndCause::Drained,
+    EndCause::InternalLegFailed,
 ];
 
 // A new EndCause variant fails to compile here: add it to END_CAUSES too.
@@ -40,7 +41,8 @@ const _: fn(EndCause) = |c| match c {
     | EndCause::ConsentLost
     | EndCause::InternalLegTimeout
     | EndCause::PeerClosed
-    | EndCause::Drained => {}
+    | EndCause::Drained
+    | EndCause::InternalLegFailed => {}
 };
 
 /// The whole `/metrics` page.

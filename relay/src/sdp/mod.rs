@@ -5,6 +5,8 @@
 //!   Errors name the line ([`SdpError`]); input size is bounded ([`MAX_SDP_BYTES`]).
 //! - [`validate_whatsapp_offer`] / [`validate_internal`]: what each leg needs, checked and
 //!   extracted (transport, ICE, fingerprint, payload types, SDES keys).
+//! - [`parse_webrtc`] / [`validate_webrtc`] / [`LocalDescription::webrtc_offer`] /
+//!   [`LocalDescription::webrtc_answer`]: a browser agent's side of a WebRTC internal leg.
 //! - [`LocalDescription`]: our side, written with CRLF line endings, with constructors for the
 //!   WhatsApp answer, the WhatsApp offer and the internal leg.
 //!
@@ -15,19 +17,24 @@ mod fields;
 mod model;
 mod parse;
 mod validate;
+mod webrtc;
 mod write;
 
 pub use error::SdpError;
 pub use model::{
-    AudioMedia, Candidate, Crypto, Direction, Fingerprint, LineNumbers, MediaProto, Origin, RtpMap,
-    SessionDescription, Setup,
+    AudioMedia, Candidate, Crypto, Direction, Fingerprint, LineNumbers, MediaProto, MediaSection,
+    Origin, RtpMap, SessionDescription, Setup,
 };
-pub use parse::{MAX_LINE_BYTES, MAX_SDP_BYTES, parse, parse_bytes};
+pub use parse::{MAX_LINE_BYTES, MAX_SDP_BYTES, parse, parse_bytes, parse_webrtc};
 pub use validate::{
     DtlsRemote, InternalRemote, SdesCrypto, SdesRemote, TELEPHONE_EVENT_CLOCK, WaTransport,
     WhatsAppOffer, sdes_key_params, validate_internal, validate_whatsapp_offer,
 };
+pub use webrtc::{
+    WEBRTC_OFFER_MID, WEBRTC_STREAM_ID, WebRtcLocalParams, WebRtcRemote, validate_webrtc,
+    webrtc_answer_setup,
+};
 pub use write::{
     DEFAULT_OPUS_PT, DEFAULT_TELEPHONE_EVENT_PT, InternalLocalParams, LocalAudio, LocalDescription,
-    LocalIce, LocalPayload, LocalSecurity, META_OPUS_FMTP, PTIME_MS, WaLocalParams,
+    LocalIce, LocalPayload, LocalSecurity, META_OPUS_FMTP, PTIME_MS, RejectedMedia, WaLocalParams,
 };

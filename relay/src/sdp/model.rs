@@ -307,6 +307,23 @@ impl AudioMedia {
     }
 }
 
+/// One `m=` section as it appeared, in document order: enough to answer it (RFC 3264 §6: an
+/// answer has as many m-lines as the offer, in the same order; those we do not carry are
+/// rejected with port 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaSection {
+    /// `audio`, `video`, `application`, ...
+    pub media: String,
+    pub port: u16,
+    /// The protocol token as written (`UDP/TLS/RTP/SAVPF`, `UDP/DTLS/SCTP`, ...).
+    pub proto: String,
+    /// The format tokens as written.
+    pub formats: Vec<String>,
+    pub mid: Option<String>,
+    /// This is the active `m=audio` the relay carries ([`SessionDescription::audio`]).
+    pub carried: bool,
+}
+
 /// Where parsed values came from, so later validation can name the line it rejects.
 /// `0` where the value was absent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -338,6 +355,8 @@ pub struct SessionDescription {
     /// Mids of `a=group:BUNDLE`.
     pub bundle: Vec<String>,
     pub audio: AudioMedia,
+    /// Every m-section in order, the carried audio one included.
+    pub sections: Vec<MediaSection>,
     pub lines: LineNumbers,
 }
 

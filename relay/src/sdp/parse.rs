@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use super::error::SdpError;
 use super::fields;
 use super::model::{
-    AudioMedia, Direction, Fingerprint, LineNumbers, Origin, SessionDescription, Setup,
+    AudioMedia, Direction, Fingerprint, LineNumbers, MediaSection, Origin, SessionDescription,
+    Setup,
 };
 
 /// Documents larger than this are refused before any parsing. Real offers are 1–3 KiB.
@@ -15,6 +16,8 @@ pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// Lines longer than this are refused. The longest legitimate lines (a SHA-512 fingerprint,
 /// a long fmtp) are a few hundred bytes.
 pub const MAX_LINE_BYTES: usize = 4 * 1024;
+/// More m-sections than this are refused (browsers with many transceivers stay far below).
+const MAX_SECTIONS: usize = 64;
 
 /// Parse a session description with exactly one active `m=audio` section.
 ///
@@ -24,6 +27,18 @@ pub const MAX_LINE_BYTES: usize = 4 * 1024;
 /// more than one active stream, non-audio streams, unknown transports, and oversized input.
 /// Cost is linear in the input, which is bounded by [`MAX_SDP_BYTES`].
 pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
+    parse_with(text, false)
+}
+
+/// [`parse`] for a browser's description (a WebRTC internal leg): active sections other than
+/// the first `m=audio` (video, a data channel, a second audio transceiver) are recorded in
+/// [`SessionDescription::sections`] and otherwise skipped, so that our answer can reject them
+/// with port 0 instead of refusing the whole offer.
+pub fn parse_webrtc(text: &str) -> Result<SessionDescription, SdpError> {
+    parse_with(text, true)
+}
+
+fn parse_with(text: &str, skip_other_media: bool) -> Result<SessionDescription, SdpError> {
     if text.len() > MAX_SDP_BYTES {
         return Err(SdpError::document(format!(
             "document is {} bytes, the limit is {MAX_SDP_BYTES}",
@@ -31,7 +46,10 @@ pub fn parse(text: &str) -> Result<SessionDescription, SdpError> {
         )));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut walker = Walker::default();
+    let mut walker = Walker {
+        skip_other_media,
+        ..Walker::default()
+    };
     for (index, raw) in text.split('\n').enumerate() {
         let no = index + 1;
         if raw.len() > MAX_LINE_BYTES {
@@ -224,6 +242,10 @@ struct Walker {
     /// The active audio section, its shared-level values and its `m=` line number.
     audio: Option<(AudioMedia, Shared, usize)>,
     crypto_lines: Vec<usize>,
+    /// Every m-section seen so far.
+    sections: Vec<MediaSection>,
+    /// Browser mode: other active sections are skipped, not refused (see [`parse_webrtc`]).
+    skip_other_media: bool,
 }
 
 impl Walker {
@@ -244,7 +266,16 @@ impl Walker {
             _ => match self.section {
                 Section::Session => self.session_line(&line),
                 Section::Audio => self.audio_line(&line),
-                Section::Disabled => Ok(()),
+                Section::Disabled => {
+                    // Keep the mid of sections we do not carry: an answer must name them.
+                    if let ("mid", Some(mid)) = line.attribute()
+                        && let Some(last) = self.sections.last_mut()
+                        && last.mid.is_none()
+                    {
+                        last.mid = fields::token("mid", mid).ok();
+                    }
+                    Ok(())
+                }
             },
         }
     }
@@ -281,8 +312,21 @@ impl Walker {
             return Err(line.err("m= before the o= line"));
         }
         let m = fields::media_line(line.value).map_err(|r| line.err(r))?;
-        if m.port == 0 {
-            // A disabled stream (rejected, or bundled away): nothing to carry.
+        if self.sections.len() >= MAX_SECTIONS {
+            return Err(line.err(format!("more than {MAX_SECTIONS} m= sections")));
+        }
+        self.sections.push(MediaSection {
+            media: m.media.to_string(),
+            port: m.port,
+            proto: m.proto.to_string(),
+            formats: m.formats.iter().map(|f| f.to_string()).collect(),
+            mid: None,
+            carried: false,
+        });
+        let other = m.media != "audio" || self.audio.is_some();
+        if m.port == 0 || (other && self.skip_other_media) {
+            // A disabled stream (rejected, or bundled away), or one a browser offers that we
+            // will reject in the answer: nothing to carry.
             self.section = Section::Disabled;
             return Ok(());
         }
@@ -328,6 +372,9 @@ impl Walker {
         };
         self.audio = Some((audio, Shared::default(), line.no));
         self.section = Section::Audio;
+        if let Some(last) = self.sections.last_mut() {
+            last.carried = true;
+        }
         Ok(())
     }
 
@@ -389,6 +436,10 @@ impl Walker {
             .audio
             .ok_or_else(|| SdpError::document("no active m=audio section"))?;
         let session = self.session;
+        let mut sections = self.sections;
+        if let Some(s) = sections.iter_mut().find(|s| s.carried) {
+            s.mid.clone_from(&audio.mid);
+        }
 
         audio.connection = media.connection;
         audio.ice_ufrag = media.ice_ufrag.clone();
@@ -417,6 +468,7 @@ impl Walker {
             setup: session.setup.map(|(s, _)| s),
             bundle: self.bundle,
             audio,
+            sections,
             lines,
         })
     }

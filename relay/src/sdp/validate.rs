@@ -343,7 +343,7 @@ pub fn sdes_key_params(key: &MasterKey) -> String {
 }
 
 /// The `m=` line, rebuilt for error messages (the parsed form drops nothing that matters).
-fn m_line_text(sd: &SessionDescription) -> String {
+pub(super) fn m_line_text(sd: &SessionDescription) -> String {
     let formats: Vec<String> = sd.audio.formats.iter().map(u8::to_string).collect();
     format!(
         "m=audio {} {} {}",

@@ -27,6 +27,21 @@ pub struct LocalDescription {
     pub origin_addr: IpAddr,
     pub ice_lite: bool,
     pub audio: LocalAudio,
+    /// Sections of the offer we answer with port 0 (a browser's video or data channel), in
+    /// offer order around the audio section.
+    pub rejected: Vec<RejectedMedia>,
+}
+
+/// An offered m-section our answer rejects (RFC 3264 §6: port 0, same media, protocol and
+/// formats; RFC 8843: not in the BUNDLE group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedMedia {
+    /// Written before our audio section (it came before the audio in the offer).
+    pub before_audio: bool,
+    pub media: String,
+    pub proto: String,
+    pub formats: Vec<String>,
+    pub mid: Option<String>,
 }
 
 /// Our `m=audio` section.
@@ -50,6 +65,9 @@ pub struct LocalAudio {
     pub crypto: Option<(u32, String, String)>,
     /// `(ssrc, cname)` for `a=ssrc:<ssrc> cname:<cname>`.
     pub ssrc: Option<(u32, String)>,
+    /// `(stream id, track id)` for `a=msid` (RFC 8830): WebRTC stacks hand the remote track to
+    /// the application inside this stream (`ontrack`'s `event.streams[0]`).
+    pub msid: Option<(String, String)>,
     pub direction: Direction,
 }
 
@@ -244,6 +262,7 @@ impl LocalDescription {
             origin_addr: ours.connection,
             ice_lite: false,
             audio,
+            rejected: Vec::new(),
         })
     }
 
@@ -288,6 +307,7 @@ impl LocalDescription {
             origin_addr: params.connection,
             ice_lite: false,
             audio,
+            rejected: Vec::new(),
         }
     }
 
@@ -325,8 +345,10 @@ impl LocalDescription {
                 setup: None,
                 crypto,
                 ssrc: params.ssrc,
+                msid: None,
                 direction: params.direction,
             },
+            rejected: Vec::new(),
         }
     }
 
@@ -351,6 +373,21 @@ impl LocalDescription {
         if self.ice_lite {
             out.line(format_args!("a=ice-lite"));
         }
+        if let Some((stream, _)) = &a.msid {
+            out.line(format_args!("a=msid-semantic: WMS {}", Clean(stream)));
+        }
+        for r in self.rejected.iter().filter(|r| r.before_audio) {
+            write_rejected(&mut out, r);
+        }
+        self.write_audio(&mut out);
+        for r in self.rejected.iter().filter(|r| !r.before_audio) {
+            write_rejected(&mut out, r);
+        }
+        out.0
+    }
+
+    fn write_audio(&self, out: &mut Sdp) {
+        let a = &self.audio;
         let pts: Vec<String> = a.payloads.iter().map(|p| p.pt.to_string()).collect();
         out.line(format_args!(
             "m=audio {} {} {}",
@@ -390,6 +427,9 @@ impl LocalDescription {
             out.line(format_args!("a=mid:{}", Clean(mid)));
         }
         out.line(format_args!("a={}", a.direction.as_str()));
+        if let Some((stream, track)) = &a.msid {
+            out.line(format_args!("a=msid:{} {}", Clean(stream), Clean(track)));
+        }
         if a.rtcp_mux {
             out.line(format_args!("a=rtcp-mux"));
         }
@@ -444,8 +484,31 @@ impl LocalDescription {
         }
         if let Some((ssrc, cname)) = &a.ssrc {
             out.line(format_args!("a=ssrc:{ssrc} cname:{}", Clean(cname)));
+            if let Some((stream, track)) = &a.msid {
+                out.line(format_args!(
+                    "a=ssrc:{ssrc} msid:{} {}",
+                    Clean(stream),
+                    Clean(track)
+                ));
+            }
         }
-        out.0
+    }
+}
+
+/// A rejected section: port 0, no transport parameters, its mid so the peer can match it.
+fn write_rejected(out: &mut Sdp, r: &RejectedMedia) {
+    out.line(format_args!(
+        "m={} 0 {} {}",
+        Clean(&r.media),
+        Clean(&r.proto),
+        Clean(&r.formats.join(" "))
+    ));
+    out.line(format_args!("c=IN IP4 0.0.0.0"));
+    if let Some(mid) = &r.mid {
+        out.line(format_args!("a=mid:{}", Clean(mid)));
+    }
+    if r.proto.contains("RTP") {
+        out.line(format_args!("a=inactive"));
     }
 }
 
@@ -476,6 +539,7 @@ fn wa_audio(
         setup: None,
         crypto: None,
         ssrc: params.ssrc.clone(),
+        msid: None,
         direction: Direction::SendRecv,
     }
 }
