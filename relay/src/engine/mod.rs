@@ -6,6 +6,7 @@
 //! shard's command queue and never leaves it. The handle keeps the control-plane registry
 //! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
 
+pub mod ratelimit;
 mod shard;
 pub mod snapshot;
 mod sockets;
@@ -47,6 +48,8 @@ pub struct EngineConfig {
     /// Calls this relay admits in total.
     pub capacity: u32,
     pub call: CallConfig,
+    /// Per-source budget for datagrams from addresses no call knows yet.
+    pub rate_limit: ratelimit::RateLimitConfig,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +70,7 @@ impl Default for EngineConfig {
             max_calls_per_number: 1000,
             capacity: 10_000,
             call: CallConfig::default(),
+            rate_limit: ratelimit::RateLimitConfig::default(),
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct ShardStats {
     pub packets_out: AtomicU64,
     pub send_errors: AtomicU64,
     pub recv_errors: AtomicU64,
+    /// Datagrams from unknown sources dropped by the per-source limiter (both legs).
+    pub rate_limited: AtomicU64,
 }
 
 struct ShardHandle {
@@ -184,6 +190,7 @@ impl Engine {
                 events_tx.clone(),
                 stats.clone(),
                 totals.clone(),
+                cfg.rate_limit,
             );
             let thread = std::thread::Builder::new()
                 .name(format!("relay-shard-{id}"))
