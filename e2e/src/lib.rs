@@ -4,12 +4,14 @@
 //! `webrtc-srtp`, and STUN/RTP/SDP codecs of its own, so the relay is proven against code it
 //! does not share.
 //!
+//! - [`faults::FaultProxy`]: a loopback proxy injecting loss, duplication, jitter, reordering.
 //! - [`meta::MetaPeer`]: WhatsApp's media endpoint (ICE-lite, DTLS either role or SDES, Opus).
 //! - [`sip::SipPeer`]: the internal leg as a SIP media server (plain RTP or SDES-SRTP).
 //! - [`meta::MetaCore`] / [`sip::SipCore`]: the same peers sans-IO, for drivers that own
 //!   their sockets (the load test).
 
 pub mod dtls;
+pub mod faults;
 pub mod media;
 pub mod meta;
 pub mod rtp;

@@ -12,6 +12,14 @@
 //! - Then SRTP/SRTCP: Opus on PT 111 every 20 ms when told, RFC 4733 DTMF, an SR every ~5 s;
 //!   every received packet is recorded.
 //! - SDES mode: RTP/SAVP with `a=crypto`, no ICE, no DTLS.
+//! - Moving (opt-in, [`MetaConfig::spare_v4`]): [`MetaHandle::move_address`] switches the IPv4
+//!   side to a second socket mid-call (a network change) and sends authenticated checks from
+//!   it; the old socket goes deaf. Assumption, written down because Meta documents nothing
+//!   here: a lite agent sends no checks in RFC 8445, and Meta's side facing us is a media
+//!   server that does not roam (the consumer's Wi-Fi → mobile change happens behind it), but
+//!   with no ICE restart and no renegotiation (reference facts) the only way an ICE endpoint
+//!   can announce a new address is an authenticated Binding request from it. That is what a
+//!   full agent does (RFC 8445 §7.3.1.3-4) and what the relay must handle safely either way.
 //!
 //! [`MetaCore`] is the sans-IO core (the load test can drive many of them on its own sockets);
 //! [`MetaPeer::spawn`] runs one on loopback sockets in a thread.
@@ -77,6 +85,8 @@ pub struct MetaConfig {
     pub wait_for_media: bool,
     /// Answer checks even before the relay's SDP is known (real Meta does not).
     pub answer_checks_before_sdp: bool,
+    /// Bind a second IPv4 socket, unannounced, for [`MetaHandle::move_address`].
+    pub spare_v4: bool,
 }
 
 impl Default for MetaConfig {
@@ -99,6 +109,7 @@ impl Default for MetaConfig {
             dtls_retransmit: Duration::from_secs(1),
             wait_for_media: false,
             answer_checks_before_sdp: false,
+            spare_v4: false,
         }
     }
 }
@@ -130,6 +141,23 @@ impl MetaConfig {
         self.wait_for_media = true;
         self
     }
+    /// Able to move to a new IPv4 address mid-call.
+    pub fn spare_v4(mut self) -> Self {
+        self.spare_v4 = true;
+        self
+    }
+}
+
+/// Checks a moved peer sends from its new address until one is answered.
+const MOVE_CHECK_EVERY: Duration = Duration::from_millis(100);
+const MOVE_CHECKS_MAX: u32 = 50;
+
+#[derive(Clone, Debug)]
+struct MoveCheck {
+    tid: [u8; 12],
+    to: SocketAddr,
+    next_send: Instant,
+    sends_left: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +195,11 @@ pub struct MetaStats {
     pub dtls_failure: Option<String>,
     pub srtp_profile: Option<SrtpProfile>,
     pub media: MediaStats,
+    /// After [`MetaCore::move_address`]: checks sent from the new address, when one was
+    /// answered, and datagrams that still reached the old (abandoned) socket.
+    pub move_checks_sent: u64,
+    pub move_answered_at: Option<Instant>,
+    pub ignored_after_move: u64,
 }
 
 /// The sans-IO Meta endpoint.
@@ -192,6 +225,11 @@ pub struct MetaCore {
     recorder: Recorder,
     stats: MetaStats,
     out: VecDeque<(usize, SocketAddr, Vec<u8>)>,
+    /// The unannounced second IPv4 socket (runner index, address), and whether IPv4 moved
+    /// to it.
+    spare_v4: Option<(usize, SocketAddr)>,
+    moved: bool,
+    move_check: Option<MoveCheck>,
 }
 
 impl std::fmt::Debug for MetaCore {
@@ -263,6 +301,9 @@ impl MetaCore {
             recorder: Recorder::default(),
             stats: MetaStats::default(),
             out: VecDeque::new(),
+            spare_v4: None,
+            moved: false,
+            move_check: None,
             cfg,
             local_v4,
             local_v6,
@@ -415,14 +456,96 @@ impl MetaCore {
     }
 
     fn push(&mut self, family: Family, to: SocketAddr, data: Vec<u8>) {
-        self.out.push_back((family.index(), to, data));
+        let socket = match (family, self.spare_v4) {
+            (Family::V4, Some((i, _))) if self.moved => i,
+            _ => family.index(),
+        };
+        self.out.push_back((socket, to, data));
+    }
+
+    /// Registers the second IPv4 socket (runner index `socket`) used by [`Self::move_address`].
+    pub fn set_spare_v4(&mut self, socket: usize, addr: SocketAddr) {
+        self.spare_v4 = Some((socket, addr));
+    }
+
+    /// The IPv4 address in use: the spare one after a move.
+    pub fn current_v4(&self) -> SocketAddr {
+        match self.spare_v4 {
+            Some((_, a)) if self.moved => a,
+            _ => self.local_v4,
+        }
+    }
+
+    /// A network change: IPv4 traffic moves to the spare socket, the old one goes deaf, and
+    /// an authenticated check (ICE-CONTROLLED, our peer-reflexive priority, the relay's
+    /// password) goes from the new address to where our IPv4 media went, every 100 ms until
+    /// answered. Returns `false` without a spare socket or an IPv4 path to move.
+    pub fn move_address(&mut self, now: Instant) -> bool {
+        let to = match self.target {
+            Some((Family::V4, to)) => to,
+            _ => return false,
+        };
+        if self.spare_v4.is_none() || self.moved {
+            return false;
+        }
+        self.moved = true;
+        self.move_check = Some(MoveCheck {
+            tid: rand::random(),
+            to,
+            next_send: now,
+            sends_left: MOVE_CHECKS_MAX,
+        });
+        self.send_move_check(now);
+        true
+    }
+
+    fn send_move_check(&mut self, now: Instant) {
+        let Some(remote) = self.remote.as_ref() else {
+            return;
+        };
+        let (Some(ufrag), Some(pwd)) = (remote.ufrag.clone(), remote.pwd.clone()) else {
+            return;
+        };
+        let Some(check) = self.move_check.as_mut() else {
+            return;
+        };
+        if now < check.next_send || check.sends_left == 0 {
+            return;
+        }
+        check.sends_left -= 1;
+        check.next_send = now + MOVE_CHECK_EVERY;
+        let (tid, to) = (check.tid, check.to);
+        // RFC 8445 §5.1.2.1 peer-reflexive priority: type preference 110.
+        let priority: u32 = (110 << 24) | (65535 << 8) | 255;
+        let req = crate::stun::MessageWriter::new(BINDING_REQUEST, tid)
+            .attr(
+                crate::stun::ATTR_USERNAME,
+                format!("{ufrag}:{}", self.ufrag).as_bytes(),
+            )
+            .attr(crate::stun::ATTR_PRIORITY, &priority.to_be_bytes())
+            .attr(ATTR_ICE_CONTROLLED, &rand::random::<u64>().to_be_bytes())
+            .message_integrity(pwd.as_bytes())
+            .fingerprint()
+            .finish();
+        self.stats.move_checks_sent += 1;
+        self.push(Family::V4, to, req);
     }
 
     fn on_stun(&mut self, now: Instant, family: Family, from: SocketAddr, data: &[u8]) {
         let Ok(msg) = Message::parse(data) else {
             return;
         };
-        // A lite agent sends no requests, so it has no responses to read.
+        // A lite agent reads no responses, except to the checks it sent after moving.
+        if msg.msg_type == crate::stun::BINDING_SUCCESS
+            && let Some(check) = self.move_check.as_ref()
+            && msg.transaction_id == check.tid
+            && let Some(pwd) = self.remote.as_ref().and_then(|r| r.pwd.clone())
+            && msg.check_integrity(pwd.as_bytes())
+        {
+            self.move_check = None;
+            self.stats.move_answered_at = Some(now);
+            return;
+        }
         if msg.msg_type != BINDING_REQUEST || self.local_crypto.is_some() {
             return;
         }
@@ -675,6 +798,7 @@ impl MetaCore {
     }
 
     pub fn poll_at(&mut self, now: Instant) {
+        self.send_move_check(now);
         if let Some(d) = self.dtls.as_mut()
             && d.poll_timeout().is_some_and(|t| now >= t)
         {
@@ -695,7 +819,12 @@ impl MetaCore {
         } else {
             None
         };
-        [dtls, media].into_iter().flatten().min()
+        let moving = self
+            .move_check
+            .as_ref()
+            .filter(|c| c.sends_left > 0)
+            .map(|c| c.next_send);
+        [dtls, media, moving].into_iter().flatten().min()
     }
 
     /// The next datagram to send: (socket family, destination, bytes).
@@ -708,7 +837,17 @@ impl MetaCore {
 
 impl PeerCore for MetaCore {
     fn handle(&mut self, now: Instant, socket: usize, from: SocketAddr, data: &[u8]) {
-        let family = if socket == 0 { Family::V4 } else { Family::V6 };
+        let spare = self.spare_v4.map(|(i, _)| i);
+        let family = if socket == 0 || spare == Some(socket) {
+            Family::V4
+        } else {
+            Family::V6
+        };
+        // After a move the old network is gone: nothing arrives there any more.
+        if self.moved && socket == 0 {
+            self.stats.ignored_after_move += 1;
+            return;
+        }
         self.handle_datagram(now, family, from, data);
     }
     fn poll(&mut self, now: Instant) {
@@ -736,11 +875,23 @@ impl MetaPeer {
         } else {
             None
         };
+        let spare = if cfg.spare_v4 {
+            Some(std::net::UdpSocket::bind(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                0,
+            ))?)
+        } else {
+            None
+        };
         let local_v4 = v4.local_addr()?;
         let local_v6 = v6.as_ref().and_then(|s| s.local_addr().ok());
-        let core = MetaCore::new(cfg, local_v4, local_v6)?;
+        let mut core = MetaCore::new(cfg, local_v4, local_v6)?;
         let mut sockets = vec![v4];
         sockets.extend(v6);
+        if let Some(spare) = spare {
+            core.set_spare_v4(sockets.len(), spare.local_addr()?);
+            sockets.push(spare);
+        }
         Ok(MetaHandle {
             runner: Runner::spawn("meta-peer", core, sockets)?,
         })
@@ -772,6 +923,15 @@ impl MetaHandle {
     }
     pub fn local_addrs(&self) -> (SocketAddr, Option<SocketAddr>) {
         self.runner.lock().local_addrs()
+    }
+    /// The IPv4 address in use (the spare one after [`Self::move_address`]).
+    pub fn current_v4(&self) -> SocketAddr {
+        self.runner.lock().current_v4()
+    }
+    /// Moves IPv4 to the spare socket (needs [`MetaConfig::spare_v4`]); see
+    /// [`MetaCore::move_address`].
+    pub fn move_address(&self) -> bool {
+        self.runner.with(|c| c.move_address(Instant::now()))
     }
     pub fn ufrag(&self) -> String {
         self.runner.lock().ufrag().to_string()

@@ -34,6 +34,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::call::{Advertised, CallConfig};
 use crate::control::{ControlConfig, TlsFiles};
+use crate::engine::ratelimit::RateLimitConfig;
 use crate::engine::{EngineConfig, PortRange};
 
 /// Longest duration any setting accepts. Deadlines are added to `Instant`s, which panics on
@@ -65,6 +66,9 @@ pub struct Settings {
     pub capacity: u32,
     /// Percent; see [`EngineConfig::max_shard_busy`].
     pub max_shard_busy_percent: u32,
+    /// Per source IP: datagrams from addresses no call knows, at once and per second.
+    pub rate_limit_burst: u32,
+    pub rate_limit_per_second: u32,
     pub log_json: bool,
     pub call_log_dir: Option<PathBuf>,
     pub call_log_poll_interval: Duration,
@@ -95,6 +99,8 @@ impl Default for Settings {
             max_calls_per_number: 1000,
             capacity: 10_000,
             max_shard_busy_percent: 90,
+            rate_limit_burst: RateLimitConfig::default().burst,
+            rate_limit_per_second: RateLimitConfig::default().per_second,
             log_json: false,
             call_log_dir: None,
             call_log_poll_interval: Duration::from_secs(2),
@@ -195,6 +201,10 @@ pub const KEYS: &[Key] = &[
         "calls this relay admits in total; /readyz turns 503 at it"),
     key("max_shard_busy_percent", "max-shard-busy-percent", "RELAY_MAX_SHARD_BUSY_PERCENT", Kind::Integer,
         "refuse new calls (UNAVAILABLE, /readyz 503) while every shard worked at least this share of the last second; 100 = never"),
+    key("rate_limit_burst", "rate-limit-burst", "RELAY_RATE_LIMIT_BURST", Kind::Integer,
+        "datagrams a source IP no call knows may send at once before it is dropped unread"),
+    key("rate_limit_per_second", "rate-limit-per-second", "RELAY_RATE_LIMIT_PER_SECOND", Kind::Integer,
+        "... and per second after the burst (0: no refill)"),
     key("log_json", "log-json", "RELAY_LOG_JSON", Kind::Bool,
         "log JSON lines instead of text"),
     key("call_log_dir", "call-log-dir", "RELAY_CALL_LOG_DIR", Kind::Path,
@@ -506,6 +516,8 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "max_calls_per_number" => s.max_calls_per_number = integer(v, 1, u32::MAX)?,
         "capacity" => s.capacity = integer(v, 1, u32::MAX)?,
         "max_shard_busy_percent" => s.max_shard_busy_percent = integer(v, 1, 100)?,
+        "rate_limit_burst" => s.rate_limit_burst = integer(v, 1, u32::MAX)?,
+        "rate_limit_per_second" => s.rate_limit_per_second = integer(v, 0, u32::MAX)?,
         "log_json" => s.log_json = boolean(v)?,
         "call_log_dir" => s.call_log_dir = Some(path(v)?),
         "call_log_poll_interval" => s.call_log_poll_interval = duration(v)?,
@@ -562,6 +574,8 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "max_calls_per_number" => int(s.max_calls_per_number.into()),
         "capacity" => int(s.capacity.into()),
         "max_shard_busy_percent" => int(s.max_shard_busy_percent.into()),
+        "rate_limit_burst" => int(s.rate_limit_burst.into()),
+        "rate_limit_per_second" => int(s.rate_limit_per_second.into()),
         "log_json" => Some(V::Boolean(s.log_json)),
         "call_log_dir" => path(&s.call_log_dir),
         "call_log_poll_interval" => dur(s.call_log_poll_interval),
@@ -707,6 +721,11 @@ impl Settings {
             capacity: self.capacity,
             max_shard_busy: f64::from(self.max_shard_busy_percent) / 100.0,
             call: self.call.clone(),
+            rate_limit: RateLimitConfig {
+                burst: self.rate_limit_burst,
+                per_second: self.rate_limit_per_second,
+                ..RateLimitConfig::default()
+            },
         }
     }
 

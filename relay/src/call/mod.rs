@@ -494,4 +494,22 @@ impl Call {
             self.send_silence(now, out);
         }
     }
+
+    /// Does this call expect datagrams from `from` on `via`? True for the WhatsApp leg's
+    /// selected and ICE-validated pairs (or the SDES address) and the remotes ICE is checking
+    /// (Meta's candidates: their first responses arrive before the pair is valid, and one Meta
+    /// server carries many calls), and for the internal leg's accepted remote. The shard
+    /// rate-limits everything else per source before it gets here.
+    pub fn knows_source(&self, via: SocketRef, from: SocketAddr) -> bool {
+        if via.is_whatsapp() {
+            self.wa.accepts(via, from)
+                || self
+                    .wa
+                    .ice
+                    .as_ref()
+                    .is_some_and(|ice| ice.is_remote_candidate(via, from))
+        } else {
+            self.internal.remote == Some(from)
+        }
+    }
 }

@@ -24,9 +24,12 @@ pub enum DropReason {
     NotReady,
     /// A protocol the leg does not speak (e.g. DTLS on a plain-RTP leg).
     Unexpected,
+    /// From a source the call does not know, over its per-source budget: dropped by the
+    /// shard before any parsing (counted per shard, not per call).
+    RateLimited,
 }
 
-pub const DROP_REASONS: [DropReason; 7] = [
+pub const DROP_REASONS: [DropReason; 8] = [
     DropReason::BadSource,
     DropReason::Malformed,
     DropReason::AuthFailed,
@@ -34,6 +37,7 @@ pub const DROP_REASONS: [DropReason; 7] = [
     DropReason::UnknownPayloadType,
     DropReason::NotReady,
     DropReason::Unexpected,
+    DropReason::RateLimited,
 ];
 
 impl DropReason {
@@ -50,6 +54,7 @@ impl DropReason {
             DropReason::UnknownPayloadType => "unknown_payload_type",
             DropReason::NotReady => "not_ready",
             DropReason::Unexpected => "unexpected",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! shard's command queue and never leaves it. The handle keeps the control-plane registry
 //! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
 
+pub mod ratelimit;
 mod shard;
 pub mod snapshot;
 mod sockets;
@@ -51,6 +52,8 @@ pub struct EngineConfig {
     /// with UNAVAILABLE and /readyz turns 503, so the calls already up keep their core.
     pub max_shard_busy: f64,
     pub call: CallConfig,
+    /// Per-source budget for datagrams from addresses no call knows yet.
+    pub rate_limit: ratelimit::RateLimitConfig,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +75,7 @@ impl Default for EngineConfig {
             capacity: 10_000,
             max_shard_busy: 0.9,
             call: CallConfig::default(),
+            rate_limit: ratelimit::RateLimitConfig::default(),
         }
     }
 }
@@ -84,6 +88,8 @@ pub struct ShardStats {
     pub packets_out: AtomicU64,
     pub send_errors: AtomicU64,
     pub recv_errors: AtomicU64,
+    /// Datagrams from unknown sources dropped by the per-source limiter (both legs).
+    pub rate_limited: AtomicU64,
 }
 
 struct ShardHandle {
@@ -191,6 +197,7 @@ impl Engine {
                 events_tx.clone(),
                 stats.clone(),
                 totals.clone(),
+                cfg.rate_limit,
             );
             let thread = std::thread::Builder::new()
                 .name(format!("relay-shard-{id}"))

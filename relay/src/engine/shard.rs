@@ -23,6 +23,7 @@ use crate::api::{
 use crate::call::stats::DropReason;
 use crate::call::{Advertised, Call, LocalSockets};
 use crate::engine::ShardStats;
+use crate::engine::ratelimit::{RateLimitConfig, RateLimiter};
 use crate::engine::snapshot::ShardTotals;
 use crate::engine::udp::{BATCH, RecvBatch, SendBatch};
 use crate::net::{Outbox, SocketRef};
@@ -128,6 +129,10 @@ pub(crate) struct Shard {
     last_publish: Instant,
     /// Packets in + out at the last publish, for the packets/s figure.
     packets_at_publish: u64,
+    /// Budget of datagrams from sources no call knows, and what it dropped per leg
+    /// (WhatsApp, internal).
+    limiter: RateLimiter,
+    rate_limited: [u64; 2],
 }
 
 /// How often a shard folds its counters into the published snapshot (metrics resolution).
@@ -141,8 +146,11 @@ impl Shard {
         events_out: Sender<CallEvent>,
         stats: Arc<ShardStats>,
         published: Arc<std::sync::Mutex<ShardTotals>>,
+        rate_limit: RateLimitConfig,
     ) -> Self {
         Shard {
+            limiter: RateLimiter::new(rate_limit, Instant::now()),
+            rate_limited: [0; 2],
             totals: ShardTotals::new(id as u32),
             published,
             next_publish: Instant::now(),
@@ -218,6 +226,9 @@ impl Shard {
             t.srtp_auth_failures_internal +=
                 slot.call.dropped(LegKind::Internal, DropReason::AuthFailed);
         }
+        let limited = DropReason::RateLimited.index();
+        t.whatsapp.drops[limited] += self.rate_limited[0];
+        t.internal.drops[limited] += self.rate_limited[1];
         t.calls = self.by_id.len() as u64;
         t.packets_in = self.stats.packets_in.load(Ordering::Relaxed);
         t.packets_out = self.send.sent;
@@ -255,6 +266,11 @@ impl Shard {
             for i in 0..n {
                 let (buf, len, from) = self.recv.get(i);
                 let Some(from) = from else { continue };
+                // Strangers pay per source before anything reads their bytes.
+                if !slot.call.knows_source(via, from) && !self.limiter.allow(from.ip(), now) {
+                    self.rate_limited[usize::from(!via.is_whatsapp())] += 1;
+                    continue;
+                }
                 let mut out = SlotOutbox {
                     batch: &mut self.send,
                     fds: slot.fds,
@@ -556,6 +572,10 @@ impl Shard {
     }
 
     fn publish_stats(&self) {
+        self.stats.rate_limited.store(
+            self.rate_limited[0] + self.rate_limited[1],
+            Ordering::Relaxed,
+        );
         self.stats
             .packets_out
             .store(self.send.sent, Ordering::Relaxed);

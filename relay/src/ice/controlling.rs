@@ -23,7 +23,11 @@
 //! - **Moving peers**: an authenticated request from an unknown address becomes a
 //!   peer-reflexive candidate with a triggered check; so does a candidate added late. When a
 //!   check to such a new remote succeeds after selection, the selected pair switches to it
-//!   ([`IceEvent::SelectedPairChanged`]).
+//!   ([`IceEvent::SelectedPairChanged`]). Both directions must authenticate: the request with
+//!   our password (anything else gets no answer and no check), the response to our check
+//!   with the peer's, so someone replaying a captured check from elsewhere gets one answer
+//!   and a check it cannot answer, never the call. When the pair table is full, a dead pair
+//!   (failed or cancelled) makes room for the new one.
 //! - **Connect timeout** counts from the moment checks can start (remote credentials and a
 //!   pair), not from creation: business-initiated calls learn Meta's credentials only when
 //!   the callee answers.
@@ -274,6 +278,14 @@ impl ControllingAgent {
         self.pairs
             .iter()
             .any(|p| p.via == via && p.remote == remote && p.state == PairState::Succeeded)
+    }
+
+    /// Is `addr` a remote this agent checks on `via` (from the SDP, or peer-reflexive from
+    /// an authenticated request)? Such a source is expected, validated or not: the shard does
+    /// not charge it to the per-source limit, since one Meta server address carries many
+    /// calls whose first responses all arrive before their pairs are valid.
+    pub fn is_remote_candidate(&self, via: SocketRef, addr: SocketAddr) -> bool {
+        self.pairs.iter().any(|p| p.via == via && p.remote == addr)
     }
 
     fn ready(&self) -> bool {
@@ -554,9 +566,19 @@ impl ControllingAgent {
             }
             return;
         }
-        if self.pairs.len() >= self.cfg.max_pairs {
-            return;
-        }
+        // A full table recycles a dead pair (failed, or cancelled by the selection), so checks
+        // a stranger replays from many addresses cannot lock a moving peer out for good.
+        let slot = if self.pairs.len() < self.cfg.max_pairs {
+            None
+        } else {
+            match self.pairs.iter().enumerate().position(|(j, p)| {
+                Some(j) != self.selected
+                    && matches!(p.state, PairState::Failed | PairState::Cancelled)
+            }) {
+                Some(j) => Some(j),
+                None => return,
+            }
+        };
         self.add_remote(from, priority);
         let local = self
             .locals
@@ -564,7 +586,7 @@ impl ControllingAgent {
             .find(|l| l.socket == via && l.addr.is_ipv4() == from.is_ipv4())
             .map_or(u16::MAX, |l| l.local_pref);
         let host = candidate_priority(TYPE_PREF_HOST, local, 1);
-        self.pairs.push(Pair {
+        let pair = Pair {
             via,
             remote: from,
             prflx_priority: candidate_priority(TYPE_PREF_PEER_REFLEXIVE, local, 1),
@@ -576,7 +598,11 @@ impl ControllingAgent {
             rto: self.cfg.rto_initial,
             triggered: true,
             may_switch: self.selected.is_some(),
-        });
+        };
+        match slot.and_then(|j| self.pairs.get_mut(j)) {
+            Some(dead) => *dead = pair,
+            None => self.pairs.push(pair),
+        }
     }
 
     fn on_response(&mut self, now: Instant, via: SocketRef, from: SocketAddr, msg: &StunMessage) {

@@ -861,3 +861,147 @@ fn unusable_remote_credentials_fail_the_agent() {
     assert_eq!(a.poll_event(), Some(IceEvent::Failed));
     assert_eq!(a.state(), IceState::Failed);
 }
+
+/// Connects the simulation and returns the selected pair.
+fn connected(sim: &mut Sim) -> (SocketRef, SocketAddr) {
+    sim.run_for(Duration::from_secs(1));
+    assert!(matches!(sim.a_events()[..], [IceEvent::Connected { .. }]));
+    sim.a.selected().unwrap()
+}
+
+#[test]
+fn wrong_credentials_from_a_new_address_get_no_answer_no_check_and_no_takeover() {
+    let mut sim = Sim::new(cfg(), Duration::from_millis(5));
+    let (via, remote) = connected(&mut sim);
+    let stranger: SocketAddr = if via == WaV4 {
+        addr("198.51.100.66:4000")
+    } else {
+        addr("[2001:db8:66::1]:4000")
+    };
+    let before = sim.a_log.sent.len();
+    // Wrong password; right password but a made-up ufrag; and no integrity at all.
+    sim.inject_to_a(
+        via,
+        stranger,
+        request_to_a("not-the-password-at-all", &a_creds().ufrag, false, [1; 12]),
+    );
+    sim.inject_to_a(
+        via,
+        stranger,
+        request_to_a(&a_creds().pwd, "Xx99Yy88", false, [2; 12]),
+    );
+    let mut buf = [0u8; 128];
+    let mut w = StunWriter::new(&mut buf, StunClass::Request, BINDING, [3; 12]).unwrap();
+    w.username(format!("{}:{}", a_creds().ufrag, b_creds().ufrag).as_bytes())
+        .unwrap()
+        .priority(1)
+        .unwrap()
+        .ice_controlled(1)
+        .unwrap();
+    let n = w.finish(None, true).unwrap();
+    sim.inject_to_a(via, stranger, buf[..n].to_vec());
+    sim.run_for(Duration::from_secs(20));
+    assert!(
+        sim.a_log.sent[before..]
+            .iter()
+            .all(|(_, s)| s.to != stranger),
+        "nothing at all goes to the stranger"
+    );
+    assert_eq!(sim.a.stats().rejected_requests, 3);
+    assert_eq!(sim.a.selected(), Some((via, remote)));
+    assert!(!sim.a.is_valid_pair(via, stranger));
+    assert_eq!(sim.a_events().len(), 1, "no SelectedPairChanged");
+}
+
+#[test]
+fn a_check_replayed_from_elsewhere_gets_one_answer_but_not_the_call() {
+    // Someone on the path copies a genuine check (valid integrity) and sends it from their
+    // own address: it is answered (integrity is all a request can prove), and A checks the
+    // new address, but only the real peer can answer that check with the peer's password.
+    let mut sim = Sim::new(cfg(), Duration::from_millis(5));
+    let (via, remote) = connected(&mut sim);
+    let thief: SocketAddr = if via == WaV4 {
+        addr("198.51.100.77:4000")
+    } else {
+        addr("[2001:db8:77::1]:4000")
+    };
+    let before = sim.a_log.sent.len();
+    sim.inject_to_a(
+        via,
+        thief,
+        request_to_a(&a_creds().pwd, &a_creds().ufrag, false, [9; 12]),
+    );
+    // The thief answers A's check, but it can only sign with a key it knows.
+    sim.run_for(Duration::from_millis(30));
+    let check = sim.a_log.sent[before..]
+        .iter()
+        .find(|(_, s)| s.to == thief && stun::parse(&s.data).unwrap().class() == StunClass::Request)
+        .map(|(_, s)| stun::parse(&s.data).unwrap().transaction_id())
+        .expect("a triggered check to the new address");
+    sim.inject_to_a(
+        via,
+        thief,
+        response_to_a(StunClass::SuccessResponse, check, "guessed-key", None),
+    );
+    sim.run_for(Duration::from_secs(15));
+    assert_eq!(sim.a.selected(), Some((via, remote)), "the call stays put");
+    assert!(!sim.a.is_valid_pair(via, thief));
+    assert_eq!(sim.a.stats().bad_integrity_drops, 1);
+    assert_eq!(sim.a_events().len(), 1);
+    // The check to the thief gives up at the connect timeout: a bounded number of datagrams.
+    let to_thief = sim.a_checks_to(thief).len();
+    assert!(
+        (2..=30).contains(&to_thief),
+        "checks to the thief: {to_thief}"
+    );
+    // Consent with the real peer is unaffected.
+    assert_eq!(sim.a.state(), IceState::Connected);
+}
+
+#[test]
+fn a_moved_peer_gets_through_a_pair_table_full_of_dead_pairs() {
+    let mut sim = Sim::new(cfg(), Duration::from_millis(5));
+    let (via, _) = connected(&mut sim);
+    let v4 = via == WaV4;
+    // Sixteen replayed checks from addresses nobody answers fill the table; their checks
+    // fail at the connect timeout.
+    for i in 0..20u8 {
+        let from = if v4 {
+            addr(&format!("198.51.100.{}:4000", 100 + i))
+        } else {
+            addr(&format!("[2001:db8:99::{}]:4000", 100 + i))
+        };
+        sim.inject_to_a(
+            via,
+            from,
+            request_to_a(&a_creds().pwd, &a_creds().ufrag, false, [i; 12]),
+        );
+    }
+    sim.run_for(Duration::from_secs(12));
+    // The real peer moves and checks from its new address.
+    let moved = if v4 {
+        addr("157.240.1.2:3479")
+    } else {
+        addr("[2a03:2880::2]:3479")
+    };
+    sim.b_addrs.retain(|(r, _)| *r != via);
+    sim.b_addrs.push((via, moved));
+    sim.inject_to_a(
+        via,
+        moved,
+        request_to_a(&a_creds().pwd, &a_creds().ufrag, false, [0xee; 12]),
+    );
+    sim.run_for(Duration::from_millis(300));
+    assert_eq!(sim.a.selected(), Some((via, moved)));
+    assert_eq!(
+        sim.a_events().last(),
+        Some(&IceEvent::SelectedPairChanged { via, remote: moved })
+    );
+    // B follows the renomination: both ends use the new path.
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(
+        sim.b.selected().map(|(_, a)| a),
+        Some(addr(if v4 { A4 } else { A6 }))
+    );
+    assert_eq!(sim.a.state(), IceState::Connected);
+}
