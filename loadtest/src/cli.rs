@@ -484,6 +484,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         check_mode(kind, o.wa_mode(kind))?;
     }
     target::raise_fd_limit();
+    // With autogroup scheduling, nice only ranks threads inside this session's group; the
+    // group's own nice decides its share against other sessions' builds. Restored on return.
+    let _autogroup = o.nice.and_then(AutogroupNice::set);
     // Before any thread or child exists: they inherit it.
     if let Some(n) = o.nice {
         // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
@@ -509,6 +512,46 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     rt.block_on(run_async(cli.clone_parts(), relay_cpu, gen_cpu))
+}
+
+/// This session's autogroup nice (`/proc/self/autogroup`, Linux with
+/// `kernel.sched_autogroup_enabled = 1`), set for the run and put back when dropped. Without it
+/// a process at nice -20 still gets only its session's share of the CPUs: on this project's
+/// shared 2-vCPU machine a pinned busy loop got 40 % of its core at nice -20, 99 % with the
+/// autogroup at -20 too. (If this process is killed, the session keeps the value.)
+struct AutogroupNice {
+    previous: i32,
+}
+
+impl AutogroupNice {
+    const PATH: &'static str = "/proc/self/autogroup";
+
+    fn read() -> Option<i32> {
+        // "/autogroup-104 nice 0"
+        std::fs::read_to_string(Self::PATH)
+            .ok()?
+            .split_ascii_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    }
+
+    fn set(nice: i32) -> Option<AutogroupNice> {
+        let previous = Self::read()?;
+        match std::fs::write(Self::PATH, nice.to_string()) {
+            Ok(()) => Some(AutogroupNice { previous }),
+            Err(e) => {
+                eprintln!("loadtest: warning: cannot set the autogroup nice to {nice}: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for AutogroupNice {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.previous.to_string());
+    }
 }
 
 impl Cli {
