@@ -10,9 +10,11 @@
 //!   `recvmmsg`/`sendmmsg`, running many calls' [`peer`]s.
 //! - [`sampler`], [`stats`], [`hist`], [`procfs`]: measurement; [`report`]: table, JSON, HTML.
 //! - [`target`]: start a relay process (or reach a running one); [`raw`]: the trivial
-//!   forwarder that gives the machine's ceiling.
+//!   forwarder that gives the machine's ceiling; [`target_rtpengine`] (with [`bencode`]):
+//!   start rtpengine and drive it over its ng protocol, for a side-by-side comparison.
 //! - [`cli`]: the command line (the binary is a thin wrapper).
 
+pub mod bencode;
 pub mod cli;
 pub mod generator;
 pub mod hist;
@@ -24,3 +26,4 @@ pub mod sampler;
 pub mod session;
 pub mod stats;
 pub mod target;
+pub mod target_rtpengine;

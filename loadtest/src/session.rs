@@ -31,6 +31,7 @@ use crate::procfs::{CpuSource, rss_bytes};
 use crate::raw::RawForwarder;
 use crate::report::{self, RelayCounters, RunInputs, RunReport, SetupBreakdown};
 use crate::sampler::{Sampler, Window};
+use crate::target_rtpengine::NgClient;
 
 /// Calls per business phone number (Meta's concurrency limit per number is 1,000).
 const CALLS_PER_NUMBER: u64 = 500;
@@ -54,6 +55,21 @@ pub enum Backend {
     },
     /// The trivial forwarder: the machine's ceiling.
     Raw(RawForwarder),
+    /// rtpengine, driven over its ng protocol (offer from the WhatsApp side, answer from the
+    /// SIP side, delete). `pid` (a local process) enables CPU and RSS.
+    RtpEngine { ng: Arc<NgClient>, pid: Option<u32> },
+}
+
+/// How the WhatsApp side secures media.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum WaMode {
+    /// ICE-lite + DTLS-SRTP, as Meta does by default (relay only).
+    Dtls,
+    /// SDES-SRTP: RTP/SAVP with a=crypto, no ICE (relay and rtpengine).
+    Sdes,
+    /// Plain RTP/AVP (rtpengine plain <-> plain; the raw forwarder always).
+    Plain,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +85,9 @@ pub struct Options {
     pub ready_timeout: Duration,
     /// Print a live line every second.
     pub live: bool,
+    /// How the WhatsApp side secures media (the raw forwarder is always plain). SDES uses the
+    /// first of `profiles`.
+    pub wa_mode: WaMode,
 }
 
 impl Default for Options {
@@ -84,6 +103,7 @@ impl Default for Options {
             settle: Duration::from_millis(500),
             ready_timeout: Duration::from_secs(10),
             live: true,
+            wa_mode: WaMode::Dtls,
         }
     }
 }
@@ -162,12 +182,22 @@ impl Session {
         let generator =
             Arc::new(Generator::start(opts.generator.clone()).map_err(SessionError::Generator)?);
         let (relay_pid, relay_cpu) = match &backend {
-            Backend::Relay { pid, .. } => (*pid, pid.map(CpuSource::Process)),
+            Backend::Relay { pid, .. } | Backend::RtpEngine { pid, .. } => {
+                (*pid, pid.map(CpuSource::Process))
+            }
             Backend::Raw(f) => (None, f.tid().map(|t| CpuSource::Threads(vec![t]))),
         };
-        let security = match &backend {
-            Backend::Raw(_) => Security::Plain,
-            Backend::Relay { .. } => Security::Dtls {
+        let sdes_profile = opts
+            .profiles
+            .first()
+            .copied()
+            .unwrap_or(SrtpProfile::Aes128CmHmacSha1_80);
+        let security = match (&backend, opts.wa_mode) {
+            (Backend::Raw(_), _) | (_, WaMode::Plain) => Security::Plain,
+            (_, WaMode::Sdes) => Security::Sdes {
+                profile: sdes_profile,
+            },
+            (_, WaMode::Dtls) => Security::Dtls {
                 // One certificate for all Meta peers: key generation per call would only load
                 // the generator (Meta's fingerprint per call is not what the relay is tested on).
                 cert: PeerCertificate::generate()
@@ -587,7 +617,7 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
             lock(&ctx.stages)
                 .create
                 .record(created_at.elapsed().as_micros() as u64);
-            let remotes = match meta.set_answer(&resp.whatsapp_sdp) {
+            let remotes = match meta.set_answer(&resp.whatsapp_sdp, Instant::now()) {
                 Ok(r) => r,
                 Err(e) => {
                     terminate(ctx, &call_id).await;
@@ -602,6 +632,39 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
                 }
             };
             (remotes, sip_remote)
+        }
+        Backend::RtpEngine { ng, .. } => {
+            // offer (WhatsApp side's SDP) → SDP for the SIP side; answer (SIP side's SDP) →
+            // SDP for the WhatsApp side. Both round trips count as the "create" stage.
+            let to_plain = matches!(ctx.security, Security::Sdes { .. });
+            let sip_sdp = ng
+                .offer(&call_id, &meta.offer_sdp(), to_plain)
+                .await
+                .map_err(|e| fail("create")(e.to_string()))?;
+            let sip_remote = match sip.set_remote_sdp(&sip_sdp, Instant::now()) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ng.delete(&call_id).await;
+                    return Err(fail("create")(e.to_string()));
+                }
+            };
+            let wa_sdp = match ng.answer(&call_id, &sip.sdp()).await {
+                Ok(sdp) => sdp,
+                Err(e) => {
+                    let _ = ng.delete(&call_id).await;
+                    return Err(fail("create")(e.to_string()));
+                }
+            };
+            lock(&ctx.stages)
+                .create
+                .record(created_at.elapsed().as_micros() as u64);
+            match meta.set_answer(&wa_sdp, Instant::now()) {
+                Ok(remotes) => (remotes, sip_remote),
+                Err(e) => {
+                    let _ = ng.delete(&call_id).await;
+                    return Err(fail("create")(e.to_string()));
+                }
+            }
         }
         Backend::Raw(fwd) => {
             let (wa, internal) = fwd
@@ -677,6 +740,12 @@ async fn terminate(ctx: &Ctx, call_id: &str) -> Option<Result<Option<pb::CallInf
                 .terminate(call_id.to_string(), "loadtest: call over")
                 .await
                 .map_err(|s| format!("{}: {}", s.code(), s.message())),
+        ),
+        Backend::RtpEngine { ng, .. } => Some(
+            ng.delete(call_id)
+                .await
+                .map(|_| None)
+                .map_err(|e| e.to_string()),
         ),
         Backend::Raw(_) => None,
     }

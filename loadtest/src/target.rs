@@ -60,7 +60,7 @@ fn free_port() -> std::io::Result<SocketAddr> {
     l.local_addr()
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))

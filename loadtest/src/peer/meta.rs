@@ -9,7 +9,10 @@
 //!   only toward an address that passed a check; the relay's certificate must match its SDP.
 //! - Then SRTP: a stamped Opus-like packet every 20 ms while media is on, an SR every 5 s.
 //!
-//! `Plain` mode (the raw forwarder baseline) skips ICE, DTLS and SRTP and sends plain RTP.
+//! `Sdes` mode (WhatsApp's SDES option, and the closest call rtpengine makes): `RTP/SAVP` with
+//! one `a=crypto` line, no ICE, no DTLS; SRTP keys from the two SDPs, ready once answered.
+//! `Plain` mode (the raw forwarder baseline, and rtpengine plain ↔ plain) skips ICE, DTLS and
+//! SRTP and sends plain RTP (`RTP/AVP`).
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -17,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use e2e::dtls::{DtlsSetup, PeerCertificate, PeerDtls};
 use e2e::rtp::is_rtcp;
-use e2e::sdp::{RemoteSdp, crlf, host_candidate};
+use e2e::sdp::{Crypto, RemoteSdp, crlf, host_candidate};
 use e2e::stun::{
     ATTR_ICE_CONTROLLED, ATTR_ICE_CONTROLLING, ATTR_USE_CANDIDATE, BINDING_REQUEST, Message,
     binding_error, binding_success,
 };
 use relay::engine::udp::SendBatch;
-use relay::srtp::{SrtpProfile, SrtpSession};
+use relay::srtp::{MasterKey, SessionKeys, SrtpProfile, SrtpSession, random_master_key};
 
 use crate::peer::media::{MediaRx, MediaTx, Received};
 use crate::stats::Totals;
@@ -39,6 +42,13 @@ pub enum MetaPeerError {
     Sdp(#[from] e2e::sdp::SdpError),
     #[error("relay SDP lacks {0}")]
     Missing(&'static str),
+    #[error("relay SDP answers {got}, we offered {offered}")]
+    Profile {
+        offered: SrtpProfile,
+        got: SrtpProfile,
+    },
+    #[error("SRTP keys: {0}")]
+    Srtp(#[from] relay::srtp::SrtpError),
 }
 
 /// How the peer secures media.
@@ -50,7 +60,9 @@ pub enum Security {
         cert: PeerCertificate,
         profiles: Vec<SrtpProfile>,
     },
-    /// No ICE, DTLS or SRTP (the raw forwarder baseline).
+    /// SDES-SRTP: `RTP/SAVP` with one `a=crypto` line for this suite, no ICE or DTLS.
+    Sdes { profile: SrtpProfile },
+    /// No ICE, DTLS or SRTP (the raw forwarder baseline; rtpengine plain ↔ plain).
     Plain,
 }
 
@@ -73,6 +85,8 @@ pub struct MetaPeer {
     target: Option<SocketAddr>,
     dtls: Option<PeerDtls>,
     srtp: Option<SrtpSession>,
+    /// Our SDES key (SDES mode).
+    local_key: Option<MasterKey>,
     failure: Option<String>,
     pub tx: MediaTx,
     pub rx: MediaRx,
@@ -108,7 +122,12 @@ fn random_pwd() -> String {
 
 impl MetaPeer {
     pub fn new(local: SocketAddr, security: Security) -> Self {
+        let local_key = match &security {
+            Security::Sdes { profile } => Some(random_master_key(*profile)),
+            _ => None,
+        };
         MetaPeer {
+            local_key,
             fd: -1,
             local,
             security,
@@ -136,11 +155,12 @@ impl MetaPeer {
         self.local
     }
 
-    /// The `connect` webhook's offer, as Meta writes it.
+    /// The `connect` webhook's offer, as Meta writes it (SDES and plain: the same shape without
+    /// ICE and DTLS, as e2e's `MetaCore` writes its SDES offer).
     pub fn offer_sdp(&self) -> String {
         let fingerprint = match &self.security {
             Security::Dtls { cert, .. } => cert.fingerprint_sdp(),
-            Security::Plain => String::new(),
+            Security::Sdes { .. } | Security::Plain => return self.offer_without_ice(),
         };
         let ip = self.local.ip();
         crlf(&[
@@ -176,10 +196,94 @@ impl MetaPeer {
         ])
     }
 
+    fn offer_without_ice(&self) -> String {
+        let ip = self.local.ip();
+        let (proto, crypto) = match &self.local_key {
+            Some(k) => {
+                let mut key_salt = k.key.clone();
+                key_salt.extend_from_slice(&k.salt);
+                let c = Crypto {
+                    tag: 1,
+                    profile: k.profile,
+                    key_salt,
+                };
+                ("RTP/SAVP", Some(c.to_attribute()))
+            }
+            None => ("RTP/AVP", None),
+        };
+        let mut l = vec![
+            "v=0".into(),
+            format!("o=- {} 2 IN IP4 {ip}", self.session_id),
+            "s=-".into(),
+            "t=0 0".into(),
+            format!("m=audio {} {proto} {OPUS_PT} {DTMF_PT}", self.local.port()),
+            format!("c=IN IP4 {ip}"),
+            "a=mid:audio".into(),
+            "a=sendrecv".into(),
+            "a=rtcp-mux".into(),
+            format!("a=rtpmap:{OPUS_PT} opus/48000/2"),
+            format!(
+                "a=fmtp:{OPUS_PT} maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1"
+            ),
+            format!("a=rtpmap:{DTMF_PT} telephone-event/8000"),
+            "a=ptime:20".into(),
+            "a=maxptime:20".into(),
+            format!("a=ssrc:{} cname:{:016x}", self.tx.ssrc, self.cname),
+        ];
+        l.extend(crypto);
+        crlf(&l)
+    }
+
+    /// SDES and plain answers: media goes to the answer's address, SRTP (SDES) is keyed now.
+    fn set_answer_without_ice(
+        &mut self,
+        remote: &RemoteSdp,
+        now: Instant,
+    ) -> Result<Vec<SocketAddr>, MetaPeerError> {
+        let to = remote
+            .media_address()
+            .ok_or(MetaPeerError::Missing("a c= address and m= port"))?;
+        if let Some(local) = &self.local_key {
+            let c = remote
+                .cryptos
+                .first()
+                .ok_or(MetaPeerError::Missing("a=crypto"))?;
+            if c.profile != local.profile {
+                return Err(MetaPeerError::Profile {
+                    offered: local.profile,
+                    got: c.profile,
+                });
+            }
+            let (key, salt) = c
+                .key_salt
+                .split_at_checked(c.profile.key_len())
+                .ok_or(MetaPeerError::Missing("a whole SDES key"))?;
+            let keys = SessionKeys {
+                local: local.clone(),
+                remote: MasterKey {
+                    profile: c.profile,
+                    key: key.to_vec(),
+                    salt: salt.to_vec(),
+                },
+            };
+            self.srtp = Some(SrtpSession::new(&keys)?);
+        }
+        self.target = Some(to);
+        self.tx.enable_rtcp(now);
+        Ok(vec![to])
+    }
+
     /// Learns the relay's answer. Returns the relay's addresses (its candidates), from which
-    /// its checks, DTLS and media will come.
-    pub fn set_answer(&mut self, sdp: &str) -> Result<Vec<SocketAddr>, MetaPeerError> {
+    /// its checks, DTLS and media will come (SDES and plain: the answer's media address).
+    pub fn set_answer(
+        &mut self,
+        sdp: &str,
+        now: Instant,
+    ) -> Result<Vec<SocketAddr>, MetaPeerError> {
         let remote = RemoteSdp::parse(sdp)?;
+        if !matches!(self.security, Security::Dtls { .. }) {
+            return self.set_answer_without_ice(&remote, now);
+        }
         let fingerprint = remote
             .fingerprint
             .ok_or(MetaPeerError::Missing("a=fingerprint (sha-256)"))?;

@@ -357,6 +357,29 @@ pub fn render(report: &Report) -> String {
                 body.push_str(&run_section(failed));
             }
         }
+        ModeReport::Compare { compare } => {
+            let _ = write!(
+                body,
+                "<h2>Side by side</h2><pre>{}\n{}</pre>",
+                esc(&crate::cli::CompareEntry::header()),
+                esc(&compare
+                    .iter()
+                    .map(crate::cli::CompareEntry::row)
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            );
+            for e in compare {
+                let _ = write!(
+                    body,
+                    "<h2>{}</h2><p>{}</p>",
+                    esc(&e.target),
+                    esc(&e.description)
+                );
+                if let Some(best) = e.capacity.as_ref().and_then(|c| c.at_capacity.as_ref()) {
+                    body.push_str(&run_section(best));
+                }
+            }
+        }
     }
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>relay load test</title><style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}pre{{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:12px}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}svg{{display:block;margin:1em 0}}</style></head><body>{body}</body></html>"
