@@ -9,3 +9,4 @@ mod keepalive;
 mod silence;
 mod stats;
 mod timeouts;
+mod webrtc;
