@@ -19,12 +19,7 @@ fn browser(cfg: BrowserConfig) -> BrowserHandle {
 
 /// Audio both ways until each side has `n` packets; every forwarded payload intact, each side
 /// sees the relay's own SSRC.
-fn audio_both_ways(
-    relay: &Relay,
-    id: &str,
-    meta: &e2e::meta::MetaHandle,
-    browser: &BrowserHandle,
-) {
+fn audio_both_ways(relay: &Relay, id: &str, meta: &e2e::meta::MetaHandle, browser: &BrowserHandle) {
     relay.open_gate(id);
     meta.start_audio();
     browser.start_audio();
@@ -77,7 +72,11 @@ fn browser_offers_audio_dtmf_rtcp_both_ways() {
         "a=rtcp-mux\r\n",
         "UDP/TLS/RTP/SAVPF 111 126\r\n",
     ] {
-        assert!(created.internal_sdp.contains(line), "{line:?} in\n{}", created.internal_sdp);
+        assert!(
+            created.internal_sdp.contains(line),
+            "{line:?} in\n{}",
+            created.internal_sdp
+        );
     }
     meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
     browser.accept_answer(&created.internal_sdp).unwrap();
@@ -106,8 +105,10 @@ fn browser_offers_audio_dtmf_rtcp_both_ways() {
             ))
             .is_some()
     );
-    assert!(wait(|| meta.received().iter().any(|p| p.header.pt == 126
-        && p.payload.first() == Some(&7))));
+    assert!(wait(|| meta
+        .received()
+        .iter()
+        .any(|p| p.header.pt == 126 && p.payload.first() == Some(&7))));
     // ... and from WhatsApp to the browser.
     meta.send_dtmf(3, Duration::from_millis(100));
     assert!(
@@ -119,7 +120,10 @@ fn browser_offers_audio_dtmf_rtcp_both_ways() {
     );
     // RTCP: the relay's sender reports reach the browser (keepalive for its stats and RTT).
     assert!(
-        wait(|| browser.received_rtcp().iter().any(|r| r.types.first() == Some(&200))),
+        wait(|| browser
+            .received_rtcp()
+            .iter()
+            .any(|r| r.types.first() == Some(&200))),
         "an SR reached the browser"
     );
 
@@ -141,7 +145,9 @@ fn relay_offers(cfg: BrowserConfig) {
     let created = relay.create(req).expect("create");
     assert!(created.internal_sdp.contains("a=setup:actpass\r\n"));
     meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
-    let answer = browser.answer(&created.internal_sdp).expect("browser answers");
+    let answer = browser
+        .answer(&created.internal_sdp)
+        .expect("browser answers");
     relay
         .set_remote(id, LegKind::Internal, &answer)
         .expect("answer applied");

@@ -17,9 +17,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay::api::{InternalKind, InternalLegSpec, SourcePolicy};
 use relay::call::Call;
 use relay::call::CallConfig;
-use relay::api::{InternalKind, InternalLegSpec, SourcePolicy};
 use relay::call::testing::browser::{BROWSER, BROWSER_OPUS_PT, BrowserPeer};
 use relay::call::testing::{
     self, INTERNAL_OPUS_PT, MEDIA_SERVER, META, META_OPUS_PT, MetaPeer, RELAY_INTERNAL, Received,
@@ -161,7 +161,11 @@ impl Bench {
     fn connect_browser(&mut self) {
         let limit = self.now + Duration::from_secs(5);
         while self.browser.as_ref().is_some_and(|b| !b.is_ready()) {
-            assert!(self.now < limit, "browser not connected: {:?}", self.call.info());
+            assert!(
+                self.now < limit,
+                "browser not connected: {:?}",
+                self.call.info()
+            );
             let next = self
                 .call
                 .poll_timeout()
@@ -365,7 +369,10 @@ fn steady_state_allocates_nothing(leg: Option<SrtpProfile>, webrtc: bool) {
     assert_eq!(t.rejected_by_meta + t.rejected_by_browser, 0, "{name}");
     if webrtc {
         let consent = t.stun_to_browser - before_tally.stun_to_browser;
-        assert!(consent >= 30, "{name}: {consent} answers to the browser's checks");
+        assert!(
+            consent >= 30,
+            "{name}: {consent} answers to the browser's checks"
+        );
     }
     assert_eq!(
         t.rtp_to_server - before_tally.rtp_to_server,

@@ -70,7 +70,12 @@ impl BrowserPeer {
 
     /// Chrome's answer to the relay's offer, taking DTLS role `setup` (`active` is what Chrome
     /// answers). Applies the offer.
-    pub fn answer(&mut self, relay_offer: &str, setup: Setup, now: Instant) -> Result<String, String> {
+    pub fn answer(
+        &mut self,
+        relay_offer: &str,
+        setup: Setup,
+        now: Instant,
+    ) -> Result<String, String> {
         self.apply(relay_offer, setup, now)?;
         Ok(self.description(setup))
     }
@@ -201,12 +206,20 @@ impl BrowserPeer {
                 Received::Dtls
             }
             PacketKind::Rtp | PacketKind::Rtcp if self.srtp.is_none() => Received::NoKeys,
-            PacketKind::Rtp => match self.srtp.as_mut().map(|s| s.rx.unprotect_rtp(&mut buf[..len])) {
+            PacketKind::Rtp => match self
+                .srtp
+                .as_mut()
+                .map(|s| s.rx.unprotect_rtp(&mut buf[..len]))
+            {
                 Some(Ok(n)) => Received::Rtp(n),
                 Some(Err(e)) => Received::Rejected(e),
                 None => Received::NoKeys,
             },
-            PacketKind::Rtcp => match self.srtp.as_mut().map(|s| s.rx.unprotect_rtcp(&mut buf[..len])) {
+            PacketKind::Rtcp => match self
+                .srtp
+                .as_mut()
+                .map(|s| s.rx.unprotect_rtcp(&mut buf[..len]))
+            {
                 Some(Ok(n)) => Received::Rtcp(n),
                 Some(Err(e)) => Received::Rejected(e),
                 None => Received::NoKeys,
