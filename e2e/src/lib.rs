@@ -10,6 +10,7 @@
 //! - [`meta::MetaCore`] / [`sip::SipCore`]: the same peers sans-IO, for drivers that own
 //!   their sockets (the load test).
 
+pub mod browser;
 pub mod dtls;
 pub mod faults;
 pub mod media;

@@ -8,18 +8,22 @@
 //!
 //! Setup (call creation, ICE, DTLS, the first packets that create per-stream state) happens
 //! before counting. SDES covers every SRTP profile; DTLS covers the profile dimpl negotiates
-//! (AEAD_AES_256_GCM when offered all three).
+//! (AEAD_AES_256_GCM when offered all three). The WebRTC case puts a browser on the internal
+//! leg instead of the media server: DTLS-SRTP both ways, the browser's consent checks answered
+//! by the relay's ICE-lite agent.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay::api::{InternalKind, InternalLegSpec, SourcePolicy};
 use relay::call::Call;
 use relay::call::CallConfig;
+use relay::call::testing::browser::{BROWSER, BROWSER_OPUS_PT, BrowserPeer};
 use relay::call::testing::{
-    self, INTERNAL_OPUS_PT, MEDIA_SERVER, META, META_OPUS_PT, MetaPeer, Received, RingOutbox,
-    RtpSource,
+    self, INTERNAL_OPUS_PT, MEDIA_SERVER, META, META_OPUS_PT, MetaPeer, RELAY_INTERNAL, Received,
+    RingOutbox, RtpSource,
 };
 use relay::dtls::DtlsIdentity;
 use relay::net::SocketRef;
@@ -79,6 +83,9 @@ struct Tally {
     rtp_to_server: u64,
     rtcp_to_server: u64,
     rejected_by_meta: u64,
+    /// WebRTC: the relay's answers to the browser's consent checks.
+    stun_to_browser: u64,
+    rejected_by_browser: u64,
 }
 
 /// A connected call with its two peers, driven in simulated time.
@@ -93,34 +100,99 @@ struct Bench {
     server_src: RtpSource,
     out: RingOutbox,
     meta_out: RingOutbox,
+    /// WebRTC: the browser agent on the internal leg (else the plain-RTP media server).
+    browser: Option<BrowserPeer>,
+    browser_out: RingOutbox,
     tally: Tally,
 }
 
 impl Bench {
-    fn new(leg: Option<SrtpProfile>) -> Bench {
+    /// `leg`: SDES with this profile on the WhatsApp leg, else DTLS. `webrtc`: a browser on
+    /// the internal leg instead of the media server.
+    fn new(leg: Option<SrtpProfile>, webrtc: bool) -> Bench {
         let t0 = Instant::now();
         let (mut meta, offer) = match leg {
             Some(p) => MetaPeer::sdes(p),
             None => MetaPeer::dtls(t0),
         };
         let identity = Arc::new(DtlsIdentity::generate().unwrap());
-        let created = testing::create_call(&offer, CallConfig::default(), identity, t0).unwrap();
+        let mut browser = webrtc.then(|| BrowserPeer::new(t0));
+        let created = match &browser {
+            Some(b) => {
+                let spec = InternalLegSpec {
+                    kind: InternalKind::WebRtc,
+                    remote_sdp: Some(b.offer()),
+                    source: SourcePolicy::Strict,
+                };
+                testing::create_call_with(&offer, spec, CallConfig::default(), identity, t0)
+            }
+            None => testing::create_call(&offer, CallConfig::default(), identity, t0),
+        }
+        .unwrap();
+        if let Some(b) = browser.as_mut() {
+            b.accept_answer(&created.internal_sdp, t0).unwrap();
+        }
         let mut call = created.call;
         meta.accept_answer(&created.whatsapp_sdp, t0).unwrap();
         let now = testing::establish(&mut call, &mut meta, t0, Duration::from_secs(5)).unwrap();
-        let mut out = RingOutbox::with_capacity(64);
-        call.open_gate(now, &mut out);
-        Bench {
+        let mut b = Bench {
             call,
             meta,
             now,
             next_packet: now,
             packets: 0,
             meta_src: RtpSource::new(0xa1a1_a1a1, META_OPUS_PT, 100, 1000),
-            server_src: RtpSource::new(0xb2b2_b2b2, INTERNAL_OPUS_PT, 200, 2000),
-            out,
+            server_src: match browser {
+                Some(_) => RtpSource::new(0xb2b2_b2b2, BROWSER_OPUS_PT, 200, 2000),
+                None => RtpSource::new(0xb2b2_b2b2, INTERNAL_OPUS_PT, 200, 2000),
+            },
+            out: RingOutbox::with_capacity(64),
             meta_out: RingOutbox::with_capacity(64),
+            browser,
+            browser_out: RingOutbox::with_capacity(64),
             tally: Tally::default(),
+        };
+        b.connect_browser();
+        b.call.open_gate(b.now, &mut b.out);
+        b
+    }
+
+    /// WebRTC: run timers and the network (no media) until the browser has its keys.
+    fn connect_browser(&mut self) {
+        let limit = self.now + Duration::from_secs(5);
+        while self.browser.as_ref().is_some_and(|b| !b.is_ready()) {
+            assert!(
+                self.now < limit,
+                "browser not connected: {:?}",
+                self.call.info()
+            );
+            let next = self
+                .call
+                .poll_timeout()
+                .into_iter()
+                .chain(self.meta.poll_timeout())
+                .chain(self.browser.as_ref().and_then(|b| b.poll_timeout()))
+                .min()
+                .unwrap_or(limit);
+            self.now = self.now.max(next);
+            self.run_timers();
+            self.deliver();
+            while self.call.poll_event().is_some() {}
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.now;
+        if self.meta.poll_timeout().is_some_and(|t| t <= now) {
+            self.meta.handle_timeout(now, &mut self.meta_out);
+        }
+        if let Some(b) = self.browser.as_mut()
+            && b.poll_timeout().is_some_and(|t| t <= now)
+        {
+            b.handle_timeout(now, &mut self.browser_out);
+        }
+        if self.call.poll_timeout().is_some_and(|t| t <= now) {
+            self.call.handle_timeout(now, &mut self.out);
         }
     }
 
@@ -133,17 +205,13 @@ impl Bench {
                 .poll_timeout()
                 .into_iter()
                 .chain(self.meta.poll_timeout())
+                .chain(self.browser.as_ref().and_then(|b| b.poll_timeout()))
                 .fold(self.next_packet, Instant::min);
             self.now = self.now.max(next);
             if self.next_packet <= self.now {
                 self.send_media();
             }
-            if self.meta.poll_timeout().is_some_and(|t| t <= self.now) {
-                self.meta.handle_timeout(self.now, &mut self.meta_out);
-            }
-            if self.call.poll_timeout().is_some_and(|t| t <= self.now) {
-                self.call.handle_timeout(self.now, &mut self.out);
-            }
+            self.run_timers();
             self.deliver();
             // The engine forwards events; here they are simply drained.
             while self.call.poll_event().is_some() {}
@@ -170,14 +238,12 @@ impl Bench {
                 self.server_src.marker_next = true;
             }
             let n = self.server_src.write_next(&mut buf, PAYLOAD);
-            self.call.handle_datagram(
-                now,
-                SocketRef::Internal,
-                MEDIA_SERVER,
-                &mut buf,
-                n,
-                &mut self.out,
-            );
+            let (from, n) = match self.browser.as_mut() {
+                Some(b) => (BROWSER, b.protect_rtp(&mut buf, n).unwrap()),
+                None => (MEDIA_SERVER, n),
+            };
+            self.call
+                .handle_datagram(now, SocketRef::Internal, from, &mut buf, n, &mut self.out);
         }
 
         if i.is_multiple_of(250) {
@@ -196,28 +262,48 @@ impl Bench {
             self.call
                 .handle_datagram(now, SocketRef::WaV4, META, &mut buf, n, &mut self.out);
             let n = rtcp::write_rr(&mut buf, 0xb2b2_b2b2, &[]).unwrap();
-            self.call.handle_datagram(
-                now,
-                SocketRef::Internal,
-                MEDIA_SERVER,
-                &mut buf,
-                n,
-                &mut self.out,
-            );
+            let (from, n) = match self.browser.as_mut() {
+                Some(b) => (BROWSER, b.protect_rtcp(&mut buf, n).unwrap()),
+                None => (MEDIA_SERVER, n),
+            };
+            self.call
+                .handle_datagram(now, SocketRef::Internal, from, &mut buf, n, &mut self.out);
         }
     }
 
-    /// Deliver what the call sent (and Meta's STUN answers) until the network is quiet.
+    /// Deliver what the call sent, and what Meta and the browser answered, until the network
+    /// is quiet.
     fn deliver(&mut self) {
-        while !self.out.is_empty() {
+        while !(self.out.is_empty() && self.meta_out.is_empty() && self.browser_out.is_empty()) {
             for i in 0..self.out.len() {
                 let (via, to, buf, len) = self.out.get_mut(i).unwrap();
                 if via == SocketRef::Internal {
-                    assert_eq!(to, MEDIA_SERVER);
-                    match classify(&buf[..len]) {
-                        PacketKind::Rtp => self.tally.rtp_to_server += 1,
-                        PacketKind::Rtcp => self.tally.rtcp_to_server += 1,
-                        _ => panic!("unexpected datagram to the media server"),
+                    match self.browser.as_mut() {
+                        Some(b) => {
+                            assert_eq!(to, BROWSER);
+                            let got = b.handle_datagram(
+                                self.now,
+                                RELAY_INTERNAL,
+                                buf,
+                                len,
+                                &mut self.browser_out,
+                            );
+                            match got {
+                                Received::Rtp(_) => self.tally.rtp_to_server += 1,
+                                Received::Rtcp(_) => self.tally.rtcp_to_server += 1,
+                                Received::Stun => self.tally.stun_to_browser += 1,
+                                Received::Dtls => {}
+                                _ => self.tally.rejected_by_browser += 1,
+                            }
+                        }
+                        None => {
+                            assert_eq!(to, MEDIA_SERVER);
+                            match classify(&buf[..len]) {
+                                PacketKind::Rtp => self.tally.rtp_to_server += 1,
+                                PacketKind::Rtcp => self.tally.rtcp_to_server += 1,
+                                _ => panic!("unexpected datagram to the media server"),
+                            }
+                        }
                     }
                     continue;
                 }
@@ -247,13 +333,29 @@ impl Bench {
                     .handle_datagram(self.now, via, META, buf, len, &mut self.out);
             }
             self.meta_out.clear();
+            for i in 0..self.browser_out.len() {
+                let (_, to, buf, len) = self.browser_out.get_mut(i).unwrap();
+                assert_eq!(to, RELAY_INTERNAL);
+                self.call.handle_datagram(
+                    self.now,
+                    SocketRef::Internal,
+                    BROWSER,
+                    buf,
+                    len,
+                    &mut self.out,
+                );
+            }
+            self.browser_out.clear();
         }
-        assert_eq!(self.out.overflowed + self.meta_out.overflowed, 0);
+        assert_eq!(
+            self.out.overflowed + self.meta_out.overflowed + self.browser_out.overflowed,
+            0
+        );
     }
 }
 
-fn steady_state_allocates_nothing(leg: Option<SrtpProfile>) {
-    let mut b = Bench::new(leg);
+fn steady_state_allocates_nothing(leg: Option<SrtpProfile>, webrtc: bool) {
+    let mut b = Bench::new(leg, webrtc);
     b.run_packets(WARM_UP);
     let before_tally = b.tally;
     let before = allocations();
@@ -262,9 +364,16 @@ fn steady_state_allocates_nothing(leg: Option<SrtpProfile>) {
 
     // The traffic was real: everything arrived and authenticated.
     let info = b.call.info();
-    let name = format!("{leg:?} ({:?})", info.srtp_profile);
+    let name = format!("{leg:?} webrtc={webrtc} ({:?})", info.srtp_profile);
     let t = b.tally;
-    assert_eq!(t.rejected_by_meta, 0, "{name}");
+    assert_eq!(t.rejected_by_meta + t.rejected_by_browser, 0, "{name}");
+    if webrtc {
+        let consent = t.stun_to_browser - before_tally.stun_to_browser;
+        assert!(
+            consent >= 30,
+            "{name}: {consent} answers to the browser's checks"
+        );
+    }
     assert_eq!(
         t.rtp_to_server - before_tally.rtp_to_server,
         u64::from(MEASURED),
@@ -305,22 +414,27 @@ fn steady_state_allocates_nothing(leg: Option<SrtpProfile>) {
 
 #[test]
 fn sdes_aes_cm_128_hmac_sha1_80() {
-    steady_state_allocates_nothing(Some(SrtpProfile::Aes128CmHmacSha1_80));
+    steady_state_allocates_nothing(Some(SrtpProfile::Aes128CmHmacSha1_80), false);
 }
 
 #[test]
 fn sdes_aead_aes_128_gcm() {
-    steady_state_allocates_nothing(Some(SrtpProfile::AeadAes128Gcm));
+    steady_state_allocates_nothing(Some(SrtpProfile::AeadAes128Gcm), false);
 }
 
 #[test]
 fn sdes_aead_aes_256_gcm() {
-    steady_state_allocates_nothing(Some(SrtpProfile::AeadAes256Gcm));
+    steady_state_allocates_nothing(Some(SrtpProfile::AeadAes256Gcm), false);
 }
 
 #[test]
 fn dtls_srtp_with_ice_consent() {
-    steady_state_allocates_nothing(None);
+    steady_state_allocates_nothing(None, false);
+}
+
+#[test]
+fn webrtc_internal_leg_to_a_browser() {
+    steady_state_allocates_nothing(None, true);
 }
 
 /// The counter works: a passing check above would otherwise prove nothing.

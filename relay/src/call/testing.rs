@@ -28,6 +28,8 @@ use crate::wire::stun;
 
 use super::Call;
 
+pub mod browser;
+
 const fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port))
 }
@@ -167,6 +169,22 @@ pub fn create_call(
     identity: Arc<DtlsIdentity>,
     now: Instant,
 ) -> Result<Created, ApiError> {
+    let internal = InternalLegSpec {
+        kind: InternalKind::PlainRtp,
+        remote_sdp: Some(internal_sdp()),
+        source: SourcePolicy::Strict,
+    };
+    create_call_with(offer, internal, cfg, identity, now)
+}
+
+/// [`create_call`] with any internal leg (e.g. WebRTC toward [`browser::BrowserPeer`]).
+pub fn create_call_with(
+    offer: &str,
+    internal: InternalLegSpec,
+    cfg: CallConfig,
+    identity: Arc<DtlsIdentity>,
+    now: Instant,
+) -> Result<Created, ApiError> {
     let req = CreateCall {
         call_id: "wacid.test".to_string(),
         business_number: "15550001111".to_string(),
@@ -174,11 +192,7 @@ pub fn create_call(
         direction: CallDirection::UserInitiated,
         whatsapp_offer: Some(offer.to_string()),
         whatsapp_security: WaSecurity::DtlsSrtp,
-        internal: InternalLegSpec {
-            kind: InternalKind::PlainRtp,
-            remote_sdp: Some(internal_sdp()),
-            source: SourcePolicy::Strict,
-        },
+        internal,
     };
     Call::create(
         CallSetup {

@@ -10,3 +10,4 @@ mod replace;
 mod silence;
 mod stats;
 mod timeouts;
+mod webrtc;
