@@ -300,7 +300,9 @@ impl WebSim {
 
     fn ended(&self) -> Option<(Instant, EndCause, Option<u32>)> {
         self.events.iter().find_map(|(t, e)| match e {
-            CallEventKind::Ended { cause, meta_code } => Some((*t, *cause, *meta_code)),
+            CallEventKind::Ended {
+                cause, meta_code, ..
+            } => Some((*t, *cause, *meta_code)),
             _ => None,
         })
     }
