@@ -53,13 +53,13 @@ impl Call {
 
     pub(super) fn send_due_rtcp(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.next_rtcp_wa.is_some_and(|t| t <= now) {
-            self.next_rtcp_wa = Some(now + self.cfg.rtcp_interval);
+            self.next_rtcp_wa = Some(now + rtcp_delay(self.cfg.rtcp_interval));
             if self.wa_can_send() {
                 self.send_rtcp(now, SocketRef::WaV4, false, out);
             }
         }
         if self.next_rtcp_internal.is_some_and(|t| t <= now) {
-            self.next_rtcp_internal = Some(now + self.cfg.rtcp_interval);
+            self.next_rtcp_internal = Some(now + rtcp_delay(self.cfg.rtcp_interval));
             if self.internal.send_target().is_some() {
                 self.send_rtcp(now, SocketRef::Internal, false, out);
             }
@@ -169,4 +169,15 @@ fn report_block(c: &mut LegCounters, now: Instant) -> Option<ReportBlock> {
 /// DLSR is in units of 1/65536 s.
 fn dlsr_units(d: Duration) -> u32 {
     (d.as_secs_f64() * 65536.0) as u32
+}
+
+/// The next report after `interval`, uniformly random in [0.5, 1.0] × `interval`.
+///
+/// RFC 3550 §6.3.1 randomises the interval so that calls set up together do not report
+/// together: on a fixed period, hundreds of calls created in the same second all send SR/RR on
+/// both legs within the same millisecond every period, and the media queued behind that burst
+/// shows up as latency spikes. The upper bound stays at `interval` (not RFC 3550's 1.5×)
+/// because reports toward WhatsApp are also its keepalive: at least one per interval.
+fn rtcp_delay(interval: std::time::Duration) -> std::time::Duration {
+    interval.mul_f64(0.5 + 0.5 * rand::random::<f64>())
 }
