@@ -117,6 +117,10 @@ pub struct Common {
     /// Wait after stopping audio before counting (packets in flight).
     #[arg(long, global = true, default_value = "500ms", value_parser = parse_duration)]
     pub settle: Duration,
+    /// Hold this long after the last call is up before the steady window opens (run, ramp,
+    /// capacity): the setup burst's tail is setup latency, which `churn` measures.
+    #[arg(long, global = true, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
     /// SRTP profiles the Meta peers accept, in preference order (repeat):
     /// aead-aes-128-gcm, aes-cm-128-hmac-sha1-80, aead-aes-256-gcm. Default: all three.
     #[arg(long = "profile", global = true, value_parser = parse_profile)]
@@ -709,6 +713,7 @@ fn session_options(o: &Common, wa: WaMode, gen_cpu: Option<usize>) -> Options {
         profiles,
         setup_rate: o.setup_rate,
         settle: o.settle,
+        warmup: o.warmup,
         live: !o.quiet,
         wa_mode: wa,
         ..Options::default()

@@ -81,6 +81,9 @@ pub struct Options {
     pub setup_rate: f64,
     /// Wait between stopping audio and reading the counters, for packets in flight.
     pub settle: Duration,
+    /// Wait between the last call coming up and opening the measurement window, so the setup
+    /// burst's tail (handshakes, first reports) is not counted as steady latency.
+    pub warmup: Duration,
     /// Longest wait for a call's DTLS.
     pub ready_timeout: Duration,
     /// Print a live line every second.
@@ -101,6 +104,7 @@ impl Default for Options {
             ],
             setup_rate: 200.0,
             settle: Duration::from_millis(500),
+            warmup: Duration::ZERO,
             ready_timeout: Duration::from_secs(10),
             live: true,
             wa_mode: WaMode::Dtls,
@@ -321,6 +325,7 @@ impl Session {
         let (sampler, stop) = self.start_sampler();
         let (live, mut failures) = self.setup_many(calls).await;
         let calls_ok = live.len();
+        tokio::time::sleep(self.ctx.opts.warmup).await;
         lock(&sampler).open_window();
         tokio::time::sleep(hold).await;
         let window = lock(&sampler).close_window();
@@ -328,7 +333,14 @@ impl Session {
         failures.extend(more);
         self.finish_sampler(&sampler, stop).await;
         self.report(
-            label, calls, calls_ok, failures, hold, &sampler, &window, counters,
+            label,
+            calls,
+            calls_ok,
+            failures,
+            (self.ctx.opts.warmup, hold),
+            &sampler,
+            &window,
+            counters,
         )
     }
 
@@ -380,7 +392,17 @@ impl Session {
         let window = lock(&sampler).close_window();
         self.finish_sampler(&sampler, stop).await;
         let hold = start.elapsed();
-        self.report(label, n, ok, failures, hold, &sampler, &window, counters)
+        let no_warmup = Duration::ZERO;
+        self.report(
+            label,
+            n,
+            ok,
+            failures,
+            (no_warmup, hold),
+            &sampler,
+            &window,
+            counters,
+        )
     }
 
     /// Adds `step` calls at a time from `start` up to `max`, holding each level for
@@ -404,6 +426,7 @@ impl Session {
             live.extend(more);
             let step_failures = failed.len();
             failures.extend(failed);
+            tokio::time::sleep(self.ctx.opts.warmup).await;
             lock(&sampler).open_window();
             tokio::time::sleep(step_hold).await;
             let w = lock(&sampler).close_window();
@@ -428,7 +451,7 @@ impl Session {
             target,
             calls_ok,
             failures,
-            ramp_start.elapsed(),
+            (self.ctx.opts.warmup, ramp_start.elapsed()),
             &sampler,
             &whole,
             counters,
@@ -527,7 +550,7 @@ impl Session {
         calls: usize,
         calls_ok: usize,
         failures: Vec<Failure>,
-        hold: Duration,
+        (warmup, hold): (Duration, Duration),
         sampler: &Arc<Mutex<Sampler>>,
         steady: &Window,
         relay: Option<RelayCounters>,
@@ -554,6 +577,7 @@ impl Session {
             calls_ok,
             failures: by_stage,
             hold_s: hold.as_secs_f64(),
+            warmup_s: warmup.as_secs_f64(),
             all: &s.cumulative,
             steady,
             timeline: s.timeline.clone(),

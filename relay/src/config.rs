@@ -239,6 +239,8 @@ pub const KEYS: &[Key] = &[
         "internal packets held until the WhatsApp leg can carry them (20 ms each)"),
     key("call.internal_silence_timeout", "call-internal-silence-timeout", "RELAY_CALL_INTERNAL_SILENCE_TIMEOUT", Kind::Duration,
         "the internal leg silent this long raises an internal_leg_silent event"),
+    key("call.keep_dtls_state", "call-keep-dtls-state", "RELAY_CALL_KEEP_DTLS_STATE", Kind::Bool,
+        "keep the WhatsApp leg's DTLS state after the handshake (reads Meta's close_notify; ~10 KiB a call)"),
     key("call.end_on_internal_silence", "call-end-on-internal-silence", "RELAY_CALL_END_ON_INTERNAL_SILENCE", Kind::Bool,
         "... and ends the call (cause internal_leg_timeout)"),
     key("call.one_way_timeout", "call-one-way-timeout", "RELAY_CALL_ONE_WAY_TIMEOUT", Kind::Duration,
@@ -536,6 +538,7 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "call.prebuffer_packets" => c.prebuffer_packets = integer(v, 0, 3000)?,
         "call.internal_silence_timeout" => c.internal_silence_timeout = duration(v)?,
         "call.end_on_internal_silence" => c.end_on_internal_silence = boolean(v)?,
+        "call.keep_dtls_state" => c.keep_dtls_state = boolean(v)?,
         "call.one_way_timeout" => c.one_way_timeout = duration(v)?,
         _ => return Err("not a configuration key".into()),
     }
@@ -594,6 +597,7 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "call.prebuffer_packets" => int(c.prebuffer_packets as u64),
         "call.internal_silence_timeout" => dur(c.internal_silence_timeout),
         "call.end_on_internal_silence" => Some(V::Boolean(c.end_on_internal_silence)),
+        "call.keep_dtls_state" => Some(V::Boolean(c.keep_dtls_state)),
         "call.one_way_timeout" => dur(c.one_way_timeout),
         _ => None,
     }

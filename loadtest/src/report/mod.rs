@@ -111,6 +111,8 @@ pub struct RunReport {
     /// Failed calls by stage ("create", "ready", "open_gate", "terminate"), with one example.
     pub failures: BTreeMap<String, (u64, String)>,
     pub hold_s: f64,
+    /// Time between the last call coming up and the steady window (not measured).
+    pub warmup_s: f64,
     /// WhatsApp → internal (Meta peer → relay → SIP peer).
     pub up: DirReport,
     /// Internal → WhatsApp (SIP peer → relay → Meta peer).
@@ -151,6 +153,7 @@ pub struct RunInputs<'a> {
     pub calls_ok: usize,
     pub failures: BTreeMap<String, (u64, String)>,
     pub hold_s: f64,
+    pub warmup_s: f64,
     pub all: &'a Totals,
     pub steady: &'a Window,
     pub timeline: Vec<Sample>,
@@ -197,6 +200,7 @@ pub fn build(r: RunInputs<'_>) -> RunReport {
         calls_ok: r.calls_ok,
         failures: r.failures,
         hold_s: r.hold_s,
+        warmup_s: r.warmup_s,
         up: DirReport::new(&r.all.up, &s.up),
         down: DirReport::new(&r.all.down, &s.down),
         setup: r.all.setup.percentiles(),
@@ -247,12 +251,13 @@ pub fn table(r: &RunReport) -> String {
     line(
         &mut o,
         format!(
-            "== {}: {} calls ({} ok, {} failed), steady {:.0} s",
+            "== {}: {} calls ({} ok, {} failed), steady {:.0} s after {:.0} s warmup",
             r.label,
             r.calls,
             r.calls_ok,
             r.failures_total(),
-            r.hold_s
+            r.hold_s,
+            r.warmup_s
         ),
     );
     for (stage, (n, example)) in &r.failures {

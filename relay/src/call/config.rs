@@ -53,6 +53,10 @@ pub struct CallConfig {
     /// Media from one leg only for this long raises `OneWayAudio`.
     #[serde(with = "humantime_serde")]
     pub one_way_timeout: Duration,
+    /// Keep the WhatsApp leg's DTLS state for the whole call, so a close_notify from Meta ends
+    /// the call (`peer_closed`). Off by default: the state is ~10 KiB a call, Meta's hang-up
+    /// arrives as a webhook anyway, and the media timeouts catch a peer that vanished.
+    pub keep_dtls_state: bool,
 }
 
 impl Default for CallConfig {
@@ -74,6 +78,7 @@ impl Default for CallConfig {
             internal_silence_timeout: Duration::from_secs(30),
             end_on_internal_silence: false,
             one_way_timeout: Duration::from_secs(10),
+            keep_dtls_state: false,
         }
     }
 }

@@ -58,6 +58,11 @@ impl Call {
                     return self.wa.counters.drop(DropReason::BadSource);
                 }
                 match self.wa.dtls.as_mut() {
+                    // After the handshake state was freed (a late retransmission, or a
+                    // close_notify, which only `call.keep_dtls_state` would read).
+                    Some(dtls) if dtls.is_released() => {
+                        self.wa.counters.drop(DropReason::Unexpected)
+                    }
                     Some(dtls) => dtls.handle_datagram(now, data),
                     None => self.wa.counters.drop(DropReason::Unexpected),
                 }
@@ -112,6 +117,13 @@ impl Call {
             self.events.push_back(CallEventKind::FirstMedia {
                 from: LegKind::WhatsApp,
             });
+            // Authenticated SRTP proves Meta has our Finished: a DTLS server can now free its
+            // handshake state (a client already did when it connected).
+            if !self.cfg.keep_dtls_state
+                && let Some(dtls) = self.wa.dtls.as_mut()
+            {
+                dtls.release();
+            }
         }
 
         // Payload type map: WhatsApp's PTs → the internal leg's.

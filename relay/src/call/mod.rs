@@ -343,6 +343,15 @@ impl Call {
                         self.events
                             .push_back(CallEventKind::DtlsConnected { profile });
                         self.check_wa_ready(now, out);
+                        // As the client we are done with DTLS: Meta's Finished arrived, so it
+                        // has ours and will not retransmit. (As the server, see the first
+                        // media from WhatsApp.)
+                        if !self.cfg.keep_dtls_state
+                            && let Some(dtls) = self.wa.dtls.as_mut()
+                            && dtls.role() == crate::dtls::DtlsRole::Client
+                        {
+                            dtls.release();
+                        }
                     }
                     Err(_) => self.end(EndCause::DtlsFailed),
                 },

@@ -416,6 +416,14 @@ impl MetaPeer {
         }
     }
 
+    /// Meta ends DTLS: a close_notify toward the relay.
+    pub fn close_dtls(&mut self, out: &mut impl Outbox) {
+        if let Some(dtls) = self.dtls.as_mut() {
+            dtls.close();
+        }
+        self.after_dtls(out);
+    }
+
     /// Send queued DTLS flights toward the nominated relay address and pick up the keys.
     fn after_dtls(&mut self, out: &mut impl Outbox) {
         let Some(dtls) = self.dtls.as_mut() else {

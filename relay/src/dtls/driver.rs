@@ -39,6 +39,8 @@ pub struct DtlsDriver {
     peer_verified: bool,
     dimpl_connected: bool,
     keys: Option<(SessionKeys, SrtpProfile)>,
+    /// [`Self::release`] dropped dimpl's state: nothing more is read or sent.
+    released: bool,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<DtlsEvent>,
     scratch: Vec<u8>,
@@ -110,6 +112,7 @@ impl DtlsDriver {
             peer_verified: false,
             dimpl_connected: false,
             keys: None,
+            released: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             scratch: vec![0; cfg.mtu.max(2048)],
@@ -239,6 +242,30 @@ impl DtlsDriver {
 
     pub fn is_connected(&self) -> bool {
         self.state == State::Connected
+    }
+
+    /// Frees the handshake state once the keys are out: dimpl's instance (transcript, flight
+    /// buffers, certificates), the scratch buffer and the queues, about 10 KiB a call, which is
+    /// a third of a connected call's memory. Afterwards the driver reads and sends nothing: a
+    /// retransmitted flight or a close_notify from the peer is the caller's to count and drop.
+    ///
+    /// Call it only when the peer can no longer need an answer: as the client once connected
+    /// (the server's Finished arrived, so the server has ours), as the server once the peer
+    /// has sent authenticated SRTP (so it has our Finished). Does nothing before connected.
+    pub fn release(&mut self) {
+        if self.state != State::Connected || self.released {
+            return;
+        }
+        self.released = true;
+        self.dtls = None;
+        self.scratch = Vec::new();
+        self.transmits = VecDeque::new();
+        self.events.shrink_to_fit();
+    }
+
+    /// [`Self::release`] ran: DTLS datagrams are no longer read.
+    pub fn is_released(&self) -> bool {
+        self.released
     }
 
     /// Sends close_notify (call teardown). The driver produces nothing afterwards.

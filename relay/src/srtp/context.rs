@@ -6,7 +6,7 @@ use super::header::{self, RTCP_CLEAR_PREFIX};
 use super::kdf::{self, Label};
 use super::profile::{MasterKey, SessionKeys, SrtpProfile};
 use super::replay::{ReplayWindow, estimate_index};
-use super::streams::StreamTable;
+use super::streams::{RTCP_SLOTS, RTP_SLOTS, StreamTable};
 
 /// The SRTCP index is 31 bits (RFC 3711 §3.4).
 const MAX_SRTCP_INDEX: u64 = (1 << 31) - 1;
@@ -18,8 +18,8 @@ pub struct SrtpContext {
     profile: SrtpProfile,
     rtp: Cipher,
     rtcp: Cipher,
-    rtp_streams: StreamTable,
-    rtcp_streams: StreamTable,
+    rtp_streams: StreamTable<RTP_SLOTS>,
+    rtcp_streams: StreamTable<RTCP_SLOTS>,
 }
 
 impl std::fmt::Debug for SrtpContext {

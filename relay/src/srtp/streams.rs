@@ -1,15 +1,24 @@
 //! Per-SSRC state in a fixed table: no allocation, bounded memory, LRU replacement.
 //!
-//! A leg normally carries one SSRC per direction, but a peer may change SSRC (or send RTX or
-//! several streams), so a handful are tracked. When a ninth SSRC appears the least recently used
-//! entry is forgotten; if that SSRC comes back it starts afresh (ROC guessed 0, empty window).
+//! A leg normally carries one SSRC per direction, but a peer may change SSRC (after a transfer
+//! or a re-INVITE on a media server) or briefly send two, so a few are tracked. When one more
+//! SSRC than the table holds appears, the least recently used entry is forgotten; if that SSRC
+//! comes back it starts afresh (ROC guessed 0, empty window).
+//!
+//! The table size is a parameter because it is most of a call's memory (each slot carries a
+//! 1,024-packet replay window, ~150 bytes): RTP gets [`RTP_SLOTS`], RTCP (one report every few
+//! seconds from the one sender) [`RTCP_SLOTS`].
 //! Entries are only created or updated by [`StreamTable::commit`], which callers reach after a
 //! packet authenticated, so forged packets can neither evict real streams nor move windows.
 
 use super::replay::ReplayWindow;
 
-/// SSRCs tracked per context and direction.
-pub(crate) const SLOTS: usize = 8;
+/// RTP SSRCs tracked per context: the live stream, the one it replaced, and room for a brief
+/// overlap of two more.
+pub(crate) const RTP_SLOTS: usize = 4;
+/// RTCP SSRCs tracked per context: SRTCP comes from the peer's one sender (an RTCP-only SSRC
+/// too, for some stacks).
+pub(crate) const RTCP_SLOTS: usize = 2;
 
 #[derive(Clone, Debug)]
 struct Slot {
@@ -20,12 +29,12 @@ struct Slot {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct StreamTable {
+pub(crate) struct StreamTable<const SLOTS: usize> {
     slots: [Slot; SLOTS],
     clock: u64,
 }
 
-impl Default for StreamTable {
+impl<const SLOTS: usize> Default for StreamTable<SLOTS> {
     fn default() -> Self {
         let empty = Slot {
             ssrc: 0,
@@ -39,7 +48,7 @@ impl Default for StreamTable {
     }
 }
 
-impl StreamTable {
+impl<const SLOTS: usize> StreamTable<SLOTS> {
     /// The replay window (highest index and history) of `ssrc`, if it is tracked.
     pub(crate) fn get(&self, ssrc: u32) -> Option<&ReplayWindow> {
         self.slots
@@ -78,7 +87,8 @@ mod tests {
 
     #[test]
     fn tracks_up_to_slots_ssrcs_and_evicts_the_least_recent() {
-        let mut t = StreamTable::default();
+        const SLOTS: usize = RTP_SLOTS;
+        let mut t = StreamTable::<SLOTS>::default();
         for ssrc in 1..=SLOTS as u32 {
             t.commit(ssrc, 100);
         }
@@ -95,7 +105,7 @@ mod tests {
 
     #[test]
     fn ssrc_zero_is_a_real_ssrc() {
-        let mut t = StreamTable::default();
+        let mut t = StreamTable::<RTCP_SLOTS>::default();
         assert!(t.get(0).is_none());
         t.commit(0, 5);
         assert_eq!(t.get(0).map(ReplayWindow::top), Some(5));

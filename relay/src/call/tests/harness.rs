@@ -293,6 +293,12 @@ impl Sim {
         (buf, n)
     }
 
+    /// Meta sends a DTLS close_notify (delivered at the next step).
+    pub fn meta_closes_dtls(&mut self) {
+        self.meta.close_dtls(&mut self.from_meta);
+        self.flush();
+    }
+
     /// Deliver a datagram to the call's WhatsApp socket.
     pub fn inject_wa(&mut self, from: SocketAddr, buf: &mut [u8], len: usize) {
         self.call.handle_datagram(

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod dtls_state;
 mod gate;
 mod keepalive;
 mod replace;

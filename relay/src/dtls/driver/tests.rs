@@ -349,3 +349,30 @@ fn driver_can_move_to_a_shard_thread() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<DtlsIdentity>();
 }
+
+#[test]
+fn release_frees_state_only_once_connected_and_then_reads_nothing() {
+    let mut pair = Pair::honest(&DtlsConfig::default());
+    // Before the handshake, release is refused: the keys are not out yet.
+    pair.client.release();
+    assert!(!pair.client.is_released());
+    pair.run(Duration::from_secs(5), &mut |_| false);
+    connected(&pair.client_events);
+
+    pair.client.release();
+    assert!(pair.client.is_released());
+    assert!(
+        pair.client.is_connected(),
+        "still connected: the keys are in use"
+    );
+    // The server says goodbye; a released client reads nothing and answers nothing.
+    pair.server.close();
+    let mut buf = vec![0u8; 2048];
+    let n = pair.server.poll_transmit(&mut buf).expect("close_notify");
+    pair.client.handle_datagram(pair.now, &buf[..n]);
+    pair.client
+        .handle_timeout(pair.now + Duration::from_secs(60));
+    assert_eq!(pair.client.poll_transmit(&mut buf), None);
+    assert!(pair.client.poll_event().is_none());
+    assert_eq!(pair.client.poll_timeout(), None);
+}
