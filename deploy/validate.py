@@ -72,7 +72,7 @@ LABEL_VALUES = {
     "leg": {"whatsapp", "internal"},
     "direction": {"rx", "tx"},
     "reason": {"bad_source", "malformed", "auth_failed", "replayed", "unknown_payload_type",
-               "not_ready", "unexpected", "rate_limited"},
+               "not_ready", "unexpected", "rate_limited", "late_dtls"},
 }
 # Labels a query may group or match on: the relay's own, plus what Prometheus' Kubernetes
 # discovery adds (namespace, pod, job, instance, and `node` from the ServiceMonitor).

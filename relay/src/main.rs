@@ -10,6 +10,10 @@ use relay::config::{self, ConfigError};
 use relay::engine::Engine;
 use relay::ops;
 
+// The system allocator by default: the packet path allocates nothing, and glibc's malloc
+// keeps the relay's memory at about half of mimalloc's per call (BENCHMARKS.md, "Memory per
+// call"). `--features mimalloc` restores mimalloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

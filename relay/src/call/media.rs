@@ -60,9 +60,7 @@ impl Call {
                 match self.wa.dtls.as_mut() {
                     // After the handshake state was freed (a late retransmission, or a
                     // close_notify, which only `call.keep_dtls_state` would read).
-                    Some(dtls) if dtls.is_released() => {
-                        self.wa.counters.drop(DropReason::Unexpected)
-                    }
+                    Some(dtls) if dtls.is_released() => self.wa.counters.drop(DropReason::LateDtls),
                     Some(dtls) => dtls.handle_datagram(now, data),
                     None => self.wa.counters.drop(DropReason::Unexpected),
                 }

@@ -27,9 +27,13 @@ pub enum DropReason {
     /// From a source the call does not know, over its per-source budget: dropped by the
     /// shard before any parsing (counted per shard, not per call).
     RateLimited,
+    /// DTLS on the WhatsApp leg after its handshake state was freed: a final flight the peer
+    /// retransmitted because ours was slow, or a close_notify (see `call.keep_dtls_state`).
+    /// Harmless: the keys are in use and nothing needs answering.
+    LateDtls,
 }
 
-pub const DROP_REASONS: [DropReason; 8] = [
+pub const DROP_REASONS: [DropReason; 9] = [
     DropReason::BadSource,
     DropReason::Malformed,
     DropReason::AuthFailed,
@@ -38,6 +42,7 @@ pub const DROP_REASONS: [DropReason; 8] = [
     DropReason::NotReady,
     DropReason::Unexpected,
     DropReason::RateLimited,
+    DropReason::LateDtls,
 ];
 
 impl DropReason {
@@ -55,6 +60,7 @@ impl DropReason {
             DropReason::NotReady => "not_ready",
             DropReason::Unexpected => "unexpected",
             DropReason::RateLimited => "rate_limited",
+            DropReason::LateDtls => "late_dtls",
         }
     }
 }

@@ -29,7 +29,7 @@ fn client_frees_the_handshake_state_and_counts_later_dtls() {
 
     assert!(sim.ended().is_none(), "an unread close_notify ends nothing");
     assert_eq!(
-        sim.call.dropped(LegKind::WhatsApp, DropReason::Unexpected),
+        sim.call.dropped(LegKind::WhatsApp, DropReason::LateDtls),
         1,
         "the close_notify is a counted drop"
     );
