@@ -743,13 +743,11 @@ impl CompareEntry {
             );
         };
         let at = c.at_capacity.as_deref();
-        let pps = at.map_or(0.0, |r| {
-            (r.up.received + r.down.received) as f64 / r.hold_s.max(0.001)
-        });
+        let pps = at.map_or(0.0, |r| r.forwarded_pps());
         let opt =
             |v: Option<f64>, unit: &str| v.map_or_else(|| "-".into(), |v| format!("{v:.0}{unit}"));
         format!(
-            "{:<16} {:>8} {:>10} {:>12.0} {:>10.2} {:>9} {:>12} {:>9} {:>15}",
+            "{:<16} {:>8} {:>10} {:>12.0} {:>10.2} {:>9} {:>12} {:>12} {:>9} {:>15}",
             self.target,
             c.capacity,
             c.first_failure
@@ -757,6 +755,10 @@ impl CompareEntry {
             pps,
             at.map_or(f64::NAN, |r| r.steady_p99_ms()),
             opt(at.and_then(|r| r.resources.relay_cpu_pct), "%"),
+            c.cpu_us_per_packet().map_or_else(
+                || "-".into(),
+                |v| format!("{v:.1} (n={})", c.clean_probes())
+            ),
             opt(
                 at.and_then(|r| r.resources.relay_rss_per_call_bytes)
                     .map(|b| b / 1024.0),
@@ -769,13 +771,14 @@ impl CompareEntry {
 
     pub fn header() -> String {
         format!(
-            "{:<16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>12} {:>9} {:>15}",
+            "{:<16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>12} {:>12} {:>9} {:>15}",
             "target",
             "capacity",
             "missed at",
             "fwd pkts/s",
             "p99 ms",
             "cpu",
+            "cpu us/pkt",
             "rss/call",
             "gen cpu",
             "load before/after"

@@ -15,6 +15,8 @@ use crate::stats::{DirTotals, Totals};
 pub struct DirReport {
     pub sent: u64,
     pub received: u64,
+    /// Received in the steady window (all calls up, after the warmup, before teardown).
+    pub steady_received: u64,
     /// `sent - received` after the settle time: packets that never arrived.
     pub lost: u64,
     pub loss_ratio: f64,
@@ -35,6 +37,7 @@ impl DirReport {
         DirReport {
             sent: all.sent,
             received: all.received,
+            steady_received: steady.received,
             lost,
             loss_ratio: if all.sent > 0 {
                 lost as f64 / all.sent as f64
@@ -135,6 +138,11 @@ impl RunReport {
     /// Worst loss ratio of the two directions.
     pub fn loss_ratio(&self) -> f64 {
         self.up.loss_ratio.max(self.down.loss_ratio)
+    }
+
+    /// Packets forwarded per second in the steady window, both directions.
+    pub fn forwarded_pps(&self) -> f64 {
+        (self.up.steady_received + self.down.steady_received) as f64 / self.hold_s.max(0.001)
     }
 
     /// Worst steady p99 of the two directions, ms.
