@@ -13,10 +13,10 @@ does; without root it runs at normal priority and says so.
 import os
 import sys
 import time
-from multiprocessing import Process
+from multiprocessing import Process, Queue
 
 
-def probe(cpu: int, seconds: float) -> None:
+def probe(cpu: int, seconds: float, out: Queue) -> None:
     os.sched_setaffinity(0, {cpu})
     prio = "nice -20"
     try:
@@ -35,21 +35,23 @@ def probe(cpu: int, seconds: float) -> None:
         t = now
     late.sort()
     n = len(late)
-    print(
+    out.put(
         f"CPU {cpu} ({prio}): {n} sleeps of 1 ms, late by p50 {late[n // 2]:.2f} ms, "
         f"p99 {late[int(n * 0.99)]:.2f} ms, p99.9 {late[int(n * 0.999)]:.2f} ms, "
         f"max {late[-1]:.2f} ms; over 2 ms: {sum(x > 2 for x in late)}, "
-        f"over 5 ms: {sum(x > 5 for x in late)}",
-        flush=True,
+        f"over 5 ms: {sum(x > 5 for x in late)}"
     )
 
 
 def main() -> None:
     cpus = [int(sys.argv[1])] if len(sys.argv) > 1 else sorted(os.sched_getaffinity(0))[:2]
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
-    procs = [Process(target=probe, args=(c, seconds)) for c in cpus]
+    out: Queue = Queue()
+    procs = [Process(target=probe, args=(c, seconds, out)) for c in cpus]
     for p in procs:
         p.start()
+    for line in sorted(out.get() for _ in procs):
+        print(line)
     for p in procs:
         p.join()
 
