@@ -129,8 +129,10 @@ pub enum EndCause {
     ConsentLost,
     /// The internal leg stayed silent beyond its limit and the policy ends the call.
     InternalLegTimeout,
-    /// The peer closed DTLS (close_notify) or sent a fatal alert (Meta, or a browser agent
-    /// closing its RTCPeerConnection on a WebRTC internal leg).
+    /// The peer closed DTLS (close_notify) or sent a fatal alert: a browser agent closing its
+    /// RTCPeerConnection on a WebRTC internal leg, or Meta when `call.keep_dtls_state` is set
+    /// (by default the WhatsApp leg frees its DTLS state after the handshake and counts later
+    /// DTLS as `late_dtls` drops).
     PeerClosed,
     /// A WebRTC internal leg could not be set up or was lost: no ICE nomination in time after
     /// the browser's description, DTLS failed or timed out, the browser's certificate did not
