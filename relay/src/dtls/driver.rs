@@ -39,8 +39,6 @@ pub struct DtlsDriver {
     peer_verified: bool,
     dimpl_connected: bool,
     keys: Option<(SessionKeys, SrtpProfile)>,
-    /// [`Self::release`] dropped dimpl's state: nothing more is read or sent.
-    released: bool,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<DtlsEvent>,
     scratch: Vec<u8>,
@@ -112,7 +110,6 @@ impl DtlsDriver {
             peer_verified: false,
             dimpl_connected: false,
             keys: None,
-            released: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             scratch: vec![0; cfg.mtu.max(2048)],
@@ -253,19 +250,19 @@ impl DtlsDriver {
     /// (the server's Finished arrived, so the server has ours), as the server once the peer
     /// has sent authenticated SRTP (so it has our Finished). Does nothing before connected.
     pub fn release(&mut self) {
-        if self.state != State::Connected || self.released {
+        if self.state != State::Connected {
             return;
         }
-        self.released = true;
         self.dtls = None;
         self.scratch = Vec::new();
         self.transmits = VecDeque::new();
         self.events.shrink_to_fit();
     }
 
-    /// [`Self::release`] ran: DTLS datagrams are no longer read.
+    /// [`Self::release`] ran: DTLS datagrams are no longer read. (Connected without a dimpl
+    /// instance happens only after a release; a failure also drops it, but is not connected.)
     pub fn is_released(&self) -> bool {
-        self.released
+        self.state == State::Connected && self.dtls.is_none()
     }
 
     /// Sends close_notify (call teardown). The driver produces nothing afterwards.
