@@ -4,13 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A cold run writes about 3 GB to target/ (see README). Say how much room there is, so a
+# A cold run writes about 1.7 GB to target/ (see README). Say how much room there is, so a
 # "No space left on device" from the linker is recognised for what it is.
 disk_free() { df -Pk "${CARGO_TARGET_DIR:-target}" 2>/dev/null || df -Pk .; }
 free_kb=$(disk_free | awk 'NR==2 {print $4}')
 echo "== disk: $((free_kb / 1024 / 1024)) GiB free where target/ lives"
 if [ "${free_kb:-0}" -lt $((4 * 1024 * 1024)) ]; then
-  echo "warning: under 4 GiB free; a cold build and test run needs about 3 GiB" >&2
+  echo "warning: under 4 GiB free; a cold build and test run needs about 2 GiB" >&2
 fi
 trap 'echo "== disk at exit: $(disk_free | awk '"'"'NR==2 {print int($4/1048576)}'"'"') GiB free"' EXIT
 
