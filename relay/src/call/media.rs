@@ -117,11 +117,7 @@ impl Call {
             });
             // Authenticated SRTP proves Meta has our Finished: a DTLS server can now free its
             // handshake state (a client already did when it connected).
-            if !self.cfg.keep_dtls_state
-                && let Some(dtls) = self.wa.dtls.as_mut()
-            {
-                dtls.release();
-            }
+            self.release_wa_dtls();
         }
 
         // Payload type map: WhatsApp's PTs → the internal leg's.

@@ -346,11 +346,13 @@ impl Call {
                         // As the client we are done with DTLS: Meta's Finished arrived, so it
                         // has ours and will not retransmit. (As the server, see the first
                         // media from WhatsApp.)
-                        if !self.cfg.keep_dtls_state
-                            && let Some(dtls) = self.wa.dtls.as_mut()
-                            && dtls.role() == crate::dtls::DtlsRole::Client
+                        if self
+                            .wa
+                            .dtls
+                            .as_ref()
+                            .is_some_and(|d| d.role() == crate::dtls::DtlsRole::Client)
                         {
-                            dtls.release();
+                            self.release_wa_dtls();
                         }
                     }
                     Err(_) => self.end(EndCause::DtlsFailed),
@@ -361,6 +363,17 @@ impl Call {
                 DtlsEvent::Failed(_) => self.end(EndCause::DtlsFailed),
                 DtlsEvent::Closed => self.end(EndCause::PeerClosed),
             }
+        }
+    }
+
+    /// Free the WhatsApp leg's DTLS handshake state once nothing can need it, unless
+    /// `call.keep_dtls_state` asks to keep reading Meta's close_notify. Callers decide when:
+    /// a client at connect, a server at Meta's first authenticated SRTP.
+    fn release_wa_dtls(&mut self) {
+        if !self.cfg.keep_dtls_state
+            && let Some(dtls) = self.wa.dtls.as_mut()
+        {
+            dtls.release();
         }
     }
 
