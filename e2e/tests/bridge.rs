@@ -183,18 +183,7 @@ fn sdes_on_the_internal_leg() {
 
 /// Set up a plain user-initiated call with the gate open; returns the peers.
 fn connected_call(relay: &mut Relay, id: &str) -> (e2e::meta::MetaHandle, e2e::sip::SipHandle) {
-    let meta = meta(MetaConfig::default());
-    let sip = sip(SipConfig::default());
-    let created = relay
-        .create(user_initiated(id, &meta, Some(sip.sdp())))
-        .expect("create");
-    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
-    sip.set_remote_sdp(&created.internal_sdp).unwrap();
-    assert!(
-        relay
-            .wait_event(id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
-            .is_some()
-    );
+    let (meta, sip, _) = ready_call(relay, id, MetaConfig::default());
     relay.open_gate(id);
     (meta, sip)
 }
@@ -346,14 +335,7 @@ fn latch_mode_learns_the_internal_peer_from_its_first_packet() {
     // A NAT'd media server: its SDP is not given; the relay learns it from the first packet.
     let mut req = user_initiated(id, &meta, None);
     req.internal.source = relay::api::SourcePolicy::Latch;
-    let created = relay.create(req).expect("create");
-    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
-    sip.set_remote_sdp(&created.internal_sdp).unwrap();
-    assert!(
-        relay
-            .wait_event(id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
-            .is_some()
-    );
+    establish(&mut relay, req, &meta, &sip);
     relay.open_gate(id);
     sip.start_audio();
     meta.start_audio();

@@ -14,7 +14,7 @@ use e2e::faults::{Direction, FaultProxy, FaultSpec, rewrite_candidate};
 use e2e::meta::{MetaConfig, MetaHandle};
 use e2e::sdp::RemoteSdp;
 use e2e::sip::{SipConfig, SipHandle};
-use relay::api::{ApiError, CallControl, CallEventKind, CallState, LegKind};
+use relay::api::{ApiError, CallControl, CallState, LegKind};
 use relay::call::stats::DropReason;
 use relay::engine::{Engine, EngineConfig, EngineHandle};
 
@@ -102,18 +102,7 @@ fn flowing_call(
     id: &str,
     cfg: MetaConfig,
 ) -> (MetaHandle, SipHandle, relay::api::CallCreated) {
-    let meta = meta(cfg);
-    let sip = sip(SipConfig::default());
-    let created = relay
-        .create(user_initiated(id, &meta, Some(sip.sdp())))
-        .expect("create");
-    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
-    sip.set_remote_sdp(&created.internal_sdp).unwrap();
-    assert!(
-        relay
-            .wait_event(id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
-            .is_some()
-    );
+    let (meta, sip, created) = ready_call(relay, id, cfg);
     relay.open_gate(id);
     meta.start_audio();
     sip.start_audio();
@@ -357,14 +346,7 @@ fn calls_survive_loss_reordering_duplication_and_jitter_and_the_stats_show_it() 
         meta.local_addrs().0,
         proxy.relay_facing(),
     ));
-    let created = relay.create(req).expect("create");
-    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
-    sip.set_remote_sdp(&created.internal_sdp).unwrap();
-    assert!(
-        relay
-            .wait_event(id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
-            .is_some()
-    );
+    establish(&mut relay, req, &meta, &sip);
     assert_eq!(
         relay.get(id).unwrap().whatsapp_remote,
         Some(proxy.relay_facing())

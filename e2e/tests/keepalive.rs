@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use e2e::meta::MetaConfig;
 use e2e::rtp::read_stamp;
-use e2e::sip::SipConfig;
 use relay::api::{CallEventKind, CallState, EndCause, LegKind};
 use relay::call::CallConfig;
 
@@ -23,27 +22,10 @@ fn short_timers() -> CallConfig {
     }
 }
 
-/// Set up a call up to WhatsAppReady (gate still closed).
-fn ready_call(relay: &mut Relay, id: &str) -> (e2e::meta::MetaHandle, e2e::sip::SipHandle) {
-    let meta = meta(MetaConfig::default());
-    let sip = sip(SipConfig::default());
-    let created = relay
-        .create(user_initiated(id, &meta, Some(sip.sdp())))
-        .expect("create");
-    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
-    sip.set_remote_sdp(&created.internal_sdp).unwrap();
-    assert!(
-        relay
-            .wait_event(id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
-            .is_some()
-    );
-    (meta, sip)
-}
-
 #[test]
 fn a_silent_internal_leg_still_feeds_whatsapp_every_packet_time_with_rtcp() {
     let mut relay = Relay::with_config(short_timers());
-    let (meta, _sip) = ready_call(&mut relay, "wacid.silent");
+    let (meta, _sip, _) = ready_call(&mut relay, "wacid.silent", MetaConfig::default());
     meta.start_audio(); // Meta talks, so the call is not ended by the inward rules.
     assert_eq!(meta.received().len(), 0, "nothing before the gate");
     relay.open_gate("wacid.silent");
@@ -74,7 +56,7 @@ fn a_silent_internal_leg_still_feeds_whatsapp_every_packet_time_with_rtcp() {
 #[test]
 fn an_ivr_that_starts_before_the_gate_is_not_clipped() {
     let mut relay = Relay::start();
-    let (meta, sip) = ready_call(&mut relay, "wacid.ivr");
+    let (meta, sip, _) = ready_call(&mut relay, "wacid.ivr", MetaConfig::default());
     sip.start_audio(); // the greeting starts before accept returned 200
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(
@@ -115,7 +97,7 @@ fn an_ivr_that_starts_before_the_gate_is_not_clipped() {
 #[test]
 fn whatsapp_going_silent_ends_the_call_with_138021_and_frees_it() {
     let mut relay = Relay::with_config(short_timers());
-    let (meta, sip) = ready_call(&mut relay, "wacid.gone");
+    let (meta, sip, _) = ready_call(&mut relay, "wacid.gone", MetaConfig::default());
     relay.open_gate("wacid.gone");
     meta.start_audio();
     sip.start_audio();
@@ -148,7 +130,7 @@ fn whatsapp_going_silent_ends_the_call_with_138021_and_frees_it() {
 #[test]
 fn no_media_after_accept_ends_the_call_with_138023() {
     let mut relay = Relay::with_config(short_timers());
-    let (meta, _sip) = ready_call(&mut relay, "wacid.mute");
+    let (meta, _sip, _) = ready_call(&mut relay, "wacid.mute", MetaConfig::default());
     // The consumer's side goes quiet entirely (no RTP, no RTCP) once the leg is up.
     meta.stop();
     relay.open_gate("wacid.mute");

@@ -31,17 +31,11 @@ fn transfer_to_another_agent_keeps_whatsapps_stream_continuous() {
     let meta = meta(MetaConfig::default());
     let agent_a = sip(SipConfig::default());
     let id = "wacid.transfer";
-    let created = relay
-        .create(user_initiated(id, &meta, Some(agent_a.sdp())))
-        .expect("create");
-    meta.set_remote_sdp(&created.whatsapp_sdp).expect("answer");
-    agent_a
-        .set_remote_sdp(&created.internal_sdp)
-        .expect("A's SDP");
-    assert!(
-        relay
-            .wait_event(id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
-            .is_some()
+    let created = establish(
+        &mut relay,
+        user_initiated(id, &meta, Some(agent_a.sdp())),
+        &meta,
+        &agent_a,
     );
     relay.open_gate(id);
     meta.start_audio();

@@ -12,8 +12,6 @@
 //! leg instead of the media server: DTLS-SRTP both ways, the browser's consent checks answered
 //! by the relay's ICE-lite agent.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,41 +29,8 @@ use relay::srtp::SrtpProfile;
 use relay::wire::classify::{PacketKind, classify};
 use relay::wire::rtcp;
 
-struct Counting;
-
-thread_local! {
-    // Const-initialised and without a destructor, so touching it never allocates.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
+mod alloc_support;
+use alloc_support::allocations;
 
 const PTIME: Duration = Duration::from_millis(20);
 const PAYLOAD: usize = 160;

@@ -131,6 +131,47 @@ pub fn business_initiated(call_id: &str, security: WaSecurity, sip_sdp: String) 
     }
 }
 
+/// Create `req`, give each peer the relay's SDP, and wait until the WhatsApp leg can carry
+/// media (`WhatsAppReady`; the gate is still closed). Returns what CreateCall answered.
+pub fn establish(
+    relay: &mut Relay,
+    req: CreateCall,
+    meta: &MetaHandle,
+    sip: &SipHandle,
+) -> CallCreated {
+    let id = req.call_id.clone();
+    let created = relay.create(req).expect("create");
+    meta.set_remote_sdp(&created.whatsapp_sdp)
+        .expect("Meta takes the relay's answer");
+    sip.set_remote_sdp(&created.internal_sdp)
+        .expect("the media server takes the relay's SDP");
+    assert!(
+        relay
+            .wait_event(&id, WAIT, |k| matches!(k, CallEventKind::WhatsAppReady))
+            .is_some(),
+        "{id}: WhatsApp leg ready"
+    );
+    created
+}
+
+/// A user-initiated DTLS call to a plain-RTP media server, set up to `WhatsAppReady` with the
+/// gate still closed.
+pub fn ready_call(
+    relay: &mut Relay,
+    id: &str,
+    meta_cfg: MetaConfig,
+) -> (MetaHandle, SipHandle, CallCreated) {
+    let meta = meta(meta_cfg);
+    let sip = sip(SipConfig::default());
+    let created = establish(
+        relay,
+        user_initiated(id, &meta, Some(sip.sdp())),
+        &meta,
+        &sip,
+    );
+    (meta, sip, created)
+}
+
 pub fn meta(cfg: MetaConfig) -> MetaHandle {
     MetaPeer::spawn(cfg).expect("meta emulator starts")
 }

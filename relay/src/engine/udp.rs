@@ -304,7 +304,9 @@ impl SendBatch {
     }
 }
 
-fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+/// The source address the kernel wrote into `ss`; `None` for a family we don't speak. Shared
+/// with the load generator's timestamping receive batch.
+pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says this storage holds a sockaddr_in.
