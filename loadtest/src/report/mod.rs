@@ -249,6 +249,14 @@ fn opt_mib(v: Option<u64>) -> String {
     )
 }
 
+/// What the relay says when its admission control refuses a create (see the relay's README,
+/// "Admission").
+const ADMISSION_REFUSAL: &str = "relay overloaded";
+const ADMISSION_HINT: &str = "   the relay's admission control refused these: every shard was busier than \
+--max-shard-busy-percent (default 90) over the last second. That protects the calls already up; \
+to load a shard past it, start the relay with --relay-arg=--max-shard-busy-percent=100, or give \
+it more shards (--relay-shards).";
+
 /// The final table.
 pub fn table(r: &RunReport) -> String {
     let mut o = String::new();
@@ -273,6 +281,12 @@ pub fn table(r: &RunReport) -> String {
             &mut o,
             format!("   failed at {stage}: {n} (e.g. {example})"),
         );
+    }
+    if r.failures
+        .values()
+        .any(|(_, e)| e.contains(ADMISSION_REFUSAL))
+    {
+        line(&mut o, ADMISSION_HINT.to_string());
     }
     line(
         &mut o,
@@ -383,4 +397,38 @@ pub fn table(r: &RunReport) -> String {
         );
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_explains_creates_refused_by_admission_control() {
+        let mut r = RunReport {
+            label: "run".into(),
+            calls: 1000,
+            calls_ok: 740,
+            ..RunReport::default()
+        };
+        r.failures.insert(
+            "create".into(),
+            (
+                260,
+                "status: Unavailable, message: \"relay overloaded: the least busy shard worked \
+                 93% of the last second (limit 90%)\""
+                    .into(),
+            ),
+        );
+        let t = table(&r);
+        assert!(t.contains("1000 calls (740 ok, 260 failed)"), "{t}");
+        assert!(t.contains("failed at create: 260"), "{t}");
+        assert!(t.contains("--max-shard-busy-percent=100"), "{t}");
+
+        // Other failures get no such hint.
+        r.failures.clear();
+        r.failures
+            .insert("ready".into(), (3, "no media within 10 s".into()));
+        assert!(!table(&r).contains("admission"));
+    }
 }
