@@ -13,9 +13,8 @@ use relay::srtp::SrtpProfile;
 
 use crate::dtls::{DtlsSetup, PeerCertificate, PeerDtls};
 use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
-use crate::meta::wait_until;
 use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
-use crate::runner::{PeerCore, Runner};
+use crate::runner::{MediaPeer, PeerCore, PeerHandle, Runner};
 use crate::sdp::{RemoteSdp, crlf};
 use crate::srtp::SrtpSession;
 use crate::stun::{self, BINDING_SUCCESS, Message};
@@ -466,6 +465,16 @@ impl PeerCore for BrowserCore {
     }
 }
 
+impl MediaPeer for BrowserCore {
+    type Stats = BrowserStats;
+    fn stats(&self) -> BrowserStats {
+        BrowserCore::stats(self)
+    }
+    fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+}
+
 /// Spawns browser peers on loopback.
 #[derive(Debug)]
 pub struct BrowserPeer;
@@ -482,15 +491,7 @@ impl BrowserPeer {
 }
 
 /// A running browser peer. Dropping it stops the thread.
-pub struct BrowserHandle {
-    runner: Runner<BrowserCore>,
-}
-
-impl std::fmt::Debug for BrowserHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrowserHandle").finish_non_exhaustive()
-    }
-}
+pub type BrowserHandle = PeerHandle<BrowserCore>;
 
 impl BrowserHandle {
     pub fn offer(&self) -> String {
@@ -518,17 +519,5 @@ impl BrowserHandle {
     pub fn send_dtmf(&self, event: u8, duration: Duration) {
         self.runner
             .with(|c| c.send_dtmf(Instant::now(), event, duration));
-    }
-    pub fn stats(&self) -> BrowserStats {
-        self.runner.lock().stats()
-    }
-    pub fn received(&self) -> Vec<ReceivedRtp> {
-        self.runner.lock().received()
-    }
-    pub fn received_rtcp(&self) -> Vec<ReceivedRtcp> {
-        self.runner.lock().received_rtcp()
-    }
-    pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&BrowserStats) -> bool) -> bool {
-        wait_until(timeout, || cond(&self.stats()))
     }
 }

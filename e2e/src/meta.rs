@@ -36,7 +36,7 @@ use relay::srtp::{MasterKey, SessionKeys, SrtpProfile};
 use crate::dtls::{DtlsSetup, PeerCertificate, PeerDtls};
 use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
 use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
-use crate::runner::{PeerCore, Runner};
+use crate::runner::{MediaPeer, PeerCore, PeerHandle, Runner};
 use crate::sdp::{Crypto, RemoteSdp, crlf, host_candidate};
 use crate::srtp::SrtpSession;
 use crate::stun::{
@@ -861,6 +861,16 @@ impl PeerCore for MetaCore {
     }
 }
 
+impl MediaPeer for MetaCore {
+    type Stats = MetaStats;
+    fn stats(&self) -> MetaStats {
+        MetaCore::stats(self)
+    }
+    fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+}
+
 /// Spawns Meta emulators on loopback.
 #[derive(Debug)]
 pub struct MetaPeer;
@@ -899,15 +909,7 @@ impl MetaPeer {
 }
 
 /// A running Meta emulator. Dropping it stops the thread.
-pub struct MetaHandle {
-    runner: Runner<MetaCore>,
-}
-
-impl std::fmt::Debug for MetaHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MetaHandle").finish_non_exhaustive()
-    }
-}
+pub type MetaHandle = PeerHandle<MetaCore>;
 
 impl MetaHandle {
     pub fn offer_sdp(&self) -> String {
@@ -958,40 +960,12 @@ impl MetaHandle {
         self.runner
             .with(|c| c.send_dtmf(Instant::now(), event, duration));
     }
-    pub fn stats(&self) -> MetaStats {
-        self.runner.lock().stats()
-    }
-    pub fn received(&self) -> Vec<ReceivedRtp> {
-        self.runner.lock().received()
-    }
-    pub fn received_rtcp(&self) -> Vec<ReceivedRtcp> {
-        self.runner.lock().received_rtcp()
-    }
     pub fn first_packet_at(&self) -> Option<Instant> {
         self.runner.lock().first_packet_at()
     }
-    /// Polls `stats()` every few milliseconds until `cond` holds or `timeout` passes.
-    pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&MetaStats) -> bool) -> bool {
-        wait_until(timeout, || cond(&self.stats()))
-    }
-    pub fn stop(mut self) {
-        self.runner.stop();
-    }
 }
 
-/// Polls `cond` every 5 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+pub use crate::runner::wait_until;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
+
+use crate::media::{ReceivedRtcp, ReceivedRtp, Recorder};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 /// What a runner needs from a peer: datagrams in (with the index of the socket they arrived
@@ -19,6 +21,59 @@ pub trait PeerCore: Send + 'static {
     fn poll(&mut self, now: Instant);
     fn poll_timeout(&self) -> Option<Instant>;
     fn poll_transmit(&mut self) -> Option<(usize, SocketAddr, Vec<u8>)>;
+}
+
+/// What a media peer's core tells its handle: its counters and what it has received.
+pub trait MediaPeer: PeerCore {
+    type Stats: Clone;
+    fn stats(&self) -> Self::Stats;
+    fn recorder(&self) -> &Recorder;
+}
+
+/// A running peer: its core on its own thread, shared with this handle. Dropping the handle
+/// stops the thread. What every peer reports is here; each peer's own commands are on its
+/// alias (`MetaHandle`, `SipHandle`, `BrowserHandle`).
+pub struct PeerHandle<C: PeerCore> {
+    pub(crate) runner: Runner<C>,
+}
+
+impl<C: PeerCore> std::fmt::Debug for PeerHandle<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerHandle").finish_non_exhaustive()
+    }
+}
+
+impl<C: MediaPeer> PeerHandle<C> {
+    pub fn stats(&self) -> C::Stats {
+        self.runner.lock().stats()
+    }
+    pub fn received(&self) -> Vec<ReceivedRtp> {
+        self.runner.lock().recorder().rtp.clone()
+    }
+    pub fn received_rtcp(&self) -> Vec<ReceivedRtcp> {
+        self.runner.lock().recorder().rtcp.clone()
+    }
+    /// Polls `stats()` every few milliseconds until `cond` holds or `timeout` passes.
+    pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&C::Stats) -> bool) -> bool {
+        wait_until(timeout, || cond(&self.stats()))
+    }
+    pub fn stop(mut self) {
+        self.runner.stop();
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Longest the thread sleeps without a deadline, so `stop` is noticed even if a wake is lost.

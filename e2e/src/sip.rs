@@ -12,9 +12,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use relay::srtp::{MasterKey, SessionKeys, SrtpProfile};
 
 use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
-use crate::meta::wait_until;
 use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
-use crate::runner::{PeerCore, Runner};
+use crate::runner::{MediaPeer, PeerCore, PeerHandle, Runner};
 use crate::sdp::{Crypto, RemoteSdp, crlf};
 use crate::srtp::SrtpSession;
 
@@ -326,6 +325,16 @@ impl PeerCore for SipCore {
     }
 }
 
+impl MediaPeer for SipCore {
+    type Stats = MediaStats;
+    fn stats(&self) -> MediaStats {
+        SipCore::stats(self)
+    }
+    fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+}
+
 /// Spawns SIP media peers on loopback.
 #[derive(Debug)]
 pub struct SipPeer;
@@ -343,15 +352,7 @@ impl SipPeer {
 }
 
 /// A running SIP media peer. Dropping it stops the thread.
-pub struct SipHandle {
-    runner: Runner<SipCore>,
-}
-
-impl std::fmt::Debug for SipHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SipHandle").finish_non_exhaustive()
-    }
-}
+pub type SipHandle = PeerHandle<SipCore>;
 
 impl SipHandle {
     pub fn sdp(&self) -> String {
@@ -395,29 +396,15 @@ impl SipHandle {
     pub fn jump_seq(&self, delta: u16) {
         self.runner.with(|c| c.jump_seq(delta));
     }
-    pub fn stats(&self) -> MediaStats {
-        self.runner.lock().stats()
-    }
-    pub fn received(&self) -> Vec<ReceivedRtp> {
-        self.runner.lock().received()
-    }
-    pub fn received_rtcp(&self) -> Vec<ReceivedRtcp> {
-        self.runner.lock().received_rtcp()
-    }
     pub fn first_packet_at(&self) -> Option<Instant> {
         self.runner.lock().first_packet_at()
-    }
-    pub fn wait_until(&self, timeout: Duration, cond: impl Fn(&MediaStats) -> bool) -> bool {
-        wait_until(timeout, || cond(&self.stats()))
-    }
-    pub fn stop(mut self) {
-        self.runner.stop();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::wait_until;
 
     /// Two SIP peers pointed at each other: what one sends, the other records.
     #[test]
