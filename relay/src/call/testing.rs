@@ -234,6 +234,29 @@ pub enum Received {
     Unexpected,
 }
 
+/// SRTP or SRTCP from the relay (`kind` says which), unprotected in place with a test peer's
+/// receive context: what the peer made of it.
+pub(crate) fn unprotect_media(
+    srtp: Option<&mut SrtpSession>,
+    kind: PacketKind,
+    buf: &mut [u8],
+) -> Received {
+    let Some(s) = srtp else {
+        return Received::NoKeys;
+    };
+    match kind {
+        PacketKind::Rtp => match s.rx.unprotect_rtp(buf) {
+            Ok(n) => Received::Rtp(n),
+            Err(e) => Received::Rejected(e),
+        },
+        PacketKind::Rtcp => match s.rx.unprotect_rtcp(buf) {
+            Ok(n) => Received::Rtcp(n),
+            Err(e) => Received::Rejected(e),
+        },
+        _ => Received::Unexpected,
+    }
+}
+
 /// Meta's side of the WhatsApp leg: SDES, or ICE-lite + DTLS server (the user-initiated shape,
 /// where Meta offers `actpass` and the relay answers `active`).
 pub struct MetaPeer {
@@ -356,25 +379,9 @@ impl MetaPeer {
                 self.after_dtls(out);
                 Received::Dtls
             }
-            PacketKind::Rtp | PacketKind::Rtcp if self.srtp.is_none() => Received::NoKeys,
-            PacketKind::Rtp => match self
-                .srtp
-                .as_mut()
-                .map(|s| s.rx.unprotect_rtp(&mut buf[..len]))
-            {
-                Some(Ok(n)) => Received::Rtp(n),
-                Some(Err(e)) => Received::Rejected(e),
-                None => Received::NoKeys,
-            },
-            PacketKind::Rtcp => match self
-                .srtp
-                .as_mut()
-                .map(|s| s.rx.unprotect_rtcp(&mut buf[..len]))
-            {
-                Some(Ok(n)) => Received::Rtcp(n),
-                Some(Err(e)) => Received::Rejected(e),
-                None => Received::NoKeys,
-            },
+            kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
+                unprotect_media(self.srtp.as_mut(), kind, &mut buf[..len])
+            }
             PacketKind::Unknown => Received::Unexpected,
         }
     }

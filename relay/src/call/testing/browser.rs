@@ -16,7 +16,7 @@ use crate::srtp::{SrtpError, SrtpSession};
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::stun;
 
-use super::{Received, crlf, v4};
+use super::{Received, crlf, unprotect_media, v4};
 
 /// The browser's address (its one usable host candidate).
 pub const BROWSER: SocketAddr = v4(10, 20, 0, 9, 50000);
@@ -205,25 +205,9 @@ impl BrowserPeer {
                 }
                 Received::Dtls
             }
-            PacketKind::Rtp | PacketKind::Rtcp if self.srtp.is_none() => Received::NoKeys,
-            PacketKind::Rtp => match self
-                .srtp
-                .as_mut()
-                .map(|s| s.rx.unprotect_rtp(&mut buf[..len]))
-            {
-                Some(Ok(n)) => Received::Rtp(n),
-                Some(Err(e)) => Received::Rejected(e),
-                None => Received::NoKeys,
-            },
-            PacketKind::Rtcp => match self
-                .srtp
-                .as_mut()
-                .map(|s| s.rx.unprotect_rtcp(&mut buf[..len]))
-            {
-                Some(Ok(n)) => Received::Rtcp(n),
-                Some(Err(e)) => Received::Rejected(e),
-                None => Received::NoKeys,
-            },
+            kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
+                unprotect_media(self.srtp.as_mut(), kind, &mut buf[..len])
+            }
             PacketKind::Unknown => Received::Unexpected,
         };
         self.after_input(now, out);
