@@ -148,24 +148,7 @@ impl RelayProcess {
     }
 
     fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own child by its pid.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let end = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child);
     }
 }
 
@@ -173,6 +156,29 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Stops a target we started: SIGTERM (the relay drains; rtpengine tears its calls down), up to
+/// 3 s to exit, then SIGKILL. Reaps it either way.
+pub(crate) fn stop_child(child: &mut std::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Connects to the control API, retrying until it answers or `wait` passes (a relay just
