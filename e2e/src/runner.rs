@@ -10,9 +10,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::media::{ReceivedRtcp, ReceivedRtp, Recorder};
-use mio::{Events, Interest, Poll, Token, Waker};
 
 /// What a runner needs from a peer: datagrams in (with the index of the socket they arrived
 /// on), datagrams out (with the index of the socket to send from), and a deadline.

@@ -249,9 +249,8 @@ fn opt_mib(v: Option<u64>) -> String {
     )
 }
 
-/// What the relay says when its admission control refuses a create (see the relay's README,
-/// "Admission").
-const ADMISSION_REFUSAL: &str = "relay overloaded";
+/// Printed under failures whose message carries the relay's admission refusal
+/// ([`relay::engine::OVERLOADED`]; see the relay's README, "Admission").
 const ADMISSION_HINT: &str = "   the relay's admission control refused these: every shard was busier than \
 --max-shard-busy-percent (default 90) over the last second. That protects the calls already up; \
 to load a shard past it, start the relay with --relay-arg=--max-shard-busy-percent=100, or give \
@@ -284,7 +283,7 @@ pub fn table(r: &RunReport) -> String {
     }
     if r.failures
         .values()
-        .any(|(_, e)| e.contains(ADMISSION_REFUSAL))
+        .any(|(_, e)| e.contains(relay::engine::OVERLOADED))
     {
         line(&mut o, ADMISSION_HINT.to_string());
     }

@@ -31,6 +31,10 @@ use crate::dtls::DtlsIdentity;
 use shard::{CallSockets, Command, Shard};
 pub use sockets::PortRange;
 
+/// How an admission refusal for load begins (`UNAVAILABLE`), so clients such as loadtest can
+/// tell it from other unavailability.
+pub const OVERLOADED: &str = "relay overloaded";
+
 /// How the engine binds and what it advertises.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -331,7 +335,7 @@ impl EngineHandle {
         if snapshot::overloaded(busy.iter().copied(), limit) {
             let least = busy.iter().copied().fold(f64::INFINITY, f64::min);
             return Err(ApiError::Unavailable(format!(
-                "relay overloaded: the least busy shard worked {:.0}% of the last second \
+                "{OVERLOADED}: the least busy shard worked {:.0}% of the last second \
                  (limit {:.0}%)",
                 least * 100.0,
                 limit * 100.0
