@@ -15,7 +15,7 @@ use control::pb;
 use relay::api::{
     ApiError, CallControl, CallCreated, CallDirection, CallEvent, CallEventKind, CallInfo,
     CallState, CreateCall, EndCause, InternalKind, InternalLegReplaced, InternalLegSpec, LegKind,
-    LegStats, Load, ShardLoad, SourcePolicy,
+    LegStats, Load, RefusedReason, ShardLoad, SourcePolicy,
 };
 use relay::control::{ControlConfig, ControlError, TlsFiles, serve, serve_on};
 use relay::srtp::SrtpProfile;
@@ -29,6 +29,9 @@ use tonic_types::StatusExt;
 
 struct FakeEngine {
     limit: u32,
+    draining: std::sync::atomic::AtomicBool,
+    /// CreateCalls the control plane refused before they reached the engine.
+    refused: Mutex<Vec<RefusedReason>>,
     inner: Mutex<Fake>,
     events: broadcast::Sender<CallEvent>,
 }
@@ -48,6 +51,8 @@ impl FakeEngine {
     fn new(limit: u32, event_capacity: usize) -> Arc<Self> {
         Arc::new(FakeEngine {
             limit,
+            draining: Default::default(),
+            refused: Mutex::default(),
             inner: Mutex::default(),
             events: broadcast::channel(event_capacity).0,
         })
@@ -86,6 +91,9 @@ impl CallControl for FakeEngine {
         let mut fake = self.fake();
         if let Some((created, _)) = fake.live.get(&req.call_id) {
             return Ok(created.clone());
+        }
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ApiError::Unavailable("relay is draining".into()));
         }
         if let Some(offer) = &req.whatsapp_offer
             && let Some(line) = offer.lines().find(|l| l.starts_with("m=video"))
@@ -252,6 +260,24 @@ impl CallControl for FakeEngine {
 
     fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.events.subscribe()
+    }
+
+    fn set_draining(&self, draining: bool) {
+        self.draining
+            .store(draining, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn end_all_drained(&self) -> Result<usize, ApiError> {
+        let mut n = 0;
+        for c in self.list_calls().await? {
+            let reason = relay::control::DRAIN_REASON.to_string();
+            n += usize::from(self.terminate(c.call_id, reason).await?.is_some());
+        }
+        Ok(n)
+    }
+
+    fn count_refused(&self, reason: RefusedReason) {
+        self.refused.lock().unwrap().push(reason);
     }
 }
 
