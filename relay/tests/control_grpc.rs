@@ -1273,3 +1273,82 @@ fn ended_info(call_id: &str) -> CallInfo {
         created_at: SystemTime::now(),
     }
 }
+
+// ----- malformed bodies ----------------------------------------------------------------------
+
+/// A codec that sends pre-built bytes as the request body and ignores any response body.
+#[derive(Clone, Copy, Default)]
+struct RawBody;
+
+impl tonic::codec::Codec for RawBody {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawBody;
+    type Decoder = RawBody;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawBody
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawBody
+    }
+}
+
+impl tonic::codec::Encoder for RawBody {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBody {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(buf);
+        prost::bytes::Buf::advance(buf, n);
+        Ok(Some(()))
+    }
+}
+
+async fn send_raw(relay: &Running, method: &str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(relay.channel().await);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::try_from(format!("/relay.v1.Relay/{method}"))
+            .unwrap();
+    grpc.unary(tonic::Request::new(body), path, RawBody)
+        .await
+        .expect_err("a body that does not decode is refused")
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_decode_is_invalid_argument_not_internal() {
+    let relay = Running::default().await;
+    // CreateCallRequest field 1 (call_id, a string) holding bytes that are not UTF-8.
+    let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    let s = send_raw(&relay, "CreateCall", not_utf8).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert_eq!(meta_code(&s), Some(100));
+    assert_eq!(error_reason(&s).as_deref(), Some("INVALID_PARAMETER"));
+    assert!(s.message().contains("does not decode"), "{}", s.message());
+    // A length that runs past the end, on another RPC.
+    let truncated = vec![0x0a, 0x10, b'w'];
+    let s = send_raw(&relay, "Terminate", truncated).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(relay.engine.fake().requests.is_empty());
+    assert!(relay.engine.fake().terminations.is_empty());
+    relay.stop().await.unwrap();
+}
