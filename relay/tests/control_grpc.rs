@@ -1352,3 +1352,47 @@ async fn a_body_that_does_not_decode_is_invalid_argument_not_internal() {
     assert!(relay.engine.fake().terminations.is_empty());
     relay.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn ids_with_invisible_or_reordering_characters_or_stray_spaces_are_invalid() {
+    let relay = Running::default().await;
+    let mut c = relay.client().await;
+    let bad_ids = [
+        "wacid.\u{202E}1gpj.exe",  // right-to-left override
+        "\u{FEFF}wacid.1",         // byte-order mark
+        "wacid.\u{200B}1",         // zero-width space
+        "wacid.\u{2066}1\u{2069}", // isolate
+        " ",                       // only a space
+        "wacid.1 ",                // trailing space
+        " wacid.1",                // leading space
+        "wacid.1\u{00A0}",         // trailing no-break space
+        "wacid.\u{7}1",            // control
+    ];
+    for id in bad_ids {
+        let e = c.create_call(uic(id, "1555", "u1")).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}: {e:?}");
+        assert_eq!(meta_code(&e), Some(100), "{id:?}");
+        assert!(e.message().contains("call_id"), "{id:?}: {}", e.message());
+        let e = c.terminate(id, "").await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}");
+        let e = c.get_call(id).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}");
+    }
+    // The same rules for the other identifiers.
+    let e = c
+        .create_call(uic("wacid.ok", "1555\u{202E}", "u1"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("business_number"), "{}", e.message());
+    let e = c
+        .create_call(uic("wacid.ok", "1555", " u1"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("consumer"), "{}", e.message());
+    assert!(relay.engine.fake().requests.is_empty());
+    assert!(relay.engine.fake().terminations.is_empty());
+    // Ordinary IDs, with a space inside or non-Latin letters, still work.
+    c.create_call(uic("wacid.a b", "1555", "u1")).await.unwrap();
+    c.create_call(uic("wacid.ĉĝ", "1555", "u2")).await.unwrap();
+    relay.stop().await.unwrap();
+}

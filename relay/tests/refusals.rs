@@ -176,3 +176,26 @@ async fn an_overloaded_refusal_is_counted() {
     assert_eq!(refused(&relay, "overloaded"), Some(1.0));
     assert_eq!(relay.engine.active_calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_with_ice_credentials_outside_rfc8839_is_invalid_with_code_100() {
+    let relay = start(EngineConfig {
+        shards: 1,
+        ..EngineConfig::default()
+    })
+    .await;
+    let mut c = relay.client().await;
+    let offer = include_str!("fixtures/sdp/wa_user_offer.sdp").replace(
+        "a=ice-pwd:fP3kq8Lw0zN2vXbY7sHc1tRm==",
+        "a=ice-pwd:fP3kq8Lw0zN2vXbY7sHc1t;Rm=x",
+    );
+    let mut req = bic("wacid.badpwd", "1555", "c1");
+    req.direction = pb::CallDirection::UserInitiated.into();
+    req.whatsapp_offer_sdp = offer;
+    let e = c.create_call(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(control::client::meta_code(&e), Some(100));
+    assert!(e.message().contains("ice-pwd"), "{}", e.message());
+    assert_eq!(relay.engine.active_calls(), 0);
+    assert_eq!(refused(&relay, "invalid_request"), Some(1.0));
+}
