@@ -770,6 +770,7 @@ impl Settings {
                 lifetime: self.tombstone_lifetime,
                 max: self.max_tombstones,
             },
+            shard_stall_timeout: self.shard_stall_timeout,
         }
     }
 

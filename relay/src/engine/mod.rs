@@ -6,6 +6,7 @@
 //! shard's command queue and never leaves it. The handle keeps the control-plane registry
 //! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
 
+pub mod heartbeat;
 pub mod ratelimit;
 mod registry;
 mod shard;
@@ -62,6 +63,8 @@ pub struct EngineConfig {
     pub rate_limit: ratelimit::RateLimitConfig,
     /// How long and how many ended call IDs are remembered (see [`TombstoneConfig`]).
     pub tombstones: TombstoneConfig,
+    /// A shard whose loop has not turned for this long makes `/healthz` fail.
+    pub shard_stall_timeout: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -85,6 +88,7 @@ impl Default for EngineConfig {
             call: CallConfig::default(),
             rate_limit: ratelimit::RateLimitConfig::default(),
             tombstones: TombstoneConfig::default(),
+            shard_stall_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct ShardStats {
     pub recv_errors: AtomicU64,
     /// Datagrams from unknown sources dropped by the per-source limiter (both legs).
     pub rate_limited: AtomicU64,
+    /// Loop turns so far: the heartbeat `/healthz` watches ([`heartbeat::HeartbeatWatch`]).
+    pub turns: AtomicU64,
 }
 
 struct ShardHandle {
@@ -130,6 +136,8 @@ struct Inner {
     next_shard: AtomicUsize,
     /// CreateCalls refused, by [`RefusedReason::index`].
     refused: [AtomicU64; RefusedReason::ALL.len()],
+    /// Probes' view of the shards' heartbeats (taken by probes only, never by a packet).
+    heartbeats: Mutex<heartbeat::HeartbeatWatch>,
 }
 
 /// The control plane's handle on the engine. Cheap to clone.
@@ -187,6 +195,7 @@ impl Engine {
             events: bcast,
             next_shard: AtomicUsize::new(0),
             refused: Default::default(),
+            heartbeats: Mutex::default(),
             cfg,
         });
         // Shard events → registry bookkeeping + broadcast to watchers. A plain thread so the
@@ -253,6 +262,21 @@ impl EngineHandle {
                 .collect(),
             refused: self.refused_calls(),
         }
+    }
+
+    /// Shards whose loop has not turned for `shard_stall_timeout` (stuck, or their thread
+    /// died), as of now. Empty when all is well.
+    pub fn stalled_shards(&self) -> Vec<heartbeat::Stalled> {
+        let turns = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.stats.turns.load(Ordering::Relaxed));
+        self.inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(turns, Instant::now(), self.inner.cfg.shard_stall_timeout)
     }
 
     /// Is the relay refusing new calls?
