@@ -6,6 +6,7 @@
 //! Read [`media`] for the per-packet path, top to bottom.
 
 pub mod config;
+mod error;
 pub mod fill;
 mod internal_webrtc;
 mod legs;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use config::CallConfig;
+pub use error::CallError;
 pub use setup::{Advertised, CallSetup, Created, LocalSockets};
 
 use crate::api::{CallDirection, CallEventKind, CallInfo, CallState, EndCause, LegKind};
@@ -235,12 +237,12 @@ impl Call {
     }
 
     /// Counters of one leg for engine-wide metrics.
-    pub fn leg_totals(&self, leg: LegKind) -> crate::engine::snapshot::LegTotals {
+    pub fn leg_totals(&self, leg: LegKind) -> stats::LegTotals {
         let (c, tx) = match leg {
             LegKind::WhatsApp => (&self.wa.counters, &self.wa.tx),
             LegKind::Internal => (&self.internal.counters, &self.internal.tx),
         };
-        crate::engine::snapshot::LegTotals {
+        stats::LegTotals {
             rx_packets: c.rx_packets,
             rx_bytes: c.rx_bytes,
             tx_packets: tx.packets,

@@ -13,9 +13,9 @@
 
 use std::time::Instant;
 
-use crate::api::{ApiError, CallEventKind, CreateCall, InternalLegSpec, LegKind, WaSecurity};
+use crate::api::{CallEventKind, CreateCall, InternalLegSpec, LegKind, WaSecurity};
 use crate::call::setup::build_internal;
-use crate::call::{Advertised, Call, CallSetup, LocalSockets};
+use crate::call::{Advertised, Call, CallError, CallSetup, LocalSockets};
 use crate::net::{Outbox, SocketRef};
 use crate::wire::rtcp;
 
@@ -33,9 +33,9 @@ impl Call {
         advertised: Advertised,
         now: Instant,
         out: &mut impl Outbox,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, CallError> {
         if self.ended.is_some() {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(CallError::FailedPrecondition(format!(
                 "call {} has ended; its internal leg cannot be replaced",
                 self.call_id
             )));
