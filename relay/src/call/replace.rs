@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use crate::api::{CallEventKind, CreateCall, InternalLegSpec, LegKind, WaSecurity};
+use crate::api::{CallEventKind, CreateCall, InternalLegSpec, WaSecurity};
 use crate::call::setup::build_internal;
 use crate::call::{Advertised, Call, CallError, CallSetup, LocalSockets};
 use crate::net::{Outbox, SocketRef};
@@ -72,12 +72,8 @@ impl Call {
         // The new agent starts with a clean slate: its own first media, a full silence window
         // before it counts as silent, and silence fill toward WhatsApp until it speaks.
         self.first_media_from_internal = false;
-        self.last_internal_media = Some(now);
-        self.internal_silence_reported = false;
+        self.watchdog.on_internal_replaced(now);
         self.last_dtmf_ts[1] = None;
-        if self.one_way == Some(LegKind::Internal) {
-            self.one_way = None;
-        }
         self.next_rtcp_internal = Some(now + self.cfg.rtcp_interval);
         self.events
             .push_back(CallEventKind::InternalLegReplaced { previous, remote });

@@ -20,6 +20,7 @@ use crate::call::prebuffer::Prebuffer;
 use crate::call::rewrite::OutboundStream;
 use crate::call::seq_window::SeqWindow;
 use crate::call::stats::LegCounters;
+use crate::call::watchdog::Watchdog;
 use crate::call::{Call, CallConfig, CallError};
 use crate::dtls::{DtlsConfig, DtlsDriver, DtlsIdentity, DtlsRole};
 use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
@@ -233,18 +234,16 @@ impl Call {
             wa_ready: false,
             prebuffer: Prebuffer::new(setup.cfg.prebuffer_packets),
             prebuffer_next: None,
-            last_wa_media: None,
-            last_internal_media: None,
+            watchdog: Watchdog::new(
+                now,
+                (req.direction == CallDirection::UserInitiated).then_some(now),
+            ),
             first_media_sent: false,
-            wa_described_at: (req.direction == CallDirection::UserInitiated).then_some(now),
             next_rtcp_wa: None,
             next_rtcp_internal: Some(now + setup.cfg.rtcp_interval),
             first_media_from_wa: false,
             first_media_from_internal: false,
             last_dtmf_ts: [None; 2],
-            internal_silence_reported: false,
-            leg_check_at: None,
-            one_way: None,
             ice_connected_after: None,
             dtls_connected_after: None,
             events: VecDeque::from([crate::api::CallEventKind::Created]),
@@ -343,7 +342,7 @@ impl Call {
             }
         }
         self.wa_remote_sdp = Some(text.to_string());
-        self.wa_described_at = Some(now);
+        self.watchdog.on_described(now);
         Ok(())
     }
 
