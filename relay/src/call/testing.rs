@@ -63,9 +63,10 @@ pub fn relay_socket(to: SocketAddr) -> Option<SocketRef> {
 
 /// The relay address a call's datagram left from.
 pub fn relay_addr(via: SocketRef) -> SocketAddr {
-    match via {
-        SocketRef::Internal => RELAY_INTERNAL,
-        SocketRef::WaV4 | SocketRef::WaV6 => RELAY_WA,
+    if via == SocketRef::Internal {
+        RELAY_INTERNAL
+    } else {
+        RELAY_WA
     }
 }
 
