@@ -346,6 +346,18 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The call's refusals reach the control plane with the same words and the matching status.
+impl From<crate::call::CallError> for ApiError {
+    fn from(e: crate::call::CallError) -> Self {
+        use crate::call::CallError;
+        match e {
+            CallError::InvalidArgument(m) => ApiError::InvalidArgument(m),
+            CallError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            CallError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl ApiError {
     /// The Meta-style code carried in the gRPC status details.
     pub fn meta_code(&self) -> Option<u32> {

@@ -71,6 +71,30 @@ impl DropReason {
     }
 }
 
+/// One leg's totals, for engine-wide metrics: the shard adds every call's up
+/// (`crate::engine::snapshot` re-exports this as its per-leg counter).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LegTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Indexed like [`DROP_REASONS`].
+    pub drops: [u64; DROP_REASONS.len()],
+}
+
+impl LegTotals {
+    pub fn add(&mut self, o: &LegTotals) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LegCounters {
     pub rx_packets: u64,

@@ -485,8 +485,8 @@ impl EngineHandle {
             Instant::now(),
             SystemTime::now(),
         )
-        .map_err(|e| match e {
-            ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
+        .map_err(|e| match ApiError::from(e) {
+            e @ ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
             e => e,
         })?;
         let out = CallCreated {
