@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mos;
 pub mod ports;
 pub mod process;
+pub mod quality;
 pub mod record;
 
 use std::net::SocketAddr;

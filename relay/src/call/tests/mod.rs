@@ -8,6 +8,7 @@ mod dtls_state;
 mod gate;
 mod keepalive;
 mod replace;
+mod rtt;
 mod silence;
 mod stats;
 mod timeouts;
