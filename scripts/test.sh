@@ -44,6 +44,15 @@ fi
 export PROMTOOL
 "$PROMTOOL" --version 2>/dev/null | head -1 || true
 
+echo "== tshark (decodes the relay's HEP3 export in relay/tests/hep_export.rs)"
+if ! command -v tshark >/dev/null 2>&1; then
+  # Debian's Wireshark has no HEP dissector; the test loads deploy/tools/hep3.lua into tshark.
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null 2>&1; }; } \
+    || echo "warning: cannot install tshark; the HEP test's tshark half will be skipped" >&2
+fi
+
 echo "== deploy/ manifests, chart and dashboard (stdlib Python + PyYAML)"
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 python3 deploy/validate.py

@@ -225,14 +225,20 @@ impl Call {
     /// One leg's loss, jitter and RTT now, for the live quality metrics.
     pub fn leg_quality(&self, leg: LegKind) -> stats::LegQuality {
         match leg {
-            LegKind::WhatsApp => self
-                .wa
-                .counters
-                .quality(self.wa.tx.packets, legs::OPUS_CLOCK),
-            LegKind::Internal => self
-                .internal
-                .counters
-                .quality(self.internal.tx.packets, legs::OPUS_CLOCK),
+            LegKind::WhatsApp => stats::LegQuality {
+                remote: self.wa.selected.map(|(_, a)| a),
+                ..self
+                    .wa
+                    .counters
+                    .quality(self.wa.tx.packets, legs::OPUS_CLOCK)
+            },
+            LegKind::Internal => stats::LegQuality {
+                remote: self.internal.remote,
+                ..self
+                    .internal
+                    .counters
+                    .quality(self.internal.tx.packets, legs::OPUS_CLOCK)
+            },
         }
     }
 

@@ -100,7 +100,13 @@ pub struct LegQuality {
     /// interval (0..1) and the jitter it measures. `None` before its first report.
     pub tx_loss_ratio: Option<f64>,
     pub tx_jitter_ms: Option<f64>,
+    /// The peer's cumulative count of our packets lost (its last report).
+    pub tx_lost: u64,
     pub rtt_ms: Option<f64>,
+    /// RTCP packets received on this leg (a change means a new report).
+    pub rtcp_received: u64,
+    /// The peer's address, once known.
+    pub remote: Option<std::net::SocketAddr>,
 }
 
 impl LegCounters {
@@ -119,7 +125,10 @@ impl LegCounters {
             tx_jitter_ms: self
                 .remote_fraction_lost
                 .map(|_| ms(self.remote_jitter_units)),
+            tx_lost: self.remote_lost,
             rtt_ms: self.rtt_ms,
+            rtcp_received: self.rtcp_received,
+            remote: None,
         }
     }
 

@@ -388,6 +388,23 @@ pub fn page(s: &MetricsSnapshot, x: &Extras) -> String {
             sample(o, name, "", v);
         }
     }
+    if let Some(h) = super::hep::stats() {
+        use std::sync::atomic::Ordering::Relaxed;
+        family(
+            o,
+            "relay_hep_records_total",
+            "counter",
+            "HEP3 reports for Homer, by result: sent, dropped (queue full; the exporter never blocks the shards) or send_error.",
+        );
+        for (result, n) in [
+            ("sent", h.sent.load(Relaxed)),
+            ("dropped", h.dropped.load(Relaxed)),
+            ("send_error", h.send_errors.load(Relaxed)),
+        ] {
+            let labels = format!("result=\"{result}\"");
+            sample(o, "relay_hep_records_total", &labels, n as f64);
+        }
+    }
     if !x.ports.is_empty() {
         family(
             o,

@@ -10,6 +10,7 @@
 //! [`MetricsSnapshot`]: crate::engine::snapshot::MetricsSnapshot
 
 pub mod calllog;
+pub mod hep;
 pub mod http;
 pub mod logs;
 pub mod metrics;
@@ -101,6 +102,11 @@ pub async fn run(
         Arc::clone(&engine_arc),
         stop_rx.clone(),
     ));
+
+    if let Some(sink) = hep::sink() {
+        use crate::api::CallControl;
+        tokio::spawn(hep::export_ends(engine.subscribe(), sink, stop_rx.clone()));
+    }
 
     let observed = Arc::new(call_log.observe(Arc::clone(&engine_arc)));
     let mut control_stop = stop_rx.clone();

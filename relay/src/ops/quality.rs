@@ -14,6 +14,9 @@
 //!
 //! MOS (G.107 E-model, [`super::mos`]) is estimated per call from the WhatsApp leg: the worse
 //! direction's loss and jitter, and that leg's RTT.
+//!
+//! The same pass hands each leg's new RTCP report to the HEP exporter ([`super::hep`]) when one
+//! is configured.
 
 use std::collections::HashMap;
 
@@ -73,6 +76,8 @@ impl LiveQuality {
 struct Previous {
     /// `[leg]`: (received, lost, sent).
     legs: [(u64, u64, u64); 2],
+    /// `[leg]`: RTCP packets received (a change: a new report to export over HEP).
+    rtcp: [u64; 2],
     /// Which sample last saw the call (calls not seen are forgotten).
     seen: u64,
 }
@@ -103,6 +108,12 @@ impl QualitySampler {
             prev.seen = round;
             let mut wa = Sample::default();
             for (l, q) in now.iter().enumerate() {
+                if q.rtcp_received != prev.rtcp[l] {
+                    prev.rtcp[l] = q.rtcp_received;
+                    if let Some(hep) = super::hep::sink() {
+                        hep.offer(super::hep::rtcp_record(&call.call_id, LEGS[l], q));
+                    }
+                }
                 let (rx0, lost0, tx0) = prev.legs[l];
                 prev.legs[l] = (q.rx_packets, q.rx_lost, q.tx_packets);
                 if first {
