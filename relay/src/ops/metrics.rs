@@ -19,7 +19,7 @@ use crate::engine::snapshot::{
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every end cause, in the order they are written.
-pub const END_CAUSES: [EndCause; 11] = [
+pub const END_CAUSES: [EndCause; 14] = [
     EndCause::Terminated,
     EndCause::IceFailed,
     EndCause::DtlsFailed,
@@ -31,6 +31,9 @@ pub const END_CAUSES: [EndCause; 11] = [
     EndCause::PeerClosed,
     EndCause::Drained,
     EndCause::InternalLegFailed,
+    EndCause::AnswerTimeout,
+    EndCause::AcceptTimeout,
+    EndCause::MaxDuration,
 ];
 
 // A new EndCause variant fails to compile here: add it to END_CAUSES too.
@@ -45,7 +48,10 @@ const _: fn(EndCause) = |c| match c {
     | EndCause::InternalLegTimeout
     | EndCause::PeerClosed
     | EndCause::Drained
-    | EndCause::InternalLegFailed => {}
+    | EndCause::InternalLegFailed
+    | EndCause::AnswerTimeout
+    | EndCause::AcceptTimeout
+    | EndCause::MaxDuration => {}
 };
 
 /// The whole `/metrics` page.

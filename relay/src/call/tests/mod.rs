@@ -5,9 +5,12 @@
 mod harness;
 
 mod dtls_state;
+mod fill;
 mod gate;
 mod keepalive;
+mod lifetime;
 mod replace;
+mod replay;
 mod rtt;
 mod silence;
 mod stats;
