@@ -1,5 +1,6 @@
 //! `relayctl`: operate a relay from a shell. Lists, shows, terminates and watches calls, shows
-//! load and drains. Tables by default, `--json` for scripts (one JSON document per command; one
+//! load and drains; runtime controls as rtpengine-ctl has them: log level, admission limits,
+//! per-call debug logging. Tables by default, `--json` for scripts (one JSON document per command; one
 //! per line for `watch`).
 
 use std::process::ExitCode;
@@ -80,6 +81,27 @@ enum Command {
     },
     /// Active calls, capacity and per-shard packet rates.
     Load,
+    /// Show or set the relay's log filter (RUST_LOG syntax: debug, info,relay=debug).
+    LogLevel {
+        /// New filter; without it, print the one in force.
+        filter: Option<String>,
+    },
+    /// Show or change the admission limits at run time (until the next restart).
+    Limits {
+        /// Calls admitted in total.
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// Refuse new calls while every shard is at least this busy (1-100; 100 = never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        busy_percent: Option<u32>,
+    },
+    /// Turn debug logging of one call on (or off with --off): all its events with details and a
+    /// statistics line every call-log sample, at INFO; cleared when the call ends.
+    Debug {
+        call_id: String,
+        #[arg(long)]
+        off: bool,
+    },
     /// Stop admitting calls; end the remaining ones after the deadline.
     Drain {
         /// e.g. 60s, 5m; default: the relay's configured deadline.
@@ -164,6 +186,48 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 json_line(&json::load(&load))
             } else {
                 load_table(&load)
+            }
+        }
+        Command::LogLevel { filter } => {
+            let now = relay.set_log_level(filter).await.map_err(status_error)?;
+            if cli.json {
+                json_line(&serde_json::json!({ "filter": now }))
+            } else {
+                format!("log filter: {now}\n")
+            }
+        }
+        Command::Limits {
+            capacity,
+            busy_percent,
+        } => {
+            let l = relay
+                .set_limits(capacity, busy_percent)
+                .await
+                .map_err(status_error)?;
+            if cli.json {
+                json_line(&serde_json::json!({
+                    "capacity": l.capacity,
+                    "max_shard_busy_percent": l.max_shard_busy_percent,
+                }))
+            } else {
+                format!(
+                    "capacity {} calls; new calls refused while every shard is over {}% busy\n",
+                    l.capacity, l.max_shard_busy_percent
+                )
+            }
+        }
+        Command::Debug { call_id, off } => {
+            let on = relay
+                .set_call_debug(call_id.clone(), !off)
+                .await
+                .map_err(status_error)?;
+            if cli.json {
+                json_line(&serde_json::json!({ "call_id": call_id, "debug": on }))
+            } else {
+                format!(
+                    "{call_id}: debug logging {}\n",
+                    if on { "on" } else { "off" }
+                )
             }
         }
         Command::Drain { deadline } => {
