@@ -229,6 +229,40 @@ mod tests {
         assert_eq!(sample_leg(&q(100, 2, 0), 50, 3, 0).rx_loss, Some(0.0));
     }
 
+    /// What one sample costs the shard per live call (run by hand; prints, asserts nothing
+    /// about time): `cargo test -p relay --release --lib sampling_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn sampling_cost() {
+        use crate::call::testing::{MetaPeer, create_call};
+        use crate::dtls::DtlsIdentity;
+        let identity = std::sync::Arc::new(DtlsIdentity::generate().unwrap());
+        let now = std::time::Instant::now();
+        let (_meta, offer) = MetaPeer::sdes(crate::srtp::SrtpProfile::Aes128CmHmacSha1_80);
+        let calls: Vec<Call> = (0..5000)
+            .map(|i| {
+                let mut c = create_call(&offer, Default::default(), identity.clone(), now)
+                    .unwrap()
+                    .call;
+                c.call_id = format!("wacid.cost.{i}");
+                c
+            })
+            .collect();
+        let mut sampler = QualitySampler::default();
+        let mut into = LiveQuality::default();
+        sampler.sample(calls.iter(), &mut into); // first pass: map entries
+        let rounds = 20;
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            sampler.sample(calls.iter(), &mut into);
+        }
+        let per_call = t.elapsed() / (rounds * calls.len() as u32);
+        println!(
+            "quality sample: {per_call:?} per live call ({} calls tracked)",
+            sampler.tracked()
+        );
+    }
+
     #[test]
     fn mos_takes_the_worse_direction() {
         let clean = Sample {
