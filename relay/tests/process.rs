@@ -317,3 +317,18 @@ async fn runtime_controls_change_the_running_relay() {
     assert!(!text.contains('\u{1b}'), "no colour escapes in a file");
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(relay_bin()).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(
+        text.trim(),
+        format!(
+            "relay {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            relay::ops::process::COMMIT
+        )
+    );
+}
