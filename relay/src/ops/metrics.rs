@@ -135,7 +135,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_drops_total",
         "counter",
-        "Received datagrams dropped, per leg and reason.",
+        "Received datagrams dropped, per leg and reason. late_dtls is not lost media: DTLS the peer retransmitted after the handshake finished (or its close_notify).",
     );
     for (leg, t) in &legs {
         for (reason, n) in DROP_REASONS.iter().zip(t.drops.iter()) {
