@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load, RefusedReason,
 };
 
 use super::logs::log_event;
@@ -367,7 +367,7 @@ impl<C: CallControl> CallControl for Observed<C> {
     }
 
     fn set_draining(&self, draining: bool) {
-        self.inner.set_draining(draining)
+        self.inner.set_draining(draining);
     }
 
     fn set_limits(
@@ -380,5 +380,9 @@ impl<C: CallControl> CallControl for Observed<C> {
 
     async fn end_all_drained(&self) -> Result<usize, ApiError> {
         self.inner.end_all_drained().await
+    }
+
+    fn count_refused(&self, reason: RefusedReason) {
+        self.inner.count_refused(reason);
     }
 }

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use super::ports::{PortPlan, PortPool};
 use super::process::{self, ProcessStats};
 use super::quality::{self, LiveQuality};
-use crate::api::EndCause;
+use crate::api::{EndCause, RefusedReason};
 use crate::call::stats::DROP_REASONS;
 use crate::engine::snapshot::{
     Histogram, JITTER_BUCKETS, LOSS_BUCKETS, LegTotals, MetricsSnapshot, SETUP_BUCKETS, ShardTotals,
@@ -84,6 +84,18 @@ pub fn render(s: &MetricsSnapshot) -> String {
     family(o, "relay_calls_created_total", "counter", "Calls created.");
     let created: u64 = s.shards.iter().map(|t| t.calls_created).sum();
     sample(o, "relay_calls_created_total", "", created as f64);
+
+    family(
+        o,
+        "relay_calls_refused_total",
+        "counter",
+        "CreateCalls refused, by reason (capacity, draining, overloaded, per_number_limit, duplicate, invalid_request, terminated).",
+    );
+    for reason in RefusedReason::ALL {
+        let n = s.refused.get(reason.index()).copied().unwrap_or(0);
+        let labels = format!("reason=\"{}\"", reason.as_str());
+        sample(o, "relay_calls_refused_total", &labels, n as f64);
+    }
 
     family(
         o,
@@ -641,6 +653,7 @@ mod tests {
         b.quality.loss[1][1].observe(0.02);
         b.quality.mos.observe(4.41);
         MetricsSnapshot {
+            refused: Default::default(),
             active_calls: 3,
             capacity: 100,
             draining: true,
@@ -769,6 +782,7 @@ mod tests {
     #[test]
     fn every_family_the_deployment_expects_is_typed() {
         let p = parse(&render(&MetricsSnapshot {
+            refused: Default::default(),
             active_calls: 0,
             capacity: 1,
             draining: false,
@@ -782,6 +796,7 @@ mod tests {
             ("relay_shard_calls", "gauge"),
             ("relay_calls_created_total", "counter"),
             ("relay_calls_ended_total", "counter"),
+            ("relay_calls_refused_total", "counter"),
             ("relay_packets_total", "counter"),
             ("relay_bytes_total", "counter"),
             ("relay_drops_total", "counter"),
@@ -799,6 +814,7 @@ mod tests {
         // Bounded cardinality: the series count depends on the shard count only.
         assert_eq!(p.values.len(), render_series_count(1));
         let two = parse(&render(&MetricsSnapshot {
+            refused: Default::default(),
             active_calls: 0,
             capacity: 1,
             draining: false,
@@ -809,7 +825,14 @@ mod tests {
     }
 
     fn render_series_count(shards: usize) -> usize {
-        let fixed = 3 + 1 + END_CAUSES.len() + 4 + 4 + 2 * DROP_REASONS.len() + 2;
+        let fixed = 3
+            + 1
+            + RefusedReason::ALL.len()
+            + END_CAUSES.len()
+            + 4
+            + 4
+            + 2 * DROP_REASONS.len()
+            + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
         let live = 4 * hist(LOSS_BUCKETS) + 4 * hist(JITTER_BUCKETS) + 2 * hist(RTT_BUCKETS);
         fixed
