@@ -20,7 +20,6 @@ pub struct RelayService<C> {
     pub(super) engine: Arc<C>,
     pub(super) log: Arc<EventLog>,
     pub(super) drain: Arc<Drain>,
-    pub(super) default_drain_deadline: Duration,
     pub(super) health: HealthReporter,
     pub(super) stop: watch::Receiver<bool>,
 }
@@ -224,7 +223,7 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let after = match request.into_inner().deadline {
-            None => self.default_drain_deadline,
+            None => self.drain.default_deadline(),
             Some(d) => Duration::try_from(d).map_err(|_| {
                 to_status(&ApiError::InvalidArgument(
                     "deadline must be a non-negative duration".into(),

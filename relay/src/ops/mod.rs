@@ -110,7 +110,11 @@ pub async fn run(
 
     let observed = Arc::new(call_log.observe(Arc::clone(&engine_arc)));
     // One drain for SIGTERM and the gRPC Drain request alike.
-    let the_drain = control::Drain::spawn(Arc::clone(&observed), stop_rx.clone());
+    let the_drain = control::Drain::spawn(
+        Arc::clone(&observed),
+        settings.drain_deadline,
+        stop_rx.clone(),
+    );
     let mut control_stop = stop_rx.clone();
     let control = control::serve_with_drain(
         observed,
