@@ -226,6 +226,26 @@ impl Call {
         (self.ice_connected_after, self.dtls_connected_after)
     }
 
+    /// One leg's loss, jitter and RTT now, for the live quality metrics.
+    pub fn leg_quality(&self, leg: LegKind) -> stats::LegQuality {
+        match leg {
+            LegKind::WhatsApp => stats::LegQuality {
+                remote: self.wa.selected.map(|(_, a)| a),
+                ..self
+                    .wa
+                    .counters
+                    .quality(self.wa.tx.packets, legs::OPUS_CLOCK)
+            },
+            LegKind::Internal => stats::LegQuality {
+                remote: self.internal.remote,
+                ..self
+                    .internal
+                    .counters
+                    .quality(self.internal.tx.packets, legs::OPUS_CLOCK)
+            },
+        }
+    }
+
     /// Counters of one leg for engine-wide metrics.
     pub fn leg_totals(&self, leg: LegKind) -> stats::LegTotals {
         let (c, tx) = match leg {

@@ -93,6 +93,8 @@ pub struct ShardTotals {
     /// Per ended call: loss ratio and jitter of what WhatsApp sent us.
     pub call_loss: Histogram,
     pub call_jitter: Histogram,
+    /// Live calls sampled once a second (see [`crate::ops::quality`]).
+    pub quality: crate::ops::quality::LiveQuality,
 }
 
 impl ShardTotals {
@@ -116,6 +118,7 @@ impl ShardTotals {
             dtls_setup: Histogram::new(SETUP_BUCKETS),
             call_loss: Histogram::new(LOSS_BUCKETS),
             call_jitter: Histogram::new(JITTER_BUCKETS),
+            quality: Default::default(),
         }
     }
 

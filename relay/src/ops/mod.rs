@@ -10,12 +10,14 @@
 //! [`MetricsSnapshot`]: crate::engine::snapshot::MetricsSnapshot
 
 pub mod calllog;
+pub mod hep;
 pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod mos;
 pub mod ports;
 pub mod process;
+pub mod quality;
 pub mod record;
 
 use std::net::SocketAddr;
@@ -100,6 +102,11 @@ pub async fn run(
         Arc::clone(&engine_arc),
         stop_rx.clone(),
     ));
+
+    if let Some(sink) = hep::sink() {
+        use crate::api::CallControl;
+        tokio::spawn(hep::export_ends(engine.subscribe(), sink, stop_rx.clone()));
+    }
 
     let observed = Arc::new(call_log.observe(Arc::clone(&engine_arc)));
     // One drain for SIGTERM and the gRPC Drain request alike.
