@@ -371,6 +371,7 @@ impl EventRecord {
             | CallEventKind::WhatsAppReady
             | CallEventKind::GateOpened
             | CallEventKind::InternalLegSilent { .. }
+            | CallEventKind::Recording { .. }
             | CallEventKind::ConsentLost => {}
         }
         e

@@ -1,0 +1,429 @@
+//! Call recording: each direction's Opus, untouched, into Ogg Opus files, with a JSON Lines
+//! sidecar of the call's events.
+//!
+//! Three parts, each on its own side of a thread boundary:
+//! - [`ogg`] and [`timeline`] (pure): RFC 7845 framing, and where each RTP packet goes in the
+//!   file.
+//! - The shard side ([`RecorderLink`], used by `call::fork`): copies a forwarded packet's
+//!   payload into a preallocated [`PacketSlot`] taken from a free list and queues it, with no
+//!   allocation, no lock and no system call. When the free list is empty (the disk writer has
+//!   fallen behind), the packet is not recorded and `relay_recording_dropped_packets_total`
+//!   counts it: the live call is never slowed for the recording.
+//! - The writer thread ([`writer`]): drains the queue, places packets with [`timeline`],
+//!   frames them with [`ogg`], writes files, and hands the slots back.
+//!
+//! Files: `<name>.consumer.opus` (what WhatsApp sent: the consumer), `<name>.agent.opus` (what
+//! was sent to WhatsApp: the agent, whoever it is after transfers) and `<name>.events.jsonl`,
+//! where `<name>` comes from `recording.name_template` under `recording.dir`. Two files rather
+//! than one file with two logical streams because every player and tool (opusinfo, ffprobe,
+//! browsers) handles a single-stream Ogg Opus file, and few play a multiplexed one.
+
+pub mod ogg;
+pub mod timeline;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::api::{ApiError, RecordingFiles};
+
+/// The largest RTP payload a slot holds (an Ethernet MTU's worth); a larger one is counted as
+/// dropped. Opus at WhatsApp's rates is around 100 bytes.
+pub const MAX_PAYLOAD: usize = 1472;
+
+/// Recording settings (`[recording]` in the config file).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordingConfig {
+    /// Where recordings go; `None` disables recording (StartRecording is refused).
+    pub dir: Option<PathBuf>,
+    /// File name (without extension) under `dir`; may contain `/` for subdirectories. Fields:
+    /// `{call_id}`, `{business}`, `{consumer}`, `{date}` (YYYY-MM-DD, UTC), `{time}`
+    /// (HHMMSS, UTC), `{id}` (a number unique within the process).
+    pub name_template: String,
+    /// Packet slots between the shards and the disk writer (each [`MAX_PAYLOAD`] bytes plus a
+    /// header, allocated once at start): how much the writer may fall behind before packets
+    /// are dropped. 8192 slots ≈ 12 MiB ≈ 80 ms of 1,000 recorded calls, or seconds of a few.
+    pub queue_packets: usize,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            dir: None,
+            name_template: "{date}/{call_id}-{time}".into(),
+            queue_packets: 8192,
+        }
+    }
+}
+
+/// Which direction of the call a packet belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From WhatsApp: the consumer's voice.
+    Consumer = 0,
+    /// To WhatsApp: the agent's voice (whichever internal peer, across transfers).
+    Agent = 1,
+}
+
+/// One queued packet: a fixed-size record recycled between the shards and the writer.
+pub struct PacketSlot {
+    pub recording: u64,
+    pub direction: Direction,
+    pub ssrc: u32,
+    pub timestamp: u32,
+    /// Arrival, in 48 kHz samples since the recording started.
+    pub clock: u64,
+    pub len: u16,
+    pub data: [u8; MAX_PAYLOAD],
+}
+
+/// Things that happen to a recording besides audio, stamped with the shard's clock (samples
+/// since the recording started) and written to the sidecar in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Note {
+    GateOpened,
+    Dtmf {
+        from: Direction,
+        digit: char,
+    },
+    Transfer {
+        previous: Option<std::net::SocketAddr>,
+        remote: Option<std::net::SocketAddr>,
+    },
+    Paused,
+    Resumed,
+    /// The recording stops: by request, or because the call ended with this cause.
+    Stopped {
+        reason: String,
+    },
+}
+
+/// What the shards send the writer besides packets (rare: allocation is fine here).
+pub(crate) enum Ctrl {
+    Open(Box<OpenRecording>),
+    Note {
+        id: u64,
+        clock: u64,
+        note: Note,
+    },
+    /// Nothing more comes for `id`: finish its files. Packets queued before are written first.
+    Close {
+        id: u64,
+        clock: u64,
+        reason: String,
+    },
+    Shutdown,
+}
+
+/// A recording being started: its files, already created (so a bad directory fails the RPC).
+pub struct OpenRecording {
+    pub id: u64,
+    pub call_id: String,
+    pub files: RecordingFiles,
+    pub started_at: SystemTime,
+    pub consumer: File,
+    pub agent: File,
+    pub events: File,
+}
+
+/// Process-wide recording counters (relaxed atomics; bumped off the packet fast path only on a
+/// drop, and by the writer).
+#[derive(Debug, Default)]
+pub struct RecorderStats {
+    /// Packets not recorded because the queue was full (the disk writer is behind).
+    pub dropped_queue_full: AtomicU64,
+    /// Packets not recorded because they were larger than a slot.
+    pub dropped_oversize: AtomicU64,
+    /// Packets the writer could not place or frame (bad Opus TOC, duplicates).
+    pub dropped_invalid: AtomicU64,
+    pub packets_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Recordings whose files failed to write (disk full, I/O error).
+    pub write_errors: AtomicU64,
+    pub active: AtomicU64,
+    pub started: AtomicU64,
+}
+
+/// The shard side of the recorder: the slot free list, the queue toward the writer, the
+/// control channel. Shared by every call on every shard (each operation is lock-free).
+pub struct RecorderLink {
+    free: Receiver<Box<PacketSlot>>,
+    filled: Sender<Box<PacketSlot>>,
+    ctrl: Sender<Ctrl>,
+    pub stats: Arc<RecorderStats>,
+    next_id: AtomicU64,
+}
+
+impl RecorderLink {
+    /// Queue one payload. No allocation, no lock: a free slot is taken, filled and queued, or
+    /// the packet is counted as dropped. Returns whether it was queued.
+    pub fn push(
+        &self,
+        recording: u64,
+        direction: Direction,
+        ssrc: u32,
+        timestamp: u32,
+        clock: u64,
+        payload: &[u8],
+    ) -> bool {
+        if payload.len() > MAX_PAYLOAD {
+            self.stats.dropped_oversize.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let Ok(mut slot) = self.free.try_recv() else {
+            self.stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        slot.recording = recording;
+        slot.direction = direction;
+        slot.ssrc = ssrc;
+        slot.timestamp = timestamp;
+        slot.clock = clock;
+        slot.len = payload.len() as u16;
+        slot.data[..payload.len()].copy_from_slice(payload);
+        // The queue holds every slot there is, so this cannot be full; if it ever were, the
+        // slot is lost to the pool, never blocked on.
+        self.filled.try_send(slot).is_ok()
+    }
+
+    pub(crate) fn send(&self, msg: Ctrl) {
+        let _ = self.ctrl.send(msg);
+    }
+}
+
+/// The recorder: configuration, the shared link, the writer thread.
+pub struct Recorder {
+    cfg: RecordingConfig,
+    link: Arc<RecorderLink>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Recorder {
+    /// Allocate the slot pool and start the writer thread.
+    pub fn start(cfg: RecordingConfig) -> std::io::Result<Arc<Recorder>> {
+        let n = cfg.queue_packets.max(1);
+        let (free_tx, free_rx) = crossbeam_channel::bounded(n);
+        let (filled_tx, filled_rx) = crossbeam_channel::bounded(n);
+        for _ in 0..n {
+            let slot = Box::new(PacketSlot {
+                recording: 0,
+                direction: Direction::Consumer,
+                ssrc: 0,
+                timestamp: 0,
+                clock: 0,
+                len: 0,
+                data: [0; MAX_PAYLOAD],
+            });
+            let _ = free_tx.send(slot);
+        }
+        let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(RecorderStats::default());
+        let link = Arc::new(RecorderLink {
+            free: free_rx,
+            filled: filled_tx,
+            ctrl: ctrl_tx,
+            stats: stats.clone(),
+            next_id: AtomicU64::new(1),
+        });
+        let w = writer::Writer::new(ctrl_rx, filled_rx, free_tx, stats);
+        let thread = std::thread::Builder::new()
+            .name("relay-recorder".into())
+            .spawn(move || w.run())?;
+        Ok(Arc::new(Recorder {
+            cfg,
+            link,
+            thread: std::sync::Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub fn link(&self) -> &Arc<RecorderLink> {
+        &self.link
+    }
+
+    pub fn stats(&self) -> &RecorderStats {
+        &self.link.stats
+    }
+
+    /// Create a new recording's files (directories included) for a call. Control-plane work:
+    /// blocking file creation, never on a shard.
+    pub fn create(
+        &self,
+        call_id: &str,
+        business: &str,
+        consumer: &str,
+        now: SystemTime,
+    ) -> Result<OpenRecording, ApiError> {
+        let dir = self.cfg.dir.as_ref().ok_or_else(|| {
+            ApiError::FailedPrecondition(
+                "recording is not configured on this relay (set recording.dir / --recording-dir)"
+                    .into(),
+            )
+        })?;
+        let id = self.link.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = render_name(
+            &self.cfg.name_template,
+            call_id,
+            business,
+            consumer,
+            now,
+            id,
+        );
+        let base = dir.join(name);
+        let files = RecordingFiles {
+            consumer: with_suffix(&base, ".consumer.opus"),
+            agent: with_suffix(&base, ".agent.opus"),
+            events: with_suffix(&base, ".events.jsonl"),
+        };
+        if let Some(parent) = base.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        let create = |p: &Path| {
+            File::options()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .map_err(|e| io_error(p, e))
+        };
+        let consumer_f = create(&files.consumer)?;
+        let agent_f = create(&files.agent).inspect_err(|_| files.remove())?;
+        let events_f = create(&files.events).inspect_err(|_| files.remove())?;
+        Ok(OpenRecording {
+            id,
+            call_id: call_id.to_string(),
+            files,
+            started_at: now,
+            consumer: consumer_f,
+            agent: agent_f,
+            events: events_f,
+        })
+    }
+
+    /// Finish every open recording and stop the writer (after the shards stopped).
+    pub fn shutdown(&self) {
+        self.link.send(Ctrl::Shutdown);
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+}
+
+impl RecordingFiles {
+    /// Delete the files (a start that lost a race to another start, or failed half-way).
+    pub fn remove(&self) {
+        for p in [&self.consumer, &self.agent, &self.events] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn io_error(p: &Path, e: std::io::Error) -> ApiError {
+    ApiError::Internal(format!("recording file {}: {e}", p.display()))
+}
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Expand the name template. Field values are made path-safe (anything but ASCII letters,
+/// digits, `.`, `-`, `_`, `+`, `=` becomes `_`, and a leading `.` too), so a call ID can never
+/// climb out of the recording directory; `/` in the template itself makes subdirectories, and
+/// `..` components in it are dropped.
+pub fn render_name(
+    template: &str,
+    call_id: &str,
+    business: &str,
+    consumer: &str,
+    now: SystemTime,
+    id: u64,
+) -> String {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string(); // 2026-12-04T21:33:13Z
+    let date = stamp.get(..10).unwrap_or("0000-00-00").to_string();
+    let time: String = stamp
+        .get(11..19)
+        .unwrap_or("000000")
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let safe = |v: &str| -> String {
+        let mut s: String = v
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".-_+=".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if s.starts_with('.') {
+            s.replace_range(..1, "_");
+        }
+        if s.is_empty() {
+            s.push('_');
+        }
+        s
+    };
+    let out = template
+        .replace("{call_id}", &safe(call_id))
+        .replace("{business}", &safe(business))
+        .replace("{consumer}", &safe(consumer))
+        .replace("{date}", &date)
+        .replace("{time}", &time)
+        .replace("{id}", &id.to_string());
+    let parts: Vec<&str> = out
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
+        .collect();
+    if parts.is_empty() {
+        format!("recording-{id}")
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Samples at 48 kHz in `d` (the recording clock).
+pub fn samples(d: Duration) -> u64 {
+    (d.as_micros() as u64).saturating_mul(48) / 1000
+}
+
+/// The shard-side clock of a recording: samples since it started.
+pub fn clock_at(now: Instant, started: Instant) -> u64 {
+    samples(now.saturating_duration_since(started))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_path_safe_and_follow_the_template() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_420_000);
+        let n = render_name(
+            "{date}/{business}/{call_id}-{time}-{id}",
+            "wacid.HBgL/../x==",
+            "+1555",
+            "44",
+            t,
+            9,
+        );
+        assert_eq!(n, "2026-12-04/+1555/wacid.HBgL_.._x==-213320-9");
+        assert_eq!(render_name("../../{call_id}", "..", "", "", t, 1), "_.");
+        assert_eq!(render_name("/", "c", "", "", t, 3), "recording-3");
+    }
+
+    #[test]
+    fn samples_are_48_khz() {
+        assert_eq!(samples(Duration::from_millis(20)), 960);
+        assert_eq!(samples(Duration::from_secs(3)), 144_000);
+    }
+}
