@@ -276,24 +276,44 @@ impl Recorder {
             id,
         );
         let base = dir.join(name);
-        let files = RecordingFiles {
-            consumer: with_suffix(&base, ".consumer.opus"),
-            agent: with_suffix(&base, ".agent.opus"),
-            events: with_suffix(&base, ".events.jsonl"),
-        };
         if let Some(parent) = base.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
         }
-        let create = |p: &Path| {
-            File::options()
-                .write(true)
-                .create_new(true)
-                .open(p)
-                .map_err(|e| io_error(p, e))
+        // Never overwrite: a name already taken (the same call recorded twice within the
+        // template's resolution) gets `-2`, `-3`, ...
+        let mut attempt = 1;
+        let (files, consumer_f, agent_f, events_f) = loop {
+            let base = match attempt {
+                1 => base.clone(),
+                n => with_suffix(&base, &format!("-{n}")),
+            };
+            let files = RecordingFiles {
+                consumer: with_suffix(&base, ".consumer.opus"),
+                agent: with_suffix(&base, ".agent.opus"),
+                events: with_suffix(&base, ".events.jsonl"),
+            };
+            let create = |p: &Path| File::options().write(true).create_new(true).open(p);
+            match create(&files.consumer) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(io_error(&files.consumer, e)),
+                Ok(c) => {
+                    // Only what this attempt created is removed on failure.
+                    let a = create(&files.agent).map_err(|e| {
+                        let _ = std::fs::remove_file(&files.consumer);
+                        io_error(&files.agent, e)
+                    })?;
+                    let e = create(&files.events).map_err(|e| {
+                        let _ = std::fs::remove_file(&files.consumer);
+                        let _ = std::fs::remove_file(&files.agent);
+                        io_error(&files.events, e)
+                    })?;
+                    break (files, c, a, e);
+                }
+            }
         };
-        let consumer_f = create(&files.consumer)?;
-        let agent_f = create(&files.agent).inspect_err(|_| files.remove())?;
-        let events_f = create(&files.events).inspect_err(|_| files.remove())?;
         Ok(OpenRecording {
             id,
             call_id: call_id.to_string(),

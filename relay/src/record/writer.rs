@@ -1,9 +1,9 @@
 //! The disk writer: one thread for the whole process. It owns every open recording's files and
 //! is the only place that blocks on the disk; the shards only ever try-send to it.
 //!
-//! Ordering: a control message (open, note, close) is applied only after every packet already
-//! queued has been written, so a recording's packets pushed before its close are in the file,
-//! and a close never cuts them off.
+//! Ordering: a note or close is applied only after every packet already queued has been
+//! written, so a recording's packets pushed before its close are in the file, and a close
+//! never cuts them off. An open is applied at once (no packet of it can precede it).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,6 +31,8 @@ pub(super) struct Writer {
     free: Sender<Box<PacketSlot>>,
     stats: Arc<RecorderStats>,
     open: HashMap<u64, Recording>,
+    /// Control messages read ahead of their turn (see `read_ahead_for_opens`).
+    deferred: std::collections::VecDeque<Ctrl>,
 }
 
 struct Track {
@@ -66,20 +68,27 @@ impl Writer {
             free,
             stats,
             open: HashMap::new(),
+            deferred: Default::default(),
         }
     }
 
     pub(super) fn run(mut self) {
-        loop {
+        let mut running = true;
+        while running {
             match self.ctrl.recv_timeout(DRAIN_EVERY) {
+                // An open goes first: the shard sent it before any of the recording's packets.
+                Ok(Ctrl::Open(r)) => self.open_recording(*r),
                 Ok(msg) => {
                     self.drain_packets();
-                    if !self.apply(msg) {
-                        break;
-                    }
+                    running = self.apply(msg);
                 }
                 Err(RecvTimeoutError::Timeout) => self.drain_packets(),
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => running = false,
+            }
+            // Messages read ahead while looking for an open (see `write_packet`).
+            while running && let Some(msg) = self.deferred.pop_front() {
+                self.drain_packets();
+                running = self.apply(msg);
             }
         }
         self.drain_packets();
@@ -93,6 +102,18 @@ impl Writer {
         while let Ok(slot) = self.filled.try_recv() {
             self.write_packet(&slot);
             let _ = self.free.try_send(slot);
+        }
+    }
+
+    /// A packet of a recording not open yet: its open is still in the control queue (sent
+    /// first, but read after this packet). Open everything waiting; keep the other messages
+    /// for after the packets queued before them.
+    fn read_ahead_for_opens(&mut self) {
+        while let Ok(msg) = self.ctrl.try_recv() {
+            match msg {
+                Ctrl::Open(r) => self.open_recording(*r),
+                other => self.deferred.push_back(other),
+            }
         }
     }
 
@@ -156,6 +177,9 @@ impl Writer {
     }
 
     fn write_packet(&mut self, slot: &PacketSlot) {
+        if !self.open.contains_key(&slot.recording) {
+            self.read_ahead_for_opens();
+        }
         let Some(rec) = self.open.get_mut(&slot.recording) else {
             // The recording was closed (or never opened): nothing to write it to.
             self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,7 @@ mod harness;
 mod dtls_state;
 mod gate;
 mod keepalive;
+mod record;
 mod replace;
 mod silence;
 mod stats;
