@@ -441,6 +441,117 @@ mod tests {
         assert_eq!(render_name("/", "c", "", "", t, 3), "recording-3");
     }
 
+    /// A link with no writer behind it: what a stalled disk looks like to the shards.
+    fn stalled_link(slots: usize) -> RecorderLink {
+        let (free_tx, free_rx) = crossbeam_channel::bounded(slots);
+        let (filled_tx, _filled_rx) = crossbeam_channel::bounded(slots);
+        for _ in 0..slots {
+            let _ = free_tx.send(Box::new(PacketSlot {
+                recording: 0,
+                direction: Direction::Consumer,
+                ssrc: 0,
+                timestamp: 0,
+                clock: 0,
+                len: 0,
+                data: [0; MAX_PAYLOAD],
+            }));
+        }
+        std::mem::forget(_filled_rx);
+        let (ctrl, _) = crossbeam_channel::unbounded();
+        RecorderLink {
+            free: free_rx,
+            filled: filled_tx,
+            ctrl,
+            stats: Default::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    #[test]
+    fn a_stalled_writer_costs_the_shard_counted_drops_not_waits() {
+        let link = stalled_link(16);
+        let queued = (0..100)
+            .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
+            .count();
+        assert_eq!(queued, 16);
+        assert_eq!(link.stats.dropped_queue_full.load(Ordering::Relaxed), 84);
+        assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0; MAX_PAYLOAD + 1]));
+        assert_eq!(link.stats.dropped_oversize.load(Ordering::Relaxed), 1);
+    }
+
+    /// Frames in through the shard-side link, files out through the writer thread: a transfer
+    /// (new SSRC and timestamp base), loss, a timestamp wrap, a duplicate and a bad packet.
+    #[test]
+    fn files_keep_true_time_across_transfer_loss_and_wrap() {
+        let dir = std::env::temp_dir().join(format!("relay-rec-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rec = Recorder::start(RecordingConfig {
+            dir: Some(dir.clone()),
+            name_template: "x/{call_id}".into(),
+            queue_packets: 1024,
+        })
+        .unwrap();
+        let t0 = SystemTime::now();
+        let open = rec.create("call-1", "b", "c", t0).unwrap();
+        let (id, files) = (open.id, open.files.clone());
+        let link = rec.link();
+        link.send(Ctrl::Open(Box::new(open)));
+        let opus = [0xF8u8, 0xAA, 0xBB]; // CELT FB 20 ms
+        let mut pushed = 0;
+        // Agent A: 100 packets across the 2^32 wrap, packets 40..43 lost.
+        for i in 0..100u32 {
+            if (40..43).contains(&i) {
+                continue;
+            }
+            let ts = (u32::MAX - 960 * 50).wrapping_add(i * 960);
+            assert!(link.push(id, Direction::Agent, 0xA, ts, u64::from(i) * 960, &opus));
+            pushed += 1;
+        }
+        // Transfer: 1 s later agent B, its own SSRC and timestamps.
+        for i in 0..50u32 {
+            let clock = u64::from(150 + i) * 960;
+            assert!(link.push(id, Direction::Agent, 0xB, 5_000 + i * 960, clock, &opus));
+            pushed += 1;
+        }
+        // The consumer: 200 packets, one duplicated, one not Opus at all.
+        for i in 0..200u32 {
+            assert!(link.push(
+                id,
+                Direction::Consumer,
+                0xC,
+                i * 960,
+                u64::from(i) * 960,
+                &opus
+            ));
+        }
+        link.push(id, Direction::Consumer, 0xC, 198 * 960, 200 * 960, &opus);
+        link.push(id, Direction::Consumer, 0xC, 199 * 960, 200 * 960, &[]);
+        link.send(Ctrl::Close {
+            id,
+            clock: 200 * 960,
+            reason: "test".into(),
+        });
+        rec.shutdown();
+        let agent = ogg::summarize(&std::fs::read(&files.agent).unwrap()).unwrap();
+        let consumer = ogg::summarize(&std::fs::read(&files.consumer).unwrap()).unwrap();
+        let lines = std::fs::read_to_string(&files.events).unwrap();
+        let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+        assert_eq!(last["agent"]["packets"], pushed);
+        assert_eq!(last["agent"]["ssrc_changes"], 1);
+        assert_eq!(last["consumer"]["packets"], 200);
+        assert_eq!(last["late_or_duplicate_packets"], 1);
+        assert_eq!(last["invalid_packets"], 1);
+        // 200 packet times = 4 s each; the lost packets and the transfer gap are concealment.
+        assert_eq!(agent.final_granule, 200 * 960);
+        assert_eq!(consumer.final_granule, 200 * 960);
+        assert_eq!(
+            agent.packets as u64 - last["agent"]["gap_packets"].as_u64().unwrap(),
+            147
+        );
+        assert!(files.consumer.starts_with(dir.join("x")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn samples_are_48_khz() {
         assert_eq!(samples(Duration::from_millis(20)), 960);
