@@ -335,7 +335,7 @@ impl Loaded {
 /// The `relay` command line (flags only; environment variables are read by [`load`]).
 pub fn command() -> Command {
     let mut cmd = Command::new("relay")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(crate::ops::process::LONG_VERSION)
         .about("Media relay for WhatsApp Business Calling")
         .after_help(
             "Every option is also an environment variable (shown) and a TOML key (`relay \
