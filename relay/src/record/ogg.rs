@@ -25,6 +25,10 @@ pub const GAP_QUANTUM: u64 = 120;
 /// [`PAGE_TARGET_BYTES`], so a crash loses at most about a second, and a seek stays cheap.
 pub const PAGE_TARGET_SAMPLES: u64 = SAMPLE_RATE as u64;
 pub const PAGE_TARGET_BYTES: usize = 4096;
+/// Samples a decoder discards at the start (RFC 7845 §4.2). The recording starts mid-stream,
+/// so the decoder has no history; §4.2 recommends at least 80 ms of pre-roll for such cropped
+/// streams. The writer covers it with a concealment lead-in (see [`OggOpusWriter::new`]).
+pub const PRE_SKIP: u64 = 3840;
 /// The largest packet this writer frames: one page's worth of lacing (255 × 255 − 1).
 pub const MAX_PACKET_BYTES: usize = 255 * 255 - 1;
 
@@ -137,14 +141,12 @@ impl OggOpusWriter {
             packets: 0,
             gap_packets: 0,
         };
-        // ID header (§5.1): version 1, mono output, pre-skip 0, 48 kHz input, gain 0, family 0.
-        // Pre-skip is 0 because the first packet recorded is the first audio anyone should
-        // hear: there is no earlier packet to prime the decoder with (the decoder converges
-        // within the first few frames).
+        // ID header (§5.1): version 1, mono output, pre-skip, 48 kHz input, gain 0, family 0.
         let mut head = [0u8; 19];
         head[..8].copy_from_slice(b"OpusHead");
         head[8] = 1;
         head[9] = 1;
+        head[10..12].copy_from_slice(&(PRE_SKIP as u16).to_le_bytes());
         head[12..16].copy_from_slice(&SAMPLE_RATE.to_le_bytes());
         w.emit_page(HEADER_TYPE_BOS, 0, &[&head], out);
         // Comment header (§5.2), alone on its own page(s).
@@ -167,12 +169,22 @@ impl OggOpusWriter {
             tags_pkt.extend_from_slice(&0u32.to_le_bytes());
         }
         w.emit_page(0, 0, &[&tags_pkt], out);
+        // The pre-skip is covered by a concealment lead-in, so position 0 of the audio is the
+        // first recorded packet and the playback length is exactly what was recorded.
+        w.write_gap(PRE_SKIP, out);
+        w.gap_packets = 0;
         w
     }
 
-    /// Samples written so far (the stream's current end position).
+    /// The granule position so far (pre-skip included).
     pub fn granule(&self) -> u64 {
         self.granule
+    }
+
+    /// Where the next packet starts in the audio, in samples (pre-skip excluded): the
+    /// recording's time axis.
+    pub fn position(&self) -> u64 {
+        self.granule.saturating_sub(PRE_SKIP)
     }
 
     /// Packets written: (real, synthesised for gaps).
@@ -531,8 +543,8 @@ mod tests {
         }
         w.finish(&mut out);
         let s = summarize(&out).unwrap();
-        assert_eq!(s.packets, 200);
-        assert_eq!(s.final_granule, 200 * 960);
+        assert_eq!(s.packets, 201, "the pre-skip lead-in, then the audio");
+        assert_eq!(s.final_granule, PRE_SKIP + 200 * 960);
         assert!((s.duration_secs() - 4.0).abs() < 1e-9);
         assert_eq!(s.tags, vec!["CALL_ID=c1".to_string()]);
         assert!(s.eos);
@@ -557,9 +569,14 @@ mod tests {
         assert_eq!(w.write_gap(48_000 + 2400 + 100, &mut out), 48_000 + 2400);
         w.finish(&mut out);
         let s = summarize(&out).unwrap();
-        assert_eq!(s.final_granule, 960 + 48_000 + 2400);
+        assert_eq!(s.final_granule, PRE_SKIP + 960 + 48_000 + 2400);
         let pages = parse_pages(&out).unwrap();
-        let audio: Vec<&Vec<u8>> = pages.iter().skip(2).flat_map(|p| &p.packets).collect();
+        let audio: Vec<&Vec<u8>> = pages
+            .iter()
+            .skip(2)
+            .flat_map(|p| &p.packets)
+            .skip(1)
+            .collect();
         // 52 whole 20 ms frames (8 packets of 6, one of 4), then 4 × 2.5 ms.
         assert_eq!(audio[1], &vec![(1 << 3) | 3, 6]);
         let last = audio.last().unwrap();
@@ -575,7 +592,11 @@ mod tests {
         w.write_gap(960 * 3, &mut out);
         w.finish(&mut out);
         let pages = parse_pages(&out).unwrap();
-        assert_eq!(pages[2].packets, vec![vec![(31 << 3) | 3, 3]]);
+        // The lead-in (80 ms: 4 frames), then the gap (3 frames).
+        assert_eq!(
+            pages[2].packets,
+            vec![vec![(31 << 3) | 3, 4], vec![(31 << 3) | 3, 3]]
+        );
     }
 
     #[test]
@@ -600,7 +621,7 @@ mod tests {
             .skip(2)
             .flat_map(|p| p.packets.iter().map(Vec::len))
             .collect();
-        assert_eq!(audio, vec![255, 1000]);
+        assert_eq!(audio, vec![2, 255, 1000]);
     }
 
     #[test]
@@ -610,7 +631,8 @@ mod tests {
         w.finish(&mut out);
         w.finish(&mut out);
         let s = summarize(&out).unwrap();
-        assert_eq!((s.packets, s.final_granule, s.eos), (0, 0, true));
+        assert_eq!((s.packets, s.final_granule, s.eos), (1, PRE_SKIP, true));
+        assert_eq!(s.duration_secs(), 0.0);
     }
 
     #[test]

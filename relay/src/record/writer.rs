@@ -196,7 +196,7 @@ impl Writer {
         };
         let i = slot.direction as usize;
         let t = &mut rec.tracks[i];
-        let written = t.ogg.granule();
+        let written = t.ogg.position();
         let placement = t.timeline.place(
             slot.ssrc,
             slot.timestamp,
@@ -234,13 +234,13 @@ impl Writer {
         let end = rec
             .tracks
             .iter()
-            .map(|t| t.ogg.granule())
+            .map(|t| t.ogg.position())
             .chain(clock)
             .max()
             .unwrap_or(0);
         for i in 0..2 {
             let t = &mut rec.tracks[i];
-            let behind = end.saturating_sub(t.ogg.granule());
+            let behind = end.saturating_sub(t.ogg.position());
             t.ogg.write_gap(behind, &mut t.out);
             t.ogg.finish(&mut t.out);
             rec.flush_track(i, &self.stats);
@@ -250,7 +250,7 @@ impl Writer {
             serde_json::json!({
                 "packets": packets,
                 "gap_packets": gap_packets,
-                "duration_s": t.ogg.granule() as f64 / f64::from(SAMPLE_RATE),
+                "duration_s": t.ogg.position() as f64 / f64::from(SAMPLE_RATE),
                 "ssrc_changes": t.timeline.reanchors,
             })
         };
