@@ -577,6 +577,64 @@ mod tests {
         }
     }
 
+    /// Memory of recordings in flight, from the process's resident set: `n` recordings, two
+    /// seconds of audio each way written into each, all open. Run with
+    /// `cargo test -p relay --release --lib memory_per_recording -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "measures the process RSS; run on its own"]
+    fn memory_per_recording() {
+        fn rss_kib() -> u64 {
+            let s = std::fs::read_to_string("/proc/self/status").unwrap();
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        }
+        let n = 1000;
+        let dir = std::env::temp_dir().join(format!("relay-rec-mem-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rec = Recorder::start(RecordingConfig {
+            dir: Some(dir.clone()),
+            name_template: "{call_id}".into(),
+            ..RecordingConfig::default()
+        })
+        .unwrap();
+        // The slot pool is allocated (and touched) once; measure from here.
+        let pool_kib = rss_kib();
+        let link = rec.link().clone();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let open = rec
+                .create(&format!("call-{i}"), "b", "c", SystemTime::now())
+                .unwrap();
+            ids.push(open.id);
+            link.send(Ctrl::Open(Box::new(open)));
+        }
+        let payload = [0xF8u8; 120];
+        for p in 0..100u32 {
+            for &id in &ids {
+                for dir in [Direction::Consumer, Direction::Agent] {
+                    while !link.push(id, dir, 1, p * 960, u64::from(p) * 960, &payload) {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+        let want = 2 * 100 * n as u64;
+        while rec.stats().packets_written.load(Ordering::Relaxed) < want {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let per = (rss_kib() - pool_kib) as f64 / n as f64;
+        let pool = rec.cfg.queue_packets * std::mem::size_of::<PacketSlot>() / 1024;
+        eprintln!(
+            "{n} open recordings: {per:.1} KiB each (writer side), plus the shared slot pool \
+             of {pool} KiB ({:.1} KiB per recording at {n})",
+            pool as f64 / n as f64
+        );
+        rec.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn samples_are_48_khz() {
         assert_eq!(samples(Duration::from_millis(20)), 960);

@@ -135,7 +135,8 @@ impl Writer {
     fn open_recording(&mut self, r: OpenRecording) {
         let serial = |d: u32| (r.id as u32).wrapping_mul(2).wrapping_add(d);
         let track = |file: File, dir: &str, d: u32| {
-            let mut out = Vec::with_capacity(8192);
+            // Holds one page (about 4 KiB) between its completion and the write.
+            let mut out = Vec::new();
             let tags = [
                 ("CALL_ID", r.call_id.as_str()),
                 ("DIRECTION", dir),
@@ -290,7 +291,9 @@ impl Recording {
             }
             Err(e) => self.fail(&e, stats),
         }
-        self.tracks[i].out.clear();
+        // Freed, not kept: a page a second per track is one allocation on this thread, and a
+        // thousand idle 4 KiB buffers are 8 MiB (see BENCHMARKS.md, memory per recording).
+        self.tracks[i].out = Vec::new();
     }
 
     fn note(&mut self, clock: u64, note: &Note, stats: &RecorderStats) {
