@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 use super::harness::{Leg, Sim, ms, secs};
 use crate::api::{CallEventKind, EndCause, RecordingChange, RecordingState};
 use crate::call::fork::RecordRequest;
+use crate::call::testing::{INTERNAL_TE_PT, MEDIA_SERVER};
 use crate::net::VecOutbox;
 use crate::record::ogg::{Summary, summarize};
 use crate::record::{Recorder, RecordingConfig};
@@ -207,6 +208,11 @@ fn the_call_ending_stops_the_recording_before_the_ended_event() {
         .unwrap();
     assert_eq!(r.files, status.files);
     again_files.remove();
+    // The agent's keypad: one RFC 4733 event (digit 0) lands in the sidecar.
+    let mut dtmf = crate::call::testing::RtpSource::new(0x3333, INTERNAL_TE_PT, 1, 0);
+    let mut buf = [0u8; 64];
+    let n = dtmf.write_next(&mut buf, 4);
+    sim.inject_internal(MEDIA_SERVER, &mut buf, n);
     sim.run_until(sim.at(secs(3)));
     let mut out = VecOutbox::default();
     sim.call.terminate(sim.now, EndCause::Terminated, &mut out);
@@ -230,9 +236,16 @@ fn the_call_ending_stops_the_recording_before_the_ended_event() {
         .collect();
     assert_eq!(
         names,
-        ["recording_started", "call_ended", "recording_stopped"]
+        [
+            "recording_started",
+            "dtmf",
+            "call_ended",
+            "recording_stopped"
+        ]
     );
-    assert_eq!(events[1]["reason"], EndCause::Terminated.as_str());
+    assert_eq!(events[1]["from"], "agent");
+    assert_eq!(events[1]["digit"], "0");
+    assert_eq!(events[2]["reason"], EndCause::Terminated.as_str());
     let consumer = read(&status.files.consumer);
     assert!(
         (consumer.duration_secs() - 2.0).abs() <= 0.02,
