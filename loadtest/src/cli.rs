@@ -155,6 +155,9 @@ pub struct Common {
 pub enum Mode {
     /// N calls for T seconds (the default mode).
     Run(RunArgs),
+    /// One call through a running relay, explained: setup time, packets each way, the call as
+    /// `relayctl list` shows it, its events.
+    Call(CallArgs),
     /// Add calls step by step, holding each level; stop at the first step that misses the SLO.
     Ramp(RampArgs),
     /// Find the largest call count meeting the SLO (doubling, then bisection).
@@ -168,6 +171,16 @@ pub enum Mode {
     /// by a search first) and check admission protects the calls already up: their loss stays
     /// within --max-loss and no silence fill goes out while real media waits.
     Overload(OverloadArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CallArgs {
+    /// The relay's control address (its default is 127.0.0.1:7070); --relay-addr works too.
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// How long the call holds audio.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -472,6 +485,8 @@ pub enum CliError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Call(#[from] crate::call::CallError),
 }
 
 /// Parses the command line and runs; the binary's whole `main`.
@@ -529,6 +544,9 @@ fn check_mode(kind: TargetKind, wa: WaMode) -> Result<(), CliError> {
 
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let o = &cli.opts;
+    if let Some(Mode::Call(a)) = &cli.mode {
+        return call(o, a);
+    }
     let kind = o.target_kind();
     if !matches!(cli.mode, Some(Mode::Compare(_))) {
         check_mode(kind, o.wa_mode(kind))?;
@@ -562,6 +580,35 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     rt.block_on(run_async(cli.clone_parts(), relay_cpu, gen_cpu))
+}
+
+/// `loadtest call`: no target to start, no pinning, one call and its story.
+fn call(o: &Common, a: &CallArgs) -> Result<ExitCode, CliError> {
+    let endpoint = crate::call::endpoint(
+        a.relay
+            .as_deref()
+            .or(o.relay_addr.as_deref())
+            .unwrap_or("127.0.0.1:7070"),
+    );
+    let wa = o.wa_security.unwrap_or(WaMode::Dtls);
+    check_mode(TargetKind::Relay, wa)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let outcome = rt.block_on(crate::call::one_call(
+        &endpoint,
+        o.token.clone(),
+        wa,
+        a.duration,
+    ))?;
+    print!("{}", outcome.render());
+    Ok(if outcome.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// This session's autogroup nice (`/proc/self/autogroup`, Linux with
@@ -1063,6 +1110,12 @@ async fn run_mode(session: &Session, mode: &Mode) -> (ModeReport, bool) {
             );
             (ModeReport::Capacity { capacity: r }, true)
         }
+        Mode::Call(_) => (
+            ModeReport::Compare {
+                compare: Vec::new(),
+            },
+            false,
+        ),
         Mode::Overload(a) => {
             let (base, capacity) = match a.base_calls {
                 Some(b) => (b, None),

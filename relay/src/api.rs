@@ -136,11 +136,21 @@ pub enum EndCause {
     PeerClosed,
     /// A WebRTC internal leg could not be set up or was lost: no ICE nomination in time after
     /// the browser's description, DTLS failed or timed out, the browser's certificate did not
-    /// match its fingerprint, or its consent checks stopped. No Meta code: the WhatsApp side
-    /// was fine.
+    /// match its fingerprint, or the browser went away: its consent checks and its media both
+    /// stopped for `call.webrtc_idle_timeout` (a closed tab), or its consent checks alone for
+    /// `call.consent_timeout`. No Meta code: the WhatsApp side was fine.
     InternalLegFailed,
     /// The relay is draining and the deadline passed.
     Drained,
+    /// Business-initiated: Meta's answer (`SetRemoteDescription` on the WhatsApp leg) did not
+    /// arrive within `call.answer_timeout` of create (Meta 138007, connect timeout).
+    AnswerTimeout,
+    /// The WhatsApp leg was set up (offer and answer known) but the gate was not opened
+    /// within `call.accept_timeout`: nobody accepted the call (Meta 138007, connect timeout).
+    AcceptTimeout,
+    /// The call reached `call.max_call_duration` (the safety net against calls whose end
+    /// was never signalled). No Meta code.
+    MaxDuration,
 }
 
 impl EndCause {
@@ -150,7 +160,9 @@ impl EndCause {
             EndCause::Terminated
             | EndCause::PeerClosed
             | EndCause::Drained
-            | EndCause::InternalLegFailed => None,
+            | EndCause::InternalLegFailed
+            | EndCause::MaxDuration => None,
+            EndCause::AnswerTimeout | EndCause::AcceptTimeout => Some(138007),
             EndCause::IceFailed | EndCause::ConsentLost => Some(138020),
             EndCause::DtlsFailed | EndCause::FingerprintMismatch => Some(138019),
             EndCause::NoMediaAfterAccept => Some(138023),
@@ -172,6 +184,9 @@ impl EndCause {
             EndCause::PeerClosed => "peer_closed",
             EndCause::Drained => "drained",
             EndCause::InternalLegFailed => "internal_leg_failed",
+            EndCause::AnswerTimeout => "answer_timeout",
+            EndCause::AcceptTimeout => "accept_timeout",
+            EndCause::MaxDuration => "max_duration",
         }
     }
 }
@@ -246,6 +261,9 @@ pub enum CallEventKind {
     FirstMedia {
         from: LegKind,
     },
+    /// The first RTP packet went to WhatsApp (the maiden packet: held internal media, or
+    /// generated silence). Meta treats it as the answer: the consumer's call timer starts.
+    FirstMediaSent,
     DtmfReceived {
         from: LegKind,
         digit: char,
@@ -372,6 +390,13 @@ pub enum ApiError {
     /// The request does not fit the call's state (e.g. an answer on a user-initiated call).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// CreateCall for a call ID that ended (or was terminated before it was created) within the
+    /// tombstone lifetime: nothing was created. Meta's `terminate` webhook can overtake the
+    /// `connect` it ends; this keeps the late `connect` from starting a call nobody will end.
+    #[error(
+        "call {0} was terminated; a terminated call ID cannot be created again (nothing was created)"
+    )]
+    Terminated(String),
     /// Draining or at capacity: try another relay.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -388,6 +413,56 @@ impl ApiError {
             ApiError::DuplicateCall { .. } => Some(138003),
             _ => None,
         }
+    }
+}
+
+/// Why a CreateCall was refused, for `relay_calls_refused_total{reason}`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RefusedReason {
+    /// The relay holds its configured capacity, or no media ports are left.
+    Capacity,
+    /// The relay is draining.
+    Draining,
+    /// Every shard is over the busy limit (`max_shard_busy_percent`).
+    Overloaded,
+    /// The business number is at its concurrent-call limit (Meta 138002).
+    PerNumberLimit,
+    /// A call between the same number and consumer is live (Meta 138003), or the same call ID
+    /// is being created by another request right now.
+    Duplicate,
+    /// The request was malformed: a missing or bad field, an SDP the relay cannot use, a body
+    /// that does not decode (Meta 100).
+    InvalidRequest,
+    /// The call ID was terminated within the tombstone lifetime ([`ApiError::Terminated`]).
+    Terminated,
+}
+
+impl RefusedReason {
+    pub const ALL: [RefusedReason; 7] = [
+        RefusedReason::Capacity,
+        RefusedReason::Draining,
+        RefusedReason::Overloaded,
+        RefusedReason::PerNumberLimit,
+        RefusedReason::Duplicate,
+        RefusedReason::InvalidRequest,
+        RefusedReason::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedReason::Capacity => "capacity",
+            RefusedReason::Draining => "draining",
+            RefusedReason::Overloaded => "overloaded",
+            RefusedReason::PerNumberLimit => "per_number_limit",
+            RefusedReason::Duplicate => "duplicate",
+            RefusedReason::InvalidRequest => "invalid_request",
+            RefusedReason::Terminated => "terminated",
+        }
+    }
+
+    /// Position in [`RefusedReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -450,13 +525,17 @@ pub trait CallControl: Send + Sync + 'static {
         internal: InternalLegSpec,
     ) -> impl Future<Output = Result<InternalLegReplaced, ApiError>> + Send;
 
-    /// End the call. Unknown or already-ended calls succeed with `None`.
+    /// End the call. Unknown or already-ended calls succeed with `None`, and the ID is
+    /// remembered (a tombstone) so a later CreateCall for it is refused with
+    /// [`ApiError::Terminated`]. A call still being created is ended as soon as it exists.
     fn terminate(
         &self,
         call_id: String,
         reason: String,
     ) -> impl Future<Output = Result<Option<CallInfo>, ApiError>> + Send;
 
+    /// A live call, or an ended one (state `Ended`, its cause and final counters) while its
+    /// tombstone lives.
     fn get_call(&self, call_id: String) -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
 
     fn list_calls(&self) -> impl Future<Output = Result<Vec<CallInfo>, ApiError>> + Send;
@@ -484,24 +563,14 @@ pub trait CallControl: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CallEvent>;
 
     /// Stop (`true`) or resume admitting new calls: creates then fail with `Unavailable`.
-    fn set_draining(&self, _draining: bool) {}
+    /// No default: a wrapper that forgot to forward it would silently not drain.
+    fn set_draining(&self, draining: bool);
 
     /// The drain deadline passed: end every live call with cause `Drained`. Returns how many
-    /// ended. The default terminates them one by one.
-    fn end_all_drained(&self) -> impl Future<Output = Result<usize, ApiError>> + Send {
-        async move {
-            let mut n = 0;
-            for c in self.list_calls().await? {
-                if c.state != CallState::Ended
-                    && self
-                        .terminate(c.call_id, "drain deadline passed".into())
-                        .await?
-                        .is_some()
-                {
-                    n += 1;
-                }
-            }
-            Ok(n)
-        }
-    }
+    /// ended.
+    fn end_all_drained(&self) -> impl Future<Output = Result<usize, ApiError>> + Send;
+
+    /// A CreateCall was refused before it reached the engine (the control plane found it
+    /// malformed); the engine counts its own refusals.
+    fn count_refused(&self, reason: RefusedReason);
 }

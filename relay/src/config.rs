@@ -35,7 +35,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use crate::call::{Advertised, CallConfig};
 use crate::control::{ControlConfig, TlsFiles};
 use crate::engine::ratelimit::RateLimitConfig;
-use crate::engine::{EngineConfig, PortRange};
+use crate::engine::{EngineConfig, PortRange, TombstoneConfig};
 
 /// Longest duration any setting accepts. Deadlines are added to `Instant`s, which panics on
 /// overflow; a day is beyond any sensible timer and matches the control plane's drain cap.
@@ -69,6 +69,15 @@ pub struct Settings {
     /// Per source IP: datagrams from addresses no call knows, at once and per second.
     pub rate_limit_burst: u32,
     pub rate_limit_per_second: u32,
+    /// Per shard, all unknown sources together: datagrams at once and per second.
+    pub rate_limit_shard_burst: u32,
+    pub rate_limit_shard_per_second: u32,
+    /// How long, and how many, ended call IDs refuse a new CreateCall (see
+    /// [`TombstoneConfig`]).
+    pub tombstone_lifetime: Duration,
+    pub max_tombstones: usize,
+    /// `/healthz` fails when a shard has not turned its loop for this long.
+    pub shard_stall_timeout: Duration,
     pub log_json: bool,
     pub call_log_dir: Option<PathBuf>,
     pub call_log_poll_interval: Duration,
@@ -103,6 +112,11 @@ impl Default for Settings {
             max_shard_busy_percent: 90,
             rate_limit_burst: RateLimitConfig::default().burst,
             rate_limit_per_second: RateLimitConfig::default().per_second,
+            rate_limit_shard_burst: RateLimitConfig::default().shard_burst,
+            rate_limit_shard_per_second: RateLimitConfig::default().shard_per_second,
+            tombstone_lifetime: TombstoneConfig::default().lifetime,
+            max_tombstones: TombstoneConfig::default().max,
+            shard_stall_timeout: Duration::from_secs(10),
             log_json: false,
             call_log_dir: None,
             call_log_poll_interval: Duration::from_secs(2),
@@ -208,6 +222,16 @@ pub const KEYS: &[Key] = &[
         "datagrams a source IP no call knows may send at once before it is dropped unread"),
     key("rate_limit_per_second", "rate-limit-per-second", "RELAY_RATE_LIMIT_PER_SECOND", Kind::Integer,
         "... and per second after the burst (0: no refill)"),
+    key("rate_limit_shard_burst", "rate-limit-shard-burst", "RELAY_RATE_LIMIT_SHARD_BURST", Kind::Integer,
+        "per shard, datagrams all sources no call knows may send at once together (spoofed floods from many addresses); 0: no shard-wide cap"),
+    key("rate_limit_shard_per_second", "rate-limit-shard-per-second", "RELAY_RATE_LIMIT_SHARD_PER_SECOND", Kind::Integer,
+        "... and per second after that burst (0: no refill)"),
+    key("tombstone_lifetime", "tombstone-lifetime", "RELAY_TOMBSTONE_LIFETIME", Kind::Duration,
+        "an ended or terminated call ID refuses CreateCall (FAILED_PRECONDITION) and GetCall shows its end for this long; 0s: not remembered"),
+    key("max_tombstones", "max-tombstones", "RELAY_MAX_TOMBSTONES", Kind::Integer,
+        "ended call IDs remembered at most (the oldest is forgotten first)"),
+    key("shard_stall_timeout", "shard-stall-timeout", "RELAY_SHARD_STALL_TIMEOUT", Kind::Duration,
+        "/healthz fails when an engine shard has not turned its loop for this long"),
     key("log_json", "log-json", "RELAY_LOG_JSON", Kind::Bool,
         "log JSON lines instead of text"),
     key("call_log_dir", "call-log-dir", "RELAY_CALL_LOG_DIR", Kind::Path,
@@ -254,6 +278,16 @@ pub const KEYS: &[Key] = &[
         "... and ends the call (cause internal_leg_timeout)"),
     key("call.one_way_timeout", "call-one-way-timeout", "RELAY_CALL_ONE_WAY_TIMEOUT", Kind::Duration,
         "media from one leg only for this long raises a one_way_audio event"),
+    key("call.fill_after_max", "call-fill-after-max", "RELAY_CALL_FILL_AFTER_MAX", Kind::Duration,
+        "the fill wait adapts to the internal leg's jitter up to this (= fill_after: fixed)"),
+    key("call.answer_timeout", "call-answer-timeout", "RELAY_CALL_ANSWER_TIMEOUT", Kind::Duration,
+        "business-initiated: no Meta answer within this of create ends the call (answer_timeout)"),
+    key("call.accept_timeout", "call-accept-timeout", "RELAY_CALL_ACCEPT_TIMEOUT", Kind::Duration,
+        "offer and answer known but no OpenGate within this ends the call (accept_timeout)"),
+    key("call.max_call_duration", "call-max-call-duration", "RELAY_CALL_MAX_CALL_DURATION", Kind::Duration,
+        "a call ends at this age whatever it does (max_duration); 0 = no limit"),
+    key("call.webrtc_idle_timeout", "call-webrtc-idle-timeout", "RELAY_CALL_WEBRTC_IDLE_TIMEOUT", Kind::Duration,
+        "a browser leg with no consent check and no media for this long ends the call"),
 ];
 
 /// The file path (not itself a key: it says where the keys come from).
@@ -529,6 +563,11 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "max_shard_busy_percent" => s.max_shard_busy_percent = integer(v, 1, 100)?,
         "rate_limit_burst" => s.rate_limit_burst = integer(v, 1, u32::MAX)?,
         "rate_limit_per_second" => s.rate_limit_per_second = integer(v, 0, u32::MAX)?,
+        "rate_limit_shard_burst" => s.rate_limit_shard_burst = integer(v, 0, u32::MAX)?,
+        "rate_limit_shard_per_second" => s.rate_limit_shard_per_second = integer(v, 0, u32::MAX)?,
+        "tombstone_lifetime" => s.tombstone_lifetime = duration(v)?,
+        "max_tombstones" => s.max_tombstones = integer(v, 0, 10_000_000)?,
+        "shard_stall_timeout" => s.shard_stall_timeout = duration(v)?,
         "log_json" => s.log_json = boolean(v)?,
         "call_log_dir" => s.call_log_dir = Some(path(v)?),
         "call_log_poll_interval" => s.call_log_poll_interval = duration(v)?,
@@ -552,6 +591,11 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "call.end_on_internal_silence" => c.end_on_internal_silence = boolean(v)?,
         "call.keep_dtls_state" => c.keep_dtls_state = boolean(v)?,
         "call.one_way_timeout" => c.one_way_timeout = duration(v)?,
+        "call.fill_after_max" => c.fill_after_max = duration(v)?,
+        "call.answer_timeout" => c.answer_timeout = duration(v)?,
+        "call.accept_timeout" => c.accept_timeout = duration(v)?,
+        "call.max_call_duration" => c.max_call_duration = duration(v)?,
+        "call.webrtc_idle_timeout" => c.webrtc_idle_timeout = duration(v)?,
         _ => return Err("not a configuration key".into()),
     }
     Ok(())
@@ -591,6 +635,11 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "max_shard_busy_percent" => int(s.max_shard_busy_percent.into()),
         "rate_limit_burst" => int(s.rate_limit_burst.into()),
         "rate_limit_per_second" => int(s.rate_limit_per_second.into()),
+        "rate_limit_shard_burst" => int(s.rate_limit_shard_burst.into()),
+        "rate_limit_shard_per_second" => int(s.rate_limit_shard_per_second.into()),
+        "tombstone_lifetime" => dur(s.tombstone_lifetime),
+        "max_tombstones" => int(s.max_tombstones as u64),
+        "shard_stall_timeout" => dur(s.shard_stall_timeout),
         "log_json" => Some(V::Boolean(s.log_json)),
         "call_log_dir" => path(&s.call_log_dir),
         "call_log_poll_interval" => dur(s.call_log_poll_interval),
@@ -614,6 +663,11 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "call.end_on_internal_silence" => Some(V::Boolean(c.end_on_internal_silence)),
         "call.keep_dtls_state" => Some(V::Boolean(c.keep_dtls_state)),
         "call.one_way_timeout" => dur(c.one_way_timeout),
+        "call.fill_after_max" => dur(c.fill_after_max),
+        "call.answer_timeout" => dur(c.answer_timeout),
+        "call.accept_timeout" => dur(c.accept_timeout),
+        "call.max_call_duration" => dur(c.max_call_duration),
+        "call.webrtc_idle_timeout" => dur(c.webrtc_idle_timeout),
         _ => None,
     }
 }
@@ -744,8 +798,15 @@ impl Settings {
             rate_limit: RateLimitConfig {
                 burst: self.rate_limit_burst,
                 per_second: self.rate_limit_per_second,
+                shard_burst: self.rate_limit_shard_burst,
+                shard_per_second: self.rate_limit_shard_per_second,
                 ..RateLimitConfig::default()
             },
+            tombstones: TombstoneConfig {
+                lifetime: self.tombstone_lifetime,
+                max: self.max_tombstones,
+            },
+            shard_stall_timeout: self.shard_stall_timeout,
         }
     }
 
@@ -811,6 +872,13 @@ impl Settings {
                     ));
                 }
             }
+        }
+        // An idle shard turns its loop once a second (metrics publish); less would flap.
+        if self.shard_stall_timeout < Duration::from_secs(2) {
+            return Err(bad(
+                "shard_stall_timeout",
+                "must be at least 2s (an idle shard turns once a second)".into(),
+            ));
         }
         self.validate_control(&bad)?;
         self.validate_call(&bad)?;
@@ -965,6 +1033,9 @@ impl Settings {
             ("call.start_media_timeout", c.start_media_timeout),
             ("call.media_timeout", c.media_timeout),
             ("call.rtcp_interval", c.rtcp_interval),
+            ("call.answer_timeout", c.answer_timeout),
+            ("call.accept_timeout", c.accept_timeout),
+            ("call.webrtc_idle_timeout", c.webrtc_idle_timeout),
         ];
         for (key, d) in positive {
             if d.is_zero() {
@@ -983,6 +1054,16 @@ impl Settings {
         }
         if c.ptime < Duration::from_millis(10) || c.ptime > Duration::from_millis(120) {
             return Err(bad("call.ptime", "must be from 10ms to 120ms".into()));
+        }
+        if c.fill_after_max < c.fill_after {
+            return Err(bad(
+                "call.fill_after_max",
+                format!(
+                    "{} is shorter than call.fill_after {}",
+                    humantime::format_duration(c.fill_after_max),
+                    humantime::format_duration(c.fill_after)
+                ),
+            ));
         }
         Ok(())
     }

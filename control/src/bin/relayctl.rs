@@ -3,13 +3,13 @@
 //! per line for `watch`).
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use control::client::{RecordingOp, RelayClient, error_reason, meta_code};
 use control::json;
 use control::pb;
-use control::table::{Table, parse_duration, short_duration};
+use control::table::{Table, parse_duration};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 #[derive(Parser, Debug)]
@@ -287,61 +287,12 @@ fn opt(v: Option<String>) -> String {
 }
 
 fn age(c: &pb::CallInfo) -> String {
-    c.created_at
-        .and_then(|t| SystemTime::try_from(t).ok())
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .map_or("-".into(), |d| short_duration(d.as_secs()))
+    control::table::call_age(c)
 }
 
-/// `received/sent` packet counts of a leg.
-fn packets(l: Option<&pb::LegStats>) -> String {
-    let n = |s: Option<&pb::StreamStats>| s.map_or(0, |s| s.packets);
-    l.map_or("-".into(), |l| {
-        format!("{}/{}", n(l.received.as_ref()), n(l.sent.as_ref()))
-    })
-}
-
+/// The calls as one table (shared with `loadtest call`, which shows its call the same way).
 fn list_table(calls: &[pb::CallInfo]) -> String {
-    if calls.is_empty() {
-        return "no calls\n".into();
-    }
-    let mut t = Table::new([
-        "CALL ID",
-        "NUMBER",
-        "CONSUMER",
-        "DIR",
-        "STATE",
-        "GATE",
-        "SRTP",
-        "WHATSAPP",
-        "AGE",
-        "WA RX/TX",
-        "INT RX/TX",
-    ]);
-    for c in calls {
-        t.row([
-            c.call_id.clone(),
-            c.business_number.clone(),
-            c.consumer.clone(),
-            match c.direction() {
-                pb::CallDirection::UserInitiated => "in".into(),
-                pb::CallDirection::BusinessInitiated => "out".into(),
-                pb::CallDirection::Unspecified => "-".into(),
-            },
-            opt(json::state(c.state())),
-            if c.gate_open { "open" } else { "closed" }.into(),
-            opt(json::srtp_profile(c.srtp_profile())),
-            if c.whatsapp_remote.is_empty() {
-                "-".into()
-            } else {
-                c.whatsapp_remote.clone()
-            },
-            age(c),
-            packets(c.whatsapp.as_ref()),
-            packets(c.internal.as_ref()),
-        ]);
-    }
-    format!("{}{} call(s)\n", t.render(), calls.len())
+    control::table::calls_table(calls)
 }
 
 fn call_summary(c: &pb::CallInfo) -> String {

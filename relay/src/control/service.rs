@@ -9,17 +9,17 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{ApiError, CallControl, RecordingOp};
+use crate::api::{ApiError, CallControl, RecordingOp, RefusedReason};
 
 use super::convert;
-use super::drain::DrainState;
+use super::drain::Drain;
 use super::events::{self, EventLog, WatchStream};
 use super::status::to_status;
 
 pub struct RelayService<C> {
     pub(super) engine: Arc<C>,
     pub(super) log: Arc<EventLog>,
-    pub(super) drain: Arc<DrainState>,
+    pub(super) drain: Arc<Drain>,
     pub(super) default_drain_deadline: Duration,
     pub(super) health: HealthReporter,
     pub(super) stop: watch::Receiver<bool>,
@@ -54,14 +54,12 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
         &self,
         request: Request<pb::CreateCallRequest>,
     ) -> Result<Response<pb::CreateCallResponse>, Status> {
-        let req = api(convert::create_call(request.into_inner()))?;
-        // While draining only repeats of existing calls go through (they stay idempotent: a
-        // retried `connect` webhook must get the same answer).
-        if self.drain.is_draining() && self.engine.get_call(req.call_id.clone()).await.is_err() {
-            return Err(to_status(&ApiError::Unavailable(
-                "the relay is draining; create the call on another relay".into(),
-            )));
-        }
+        let req = convert::create_call(request.into_inner()).map_err(|e| {
+            self.engine.count_refused(RefusedReason::InvalidRequest);
+            to_status(&e)
+        })?;
+        // While draining the engine refuses new calls but answers repeats of existing ones
+        // (they stay idempotent: a retried `connect` webhook must get the same answer).
         let created = api(self.engine.create_call(req).await)?;
         Ok(Response::new(convert::call_created(created)))
     }
@@ -229,9 +227,9 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
                 ))
             })?,
         };
+        // The same drain as SIGTERM's: admission off now (readiness, metrics and GetLoad follow
+        // the engine), the remaining calls ended with cause DRAINED at the deadline.
         let deadline = self.drain.start(after);
-        // The engine refuses creates too (readiness and metrics follow it).
-        self.engine.set_draining(true);
         self.health
             .set_service_status(control::SERVICE_NAME, ServingStatus::NotServing)
             .await;

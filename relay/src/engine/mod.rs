@@ -6,13 +6,14 @@
 //! shard's command queue and never leaves it. The handle keeps the control-plane registry
 //! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
 
+pub mod heartbeat;
 pub mod ratelimit;
+mod registry;
 mod shard;
 pub mod snapshot;
 mod sockets;
 pub mod udp;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,11 +26,13 @@ use tokio::sync::{broadcast, oneshot};
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
     InternalLegReplaced, InternalLegSpec, LegKind, Load, RecordingOp, RecordingState,
-    RecordingStatus, ShardLoad,
+    RecordingStatus, RefusedReason, ShardLoad,
 };
 use crate::call::fork::RecordRequest;
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
+pub use registry::TombstoneConfig;
+use registry::{Entry, RegEntry, Registry};
 use shard::{CallSockets, Command, Shard};
 pub use sockets::PortRange;
 
@@ -60,6 +63,10 @@ pub struct EngineConfig {
     pub call: CallConfig,
     /// Per-source budget for datagrams from addresses no call knows yet.
     pub rate_limit: ratelimit::RateLimitConfig,
+    /// How long and how many ended call IDs are remembered (see [`TombstoneConfig`]).
+    pub tombstones: TombstoneConfig,
+    /// A shard whose loop has not turned for this long makes `/healthz` fail.
+    pub shard_stall_timeout: std::time::Duration,
     /// Call recording (off unless `recording.dir` is set).
     pub recording: crate::record::RecordingConfig,
 }
@@ -84,6 +91,8 @@ impl Default for EngineConfig {
             max_shard_busy: 0.9,
             call: CallConfig::default(),
             rate_limit: ratelimit::RateLimitConfig::default(),
+            tombstones: TombstoneConfig::default(),
+            shard_stall_timeout: std::time::Duration::from_secs(10),
             recording: Default::default(),
         }
     }
@@ -99,6 +108,8 @@ pub struct ShardStats {
     pub recv_errors: AtomicU64,
     /// Datagrams from unknown sources dropped by the per-source limiter (both legs).
     pub rate_limited: AtomicU64,
+    /// Loop turns so far: the heartbeat `/healthz` watches ([`heartbeat::HeartbeatWatch`]).
+    pub turns: AtomicU64,
 }
 
 struct ShardHandle {
@@ -120,49 +131,6 @@ impl ShardHandle {
     }
 }
 
-enum Entry {
-    /// Setup in progress (sockets being bound, SDP written).
-    Creating,
-    Live {
-        shard: usize,
-        created: CallCreated,
-    },
-}
-
-struct RegEntry {
-    entry: Entry,
-    business_number: String,
-    consumer: String,
-    /// The last internal-leg replacement (request, answer), so a retried one is idempotent.
-    last_replace: Option<(InternalLegSpec, String)>,
-}
-
-#[derive(Default)]
-struct Registry {
-    calls: HashMap<String, RegEntry>,
-    per_number: HashMap<String, u32>,
-    /// (business number, consumer) → call ID of the live call between them.
-    pairs: HashMap<(String, String), String>,
-    draining: bool,
-}
-
-impl Registry {
-    fn forget(&mut self, call_id: &str) {
-        if let Some(e) = self.calls.remove(call_id) {
-            if let Some(n) = self.per_number.get_mut(&e.business_number) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_number.remove(&e.business_number);
-                }
-            }
-            let key = (e.business_number, e.consumer);
-            if self.pairs.get(&key).map(String::as_str) == Some(call_id) {
-                self.pairs.remove(&key);
-            }
-        }
-    }
-}
-
 struct Inner {
     cfg: EngineConfig,
     identity: Arc<DtlsIdentity>,
@@ -171,6 +139,10 @@ struct Inner {
     events: broadcast::Sender<CallEvent>,
     ports: sockets::PortAllocator,
     next_shard: AtomicUsize,
+    /// CreateCalls refused, by [`RefusedReason::index`].
+    refused: [AtomicU64; RefusedReason::ALL.len()],
+    /// Probes' view of the shards' heartbeats (taken by probes only, never by a packet).
+    heartbeats: Mutex<heartbeat::HeartbeatWatch>,
     /// The disk writer for recordings, when a recording directory is configured.
     recorder: Option<Arc<crate::record::Recorder>>,
 }
@@ -229,12 +201,14 @@ impl Engine {
         let inner = Arc::new(Inner {
             recorder,
             ports: sockets::PortAllocator::new(cfg.ports),
-            cfg,
             identity,
             shards,
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::new(cfg.tombstones)),
             events: bcast,
             next_shard: AtomicUsize::new(0),
+            refused: Default::default(),
+            heartbeats: Mutex::default(),
+            cfg,
         });
         // Shard events → registry bookkeeping + broadcast to watchers. A plain thread so the
         // engine works without a tokio runtime.
@@ -244,8 +218,8 @@ impl Engine {
             .spawn(move || {
                 for ev in events_rx {
                     let Some(inner) = weak.upgrade() else { return };
-                    if matches!(ev.kind, CallEventKind::Ended { .. }) {
-                        lock(&inner.registry).forget(&ev.call_id);
+                    if let CallEventKind::Ended { stats, .. } = &ev.kind {
+                        lock(&inner.registry).end(&ev.call_id, Some(stats.clone()), Instant::now());
                     }
                     let _ = inner.events.send(ev);
                 }
@@ -298,12 +272,28 @@ impl EngineHandle {
                 .iter()
                 .map(|s| s.totals.lock().unwrap_or_else(|p| p.into_inner()).clone())
                 .collect(),
+            refused: self.refused_calls(),
             recording: self
                 .inner
                 .recorder
                 .as_ref()
                 .map(|r| snapshot::RecordingTotals::from(r.stats())),
         }
+    }
+
+    /// Shards whose loop has not turned for `shard_stall_timeout` (stuck, or their thread
+    /// died), as of now. Empty when all is well.
+    pub fn stalled_shards(&self) -> Vec<heartbeat::Stalled> {
+        let turns = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.stats.turns.load(Ordering::Relaxed));
+        self.inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(turns, Instant::now(), self.inner.cfg.shard_stall_timeout)
     }
 
     /// Is the relay refusing new calls?
@@ -383,11 +373,29 @@ impl EngineHandle {
             .map(|e| &e.entry)
         {
             Some(Entry::Live { shard, .. }) => Ok(*shard),
-            Some(Entry::Creating) => Err(ApiError::Unavailable(format!(
+            Some(Entry::Creating { .. }) => Err(ApiError::Unavailable(format!(
                 "call {call_id} is being created; retry"
             ))),
             None => Err(ApiError::NotFound(call_id.to_string())),
         }
+    }
+
+    /// Count a refused CreateCall and pass its error on.
+    fn refuse(&self, reason: RefusedReason, e: ApiError) -> ApiError {
+        self.count_refused(reason);
+        e
+    }
+
+    /// CreateCalls refused so far, by reason (in [`RefusedReason::ALL`] order).
+    pub fn refused_calls(&self) -> [u64; RefusedReason::ALL.len()] {
+        std::array::from_fn(|i| self.inner.refused[i].load(Ordering::Relaxed))
+    }
+
+    /// Tombstones held now (ended call IDs still remembered).
+    pub fn tombstones(&self) -> usize {
+        let mut reg = lock(&self.inner.registry);
+        reg.tombstones.expire(Instant::now());
+        reg.tombstones.len()
     }
 
     async fn ask<T>(
@@ -407,20 +415,32 @@ impl EngineHandle {
         if let Some(e) = reg.calls.get(&req.call_id) {
             return match &e.entry {
                 Entry::Live { created, .. } => Ok(Some(created.clone())),
-                Entry::Creating => Err(ApiError::Unavailable(format!(
-                    "call {} is being created; retry",
-                    req.call_id
-                ))),
+                Entry::Creating { .. } => Err(self.refuse(
+                    RefusedReason::Duplicate,
+                    ApiError::Unavailable(format!("call {} is being created; retry", req.call_id)),
+                )),
             };
         }
+        if reg.tombstones.get(&req.call_id, Instant::now()).is_some() {
+            return Err(self.refuse(
+                RefusedReason::Terminated,
+                ApiError::Terminated(req.call_id.clone()),
+            ));
+        }
         if reg.draining {
-            return Err(ApiError::Unavailable("relay is draining".into()));
+            return Err(self.refuse(
+                RefusedReason::Draining,
+                ApiError::Unavailable("relay is draining; create the call on another relay".into()),
+            ));
         }
         if reg.calls.len() as u32 >= self.inner.cfg.capacity {
-            return Err(ApiError::Unavailable(format!(
-                "relay at capacity ({} calls)",
-                self.inner.cfg.capacity
-            )));
+            return Err(self.refuse(
+                RefusedReason::Capacity,
+                ApiError::Unavailable(format!(
+                    "relay at capacity ({} calls)",
+                    self.inner.cfg.capacity
+                )),
+            ));
         }
         let limit = self.inner.cfg.max_calls_per_number;
         if reg
@@ -430,20 +450,26 @@ impl EngineHandle {
             .unwrap_or(0)
             >= limit
         {
-            return Err(ApiError::CallLimit {
-                number: req.business_number.clone(),
-                limit,
-            });
+            return Err(self.refuse(
+                RefusedReason::PerNumberLimit,
+                ApiError::CallLimit {
+                    number: req.business_number.clone(),
+                    limit,
+                },
+            ));
         }
         let pair = (req.business_number.clone(), req.consumer.clone());
         if !req.consumer.is_empty()
             && let Some(existing) = reg.pairs.get(&pair)
         {
-            return Err(ApiError::DuplicateCall {
-                number: req.business_number.clone(),
-                consumer: req.consumer.clone(),
-                existing: existing.clone(),
-            });
+            return Err(self.refuse(
+                RefusedReason::Duplicate,
+                ApiError::DuplicateCall {
+                    number: req.business_number.clone(),
+                    consumer: req.consumer.clone(),
+                    existing: existing.clone(),
+                },
+            ));
         }
         *reg.per_number
             .entry(req.business_number.clone())
@@ -454,7 +480,7 @@ impl EngineHandle {
         reg.calls.insert(
             req.call_id.clone(),
             RegEntry {
-                entry: Entry::Creating,
+                entry: Entry::Creating { terminated: false },
                 business_number: req.business_number.clone(),
                 consumer: req.consumer.clone(),
                 last_replace: None,
@@ -465,9 +491,15 @@ impl EngineHandle {
 
     async fn create_inner(&self, req: &CreateCall) -> Result<CallCreated, ApiError> {
         let cfg = &self.inner.cfg;
-        let shard = self.pick_shard()?;
-        let bound = sockets::bind_call(cfg, &self.inner.ports)
-            .map_err(|e| ApiError::Unavailable(format!("binding media sockets: {e}")))?;
+        let shard = self
+            .pick_shard()
+            .map_err(|e| self.refuse(RefusedReason::Overloaded, e))?;
+        let bound = sockets::bind_call(cfg, &self.inner.ports).map_err(|e| {
+            self.refuse(
+                RefusedReason::Capacity,
+                ApiError::Unavailable(format!("binding media sockets: {e}")),
+            )
+        })?;
         let created = Call::create(
             CallSetup {
                 req,
@@ -478,7 +510,11 @@ impl EngineHandle {
             },
             Instant::now(),
             SystemTime::now(),
-        )?;
+        )
+        .map_err(|e| match e {
+            ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
+            e => e,
+        })?;
         let out = CallCreated {
             call_id: req.call_id.clone(),
             whatsapp_sdp: created.whatsapp_sdp,
@@ -501,27 +537,51 @@ impl EngineHandle {
 impl CallControl for EngineHandle {
     async fn create_call(&self, req: CreateCall) -> Result<CallCreated, ApiError> {
         if req.call_id.is_empty() {
-            return Err(ApiError::InvalidArgument("call_id is empty".into()));
+            return Err(self.refuse(
+                RefusedReason::InvalidRequest,
+                ApiError::InvalidArgument("call_id is empty".into()),
+            ));
         }
         if let Some(existing) = self.admit(&req)? {
             return Ok(existing);
         }
-        match self.create_inner(&req).await {
-            Ok(created) => {
-                let mut reg = lock(&self.inner.registry);
-                if let Some(e) = reg.calls.get_mut(&req.call_id) {
+        let created = match self.create_inner(&req).await {
+            Ok(created) => created,
+            Err(e) => {
+                // A Terminate that arrived meanwhile already left the tombstone.
+                lock(&self.inner.registry).forget(&req.call_id);
+                return Err(e);
+            }
+        };
+        {
+            let mut reg = lock(&self.inner.registry);
+            match reg.calls.get_mut(&req.call_id) {
+                Some(e) if matches!(e.entry, Entry::Creating { terminated: false }) => {
                     e.entry = Entry::Live {
                         shard: created.shard as usize,
                         created: created.clone(),
                     };
+                    return Ok(created);
                 }
-                Ok(created)
-            }
-            Err(e) => {
-                lock(&self.inner.registry).forget(&req.call_id);
-                Err(e)
+                // Terminated while it was being set up: end it below, outside the lock.
+                Some(_) => {}
+                // It already ended on its shard (and left its tombstone).
+                None => return Ok(created),
             }
         }
+        let info = self
+            .ask(created.shard as usize, |reply| Command::Terminate {
+                call_id: req.call_id.clone(),
+                cause: EndCause::Terminated,
+                reply,
+            })
+            .await;
+        lock(&self.inner.registry).end(
+            &req.call_id,
+            info.ok().flatten().map(Box::new),
+            Instant::now(),
+        );
+        Err(self.refuse(RefusedReason::Terminated, ApiError::Terminated(req.call_id)))
     }
 
     async fn set_remote_description(
@@ -651,11 +711,23 @@ impl CallControl for EngineHandle {
         call_id: String,
         _reason: String,
     ) -> Result<Option<CallInfo>, ApiError> {
-        let shard = match self.shard_of(&call_id) {
-            Ok(s) => s,
-            // Unknown or already ended: success, nothing to do (webhooks repeat).
-            Err(ApiError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
+        let shard = {
+            let mut reg = lock(&self.inner.registry);
+            match reg.calls.get_mut(&call_id).map(|e| &mut e.entry) {
+                Some(Entry::Live { shard, .. }) => *shard,
+                // The create in flight ends the call as soon as it exists.
+                Some(Entry::Creating { terminated }) => {
+                    *terminated = true;
+                    reg.tombstones.insert(&call_id, None, Instant::now());
+                    return Ok(None);
+                }
+                // Unknown (the terminate webhook overtook the connect) or already ended:
+                // success, and the ID stays refused for the tombstone's lifetime.
+                None => {
+                    reg.tombstones.insert(&call_id, None, Instant::now());
+                    return Ok(None);
+                }
+            }
         };
         let info = self
             .ask(shard, |reply| Command::Terminate {
@@ -664,18 +736,33 @@ impl CallControl for EngineHandle {
                 reply,
             })
             .await?;
-        lock(&self.inner.registry).forget(&call_id);
+        lock(&self.inner.registry).end(&call_id, info.clone().map(Box::new), Instant::now());
         Ok(info)
     }
 
     async fn get_call(&self, call_id: String) -> Result<CallInfo, ApiError> {
-        let shard = self.shard_of(&call_id)?;
-        self.ask(shard, |reply| Command::Get {
-            call_id: call_id.clone(),
-            reply,
-        })
-        .await?
-        .ok_or(ApiError::NotFound(call_id))
+        if let Ok(shard) = self.shard_of(&call_id) {
+            let live = self
+                .ask(shard, |reply| Command::Get {
+                    call_id: call_id.clone(),
+                    reply,
+                })
+                .await?;
+            if let Some(info) = live {
+                return Ok(info);
+            }
+        }
+        // Ended (maybe just now): its final state while the tombstone lives.
+        let reg = lock(&self.inner.registry);
+        if let Some(Entry::Creating { .. }) = reg.calls.get(&call_id).map(|e| &e.entry) {
+            return Err(ApiError::Unavailable(format!(
+                "call {call_id} is being created; retry"
+            )));
+        }
+        reg.tombstones
+            .get(&call_id, Instant::now())
+            .and_then(|t| t.info.as_deref().cloned())
+            .ok_or(ApiError::NotFound(call_id))
     }
 
     async fn list_calls(&self) -> Result<Vec<CallInfo>, ApiError> {
@@ -716,6 +803,12 @@ impl CallControl for EngineHandle {
 
     fn set_draining(&self, draining: bool) {
         EngineHandle::set_draining(self, draining);
+    }
+
+    fn count_refused(&self, reason: RefusedReason) {
+        if let Some(n) = self.inner.refused.get(reason.index()) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn end_all_drained(&self) -> Result<usize, ApiError> {

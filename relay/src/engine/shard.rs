@@ -197,6 +197,7 @@ impl Shard {
                 return;
             }
             let now = Instant::now();
+            self.stats.turns.fetch_add(1, Ordering::Relaxed);
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKER {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::api::EndCause;
+use crate::api::{EndCause, RefusedReason};
 use crate::call::stats::DROP_REASONS;
 
 /// Counters of one leg.
@@ -157,6 +157,8 @@ pub struct MetricsSnapshot {
     /// Admission refuses new calls when every shard is at least this busy (1.0 = never).
     pub max_shard_busy: f64,
     pub shards: Vec<ShardTotals>,
+    /// CreateCalls refused, indexed like [`RefusedReason::ALL`].
+    pub refused: [u64; RefusedReason::ALL.len()],
     /// `None` when recording is not configured.
     pub recording: Option<RecordingTotals>,
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load, RefusedReason,
 };
 
 use super::logs::log_event;
@@ -369,5 +369,17 @@ impl<C: CallControl> CallControl for Observed<C> {
 
     fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.inner.subscribe()
+    }
+
+    fn set_draining(&self, draining: bool) {
+        self.inner.set_draining(draining);
+    }
+
+    async fn end_all_drained(&self) -> Result<usize, ApiError> {
+        self.inner.end_all_drained().await
+    }
+
+    fn count_refused(&self, reason: RefusedReason) {
+        self.inner.count_refused(reason);
     }
 }

@@ -74,6 +74,7 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::WhatsAppReady => "whatsapp_ready",
         CallEventKind::GateOpened => "gate_opened",
         CallEventKind::FirstMedia { .. } => "first_media",
+        CallEventKind::FirstMediaSent => "first_media_sent",
         CallEventKind::DtmfReceived { .. } => "dtmf_received",
         CallEventKind::ConsentLost => "consent_lost",
         CallEventKind::InternalLegSilent { .. } => "internal_leg_silent",
@@ -160,6 +161,13 @@ pub fn log_event(ev: &CallEvent) {
             tracing::info!(call_id, event, "WhatsApp leg ready for media");
         }
         CallEventKind::GateOpened => tracing::info!(call_id, event, "gate opened"),
+        CallEventKind::FirstMediaSent => {
+            tracing::info!(
+                call_id,
+                event,
+                "first media sent to WhatsApp (Meta's answer)"
+            );
+        }
         CallEventKind::Recording { status, .. } => tracing::info!(
             call_id,
             event,

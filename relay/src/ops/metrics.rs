@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use super::ports::{PortPlan, PortPool};
 use super::process::{self, ProcessStats};
-use crate::api::EndCause;
+use crate::api::{EndCause, RefusedReason};
 use crate::call::stats::DROP_REASONS;
 use crate::engine::snapshot::{
     Histogram, JITTER_BUCKETS, LOSS_BUCKETS, LegTotals, MetricsSnapshot, SETUP_BUCKETS, ShardTotals,
@@ -18,7 +18,7 @@ use crate::engine::snapshot::{
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every end cause, in the order they are written.
-pub const END_CAUSES: [EndCause; 11] = [
+pub const END_CAUSES: [EndCause; 14] = [
     EndCause::Terminated,
     EndCause::IceFailed,
     EndCause::DtlsFailed,
@@ -30,6 +30,9 @@ pub const END_CAUSES: [EndCause; 11] = [
     EndCause::PeerClosed,
     EndCause::Drained,
     EndCause::InternalLegFailed,
+    EndCause::AnswerTimeout,
+    EndCause::AcceptTimeout,
+    EndCause::MaxDuration,
 ];
 
 // A new EndCause variant fails to compile here: add it to END_CAUSES too.
@@ -44,7 +47,10 @@ const _: fn(EndCause) = |c| match c {
     | EndCause::InternalLegTimeout
     | EndCause::PeerClosed
     | EndCause::Drained
-    | EndCause::InternalLegFailed => {}
+    | EndCause::InternalLegFailed
+    | EndCause::AnswerTimeout
+    | EndCause::AcceptTimeout
+    | EndCause::MaxDuration => {}
 };
 
 /// The whole `/metrics` page.
@@ -77,6 +83,18 @@ pub fn render(s: &MetricsSnapshot) -> String {
     family(o, "relay_calls_created_total", "counter", "Calls created.");
     let created: u64 = s.shards.iter().map(|t| t.calls_created).sum();
     sample(o, "relay_calls_created_total", "", created as f64);
+
+    family(
+        o,
+        "relay_calls_refused_total",
+        "counter",
+        "CreateCalls refused, by reason (capacity, draining, overloaded, per_number_limit, duplicate, invalid_request, terminated).",
+    );
+    for reason in RefusedReason::ALL {
+        let n = s.refused.get(reason.index()).copied().unwrap_or(0);
+        let labels = format!("reason=\"{}\"", reason.as_str());
+        sample(o, "relay_calls_refused_total", &labels, n as f64);
+    }
 
     family(
         o,
@@ -616,6 +634,7 @@ mod tests {
         b.busy_ratio = 0.25;
         b.ice_setup.observe_duration(Duration::from_millis(3));
         MetricsSnapshot {
+            refused: Default::default(),
             active_calls: 3,
             capacity: 100,
             draining: true,
@@ -716,6 +735,7 @@ mod tests {
     #[test]
     fn every_family_the_deployment_expects_is_typed() {
         let p = parse(&render(&MetricsSnapshot {
+            refused: Default::default(),
             active_calls: 0,
             capacity: 1,
             draining: false,
@@ -730,6 +750,7 @@ mod tests {
             ("relay_shard_calls", "gauge"),
             ("relay_calls_created_total", "counter"),
             ("relay_calls_ended_total", "counter"),
+            ("relay_calls_refused_total", "counter"),
             ("relay_packets_total", "counter"),
             ("relay_bytes_total", "counter"),
             ("relay_drops_total", "counter"),
@@ -747,6 +768,7 @@ mod tests {
         // Bounded cardinality: the series count depends on the shard count only.
         assert_eq!(p.values.len(), render_series_count(1));
         let two = parse(&render(&MetricsSnapshot {
+            refused: Default::default(),
             active_calls: 0,
             capacity: 1,
             draining: false,
@@ -758,7 +780,14 @@ mod tests {
     }
 
     fn render_series_count(shards: usize) -> usize {
-        let fixed = 3 + 1 + END_CAUSES.len() + 4 + 4 + 2 * DROP_REASONS.len() + 2;
+        let fixed = 3
+            + 1
+            + RefusedReason::ALL.len()
+            + END_CAUSES.len()
+            + 4
+            + 4
+            + 2 * DROP_REASONS.len()
+            + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
         fixed + hist(SETUP_BUCKETS) * 2 + hist(LOSS_BUCKETS) + hist(JITTER_BUCKETS) + 5 * shards
     }
@@ -771,6 +800,7 @@ mod tests {
             draining: false,
             max_shard_busy: 0.9,
             shards: vec![shard(0)],
+            refused: Default::default(),
             recording: Some(crate::engine::snapshot::RecordingTotals {
                 active: 2,
                 dropped_queue_full: 5,

@@ -5,10 +5,13 @@
 mod harness;
 
 mod dtls_state;
+mod fill;
 mod gate;
 mod keepalive;
+mod lifetime;
 mod record;
 mod replace;
+mod replay;
 mod silence;
 mod stats;
 mod timeouts;
