@@ -330,3 +330,71 @@ async fn a_call_is_recorded_to_ogg_opus_over_grpc() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM with a recorded call up: the drain ends the call, and the recording's files are
+/// finished (end-of-stream page, `recording_stopped` line) before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_relay_finishes_its_recordings() {
+    use control::client::RecordingOp;
+    let dir = std::env::temp_dir().join(format!("relay-process-drain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut relay, endpoint) = start_relay(&[
+        "--recording-dir",
+        dir.to_str().unwrap(),
+        "--drain-deadline",
+        "1s",
+    ]);
+    let mut client = connect(&endpoint).await;
+    let meta = MetaPeer::spawn(MetaConfig::default()).unwrap();
+    let sip = SipPeer::spawn(SipConfig::default()).unwrap();
+    let id = "wacid.drained";
+    let created = client
+        .create_call(create_request(
+            id,
+            "15550004444",
+            meta.offer_sdp(),
+            sip.sdp(),
+        ))
+        .await
+        .expect("CreateCall");
+    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
+    sip.set_remote_sdp(&created.internal_sdp).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || meta
+        .stats()
+        .dtls_connected_at
+        .is_some()));
+    let rec = client
+        .recording(id, RecordingOp::Start)
+        .await
+        .unwrap()
+        .unwrap();
+    meta.start_audio();
+    assert!(wait_until(Duration::from_secs(10), || sip.received().len() >= 25));
+
+    let pid = relay.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut exited = false;
+    for _ in 0..200 {
+        if relay.0.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited, "the relay exits after its 1 s drain");
+    let events = std::fs::read_to_string(&rec.events_file).unwrap();
+    let last = events.lines().last().unwrap();
+    assert!(last.contains("\"recording_stopped\""), "{events}");
+    assert!(events.contains("\"call_ended\""), "{events}");
+    let consumer = relay::record::ogg::summarize(&std::fs::read(&rec.consumer_file).unwrap())
+        .expect("a valid Ogg Opus file");
+    assert!(consumer.eos, "the file is finished");
+    assert!(consumer.packets >= 25);
+    let _ = std::fs::remove_dir_all(&dir);
+}
