@@ -404,6 +404,18 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// The call's refusals reach the control plane with the same words and the matching status.
+impl From<crate::call::CallError> for ApiError {
+    fn from(e: crate::call::CallError) -> Self {
+        use crate::call::CallError;
+        match e {
+            CallError::InvalidArgument(m) => ApiError::InvalidArgument(m),
+            CallError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            CallError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl ApiError {
     /// The Meta-style code carried in the gRPC status details.
     pub fn meta_code(&self) -> Option<u32> {
@@ -495,6 +507,13 @@ pub struct ShardLoad {
     pub busy_ratio: f64,
 }
 
+/// Admission limits in force ([`CallControl::set_limits`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub capacity: u32,
+    pub max_shard_busy_percent: u32,
+}
+
 /// The operations the control plane drives. Implemented by the engine's handle.
 /// Every operation is idempotent by call ID.
 pub trait CallControl: Send + Sync + 'static {
@@ -565,6 +584,19 @@ pub trait CallControl: Send + Sync + 'static {
     /// Stop (`true`) or resume admitting new calls: creates then fail with `Unavailable`.
     /// No default: a wrapper that forgot to forward it would silently not drain.
     fn set_draining(&self, draining: bool);
+
+    /// Change the admission limits at run time (`None` keeps a value): the total call capacity
+    /// and the shard busy share over which new calls are refused (percent, 1..=100). Returns
+    /// the limits now in force. Idempotent.
+    fn set_limits(
+        &self,
+        _capacity: Option<u32>,
+        _busy_percent: Option<u32>,
+    ) -> Result<Limits, ApiError> {
+        Err(ApiError::FailedPrecondition(
+            "this relay cannot change its limits at run time".into(),
+        ))
+    }
 
     /// The drain deadline passed: end every live call with cause `Drained`. Returns how many
     /// ended.

@@ -81,6 +81,9 @@ pub struct Settings {
     pub log_json: bool,
     pub call_log_dir: Option<PathBuf>,
     pub call_log_poll_interval: Duration,
+    /// HEP3 collector (Homer) for per-call RTCP and quality reports.
+    pub homer: Option<SocketAddr>,
+    pub homer_id: u32,
     /// `recording_dir`, `recording_name_template`, `recording_queue_packets`.
     pub recording: crate::record::RecordingConfig,
     pub call: CallConfig,
@@ -120,6 +123,8 @@ impl Default for Settings {
             log_json: false,
             call_log_dir: None,
             call_log_poll_interval: Duration::from_secs(2),
+            homer: None,
+            homer_id: 0,
             recording: Default::default(),
             call: CallConfig::default(),
         }
@@ -238,6 +243,10 @@ pub const KEYS: &[Key] = &[
         "write one JSON record per ended call to DIR/calls-YYYY-MM-DD.jsonl (UTC)"),
     key("call_log_poll_interval", "call-log-poll-interval", "RELAY_CALL_LOG_POLL_INTERVAL", Kind::Duration,
         "how often the call log samples live calls' statistics"),
+    key("homer", "homer", "RELAY_HOMER", Kind::SocketAddr,
+        "send per-call RTCP and quality reports over HEP3/UDP to this Homer collector (as rtpengine's --homer)"),
+    key("homer_id", "homer-id", "RELAY_HOMER_ID", Kind::Integer,
+        "HEP capture agent ID the reports carry"),
     key("recording_dir", "recording-dir", "RELAY_RECORDING_DIR", Kind::Path,
         "write call recordings (StartRecording) under DIR; unset: recording is refused"),
     key("recording_name_template", "recording-name-template", "RELAY_RECORDING_NAME_TEMPLATE", Kind::Text,
@@ -571,6 +580,8 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "log_json" => s.log_json = boolean(v)?,
         "call_log_dir" => s.call_log_dir = Some(path(v)?),
         "call_log_poll_interval" => s.call_log_poll_interval = duration(v)?,
+        "homer" => s.homer = Some(socket_addr(v)?),
+        "homer_id" => s.homer_id = integer(v, 0, u32::MAX)?,
         "recording_dir" => s.recording.dir = Some(path(v)?),
         "recording_name_template" => s.recording.name_template = non_empty(v)?.to_string(),
         "recording_queue_packets" => s.recording.queue_packets = integer(v, 16, 1 << 20)?,
@@ -643,6 +654,8 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "log_json" => Some(V::Boolean(s.log_json)),
         "call_log_dir" => path(&s.call_log_dir),
         "call_log_poll_interval" => dur(s.call_log_poll_interval),
+        "homer" => s.homer.map(|a| V::String(a.to_string())),
+        "homer_id" => int(s.homer_id.into()),
         "recording_dir" => path(&s.recording.dir),
         "recording_name_template" => text(&s.recording.name_template),
         "recording_queue_packets" => int(s.recording.queue_packets as u64),
@@ -1097,6 +1110,7 @@ mod tests {
                 (Some(v), _) => toml_scalar(&v).unwrap(),
                 (None, Kind::Ip) => "192.0.2.1".into(),
                 (None, Kind::Integer) => "20000".into(),
+                (None, Kind::SocketAddr) => "192.0.2.1:9060".into(),
                 (None, _) => "x".into(),
             };
             set(&mut s, k.key, &sample).unwrap_or_else(|e| panic!("{}: {e}", k.key));

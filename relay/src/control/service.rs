@@ -20,7 +20,6 @@ pub struct RelayService<C> {
     pub(super) engine: Arc<C>,
     pub(super) log: Arc<EventLog>,
     pub(super) drain: Arc<Drain>,
-    pub(super) default_drain_deadline: Duration,
     pub(super) health: HealthReporter,
     pub(super) stop: watch::Receiver<bool>,
 }
@@ -215,12 +214,63 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
         Ok(Response::new(convert::load(load, self.drain.is_draining())))
     }
 
+    async fn set_log_level(
+        &self,
+        request: Request<pb::SetLogLevelRequest>,
+    ) -> Result<Response<pb::SetLogLevelResponse>, Status> {
+        let Some(level) = crate::ops::logs::log_level() else {
+            return Err(to_status(&ApiError::FailedPrecondition(
+                "this process's log filter cannot be changed".into(),
+            )));
+        };
+        let filter = request.into_inner().filter;
+        let filter = if filter.trim().is_empty() {
+            level.current()
+        } else {
+            let now = level
+                .set(&filter)
+                .map_err(|e| to_status(&ApiError::InvalidArgument(format!("log filter: {e}"))))?;
+            tracing::info!(filter = %now, "log filter changed");
+            now
+        };
+        Ok(Response::new(pb::SetLogLevelResponse { filter }))
+    }
+
+    async fn set_limits(
+        &self,
+        request: Request<pb::SetLimitsRequest>,
+    ) -> Result<Response<pb::SetLimitsResponse>, Status> {
+        let req = request.into_inner();
+        let limits = api(self
+            .engine
+            .set_limits(req.capacity, req.max_shard_busy_percent))?;
+        Ok(Response::new(pb::SetLimitsResponse {
+            capacity: limits.capacity,
+            max_shard_busy_percent: limits.max_shard_busy_percent,
+        }))
+    }
+
+    async fn set_call_debug(
+        &self,
+        request: Request<pb::SetCallDebugRequest>,
+    ) -> Result<Response<pb::SetCallDebugResponse>, Status> {
+        let req = request.into_inner();
+        let id = call_id(req.call_id)?;
+        if req.enabled {
+            // Only for a call the relay holds (a typo must not silently log nothing).
+            api(self.engine.get_call(id.clone()).await)?;
+        }
+        let enabled = crate::ops::logs::set_call_debug(&id, req.enabled);
+        tracing::info!(call_id = %id, enabled, "call debug logging");
+        Ok(Response::new(pb::SetCallDebugResponse { enabled }))
+    }
+
     async fn drain(
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let after = match request.into_inner().deadline {
-            None => self.default_drain_deadline,
+            None => self.drain.default_deadline(),
             Some(d) => Duration::try_from(d).map_err(|_| {
                 to_status(&ApiError::InvalidArgument(
                     "deadline must be a non-negative duration".into(),

@@ -15,7 +15,7 @@ mod sockets;
 pub mod udp;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -67,7 +67,7 @@ pub struct EngineConfig {
     pub tombstones: TombstoneConfig,
     /// A shard whose loop has not turned for this long makes `/healthz` fail.
     pub shard_stall_timeout: std::time::Duration,
-    /// Call recording (off unless `recording.dir` is set).
+    /// Call recording (off unless `recording_dir` is set).
     pub recording: crate::record::RecordingConfig,
 }
 
@@ -139,6 +139,10 @@ struct Inner {
     events: broadcast::Sender<CallEvent>,
     ports: sockets::PortAllocator,
     next_shard: AtomicUsize,
+    /// `cfg.capacity` and `cfg.max_shard_busy` (in 1/1000), changeable at run time
+    /// ([`CallControl::set_limits`]).
+    capacity: AtomicU32,
+    busy_permille: AtomicU32,
     /// CreateCalls refused, by [`RefusedReason::index`].
     refused: [AtomicU64; RefusedReason::ALL.len()],
     /// Probes' view of the shards' heartbeats (taken by probes only, never by a packet).
@@ -201,6 +205,10 @@ impl Engine {
         let inner = Arc::new(Inner {
             recorder,
             ports: sockets::PortAllocator::new(cfg.ports),
+            capacity: AtomicU32::new(cfg.capacity),
+            busy_permille: AtomicU32::new(
+                (cfg.max_shard_busy.clamp(0.0, 1.0) * 1000.0).round() as u32
+            ),
             identity,
             shards,
             registry: Mutex::new(Registry::new(cfg.tombstones)),
@@ -263,9 +271,9 @@ impl EngineHandle {
         let draining = lock(&self.inner.registry).draining;
         snapshot::MetricsSnapshot {
             active_calls: self.active_calls() as u64,
-            capacity: self.inner.cfg.capacity as u64,
+            capacity: self.capacity() as u64,
             draining,
-            max_shard_busy: self.inner.cfg.max_shard_busy,
+            max_shard_busy: self.max_shard_busy(),
             shards: self
                 .inner
                 .shards
@@ -279,6 +287,16 @@ impl EngineHandle {
                 .as_ref()
                 .map(|r| snapshot::RecordingTotals::from(r.stats())),
         }
+    }
+
+    /// Calls admitted in total (the configured capacity unless changed at run time).
+    pub fn capacity(&self) -> u32 {
+        self.inner.capacity.load(Ordering::Relaxed)
+    }
+
+    /// The shard busy share (0..1) over which new calls are refused.
+    pub fn max_shard_busy(&self) -> f64 {
+        f64::from(self.inner.busy_permille.load(Ordering::Relaxed)) / 1000.0
     }
 
     /// Shards whose loop has not turned for `shard_stall_timeout` (stuck, or their thread
@@ -336,7 +354,7 @@ impl EngineHandle {
     /// The shard for a new call: the one with fewest calls among those not over the busy
     /// limit, ties broken round-robin. `Unavailable` when every shard is over it.
     fn pick_shard(&self) -> Result<usize, ApiError> {
-        let limit = self.inner.cfg.max_shard_busy;
+        let limit = self.max_shard_busy();
         let busy: Vec<f64> = self
             .inner
             .shards
@@ -433,13 +451,11 @@ impl EngineHandle {
                 ApiError::Unavailable("relay is draining; create the call on another relay".into()),
             ));
         }
-        if reg.calls.len() as u32 >= self.inner.cfg.capacity {
+        let capacity = self.capacity();
+        if reg.calls.len() as u32 >= capacity {
             return Err(self.refuse(
                 RefusedReason::Capacity,
-                ApiError::Unavailable(format!(
-                    "relay at capacity ({} calls)",
-                    self.inner.cfg.capacity
-                )),
+                ApiError::Unavailable(format!("relay at capacity ({capacity} calls)")),
             ));
         }
         let limit = self.inner.cfg.max_calls_per_number;
@@ -511,8 +527,8 @@ impl EngineHandle {
             Instant::now(),
             SystemTime::now(),
         )
-        .map_err(|e| match e {
-            ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
+        .map_err(|e| match ApiError::from(e) {
+            e @ ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
             e => e,
         })?;
         let out = CallCreated {
@@ -664,7 +680,7 @@ impl CallControl for EngineHandle {
             RecordingOp::Start => {
                 let recorder = self.inner.recorder.clone().ok_or_else(|| {
                     ApiError::FailedPrecondition(
-                        "recording is not configured on this relay (set recording.dir / \
+                        "recording is not configured on this relay (set recording_dir / \
                          --recording-dir)"
                             .into(),
                     )
@@ -777,7 +793,7 @@ impl CallControl for EngineHandle {
         let draining = lock(&self.inner.registry).draining;
         Ok(Load {
             active_calls: self.active_calls() as u32,
-            capacity: self.inner.cfg.capacity,
+            capacity: self.capacity(),
             draining,
             shards: self
                 .inner
@@ -799,6 +815,39 @@ impl CallControl for EngineHandle {
 
     fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.inner.events.subscribe()
+    }
+
+    fn set_limits(
+        &self,
+        capacity: Option<u32>,
+        busy_percent: Option<u32>,
+    ) -> Result<crate::api::Limits, ApiError> {
+        if capacity == Some(0) {
+            return Err(ApiError::InvalidArgument(
+                "capacity must be at least 1".into(),
+            ));
+        }
+        if busy_percent.is_some_and(|p| !(1..=100).contains(&p)) {
+            return Err(ApiError::InvalidArgument(
+                "max_shard_busy_percent must be 1..=100 (100: never refuse for load)".into(),
+            ));
+        }
+        if let Some(c) = capacity {
+            self.inner.capacity.store(c, Ordering::Relaxed);
+        }
+        if let Some(p) = busy_percent {
+            self.inner.busy_permille.store(p * 10, Ordering::Relaxed);
+        }
+        let limits = crate::api::Limits {
+            capacity: self.capacity(),
+            max_shard_busy_percent: (self.max_shard_busy() * 100.0).round() as u32,
+        };
+        tracing::info!(
+            capacity = limits.capacity,
+            max_shard_busy_percent = limits.max_shard_busy_percent,
+            "admission limits in force"
+        );
+        Ok(limits)
     }
 
     fn set_draining(&self, draining: bool) {

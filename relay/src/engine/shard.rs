@@ -139,6 +139,7 @@ pub(crate) struct Shard {
     /// (WhatsApp, internal).
     limiter: RateLimiter,
     rate_limited: [u64; 2],
+    quality: crate::ops::quality::QualitySampler,
 }
 
 /// How often a shard folds its counters into the published snapshot (metrics resolution).
@@ -157,6 +158,7 @@ impl Shard {
         Shard {
             limiter: RateLimiter::new(rate_limit, Instant::now()),
             rate_limited: [0; 2],
+            quality: Default::default(),
             totals: ShardTotals::new(id as u32),
             published,
             next_publish: Instant::now(),
@@ -225,6 +227,8 @@ impl Shard {
     fn publish_totals(&mut self, now: Instant) {
         self.next_publish = now + PUBLISH_EVERY;
         self.totals.busy_seconds += self.busy.as_secs_f64();
+        let live = self.slots.iter().flatten().map(|s| &*s.call);
+        self.quality.sample(live, &mut self.totals.quality);
         let mut t = self.totals.clone();
         for slot in self.slots.iter().flatten() {
             t.whatsapp.add(&slot.call.leg_totals(LegKind::WhatsApp));

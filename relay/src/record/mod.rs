@@ -14,7 +14,7 @@
 //!
 //! Files: `<name>.consumer.opus` (what WhatsApp sent: the consumer), `<name>.agent.opus` (what
 //! was sent to WhatsApp: the agent, whoever it is after transfers) and `<name>.events.jsonl`,
-//! where `<name>` comes from `recording.name_template` under `recording.dir`. Two files rather
+//! where `<name>` comes from `recording_name_template` under `recording_dir`. Two files rather
 //! than one file with two logical streams because every player and tool (opusinfo, ffprobe,
 //! browsers) handles a single-stream Ogg Opus file, and few play a multiplexed one.
 
@@ -36,7 +36,7 @@ use crate::api::{ApiError, RecordingFiles};
 /// dropped. Opus at WhatsApp's rates is around 100 bytes.
 pub const MAX_PAYLOAD: usize = 1472;
 
-/// Recording settings (`[recording]` in the config file).
+/// Recording settings (`recording_dir`, `recording_name_template`, `recording_queue_packets`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordingConfig {
     /// Where recordings go; `None` disables recording (StartRecording is refused).
@@ -262,7 +262,7 @@ impl Recorder {
     ) -> Result<OpenRecording, ApiError> {
         let dir = self.cfg.dir.as_ref().ok_or_else(|| {
             ApiError::FailedPrecondition(
-                "recording is not configured on this relay (set recording.dir / --recording-dir)"
+                "recording is not configured on this relay (set recording_dir / --recording-dir)"
                     .into(),
             )
         })?;

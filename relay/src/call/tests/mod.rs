@@ -12,6 +12,7 @@ mod lifetime;
 mod record;
 mod replace;
 mod replay;
+mod rtt;
 mod silence;
 mod stats;
 mod timeouts;
