@@ -29,10 +29,19 @@ python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ig
   -r e2e/python/requirements.txt
 
 echo "== tests"
+# The engine's tests a second time on the other I/O driver: the first run uses the default
+# (auto: io_uring where the kernel allows it), this one the epoll fallback. Only the test
+# binaries that start an engine run twice (the relay crate's unit tests drive both drivers
+# themselves).
+ENGINE_TESTS=(-p relay --test admission --test ops_metrics --test ops_drain --test process -p e2e)
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
+  echo "== engine tests again on the epoll driver (RELAY_IO_DRIVER=epoll)"
+  RELAY_IO_DRIVER=epoll cargo nextest run --locked --no-fail-fast "${ENGINE_TESTS[@]}"
   # nextest does not run doctests
   cargo test --workspace --locked --doc
 else
   cargo test --workspace --locked --no-fail-fast
+  echo "== engine tests again on the epoll driver (RELAY_IO_DRIVER=epoll)"
+  RELAY_IO_DRIVER=epoll cargo test --locked --no-fail-fast "${ENGINE_TESTS[@]}"
 fi

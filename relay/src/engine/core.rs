@@ -657,6 +657,7 @@ impl ShardCore {
         t.packets_in = self.packets_in;
         t.packets_out = io.sent;
         t.send_errors = io.send_errors;
+        t.io_syscalls = io.syscalls;
         let elapsed = now.saturating_duration_since(self.last_publish);
         if !elapsed.is_zero() {
             t.busy_ratio = (self.busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);

@@ -342,6 +342,7 @@ impl EngineHandle {
     pub fn metrics_snapshot(&self) -> snapshot::MetricsSnapshot {
         let draining = lock(&self.inner.registry).draining;
         snapshot::MetricsSnapshot {
+            io_driver: self.io_driver(),
             active_calls: self.active_calls() as u64,
             capacity: self.inner.cfg.capacity as u64,
             draining,
@@ -666,6 +667,7 @@ impl CallControl for EngineHandle {
     async fn load(&self) -> Result<Load, ApiError> {
         let draining = lock(&self.inner.registry).draining;
         Ok(Load {
+            io_driver: self.io_driver().to_string(),
             active_calls: self.active_calls() as u32,
             capacity: self.inner.cfg.capacity,
             draining,

@@ -204,6 +204,7 @@ mod tests {
 
     fn src(active: u64, capacity: u64, draining: bool) -> Fixed {
         Fixed(MetricsSnapshot {
+            io_driver: "epoll",
             active_calls: active,
             capacity,
             draining,
