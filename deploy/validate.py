@@ -43,6 +43,8 @@ CHART = DEPLOY / "helm" / "relay"
 K8S = DEPLOY / "k8s"
 DASHBOARD = DEPLOY / "grafana" / "relay-dashboard.json"
 RENDER = DEPLOY / "tools" / "helm_render.py"
+SECCOMP = DEPLOY / "seccomp" / "relay-io-uring.json"
+SECCOMP_TOOL = DEPLOY / "tools" / "seccomp_profile.py"
 
 # ---- what the relay exposes (keep in sync with the relay's config and metrics) ---------------
 
@@ -227,6 +229,10 @@ def check_objects(objs: list[dict], label: str) -> None:
       "ALL" in (caps.get("drop") or []) and not caps.get("add"), str(caps))
     c("no service account token mounted (the relay does not use the API)",
       spec.get("automountServiceAccountToken") is False)
+    sp = csc.get("seccompProfile") or psc.get("seccompProfile") or {}
+    c("seccomp: RuntimeDefault, or Localhost with the profile deploy/seccomp ships",
+      sp.get("type") == "RuntimeDefault"
+      or (sp.get("type") == "Localhost" and sp.get("localhostProfile") == SECCOMP.name), str(sp))
 
     # Environment.
     env = relay.get("env", [])
@@ -444,6 +450,76 @@ def check_dashboard() -> None:
         check(f"dashboard: has a panel about {word}", word in titles)
 
 
+# ---- seccomp profile ------------------------------------------------------------------------------
+
+SECCOMP_ACTIONS = {"SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                   "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP", "SCMP_ACT_TRACE", "SCMP_ACT_LOG"}
+SECCOMP_OPS = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE",
+               "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"}
+# What the relay itself calls on its packet path and at start (a profile without them breaks it).
+RELAY_NEEDS = {"io_uring_setup", "io_uring_enter", "io_uring_register", "epoll_create1", "epoll_ctl",
+               "epoll_wait", "epoll_pwait", "recvmmsg", "sendmmsg", "recvfrom", "sendto", "bind",
+               "setsockopt", "getsockname", "accept4", "futex", "mmap", "munmap", "mprotect",
+               "sched_setaffinity", "sched_getaffinity", "getrandom", "eventfd2", "timerfd_create",
+               "rt_sigaction", "sigaltstack", "exit_group", "statx", "openat", "read", "write"}
+
+
+def check_seccomp() -> None:
+    try:
+        prof = json.loads(SECCOMP.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        check("seccomp: the io_uring profile is JSON", False, str(e))
+        return
+    check("seccomp: the io_uring profile is JSON", isinstance(prof, dict))
+    p = subprocess.run([sys.executable, str(SECCOMP_TOOL), "--check"], capture_output=True, text=True)
+    check("seccomp: the profile is what deploy/tools/seccomp_profile.py writes", p.returncode == 0,
+          p.stderr)
+    check("seccomp: denies by default", prof.get("defaultAction") in {"SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
+                                                                        "SCMP_ACT_KILL_PROCESS"},
+          str(prof.get("defaultAction")))
+    arches = set(prof.get("architectures") or [])
+    check("seccomp: covers x86_64 and aarch64", {"SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"} <= arches,
+          str(sorted(arches)))
+    rules = prof.get("syscalls") or []
+    problems = []
+    for i, r in enumerate(rules):
+        if not (isinstance(r.get("names"), list) and r["names"]
+                and all(isinstance(n, str) and re.fullmatch(r"_?[a-z0-9_]+", n) for n in r["names"])):
+            problems.append(f"rule {i}: names must be a non-empty list of syscall names")
+        if r.get("action") not in SECCOMP_ACTIONS:
+            problems.append(f"rule {i}: unknown action {r.get('action')}")
+        for key in ("includes", "excludes", "comment"):
+            if key in r:
+                # OCI runtimes (containerd) ignore Docker's conditions: a capability-only rule
+                # would apply to everyone.
+                problems.append(f"rule {i}: Docker-only key {key!r}")
+        for a in r.get("args") or []:
+            if a.get("op") not in SECCOMP_OPS or not isinstance(a.get("index"), int) \
+                    or not isinstance(a.get("value"), int):
+                problems.append(f"rule {i}: bad argument condition {a}")
+    check("seccomp: every rule is well formed (OCI runtime spec, no Docker-only conditions)",
+          not problems, "; ".join(problems))
+    for key in ("archMap", "includes", "excludes"):
+        check(f"seccomp: no Docker-only top-level {key}", key not in prof)
+    plain = [r for r in rules if r.get("action") == "SCMP_ACT_ALLOW" and not r.get("args")]
+    allowed = {n for r in plain for n in r["names"]}
+    names = [n for r in plain for n in r["names"]]
+    check("seccomp: no syscall allowed twice", len(names) == len(set(names)),
+          str(sorted({n for n in names if names.count(n) > 1})))
+    check("seccomp: allows io_uring_setup, io_uring_enter and io_uring_register",
+          {"io_uring_setup", "io_uring_enter", "io_uring_register"} <= allowed)
+    missing = sorted(RELAY_NEEDS - allowed)
+    check("seccomp: allows what the relay calls (io_uring and epoll drivers, sockets, threads)",
+          not missing, str(missing))
+    conditional = {n for r in rules if r.get("args") or r.get("action") != "SCMP_ACT_ALLOW"
+                   for n in r["names"]}
+    check("seccomp: clone without namespaces, socket without AF_VSOCK (conditions, not plain allows)",
+          {"clone", "socket"} <= conditional and not ({"clone", "clone3", "socket"} & allowed))
+    check("seccomp: no capability-only calls (the chart drops every capability)",
+          not ({"mount", "umount2", "ptrace", "bpf", "kexec_load", "init_module", "setns", "unshare",
+                "reboot", "swapon", "pivot_root", "perf_event_open"} & allowed))
+
+
 # ---- chart without Helm ---------------------------------------------------------------------------
 
 ACTION = re.compile(r'\{\{(?:"(?:[^"\\]|\\.)*"|`[^`]*`|[^"`}]|\}(?!\}))*\}\}')
@@ -570,6 +646,7 @@ def check_chart_helm() -> None:
         "ipv6+annotation": {"media": {"whatsappV6": "::"},
                             "advertise": {"v4": {"from": "annotation", "annotation": "relay.example.com/public-ipv4"},
                                           "v6": {"from": "annotation", "annotation": "relay.example.com/public-ipv6"}}},
+        "io-uring seccomp": {"seccomp": {"profile": "ioUring"}},
         "everything-on": {"autoscaling": {"enabled": True}, "serviceMonitor": {"enabled": True},
                           "prometheusRule": {"enabled": True}, "config": {"enabled": True},
                           "control": {"token": {"value": "t0ken"}}, "relay": {"logLevel": "info",
@@ -583,6 +660,11 @@ def check_chart_helm() -> None:
             continue
         objs = load_docs(p.stdout)
         check_objects(objs, f"helm {name}")
+        if name == "io-uring seccomp":
+            w = next(o for o in objs if o.get("kind") in ("Deployment", "DaemonSet"))
+            sp = dig(w, "spec", "template", "spec", "securityContext", "seccompProfile", default={})
+            check("helm io-uring seccomp: the pod uses the Localhost profile deploy/seccomp ships",
+                  sp == {"type": "Localhost", "localhostProfile": SECCOMP.name}, str(sp))
         if name == "everything-on":
             kinds = {o.get("kind") for o in objs}
             check("helm everything-on: renders Secret, ConfigMap, HPA, ServiceMonitor, PrometheusRule",
@@ -600,6 +682,7 @@ def check_chart_helm() -> None:
         "no control token": ({"control": {"token": {"existingSecret": ""}}}, "token"),
         "unknown advertise source": ({"advertise": {"v4": {"from": "stun"}}}, "from must be"),
         "unknown kind": ({"kind": "StatefulSet"}, "kind must be"),
+        "unknown seccomp profile": ({"seccomp": {"profile": "Unconfined"}}, "seccomp.profile must be"),
     }
     for name, (values, needle) in broken.items():
         p = render(values)
@@ -616,6 +699,7 @@ def main() -> int:
     run("dashboard", check_dashboard)
     run("chart (static)", check_chart_static)
     run("Dockerfile", check_dockerfile)
+    run("seccomp profile", check_seccomp)
     run("chart (helm)", check_chart_helm)
     passed = sum(s == "ok" for s, _, _ in RESULTS)
     failed = sum(s == "FAIL" for s, _, _ in RESULTS)

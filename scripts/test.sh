@@ -28,20 +28,46 @@ echo "== Python interop peers (e2e/python: aiortc, aioice, pyOpenSSL, pylibsrtp;
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --only-binary=:all: \
   -r e2e/python/requirements.txt
 
+echo "== promtool (checks /metrics in relay/tests/ops_metrics.rs)"
+# Debian's `prometheus` package carries promtool. Only the binary is unpacked (apt-get download +
+# dpkg-deb -x): installing the package would also install and start a Prometheus server.
+if [ -z "${PROMTOOL:-}" ]; then
+  if command -v promtool >/dev/null 2>&1; then
+    PROMTOOL=$(command -v promtool)
+  else
+    PROMTOOL="$PWD/target/tools/promtool"
+    if [ ! -x "$PROMTOOL" ]; then
+      tmp=$(mktemp -d)
+      if (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null 2>&1 && apt-get download prometheus >/dev/null 2>&1; }; } \
+            && dpkg-deb -x prometheus_*.deb x); then
+        install -D -m 0755 "$tmp/x/usr/bin/promtool" "$PROMTOOL"
+      else
+        echo "warning: cannot fetch Debian's prometheus package; the promtool check will be skipped" >&2
+      fi
+      rm -rf "$tmp"
+    fi
+  fi
+fi
+export PROMTOOL
+"$PROMTOOL" --version 2>/dev/null | head -1 || true
+
 echo "== tests"
 # The engine's tests a second time on the other I/O driver: the first run uses the default
 # (auto: io_uring where the kernel allows it), this one the epoll fallback. Only the test
 # binaries that start an engine run twice (the relay crate's unit tests drive both drivers
 # themselves).
-ENGINE_TESTS=(-p relay --test admission --test ops_metrics --test ops_drain --test process -p e2e)
+ENGINE_TESTS=(-p relay --test admission --test ops_metrics --test ops_drain --test process)
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   echo "== engine tests again on the epoll driver (RELAY_IO_DRIVER=epoll)"
   RELAY_IO_DRIVER=epoll cargo nextest run --locked --no-fail-fast "${ENGINE_TESTS[@]}"
+  RELAY_IO_DRIVER=epoll cargo nextest run --locked --no-fail-fast -p e2e
   # nextest does not run doctests
   cargo test --workspace --locked --doc
 else
   cargo test --workspace --locked --no-fail-fast
   echo "== engine tests again on the epoll driver (RELAY_IO_DRIVER=epoll)"
   RELAY_IO_DRIVER=epoll cargo test --locked --no-fail-fast "${ENGINE_TESTS[@]}"
+  RELAY_IO_DRIVER=epoll cargo test --locked --no-fail-fast -p e2e
 fi

@@ -84,6 +84,7 @@ pub fn event_kind(kind: Option<&pb::call_event::Kind>) -> (&'static str, Value) 
         Some(Kind::WhatsappReady(_)) => ("whatsapp_ready", json!({})),
         Some(Kind::GateOpened(_)) => ("gate_opened", json!({})),
         Some(Kind::FirstMedia(k)) => ("first_media", json!({ "from": leg(k.from()) })),
+        Some(Kind::FirstMediaSent(_)) => ("first_media_sent", json!({})),
         Some(Kind::DtmfReceived(k)) => (
             "dtmf_received",
             json!({ "from": leg(k.from()), "digit": k.digit }),

@@ -8,10 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use relay::srtp::SrtpProfile;
 use serde::Serialize;
 
-use crate::generator::{GenConfig, pin_current_thread};
-use crate::raw::RawForwarder;
+use crate::generator::{GenConfig, Spacing, pin_current_thread};
+use crate::raw::{Layout, RawForwarder};
 use crate::report::{self, html};
-use crate::session::{Backend, CapacityReport, Options, RampReport, Session, Slo, WaMode};
+use crate::session::{
+    Backend, CapacityReport, Options, OverloadReport, RampReport, Session, Slo, WaMode,
+};
 use crate::target::{self, RelayProcess, SpawnOptions};
 use crate::target_rtpengine::{NgClient, RtpEngineOptions, RtpEngineProcess};
 
@@ -48,6 +50,10 @@ pub struct Common {
     /// PID of the --relay-addr relay, for its CPU and RSS (when it runs on this machine).
     #[arg(long, global = true)]
     pub relay_pid: Option<u32>,
+    /// The --relay-addr relay's metrics address (host:port of /metrics), for its own I/O
+    /// system call and silence-fill counters. A started relay gets a free port.
+    #[arg(long, global = true)]
+    pub relay_metrics: Option<std::net::SocketAddr>,
     /// Bearer token for the control API.
     #[arg(long, global = true, env = "RELAY_CONTROL_TOKEN")]
     pub token: Option<String>,
@@ -60,11 +66,14 @@ pub struct Common {
     /// Where a started relay's output goes.
     #[arg(long, global = true, default_value = "/tmp/loadtest-relay.log")]
     pub relay_log: PathBuf,
-    /// What to load: the relay (default), the raw forwarder (the machine's ceiling), or
-    /// rtpengine over its ng protocol (started from --rtpengine-bin unless --rtpengine-ng).
+    /// What to load: the relay (default), a raw forwarder (the machine's ceiling: `raw` with a
+    /// socket per call and leg like the relay, `raw-single` with one socket demultiplexed by
+    /// source address), or rtpengine over its ng protocol (started from --rtpengine-bin unless
+    /// --rtpengine-ng).
     #[arg(long, global = true, value_enum, default_value_t = TargetKind::Relay)]
     pub target: TargetKind,
-    /// Same as --target raw: a trivial recvmmsg/sendmmsg forwarder replaces the relay.
+    /// Same as --target raw: a trivial recvmmsg/sendmmsg forwarder (a socket per call and leg)
+    /// replaces the relay.
     #[arg(long, global = true, conflicts_with_all = ["relay_bin", "relay_addr"])]
     pub raw: bool,
     /// Same as --target rtpengine.
@@ -107,6 +116,12 @@ pub struct Common {
     /// Generator threads.
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
+    /// When each stream's packets leave within the 20 ms packet time: `even` (each stream at
+    /// its own instant, spread evenly over the period, as independent endpoints send) or
+    /// `burst` (each call's two packets together, gathered into 1 ms batches: how loadtest
+    /// sent before; it flatters a target that batches).
+    #[arg(long, global = true, value_enum, default_value_t = Spacing::Even)]
+    pub spacing: Spacing,
     /// Sockets per side per generator thread, shared by its calls (like Meta's media ports);
     /// 0 gives every peer its own socket.
     #[arg(long, global = true, default_value_t = 1)]
@@ -149,6 +164,29 @@ pub enum Mode {
     /// The same capacity search against several targets, one after the other (each started
     /// fresh, pinned to --relay-cpu), and the results side by side.
     Compare(CompareArgs),
+    /// Offer more calls than one core carries (--factor × --base-calls, or × the capacity found
+    /// by a search first) and check admission protects the calls already up: their loss stays
+    /// within --max-loss and no silence fill goes out while real media waits.
+    Overload(OverloadArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OverloadArgs {
+    /// Calls one core carries within the SLO (e.g. from `capacity`); without it a capacity
+    /// search (the capacity options) runs first.
+    #[arg(long)]
+    pub base_calls: Option<usize>,
+    /// Offered load as a multiple of --base-calls.
+    #[arg(long, default_value_t = 1.5)]
+    pub factor: f64,
+    /// How long the admitted calls hold audio.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Largest loss ratio of the admitted calls (0.001 = 0.1 %).
+    #[arg(long, default_value_t = 0.001)]
+    pub max_loss: f64,
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
 }
 
 /// What `--target` selects.
@@ -156,7 +194,10 @@ pub enum Mode {
 #[serde(rename_all = "snake_case")]
 pub enum TargetKind {
     Relay,
+    /// The raw forwarder with a socket per call and leg.
     Raw,
+    /// The raw forwarder with one socket, demultiplexed by source address.
+    RawSingle,
     Rtpengine,
 }
 
@@ -171,6 +212,7 @@ impl CompareTarget {
     pub fn name(&self) -> String {
         match self.kind {
             TargetKind::Raw => "raw".into(),
+            TargetKind::RawSingle => "raw-single".into(),
             TargetKind::Relay => format!("relay-{}", wa_name(self.wa)),
             TargetKind::Rtpengine => format!("rtpengine-{}", wa_name(self.wa)),
         }
@@ -185,7 +227,7 @@ fn wa_name(w: WaMode) -> &'static str {
     }
 }
 
-/// "relay-dtls", "relay-sdes", "rtpengine-sdes", "rtpengine-plain", "raw".
+/// "relay-dtls", "relay-sdes", "rtpengine-sdes", "rtpengine-plain", "raw", "raw-single".
 pub fn parse_compare_target(s: &str) -> Result<CompareTarget, String> {
     let t = |kind, wa| Ok(CompareTarget { kind, wa });
     match s.trim() {
@@ -193,9 +235,10 @@ pub fn parse_compare_target(s: &str) -> Result<CompareTarget, String> {
         "relay-sdes" => t(TargetKind::Relay, WaMode::Sdes),
         "rtpengine-sdes" | "rtpengine" => t(TargetKind::Rtpengine, WaMode::Sdes),
         "rtpengine-plain" => t(TargetKind::Rtpengine, WaMode::Plain),
-        "raw" => t(TargetKind::Raw, WaMode::Plain),
+        "raw" | "raw-per-leg" => t(TargetKind::Raw, WaMode::Plain),
+        "raw-single" => t(TargetKind::RawSingle, WaMode::Plain),
         other => Err(format!(
-            "`{other}`: expected relay-dtls, relay-sdes, rtpengine-sdes, rtpengine-plain or raw"
+            "`{other}`: expected relay-dtls, relay-sdes, rtpengine-sdes, rtpengine-plain, raw or raw-single"
         )),
     }
 }
@@ -207,7 +250,7 @@ pub struct CompareArgs {
         long = "targets",
         value_delimiter = ',',
         value_parser = parse_compare_target,
-        default_value = "relay-sdes,rtpengine-sdes,raw"
+        default_value = "relay-sdes,rtpengine-sdes,raw,raw-single"
     )]
     pub targets: Vec<CompareTarget>,
     #[command(flatten)]
@@ -356,6 +399,7 @@ pub enum ModeReport {
     Capacity { capacity: CapacityReport },
     Churn { run: report::RunReport },
     Compare { compare: Vec<CompareEntry> },
+    Overload { overload: OverloadReport },
 }
 
 #[derive(Debug, Serialize)]
@@ -459,7 +503,7 @@ impl Common {
         self.wa_security.unwrap_or(match kind {
             TargetKind::Relay => WaMode::Dtls,
             TargetKind::Rtpengine => WaMode::Sdes,
-            TargetKind::Raw => WaMode::Plain,
+            TargetKind::Raw | TargetKind::RawSingle => WaMode::Plain,
         })
     }
 }
@@ -471,7 +515,9 @@ fn check_mode(kind: TargetKind, wa: WaMode) -> Result<(), CliError> {
         (TargetKind::Rtpengine, WaMode::Dtls) => {
             "this tool drives rtpengine with SDES or plain RTP on the WhatsApp side (ICE-lite + DTLS toward Meta is what the relay specialises in)"
         }
-        (TargetKind::Raw, WaMode::Dtls | WaMode::Sdes) => "the raw forwarder only copies plain RTP",
+        (TargetKind::Raw | TargetKind::RawSingle, WaMode::Dtls | WaMode::Sdes) => {
+            "the raw forwarders only copy plain RTP"
+        }
         _ => return Ok(()),
     };
     Err(CliError::Unsupported {
@@ -582,16 +628,23 @@ async fn open_target(
     relay_cpu: Option<usize>,
 ) -> Result<(Backend, String, Option<Child>), CliError> {
     match kind {
-        TargetKind::Raw => {
-            let f = RawForwarder::start(GenConfig::default().bind_ip, relay_cpu)
+        TargetKind::Raw | TargetKind::RawSingle => {
+            let (layout, desc) = if kind == TargetKind::Raw {
+                (
+                    Layout::PerLeg,
+                    "raw forwarder: a socket per call and leg, epoll + recvmmsg/sendmmsg, no logic",
+                )
+            } else {
+                (
+                    Layout::Single,
+                    "raw forwarder: one socket, recvmmsg/sendmmsg, hash demux by source, no logic",
+                )
+            };
+            let f = RawForwarder::start(GenConfig::default().bind_ip, relay_cpu, layout)
                 .map_err(CliError::Raw)?;
             // Let the thread record its ID for the CPU meter.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok((
-                Backend::Raw(f),
-                "raw forwarder (recvmmsg/sendmmsg, no logic)".to_string(),
-                None,
-            ))
+            Ok((Backend::Raw(f), desc.to_string(), None))
         }
         TargetKind::Rtpengine => {
             if let Some(addr) = o.rtpengine_ng {
@@ -648,6 +701,7 @@ async fn open_target(
                     Backend::Relay {
                         client,
                         pid: o.relay_pid,
+                        metrics: o.relay_metrics,
                     },
                     format!("relay at {addr}"),
                     None,
@@ -658,11 +712,14 @@ async fn open_target(
                 .clone()
                 .or_else(target::default_relay_bin)
                 .ok_or(CliError::NoRelay)?;
+            let metrics = target::free_port().map_err(target::TargetError::Port)?;
+            let mut extra_args = vec!["--metrics-listen".to_string(), metrics.to_string()];
+            extra_args.extend(o.relay_args.iter().cloned());
             let mut p = RelayProcess::spawn(&SpawnOptions {
                 bin: bin.clone(),
                 shards: o.relay_shards,
                 cpu: relay_cpu,
-                extra_args: o.relay_args.clone(),
+                extra_args,
                 log: o.relay_log.clone(),
             })?;
             let client = target::connect(
@@ -686,6 +743,12 @@ async fn open_target(
                 Backend::Relay {
                     client,
                     pid: Some(pid),
+                    // A --relay-arg=--metrics-listen=... given by the user wins over ours.
+                    metrics: (!o
+                        .relay_args
+                        .iter()
+                        .any(|a| a.starts_with("--metrics-listen")))
+                    .then_some(metrics),
                 },
                 format!("relay {} (--shards {})", bin.display(), o.relay_shards),
                 Some(Child::Relay(p)),
@@ -694,7 +757,7 @@ async fn open_target(
     }
 }
 
-fn session_options(o: &Common, wa: WaMode, gen_cpu: Option<usize>) -> Options {
+fn session_options(o: &Common, kind: TargetKind, wa: WaMode, gen_cpu: Option<usize>) -> Options {
     let profiles = if !o.profiles.is_empty() {
         o.profiles.clone()
     } else if wa == WaMode::Sdes {
@@ -706,8 +769,15 @@ fn session_options(o: &Common, wa: WaMode, gen_cpu: Option<usize>) -> Options {
     Options {
         generator: GenConfig {
             threads: o.threads.max(1),
-            pool: o.pool,
+            // One forwarder socket for every call: only the peers' own addresses tell the
+            // calls apart.
+            pool: if kind == TargetKind::RawSingle {
+                0
+            } else {
+                o.pool
+            },
             cpus: gen_cpu.into_iter().collect(),
+            spacing: o.spacing,
             ..GenConfig::default()
         },
         profiles,
@@ -746,8 +816,15 @@ impl CompareEntry {
         let pps = at.map_or(0.0, |r| r.forwarded_pps());
         let opt =
             |v: Option<f64>, unit: &str| v.map_or_else(|| "-".into(), |v| format!("{v:.0}{unit}"));
+        let syscalls_src = at
+            .and_then(|r| r.resources.syscalls_source.as_deref())
+            .map_or("", |s| match s {
+                "self-counted" => " self",
+                "relay /metrics" => " metrics",
+                _ => " perf",
+            });
         format!(
-            "{:<16} {:>8} {:>10} {:>12.0} {:>10.2} {:>9} {:>12} {:>12} {:>9} {:>15}",
+            "{:<16} {:>8} {:>10} {:>12.0} {:>10.2} {:>9} {:>12} {:>16} {:>12} {:>9} {:>15}",
             self.target,
             c.capacity,
             c.first_failure
@@ -759,6 +836,8 @@ impl CompareEntry {
                 || "-".into(),
                 |v| format!("{v:.1} (n={})", c.clean_probes())
             ),
+            c.syscalls_per_packet()
+                .map_or_else(|| "n/a".into(), |v| format!("{v:.2}{syscalls_src}")),
             opt(
                 at.and_then(|r| r.resources.relay_rss_per_call_bytes)
                     .map(|b| b / 1024.0),
@@ -771,7 +850,7 @@ impl CompareEntry {
 
     pub fn header() -> String {
         format!(
-            "{:<16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>12} {:>12} {:>9} {:>15}",
+            "{:<16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>12} {:>16} {:>12} {:>9} {:>15}",
             "target",
             "capacity",
             "missed at",
@@ -779,6 +858,7 @@ impl CompareEntry {
             "p99 ms",
             "cpu",
             "cpu us/pkt",
+            "syscalls/pkt",
             "rss/call",
             "gen cpu",
             "load before/after"
@@ -819,7 +899,7 @@ async fn run_async(
         )
     } else {
         let (backend, desc, child) = open_target(&o, kind, relay_cpu).await?;
-        let session = Session::new(backend, session_options(&o, o.wa_mode(kind), gen_cpu))?;
+        let session = Session::new(backend, session_options(&o, kind, o.wa_mode(kind), gen_cpu))?;
         if !o.quiet {
             eprintln!(
                 "load average before the run: {load_start} ({} CPUs); WhatsApp side: {:?}",
@@ -890,7 +970,7 @@ async fn compare_one(
     let measured = async {
         check_mode(t.kind, t.wa)?;
         let (backend, desc, child) = open_target(o, t.kind, relay_cpu).await?;
-        let session = Session::new(backend, session_options(o, t.wa, gen_cpu))?;
+        let session = Session::new(backend, session_options(o, t.kind, t.wa, gen_cpu))?;
         let r = session
             .capacity(a.slo.slo(), a.min, a.max, a.resolution, a.probe_duration)
             .await;
@@ -982,6 +1062,30 @@ async fn run_mode(session: &Session, mode: &Mode) -> (ModeReport, bool) {
                     .map_or_else(String::new, |f| format!("; {f} calls missed it"))
             );
             (ModeReport::Capacity { capacity: r }, true)
+        }
+        Mode::Overload(a) => {
+            let (base, capacity) = match a.base_calls {
+                Some(b) => (b, None),
+                None => {
+                    let c = &a.capacity;
+                    let r = session
+                        .capacity(c.slo.slo(), c.min, c.max, c.resolution, c.probe_duration)
+                        .await;
+                    println!(
+                        "capacity: {} calls within the SLO; offering {}x that",
+                        r.capacity, a.factor
+                    );
+                    (r.capacity, Some(r))
+                }
+            };
+            let mut r = session
+                .overload(base, a.factor, a.duration, a.max_loss)
+                .await;
+            r.capacity = capacity;
+            println!("{}", report::table(&r.run));
+            println!("{}", r.summary());
+            let ok = r.pass;
+            (ModeReport::Overload { overload: r }, ok)
         }
         Mode::Compare(_) => (
             ModeReport::Compare {

@@ -8,9 +8,10 @@
 //!   modes (run, ramp, churn, capacity).
 //! - [`generator`]: generator threads, each a mio poll loop over nonblocking sockets with
 //!   `recvmmsg`/`sendmmsg`, running many calls' [`peer`]s.
-//! - [`sampler`], [`stats`], [`hist`], [`procfs`]: measurement; [`report`]: table, JSON, HTML.
+//! - [`sampler`], [`stats`], [`hist`], [`procfs`]: measurement; [`syscalls`] and [`scrape`]:
+//!   a target's system calls and the relay's own counters; [`report`]: table, JSON, HTML.
 //! - [`target`]: start a relay process (or reach a running one); [`raw`]: the trivial
-//!   forwarder that gives the machine's ceiling; [`target_rtpengine`] (with [`bencode`]):
+//!   forwarders (a socket per call and leg, or one socket) that give the machine's ceiling; [`target_rtpengine`] (with [`bencode`]):
 //!   start rtpengine and drive it over its ng protocol, for a side-by-side comparison.
 //! - [`cli`]: the command line (the binary is a thin wrapper).
 
@@ -23,7 +24,9 @@ pub mod procfs;
 pub mod raw;
 pub mod report;
 pub mod sampler;
+pub mod scrape;
 pub mod session;
 pub mod stats;
+pub mod syscalls;
 pub mod target;
 pub mod target_rtpengine;

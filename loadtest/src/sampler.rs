@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::generator::Generator;
 use crate::procfs::{CpuMeter, CpuSource, rss_bytes};
+use crate::scrape;
 use crate::stats::Totals;
+use crate::syscalls::SyscallMeter;
 
 /// One interval (normally one second) of a run.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -43,6 +45,10 @@ pub struct Sample {
 pub struct Window {
     pub totals: Totals,
     pub samples: Vec<Sample>,
+    /// The target's system calls per second over the window, and how they were counted.
+    pub syscalls_per_s: Option<(f64, &'static str)>,
+    /// Silence-fill packets the relay itself counted over the window (its `/metrics`).
+    pub relay_fill: Option<u64>,
 }
 
 impl Window {
@@ -78,6 +84,10 @@ pub struct Sampler {
     window: Option<Window>,
     pub rss_max: Option<u64>,
     live: bool,
+    syscalls: Option<SyscallMeter>,
+    /// The relay's /metrics, and its fill counter when the window opened.
+    relay_metrics: Option<std::net::SocketAddr>,
+    fill_at_open: Option<f64>,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -110,15 +120,49 @@ impl Sampler {
             window: None,
             rss_max: None,
             live,
+            syscalls: None,
+            relay_metrics: None,
+            fill_at_open: None,
         }
+    }
+
+    /// Also count the target's system calls and read the relay's fill counter per window.
+    pub fn with_meters(
+        mut self,
+        syscalls: Option<SyscallMeter>,
+        relay_metrics: Option<std::net::SocketAddr>,
+    ) -> Sampler {
+        self.syscalls = syscalls;
+        self.relay_metrics = relay_metrics;
+        self
+    }
+
+    fn relay_fill(&self) -> Option<f64> {
+        let text = scrape::scrape(self.relay_metrics?).ok()?;
+        scrape::fill_packets(&text)
     }
 
     pub fn open_window(&mut self) {
         self.window = Some(Window::default());
+        if let Some(m) = self.syscalls.as_mut() {
+            m.start();
+        }
+        self.fill_at_open = self.relay_fill();
     }
 
     pub fn close_window(&mut self) -> Window {
-        self.window.take().unwrap_or_default()
+        let mut w = self.window.take().unwrap_or_default();
+        if let Some(m) = self.syscalls.as_mut() {
+            let how = m.describe();
+            w.syscalls_per_s = m
+                .stop()
+                .filter(|(_, t)| !t.is_zero())
+                .map(|(n, t)| (n as f64 / t.as_secs_f64(), how));
+        }
+        if let (Some(before), Some(after)) = (self.fill_at_open.take(), self.relay_fill()) {
+            w.relay_fill = Some((after - before).max(0.0) as u64);
+        }
+        w
     }
 
     /// Takes the interval since the last call; prints the live line if enabled.

@@ -10,7 +10,7 @@
 //! The modes (run, ramp, churn, capacity) are compositions of these steps; a [`Sampler`] task
 //! takes a [`Sample`](crate::sampler::Sample) every second meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use crate::procfs::{CpuSource, rss_bytes};
 use crate::raw::RawForwarder;
 use crate::report::{self, RelayCounters, RunInputs, RunReport, SetupBreakdown};
 use crate::sampler::{Sampler, Window};
+use crate::syscalls::{SyscallMeter, SyscallSource};
 use crate::target_rtpengine::NgClient;
 
 /// Calls per business phone number (Meta's concurrency limit per number is 1,000).
@@ -48,10 +49,12 @@ pub enum SessionError {
 
 /// What stands in for the relay.
 pub enum Backend {
-    /// A relay, driven over its gRPC control API. `pid` (a local process) enables CPU and RSS.
+    /// A relay, driven over its gRPC control API. `pid` (a local process) enables CPU and RSS;
+    /// `metrics` (its `/metrics` address) its own I/O system call and fill counters.
     Relay {
         client: RelayClient,
         pid: Option<u32>,
+        metrics: Option<std::net::SocketAddr>,
     },
     /// The trivial forwarder: the machine's ceiling.
     Raw(RawForwarder),
@@ -140,6 +143,49 @@ struct Ctx {
     /// Calls with audio on.
     active: Arc<AtomicUsize>,
     stages: Mutex<SetupStages>,
+    /// Calls up and not yet being ended by us: call ID → generator ID. A call the relay ends
+    /// on its own (its Watch stream says so) leaves here, stops sending and counts as failed.
+    up: Mutex<HashMap<String, u64>>,
+    /// Calls the relay ended on its own, with the cause.
+    ended_by_relay: Mutex<Vec<(String, String)>>,
+}
+
+impl Ctx {
+    /// The relay ended `call_id` without being asked (e.g. a media timeout at overload):
+    /// stop its peers and count it as failed. Calls we are ending ourselves are ignored.
+    fn relay_ended(&self, call_id: &str, cause: String) {
+        let Some(id) = lock(&self.up).remove(call_id) else {
+            return;
+        };
+        self.generator.send(id, Command::Media { id, on: false });
+        self.generator.send(id, Command::Remove(id));
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        lock(&self.ended_by_relay).push((call_id.to_string(), cause));
+    }
+
+    /// We are ending `c`: `false` if the relay already ended it (nothing left to do).
+    fn claim_for_ending(&self, c: &LiveCall) -> bool {
+        lock(&self.up).remove(&c.call_id).is_some()
+    }
+}
+
+/// Follows the relay's events for calls it ends on its own, until the session is gone.
+async fn watch_relay_ends(ctx: std::sync::Weak<Ctx>, mut client: RelayClient) {
+    let Ok(mut stream) = client.watch(None).await else {
+        return;
+    };
+    while let Ok(Some(item)) = stream.message().await {
+        let Some(ctx) = ctx.upgrade() else { return };
+        if let Some(pb::watch_response::Item::Event(ev)) = item.item
+            && let Some(pb::call_event::Kind::Ended(end)) = ev.kind
+        {
+            let cause = pb::EndCause::try_from(end.cause)
+                .ok()
+                .and_then(control::json::end_cause)
+                .unwrap_or_else(|| format!("cause {}", end.cause));
+            ctx.relay_ended(&ev.call_id, cause);
+        }
+    }
 }
 
 /// Where setup time goes, per call (µs).
@@ -173,6 +219,8 @@ pub struct Session {
     relay_pid: Option<u32>,
     relay_cpu: Option<CpuSource>,
     rss_baseline: Option<u64>,
+    syscalls: Option<SyscallSource>,
+    relay_metrics: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Session {
@@ -190,6 +238,13 @@ impl Session {
                 (*pid, pid.map(CpuSource::Process))
             }
             Backend::Raw(f) => (None, f.tid().map(|t| CpuSource::Threads(vec![t]))),
+        };
+        let (syscalls, relay_metrics) = match &backend {
+            Backend::Relay { pid, metrics, .. } => {
+                (SyscallSource::for_relay(*metrics, *pid), *metrics)
+            }
+            Backend::RtpEngine { pid, .. } => (pid.and_then(SyscallSource::perf), None),
+            Backend::Raw(f) => (Some(SyscallSource::Counter(f.syscalls())), None),
         };
         let sdes_profile = opts
             .profiles
@@ -209,7 +264,7 @@ impl Session {
                 profiles: opts.profiles.clone(),
             },
         };
-        Ok(Session {
+        let session = Session {
             ctx: Arc::new(Ctx {
                 backend,
                 generator,
@@ -219,22 +274,52 @@ impl Session {
                 next_id: AtomicU64::new(0),
                 active: Arc::new(AtomicUsize::new(0)),
                 stages: Mutex::new(SetupStages::default()),
+                up: Mutex::new(HashMap::new()),
+                ended_by_relay: Mutex::new(Vec::new()),
             }),
             rss_baseline: relay_pid.and_then(rss_bytes),
             relay_pid,
             relay_cpu,
-        })
+            syscalls,
+            relay_metrics,
+        };
+        if let Backend::Relay { client, .. } = &session.ctx.backend
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(watch_relay_ends(
+                Arc::downgrade(&session.ctx),
+                client.clone(),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// Calls the relay ended on its own since the last call, as failures.
+    fn take_relay_ends(&self) -> Vec<Failure> {
+        std::mem::take(&mut *lock(&self.ctx.ended_by_relay))
+            .into_iter()
+            .map(|(call_id, cause)| Failure {
+                stage: "ended_by_relay",
+                why: format!("{call_id}: {cause}"),
+            })
+            .collect()
     }
 
     fn start_sampler(&self) -> (Arc<Mutex<Sampler>>, oneshot::Sender<()>) {
         *lock(&self.ctx.stages) = SetupStages::default();
-        let sampler = Arc::new(Mutex::new(Sampler::new(
-            self.ctx.generator.clone(),
-            self.relay_pid,
-            self.relay_cpu.clone(),
-            self.ctx.active.clone(),
-            self.ctx.opts.live,
-        )));
+        let sampler = Arc::new(Mutex::new(
+            Sampler::new(
+                self.ctx.generator.clone(),
+                self.relay_pid,
+                self.relay_cpu.clone(),
+                self.ctx.active.clone(),
+                self.ctx.opts.live,
+            )
+            .with_meters(
+                self.syscalls.clone().map(SyscallMeter::new),
+                self.relay_metrics,
+            ),
+        ));
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let s = sampler.clone();
         tokio::spawn(async move {
@@ -285,6 +370,10 @@ impl Session {
 
     /// Audio off everywhere, settle, terminate and forget every call.
     async fn teardown(&self, calls: Vec<LiveCall>) -> (Option<RelayCounters>, Vec<Failure>) {
+        let calls: Vec<LiveCall> = calls
+            .into_iter()
+            .filter(|c| self.ctx.claim_for_ending(c))
+            .collect();
         for c in &calls {
             stop_audio(&self.ctx, c);
         }
@@ -331,6 +420,9 @@ impl Session {
         let window = lock(&sampler).close_window();
         let (counters, more) = self.teardown(live).await;
         failures.extend(more);
+        let ended = self.take_relay_ends();
+        let calls_ok = calls_ok - ended.len().min(calls_ok);
+        failures.extend(ended);
         self.finish_sampler(&sampler, stop).await;
         self.report(
             label,
@@ -365,6 +457,10 @@ impl Session {
             set.spawn(async move {
                 let live = setup(&ctx, id).await?;
                 tokio::time::sleep(call_len).await;
+                if !ctx.claim_for_ending(&live) {
+                    // The relay ended it meanwhile (counted from its event).
+                    return Ok(None);
+                }
                 stop_audio(&ctx, &live);
                 tokio::time::sleep(ctx.opts.settle).await;
                 end(&ctx, &live).await
@@ -390,6 +486,9 @@ impl Session {
             }
         }
         let window = lock(&sampler).close_window();
+        let ended = self.take_relay_ends();
+        ok -= ended.len().min(ok);
+        failures.extend(ended);
         self.finish_sampler(&sampler, stop).await;
         let hold = start.elapsed();
         let no_warmup = Duration::ZERO;
@@ -444,6 +543,9 @@ impl Session {
         let calls_ok = live.len();
         let (counters, more) = self.teardown(live).await;
         failures.extend(more);
+        let ended = self.take_relay_ends();
+        let calls_ok = calls_ok - ended.len().min(calls_ok);
+        failures.extend(ended);
         self.finish_sampler(&sampler, stop).await;
         let whole = Window::default();
         let run = self.report(
@@ -517,6 +619,48 @@ impl Session {
         }
     }
 
+    /// Offers `factor` × `base` calls (`base`: what one core carries within the SLO) and checks
+    /// that overload is handled as an operator needs: the relay's admission control refuses
+    /// what it cannot carry, the calls it admitted keep their loss ≤ `max_loss`, and no silence
+    /// fill goes to WhatsApp in the steady window (the SIP peers send every 20 ms throughout,
+    /// so fill there means the relay filled while real media waited).
+    pub async fn overload(
+        &self,
+        base: usize,
+        factor: f64,
+        hold: Duration,
+        max_loss: f64,
+    ) -> OverloadReport {
+        let offered = ((base as f64) * factor).ceil().max(1.0) as usize;
+        let run = self
+            .run(offered, hold, &format!("overload {offered}"))
+            .await;
+        let refused: u64 = run
+            .failures
+            .values()
+            .filter(|(_, e)| e.contains(relay::engine::OVERLOADED))
+            .map(|(n, _)| n)
+            .sum();
+        let other_failures = run.failures_total() - refused;
+        let fill = run.generator.steady_fill_received + run.generator.relay_fill.unwrap_or(0);
+        let loss_ratio = run.loss_ratio();
+        OverloadReport {
+            base_calls: base,
+            factor,
+            offered,
+            admitted: run.calls_ok,
+            refused,
+            other_failures,
+            loss_ratio,
+            max_loss,
+            steady_fill: run.generator.steady_fill_received,
+            relay_fill: run.generator.relay_fill,
+            pass: other_failures == 0 && loss_ratio <= max_loss && fill == 0,
+            run,
+            capacity: None,
+        }
+    }
+
     async fn probe(
         &self,
         n: usize,
@@ -534,6 +678,7 @@ impl Session {
             relay_cpu_pct: r.resources.relay_cpu_pct,
             gen_cpu_pct: r.resources.gen_cpu_pct,
             forwarded_pps: r.forwarded_pps(),
+            syscalls_per_packet: r.syscalls_per_packet(),
         };
         if self.ctx.opts.live {
             eprintln!("{}", p.line());
@@ -741,6 +886,7 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
             .open_gate
             .record(connected.elapsed().as_micros() as u64);
     }
+    lock(&ctx.up).insert(live.call_id.clone(), id);
     ctx.generator.send(id, Command::Media { id, on: true });
     ctx.active.fetch_add(1, Ordering::Relaxed);
     Ok(live)
@@ -881,6 +1027,8 @@ pub struct Probe {
     pub gen_cpu_pct: Option<f64>,
     /// Packets the target forwarded per second, both directions, in the steady window.
     pub forwarded_pps: f64,
+    /// The target's system calls per forwarded packet in the steady window, if counted.
+    pub syscalls_per_packet: Option<f64>,
 }
 
 impl Probe {
@@ -939,18 +1087,26 @@ impl CapacityReport {
     /// Median CPU per forwarded packet over the clean probes, µs (see
     /// [`Probe::cpu_us_per_packet`]).
     pub fn cpu_us_per_packet(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self.clean().filter_map(Probe::cpu_us_per_packet).collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let m = v.len() / 2;
-        Some(if v.len() % 2 == 1 {
-            v[m]
-        } else {
-            (v[m - 1] + v[m]) / 2.0
-        })
+        median(self.clean().filter_map(Probe::cpu_us_per_packet).collect())
     }
+
+    /// Median system calls per forwarded packet over the clean probes.
+    pub fn syscalls_per_packet(&self) -> Option<f64> {
+        median(self.clean().filter_map(|p| p.syscalls_per_packet).collect())
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
 }
 
 #[cfg(test)]
@@ -967,6 +1123,7 @@ mod tests {
             relay_cpu_pct: cpu,
             gen_cpu_pct: None,
             forwarded_pps: pps,
+            syscalls_per_packet: None,
         }
     }
 
@@ -1002,5 +1159,53 @@ mod tests {
         assert_eq!(report.clean_probes(), 3);
         let m = report.cpu_us_per_packet().unwrap();
         assert!((m - 12.0).abs() < 1e-9, "{m}");
+    }
+}
+
+/// What `overload` found.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OverloadReport {
+    /// Calls one core carries within the SLO (given, or the capacity search's result).
+    pub base_calls: usize,
+    pub factor: f64,
+    /// Calls asked for: `factor` × `base_calls`.
+    pub offered: usize,
+    /// Calls that came up and stayed up to the end.
+    pub admitted: usize,
+    /// CreateCall refused by the relay's admission control (expected under overload).
+    pub refused: u64,
+    /// Every other failure: setups that broke, calls the relay ended on its own.
+    pub other_failures: u64,
+    /// Loss of the admitted calls' media over the whole run, worst direction.
+    pub loss_ratio: f64,
+    pub max_loss: f64,
+    /// Silence fill the Meta peers received in the steady window.
+    pub steady_fill: u64,
+    /// Silence fill the relay counted in the steady window (its /metrics), if exported.
+    pub relay_fill: Option<u64>,
+    /// No failure but refusals, loss ≤ `max_loss`, no fill.
+    pub pass: bool,
+    pub run: RunReport,
+    /// The capacity search that chose `base_calls`, if one ran.
+    pub capacity: Option<CapacityReport>,
+}
+
+impl OverloadReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "overload: offered {} calls ({}x {}): {} admitted, {} refused by admission control, {} other failures; loss of admitted calls {:.4}% (limit {}%); silence fill in the steady window {}{} (limit 0): {}",
+            self.offered,
+            self.factor,
+            self.base_calls,
+            self.admitted,
+            self.refused,
+            self.other_failures,
+            self.loss_ratio * 100.0,
+            self.max_loss * 100.0,
+            self.steady_fill,
+            self.relay_fill
+                .map_or_else(String::new, |n| format!(" (the relay counted {n})")),
+            if self.pass { "PASS" } else { "FAIL" }
+        )
     }
 }

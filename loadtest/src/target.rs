@@ -54,7 +54,7 @@ pub struct RelayProcess {
     pub log: PathBuf,
 }
 
-fn free_port() -> std::io::Result<SocketAddr> {
+pub(crate) fn free_port() -> std::io::Result<SocketAddr> {
     // Bind port 0, read it, release it: a tiny race with other programs, acceptable here.
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     l.local_addr()

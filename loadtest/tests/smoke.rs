@@ -40,7 +40,11 @@ async fn twenty_calls_five_seconds_no_loss_exact_counts() {
     .await
     .expect("control API answers");
     let session = Session::new(
-        Backend::Relay { client, pid: None },
+        Backend::Relay {
+            client,
+            pid: None,
+            metrics: None,
+        },
         Options {
             live: false,
             settle: Duration::from_secs(2),

@@ -136,11 +136,21 @@ pub enum EndCause {
     PeerClosed,
     /// A WebRTC internal leg could not be set up or was lost: no ICE nomination in time after
     /// the browser's description, DTLS failed or timed out, the browser's certificate did not
-    /// match its fingerprint, or its consent checks stopped. No Meta code: the WhatsApp side
-    /// was fine.
+    /// match its fingerprint, or the browser went away: its consent checks and its media both
+    /// stopped for `call.webrtc_idle_timeout` (a closed tab), or its consent checks alone for
+    /// `call.consent_timeout`. No Meta code: the WhatsApp side was fine.
     InternalLegFailed,
     /// The relay is draining and the deadline passed.
     Drained,
+    /// Business-initiated: Meta's answer (`SetRemoteDescription` on the WhatsApp leg) did not
+    /// arrive within `call.answer_timeout` of create (Meta 138007, connect timeout).
+    AnswerTimeout,
+    /// The WhatsApp leg was set up (offer and answer known) but the gate was not opened
+    /// within `call.accept_timeout`: nobody accepted the call (Meta 138007, connect timeout).
+    AcceptTimeout,
+    /// The call reached `call.max_call_duration` (the safety net against calls whose end
+    /// was never signalled). No Meta code.
+    MaxDuration,
 }
 
 impl EndCause {
@@ -150,7 +160,9 @@ impl EndCause {
             EndCause::Terminated
             | EndCause::PeerClosed
             | EndCause::Drained
-            | EndCause::InternalLegFailed => None,
+            | EndCause::InternalLegFailed
+            | EndCause::MaxDuration => None,
+            EndCause::AnswerTimeout | EndCause::AcceptTimeout => Some(138007),
             EndCause::IceFailed | EndCause::ConsentLost => Some(138020),
             EndCause::DtlsFailed | EndCause::FingerprintMismatch => Some(138019),
             EndCause::NoMediaAfterAccept => Some(138023),
@@ -172,6 +184,9 @@ impl EndCause {
             EndCause::PeerClosed => "peer_closed",
             EndCause::Drained => "drained",
             EndCause::InternalLegFailed => "internal_leg_failed",
+            EndCause::AnswerTimeout => "answer_timeout",
+            EndCause::AcceptTimeout => "accept_timeout",
+            EndCause::MaxDuration => "max_duration",
         }
     }
 }
@@ -246,6 +261,9 @@ pub enum CallEventKind {
     FirstMedia {
         from: LegKind,
     },
+    /// The first RTP packet went to WhatsApp (the maiden packet: held internal media, or
+    /// generated silence). Meta treats it as the answer: the consumer's call timer starts.
+    FirstMediaSent,
     DtmfReceived {
         from: LegKind,
         digit: char,

@@ -249,6 +249,16 @@ pub const KEYS: &[Key] = &[
         "... and ends the call (cause internal_leg_timeout)"),
     key("call.one_way_timeout", "call-one-way-timeout", "RELAY_CALL_ONE_WAY_TIMEOUT", Kind::Duration,
         "media from one leg only for this long raises a one_way_audio event"),
+    key("call.fill_after_max", "call-fill-after-max", "RELAY_CALL_FILL_AFTER_MAX", Kind::Duration,
+        "the fill wait adapts to the internal leg's jitter up to this (= fill_after: fixed)"),
+    key("call.answer_timeout", "call-answer-timeout", "RELAY_CALL_ANSWER_TIMEOUT", Kind::Duration,
+        "business-initiated: no Meta answer within this of create ends the call (answer_timeout)"),
+    key("call.accept_timeout", "call-accept-timeout", "RELAY_CALL_ACCEPT_TIMEOUT", Kind::Duration,
+        "offer and answer known but no OpenGate within this ends the call (accept_timeout)"),
+    key("call.max_call_duration", "call-max-call-duration", "RELAY_CALL_MAX_CALL_DURATION", Kind::Duration,
+        "a call ends at this age whatever it does (max_duration); 0 = no limit"),
+    key("call.webrtc_idle_timeout", "call-webrtc-idle-timeout", "RELAY_CALL_WEBRTC_IDLE_TIMEOUT", Kind::Duration,
+        "a browser leg with no consent check and no media for this long ends the call"),
 ];
 
 /// The file path (not itself a key: it says where the keys come from).
@@ -330,7 +340,7 @@ impl Loaded {
 /// The `relay` command line (flags only; environment variables are read by [`load`]).
 pub fn command() -> Command {
     let mut cmd = Command::new("relay")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(crate::ops::process::LONG_VERSION)
         .about("Media relay for WhatsApp Business Calling")
         .after_help(
             "Every option is also an environment variable (shown) and a TOML key (`relay \
@@ -545,6 +555,11 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "call.end_on_internal_silence" => c.end_on_internal_silence = boolean(v)?,
         "call.keep_dtls_state" => c.keep_dtls_state = boolean(v)?,
         "call.one_way_timeout" => c.one_way_timeout = duration(v)?,
+        "call.fill_after_max" => c.fill_after_max = duration(v)?,
+        "call.answer_timeout" => c.answer_timeout = duration(v)?,
+        "call.accept_timeout" => c.accept_timeout = duration(v)?,
+        "call.max_call_duration" => c.max_call_duration = duration(v)?,
+        "call.webrtc_idle_timeout" => c.webrtc_idle_timeout = duration(v)?,
         _ => return Err("not a configuration key".into()),
     }
     Ok(())
@@ -605,6 +620,11 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "call.end_on_internal_silence" => Some(V::Boolean(c.end_on_internal_silence)),
         "call.keep_dtls_state" => Some(V::Boolean(c.keep_dtls_state)),
         "call.one_way_timeout" => dur(c.one_way_timeout),
+        "call.fill_after_max" => dur(c.fill_after_max),
+        "call.answer_timeout" => dur(c.answer_timeout),
+        "call.accept_timeout" => dur(c.accept_timeout),
+        "call.max_call_duration" => dur(c.max_call_duration),
+        "call.webrtc_idle_timeout" => dur(c.webrtc_idle_timeout),
         _ => None,
     }
 }
@@ -956,6 +976,9 @@ impl Settings {
             ("call.start_media_timeout", c.start_media_timeout),
             ("call.media_timeout", c.media_timeout),
             ("call.rtcp_interval", c.rtcp_interval),
+            ("call.answer_timeout", c.answer_timeout),
+            ("call.accept_timeout", c.accept_timeout),
+            ("call.webrtc_idle_timeout", c.webrtc_idle_timeout),
         ];
         for (key, d) in positive {
             if d.is_zero() {
@@ -974,6 +997,16 @@ impl Settings {
         }
         if c.ptime < Duration::from_millis(10) || c.ptime > Duration::from_millis(120) {
             return Err(bad("call.ptime", "must be from 10ms to 120ms".into()));
+        }
+        if c.fill_after_max < c.fill_after {
+            return Err(bad(
+                "call.fill_after_max",
+                format!(
+                    "{} is shorter than call.fill_after {}",
+                    humantime::format_duration(c.fill_after_max),
+                    humantime::format_duration(c.fill_after)
+                ),
+            ));
         }
         Ok(())
     }

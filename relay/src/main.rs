@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_logging(settings.log_json);
+    let _log_level = ops::logs::init(settings.log_json);
     if let Some(file) = &loaded.config_file {
         tracing::info!(file = %file.display(), "configuration file read");
     }
@@ -79,18 +79,5 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "relay stopped on an error");
             ExitCode::from(1)
         }
-    }
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 }

@@ -1043,6 +1043,59 @@ async fn reflection_lists_and_describes_the_relay_service() {
     relay.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn reflection_answers_a_v1alpha_client_too() {
+    // What grpcurl before 1.8.8 and Python's grpcio-reflection speak.
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let relay = Running::default().await;
+    let mut refl = ServerReflectionClient::new(relay.channel().await);
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("relay.v1.Relay".into()),
+    ]
+    .map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut responses = refl
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = guard(responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"relay.v1.Relay"), "{names:?}");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = guard(responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+    else {
+        panic!("expected file descriptors");
+    };
+    use prost::Message;
+    assert!(
+        files
+            .file_descriptor_proto
+            .iter()
+            .map(|b| prost_types::FileDescriptorProto::decode(b.as_slice()).unwrap())
+            .any(|f| f.package() == "relay.v1"),
+        "relay.proto served over v1alpha"
+    );
+    relay.stop().await.unwrap();
+}
+
 // ----- authentication and exposure ---------------------------------------------------------
 
 #[tokio::test]

@@ -134,6 +134,31 @@ fn metrics_after_a_real_call_and_readiness_flips() {
     assert_eq!(sample(&page, "relay_call_loss_ratio_count"), Some(1.0));
     assert_eq!(http_get(addr, "/readyz").0, 200);
 
+    // Build, process and port pool figures sit beside the engine's.
+    let commit = relay::ops::process::COMMIT;
+    let build = format!(
+        "relay_build_info{{version=\"{}\",commit=\"{commit}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&page, &build), Some(1.0), "{page}");
+    assert!(sample(&page, "process_resident_memory_bytes").unwrap() > 0.0);
+    assert!(sample(&page, "process_open_fds").unwrap() > 0.0);
+    assert!(sample(&page, "process_threads").unwrap() >= 3.0);
+    assert!(sample(&page, "process_start_time_seconds").unwrap() > 1.7e9);
+    assert!(sample(&page, "process_cpu_seconds_total").is_some());
+    assert!(sample(&page, "relay_udp_ports_free{family=\"ipv4\"}").unwrap() > 0.0);
+    assert!(sample(&page, "relay_udp_ports_used{family=\"ipv4\"}").is_some());
+    let busy: f64 = (0..2)
+        .filter_map(|i| {
+            sample(
+                &page,
+                &format!("relay_shard_busy_seconds_total{{shard=\"{i}\"}}"),
+            )
+        })
+        .sum();
+    assert!(busy > 0.0, "the shards worked for the call");
+    promtool_check(&page);
+
     // Draining: not ready, still healthy, and the gauge says so.
     engine.set_draining(true);
     assert_eq!(http_get(addr, "/readyz"), (503, "draining\n".into()));
@@ -330,4 +355,41 @@ fn the_call_log_of_a_terminated_call_and_of_an_ice_failure() {
     assert_eq!(rec["stats"]["source"], "final", "{rec}");
     assert_eq!(rec["stats"]["whatsapp"]["rx"]["packets"], 0, "{rec}");
     engine.shutdown();
+}
+
+/// `promtool check metrics` on a scraped page: names, types, HELP, units and histogram shape as
+/// Prometheus' own linter sees them. scripts/test.sh provides promtool (PROMTOOL, from Debian's
+/// `prometheus` package); without it the check is skipped with a message.
+fn promtool_check(page: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let tool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let child = Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "SKIPPED promtool check: cannot run {tool} ({e}); scripts/test.sh installs it"
+            );
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -23,7 +23,8 @@ struct Args {
     /// The relay's control endpoint.
     #[arg(long, default_value = "http://127.0.0.1:7070")]
     relay: String,
-    #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
+    /// Bearer token of the relay's control API (RELAY_TOKEN still works, deprecated).
+    #[arg(long, env = control::TOKEN_ENV, hide_env_values = true)]
     relay_token: Option<String>,
     #[arg(long, default_value = "https://graph.facebook.com/v23.0")]
     graph_base: String,
@@ -49,7 +50,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.relay_token = control::token_or_deprecated(args.relay_token.take(), "RELAY_TOKEN");
     let internal = match &args.internal_sdp_file {
         Some(path) => pb::InternalLeg {
             remote_sdp: std::fs::read_to_string(path)?,

@@ -27,8 +27,13 @@ struct Cli {
         global = true
     )]
     addr: String,
-    /// Bearer token, if the relay requires one.
-    #[arg(long, env = "RELAYCTL_TOKEN", hide_env_values = true, global = true)]
+    /// Bearer token, if the relay requires one (RELAYCTL_TOKEN still works, deprecated).
+    #[arg(
+        long,
+        env = control::TOKEN_ENV,
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -89,7 +94,8 @@ fn parse_state(s: &str) -> Result<pb::CallState, String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.token = control::token_or_deprecated(cli.token.take(), "RELAYCTL_TOKEN");
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -8,6 +8,7 @@
 //! Calls are told apart by the relay's address (the relay uses a port per call and leg).
 
 mod rxbatch;
+mod timerfd;
 mod worker;
 
 use std::io;
@@ -30,6 +31,24 @@ use crate::stats::Totals;
 /// calls, so a briefly descheduled generator does not drop (the kernel caps it at rmem_max).
 const SHARED_SOCKET_BUFFER: usize = 4 << 20;
 
+/// When each stream's packets leave within the 20 ms packet time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Spacing {
+    /// Every stream (each call's Meta peer and SIP peer separately) gets its own phase in the
+    /// 20 ms period, spread evenly over it (a golden-ratio sequence, so it stays even whatever
+    /// the number of calls), and is sent at that instant (a timerfd wakes the thread with
+    /// nanosecond resolution). The target sees datagrams arrive one by one as from
+    /// independent endpoints: its batching gets no help from the generator.
+    #[default]
+    Even,
+    /// Both packets of a call leave together, at a phase set by when its audio started, and
+    /// the thread wakes on a 1 ms poll timeout, so the calls due in the same millisecond go
+    /// out together in one `sendmmsg`: about calls/20 calls' packets per burst. This is how
+    /// loadtest sent before `--spacing` existed; it flatters a target that batches.
+    Burst,
+}
+
 #[derive(Clone, Debug)]
 pub struct GenConfig {
     pub threads: usize,
@@ -38,6 +57,7 @@ pub struct GenConfig {
     pub bind_ip: IpAddr,
     /// Pin generator threads to these CPUs (round-robin), if any.
     pub cpus: Vec<usize>,
+    pub spacing: Spacing,
 }
 
 impl Default for GenConfig {
@@ -47,6 +67,7 @@ impl Default for GenConfig {
             pool: 1,
             bind_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             cpus: Vec::new(),
+            spacing: Spacing::Even,
         }
     }
 }
@@ -188,7 +209,8 @@ impl Generator {
             let shared = Arc::new(Mutex::new(Totals::default()));
             let tid = Arc::new(AtomicI32::new(0));
             let cpu = (!cfg.cpus.is_empty()).then(|| cfg.cpus[t % cfg.cpus.len()]);
-            let w = worker::Worker::new(poll, rx, meta_pool, sip_pool, shared.clone())?;
+            let w =
+                worker::Worker::new(poll, rx, meta_pool, sip_pool, shared.clone(), cfg.spacing)?;
             let join = {
                 let tid = tid.clone();
                 std::thread::Builder::new()

@@ -17,13 +17,16 @@ use relay::engine::udp::{BUF_SIZE, SendBatch};
 
 use super::rxbatch::{RecvBatch, enable_timestamps};
 
-use crate::generator::{Command, NewCall, PeerSocket};
+use super::timerfd::TimerFd;
+use crate::generator::{Command, NewCall, PeerSocket, Spacing};
 use crate::peer::media::PTIME;
 use crate::peer::meta::MetaPeer;
 use crate::peer::sip::SipPeer;
 use crate::stats::{FLUSH_EVERY, Totals};
 
 pub(super) const WAKER: Token = Token(usize::MAX);
+/// The timerfd that wakes the thread for the next due stream (`Spacing::Even`).
+const TIMER: Token = Token(usize::MAX - 1);
 /// Tokens of per-peer sockets start here: OWN_BASE + 2 * slot + side.
 const OWN_BASE: usize = 1 << 20;
 /// A tick later than this is skipped rather than sent in a burst.
@@ -39,11 +42,23 @@ const IDLE: Duration = Duration::from_millis(50);
 /// readiness: waking per datagram would cost the generator a wakeup per packet, and the kernel
 /// timestamps each datagram's arrival, so reading a little later does not skew latency.
 const SHARED_POLL: Duration = Duration::from_millis(1);
+/// 1/φ: stream k's phase is frac(k / φ) of the packet time, a sequence that stays evenly
+/// spread over the period for any number of streams (each new phase falls in the largest gap).
+const GOLDEN: f64 = 0.618_033_988_749_895;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Side {
     Meta,
     Sip,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::Meta => 0,
+            Side::Sip => 1,
+        }
+    }
 }
 
 struct Slot {
@@ -54,25 +69,32 @@ struct Slot {
     remotes: Vec<SocketAddr>,
     own: Option<[UdpSocket; 2]>,
     audio: bool,
-    /// The tick currently in the heap (stale heap entries don't match it).
-    next_tick: Option<Instant>,
+    /// Each stream's tick currently in the heap, [Meta peer, SIP peer] (stale heap entries
+    /// don't match it).
+    next_tick: [Option<Instant>; 2],
+    /// Each stream's offset in the 20 ms period (`Spacing::Even`).
+    phase: [Duration; 2],
     created_at: Instant,
     ready: Option<tokio::sync::oneshot::Sender<Result<Instant, String>>>,
     setup_done: bool,
 }
 
 /// The calls of one thread, addressed by slot.
-#[derive(Default)]
 struct Calls {
+    spacing: Spacing,
+    /// Origin of the 20 ms grid the even phases are placed on.
+    epoch: Instant,
+    /// Streams given a phase so far (the golden-ratio sequence's index).
+    streams: u64,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     by_id: HashMap<u64, usize>,
     demux: HashMap<SocketAddr, (usize, Side)>,
     /// Slots whose Meta peer is not ready yet (DTLS timers, readiness checks).
     pending: Vec<usize>,
-    /// Media ticks: (when, slot). Entries that no longer match the slot's `next_tick` are
-    /// stale and skipped.
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Media ticks: (when, slot, side index). Entries that no longer match the slot's
+    /// `next_tick` are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, usize, usize)>>,
     /// Datagrams that arrived before their call was added (see [`EARLY_HOLD`]).
     early: VecDeque<(Instant, SocketAddr, Vec<u8>)>,
 }
@@ -95,6 +117,11 @@ pub(super) struct Worker {
     local: Totals,
     shared: Arc<Mutex<Totals>>,
     last_publish: Instant,
+    /// Wakes the thread at the next stream's instant (`Spacing::Even`; poll timeouts only
+    /// have millisecond resolution).
+    timer: Option<TimerFd>,
+    /// When the shared sockets were last read.
+    last_drain: Instant,
 }
 
 impl Worker {
@@ -104,6 +131,7 @@ impl Worker {
         meta_pool: Vec<std::net::UdpSocket>,
         sip_pool: Vec<std::net::UdpSocket>,
         shared: Arc<Mutex<Totals>>,
+        spacing: Spacing,
     ) -> io::Result<Worker> {
         let pool_half = meta_pool.len();
         let mut pool = Vec::new();
@@ -111,12 +139,36 @@ impl Worker {
             enable_timestamps(s.as_raw_fd());
             pool.push(UdpSocket::from_std(s));
         }
+        let timer = match spacing {
+            Spacing::Even => {
+                let t = TimerFd::new()?;
+                poll.registry().register(
+                    &mut mio::unix::SourceFd(&t.fd()),
+                    TIMER,
+                    Interest::READABLE,
+                )?;
+                Some(t)
+            }
+            Spacing::Burst => None,
+        };
+        let now = Instant::now();
         Ok(Worker {
             poll,
             commands,
             pool,
             pool_half,
-            calls: Calls::default(),
+            calls: Calls {
+                spacing,
+                epoch: now,
+                streams: 0,
+                slots: Vec::new(),
+                free: Vec::new(),
+                by_id: HashMap::new(),
+                demux: HashMap::new(),
+                pending: Vec::new(),
+                timers: BinaryHeap::new(),
+                early: VecDeque::new(),
+            },
             io: Io {
                 rx: RecvBatch::new(),
                 meta_out: SendBatch::new(),
@@ -125,30 +177,46 @@ impl Worker {
             },
             local: Totals::default(),
             shared,
-            last_publish: Instant::now(),
+            last_publish: now,
+            timer,
+            last_drain: now,
         })
     }
 
     pub(super) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut ready: Vec<Token> = Vec::with_capacity(1024);
+        if self.timer.is_some() {
+            // Timer slack (50 µs by default) would bunch the evenly spaced sends.
+            // SAFETY: prctl with integer arguments only.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+            }
+        }
         loop {
             let now = Instant::now();
+            let polling_shared = !self.calls.by_id.is_empty() && !self.pool.is_empty();
             let deadline = [
-                self.calls.timers.peek().map(|Reverse((t, _))| *t),
+                self.calls.timers.peek().map(|Reverse((t, _, _))| *t),
                 self.calls.next_dtls_timeout(),
                 Some(self.last_publish + FLUSH_EVERY),
+                polling_shared.then_some(self.last_drain + SHARED_POLL),
             ]
             .into_iter()
             .flatten()
             .min();
-            let cap = if self.calls.by_id.is_empty() || self.pool.is_empty() {
-                IDLE
-            } else {
-                SHARED_POLL
-            };
+            let cap = if polling_shared { SHARED_POLL } else { IDLE };
             let sleep = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
-            if let Err(e) = self.poll.poll(&mut events, Some(sleep))
+            let timeout = match &self.timer {
+                // The timerfd wakes us at the deadline to the nanosecond; the poll timeout is
+                // only a backstop.
+                Some(t) if !sleep.is_zero() => {
+                    t.arm(sleep);
+                    Some(IDLE)
+                }
+                _ => Some(sleep),
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 return;
@@ -156,13 +224,17 @@ impl Worker {
             ready.clear();
             ready.extend(events.iter().map(|e| e.token()));
             let mut commands = false;
-            for i in 0..self.pool.len() {
-                self.drain(Token(i));
+            let now = Instant::now();
+            if self.timer.is_none() || now >= self.last_drain + SHARED_POLL {
+                self.last_drain = now;
+                for i in 0..self.pool.len() {
+                    self.drain(Token(i));
+                }
             }
             for t in &ready {
                 if *t == WAKER {
                     commands = true;
-                } else {
+                } else if *t != TIMER {
                     self.drain(*t);
                 }
             }
@@ -193,6 +265,12 @@ impl Worker {
     /// Reads everything queued on one socket (edge-triggered: until it would block).
     fn drain(&mut self, token: Token) {
         let Some(fd) = self.fd_of(token) else { return };
+        // A peer's own socket belongs to one stream: what arrives there is that stream's,
+        // whatever its source (a target with one socket for all calls has one source).
+        let owner = token.0.checked_sub(OWN_BASE).map(|i| {
+            let side = if i % 2 == 0 { Side::Meta } else { Side::Sip };
+            (i / 2, side)
+        });
         loop {
             let n = match self.io.rx.recv(fd) {
                 Ok(0) | Err(_) => return,
@@ -210,6 +288,7 @@ impl Worker {
                     now,
                     arrived_us,
                     from,
+                    owner,
                     data,
                     &mut self.io.meta_out,
                     &mut self.local,
@@ -229,10 +308,13 @@ impl Worker {
                         && let Some(Some(slot)) = self.calls.slots.get_mut(i)
                     {
                         slot.audio = on;
-                        // Audio starts now, not at the next tick of the RTCP schedule.
-                        if on {
-                            slot.next_tick = Some(now);
-                            self.calls.timers.push(Reverse((now, i)));
+                        // Burst: audio starts now, both streams together, not at the next
+                        // tick of the RTCP schedule. Even: each stream keeps its phase.
+                        if on && self.calls.spacing == Spacing::Burst {
+                            for side in 0..2 {
+                                slot.next_tick[side] = Some(now);
+                                self.calls.timers.push(Reverse((now, i, side)));
+                            }
                         }
                     }
                 }
@@ -310,6 +392,11 @@ impl Worker {
                 return;
             }
         };
+        let phase = [(); 2].map(|()| {
+            let k = self.calls.streams;
+            self.calls.streams += 1;
+            PTIME.mul_f64((k as f64 * GOLDEN).fract())
+        });
         let mut remotes = meta_remotes;
         for r in &remotes {
             self.calls.demux.insert(*r, (i, Side::Meta));
@@ -325,7 +412,8 @@ impl Worker {
                 remotes,
                 own,
                 audio: false,
-                next_tick: None,
+                next_tick: [None; 2],
+                phase,
                 created_at,
                 ready: Some(ready),
                 setup_done: false,
@@ -371,7 +459,7 @@ impl Worker {
     }
 
     fn run_timers(&mut self, now: Instant) {
-        while let Some(Reverse((at, i))) = self.calls.timers.peek().copied() {
+        while let Some(Reverse((at, i, side))) = self.calls.timers.peek().copied() {
             if at > now {
                 break;
             }
@@ -379,38 +467,43 @@ impl Worker {
             let Some(Some(slot)) = self.calls.slots.get_mut(i) else {
                 continue;
             };
-            if slot.next_tick != Some(at) {
+            if slot.next_tick[side] != Some(at) {
                 continue; // stale: the call was removed, replaced, or rescheduled
             }
             let late = now.saturating_duration_since(at);
             self.local.tick_lag.record(late.as_micros() as u64);
             let unix_us = unix_micros();
             let scratch = &mut self.io.scratch[..];
-            slot.meta.tick(
-                now,
-                unix_us,
-                slot.audio,
-                scratch,
-                &mut self.io.meta_out,
-                &mut self.local,
-            );
-            slot.sip.tick(
-                now,
-                unix_us,
-                slot.audio,
-                scratch,
-                &mut self.io.sip_out,
-                &mut self.local,
-            );
+            if side == Side::Meta.index() {
+                slot.meta.tick(
+                    now,
+                    unix_us,
+                    slot.audio,
+                    scratch,
+                    &mut self.io.meta_out,
+                    &mut self.local,
+                );
+            } else {
+                slot.sip.tick(
+                    now,
+                    unix_us,
+                    slot.audio,
+                    scratch,
+                    &mut self.io.sip_out,
+                    &mut self.local,
+                );
+            }
             let mut next = at + PTIME;
             if late > MAX_LAG {
                 // Resume the cadence instead of bursting what is overdue (as a real endpoint
-                // after a stall); the receiver sees no gap in the stamp counters.
-                self.local.ticks_skipped += (late.as_nanos() / PTIME.as_nanos()) as u64;
-                next = now + PTIME;
+                // after a stall), on the same phase; the receiver sees no gap in the stamp
+                // counters.
+                let missed = late.as_nanos() / PTIME.as_nanos();
+                self.local.ticks_skipped += missed as u64;
+                next = at + PTIME * (missed as u32 + 1);
             }
-            slot.next_tick = Some(next);
-            self.calls.timers.push(Reverse((next, i)));
+            slot.next_tick[side] = Some(next);
+            self.calls.timers.push(Reverse((next, i, side)));
         }
     }
 
@@ -424,16 +517,20 @@ impl Worker {
 }
 
 impl Calls {
+    /// Hands one datagram to its peer: `owner` when it came on a peer's own socket, else the
+    /// call that expects its source address.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
         now: Instant,
         now_us: u64,
         from: SocketAddr,
+        owner: Option<(usize, Side)>,
         data: &mut [u8],
         meta_out: &mut SendBatch,
         totals: &mut Totals,
     ) {
-        let Some(&(i, side)) = self.demux.get(&from) else {
+        let Some((i, side)) = owner.or_else(|| self.demux.get(&from).copied()) else {
             while self
                 .early
                 .front()
@@ -485,10 +582,17 @@ impl Calls {
             let _ = tx.send(outcome);
         }
         if ok {
-            // Spread calls over the 20 ms period so ticks do not bunch up.
-            let first = now + PTIME.mul_f64(rand::random::<f64>());
-            slot.next_tick = Some(first);
-            self.timers.push(Reverse((first, i)));
+            // Start the tick schedule (RTCP now, audio once told). Burst: a random phase per
+            // call, both streams together. Even: each stream on its own phase of the grid.
+            let random = now + PTIME.mul_f64(rand::random::<f64>());
+            for side in 0..2 {
+                let first = match self.spacing {
+                    Spacing::Burst => random,
+                    Spacing::Even => next_on_grid(self.epoch, slot.phase[side], now),
+                };
+                slot.next_tick[side] = Some(first);
+                self.timers.push(Reverse((first, i, side)));
+            }
         }
         self.pending.retain(|p| *p != i);
     }
@@ -507,6 +611,7 @@ impl Calls {
                     now,
                     now_us.saturating_sub(age),
                     from,
+                    None,
                     &mut data,
                     out,
                     totals,
@@ -535,6 +640,51 @@ impl Calls {
             if self.pending.len() == before {
                 k += 1;
             }
+        }
+    }
+}
+
+/// The first instant at or after `now` that lies `phase` past a multiple of the packet time
+/// from `epoch`.
+fn next_on_grid(epoch: Instant, phase: Duration, now: Instant) -> Instant {
+    let origin = epoch + phase;
+    let since = now.saturating_duration_since(origin).as_nanos();
+    let period = PTIME.as_nanos();
+    let periods = since.div_ceil(period) as u32;
+    (origin + PTIME * periods).max(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_instants_keep_their_phase_and_never_precede_now() {
+        let epoch = Instant::now();
+        let phase = Duration::from_millis(7);
+        assert_eq!(next_on_grid(epoch, phase, epoch), epoch + phase);
+        let now = epoch + Duration::from_millis(30);
+        assert_eq!(
+            next_on_grid(epoch, phase, now),
+            epoch + Duration::from_millis(47)
+        );
+        let now = epoch + Duration::from_millis(27);
+        assert_eq!(next_on_grid(epoch, phase, now), now);
+    }
+
+    #[test]
+    fn golden_ratio_phases_stay_evenly_spread() {
+        // However many streams there are, no gap between neighbouring phases is more than
+        // about 2.6 times the even gap (the three-distance theorem bounds it by φ²).
+        for n in [10usize, 400, 2000] {
+            let mut p: Vec<f64> = (0..n).map(|k| (k as f64 * GOLDEN).fract()).collect();
+            p.sort_by(f64::total_cmp);
+            let widest = p
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .chain([1.0 - p[n - 1] + p[0]])
+                .fold(0.0, f64::max);
+            assert!(widest * n as f64 <= 2.7, "n={n}: widest gap {widest}");
         }
     }
 }

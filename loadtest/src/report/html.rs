@@ -357,6 +357,10 @@ pub fn render(report: &Report) -> String {
                 body.push_str(&run_section(failed));
             }
         }
+        ModeReport::Overload { overload } => {
+            let _ = write!(body, "<h2>Overload</h2><p>{}</p>", esc(&overload.summary()));
+            body.push_str(&run_section(&overload.run));
+        }
         ModeReport::Compare { compare } => {
             let _ = write!(
                 body,

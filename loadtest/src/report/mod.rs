@@ -67,6 +67,11 @@ pub struct Resources {
     pub gen_cpu_pct: Option<f64>,
     /// The whole load-test process (with an in-process relay or forwarder, if any).
     pub process_cpu_pct: Option<f64>,
+    /// The target's system calls per second over the steady window.
+    pub syscalls_per_s: Option<f64>,
+    /// How they were counted: "self-counted" (raw forwarders), "relay /metrics" (the relay's
+    /// I/O counters), "perf raw_syscalls" (every thread of the process).
+    pub syscalls_source: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -78,8 +83,14 @@ pub struct GeneratorHealth {
     pub send_errors: u64,
     pub unknown_source: u64,
     pub srtp_errors: u64,
-    /// Unstamped media from the relay (its silence fill toward WhatsApp).
+    /// Unstamped media from the relay (its silence fill toward WhatsApp), whole run.
     pub fill_received: u64,
+    /// The same in the steady window: the SIP peers send every 20 ms throughout, so any fill
+    /// here was sent while real media was on its way (late or queued at the relay).
+    pub steady_fill_received: u64,
+    /// Fill packets the relay counted itself in the steady window (its `/metrics`), if it
+    /// exports them.
+    pub relay_fill: Option<u64>,
     pub rtcp_sent: u64,
     pub rtcp_received: u64,
 }
@@ -145,6 +156,24 @@ impl RunReport {
         (self.up.steady_received + self.down.steady_received) as f64 / self.hold_s.max(0.001)
     }
 
+    /// The target's system calls per forwarded packet in the steady window.
+    pub fn syscalls_per_packet(&self) -> Option<f64> {
+        let pps = self.forwarded_pps();
+        self.resources
+            .syscalls_per_s
+            .filter(|_| pps > 0.0)
+            .map(|s| s / pps)
+    }
+
+    /// The target's CPU per forwarded packet in the steady window, µs (kernel time included).
+    pub fn cpu_us_per_packet(&self) -> Option<f64> {
+        let pps = self.forwarded_pps();
+        self.resources
+            .relay_cpu_pct
+            .filter(|_| pps > 0.0)
+            .map(|c| c / 100.0 * 1e6 / pps)
+    }
+
     /// Worst steady p99 of the two directions, ms.
     pub fn steady_p99_ms(&self) -> f64 {
         self.up
@@ -177,6 +206,7 @@ pub fn build(r: RunInputs<'_>) -> RunReport {
         whole = Window {
             totals: r.all.clone(),
             samples: r.timeline.clone(),
+            ..Window::default()
         };
         &whole
     } else {
@@ -222,6 +252,8 @@ pub fn build(r: RunInputs<'_>) -> RunReport {
             relay_rss_per_call_bytes: per_call,
             gen_cpu_pct: steady.gen_cpu_mean(),
             process_cpu_pct: steady.process_cpu_mean(),
+            syscalls_per_s: steady.syscalls_per_s.map(|(v, _)| v),
+            syscalls_source: steady.syscalls_per_s.map(|(_, how)| how.to_string()),
         },
         generator: GeneratorHealth {
             tick_lag: r.all.tick_lag.percentiles(),
@@ -230,6 +262,8 @@ pub fn build(r: RunInputs<'_>) -> RunReport {
             unknown_source: r.all.unknown_source,
             srtp_errors: r.all.srtp_errors,
             fill_received: r.all.fill_received,
+            steady_fill_received: s.fill_received,
+            relay_fill: steady.relay_fill,
             rtcp_sent: r.all.rtcp_sent,
             rtcp_received: r.all.rtcp_received,
         },
@@ -355,9 +389,15 @@ pub fn table(r: &RunReport) -> String {
     line(
         &mut o,
         format!(
-            "relay: cpu {} (max {}), rss {} -> {}, per call {}",
+            "target: cpu {} (max {}), {} us/pkt, {} syscalls/pkt, rss {} -> {}, per call {}",
             opt_pct(x.relay_cpu_pct),
             opt_pct(x.relay_cpu_pct_max),
+            r.cpu_us_per_packet()
+                .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+            r.syscalls_per_packet().map_or_else(
+                || "-".into(),
+                |v| format!("{v:.2} ({})", x.syscalls_source.as_deref().unwrap_or("?"))
+            ),
             opt_mib(x.relay_rss_baseline_bytes),
             opt_mib(x.relay_rss_peak_bytes),
             x.relay_rss_per_call_bytes
@@ -368,7 +408,7 @@ pub fn table(r: &RunReport) -> String {
     line(
         &mut o,
         format!(
-            "generator: cpu {} (process {}), tick lag p99 {:.2} ms max {:.2} ms, skipped {}, send errors {}, unknown {}, srtp errors {}, fill {}",
+            "generator: cpu {} (process {}), tick lag p99 {:.2} ms max {:.2} ms, skipped {}, send errors {}, unknown {}, srtp errors {}",
             opt_pct(x.gen_cpu_pct),
             opt_pct(x.process_cpu_pct),
             g.tick_lag.p99_ms,
@@ -377,7 +417,16 @@ pub fn table(r: &RunReport) -> String {
             g.send_errors,
             g.unknown_source,
             g.srtp_errors,
-            g.fill_received
+        ),
+    );
+    line(
+        &mut o,
+        format!(
+            "silence fill toward WhatsApp: {} packets in the steady window ({} in the whole run){}",
+            g.steady_fill_received,
+            g.fill_received,
+            g.relay_fill
+                .map_or_else(String::new, |n| format!("; the relay counted {n}")),
         ),
     );
     if let Some(c) = &r.relay {

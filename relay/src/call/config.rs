@@ -40,9 +40,15 @@ pub struct CallConfig {
     pub ptime: Duration,
     /// Send Opus silence to WhatsApp while the internal leg has nothing.
     pub silence_fill: bool,
-    /// The internal leg counts as silent after this long without a packet.
+    /// Silence fill starts once the internal leg has sent nothing for this long at least...
     #[serde(with = "humantime_serde")]
     pub fill_after: Duration,
+    /// ... or longer, up to this, when the internal leg's packets arrive with more jitter:
+    /// the wait adapts to the largest recent inter-arrival gap (see `call::fill`), so a
+    /// browser's normal jitter on a busy machine does not start a fill that its late packets
+    /// then collide with. Equal to `fill_after` turns the adaptation off.
+    #[serde(with = "humantime_serde")]
+    pub fill_after_max: Duration,
     /// Internal packets held while the WhatsApp leg cannot carry them yet (20 ms each).
     pub prebuffer_packets: usize,
     /// The internal leg silent this long (gate open) raises `InternalLegSilent`.
@@ -53,6 +59,27 @@ pub struct CallConfig {
     /// Media from one leg only for this long raises `OneWayAudio`.
     #[serde(with = "humantime_serde")]
     pub one_way_timeout: Duration,
+    /// Business-initiated: Meta's answer must arrive within this of create, or the call ends
+    /// (`answer_timeout`). Meta rings the consumer for about 30-60 s; the margin keeps the
+    /// relay from ending a call Meta still rings.
+    #[serde(with = "humantime_serde")]
+    pub answer_timeout: Duration,
+    /// Offer and answer known (create for user-initiated calls, Meta's answer for
+    /// business-initiated ones) but the gate not opened within this: the call ends
+    /// (`accept_timeout`). Meta gives the consumer about 30-60 s to answer; 90 s leaves a
+    /// margin for the signaling tier's webhooks and retries.
+    #[serde(with = "humantime_serde")]
+    pub accept_timeout: Duration,
+    /// A call ends (`max_duration`) at this age whatever it is doing: the safety net for a
+    /// call whose end was never signalled. Zero turns it off.
+    #[serde(with = "humantime_serde")]
+    pub max_call_duration: Duration,
+    /// A WebRTC internal leg whose browser sent neither a consent check nor media for this
+    /// long is gone (a tab closed without `pc.close()`): the call ends
+    /// (`internal_leg_failed`) instead of keeping the consumer in relay-made silence until
+    /// `consent_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub webrtc_idle_timeout: Duration,
     /// Keep the WhatsApp leg's DTLS state for the whole call, so a close_notify from Meta ends
     /// the call (`peer_closed`). Off by default: the state is ~10 KiB a call, Meta's hang-up
     /// arrives as a webhook anyway, and the media timeouts catch a peer that vanished.
@@ -74,11 +101,16 @@ impl Default for CallConfig {
             ptime: Duration::from_millis(20),
             silence_fill: true,
             fill_after: Duration::from_millis(60),
+            fill_after_max: Duration::from_millis(200),
             prebuffer_packets: 75,
             internal_silence_timeout: Duration::from_secs(30),
             end_on_internal_silence: false,
             one_way_timeout: Duration::from_secs(10),
             keep_dtls_state: false,
+            answer_timeout: Duration::from_secs(90),
+            accept_timeout: Duration::from_secs(90),
+            max_call_duration: Duration::from_secs(4 * 3600),
+            webrtc_idle_timeout: Duration::from_secs(10),
         }
     }
 }

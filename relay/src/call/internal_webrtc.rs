@@ -11,7 +11,10 @@
 //! Failure is the call's end with [`EndCause::InternalLegFailed`]: no nomination within
 //! `ice_connect_timeout` of the browser's description being known, DTLS failing or timing out
 //! (`dtls_timeout` from the nomination), a certificate that does not match the fingerprint, or
-//! the browser's consent checks stopping for `consent_timeout`.
+//! the browser gone: its consent checks and its media both stopped for `webrtc_idle_timeout`
+//! (10 s: a tab closed without `pc.close()` sends no close_notify, and waiting out the 30 s
+//! `consent_timeout` kept the consumer in relay-made silence that long), or its consent checks
+//! alone stopped for `consent_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -168,9 +171,21 @@ impl Call {
         if let Some(dtls) = w.dtls.as_mut() {
             dtls.handle_timeout(now);
         }
-        if w.connect_by.is_some_and(|t| now >= t) {
+        if w.connect_by.is_some_and(|t| now >= t)
+            || self.webrtc_idle_deadline().is_some_and(|t| now >= t)
+        {
             self.end(EndCause::InternalLegFailed);
         }
+    }
+
+    /// Once the browser nominated a pair: its last consent check or media packet, whichever
+    /// is later, plus `webrtc_idle_timeout`.
+    pub(super) fn webrtc_idle_deadline(&self) -> Option<Instant> {
+        let last_check = self.internal.webrtc.as_ref()?.ice.last_consent()?;
+        let last = self
+            .last_internal_media
+            .map_or(last_check, |t| t.max(last_check));
+        Some(last + self.cfg.webrtc_idle_timeout)
     }
 
     /// After any input: follow the browser's nomination, flush handshake flights to it, and

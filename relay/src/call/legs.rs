@@ -5,8 +5,10 @@
 use std::net::SocketAddr;
 
 use crate::api::SourcePolicy;
+use crate::call::fill::ArrivalGaps;
 use crate::call::internal_webrtc::WebRtcTransport;
 use crate::call::rewrite::OutboundStream;
+use crate::call::seq_window::SeqWindow;
 use crate::call::stats::{DropReason, LegCounters};
 use crate::dtls::DtlsDriver;
 use crate::ice::ControllingAgent;
@@ -67,6 +69,10 @@ pub struct InternalLeg {
     pub te_pt: Option<u8>,
     pub tx: OutboundStream,
     pub counters: LegCounters,
+    /// Plain RTP only (SRTP has its own): sequence numbers received, to refuse replays.
+    pub rx_window: SeqWindow,
+    /// Inter-arrival gaps of the leg's media: how long silence fill waits.
+    pub arrivals: ArrivalGaps,
 }
 
 impl InternalLeg {

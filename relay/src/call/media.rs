@@ -15,10 +15,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::api::{CallEventKind, LegKind};
-use crate::call::Call;
 use crate::call::legs::{OPUS_CLOCK, srtp_drop_reason};
 use crate::call::rewrite::{Rewritten, Source};
 use crate::call::stats::DropReason;
+use crate::call::{Call, fill};
 use crate::net::{Outbox, SocketRef};
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::{rtp, stun};
@@ -142,26 +142,30 @@ impl Call {
             return self.wa.counters.drop(DropReason::Malformed);
         };
         let payload_len = n - RTP_HEADER_LEN;
-        let rw = internal.tx.next(
+        // Never `Late`: nothing generates packets toward the internal leg.
+        let Ok(rw) = internal.tx.next(
             Source::Forwarded {
                 ssrc: hdr.ssrc,
                 seq: hdr.sequence,
                 ts: hdr.timestamp,
+                marker: hdr.marker,
             },
             now,
-            payload_len,
-        );
+        ) else {
+            return internal.counters.drop(DropReason::Late);
+        };
         if rewrite_header(buf, out_pt, hdr.marker || rw.marker, rw).is_err() {
             return internal.counters.drop(DropReason::Malformed);
         }
         let n = match internal.srtp.as_mut() {
             Some(srtp) => match srtp.tx.protect_rtp(buf, n) {
                 Ok(n) => n,
-                Err(_) => return internal.counters.drop(DropReason::Malformed),
+                Err(e) => return internal.counters.drop(srtp_drop_reason(e)),
             },
             None => n,
         };
         out.push(SocketRef::Internal, dst, &buf[..n]);
+        internal.tx.count_sent(payload_len);
     }
 
     fn consume_whatsapp_rtcp(
@@ -254,6 +258,16 @@ impl Call {
         if hdr.payload_type != internal.opus_pt && Some(hdr.payload_type) != internal.te_pt {
             return internal.counters.drop(DropReason::UnknownPayloadType);
         }
+        // SRTP refused replays already; plain RTP has only this window.
+        if internal.srtp.is_none()
+            && internal
+                .rx_window
+                .check_and_note(hdr.ssrc, hdr.sequence)
+                .is_err()
+        {
+            return internal.counters.drop(DropReason::Replayed);
+        }
+        internal.arrivals.on_packet(now, self.cfg.fill_after_max);
         internal.counters.rx_packets += 1;
         internal.counters.rx_bytes += n as u64;
         internal.counters.remote_ssrc = Some(hdr.ssrc);
@@ -317,34 +331,49 @@ impl Call {
         let Ok(n) = rtp::strip_extensions_and_csrc(buf, n) else {
             return self.internal.counters.drop(DropReason::Malformed);
         };
-        let rw = wa.tx.next(
+        let Ok(rw) = wa.tx.next(
             Source::Forwarded {
                 ssrc: hdr.ssrc,
                 seq: hdr.sequence,
                 ts: hdr.timestamp,
+                marker: hdr.marker,
             },
             now,
-            n - RTP_HEADER_LEN,
-        );
+        ) else {
+            // Silence already stood in for this packet's 20 ms.
+            return self.internal.counters.drop(DropReason::Late);
+        };
         if rewrite_header(buf, out_pt, hdr.marker || rw.marker, rw).is_err() {
             return wa.counters.drop(DropReason::Malformed);
         }
         match srtp.tx.protect_rtp(buf, n) {
-            Ok(n) => {
-                out.push(via, to, &buf[..n]);
-                self.last_wa_sent = Some(now);
+            Ok(len) => {
+                out.push(via, to, &buf[..len]);
+                wa.tx.count_sent(n - RTP_HEADER_LEN);
+                self.note_first_media_sent();
             }
-            Err(_) => wa.counters.drop(DropReason::Malformed),
+            Err(e) => wa.counters.drop(srtp_drop_reason(e)),
         }
     }
 
-    /// One generated 20 ms Opus silence frame to WhatsApp (maiden packet and fill).
-    pub(super) fn send_silence(&mut self, now: Instant, out: &mut impl Outbox) {
+    /// Meta counts the first packet it receives as the answer: say when it left.
+    fn note_first_media_sent(&mut self) {
+        if !self.first_media_sent {
+            self.first_media_sent = true;
+            self.events.push_back(CallEventKind::FirstMediaSent);
+        }
+    }
+
+    /// One generated 20 ms Opus silence frame to WhatsApp (maiden packet and fill), standing
+    /// for the grid time `slot` (numbered for it), sent now.
+    pub(super) fn send_silence(&mut self, slot: Instant, out: &mut impl Outbox) {
         let wa = &mut self.wa;
         let (Some((via, to)), Some(srtp)) = (wa.selected, wa.srtp.as_mut()) else {
             return;
         };
-        let rw = wa.tx.next(Source::Generated, now, OPUS_SILENCE.len());
+        let Ok(rw) = wa.tx.next(Source::Generated, slot) else {
+            return;
+        };
         let mut pkt = [0u8; 64];
         let Ok(h) = rtp::write_header(
             &mut pkt,
@@ -359,30 +388,54 @@ impl Call {
             return;
         };
         pkt[h..h + OPUS_SILENCE.len()].copy_from_slice(&OPUS_SILENCE);
-        if let Ok(n) = srtp.tx.protect_rtp(&mut pkt, h + OPUS_SILENCE.len()) {
-            out.push(via, to, &pkt[..n]);
-            self.last_wa_sent = Some(now);
+        match srtp.tx.protect_rtp(&mut pkt, h + OPUS_SILENCE.len()) {
+            Ok(n) => {
+                out.push(via, to, &pkt[..n]);
+                wa.tx.count_sent(OPUS_SILENCE.len());
+                self.note_first_media_sent();
+            }
+            Err(e) => wa.counters.drop(srtp_drop_reason(e)),
         }
     }
 
-    /// When the next silence frame is due: the internal leg has been quiet for `fill_after`
-    /// and a packet time has passed since the last packet we sent.
+    /// The grid slot of the next silence frame (see [`crate::call::fill`]): a whole number of
+    /// packet times after the last packet sent, once the internal leg has been quiet for the
+    /// fill's adaptive wait. The maiden packet is due when the gate opens.
     pub(super) fn next_fill_at(&self) -> Option<Instant> {
         if !self.cfg.silence_fill || !self.wa_can_send() || !self.prebuffer.is_empty() {
             return None;
         }
-        let after_last_sent = self.last_wa_sent.map(|t| t + self.cfg.ptime);
-        let after_quiet = self.last_internal_media.map(|t| t + self.cfg.fill_after);
-        match (after_last_sent, after_quiet) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (Some(a), None) => Some(a),
-            (None, _) => self.gate_open_at,
-        }
+        let Some(last) = self.wa.tx.last_sent_at() else {
+            return self.gate_open_at;
+        };
+        let quiet_at = self.last_internal_media.map_or(last, |t| {
+            let wait = self.internal.arrivals.fill_wait(
+                self.cfg.ptime,
+                self.cfg.fill_after,
+                self.cfg.fill_after_max,
+            );
+            t + wait
+        });
+        Some(fill::first_slot(last, self.cfg.ptime, quiet_at))
     }
 
+    /// Send the silence frames due by `now`, each on its grid slot. A tick that ran late
+    /// catches up to [`fill::MAX_CATCH_UP`] frames; past that it skips to the newest slot.
     pub(super) fn fill_silence(&mut self, now: Instant, out: &mut impl Outbox) {
-        if self.next_fill_at().is_some_and(|t| t <= now) {
-            self.send_silence(now, out);
+        for _ in 0..fill::MAX_CATCH_UP {
+            let Some(slot) = self.next_fill_at().filter(|t| *t <= now) else {
+                return;
+            };
+            let ptime = self.cfg.ptime;
+            let behind = now.duration_since(slot);
+            let owed = behind.as_nanos() / ptime.as_nanos().max(1);
+            let slot = if owed >= u128::from(fill::MAX_CATCH_UP) {
+                // A stalled shard: do not burst seconds of silence, resume on the clock.
+                slot + ptime * u32::try_from(owed).unwrap_or(u32::MAX)
+            } else {
+                slot
+            };
+            self.send_silence(slot, out);
         }
     }
 

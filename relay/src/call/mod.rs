@@ -6,6 +6,7 @@
 //! Read [`media`] for the per-packet path, top to bottom.
 
 pub mod config;
+pub mod fill;
 mod internal_webrtc;
 mod legs;
 mod media;
@@ -13,6 +14,7 @@ pub mod prebuffer;
 mod replace;
 pub mod rewrite;
 mod rtcp;
+pub mod seq_window;
 mod setup;
 pub mod stats;
 pub mod testing;
@@ -74,8 +76,11 @@ pub struct Call {
     last_wa_media: Option<Instant>,
     /// Last RTP packet from the internal leg (drives silence fill).
     last_internal_media: Option<Instant>,
-    /// Last RTP packet we sent to WhatsApp (forwarded or generated).
-    last_wa_sent: Option<Instant>,
+    /// The first RTP packet went to WhatsApp (`FirstMediaSent` was emitted).
+    first_media_sent: bool,
+    /// When both of the WhatsApp leg's descriptions were known (create for user-initiated
+    /// calls, Meta's answer for business-initiated ones): `accept_timeout` counts from here.
+    wa_described_at: Option<Instant>,
     next_rtcp_wa: Option<Instant>,
     next_rtcp_internal: Option<Instant>,
 
@@ -139,6 +144,13 @@ impl Call {
         }
         self.internal_webrtc_timeout(now, out);
         if self.ended.is_some() {
+            return;
+        }
+        if let Some((at, cause)) = self.lifetime_deadline()
+            && now >= at
+        {
+            self.send_bye(now, out);
+            self.end(cause);
             return;
         }
         self.check_media_timeouts(now);
@@ -398,12 +410,40 @@ impl Call {
         consider(self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()));
         consider(self.internal.webrtc.as_ref().and_then(|w| w.poll_timeout()));
         consider(self.media_timeout_deadline());
+        consider(self.lifetime_deadline().map(|(t, _)| t));
+        consider(self.webrtc_idle_deadline());
         consider(self.silence_deadline());
         consider(self.prebuffer_next);
         consider(self.next_fill_at());
         consider(self.next_rtcp_wa);
         consider(self.next_rtcp_internal);
         d
+    }
+
+    /// The bounded life of each state that waits on someone else, and of the call itself:
+    /// Meta's answer (business-initiated), the accept (`OpenGate`) once both descriptions are
+    /// known, and `max_call_duration` from create. The earliest, with its cause.
+    fn lifetime_deadline(&self) -> Option<(Instant, EndCause)> {
+        let answer = (self.wa_described_at.is_none()).then(|| {
+            (
+                self.created_mono + self.cfg.answer_timeout,
+                EndCause::AnswerTimeout,
+            )
+        });
+        let accept = match (self.gate_open_at, self.wa_described_at) {
+            (None, Some(t)) => Some((t + self.cfg.accept_timeout, EndCause::AcceptTimeout)),
+            _ => None,
+        };
+        let max = (!self.cfg.max_call_duration.is_zero()).then(|| {
+            (
+                self.created_mono + self.cfg.max_call_duration,
+                EndCause::MaxDuration,
+            )
+        });
+        [answer, accept, max]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
     }
 
     fn media_timeout_deadline(&self) -> Option<Instant> {
@@ -512,7 +552,7 @@ impl Call {
         if !self.prebuffer.is_empty() {
             self.prebuffer_next = Some(now);
             self.drain_prebuffer(now, out);
-        } else if self.last_wa_sent.is_none() {
+        } else if self.wa.tx.last_sent_at().is_none() {
             self.send_silence(now, out);
         }
     }

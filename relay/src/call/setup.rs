@@ -14,10 +14,12 @@ use crate::api::{
     ApiError, CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, SourcePolicy,
     WaSecurity,
 };
+use crate::call::fill::ArrivalGaps;
 use crate::call::internal_webrtc;
 use crate::call::legs::{InternalLeg, OPUS_CLOCK, WhatsAppLeg};
 use crate::call::prebuffer::Prebuffer;
 use crate::call::rewrite::OutboundStream;
+use crate::call::seq_window::SeqWindow;
 use crate::call::stats::LegCounters;
 use crate::call::{Call, CallConfig};
 use crate::dtls::{DtlsConfig, DtlsDriver, DtlsIdentity, DtlsRole};
@@ -232,7 +234,8 @@ impl Call {
             prebuffer_next: None,
             last_wa_media: None,
             last_internal_media: None,
-            last_wa_sent: None,
+            first_media_sent: false,
+            wa_described_at: (req.direction == CallDirection::UserInitiated).then_some(now),
             next_rtcp_wa: None,
             next_rtcp_internal: Some(now + setup.cfg.rtcp_interval),
             first_media_from_wa: false,
@@ -339,6 +342,7 @@ impl Call {
             }
         }
         self.wa_remote_sdp = Some(text.to_string());
+        self.wa_described_at = Some(now);
         Ok(())
     }
 
@@ -447,6 +451,8 @@ pub(crate) fn build_internal(
         te_pt: Some(101),
         tx: OutboundStream::new(ssrc, OPUS_CLOCK, rand::random(), rand::random()),
         counters: LegCounters::default(),
+        rx_window: SeqWindow::default(),
+        arrivals: ArrivalGaps::default(),
     };
     let local_key = match spec.kind {
         InternalKind::PlainRtp => None,

@@ -31,9 +31,13 @@ pub enum DropReason {
     /// retransmitted because ours was slow, or a close_notify (see `call.keep_dtls_state`).
     /// Harmless: the keys are in use and nothing needs answering.
     LateDtls,
+    /// Internal media that arrived after silence fill had already stood in for its 20 ms
+    /// (jitter longer than the fill's wait): sending it too would put two frames in one slot
+    /// and run WhatsApp's clock ahead of real time.
+    Late,
 }
 
-pub const DROP_REASONS: [DropReason; 9] = [
+pub const DROP_REASONS: [DropReason; 10] = [
     DropReason::BadSource,
     DropReason::Malformed,
     DropReason::AuthFailed,
@@ -43,6 +47,7 @@ pub const DROP_REASONS: [DropReason; 9] = [
     DropReason::Unexpected,
     DropReason::RateLimited,
     DropReason::LateDtls,
+    DropReason::Late,
 ];
 
 impl DropReason {
@@ -61,6 +66,7 @@ impl DropReason {
             DropReason::Unexpected => "unexpected",
             DropReason::RateLimited => "rate_limited",
             DropReason::LateDtls => "late_dtls",
+            DropReason::Late => "late",
         }
     }
 }

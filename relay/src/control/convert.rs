@@ -222,6 +222,9 @@ pub fn end_cause(c: EndCause) -> pb::EndCause {
         EndCause::PeerClosed => pb::EndCause::PeerClosed,
         EndCause::Drained => pb::EndCause::Drained,
         EndCause::InternalLegFailed => pb::EndCause::InternalLegFailed,
+        EndCause::AnswerTimeout => pb::EndCause::AnswerTimeout,
+        EndCause::AcceptTimeout => pb::EndCause::AcceptTimeout,
+        EndCause::MaxDuration => pb::EndCause::MaxDuration,
     }
 }
 
@@ -259,6 +262,7 @@ pub fn call_event(e: &CallEvent) -> pb::CallEvent {
         CallEventKind::FirstMedia { from } => Kind::FirstMedia(pb::FirstMedia {
             from: leg(*from).into(),
         }),
+        CallEventKind::FirstMediaSent => Kind::FirstMediaSent(pb::FirstMediaSent {}),
         CallEventKind::DtmfReceived { from, digit } => Kind::DtmfReceived(pb::DtmfReceived {
             from: leg(*from).into(),
             digit: digit.to_string(),

@@ -206,10 +206,18 @@ pub async fn serve_on<C: CallControl>(
     health
         .set_service_status(control::SERVICE_NAME, ServingStatus::Serving)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(control::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl before 1.8.8 and Python's grpcio-reflection speak only
+    // v1alpha, and say "server does not support the reflection API" without it.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(control::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
+        .map_err(|e| ControlError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
         .map_err(|e| ControlError::Reflection(e.to_string()))?;
 
     let log = Arc::new(events::EventLog::new(LogLimits::default()));
@@ -252,6 +260,7 @@ pub async fn serve_on<C: CallControl>(
     server
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(relay)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;

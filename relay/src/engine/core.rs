@@ -641,6 +641,7 @@ impl ShardCore {
     /// Once a second: ended totals + live calls' counters → the published snapshot.
     fn publish_totals(&mut self, now: Instant, io: &IoCounters) {
         self.next_publish = now + PUBLISH_EVERY;
+        self.totals.busy_seconds += self.busy.as_secs_f64();
         let mut t = self.totals.clone();
         for slot in self.slots.iter().flatten() {
             t.whatsapp.add(&slot.call.leg_totals(LegKind::WhatsApp));

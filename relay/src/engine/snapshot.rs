@@ -105,6 +105,9 @@ pub struct ShardTotals {
     /// Share of the last publish interval the shard spent working rather than waiting in
     /// poll (0..=1): the admission signal, since a shard owns one core's worth of work.
     pub busy_ratio: f64,
+    /// Seconds spent working since the shard started (the counter behind `busy_ratio`, so
+    /// `rate()` over any window gives the busy share).
+    pub busy_seconds: f64,
     /// Datagrams received + sent per second over the last publish interval.
     pub packets_per_second: u64,
     /// Time from create to ICE connected / DTLS connected.
@@ -131,6 +134,7 @@ impl ShardTotals {
             send_errors: 0,
             io_syscalls: [0; crate::engine::IO_SYSCALLS.len()],
             busy_ratio: 0.0,
+            busy_seconds: 0.0,
             packets_per_second: 0,
             ice_setup: Histogram::new(SETUP_BUCKETS),
             dtls_setup: Histogram::new(SETUP_BUCKETS),

@@ -66,6 +66,11 @@ impl LiteAgent {
         self.selected
     }
 
+    /// When the peer last checked the selected pair (its consent), once it nominated one.
+    pub fn last_consent(&self) -> Option<Instant> {
+        (self.state == IceState::Connected).then_some(self.last_check)
+    }
+
     pub fn poll_event(&mut self) -> Option<IceEvent> {
         self.events.pop_front()
     }

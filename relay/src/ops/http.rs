@@ -15,7 +15,8 @@ use tokio::sync::{Semaphore, watch};
 use crate::engine::EngineHandle;
 use crate::engine::snapshot::MetricsSnapshot;
 
-use super::metrics::{CONTENT_TYPE, render};
+use super::metrics::{CONTENT_TYPE, Extras, page};
+use super::ports::PortPlan;
 
 /// Largest request head accepted (request line plus headers).
 const MAX_HEAD: usize = 8 * 1024;
@@ -27,11 +28,18 @@ const MAX_CONNECTIONS: usize = 32;
 /// What the endpoints read.
 pub trait MetricsSource: Send + Sync + 'static {
     fn metrics_snapshot(&self) -> MetricsSnapshot;
+    /// Build, process and port pool figures (read at scrape time).
+    fn extras(&self) -> Extras {
+        Extras::default()
+    }
 }
 
 impl MetricsSource for EngineHandle {
     fn metrics_snapshot(&self) -> MetricsSnapshot {
         EngineHandle::metrics_snapshot(self)
+    }
+    fn extras(&self) -> Extras {
+        Extras::read(&PortPlan::of(self.config()))
     }
 }
 
@@ -84,7 +92,7 @@ pub fn route(method: &str, target: &str, src: &dyn MetricsSource) -> Response {
         "/metrics" => Response {
             status: 200,
             content_type: CONTENT_TYPE,
-            body: render(&src.metrics_snapshot()),
+            body: page(&src.metrics_snapshot(), &src.extras()),
         },
         // The process answers: alive, draining or not (a draining relay is healthy).
         "/healthz" => Response::text(200, "ok"),

@@ -5,7 +5,58 @@
 //! error code (setup or media failures) log at WARN, everything else at INFO. DTMF digits can
 //! be PINs: INFO says a digit arrived, only DEBUG says which.
 
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
+
 use crate::api::{CallEvent, CallEventKind, LegKind};
+
+/// The log filter when `RUST_LOG` is not set.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Changes the log filter of the running process (the `SetLogLevel` RPC).
+#[derive(Clone)]
+pub struct LogLevel {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl LogLevel {
+    /// Replace the filter with `directives` (`RUST_LOG` syntax: `debug`, `info,relay=debug`).
+    /// Returns the filter now in force.
+    pub fn set(&self, directives: &str) -> Result<String, String> {
+        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        let now = filter.to_string();
+        self.handle.reload(filter).map_err(|e| e.to_string())?;
+        Ok(now)
+    }
+
+    /// The filter in force.
+    pub fn current(&self) -> String {
+        self.handle
+            .with_current(|f| f.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Install the process's subscriber: JSON lines or text on stdout, filtered by `RUST_LOG`
+/// (default [`DEFAULT_FILTER`]). Text has colour only on a terminal (and never with
+/// `NO_COLOR` set), so files and log collectors get no escape codes.
+pub fn init(json: bool) -> LogLevel {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (filter, handle) = reload::Layer::new(filter);
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        registry.with(fmt::layer().json()).init();
+    } else {
+        registry.with(fmt::layer().with_ansi(colour)).init();
+    }
+    LogLevel { handle }
+}
 
 pub fn leg_name(leg: LegKind) -> &'static str {
     match leg {
@@ -23,6 +74,7 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::WhatsAppReady => "whatsapp_ready",
         CallEventKind::GateOpened => "gate_opened",
         CallEventKind::FirstMedia { .. } => "first_media",
+        CallEventKind::FirstMediaSent => "first_media_sent",
         CallEventKind::DtmfReceived { .. } => "dtmf_received",
         CallEventKind::ConsentLost => "consent_lost",
         CallEventKind::InternalLegSilent { .. } => "internal_leg_silent",
@@ -103,6 +155,13 @@ pub fn log_event(ev: &CallEvent) {
             tracing::info!(call_id, event, "WhatsApp leg ready for media");
         }
         CallEventKind::GateOpened => tracing::info!(call_id, event, "gate opened"),
+        CallEventKind::FirstMediaSent => {
+            tracing::info!(
+                call_id,
+                event,
+                "first media sent to WhatsApp (Meta's answer)"
+            );
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 
 use std::fmt::Write;
 
+use super::ports::{PortPlan, PortPool};
+use super::process::{self, ProcessStats};
 use crate::api::EndCause;
 use crate::call::stats::DROP_REASONS;
 use crate::engine::snapshot::{
@@ -16,7 +18,7 @@ use crate::engine::snapshot::{
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every end cause, in the order they are written.
-pub const END_CAUSES: [EndCause; 11] = [
+pub const END_CAUSES: [EndCause; 14] = [
     EndCause::Terminated,
     EndCause::IceFailed,
     EndCause::DtlsFailed,
@@ -28,6 +30,9 @@ pub const END_CAUSES: [EndCause; 11] = [
     EndCause::PeerClosed,
     EndCause::Drained,
     EndCause::InternalLegFailed,
+    EndCause::AnswerTimeout,
+    EndCause::AcceptTimeout,
+    EndCause::MaxDuration,
 ];
 
 // A new EndCause variant fails to compile here: add it to END_CAUSES too.
@@ -42,7 +47,10 @@ const _: fn(EndCause) = |c| match c {
     | EndCause::InternalLegTimeout
     | EndCause::PeerClosed
     | EndCause::Drained
-    | EndCause::InternalLegFailed => {}
+    | EndCause::InternalLegFailed
+    | EndCause::AnswerTimeout
+    | EndCause::AcceptTimeout
+    | EndCause::MaxDuration => {}
 };
 
 /// The whole `/metrics` page.
@@ -226,6 +234,16 @@ pub fn render(s: &MetricsSnapshot) -> String {
     }
     family(
         o,
+        "relay_shard_busy_seconds_total",
+        "counter",
+        "Seconds each shard spent working rather than waiting; rate() over any window is the busy share (1 = one core saturated).",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(o, "relay_shard_busy_seconds_total", &labels, t.busy_seconds);
+    }
+    family(
+        o,
         "relay_shard_send_errors_total",
         "counter",
         "Datagrams the operating system refused to send, per engine shard.",
@@ -264,6 +282,127 @@ pub fn render(s: &MetricsSnapshot) -> String {
         }
     }
     out
+}
+
+/// What `/metrics` serves besides the engine's counters: read at scrape time, not published by
+/// the shards.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    pub process: ProcessStats,
+    pub ports: Vec<PortPool>,
+}
+
+impl Extras {
+    /// This process and the kernel's socket tables, now.
+    pub fn read(ports: &PortPlan) -> Self {
+        Extras {
+            process: ProcessStats::read(),
+            ports: ports.read(),
+        }
+    }
+}
+
+/// The whole `/metrics` page: the engine's families, then build, process and port pool.
+pub fn page(s: &MetricsSnapshot, x: &Extras) -> String {
+    let mut out = render(s);
+    let o = &mut out;
+    family(
+        o,
+        "relay_build_info",
+        "gauge",
+        "Always 1; the labels say which build is running.",
+    );
+    sample(
+        o,
+        "relay_build_info",
+        &format!(
+            "version=\"{}\",commit=\"{}\"",
+            label_value(process::VERSION),
+            label_value(process::COMMIT)
+        ),
+        1.0,
+    );
+    let p = &x.process;
+    let process_families: [(&str, &str, &str, Option<f64>); 7] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_bytes.map(|v| v as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes.map(|v| v as f64),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds.map(|v| v as f64),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            p.max_fds.map(|v| v as f64),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            p.threads.map(|v| v as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+    ];
+    for (name, kind, help, v) in process_families {
+        if let Some(v) = v {
+            family(o, name, kind, help);
+            sample(o, name, "", v);
+        }
+    }
+    if !x.ports.is_empty() {
+        family(
+            o,
+            "relay_udp_ports_used",
+            "gauge",
+            "Media ports taken (by the relay or anything else) per address family, over every bind address of that family.",
+        );
+        for pool in &x.ports {
+            let labels = format!("family=\"{}\"", pool.family);
+            sample(o, "relay_udp_ports_used", &labels, pool.used as f64);
+        }
+        family(
+            o,
+            "relay_udp_ports_free",
+            "gauge",
+            "Media ports still free per address family (each call takes one per family it binds).",
+        );
+        for pool in &x.ports {
+            let labels = format!("family=\"{}\"", pool.family);
+            sample(o, "relay_udp_ports_free", &labels, pool.free() as f64);
+        }
+    }
+    out
+}
+
+/// A label value escaped as the text format wants (backslash, quote, newline).
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn family(o: &mut String, name: &str, kind: &str, help: &str) {
@@ -609,7 +748,7 @@ mod tests {
             + hist(SETUP_BUCKETS) * 2
             + hist(LOSS_BUCKETS)
             + hist(JITTER_BUCKETS)
-            + 4 * shards
+            + 5 * shards
             + io
     }
 

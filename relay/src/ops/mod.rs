@@ -14,6 +14,8 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod mos;
+pub mod ports;
+pub mod process;
 pub mod record;
 
 use std::net::SocketAddr;

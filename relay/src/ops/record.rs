@@ -367,6 +367,7 @@ impl EventRecord {
                 e.leg = Some(leg_name(LegKind::Internal));
                 e.remote = remote.map(|a| a.to_string());
             }
+            CallEventKind::FirstMediaSent => e.leg = Some(leg_name(LegKind::WhatsApp)),
             CallEventKind::Created
             | CallEventKind::WhatsAppReady
             | CallEventKind::GateOpened

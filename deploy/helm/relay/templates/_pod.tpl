@@ -33,6 +33,15 @@ spec:
   terminationGracePeriodSeconds: {{ include "relay.terminationGracePeriodSeconds" . }}
   securityContext:
     {{- toYaml .Values.podSecurityContext | nindent 4 }}
+    seccompProfile:
+      {{- if eq .Values.seccomp.profile "ioUring" }}
+      type: Localhost
+      localhostProfile: {{ .Values.seccomp.localhostProfile | quote }}
+      {{- else if eq .Values.seccomp.profile "RuntimeDefault" }}
+      type: RuntimeDefault
+      {{- else }}
+      {{- fail "seccomp.profile must be RuntimeDefault or ioUring" }}
+      {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}

@@ -164,3 +164,35 @@ fn the_hold_buffer_is_bounded_and_keeps_the_newest() {
         .collect();
     assert_eq!(indexes, expect);
 }
+
+/// Meta treats the first packet it receives as the answer: the relay says when it left, once.
+#[test]
+fn first_media_sent_is_reported_when_the_maiden_packet_leaves() {
+    for held in [false, true] {
+        let mut sim = Sim::new(Leg::Dtls);
+        sim.connect();
+        sim.wa.start(sim.now);
+        if held {
+            // An IVR greeting is held for the gate: the maiden packet is its first packet.
+            sim.internal.start(sim.now);
+        }
+        sim.run_for(secs(1));
+        assert!(
+            sim.event(|e| *e == CallEventKind::FirstMediaSent).is_none(),
+            "nothing was sent before the gate"
+        );
+        let gate = sim.now;
+        sim.open_gate();
+        sim.run_for(secs(3));
+        let sent: Vec<_> = sim
+            .events
+            .iter()
+            .filter(|(_, e)| *e == CallEventKind::FirstMediaSent)
+            .collect();
+        assert_eq!(sent.len(), 1, "once per call");
+        let first_rtp = sim.wa_rtp()[0];
+        assert_eq!(sent[0].0, gate);
+        assert_eq!(first_rtp.at, gate, "the event is the first packet's time");
+        assert_eq!(first_rtp.is_silence(), !held);
+    }
+}

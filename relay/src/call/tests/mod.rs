@@ -5,9 +5,12 @@
 mod harness;
 
 mod dtls_state;
+mod fill;
 mod gate;
 mod keepalive;
+mod lifetime;
 mod replace;
+mod replay;
 mod silence;
 mod stats;
 mod timeouts;
