@@ -58,8 +58,9 @@ pub(crate) fn run(setup: ShardSetup, started: mpsc::Sender<std::io::Result<&'sta
                     tracing::warn!(
                         shard = id,
                         error = %e,
-                        "io_uring unavailable (kernel.io_uring_disabled, a seccomp profile, or \
-                         an old kernel); falling back to epoll"
+                        "io_uring unavailable (kernel.io_uring_disabled, a container's default \
+                         seccomp profile, or a kernel before 6.1); falling back to epoll, which \
+                         costs more CPU per packet (deploy/README.md: Seccomp and io_uring)"
                     );
                     None
                 }
