@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("relay_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // prost's codec, but an undecodable message is INVALID_ARGUMENT (src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

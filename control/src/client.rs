@@ -245,6 +245,44 @@ impl RelayClient {
             .await?
             .into_inner())
     }
+
+    /// Read (`None`) or replace the relay's log filter; returns the filter in force.
+    pub async fn set_log_level(&mut self, filter: Option<String>) -> Result<String, Status> {
+        Ok(self
+            .inner
+            .set_log_level(pb::SetLogLevelRequest {
+                filter: filter.unwrap_or_default(),
+            })
+            .await?
+            .into_inner()
+            .filter)
+    }
+
+    /// Read (both `None`) or change the admission limits; returns those in force.
+    pub async fn set_limits(
+        &mut self,
+        capacity: Option<u32>,
+        max_shard_busy_percent: Option<u32>,
+    ) -> Result<pb::SetLimitsResponse, Status> {
+        Ok(self
+            .inner
+            .set_limits(pb::SetLimitsRequest {
+                capacity,
+                max_shard_busy_percent,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Turn one call's debug logging on or off; returns whether it is on.
+    pub async fn set_call_debug(&mut self, call_id: String, enabled: bool) -> Result<bool, Status> {
+        Ok(self
+            .inner
+            .set_call_debug(pb::SetCallDebugRequest { call_id, enabled })
+            .await?
+            .into_inner()
+            .enabled)
+    }
 }
 
 fn missing(field: &str) -> Status {

@@ -5,6 +5,7 @@
 //! Graph API requests; start there.
 
 pub mod client;
+pub mod codec;
 pub mod json;
 pub mod table;
 

@@ -87,6 +87,71 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
+fn opt(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+/// How long ago the call was created ("2m5s"), "-" if unknown.
+pub fn call_age(c: &crate::pb::CallInfo) -> String {
+    c.created_at
+        .and_then(|t| std::time::SystemTime::try_from(t).ok())
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .map_or("-".into(), |d| short_duration(d.as_secs()))
+}
+
+/// `received/sent` packet counts of a leg.
+fn packets(l: Option<&crate::pb::LegStats>) -> String {
+    let n = |s: Option<&crate::pb::StreamStats>| s.map_or(0, |s| s.packets);
+    l.map_or("-".into(), |l| {
+        format!("{}/{}", n(l.received.as_ref()), n(l.sent.as_ref()))
+    })
+}
+
+/// `relayctl list`'s table: one row per call (ID, number, consumer, direction, state, gate, SRTP
+/// profile, WhatsApp address, age, packets received/sent per leg).
+pub fn calls_table(calls: &[crate::pb::CallInfo]) -> String {
+    if calls.is_empty() {
+        return "no calls\n".into();
+    }
+    let mut t = Table::new([
+        "CALL ID",
+        "NUMBER",
+        "CONSUMER",
+        "DIR",
+        "STATE",
+        "GATE",
+        "SRTP",
+        "WHATSAPP",
+        "AGE",
+        "WA RX/TX",
+        "INT RX/TX",
+    ]);
+    for c in calls {
+        t.row([
+            c.call_id.clone(),
+            c.business_number.clone(),
+            c.consumer.clone(),
+            match c.direction() {
+                crate::pb::CallDirection::UserInitiated => "in".into(),
+                crate::pb::CallDirection::BusinessInitiated => "out".into(),
+                crate::pb::CallDirection::Unspecified => "-".into(),
+            },
+            opt(crate::json::state(c.state())),
+            if c.gate_open { "open" } else { "closed" }.into(),
+            opt(crate::json::srtp_profile(c.srtp_profile())),
+            if c.whatsapp_remote.is_empty() {
+                "-".into()
+            } else {
+                c.whatsapp_remote.clone()
+            },
+            call_age(c),
+            packets(c.whatsapp.as_ref()),
+            packets(c.internal.as_ref()),
+        ]);
+    }
+    format!("{}{} call(s)\n", t.render(), calls.len())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -155,6 +155,9 @@ pub struct Common {
 pub enum Mode {
     /// N calls for T seconds (the default mode).
     Run(RunArgs),
+    /// One call through a running relay, explained: setup time, packets each way, the call as
+    /// `relayctl list` shows it, its events.
+    Call(CallArgs),
     /// Add calls step by step, holding each level; stop at the first step that misses the SLO.
     Ramp(RampArgs),
     /// Find the largest call count meeting the SLO (doubling, then bisection).
@@ -168,6 +171,16 @@ pub enum Mode {
     /// by a search first) and check admission protects the calls already up: their loss stays
     /// within --max-loss and no silence fill goes out while real media waits.
     Overload(OverloadArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CallArgs {
+    /// The relay's control address (its default is 127.0.0.1:7070); --relay-addr works too.
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// How long the call holds audio.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -423,7 +436,11 @@ impl Machine {
             .unwrap_or_default();
         Machine {
             load_average: load_average(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // The machine's, not this process's (which --taskset pins to one).
+            // SAFETY: sysconf has no memory effects.
+            cpus: usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+                .unwrap_or(1)
+                .max(1),
             cpu_model,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
@@ -472,6 +489,8 @@ pub enum CliError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Call(#[from] crate::call::CallError),
 }
 
 /// Parses the command line and runs; the binary's whole `main`.
@@ -529,6 +548,9 @@ fn check_mode(kind: TargetKind, wa: WaMode) -> Result<(), CliError> {
 
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let o = &cli.opts;
+    if let Some(Mode::Call(a)) = &cli.mode {
+        return call(o, a);
+    }
     let kind = o.target_kind();
     if !matches!(cli.mode, Some(Mode::Compare(_))) {
         check_mode(kind, o.wa_mode(kind))?;
@@ -562,6 +584,35 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     rt.block_on(run_async(cli.clone_parts(), relay_cpu, gen_cpu))
+}
+
+/// `loadtest call`: no target to start, no pinning, one call and its story.
+fn call(o: &Common, a: &CallArgs) -> Result<ExitCode, CliError> {
+    let endpoint = crate::call::endpoint(
+        a.relay
+            .as_deref()
+            .or(o.relay_addr.as_deref())
+            .unwrap_or("127.0.0.1:7070"),
+    );
+    let wa = o.wa_security.unwrap_or(WaMode::Dtls);
+    check_mode(TargetKind::Relay, wa)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let outcome = rt.block_on(crate::call::one_call(
+        &endpoint,
+        o.token.clone(),
+        wa,
+        a.duration,
+    ))?;
+    print!("{}", outcome.render());
+    Ok(if outcome.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// This session's autogroup nice (`/proc/self/autogroup`, Linux with
@@ -803,15 +854,25 @@ pub struct CompareEntry {
 }
 
 impl CompareEntry {
-    /// One row of the side-by-side table.
-    pub fn row(&self) -> String {
-        let Some(c) = &self.capacity else {
-            return format!(
-                "{:<16} {}",
-                self.target,
-                self.error.as_deref().unwrap_or("-")
-            );
-        };
+    /// The columns of the side-by-side table (text and HTML).
+    pub const COLUMNS: [&'static str; 11] = [
+        "target",
+        "capacity",
+        "missed at",
+        "fwd pkts/s",
+        "p99 ms",
+        "cpu",
+        "cpu us/pkt",
+        "syscalls/pkt",
+        "rss/call",
+        "gen cpu",
+        "load before/after",
+    ];
+    const WIDTHS: [usize; 11] = [16, 8, 10, 12, 10, 9, 12, 16, 12, 9, 15];
+
+    /// One row's cells; `None` when the target could not be measured.
+    pub fn cells(&self) -> Option<[String; 11]> {
+        let c = self.capacity.as_ref()?;
         let at = c.at_capacity.as_deref();
         let pps = at.map_or(0.0, |r| r.forwarded_pps());
         let opt =
@@ -823,46 +884,62 @@ impl CompareEntry {
                 "relay /metrics" => " metrics",
                 _ => " perf",
             });
-        format!(
-            "{:<16} {:>8} {:>10} {:>12.0} {:>10.2} {:>9} {:>12} {:>16} {:>12} {:>9} {:>15}",
-            self.target,
-            c.capacity,
+        // "!": the generator ran late in that probe, so its latency is not the target's.
+        let late = at.is_some_and(|r| r.generator_warning().is_some());
+        Some([
+            self.target.clone(),
+            c.capacity.to_string(),
             c.first_failure
                 .map_or_else(|| "-".into(), |f| f.to_string()),
-            pps,
-            at.map_or(f64::NAN, |r| r.steady_p99_ms()),
+            format!("{pps:.0}"),
+            format!(
+                "{:.2}{}",
+                at.map_or(f64::NAN, |r| r.steady_p99_ms()),
+                if late { "!" } else { "" }
+            ),
             opt(at.and_then(|r| r.resources.relay_cpu_pct), "%"),
             c.cpu_us_per_packet().map_or_else(
                 || "-".into(),
-                |v| format!("{v:.1} (n={})", c.clean_probes())
+                |v| format!("{v:.1} (n={})", c.clean_probes()),
             ),
             c.syscalls_per_packet()
                 .map_or_else(|| "n/a".into(), |v| format!("{v:.2}{syscalls_src}")),
             opt(
                 at.and_then(|r| r.resources.relay_rss_per_call_bytes)
                     .map(|b| b / 1024.0),
-                " KiB"
+                " KiB",
             ),
             opt(at.and_then(|r| r.resources.gen_cpu_pct), "%"),
             format!("{} / {}", self.load_start, self.load_end),
-        )
+        ])
+    }
+
+    /// One row of the side-by-side table.
+    pub fn row(&self) -> String {
+        let Some(cells) = self.cells() else {
+            return format!(
+                "{:<16} {}",
+                self.target,
+                self.error.as_deref().unwrap_or("-")
+            );
+        };
+        Self::line(&cells)
+    }
+
+    fn line(cells: &[String]) -> String {
+        let mut out = String::new();
+        for (k, (cell, w)) in cells.iter().zip(Self::WIDTHS).enumerate() {
+            if k == 0 {
+                out.push_str(&format!("{cell:<w$}"));
+            } else {
+                out.push_str(&format!(" {cell:>w$}"));
+            }
+        }
+        out
     }
 
     pub fn header() -> String {
-        format!(
-            "{:<16} {:>8} {:>10} {:>12} {:>10} {:>9} {:>12} {:>16} {:>12} {:>9} {:>15}",
-            "target",
-            "capacity",
-            "missed at",
-            "fwd pkts/s",
-            "p99 ms",
-            "cpu",
-            "cpu us/pkt",
-            "syscalls/pkt",
-            "rss/call",
-            "gen cpu",
-            "load before/after"
-        )
+        Self::line(&Self::COLUMNS.map(String::from))
     }
 }
 
@@ -889,6 +966,15 @@ async fn run_async(
         println!("{}", CompareEntry::header());
         for e in &entries {
             println!("{}", e.row());
+        }
+        if entries
+            .iter()
+            .filter_map(|e| e.capacity.as_ref()?.at_capacity.as_ref())
+            .any(|r| r.generator_warning().is_some())
+        {
+            println!(
+                "!: the generator ran late in that probe (tick lag or CPU): its latency figures include the generator's own delays"
+            );
         }
         let ok = entries.iter().all(|e| e.error.is_none());
         let names: Vec<String> = a.targets.iter().map(CompareTarget::name).collect();
@@ -1063,6 +1149,12 @@ async fn run_mode(session: &Session, mode: &Mode) -> (ModeReport, bool) {
             );
             (ModeReport::Capacity { capacity: r }, true)
         }
+        Mode::Call(_) => (
+            ModeReport::Compare {
+                compare: Vec::new(),
+            },
+            false,
+        ),
         Mode::Overload(a) => {
             let (base, capacity) = match a.base_calls {
                 Some(b) => (b, None),

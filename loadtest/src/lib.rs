@@ -13,9 +13,11 @@
 //! - [`target`]: start a relay process (or reach a running one); [`raw`]: the trivial
 //!   forwarders (a socket per call and leg, or one socket) that give the machine's ceiling; [`target_rtpengine`] (with [`bencode`]):
 //!   start rtpengine and drive it over its ng protocol, for a side-by-side comparison.
+//! - [`call`]: one call through a running relay, explained (`loadtest call`).
 //! - [`cli`]: the command line (the binary is a thin wrapper).
 
 pub mod bencode;
+pub mod call;
 pub mod cli;
 pub mod generator;
 pub mod hist;

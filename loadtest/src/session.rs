@@ -436,6 +436,53 @@ impl Session {
         )
     }
 
+    /// One call held for `hold`, for `loadtest call`: the run's report, and from the relay the
+    /// call as `GetCall` shows it halfway through and, after it ended, its event log.
+    pub async fn call_once(
+        &self,
+        hold: Duration,
+    ) -> (RunReport, Option<pb::GetCallResponse>, Vec<pb::CallEvent>) {
+        let (sampler, stop) = self.start_sampler();
+        let (live, mut failures) = self.setup_many(1).await;
+        let calls_ok = live.len();
+        lock(&sampler).open_window();
+        tokio::time::sleep(hold / 2).await;
+        let client = match &self.ctx.backend {
+            Backend::Relay { client, .. } => Some(client.clone()),
+            _ => None,
+        };
+        let call_id = live.first().map(|c| c.call_id.clone());
+        let mut during = None;
+        if let (Some(mut c), Some(id)) = (client.clone(), call_id.clone()) {
+            during = c.get_call(id).await.ok();
+        }
+        tokio::time::sleep(hold - hold / 2).await;
+        let window = lock(&sampler).close_window();
+        let (counters, more) = self.teardown(live).await;
+        failures.extend(more);
+        let ended = self.take_relay_ends();
+        let calls_ok = calls_ok - ended.len().min(calls_ok);
+        failures.extend(ended);
+        self.finish_sampler(&sampler, stop).await;
+        let mut events = Vec::new();
+        if let (Some(mut c), Some(id)) = (client, call_id)
+            && let Ok(r) = c.get_call(id).await
+        {
+            events = r.events;
+        }
+        let report = self.report(
+            "call",
+            1,
+            calls_ok,
+            failures,
+            (Duration::ZERO, hold),
+            &sampler,
+            &window,
+            counters,
+        );
+        (report, during, events)
+    }
+
     /// Setups at `rate` per second for `total`, each call holding audio for `call_len`.
     pub async fn churn(
         &self,

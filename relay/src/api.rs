@@ -332,11 +332,30 @@ pub enum ApiError {
     /// The request does not fit the call's state (e.g. an answer on a user-initiated call).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// CreateCall for a call ID that ended (or was terminated before it was created) within the
+    /// tombstone lifetime: nothing was created. Meta's `terminate` webhook can overtake the
+    /// `connect` it ends; this keeps the late `connect` from starting a call nobody will end.
+    #[error(
+        "call {0} was terminated; a terminated call ID cannot be created again (nothing was created)"
+    )]
+    Terminated(String),
     /// Draining or at capacity: try another relay.
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The call's refusals reach the control plane with the same words and the matching status.
+impl From<crate::call::CallError> for ApiError {
+    fn from(e: crate::call::CallError) -> Self {
+        use crate::call::CallError;
+        match e {
+            CallError::InvalidArgument(m) => ApiError::InvalidArgument(m),
+            CallError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            CallError::Internal(m) => ApiError::Internal(m),
+        }
+    }
 }
 
 impl ApiError {
@@ -348,6 +367,56 @@ impl ApiError {
             ApiError::DuplicateCall { .. } => Some(138003),
             _ => None,
         }
+    }
+}
+
+/// Why a CreateCall was refused, for `relay_calls_refused_total{reason}`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RefusedReason {
+    /// The relay holds its configured capacity, or no media ports are left.
+    Capacity,
+    /// The relay is draining.
+    Draining,
+    /// Every shard is over the busy limit (`max_shard_busy_percent`).
+    Overloaded,
+    /// The business number is at its concurrent-call limit (Meta 138002).
+    PerNumberLimit,
+    /// A call between the same number and consumer is live (Meta 138003), or the same call ID
+    /// is being created by another request right now.
+    Duplicate,
+    /// The request was malformed: a missing or bad field, an SDP the relay cannot use, a body
+    /// that does not decode (Meta 100).
+    InvalidRequest,
+    /// The call ID was terminated within the tombstone lifetime ([`ApiError::Terminated`]).
+    Terminated,
+}
+
+impl RefusedReason {
+    pub const ALL: [RefusedReason; 7] = [
+        RefusedReason::Capacity,
+        RefusedReason::Draining,
+        RefusedReason::Overloaded,
+        RefusedReason::PerNumberLimit,
+        RefusedReason::Duplicate,
+        RefusedReason::InvalidRequest,
+        RefusedReason::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedReason::Capacity => "capacity",
+            RefusedReason::Draining => "draining",
+            RefusedReason::Overloaded => "overloaded",
+            RefusedReason::PerNumberLimit => "per_number_limit",
+            RefusedReason::Duplicate => "duplicate",
+            RefusedReason::InvalidRequest => "invalid_request",
+            RefusedReason::Terminated => "terminated",
+        }
+    }
+
+    /// Position in [`RefusedReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -382,6 +451,13 @@ pub struct ShardLoad {
     pub busy_ratio: f64,
 }
 
+/// Admission limits in force ([`CallControl::set_limits`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub capacity: u32,
+    pub max_shard_busy_percent: u32,
+}
+
 /// The operations the control plane drives. Implemented by the engine's handle.
 /// Every operation is idempotent by call ID.
 pub trait CallControl: Send + Sync + 'static {
@@ -412,13 +488,17 @@ pub trait CallControl: Send + Sync + 'static {
         internal: InternalLegSpec,
     ) -> impl Future<Output = Result<InternalLegReplaced, ApiError>> + Send;
 
-    /// End the call. Unknown or already-ended calls succeed with `None`.
+    /// End the call. Unknown or already-ended calls succeed with `None`, and the ID is
+    /// remembered (a tombstone) so a later CreateCall for it is refused with
+    /// [`ApiError::Terminated`]. A call still being created is ended as soon as it exists.
     fn terminate(
         &self,
         call_id: String,
         reason: String,
     ) -> impl Future<Output = Result<Option<CallInfo>, ApiError>> + Send;
 
+    /// A live call, or an ended one (state `Ended`, its cause and final counters) while its
+    /// tombstone lives.
     fn get_call(&self, call_id: String) -> impl Future<Output = Result<CallInfo, ApiError>> + Send;
 
     fn list_calls(&self) -> impl Future<Output = Result<Vec<CallInfo>, ApiError>> + Send;
@@ -430,24 +510,27 @@ pub trait CallControl: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CallEvent>;
 
     /// Stop (`true`) or resume admitting new calls: creates then fail with `Unavailable`.
-    fn set_draining(&self, _draining: bool) {}
+    /// No default: a wrapper that forgot to forward it would silently not drain.
+    fn set_draining(&self, draining: bool);
+
+    /// Change the admission limits at run time (`None` keeps a value): the total call capacity
+    /// and the shard busy share over which new calls are refused (percent, 1..=100). Returns
+    /// the limits now in force. Idempotent.
+    fn set_limits(
+        &self,
+        _capacity: Option<u32>,
+        _busy_percent: Option<u32>,
+    ) -> Result<Limits, ApiError> {
+        Err(ApiError::FailedPrecondition(
+            "this relay cannot change its limits at run time".into(),
+        ))
+    }
 
     /// The drain deadline passed: end every live call with cause `Drained`. Returns how many
-    /// ended. The default terminates them one by one.
-    fn end_all_drained(&self) -> impl Future<Output = Result<usize, ApiError>> + Send {
-        async move {
-            let mut n = 0;
-            for c in self.list_calls().await? {
-                if c.state != CallState::Ended
-                    && self
-                        .terminate(c.call_id, "drain deadline passed".into())
-                        .await?
-                        .is_some()
-                {
-                    n += 1;
-                }
-            }
-            Ok(n)
-        }
-    }
+    /// ended.
+    fn end_all_drained(&self) -> impl Future<Output = Result<usize, ApiError>> + Send;
+
+    /// A CreateCall was refused before it reached the engine (the control plane found it
+    /// malformed); the engine counts its own refusals.
+    fn count_refused(&self, reason: RefusedReason);
 }

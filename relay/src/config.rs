@@ -35,7 +35,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use crate::call::{Advertised, CallConfig};
 use crate::control::{ControlConfig, TlsFiles};
 use crate::engine::ratelimit::RateLimitConfig;
-use crate::engine::{EngineConfig, IoDriverChoice, PortRange};
+use crate::engine::{EngineConfig, IoDriverChoice, PortRange, TombstoneConfig};
 
 /// Longest duration any setting accepts. Deadlines are added to `Instant`s, which panics on
 /// overflow; a day is beyond any sensible timer and matches the control plane's drain cap.
@@ -70,9 +70,21 @@ pub struct Settings {
     /// Per source IP: datagrams from addresses no call knows, at once and per second.
     pub rate_limit_burst: u32,
     pub rate_limit_per_second: u32,
+    /// Per shard, all unknown sources together: datagrams at once and per second.
+    pub rate_limit_shard_burst: u32,
+    pub rate_limit_shard_per_second: u32,
+    /// How long, and how many, ended call IDs refuse a new CreateCall (see
+    /// [`TombstoneConfig`]).
+    pub tombstone_lifetime: Duration,
+    pub max_tombstones: usize,
+    /// `/healthz` fails when a shard has not turned its loop for this long.
+    pub shard_stall_timeout: Duration,
     pub log_json: bool,
     pub call_log_dir: Option<PathBuf>,
     pub call_log_poll_interval: Duration,
+    /// HEP3 collector (Homer) for per-call RTCP and quality reports.
+    pub homer: Option<SocketAddr>,
+    pub homer_id: u32,
     pub call: CallConfig,
 }
 
@@ -103,9 +115,16 @@ impl Default for Settings {
             max_shard_busy_percent: 90,
             rate_limit_burst: RateLimitConfig::default().burst,
             rate_limit_per_second: RateLimitConfig::default().per_second,
+            rate_limit_shard_burst: RateLimitConfig::default().shard_burst,
+            rate_limit_shard_per_second: RateLimitConfig::default().shard_per_second,
+            tombstone_lifetime: TombstoneConfig::default().lifetime,
+            max_tombstones: TombstoneConfig::default().max,
+            shard_stall_timeout: Duration::from_secs(10),
             log_json: false,
             call_log_dir: None,
             call_log_poll_interval: Duration::from_secs(2),
+            homer: None,
+            homer_id: 0,
             call: CallConfig::default(),
         }
     }
@@ -209,12 +228,26 @@ pub const KEYS: &[Key] = &[
         "datagrams a source IP no call knows may send at once before it is dropped unread"),
     key("rate_limit_per_second", "rate-limit-per-second", "RELAY_RATE_LIMIT_PER_SECOND", Kind::Integer,
         "... and per second after the burst (0: no refill)"),
+    key("rate_limit_shard_burst", "rate-limit-shard-burst", "RELAY_RATE_LIMIT_SHARD_BURST", Kind::Integer,
+        "per shard, datagrams all sources no call knows may send at once together (spoofed floods from many addresses); 0: no shard-wide cap"),
+    key("rate_limit_shard_per_second", "rate-limit-shard-per-second", "RELAY_RATE_LIMIT_SHARD_PER_SECOND", Kind::Integer,
+        "... and per second after that burst (0: no refill)"),
+    key("tombstone_lifetime", "tombstone-lifetime", "RELAY_TOMBSTONE_LIFETIME", Kind::Duration,
+        "an ended or terminated call ID refuses CreateCall (FAILED_PRECONDITION) and GetCall shows its end for this long; 0s: not remembered"),
+    key("max_tombstones", "max-tombstones", "RELAY_MAX_TOMBSTONES", Kind::Integer,
+        "ended call IDs remembered at most (the oldest is forgotten first)"),
+    key("shard_stall_timeout", "shard-stall-timeout", "RELAY_SHARD_STALL_TIMEOUT", Kind::Duration,
+        "/healthz fails when an engine shard has not turned its loop for this long"),
     key("log_json", "log-json", "RELAY_LOG_JSON", Kind::Bool,
         "log JSON lines instead of text"),
     key("call_log_dir", "call-log-dir", "RELAY_CALL_LOG_DIR", Kind::Path,
         "write one JSON record per ended call to DIR/calls-YYYY-MM-DD.jsonl (UTC)"),
     key("call_log_poll_interval", "call-log-poll-interval", "RELAY_CALL_LOG_POLL_INTERVAL", Kind::Duration,
         "how often the call log samples live calls' statistics"),
+    key("homer", "homer", "RELAY_HOMER", Kind::SocketAddr,
+        "send per-call RTCP and quality reports over HEP3/UDP to this Homer collector (as rtpengine's --homer)"),
+    key("homer_id", "homer-id", "RELAY_HOMER_ID", Kind::Integer,
+        "HEP capture agent ID the reports carry"),
     key("call.ice_connect_timeout", "call-ice-connect-timeout", "RELAY_CALL_ICE_CONNECT_TIMEOUT", Kind::Duration,
         "no working ICE pair within this ends the call (Meta 138020)"),
     key("call.ice_check_rto", "call-ice-check-rto", "RELAY_CALL_ICE_CHECK_RTO", Kind::Duration,
@@ -535,9 +568,16 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "max_shard_busy_percent" => s.max_shard_busy_percent = integer(v, 1, 100)?,
         "rate_limit_burst" => s.rate_limit_burst = integer(v, 1, u32::MAX)?,
         "rate_limit_per_second" => s.rate_limit_per_second = integer(v, 0, u32::MAX)?,
+        "rate_limit_shard_burst" => s.rate_limit_shard_burst = integer(v, 0, u32::MAX)?,
+        "rate_limit_shard_per_second" => s.rate_limit_shard_per_second = integer(v, 0, u32::MAX)?,
+        "tombstone_lifetime" => s.tombstone_lifetime = duration(v)?,
+        "max_tombstones" => s.max_tombstones = integer(v, 0, 10_000_000)?,
+        "shard_stall_timeout" => s.shard_stall_timeout = duration(v)?,
         "log_json" => s.log_json = boolean(v)?,
         "call_log_dir" => s.call_log_dir = Some(path(v)?),
         "call_log_poll_interval" => s.call_log_poll_interval = duration(v)?,
+        "homer" => s.homer = Some(socket_addr(v)?),
+        "homer_id" => s.homer_id = integer(v, 0, u32::MAX)?,
         "call.ice_connect_timeout" => c.ice_connect_timeout = duration(v)?,
         "call.ice_check_rto" => c.ice_check_rto = duration(v)?,
         "call.consent_interval" => c.consent_interval = duration(v)?,
@@ -600,9 +640,16 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "max_shard_busy_percent" => int(s.max_shard_busy_percent.into()),
         "rate_limit_burst" => int(s.rate_limit_burst.into()),
         "rate_limit_per_second" => int(s.rate_limit_per_second.into()),
+        "rate_limit_shard_burst" => int(s.rate_limit_shard_burst.into()),
+        "rate_limit_shard_per_second" => int(s.rate_limit_shard_per_second.into()),
+        "tombstone_lifetime" => dur(s.tombstone_lifetime),
+        "max_tombstones" => int(s.max_tombstones as u64),
+        "shard_stall_timeout" => dur(s.shard_stall_timeout),
         "log_json" => Some(V::Boolean(s.log_json)),
         "call_log_dir" => path(&s.call_log_dir),
         "call_log_poll_interval" => dur(s.call_log_poll_interval),
+        "homer" => s.homer.map(|a| V::String(a.to_string())),
+        "homer_id" => int(s.homer_id.into()),
         "call.ice_connect_timeout" => dur(c.ice_connect_timeout),
         "call.ice_check_rto" => dur(c.ice_check_rto),
         "call.consent_interval" => dur(c.consent_interval),
@@ -755,8 +802,15 @@ impl Settings {
             rate_limit: RateLimitConfig {
                 burst: self.rate_limit_burst,
                 per_second: self.rate_limit_per_second,
+                shard_burst: self.rate_limit_shard_burst,
+                shard_per_second: self.rate_limit_shard_per_second,
                 ..RateLimitConfig::default()
             },
+            tombstones: TombstoneConfig {
+                lifetime: self.tombstone_lifetime,
+                max: self.max_tombstones,
+            },
+            shard_stall_timeout: self.shard_stall_timeout,
         }
     }
 
@@ -822,6 +876,13 @@ impl Settings {
                     ));
                 }
             }
+        }
+        // An idle shard turns its loop once a second (metrics publish); less would flap.
+        if self.shard_stall_timeout < Duration::from_secs(2) {
+            return Err(bad(
+                "shard_stall_timeout",
+                "must be at least 2s (an idle shard turns once a second)".into(),
+            ));
         }
         self.validate_control(&bad)?;
         self.validate_call(&bad)?;
@@ -1040,6 +1101,7 @@ mod tests {
                 (Some(v), _) => toml_scalar(&v).unwrap(),
                 (None, Kind::Ip) => "192.0.2.1".into(),
                 (None, Kind::Integer) => "20000".into(),
+                (None, Kind::SocketAddr) => "192.0.2.1:9060".into(),
                 (None, _) => "x".into(),
             };
             set(&mut s, k.key, &sample).unwrap_or_else(|e| panic!("{}: {e}", k.key));

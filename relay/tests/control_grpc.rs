@@ -15,7 +15,7 @@ use control::pb;
 use relay::api::{
     ApiError, CallControl, CallCreated, CallDirection, CallEvent, CallEventKind, CallInfo,
     CallState, CreateCall, EndCause, InternalKind, InternalLegReplaced, InternalLegSpec, LegKind,
-    LegStats, Load, ShardLoad, SourcePolicy,
+    LegStats, Load, RefusedReason, ShardLoad, SourcePolicy,
 };
 use relay::control::{ControlConfig, ControlError, TlsFiles, serve, serve_on};
 use relay::srtp::SrtpProfile;
@@ -29,6 +29,9 @@ use tonic_types::StatusExt;
 
 struct FakeEngine {
     limit: u32,
+    draining: std::sync::atomic::AtomicBool,
+    /// CreateCalls the control plane refused before they reached the engine.
+    refused: Mutex<Vec<RefusedReason>>,
     inner: Mutex<Fake>,
     events: broadcast::Sender<CallEvent>,
 }
@@ -48,6 +51,8 @@ impl FakeEngine {
     fn new(limit: u32, event_capacity: usize) -> Arc<Self> {
         Arc::new(FakeEngine {
             limit,
+            draining: Default::default(),
+            refused: Mutex::default(),
             inner: Mutex::default(),
             events: broadcast::channel(event_capacity).0,
         })
@@ -86,6 +91,9 @@ impl CallControl for FakeEngine {
         let mut fake = self.fake();
         if let Some((created, _)) = fake.live.get(&req.call_id) {
             return Ok(created.clone());
+        }
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ApiError::Unavailable("relay is draining".into()));
         }
         if let Some(offer) = &req.whatsapp_offer
             && let Some(line) = offer.lines().find(|l| l.starts_with("m=video"))
@@ -253,6 +261,24 @@ impl CallControl for FakeEngine {
 
     fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.events.subscribe()
+    }
+
+    fn set_draining(&self, draining: bool) {
+        self.draining
+            .store(draining, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn end_all_drained(&self) -> Result<usize, ApiError> {
+        let mut n = 0;
+        for c in self.list_calls().await? {
+            let reason = relay::control::DRAIN_REASON.to_string();
+            n += usize::from(self.terminate(c.call_id, reason).await?.is_some());
+        }
+        Ok(n)
+    }
+
+    fn count_refused(&self, reason: RefusedReason) {
+        self.refused.lock().unwrap().push(reason);
     }
 }
 
@@ -1300,4 +1326,127 @@ fn ended_info(call_id: &str) -> CallInfo {
         end_cause: Some(EndCause::MediaReceiveTimeout),
         created_at: SystemTime::now(),
     }
+}
+
+// ----- malformed bodies ----------------------------------------------------------------------
+
+/// A codec that sends pre-built bytes as the request body and ignores any response body.
+#[derive(Clone, Copy, Default)]
+struct RawBody;
+
+impl tonic::codec::Codec for RawBody {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawBody;
+    type Decoder = RawBody;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawBody
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawBody
+    }
+}
+
+impl tonic::codec::Encoder for RawBody {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBody {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(buf);
+        prost::bytes::Buf::advance(buf, n);
+        Ok(Some(()))
+    }
+}
+
+async fn send_raw(relay: &Running, method: &str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(relay.channel().await);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::try_from(format!("/relay.v1.Relay/{method}"))
+            .unwrap();
+    grpc.unary(tonic::Request::new(body), path, RawBody)
+        .await
+        .expect_err("a body that does not decode is refused")
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_decode_is_invalid_argument_not_internal() {
+    let relay = Running::default().await;
+    // CreateCallRequest field 1 (call_id, a string) holding bytes that are not UTF-8.
+    let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    let s = send_raw(&relay, "CreateCall", not_utf8).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert_eq!(meta_code(&s), Some(100));
+    assert_eq!(error_reason(&s).as_deref(), Some("INVALID_PARAMETER"));
+    assert!(s.message().contains("does not decode"), "{}", s.message());
+    // A length that runs past the end, on another RPC.
+    let truncated = vec![0x0a, 0x10, b'w'];
+    let s = send_raw(&relay, "Terminate", truncated).await;
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(relay.engine.fake().requests.is_empty());
+    assert!(relay.engine.fake().terminations.is_empty());
+    relay.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn ids_with_invisible_or_reordering_characters_or_stray_spaces_are_invalid() {
+    let relay = Running::default().await;
+    let mut c = relay.client().await;
+    let bad_ids = [
+        "wacid.\u{202E}1gpj.exe",  // right-to-left override
+        "\u{FEFF}wacid.1",         // byte-order mark
+        "wacid.\u{200B}1",         // zero-width space
+        "wacid.\u{2066}1\u{2069}", // isolate
+        " ",                       // only a space
+        "wacid.1 ",                // trailing space
+        " wacid.1",                // leading space
+        "wacid.1\u{00A0}",         // trailing no-break space
+        "wacid.\u{7}1",            // control
+    ];
+    for id in bad_ids {
+        let e = c.create_call(uic(id, "1555", "u1")).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}: {e:?}");
+        assert_eq!(meta_code(&e), Some(100), "{id:?}");
+        assert!(e.message().contains("call_id"), "{id:?}: {}", e.message());
+        let e = c.terminate(id, "").await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}");
+        let e = c.get_call(id).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{id:?}");
+    }
+    // The same rules for the other identifiers.
+    let e = c
+        .create_call(uic("wacid.ok", "1555\u{202E}", "u1"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("business_number"), "{}", e.message());
+    let e = c
+        .create_call(uic("wacid.ok", "1555", " u1"))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("consumer"), "{}", e.message());
+    assert!(relay.engine.fake().requests.is_empty());
+    assert!(relay.engine.fake().terminations.is_empty());
+    // Ordinary IDs, with a space inside or non-Latin letters, still work.
+    c.create_call(uic("wacid.a b", "1555", "u1")).await.unwrap();
+    c.create_call(uic("wacid.ĉĝ", "1555", "u2")).await.unwrap();
+    relay.stop().await.unwrap();
 }

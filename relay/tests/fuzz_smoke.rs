@@ -174,8 +174,16 @@ fn seeds_reach_what_they_were_made_for() {
     assert_eq!(stranger.stats.requests_answered, 0, "{stranger:?}");
     assert_eq!(stranger.events, [IceEvent::Failed], "{stranger:?}");
 
+    // `refused-*` seeds sit just past a rule (ICE credentials outside RFC 8839): they must be
+    // refused, with a reason; every other seed is a valid description.
     for (name, data) in seeds("sdp") {
-        relay::sdp::parse_bytes(&data).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let parsed = relay::sdp::parse_bytes(&data);
+        if name.starts_with("refused-") {
+            let e = parsed.expect_err(&name);
+            assert!(e.reason.contains("ice-"), "{name}: {e}");
+        } else {
+            parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 
     let control_seeds = seeds("control");
@@ -721,6 +729,25 @@ fn regenerate_corpus() {
             .replace('_', "-");
         add("sdp", &name, fs::read(&path).unwrap());
     }
+    // Just past RFC 8839's ICE credential rules (refused, see every_seed_runs_through_its_target).
+    let offer = fixture("wa_user_offer.sdp");
+    let pwd = "a=ice-pwd:fP3kq8Lw0zN2vXbY7sHc1tRm==";
+    for (name, text) in [
+        (
+            "refused-ice-pwd-with-semicolon",
+            offer.replace(pwd, "a=ice-pwd:fP3kq8Lw0zN2vXbY7sHc1t;Rm=x"),
+        ),
+        (
+            "refused-ice-ufrag-with-colon",
+            offer.replacen("a=ice-ufrag:", "a=ice-ufrag:ab:", 1),
+        ),
+        (
+            "refused-ice-pwd-too-short",
+            offer.replace(pwd, "a=ice-pwd:short=="),
+        ),
+    ] {
+        add("sdp", name, text.into_bytes());
+    }
 
     for (i, profile) in SrtpProfile::ALL.iter().enumerate() {
         let i = i as u8;
@@ -794,6 +821,40 @@ fn regenerate_corpus() {
     for (name, data) in control_seeds() {
         add("control", name, data);
     }
+    // Identifiers the control plane refuses: not UTF-8 (does not decode), a right-to-left
+    // override, a byte-order mark, only a space.
+    let ld = |field: u8, b: &[u8]| {
+        let mut v = vec![field << 3 | 2, b.len() as u8];
+        v.extend_from_slice(b);
+        v
+    };
+    add(
+        "control",
+        "create-call-id-not-utf8",
+        [&[0u8][..], &ld(1, b"\xff\xfe")].concat(),
+    );
+    add(
+        "control",
+        "create-call-id-rlo",
+        [
+            &[0u8][..],
+            &ld(1, "wacid.\u{202e}1".as_bytes()),
+            &ld(2, b"1555"),
+            &ld(3, b"c1"),
+            &[0x20, 0x02],
+        ]
+        .concat(),
+    );
+    add(
+        "control",
+        "terminate-id-bom",
+        [&[4u8][..], &ld(1, "\u{feff}wacid.1".as_bytes())].concat(),
+    );
+    add(
+        "control",
+        "terminate-id-space",
+        [&[4u8][..], &ld(1, b" ")].concat(),
+    );
 
     let root = corpus_dir();
     for (target, _) in harness::TARGETS {

@@ -290,3 +290,62 @@ async fn while_draining_grpc_serves_and_a_second_sigterm_ends_at_once() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["cause"], "drained");
 }
+
+/// `relayctl drain` (gRPC Drain) is the same drain as SIGTERM: readiness off and
+/// `relay_draining` 1 as soon as it returns, new calls refused, and the calls left at the
+/// deadline end with cause `drained` (in Watch and in the call record). The process keeps
+/// serving until it is told to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_drain_does_what_sigterm_does() {
+    let dir = scratch_dir("grpcdrain");
+    let mut relay = start_relay("1h", &dir);
+    let mut client = connect(&relay.control).await;
+    let (meta, sip, mut watch) = live_call(&mut client, "wacid.ctl").await;
+    let metrics = relay.metrics;
+    assert_eq!(http_get(metrics, "/readyz").0, 200);
+
+    let sent = SystemTime::now();
+    let resp = client
+        .drain(Some(Duration::from_millis(300)))
+        .await
+        .expect("Drain");
+    assert_eq!(resp.active_calls, 1);
+    let (status, body) = http_get(metrics, "/readyz");
+    assert_eq!((status, body.as_str()), (503, "draining\n"));
+    assert_eq!(
+        sample(&http_get(metrics, "/metrics").1, "relay_draining"),
+        Some(1.0)
+    );
+    let refused = client
+        .create_call(create_request("wacid.late2", &meta, &sip))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(refused.message().contains("draining"), "{refused}");
+
+    let (cause, at) = ended(&mut watch).await;
+    assert_eq!(cause, pb::EndCause::Drained);
+    assert!(at.duration_since(sent).unwrap_or_default() >= Duration::from_millis(300));
+    // Shards publish their counters once a second.
+    assert!(tokio::task::block_in_place(|| wait_until(WAIT, || sample(
+        &http_get(metrics, "/metrics").1,
+        "relay_calls_ended_total{cause=\"drained\"}"
+    )
+        == Some(1.0))));
+    assert_eq!(
+        sample(
+            &http_get(metrics, "/metrics").1,
+            "relay_calls_refused_total{reason=\"draining\"}"
+        ),
+        Some(1.0)
+    );
+    // Still alive and healthy, still refusing, until SIGTERM; then it exits at once (no calls).
+    assert!(relay.child.try_wait().unwrap().is_none());
+    assert_eq!(http_get(metrics, "/healthz").0, 200);
+    relay.sigterm();
+    let status = tokio::task::block_in_place(|| relay.wait_exit());
+    assert!(status.success(), "{status}");
+    let recs = records(&dir);
+    assert_eq!(recs.len(), 1, "{recs:#?}");
+    assert_eq!(recs[0]["cause"], "drained");
+}

@@ -199,3 +199,136 @@ async fn policy_errors_carry_meta_codes() {
     req.consumer = "consumer-y".into();
     client.create_call(req).await.expect("slot reused");
 }
+
+/// The runtime controls an operator has in rtpengine-ctl, through the real binary: log filter,
+/// admission limits, per-call debug logging. Each is idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_controls_change_the_running_relay() {
+    let log = std::env::temp_dir().join(format!("relay-ctl-{}.log", std::process::id()));
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let child = Command::new(relay_bin())
+        .args(["--control-listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--shards",
+            "1",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--capacity",
+            "5",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("relay starts");
+    let _relay = RelayProcess(child);
+    let mut client = connect(&endpoint).await;
+
+    // Log filter: read, change (twice: same answer), refuse nonsense.
+    assert_eq!(client.set_log_level(None).await.unwrap(), "info");
+    // The filter comes back normalised (most specific directive first).
+    let debug = "info,relay::control=debug";
+    let now = client.set_log_level(Some(debug.into())).await.unwrap();
+    assert_eq!(now, "relay::control=debug,info");
+    assert_eq!(client.set_log_level(Some(debug.into())).await.unwrap(), now);
+    assert_eq!(client.set_log_level(None).await.unwrap(), now);
+    let bad = client
+        .set_log_level(Some("relay=loud".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    // Limits: read, lower the capacity to 1, and the second call is refused.
+    let l = client.set_limits(None, None).await.unwrap();
+    assert_eq!((l.capacity, l.max_shard_busy_percent), (5, 90));
+    let l = client.set_limits(Some(1), Some(100)).await.unwrap();
+    assert_eq!((l.capacity, l.max_shard_busy_percent), (1, 100));
+    let again = client.set_limits(Some(1), Some(100)).await.unwrap();
+    assert_eq!(again, l);
+    assert_eq!(
+        client.set_limits(Some(0), None).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(client.load().await.unwrap().capacity, 1);
+    let meta = MetaPeer::spawn(MetaConfig::default()).unwrap();
+    let sip = SipPeer::spawn(SipConfig::default()).unwrap();
+    client
+        .create_call(create_request(
+            "wacid.ctl1",
+            "15550003333",
+            meta.offer_sdp(),
+            sip.sdp(),
+        ))
+        .await
+        .expect("first call fits");
+    let refused = client
+        .create_call(create_request(
+            "wacid.ctl2",
+            "15550003333",
+            meta.offer_sdp(),
+            sip.sdp(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("capacity"), "{refused:?}");
+
+    // Per-call debug: unknown calls are refused, a live one logs its events and statistics.
+    let unknown = client
+        .set_call_debug("wacid.nope".into(), true)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(
+        !client
+            .set_call_debug("wacid.nope".into(), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        client
+            .set_call_debug("wacid.ctl1".into(), true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        client
+            .set_call_debug("wacid.ctl1".into(), true)
+            .await
+            .unwrap()
+    );
+    client.terminate("wacid.ctl1", "test").await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.contains("call event (debug)")
+                        && l.contains("wacid.ctl1")
+                        && l.contains("Ended")
+                })
+        }),
+        "the debug log of the call's end:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{1b}'), "no colour escapes in a file");
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(relay_bin()).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(
+        text.trim(),
+        format!(
+            "relay {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            relay::ops::process::COMMIT
+        )
+    );
+}

@@ -520,3 +520,62 @@ fn randomized_mutations_never_panic() {
     );
     assert!(accepted < runs, "some mutations must be rejected");
 }
+
+#[test]
+fn ice_credentials_outside_rfc8839_are_refused_on_their_line() {
+    let ufrag = line_of(WA_USER_OFFER, "a=ice-ufrag");
+    let pwd = line_of(WA_USER_OFFER, "a=ice-pwd");
+    let cases = [
+        ("a=ice-ufrag", "a=ice-ufrag:ab:cd", ufrag, "':'"),
+        ("a=ice-ufrag", "a=ice-ufrag:ab;cd", ufrag, "';'"),
+        ("a=ice-ufrag", "a=ice-ufrag:ab=cd", ufrag, "'='"),
+        ("a=ice-ufrag", "a=ice-ufrag:abc", ufrag, "4 to 256"),
+        ("a=ice-ufrag", "a=ice-ufrag:abcé", ufrag, "'é'"),
+        (
+            "a=ice-pwd",
+            "a=ice-pwd:fP3kq8Lw0zN2vXbY7sHc1t:m==",
+            pwd,
+            "':'",
+        ),
+        (
+            "a=ice-pwd",
+            "a=ice-pwd:fP3kq8Lw0zN2vXbY7sHc1t;m==",
+            pwd,
+            "';'",
+        ),
+        (
+            "a=ice-pwd",
+            "a=ice-pwd:fP3kq8Lw0zN2vX=bY7sHc1tRm=",
+            pwd,
+            "'='",
+        ),
+        (
+            "a=ice-pwd",
+            "a=ice-pwd:fP3kq8Lw0zN2vXbY7sHc1tRm===",
+            pwd,
+            "padding",
+        ),
+        ("a=ice-pwd", "a=ice-pwd:short+pwd/==", pwd, "22 to 256"),
+    ];
+    for (prefix, bad, line, why) in cases {
+        let e = parse_err(&replace_line(WA_USER_OFFER, prefix, bad));
+        assert_eq!(e.line, line, "{bad}: {e}");
+        assert!(e.reason.contains(why), "{bad}: {e}");
+    }
+    let long = format!("a=ice-pwd:{}", "A".repeat(257));
+    assert_eq!(
+        parse_err(&replace_line(WA_USER_OFFER, "a=ice-pwd", &long)).line,
+        pwd
+    );
+    // What Meta and browsers send: ice-char, '/' in the ufrag, '+' and "==" in the password,
+    // exactly the minimum lengths.
+    for (prefix, good) in [
+        ("a=ice-ufrag", "a=ice-ufrag:Hk2/nB9q"),
+        ("a=ice-ufrag", "a=ice-ufrag:a+/9"),
+        ("a=ice-pwd", "a=ice-pwd:qEA+KCGezaoGknNYbpAADX"),
+        ("a=ice-pwd", "a=ice-pwd:Q0sZl4vR8yT1uW6xC3eG5hJ=="),
+    ] {
+        let sd = sdp::parse(&replace_line(WA_USER_OFFER, prefix, good)).expect(good);
+        assert!(sd.ice_credentials().is_some());
+    }
+}

@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use e2e::rtp::unix_micros;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use relay::engine::udp::{BUF_SIZE, SendBatch};
+use relay::engine::udp::{BATCH, BUF_SIZE, SendBatch};
 
 use super::rxbatch::{RecvBatch, enable_timestamps};
 
@@ -262,7 +262,7 @@ impl Worker {
         slot.own.as_ref().map(|o| o[i % 2].as_raw_fd())
     }
 
-    /// Reads everything queued on one socket (edge-triggered: until it would block).
+    /// Reads everything queued on one socket.
     fn drain(&mut self, token: Token) {
         let Some(fd) = self.fd_of(token) else { return };
         // A peer's own socket belongs to one stream: what arrives there is that stream's,
@@ -293,6 +293,12 @@ impl Worker {
                     &mut self.io.meta_out,
                     &mut self.local,
                 );
+            }
+            // A short batch took everything queued: no need for a read that finds nothing
+            // (edge-triggered epoll reports the next datagram anyway; shared sockets are read
+            // again within SHARED_POLL).
+            if n < BATCH {
+                return;
             }
         }
     }

@@ -12,6 +12,10 @@
 //!   is the bound, not a design option. The generator gives every peer its own socket for this
 //!   target (the source address is the only thing that tells calls apart).
 //!
+//! Both read a socket until a batch comes back short (it took everything queued; with
+//! edge-triggered epoll the next datagram raises a new event), not until EAGAIN: one
+//! `recvmmsg` fewer per wakeup.
+//!
 //! Neither parses, decrypts or keeps state beyond the destinations; the generator sends plain
 //! RTP on both sides. Each runs as one thread of the load-test process, pinned with `cpu` to
 //! compare it with a relay shard on the same core, and counts its own system calls.
@@ -238,12 +242,16 @@ fn run_per_leg(mut poll: Poll, commands: Receiver<RawCmd>, published: &AtomicU64
             let from_fd = p.sockets[side].as_raw_fd();
             let out_fd = p.sockets[1 - side].as_raw_fd();
             let dest = p.dest[side];
-            // Edge-triggered: read until the socket is empty.
+            // Edge-triggered: read until a batch comes back short (it then took everything
+            // queued; the next datagram raises a new edge).
             while let Ok(n @ 1..) = batch.recv(from_fd) {
                 for k in 0..n {
                     batch.forward(k, dest);
                 }
                 batch.send(out_fd);
+                if n < mmsg::BATCH {
+                    break;
+                }
             }
         }
         published.store(waits + batch.syscalls, Ordering::Relaxed);
@@ -341,6 +349,9 @@ fn run_single(
                     }
                 }
                 batch.send(fd);
+                if n < mmsg::BATCH {
+                    break;
+                }
             }
         }
         published.store(waits + batch.syscalls, Ordering::Relaxed);

@@ -95,6 +95,28 @@ pub struct GeneratorHealth {
     pub rtcp_received: u64,
 }
 
+/// Tick lag (p99) above which the generator's own delays swamp what it measures.
+const LAG_LIMIT_MS: f64 = 2.0;
+/// Generator CPU (percent of a core) above which it is the bottleneck.
+const GEN_CPU_LIMIT: f64 = 90.0;
+
+impl RunReport {
+    /// Why the latency figures cannot be trusted, if they cannot: the generator ran its 20 ms
+    /// ticks late (it was starved or saturated), so its own delays are in the numbers and the
+    /// load it offered was burstier than asked.
+    pub fn generator_warning(&self) -> Option<String> {
+        let lag = self.generator.tick_lag.p99_ms;
+        let cpu = self.resources.gen_cpu_pct.unwrap_or(0.0);
+        let skipped = self.generator.ticks_skipped;
+        if lag <= LAG_LIMIT_MS && cpu <= GEN_CPU_LIMIT && skipped == 0 {
+            return None;
+        }
+        Some(format!(
+            "the generator itself ran late (tick lag p99 {lag:.1} ms, {skipped} ticks skipped, generator CPU {cpu:.0}%): latency and loss include its own delays, not only the target's. Give it a core of its own (--taskset), more --threads, --nice -20 on a busy machine, or fewer calls."
+        ))
+    }
+}
+
 /// The relay's own counters, summed from the final CallInfo of each Terminate.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RelayCounters {
@@ -310,10 +332,15 @@ pub fn table(r: &RunReport) -> String {
         ),
     );
     for (stage, (n, example)) in &r.failures {
-        line(
-            &mut o,
-            format!("   failed at {stage}: {n} (e.g. {example})"),
-        );
+        let what = if stage == "ended_by_relay" {
+            "ended by the relay before the run ended".to_string()
+        } else {
+            format!("failed at {stage}")
+        };
+        line(&mut o, format!("   {what}: {n} (e.g. {example})"));
+    }
+    if let Some(w) = r.generator_warning() {
+        line(&mut o, format!("   WARNING: {w}"));
     }
     if r.failures
         .values()
@@ -478,5 +505,49 @@ mod tests {
         r.failures
             .insert("ready".into(), (3, "no media within 10 s".into()));
         assert!(!table(&r).contains("admission"));
+    }
+
+    #[test]
+    fn the_table_warns_when_the_generator_ran_late() {
+        let mut r = RunReport {
+            label: "run".into(),
+            calls: 10,
+            calls_ok: 10,
+            ..RunReport::default()
+        };
+        r.generator.tick_lag.p99_ms = 0.4;
+        r.resources.gen_cpu_pct = Some(35.0);
+        assert_eq!(r.generator_warning(), None);
+        assert!(!table(&r).contains("WARNING"));
+        // The case: p99 46 ms reported while the generator's tick lag was 64 ms.
+        r.generator.tick_lag.p99_ms = 64.0;
+        let t = table(&r);
+        assert!(
+            t.contains("WARNING: the generator itself ran late (tick lag p99 64.0 ms"),
+            "{t}"
+        );
+        r.generator.tick_lag.p99_ms = 0.4;
+        r.resources.gen_cpu_pct = Some(97.0);
+        assert!(r.generator_warning().is_some(), "a saturated generator");
+    }
+
+    #[test]
+    fn calls_the_relay_ended_are_reported_as_such() {
+        let mut r = RunReport {
+            label: "run".into(),
+            calls: 10,
+            calls_ok: 0,
+            ..RunReport::default()
+        };
+        r.failures.insert(
+            "ended_by_relay".into(),
+            (10, "wacid.x-1: media_receive_timeout".into()),
+        );
+        let t = table(&r);
+        assert!(t.contains("10 calls (0 ok, 10 failed)"), "{t}");
+        assert!(
+            t.contains("ended by the relay before the run ended: 10"),
+            "{t}"
+        );
     }
 }

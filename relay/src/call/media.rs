@@ -106,10 +106,7 @@ impl Call {
                 hdr.timestamp,
                 rtp_clock_at(now, self.created_mono),
             );
-        self.last_wa_media = Some(now);
-        if self.one_way == Some(LegKind::WhatsApp) {
-            self.one_way = None;
-        }
+        self.watchdog.on_whatsapp_rtp(now);
         if !self.first_media_from_wa {
             self.first_media_from_wa = true;
             self.events.push_back(CallEventKind::FirstMedia {
@@ -187,7 +184,7 @@ impl Call {
             Ok(n) => n,
             Err(e) => return wa.counters.drop(srtp_drop_reason(e)),
         };
-        self.last_wa_media = Some(now);
+        self.watchdog.on_whatsapp_rtcp(now);
         let ntp = self.ntp_at(now);
         Self::read_reports(
             &mut self.wa.counters,
@@ -280,11 +277,7 @@ impl Call {
                 hdr.timestamp,
                 rtp_clock_at(now, self.created_mono),
             );
-        self.last_internal_media = Some(now);
-        self.internal_silence_reported = false;
-        if self.one_way == Some(LegKind::Internal) {
-            self.one_way = None;
-        }
+        self.watchdog.on_internal_rtp(now);
         if !self.first_media_from_internal {
             self.first_media_from_internal = true;
             self.events.push_back(CallEventKind::FirstMedia {
@@ -408,7 +401,7 @@ impl Call {
         let Some(last) = self.wa.tx.last_sent_at() else {
             return self.gate_open_at;
         };
-        let quiet_at = self.last_internal_media.map_or(last, |t| {
+        let quiet_at = self.watchdog.last_internal_media().map_or(last, |t| {
             let wait = self.internal.arrivals.fill_wait(
                 self.cfg.ptime,
                 self.cfg.fill_after,

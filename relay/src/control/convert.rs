@@ -20,7 +20,12 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument(msg.into())
 }
 
-/// A required identifier: non-empty, bounded, printable.
+/// A required identifier: non-empty, bounded, and what it looks like is what it is. IDs end
+/// up in logs, metrics tooling and operators' terminals and are compared byte for byte, so
+/// characters that are invisible or reorder text are refused: control characters, Unicode
+/// format characters (bidirectional overrides and isolates such as U+202E, the byte-order mark
+/// U+FEFF, zero-width spaces and joiners, soft hyphen, tags), and leading, trailing or only
+/// whitespace (`"wacid.1 "` and `"wacid.1"` would be two calls).
 pub fn required_id(field: &str, value: String) -> Result<String, ApiError> {
     if value.is_empty() {
         return Err(invalid(format!("{field} is required")));
@@ -34,7 +39,48 @@ pub fn required_id(field: &str, value: String) -> Result<String, ApiError> {
     if value.chars().any(char::is_control) {
         return Err(invalid(format!("{field} contains control characters")));
     }
+    if let Some(c) = value.chars().find(|c| is_format_char(*c)) {
+        return Err(invalid(format!(
+            "{field} contains the invisible format character U+{:04X} (bidirectional \
+             override, byte-order mark, zero-width character or the like)",
+            u32::from(c)
+        )));
+    }
+    if value.trim() != value {
+        return Err(invalid(format!(
+            "{field} has leading or trailing whitespace (or is only whitespace)"
+        )));
+    }
     Ok(value)
+}
+
+/// Unicode general category Cf (format), plus the interlinear annotation and object
+/// replacement characters: invisible, or changing how the text around them is shown.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFC
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 fn enum_value<E: TryFrom<i32>>(field: &str, v: i32) -> Result<E, ApiError> {

@@ -28,7 +28,7 @@ use tonic_health::ServingStatus;
 use crate::api::CallControl;
 
 pub use auth::TokenCheck;
-pub use drain::{DRAIN_REASON, MAX_DRAIN_DEADLINE};
+pub use drain::{DRAIN_REASON, Drain, MAX_DRAIN_DEADLINE};
 use events::LogLimits;
 pub use status::to_status;
 
@@ -54,7 +54,8 @@ pub struct ControlConfig {
     pub allow_unauthenticated_non_loopback: bool,
 }
 
-/// Drain deadline when a Drain request does not give one.
+/// Drain deadline when a Drain request does not give one and the server made its own
+/// [`Drain`] (the `relay` binary uses its `drain_deadline`).
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Default for ControlConfig {
@@ -173,6 +174,17 @@ pub async fn serve<C: CallControl>(
     cfg: ControlConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ControlError> {
+    serve_with_drain(engine, cfg, None, shutdown).await
+}
+
+/// [`serve`] with the process's [`Drain`] (the `relay` binary shares it with SIGTERM); `None`
+/// makes one for this server.
+pub async fn serve_with_drain<C: CallControl>(
+    engine: Arc<C>,
+    cfg: ControlConfig,
+    drain: Option<Arc<Drain>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControlError> {
     cfg.validate(cfg.listen)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -180,7 +192,7 @@ pub async fn serve<C: CallControl>(
             addr: cfg.listen,
             source,
         })?;
-    serve_on(engine, cfg, listener, shutdown).await
+    serve_on_with_drain(engine, cfg, listener, drain, shutdown).await
 }
 
 /// Serve on an already bound listener (tests bind port 0 and read the address first).
@@ -189,6 +201,17 @@ pub async fn serve_on<C: CallControl>(
     engine: Arc<C>,
     cfg: ControlConfig,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControlError> {
+    serve_on_with_drain(engine, cfg, listener, None, shutdown).await
+}
+
+/// [`serve_on`] with the process's [`Drain`]; `None` makes one for this server.
+pub async fn serve_on_with_drain<C: CallControl>(
+    engine: Arc<C>,
+    cfg: ControlConfig,
+    listener: TcpListener,
+    drain: Option<Arc<Drain>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ControlError> {
     let addr = listener.local_addr().map_err(|source| ControlError::Bind {
@@ -228,18 +251,29 @@ pub async fn serve_on<C: CallControl>(
         engine.subscribe(),
         stop_rx.clone(),
     ));
-    let drain_state = Arc::new(drain::DrainState::default());
-    tokio::spawn(drain::run_drain(
-        Arc::clone(&engine),
-        Arc::clone(&drain_state),
-        stop_rx.clone(),
-    ));
+    let drain = drain.unwrap_or_else(|| {
+        Drain::spawn(Arc::clone(&engine), DEFAULT_DRAIN_DEADLINE, stop_rx.clone())
+    });
+    // However the drain started (Drain request, SIGTERM), readiness for gRPC health checkers
+    // turns off with it.
+    {
+        let (drain, health, mut stop) = (Arc::clone(&drain), health.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = drain.started() => {
+                    health
+                        .set_service_status(control::SERVICE_NAME, ServingStatus::NotServing)
+                        .await;
+                }
+                _ = crate::ops::stopped(&mut stop) => {}
+            }
+        });
+    }
 
     let relay = service::RelayService {
         engine,
         log,
-        drain: drain_state,
-        default_drain_deadline: DEFAULT_DRAIN_DEADLINE,
+        drain,
         health,
         stop: stop_rx,
     };

@@ -9,18 +9,17 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{ApiError, CallControl};
+use crate::api::{ApiError, CallControl, RefusedReason};
 
 use super::convert;
-use super::drain::DrainState;
+use super::drain::Drain;
 use super::events::{self, EventLog, WatchStream};
 use super::status::to_status;
 
 pub struct RelayService<C> {
     pub(super) engine: Arc<C>,
     pub(super) log: Arc<EventLog>,
-    pub(super) drain: Arc<DrainState>,
-    pub(super) default_drain_deadline: Duration,
+    pub(super) drain: Arc<Drain>,
     pub(super) health: HealthReporter,
     pub(super) stop: watch::Receiver<bool>,
 }
@@ -39,14 +38,12 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
         &self,
         request: Request<pb::CreateCallRequest>,
     ) -> Result<Response<pb::CreateCallResponse>, Status> {
-        let req = api(convert::create_call(request.into_inner()))?;
-        // While draining only repeats of existing calls go through (they stay idempotent: a
-        // retried `connect` webhook must get the same answer).
-        if self.drain.is_draining() && self.engine.get_call(req.call_id.clone()).await.is_err() {
-            return Err(to_status(&ApiError::Unavailable(
-                "the relay is draining; create the call on another relay".into(),
-            )));
-        }
+        let req = convert::create_call(request.into_inner()).map_err(|e| {
+            self.engine.count_refused(RefusedReason::InvalidRequest);
+            to_status(&e)
+        })?;
+        // While draining the engine refuses new calls but answers repeats of existing ones
+        // (they stay idempotent: a retried `connect` webhook must get the same answer).
         let created = api(self.engine.create_call(req).await)?;
         Ok(Response::new(convert::call_created(created)))
     }
@@ -170,21 +167,72 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
         Ok(Response::new(convert::load(load, self.drain.is_draining())))
     }
 
+    async fn set_log_level(
+        &self,
+        request: Request<pb::SetLogLevelRequest>,
+    ) -> Result<Response<pb::SetLogLevelResponse>, Status> {
+        let Some(level) = crate::ops::logs::log_level() else {
+            return Err(to_status(&ApiError::FailedPrecondition(
+                "this process's log filter cannot be changed".into(),
+            )));
+        };
+        let filter = request.into_inner().filter;
+        let filter = if filter.trim().is_empty() {
+            level.current()
+        } else {
+            let now = level
+                .set(&filter)
+                .map_err(|e| to_status(&ApiError::InvalidArgument(format!("log filter: {e}"))))?;
+            tracing::info!(filter = %now, "log filter changed");
+            now
+        };
+        Ok(Response::new(pb::SetLogLevelResponse { filter }))
+    }
+
+    async fn set_limits(
+        &self,
+        request: Request<pb::SetLimitsRequest>,
+    ) -> Result<Response<pb::SetLimitsResponse>, Status> {
+        let req = request.into_inner();
+        let limits = api(self
+            .engine
+            .set_limits(req.capacity, req.max_shard_busy_percent))?;
+        Ok(Response::new(pb::SetLimitsResponse {
+            capacity: limits.capacity,
+            max_shard_busy_percent: limits.max_shard_busy_percent,
+        }))
+    }
+
+    async fn set_call_debug(
+        &self,
+        request: Request<pb::SetCallDebugRequest>,
+    ) -> Result<Response<pb::SetCallDebugResponse>, Status> {
+        let req = request.into_inner();
+        let id = call_id(req.call_id)?;
+        if req.enabled {
+            // Only for a call the relay holds (a typo must not silently log nothing).
+            api(self.engine.get_call(id.clone()).await)?;
+        }
+        let enabled = crate::ops::logs::set_call_debug(&id, req.enabled);
+        tracing::info!(call_id = %id, enabled, "call debug logging");
+        Ok(Response::new(pb::SetCallDebugResponse { enabled }))
+    }
+
     async fn drain(
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let after = match request.into_inner().deadline {
-            None => self.default_drain_deadline,
+            None => self.drain.default_deadline(),
             Some(d) => Duration::try_from(d).map_err(|_| {
                 to_status(&ApiError::InvalidArgument(
                     "deadline must be a non-negative duration".into(),
                 ))
             })?,
         };
+        // The same drain as SIGTERM's: admission off now (readiness, metrics and GetLoad follow
+        // the engine), the remaining calls ended with cause DRAINED at the deadline.
         let deadline = self.drain.start(after);
-        // The engine refuses creates too (readiness and metrics follow it).
-        self.engine.set_draining(true);
         self.health
             .set_service_status(control::SERVICE_NAME, ServingStatus::NotServing)
             .await;

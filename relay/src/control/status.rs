@@ -37,6 +37,10 @@ pub fn to_status(e: &ApiError) -> Status {
             (Code::AlreadyExists, "DUPLICATE_CALL")
         }
         ApiError::FailedPrecondition(_) => (Code::FailedPrecondition, "FAILED_PRECONDITION"),
+        ApiError::Terminated(id) => {
+            info.insert("call_id".into(), id.clone());
+            (Code::FailedPrecondition, "CALL_TERMINATED")
+        }
         ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
         ApiError::Internal(_) => (Code::Internal, "INTERNAL"),
     };

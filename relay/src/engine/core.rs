@@ -91,7 +91,7 @@ impl SockKey {
 /// The [`SocketRef`] a socket index stands for (the call speaks `SocketRef`, the engine
 /// indices). The one place that maps between them.
 fn socket_ref(index: u16) -> Option<SocketRef> {
-    SocketRef::ALL.get(usize::from(index)).copied()
+    u8::try_from(index).ok().map(SocketRef::new)
 }
 
 /// What the core needs from the I/O below it. Implemented by each driver's send side, and by
@@ -229,6 +229,8 @@ pub(crate) struct ShardCore {
     /// (WhatsApp, internal).
     limiter: RateLimiter,
     rate_limited: [u64; 2],
+    /// Live calls' quality, sampled once a second into the totals.
+    quality: crate::ops::quality::QualitySampler,
 }
 
 impl ShardCore {
@@ -261,6 +263,7 @@ impl ShardCore {
             timer_runs: 0,
             limiter: RateLimiter::new(rate_limit, now),
             rate_limited: [0; 2],
+            quality: Default::default(),
         }
     }
 
@@ -622,6 +625,8 @@ impl ShardCore {
     pub(crate) fn end_turn(&mut self, now: Instant, worked: Duration, io: &IoCounters) {
         self.busy += worked;
         let s = &self.stats;
+        // The heartbeat /healthz watches: this shard's loop still turns.
+        s.turns.fetch_add(1, Ordering::Relaxed);
         s.packets_in.store(self.packets_in, Ordering::Relaxed);
         s.packets_out.store(io.sent, Ordering::Relaxed);
         s.send_errors.store(io.send_errors, Ordering::Relaxed);
@@ -642,6 +647,8 @@ impl ShardCore {
     fn publish_totals(&mut self, now: Instant, io: &IoCounters) {
         self.next_publish = now + PUBLISH_EVERY;
         self.totals.busy_seconds += self.busy.as_secs_f64();
+        let live = self.slots.iter().flatten().map(|s| &*s.call);
+        self.quality.sample(live, &mut self.totals.quality);
         let mut t = self.totals.clone();
         for slot in self.slots.iter().flatten() {
             t.whatsapp.add(&slot.call.leg_totals(LegKind::WhatsApp));

@@ -11,7 +11,9 @@ mod driver;
 #[cfg(test)]
 mod driver_tests;
 mod epoll;
+pub mod heartbeat;
 pub mod ratelimit;
+mod registry;
 mod shard;
 pub mod snapshot;
 mod sockets;
@@ -19,9 +21,8 @@ mod timers;
 pub mod udp;
 mod uring;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -30,12 +31,14 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load, ShardLoad,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load, RefusedReason, ShardLoad,
 };
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
 pub use driver::IoDriverChoice;
 use driver::Waker;
+pub use registry::TombstoneConfig;
+use registry::{Entry, RegEntry, Registry};
 use shard::{CallSockets, Command, ShardSetup};
 pub use sockets::PortRange;
 
@@ -68,6 +71,10 @@ pub struct EngineConfig {
     pub rate_limit: ratelimit::RateLimitConfig,
     /// The shards' I/O driver (io_uring where allowed, else epoll; see `driver`).
     pub io_driver: IoDriverChoice,
+    /// How long and how many ended call IDs are remembered (see [`TombstoneConfig`]).
+    pub tombstones: TombstoneConfig,
+    /// A shard whose loop has not turned for this long makes `/healthz` fail.
+    pub shard_stall_timeout: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +103,8 @@ impl Default for EngineConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_default(),
+            tombstones: TombstoneConfig::default(),
+            shard_stall_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -112,6 +121,8 @@ pub struct ShardStats {
     pub rate_limited: AtomicU64,
     /// I/O system calls made by the shard's driver, by [`IO_SYSCALLS`] kind.
     pub io_syscalls: [AtomicU64; IO_SYSCALLS.len()],
+    /// Loop turns so far: the heartbeat `/healthz` watches ([`heartbeat::HeartbeatWatch`]).
+    pub turns: AtomicU64,
 }
 
 /// The I/O system calls a shard counts (`relay_io_syscalls_total{kind}`), indexed by
@@ -155,49 +166,6 @@ impl ShardHandle {
     }
 }
 
-enum Entry {
-    /// Setup in progress (sockets being bound, SDP written).
-    Creating,
-    Live {
-        shard: usize,
-        created: CallCreated,
-    },
-}
-
-struct RegEntry {
-    entry: Entry,
-    business_number: String,
-    consumer: String,
-    /// The last internal-leg replacement (request, answer), so a retried one is idempotent.
-    last_replace: Option<(InternalLegSpec, String)>,
-}
-
-#[derive(Default)]
-struct Registry {
-    calls: HashMap<String, RegEntry>,
-    per_number: HashMap<String, u32>,
-    /// (business number, consumer) → call ID of the live call between them.
-    pairs: HashMap<(String, String), String>,
-    draining: bool,
-}
-
-impl Registry {
-    fn forget(&mut self, call_id: &str) {
-        if let Some(e) = self.calls.remove(call_id) {
-            if let Some(n) = self.per_number.get_mut(&e.business_number) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_number.remove(&e.business_number);
-                }
-            }
-            let key = (e.business_number, e.consumer);
-            if self.pairs.get(&key).map(String::as_str) == Some(call_id) {
-                self.pairs.remove(&key);
-            }
-        }
-    }
-}
-
 struct Inner {
     cfg: EngineConfig,
     identity: Arc<DtlsIdentity>,
@@ -206,6 +174,14 @@ struct Inner {
     events: broadcast::Sender<CallEvent>,
     ports: sockets::PortAllocator,
     next_shard: AtomicUsize,
+    /// `cfg.capacity` and `cfg.max_shard_busy` (in 1/1000), changeable at run time
+    /// ([`CallControl::set_limits`]).
+    capacity: AtomicU32,
+    busy_permille: AtomicU32,
+    /// CreateCalls refused, by [`RefusedReason::index`].
+    refused: [AtomicU64; RefusedReason::ALL.len()],
+    /// Probes' view of the shards' heartbeats (taken by probes only, never by a packet).
+    heartbeats: Mutex<heartbeat::HeartbeatWatch>,
 }
 
 /// The control plane's handle on the engine. Cheap to clone.
@@ -271,12 +247,18 @@ impl Engine {
         let (bcast, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             ports: sockets::PortAllocator::new(cfg.ports),
-            cfg,
+            capacity: AtomicU32::new(cfg.capacity),
+            busy_permille: AtomicU32::new(
+                (cfg.max_shard_busy.clamp(0.0, 1.0) * 1000.0).round() as u32
+            ),
             identity,
             shards,
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::new(cfg.tombstones)),
             events: bcast,
             next_shard: AtomicUsize::new(0),
+            refused: Default::default(),
+            heartbeats: Mutex::default(),
+            cfg,
         });
         // Shard events → registry bookkeeping + broadcast to watchers. A plain thread so the
         // engine works without a tokio runtime.
@@ -286,8 +268,8 @@ impl Engine {
             .spawn(move || {
                 for ev in events_rx {
                     let Some(inner) = weak.upgrade() else { return };
-                    if matches!(ev.kind, CallEventKind::Ended { .. }) {
-                        lock(&inner.registry).forget(&ev.call_id);
+                    if let CallEventKind::Ended { stats, .. } = &ev.kind {
+                        lock(&inner.registry).end(&ev.call_id, Some(stats.clone()), Instant::now());
                     }
                     let _ = inner.events.send(ev);
                 }
@@ -344,16 +326,42 @@ impl EngineHandle {
         snapshot::MetricsSnapshot {
             io_driver: self.io_driver(),
             active_calls: self.active_calls() as u64,
-            capacity: self.inner.cfg.capacity as u64,
+            capacity: self.capacity() as u64,
             draining,
-            max_shard_busy: self.inner.cfg.max_shard_busy,
+            max_shard_busy: self.max_shard_busy(),
             shards: self
                 .inner
                 .shards
                 .iter()
                 .map(|s| s.totals.lock().unwrap_or_else(|p| p.into_inner()).clone())
                 .collect(),
+            refused: self.refused_calls(),
         }
+    }
+
+    /// Calls admitted in total (the configured capacity unless changed at run time).
+    pub fn capacity(&self) -> u32 {
+        self.inner.capacity.load(Ordering::Relaxed)
+    }
+
+    /// The shard busy share (0..1) over which new calls are refused.
+    pub fn max_shard_busy(&self) -> f64 {
+        f64::from(self.inner.busy_permille.load(Ordering::Relaxed)) / 1000.0
+    }
+
+    /// Shards whose loop has not turned for `shard_stall_timeout` (stuck, or their thread
+    /// died), as of now. Empty when all is well.
+    pub fn stalled_shards(&self) -> Vec<heartbeat::Stalled> {
+        let turns = self
+            .inner
+            .shards
+            .iter()
+            .map(|s| s.stats.turns.load(Ordering::Relaxed));
+        self.inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(turns, Instant::now(), self.inner.cfg.shard_stall_timeout)
     }
 
     /// Is the relay refusing new calls?
@@ -387,7 +395,7 @@ impl EngineHandle {
     /// The shard for a new call: the one with fewest calls among those not over the busy
     /// limit, ties broken round-robin. `Unavailable` when every shard is over it.
     fn pick_shard(&self) -> Result<usize, ApiError> {
-        let limit = self.inner.cfg.max_shard_busy;
+        let limit = self.max_shard_busy();
         let busy: Vec<f64> = self
             .inner
             .shards
@@ -424,11 +432,29 @@ impl EngineHandle {
             .map(|e| &e.entry)
         {
             Some(Entry::Live { shard, .. }) => Ok(*shard),
-            Some(Entry::Creating) => Err(ApiError::Unavailable(format!(
+            Some(Entry::Creating { .. }) => Err(ApiError::Unavailable(format!(
                 "call {call_id} is being created; retry"
             ))),
             None => Err(ApiError::NotFound(call_id.to_string())),
         }
+    }
+
+    /// Count a refused CreateCall and pass its error on.
+    fn refuse(&self, reason: RefusedReason, e: ApiError) -> ApiError {
+        self.count_refused(reason);
+        e
+    }
+
+    /// CreateCalls refused so far, by reason (in [`RefusedReason::ALL`] order).
+    pub fn refused_calls(&self) -> [u64; RefusedReason::ALL.len()] {
+        std::array::from_fn(|i| self.inner.refused[i].load(Ordering::Relaxed))
+    }
+
+    /// Tombstones held now (ended call IDs still remembered).
+    pub fn tombstones(&self) -> usize {
+        let mut reg = lock(&self.inner.registry);
+        reg.tombstones.expire(Instant::now());
+        reg.tombstones.len()
     }
 
     async fn ask<T>(
@@ -448,20 +474,30 @@ impl EngineHandle {
         if let Some(e) = reg.calls.get(&req.call_id) {
             return match &e.entry {
                 Entry::Live { created, .. } => Ok(Some(created.clone())),
-                Entry::Creating => Err(ApiError::Unavailable(format!(
-                    "call {} is being created; retry",
-                    req.call_id
-                ))),
+                Entry::Creating { .. } => Err(self.refuse(
+                    RefusedReason::Duplicate,
+                    ApiError::Unavailable(format!("call {} is being created; retry", req.call_id)),
+                )),
             };
         }
-        if reg.draining {
-            return Err(ApiError::Unavailable("relay is draining".into()));
+        if reg.tombstones.get(&req.call_id, Instant::now()).is_some() {
+            return Err(self.refuse(
+                RefusedReason::Terminated,
+                ApiError::Terminated(req.call_id.clone()),
+            ));
         }
-        if reg.calls.len() as u32 >= self.inner.cfg.capacity {
-            return Err(ApiError::Unavailable(format!(
-                "relay at capacity ({} calls)",
-                self.inner.cfg.capacity
-            )));
+        if reg.draining {
+            return Err(self.refuse(
+                RefusedReason::Draining,
+                ApiError::Unavailable("relay is draining; create the call on another relay".into()),
+            ));
+        }
+        let capacity = self.capacity();
+        if reg.calls.len() as u32 >= capacity {
+            return Err(self.refuse(
+                RefusedReason::Capacity,
+                ApiError::Unavailable(format!("relay at capacity ({capacity} calls)")),
+            ));
         }
         let limit = self.inner.cfg.max_calls_per_number;
         if reg
@@ -471,20 +507,26 @@ impl EngineHandle {
             .unwrap_or(0)
             >= limit
         {
-            return Err(ApiError::CallLimit {
-                number: req.business_number.clone(),
-                limit,
-            });
+            return Err(self.refuse(
+                RefusedReason::PerNumberLimit,
+                ApiError::CallLimit {
+                    number: req.business_number.clone(),
+                    limit,
+                },
+            ));
         }
         let pair = (req.business_number.clone(), req.consumer.clone());
         if !req.consumer.is_empty()
             && let Some(existing) = reg.pairs.get(&pair)
         {
-            return Err(ApiError::DuplicateCall {
-                number: req.business_number.clone(),
-                consumer: req.consumer.clone(),
-                existing: existing.clone(),
-            });
+            return Err(self.refuse(
+                RefusedReason::Duplicate,
+                ApiError::DuplicateCall {
+                    number: req.business_number.clone(),
+                    consumer: req.consumer.clone(),
+                    existing: existing.clone(),
+                },
+            ));
         }
         *reg.per_number
             .entry(req.business_number.clone())
@@ -495,7 +537,7 @@ impl EngineHandle {
         reg.calls.insert(
             req.call_id.clone(),
             RegEntry {
-                entry: Entry::Creating,
+                entry: Entry::Creating { terminated: false },
                 business_number: req.business_number.clone(),
                 consumer: req.consumer.clone(),
                 last_replace: None,
@@ -506,9 +548,15 @@ impl EngineHandle {
 
     async fn create_inner(&self, req: &CreateCall) -> Result<CallCreated, ApiError> {
         let cfg = &self.inner.cfg;
-        let shard = self.pick_shard()?;
-        let bound = sockets::bind_call(cfg, &self.inner.ports)
-            .map_err(|e| ApiError::Unavailable(format!("binding media sockets: {e}")))?;
+        let shard = self
+            .pick_shard()
+            .map_err(|e| self.refuse(RefusedReason::Overloaded, e))?;
+        let bound = sockets::bind_call(cfg, &self.inner.ports).map_err(|e| {
+            self.refuse(
+                RefusedReason::Capacity,
+                ApiError::Unavailable(format!("binding media sockets: {e}")),
+            )
+        })?;
         let created = Call::create(
             CallSetup {
                 req,
@@ -519,7 +567,11 @@ impl EngineHandle {
             },
             Instant::now(),
             SystemTime::now(),
-        )?;
+        )
+        .map_err(|e| match ApiError::from(e) {
+            e @ ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
+            e => e,
+        })?;
         let out = CallCreated {
             call_id: req.call_id.clone(),
             whatsapp_sdp: created.whatsapp_sdp,
@@ -542,27 +594,51 @@ impl EngineHandle {
 impl CallControl for EngineHandle {
     async fn create_call(&self, req: CreateCall) -> Result<CallCreated, ApiError> {
         if req.call_id.is_empty() {
-            return Err(ApiError::InvalidArgument("call_id is empty".into()));
+            return Err(self.refuse(
+                RefusedReason::InvalidRequest,
+                ApiError::InvalidArgument("call_id is empty".into()),
+            ));
         }
         if let Some(existing) = self.admit(&req)? {
             return Ok(existing);
         }
-        match self.create_inner(&req).await {
-            Ok(created) => {
-                let mut reg = lock(&self.inner.registry);
-                if let Some(e) = reg.calls.get_mut(&req.call_id) {
+        let created = match self.create_inner(&req).await {
+            Ok(created) => created,
+            Err(e) => {
+                // A Terminate that arrived meanwhile already left the tombstone.
+                lock(&self.inner.registry).forget(&req.call_id);
+                return Err(e);
+            }
+        };
+        {
+            let mut reg = lock(&self.inner.registry);
+            match reg.calls.get_mut(&req.call_id) {
+                Some(e) if matches!(e.entry, Entry::Creating { terminated: false }) => {
                     e.entry = Entry::Live {
                         shard: created.shard as usize,
                         created: created.clone(),
                     };
+                    return Ok(created);
                 }
-                Ok(created)
-            }
-            Err(e) => {
-                lock(&self.inner.registry).forget(&req.call_id);
-                Err(e)
+                // Terminated while it was being set up: end it below, outside the lock.
+                Some(_) => {}
+                // It already ended on its shard (and left its tombstone).
+                None => return Ok(created),
             }
         }
+        let info = self
+            .ask(created.shard as usize, |reply| Command::Terminate {
+                call_id: req.call_id.clone(),
+                cause: EndCause::Terminated,
+                reply,
+            })
+            .await;
+        lock(&self.inner.registry).end(
+            &req.call_id,
+            info.ok().flatten().map(Box::new),
+            Instant::now(),
+        );
+        Err(self.refuse(RefusedReason::Terminated, ApiError::Terminated(req.call_id)))
     }
 
     async fn set_remote_description(
@@ -629,11 +705,23 @@ impl CallControl for EngineHandle {
         call_id: String,
         _reason: String,
     ) -> Result<Option<CallInfo>, ApiError> {
-        let shard = match self.shard_of(&call_id) {
-            Ok(s) => s,
-            // Unknown or already ended: success, nothing to do (webhooks repeat).
-            Err(ApiError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
+        let shard = {
+            let mut reg = lock(&self.inner.registry);
+            match reg.calls.get_mut(&call_id).map(|e| &mut e.entry) {
+                Some(Entry::Live { shard, .. }) => *shard,
+                // The create in flight ends the call as soon as it exists.
+                Some(Entry::Creating { terminated }) => {
+                    *terminated = true;
+                    reg.tombstones.insert(&call_id, None, Instant::now());
+                    return Ok(None);
+                }
+                // Unknown (the terminate webhook overtook the connect) or already ended:
+                // success, and the ID stays refused for the tombstone's lifetime.
+                None => {
+                    reg.tombstones.insert(&call_id, None, Instant::now());
+                    return Ok(None);
+                }
+            }
         };
         let info = self
             .ask(shard, |reply| Command::Terminate {
@@ -642,18 +730,33 @@ impl CallControl for EngineHandle {
                 reply,
             })
             .await?;
-        lock(&self.inner.registry).forget(&call_id);
+        lock(&self.inner.registry).end(&call_id, info.clone().map(Box::new), Instant::now());
         Ok(info)
     }
 
     async fn get_call(&self, call_id: String) -> Result<CallInfo, ApiError> {
-        let shard = self.shard_of(&call_id)?;
-        self.ask(shard, |reply| Command::Get {
-            call_id: call_id.clone(),
-            reply,
-        })
-        .await?
-        .ok_or(ApiError::NotFound(call_id))
+        if let Ok(shard) = self.shard_of(&call_id) {
+            let live = self
+                .ask(shard, |reply| Command::Get {
+                    call_id: call_id.clone(),
+                    reply,
+                })
+                .await?;
+            if let Some(info) = live {
+                return Ok(info);
+            }
+        }
+        // Ended (maybe just now): its final state while the tombstone lives.
+        let reg = lock(&self.inner.registry);
+        if let Some(Entry::Creating { .. }) = reg.calls.get(&call_id).map(|e| &e.entry) {
+            return Err(ApiError::Unavailable(format!(
+                "call {call_id} is being created; retry"
+            )));
+        }
+        reg.tombstones
+            .get(&call_id, Instant::now())
+            .and_then(|t| t.info.as_deref().cloned())
+            .ok_or(ApiError::NotFound(call_id))
     }
 
     async fn list_calls(&self) -> Result<Vec<CallInfo>, ApiError> {
@@ -669,7 +772,7 @@ impl CallControl for EngineHandle {
         Ok(Load {
             io_driver: self.io_driver().to_string(),
             active_calls: self.active_calls() as u32,
-            capacity: self.inner.cfg.capacity,
+            capacity: self.capacity(),
             draining,
             shards: self
                 .inner
@@ -693,8 +796,47 @@ impl CallControl for EngineHandle {
         self.inner.events.subscribe()
     }
 
+    fn set_limits(
+        &self,
+        capacity: Option<u32>,
+        busy_percent: Option<u32>,
+    ) -> Result<crate::api::Limits, ApiError> {
+        if capacity == Some(0) {
+            return Err(ApiError::InvalidArgument(
+                "capacity must be at least 1".into(),
+            ));
+        }
+        if busy_percent.is_some_and(|p| !(1..=100).contains(&p)) {
+            return Err(ApiError::InvalidArgument(
+                "max_shard_busy_percent must be 1..=100 (100: never refuse for load)".into(),
+            ));
+        }
+        if let Some(c) = capacity {
+            self.inner.capacity.store(c, Ordering::Relaxed);
+        }
+        if let Some(p) = busy_percent {
+            self.inner.busy_permille.store(p * 10, Ordering::Relaxed);
+        }
+        let limits = crate::api::Limits {
+            capacity: self.capacity(),
+            max_shard_busy_percent: (self.max_shard_busy() * 100.0).round() as u32,
+        };
+        tracing::info!(
+            capacity = limits.capacity,
+            max_shard_busy_percent = limits.max_shard_busy_percent,
+            "admission limits in force"
+        );
+        Ok(limits)
+    }
+
     fn set_draining(&self, draining: bool) {
         EngineHandle::set_draining(self, draining);
+    }
+
+    fn count_refused(&self, reason: RefusedReason) {
+        if let Some(n) = self.inner.refused.get(reason.index()) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn end_all_drained(&self) -> Result<usize, ApiError> {

@@ -22,9 +22,14 @@
 //! - **Only unknown sources pay**: media on validated paths never touches the table, so a
 //!   flood cannot starve a call's own packets here (it can still fill the kernel's socket
 //!   buffer; that is what the drop before parsing keeps short).
-//! - **Not a global cap**: spoofed floods from many IPs get `burst` each. What protects the
-//!   shard then is that the limited path is cheap, and that unknown-source traffic is never
-//!   answered without credentials.
+//! - **And a shard-wide cap**: spoofed floods from many IPs would get `burst` each (50,000
+//!   made-up addresses once walked 1.8 M garbage datagrams past a per-source limit without a
+//!   single drop). So a datagram a source's bucket lets through must also take a token from
+//!   one bucket shared by every unknown source of the shard (`shard_burst`,
+//!   `shard_per_second`). Under such a flood, strangers share that budget — a new call's first
+//!   ICE checks from an unseen address may be dropped and retried — but live calls' media
+//!   never pays, and what reaches the parsers is bounded whatever the number of addresses.
+//!   [`RateLimiter::drops`] counts what each cap dropped.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
@@ -39,6 +44,11 @@ pub struct RateLimitConfig {
     pub per_second: u32,
     /// Buckets per shard; rounded up to a power of two. 0 disables limiting.
     pub slots: usize,
+    /// Datagrams all unknown sources of a shard together may send at once (0: no shard-wide
+    /// cap).
+    pub shard_burst: u32,
+    /// ... and per second after that burst. 0 disables refill.
+    pub shard_per_second: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -49,6 +59,12 @@ impl Default for RateLimitConfig {
             burst: 100,
             per_second: 50,
             slots: 4096,
+            // Legitimate strangers are few: Meta answers from the candidates its SDP listed
+            // (known), media servers from their SDP address (known). What is left (a browser
+            // agent's checks, a latching media server's first packet, Meta moving address) is
+            // tens of datagrams per call setup, far below this even at 100 setups a second.
+            shard_burst: 5000,
+            shard_per_second: 5000,
         }
     }
 }
@@ -60,6 +76,61 @@ struct Bucket {
     refilled_at: u64,
 }
 
+impl Bucket {
+    fn full(burst: u32) -> Self {
+        Bucket {
+            tokens: burst,
+            refilled_at: 0,
+        }
+    }
+
+    /// Refill for the time since the last refill, then take one token if there is one.
+    fn take(&mut self, now_ns: u64, burst: u32, ns_per_token: u64) -> bool {
+        if ns_per_token > 0 && self.tokens < burst {
+            let elapsed = now_ns.saturating_sub(self.refilled_at);
+            let earned = elapsed / ns_per_token;
+            if earned > 0 {
+                let tokens = u64::from(self.tokens).saturating_add(earned);
+                if tokens >= u64::from(burst) {
+                    self.tokens = burst;
+                    self.refilled_at = now_ns;
+                } else {
+                    self.tokens = tokens as u32;
+                    // Keep the fraction of a token already earned.
+                    self.refilled_at = self.refilled_at.saturating_add(earned * ns_per_token);
+                }
+            }
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        if self.tokens == burst {
+            // Refill counts from the first token spent, not from when the bucket was last full.
+            self.refilled_at = now_ns;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// Nanoseconds per token at `per_second` (0 when refill is off).
+fn ns_per_token(per_second: u32) -> u64 {
+    if per_second == 0 {
+        0
+    } else {
+        (1_000_000_000 / u64::from(per_second)).max(1)
+    }
+}
+
+/// What the limiter dropped since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimiterDrops {
+    /// The source's own bucket was empty.
+    pub per_source: u64,
+    /// The source had tokens, but the shard's budget for all unknown sources was spent.
+    pub shard_budget: u64,
+}
+
 /// A fixed-size table of token buckets. See the module documentation.
 pub struct RateLimiter {
     cfg: RateLimitConfig,
@@ -69,6 +140,10 @@ pub struct RateLimiter {
     epoch: Instant,
     /// Nanoseconds per token (0 when refill is off).
     ns_per_token: u64,
+    /// The budget every unknown source of the shard shares.
+    shard: Bucket,
+    shard_ns_per_token: u64,
+    drops: LimiterDrops,
 }
 
 impl RateLimiter {
@@ -79,22 +154,16 @@ impl RateLimiter {
         } else {
             cfg.slots.checked_next_power_of_two().unwrap_or(1 << 20)
         };
-        let full = Bucket {
-            tokens: cfg.burst,
-            refilled_at: 0,
-        };
-        let ns_per_token = if cfg.per_second == 0 {
-            0
-        } else {
-            (1_000_000_000 / u64::from(cfg.per_second)).max(1)
-        };
         RateLimiter {
             cfg,
-            buckets: vec![full; slots].into_boxed_slice(),
+            buckets: vec![Bucket::full(cfg.burst); slots].into_boxed_slice(),
             mask: slots.saturating_sub(1),
             hasher: RandomState::new(),
             epoch: now,
-            ns_per_token,
+            ns_per_token: ns_per_token(cfg.per_second),
+            shard: Bucket::full(cfg.shard_burst),
+            shard_ns_per_token: ns_per_token(cfg.shard_per_second),
+            drops: LimiterDrops::default(),
         }
     }
 
@@ -102,7 +171,13 @@ impl RateLimiter {
         self.cfg
     }
 
-    /// Charges one datagram from `ip` at `now`. `false`: drop it unread.
+    /// What was dropped so far, by which cap.
+    pub fn drops(&self) -> LimiterDrops {
+        self.drops
+    }
+
+    /// Charges one datagram from `ip` at `now`: to the source's bucket, then to the shard's
+    /// budget for all unknown sources. `false`: drop it unread (and it is counted).
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.buckets.is_empty() {
             return true;
@@ -114,33 +189,21 @@ impl RateLimiter {
         };
         let idx = (self.hasher.hash_one(key) as usize) & self.mask;
         let now_ns = nanos_since(self.epoch, now);
-        let (burst, per_token) = (self.cfg.burst, self.ns_per_token);
         let Some(b) = self.buckets.get_mut(idx) else {
             return true;
         };
-        if per_token > 0 && b.tokens < burst {
-            let elapsed = now_ns.saturating_sub(b.refilled_at);
-            let earned = elapsed / per_token;
-            if earned > 0 {
-                let tokens = u64::from(b.tokens).saturating_add(earned);
-                if tokens >= u64::from(burst) {
-                    b.tokens = burst;
-                    b.refilled_at = now_ns;
-                } else {
-                    b.tokens = tokens as u32;
-                    // Keep the fraction of a token already earned.
-                    b.refilled_at = b.refilled_at.saturating_add(earned * per_token);
-                }
-            }
-        }
-        if b.tokens == 0 {
+        if !b.take(now_ns, self.cfg.burst, self.ns_per_token) {
+            self.drops.per_source += 1;
             return false;
         }
-        if b.tokens == burst {
-            // Refill counts from the first token spent, not from when the bucket was last full.
-            b.refilled_at = now_ns;
+        if self.cfg.shard_burst > 0
+            && !self
+                .shard
+                .take(now_ns, self.cfg.shard_burst, self.shard_ns_per_token)
+        {
+            self.drops.shard_budget += 1;
+            return false;
         }
-        b.tokens -= 1;
         true
     }
 }
@@ -164,6 +227,8 @@ mod tests {
             burst,
             per_second,
             slots: 4096,
+            shard_burst: 0,
+            shard_per_second: 0,
         };
         (RateLimiter::new(cfg, t0), t0)
     }
@@ -235,9 +300,70 @@ mod tests {
                 burst: 0,
                 per_second: 0,
                 slots: 0,
+                shard_burst: 0,
+                shard_per_second: 0,
             },
             t0,
         );
         assert!((0..1000).all(|_| rl.allow(ip("203.0.113.9"), t0)));
+    }
+
+    /// 50,000 spoofed addresses, each sending well within its own burst, over one simulated
+    /// second: without the shard-wide cap every datagram would pass.
+    #[test]
+    fn a_spoofed_flood_from_many_addresses_is_capped_shard_wide() {
+        let t0 = Instant::now();
+        let cfg = RateLimitConfig {
+            slots: 1 << 16,
+            ..RateLimitConfig::default()
+        };
+        let mut rl = RateLimiter::new(cfg, t0);
+        let mut passed = 0u64;
+        let total = 50_000u64 * 36;
+        for i in 0..total {
+            let n = (i % 50_000) as u32;
+            let src = IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+            let now = t0 + Duration::from_nanos(i * 1_000_000_000 / total);
+            passed += u64::from(rl.allow(src, now));
+        }
+        // The shard's burst plus one second of its rate (give or take the last token).
+        let cap = u64::from(cfg.shard_burst + cfg.shard_per_second);
+        assert!(passed <= cap, "passed {passed}, cap {cap}");
+        assert!(passed >= cap - 1, "the budget is spent, not more: {passed}");
+        let drops = rl.drops();
+        assert_eq!(drops.per_source + drops.shard_budget, total - passed);
+        assert!(drops.shard_budget > 1_000_000, "{drops:?}");
+    }
+
+    #[test]
+    fn the_shard_budget_refills_and_a_single_source_still_pays_its_own_bucket_first() {
+        let t0 = Instant::now();
+        let cfg = RateLimitConfig {
+            burst: 10,
+            per_second: 0,
+            slots: 4096,
+            shard_burst: 20,
+            shard_per_second: 100,
+        };
+        let mut rl = RateLimiter::new(cfg, t0);
+        // One source: its own 10, the shard budget barely touched.
+        assert_eq!(
+            (0..1000).filter(|_| rl.allow(ip("192.0.2.1"), t0)).count(),
+            10
+        );
+        assert_eq!(rl.drops().per_source, 990);
+        assert_eq!(rl.drops().shard_budget, 0);
+        // Many sources: the remaining 10 of the shard's 20.
+        let many = (0..100u8)
+            .filter(|i| rl.allow(ip(&format!("198.51.100.{i}")), t0))
+            .count();
+        assert_eq!(many, 10);
+        assert_eq!(rl.drops().shard_budget, 90);
+        // 100 ms later: 10 more tokens shard-wide (fresh sources, each with its own burst).
+        let t = t0 + Duration::from_millis(100);
+        let later = (0..100u8)
+            .filter(|i| rl.allow(ip(&format!("203.0.113.{i}")), t))
+            .count();
+        assert_eq!(later, 10);
     }
 }

@@ -7,31 +7,10 @@
 
 use std::time::Duration;
 
-use crate::api::EndCause;
-use crate::call::stats::DROP_REASONS;
+use crate::api::{EndCause, RefusedReason};
 
-/// Counters of one leg.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LegTotals {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Indexed like [`DROP_REASONS`].
-    pub drops: [u64; DROP_REASONS.len()],
-}
-
-impl LegTotals {
-    pub fn add(&mut self, o: &LegTotals) {
-        self.rx_packets += o.rx_packets;
-        self.rx_bytes += o.rx_bytes;
-        self.tx_packets += o.tx_packets;
-        self.tx_bytes += o.tx_bytes;
-        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
-            *a += b;
-        }
-    }
-}
+/// Counters of one leg: the call's own totals type, summed over calls and shards.
+pub use crate::call::stats::LegTotals;
 
 /// Observations for histograms, as raw samples since the last scrape would be unbounded; we
 /// keep fixed buckets instead.
@@ -116,6 +95,8 @@ pub struct ShardTotals {
     /// Per ended call: loss ratio and jitter of what WhatsApp sent us.
     pub call_loss: Histogram,
     pub call_jitter: Histogram,
+    /// Live calls sampled once a second (see [`crate::ops::quality`]).
+    pub quality: crate::ops::quality::LiveQuality,
 }
 
 impl ShardTotals {
@@ -140,6 +121,7 @@ impl ShardTotals {
             dtls_setup: Histogram::new(SETUP_BUCKETS),
             call_loss: Histogram::new(LOSS_BUCKETS),
             call_jitter: Histogram::new(JITTER_BUCKETS),
+            quality: Default::default(),
         }
     }
 
@@ -162,6 +144,8 @@ pub struct MetricsSnapshot {
     /// Admission refuses new calls when every shard is at least this busy (1.0 = never).
     pub max_shard_busy: f64,
     pub shards: Vec<ShardTotals>,
+    /// CreateCalls refused, indexed like [`RefusedReason::ALL`].
+    pub refused: [u64; RefusedReason::ALL.len()],
 }
 
 impl MetricsSnapshot {

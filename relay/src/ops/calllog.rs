@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load, RefusedReason,
 };
 
 use super::logs::log_event;
@@ -242,6 +242,9 @@ async fn sample<C: CallControl>(engine: &C, shared: &Shared) {
     let at = SystemTime::now();
     match engine.list_calls().await {
         Ok(calls) => {
+            for c in calls.iter().filter(|c| super::logs::call_debug(&c.call_id)) {
+                super::logs::log_call_stats(c);
+            }
             let lost = shared.recorder().on_sample(calls, at);
             for r in &lost {
                 tracing::warn!(call_id = %r.call_id, "call vanished without an end event (event stream lagged)");
@@ -361,5 +364,25 @@ impl<C: CallControl> CallControl for Observed<C> {
 
     fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.inner.subscribe()
+    }
+
+    fn set_draining(&self, draining: bool) {
+        self.inner.set_draining(draining);
+    }
+
+    fn set_limits(
+        &self,
+        capacity: Option<u32>,
+        busy_percent: Option<u32>,
+    ) -> Result<crate::api::Limits, ApiError> {
+        self.inner.set_limits(capacity, busy_percent)
+    }
+
+    async fn end_all_drained(&self) -> Result<usize, ApiError> {
+        self.inner.end_all_drained().await
+    }
+
+    fn count_refused(&self, reason: RefusedReason) {
+        self.inner.count_refused(reason);
     }
 }

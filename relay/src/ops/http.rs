@@ -3,16 +3,22 @@
 //!
 //! Three fixed GET routes for Prometheus and the kubelet do not need an HTTP stack: the request
 //! head is read (bounded in size and time), the path routed, one response written. Connections
-//! are capped so a flood of slow clients cannot exhaust memory or tasks.
+//! are capped in total and per source IP so a flood of slow clients cannot exhaust memory or
+//! tasks, and a new connection displaces the oldest rather than waiting, so the kubelet's
+//! probes answer within their timeout while such a flood runs ([`HttpLimits`]). `/metrics`
+//! renders off the async workers, so probes never queue behind it.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use crate::engine::EngineHandle;
+use crate::engine::heartbeat::Stalled;
 use crate::engine::snapshot::MetricsSnapshot;
 
 use super::metrics::{CONTENT_TYPE, Extras, page};
@@ -20,14 +26,48 @@ use super::ports::PortPlan;
 
 /// Largest request head accepted (request line plus headers).
 const MAX_HEAD: usize = 8 * 1024;
-/// A client gets this long to send its request and read the answer.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 32;
+
+/// How the listener defends itself. Probes must answer within their timeout (the kubelet's
+/// default is 1 s) while slow or flooding clients hold connections; with `hostNetwork` this
+/// port is on the node's address.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// The whole request head must arrive within this (a slowloris client sending a header
+    /// line a second is cut off here). Probes and Prometheus send theirs in one packet.
+    pub head_timeout: Duration,
+    /// A connection's whole life: head, answer, and the client reading it.
+    pub connection_timeout: Duration,
+    /// Connections held at once. A new connection beyond it closes the oldest one still
+    /// waiting for its request head, so a flood of idle connections can delay a probe by at
+    /// most one accept, never starve it.
+    pub max_connections: usize,
+    /// Connections held at once per source IP; a new one beyond it closes that source's
+    /// oldest one still waiting for its head (a single attacker only ever displaces itself).
+    /// A connection whose request arrived is never displaced: it is being answered.
+    pub max_per_source: usize,
+    /// `/metrics` pages rendered at once (off the async workers); probes never wait for them.
+    pub max_metrics_renders: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            head_timeout: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+            max_per_source: 32,
+            max_metrics_renders: 2,
+        }
+    }
+}
 
 /// What the endpoints read.
 pub trait MetricsSource: Send + Sync + 'static {
     fn metrics_snapshot(&self) -> MetricsSnapshot;
+    /// Engine shards that stopped turning their loop (`/healthz` fails while any has).
+    fn stalled_shards(&self) -> Vec<Stalled> {
+        Vec::new()
+    }
     /// Build, process and port pool figures (read at scrape time).
     fn extras(&self) -> Extras {
         Extras::default()
@@ -37,6 +77,9 @@ pub trait MetricsSource: Send + Sync + 'static {
 impl MetricsSource for EngineHandle {
     fn metrics_snapshot(&self) -> MetricsSnapshot {
         EngineHandle::metrics_snapshot(self)
+    }
+    fn stalled_shards(&self) -> Vec<Stalled> {
+        EngineHandle::stalled_shards(self)
     }
     fn extras(&self) -> Extras {
         Extras::read(&PortPlan::of(self.config()))
@@ -94,8 +137,24 @@ pub fn route(method: &str, target: &str, src: &dyn MetricsSource) -> Response {
             content_type: CONTENT_TYPE,
             body: page(&src.metrics_snapshot(), &src.extras()),
         },
-        // The process answers: alive, draining or not (a draining relay is healthy).
-        "/healthz" => Response::text(200, "ok"),
+        // Alive: the process answers and every shard turns its loop (draining or not: a
+        // draining relay is healthy).
+        "/healthz" => match src.stalled_shards().as_slice() {
+            [] => Response::text(200, "ok"),
+            stalled => {
+                let which: Vec<String> = stalled
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "shard {} has not turned its loop for {}s",
+                            s.shard,
+                            s.for_at_least.as_secs()
+                        )
+                    })
+                    .collect();
+                Response::text(503, &which.join("; "))
+            }
+        },
         "/readyz" => match readiness(&src.metrics_snapshot()) {
             Readiness::Ready => Response::text(200, "ready"),
             Readiness::Draining => Response::text(503, "draining"),
@@ -106,25 +165,30 @@ pub fn route(method: &str, target: &str, src: &dyn MetricsSource) -> Response {
     }
 }
 
-/// Serve until `stop` turns true.
+/// Serve until `stop` turns true, with the default [`HttpLimits`].
 pub async fn serve<S: MetricsSource>(
     listener: TcpListener,
     src: Arc<S>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    serve_with(listener, src, stop, HttpLimits::default()).await;
+}
+
+/// Serve until `stop` turns true.
+pub async fn serve_with<S: MetricsSource>(
+    listener: TcpListener,
+    src: Arc<S>,
+    mut stop: watch::Receiver<bool>,
+    limits: HttpLimits,
+) {
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let renders = Arc::new(Semaphore::new(limits.max_metrics_renders.max(1)));
     loop {
-        let permit = tokio::select! {
-            _ = super::stopped(&mut stop) => return,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let stream = tokio::select! {
+        // Accepting never waits for a free slot: a new connection displaces an old one.
+        let (stream, peer) = tokio::select! {
             _ = super::stopped(&mut stop) => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: do not spin.
                     tracing::warn!(error = %e, "metrics listener: accept failed");
@@ -133,32 +197,132 @@ pub async fn serve<S: MetricsSource>(
                 }
             },
         };
-        let src = Arc::clone(&src);
+        let (id, evicted) = lock(&slots).admit(peer, &limits);
+        let (src, slots, renders) = (Arc::clone(&src), Arc::clone(&slots), Arc::clone(&renders));
         tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, handle(stream, &*src)).await;
+            let answering = || lock(&slots).answering(id);
+            tokio::select! {
+                _ = tokio::time::timeout(
+                    limits.connection_timeout,
+                    handle(stream, src, renders, limits.head_timeout, answering),
+                ) => {}
+                // Displaced by a newer connection (of the same source, or beyond the cap).
+                _ = evicted => {}
+            }
+            lock(&slots).release(id);
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, src: &dyn MetricsSource) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The connections held, oldest first, and per source. Dropping a connection's sender closes
+/// it (its task sees the receiver end).
+#[derive(Default)]
+struct Slots {
+    next_id: u64,
+    by_id: BTreeMap<u64, Slot>,
+    by_source: HashMap<IpAddr, VecDeque<u64>>,
+}
+
+struct Slot {
+    ip: IpAddr,
+    /// Still waiting for the request head (may be displaced); false once it is being answered.
+    reading: bool,
+    _closes_it: oneshot::Sender<()>,
+}
+
+impl Slots {
+    /// Take a slot for a connection from `peer`, closing the oldest connection of that source
+    /// or of all if a limit is reached. Returns the slot and what closes it.
+    fn admit(&mut self, peer: SocketAddr, limits: &HttpLimits) -> (u64, oneshot::Receiver<()>) {
+        let ip = peer.ip();
+        let reading = |id: &u64| self.by_id.get(id).is_some_and(|s| s.reading);
+        let oldest_of_source = self
+            .by_source
+            .get(&ip)
+            .filter(|q| q.len() >= limits.max_per_source.max(1))
+            .and_then(|q| q.iter().copied().find(reading));
+        if let Some(old) = oldest_of_source {
+            self.release(old);
         }
-        head.extend_from_slice(buf.get(..n).unwrap_or_default());
-        if head.len() > MAX_HEAD {
+        if self.by_id.len() >= limits.max_connections.max(1) {
+            let oldest = self
+                .by_id
+                .iter()
+                .find(|(_, s)| s.reading)
+                .map(|(id, _)| *id);
+            if let Some(old) = oldest {
+                self.release(old);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        self.by_id.insert(
+            id,
+            Slot {
+                ip,
+                reading: true,
+                _closes_it: tx,
+            },
+        );
+        self.by_source.entry(ip).or_default().push_back(id);
+        (id, rx)
+    }
+
+    /// Connection `id` sent its request: it is answered, never displaced.
+    fn answering(&mut self, id: u64) {
+        if let Some(s) = self.by_id.get_mut(&id) {
+            s.reading = false;
+        }
+    }
+
+    /// Free slot `id` (its connection ended, or it is being displaced).
+    fn release(&mut self, id: u64) {
+        let Some(Slot { ip, .. }) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(q) = self.by_source.get_mut(&ip) {
+            q.retain(|x| *x != id);
+            if q.is_empty() {
+                self.by_source.remove(&ip);
+            }
+        }
+    }
+}
+
+async fn handle<S: MetricsSource>(
+    mut stream: TcpStream,
+    src: Arc<S>,
+    renders: Arc<Semaphore>,
+    head_timeout: Duration,
+    answering: impl FnOnce(),
+) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(head_timeout, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
             return write(
                 &mut stream,
                 "GET",
-                &Response::text(431, "request head too large"),
+                &Response::text(408, "request head not received in time"),
             )
             .await;
         }
-    }
+    };
+    answering();
+    let Some(head) = head else {
+        return write(
+            &mut stream,
+            "GET",
+            &Response::text(431, "request head too large"),
+        )
+        .await;
+    };
     let line = head
         .split(|b| *b == b'\n')
         .next()
@@ -166,11 +330,42 @@ async fn handle(mut stream: TcpStream, src: &dyn MetricsSource) -> std::io::Resu
         .unwrap_or("");
     let mut parts = line.trim_end().split(' ');
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    let response = match (method, target, version) {
-        (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") => route(m, t, src),
-        _ => Response::text(400, "bad request"),
+    let (method, target) = match (method, target, version) {
+        (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") => (m.to_string(), t.to_string()),
+        _ => return write(&mut stream, "GET", &Response::text(400, "bad request")).await,
     };
-    write(&mut stream, method.unwrap_or(""), &response).await
+    let response = if target.split('?').next() == Some("/metrics") {
+        // Rendering the page is the one costly request: a few at a time, on the blocking
+        // pool, so probes on the async workers never queue behind it.
+        let Ok(_permit) = renders.acquire_owned().await else {
+            return Ok(());
+        };
+        let (m, t) = (method.clone(), target);
+        tokio::task::spawn_blocking(move || route(&m, &t, &*src))
+            .await
+            .unwrap_or_else(|_| Response::text(500, "metrics rendering failed"))
+    } else {
+        route(&method, &target, &*src)
+    };
+    write(&mut stream, &method, &response).await
+}
+
+/// Read up to the blank line ending the head. `Ok(None)`: the client closed first;
+/// `Ok(Some(None))`: the head is too large.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Option<Vec<u8>>>> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        if head.len() > MAX_HEAD {
+            return Ok(Some(None));
+        }
+    }
+    Ok(Some(Some(head)))
 }
 
 async fn write(stream: &mut TcpStream, method: &str, r: &Response) -> std::io::Result<()> {
@@ -179,7 +374,9 @@ async fn write(stream: &mut TcpStream, method: &str, r: &Response) -> std::io::R
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     };
@@ -213,6 +410,7 @@ mod tests {
     fn src(active: u64, capacity: u64, draining: bool) -> Fixed {
         Fixed(MetricsSnapshot {
             io_driver: "epoll",
+            refused: Default::default(),
             active_calls: active,
             capacity,
             draining,
@@ -250,6 +448,30 @@ mod tests {
         );
         // Liveness does not care.
         assert_eq!(route("GET", "/healthz", &src(10, 10, true)).status, 200);
+    }
+
+    struct Stuck(Fixed);
+
+    impl MetricsSource for Stuck {
+        fn metrics_snapshot(&self) -> MetricsSnapshot {
+            self.0.0.clone()
+        }
+        fn stalled_shards(&self) -> Vec<Stalled> {
+            vec![Stalled {
+                shard: 1,
+                for_at_least: Duration::from_secs(12),
+            }]
+        }
+    }
+
+    #[test]
+    fn liveness_fails_while_a_shard_is_stalled() {
+        let r = route("GET", "/healthz", &Stuck(src(0, 10, false)));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (503, "shard 1 has not turned its loop for 12s\n")
+        );
+        assert_eq!(route("GET", "/healthz", &src(0, 10, false)).status, 200);
     }
 
     #[test]

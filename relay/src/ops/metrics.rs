@@ -8,7 +8,8 @@ use std::fmt::Write;
 
 use super::ports::{PortPlan, PortPool};
 use super::process::{self, ProcessStats};
-use crate::api::EndCause;
+use super::quality::{self, LiveQuality};
+use crate::api::{EndCause, RefusedReason};
 use crate::call::stats::DROP_REASONS;
 use crate::engine::snapshot::{
     Histogram, JITTER_BUCKETS, LOSS_BUCKETS, LegTotals, MetricsSnapshot, SETUP_BUCKETS, ShardTotals,
@@ -86,6 +87,18 @@ pub fn render(s: &MetricsSnapshot) -> String {
 
     family(
         o,
+        "relay_calls_refused_total",
+        "counter",
+        "CreateCalls refused, by reason (capacity, draining, overloaded, per_number_limit, duplicate, invalid_request, terminated).",
+    );
+    for reason in RefusedReason::ALL {
+        let n = s.refused.get(reason.index()).copied().unwrap_or(0);
+        let labels = format!("reason=\"{}\"", reason.as_str());
+        sample(o, "relay_calls_refused_total", &labels, n as f64);
+    }
+
+    family(
+        o,
         "relay_calls_ended_total",
         "counter",
         "Calls ended, by cause.",
@@ -134,7 +147,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_drops_total",
         "counter",
-        "Received datagrams dropped, per leg and reason.",
+        "Received datagrams dropped, per leg and reason. late_dtls is not lost media: DTLS the peer retransmitted after the handshake finished (or its close_notify).",
     );
     for (leg, t) in &legs {
         for (reason, n) in DROP_REASONS.iter().zip(t.drops.iter()) {
@@ -196,6 +209,50 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "relay_call_jitter_seconds",
         "Per ended call: interarrival jitter of WhatsApp's packets (RFC 3550).",
         &merged(&s.shards, JITTER_BUCKETS, |t| &t.call_jitter),
+    );
+
+    let mut live = LiveQuality::default();
+    for t in &s.shards {
+        live.add(&t.quality);
+    }
+    for (name, help, h) in [
+        (
+            "relay_live_loss_ratio",
+            "Live calls sampled once a second: packet loss over that second, per leg and direction (rx: sequence gaps; tx: the peer's RTCP fraction lost). _count is call-seconds with media.",
+            &live.loss,
+        ),
+        (
+            "relay_live_jitter_seconds",
+            "Live calls sampled once a second: interarrival jitter per leg and direction (rx: measured by the relay; tx: reported by the peer over RTCP).",
+            &live.jitter,
+        ),
+    ] {
+        family(o, name, "histogram", help);
+        for (l, leg) in quality::LEGS.iter().enumerate() {
+            for (d, dir) in quality::DIRECTIONS.iter().enumerate() {
+                let labels = format!(
+                    "leg=\"{}\",direction=\"{dir}\"",
+                    super::logs::leg_name(*leg)
+                );
+                histogram_series(o, name, &labels, &h[l][d]);
+            }
+        }
+    }
+    family(
+        o,
+        "relay_live_rtt_seconds",
+        "histogram",
+        "Live calls sampled once a second: round-trip time per leg from RTCP (LSR/DLSR), once the peer reported it.",
+    );
+    for (l, leg) in quality::LEGS.iter().enumerate() {
+        let labels = format!("leg=\"{}\"", super::logs::leg_name(*leg));
+        histogram_series(o, "relay_live_rtt_seconds", &labels, &live.rtt[l]);
+    }
+    histogram(
+        o,
+        "relay_live_mos",
+        "Live calls sampled once a second: MOS estimate (ITU-T G.107 E-model) of the WhatsApp leg from its worse direction's loss and jitter and its RTT.",
+        &live.mos,
     );
 
     family(
@@ -373,6 +430,23 @@ pub fn page(s: &MetricsSnapshot, x: &Extras) -> String {
             sample(o, name, "", v);
         }
     }
+    if let Some(h) = super::hep::stats() {
+        use std::sync::atomic::Ordering::Relaxed;
+        family(
+            o,
+            "relay_hep_records_total",
+            "counter",
+            "HEP3 reports for Homer, by result: sent, dropped (queue full; the exporter never blocks the shards) or send_error.",
+        );
+        for (result, n) in [
+            ("sent", h.sent.load(Relaxed)),
+            ("dropped", h.dropped.load(Relaxed)),
+            ("send_error", h.send_errors.load(Relaxed)),
+        ] {
+            let labels = format!("result=\"{result}\"");
+            sample(o, "relay_hep_records_total", &labels, n as f64);
+        }
+    }
     if !x.ports.is_empty() {
         family(
             o,
@@ -458,22 +532,33 @@ fn merged(
 
 fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
     family(o, name, "histogram", help);
+    histogram_series(o, name, "", h);
+}
+
+/// One histogram's series; `labels` (may be empty) go before `le`.
+fn histogram_series(o: &mut String, name: &str, labels: &str, h: &Histogram) {
     let bucket = format!("{name}_bucket");
+    let sep = if labels.is_empty() { "" } else { "," };
     let mut cumulative = 0u64;
     for (i, bound) in h.bounds.iter().enumerate() {
         cumulative += h.counts.get(i).copied().unwrap_or(0);
         sample(
             o,
             &bucket,
-            &format!("le=\"{}\"", number(*bound)),
+            &format!("{labels}{sep}le=\"{}\"", number(*bound)),
             cumulative as f64,
         );
     }
     cumulative += h.counts.get(h.bounds.len()).copied().unwrap_or(0);
-    sample(o, &bucket, "le=\"+Inf\"", cumulative as f64);
-    sample(o, &format!("{name}_sum"), "", h.sum);
+    sample(
+        o,
+        &bucket,
+        &format!("{labels}{sep}le=\"+Inf\""),
+        cumulative as f64,
+    );
+    sample(o, &format!("{name}_sum"), labels, h.sum);
     // The +Inf bucket and _count must agree; both come from the same buckets.
-    sample(o, &format!("{name}_count"), "", cumulative as f64);
+    sample(o, &format!("{name}_count"), labels, cumulative as f64);
 }
 
 #[cfg(test)]
@@ -483,6 +568,7 @@ mod tests {
 
     use super::*;
     use crate::call::stats::DropReason;
+    use crate::ops::quality::{MOS_BUCKETS, RTT_BUCKETS};
 
     /// The exposition parsed back: series (name plus labels, as written) → value, with the
     /// family each HELP/TYPE line announced.
@@ -587,8 +673,13 @@ mod tests {
         b.send_errors = 2;
         b.busy_ratio = 0.25;
         b.ice_setup.observe_duration(Duration::from_millis(3));
+        a.quality.rtt[0].observe(0.08);
+        b.quality.rtt[0].observe(0.3);
+        b.quality.loss[1][1].observe(0.02);
+        b.quality.mos.observe(4.41);
         MetricsSnapshot {
             io_driver: "io_uring",
+            refused: Default::default(),
             active_calls: 3,
             capacity: 100,
             draining: true,
@@ -657,6 +748,23 @@ mod tests {
             v("relay_io_syscalls_total{shard=\"0\",kind=\"recvmmsg\"}"),
             0.0
         );
+        // Live quality: both shards' samples, per leg and direction.
+        assert_eq!(
+            v("relay_live_rtt_seconds_bucket{leg=\"whatsapp\",le=\"0.1\"}"),
+            1.0
+        );
+        assert_eq!(v("relay_live_rtt_seconds_count{leg=\"whatsapp\"}"), 2.0);
+        assert_eq!(v("relay_live_rtt_seconds_count{leg=\"internal\"}"), 0.0);
+        assert_eq!(
+            v("relay_live_loss_ratio_bucket{leg=\"internal\",direction=\"tx\",le=\"0.02\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("relay_live_loss_ratio_count{leg=\"whatsapp\",direction=\"rx\"}"),
+            0.0
+        );
+        assert_eq!(v("relay_live_mos_bucket{le=\"4.4\"}"), 0.0);
+        assert_eq!(v("relay_live_mos_bucket{le=\"4.5\"}"), 1.0);
     }
 
     #[test]
@@ -680,17 +788,29 @@ mod tests {
             if kind != "histogram" {
                 continue;
             }
+            // One histogram per label set (labelled families have several): the labels before
+            // `le` name it.
             let prefix = format!("{family}_bucket{{");
-            let buckets: Vec<f64> = p
-                .order
-                .iter()
-                .filter(|s| s.starts_with(&prefix))
-                .map(|s| p.values[s])
-                .collect();
-            assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{family}");
-            let last = p.order.iter().rfind(|s| s.starts_with(&prefix)).unwrap();
-            assert!(last.ends_with("le=\"+Inf\"}"), "{family}");
-            assert_eq!(p.values[last], p.values[&format!("{family}_count")]);
+            let mut groups: Vec<(String, Vec<&String>)> = Vec::new();
+            for series in p.order.iter().filter(|s| s.starts_with(&prefix)) {
+                let labels = &series[prefix.len()..series.find("le=").unwrap()];
+                match groups.iter_mut().find(|(l, _)| l == labels) {
+                    Some((_, v)) => v.push(series),
+                    None => groups.push((labels.to_string(), vec![series])),
+                }
+            }
+            assert!(!groups.is_empty(), "{family}");
+            for (labels, series) in groups {
+                let buckets: Vec<f64> = series.iter().map(|s| p.values[*s]).collect();
+                assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{family}{labels}");
+                let last = series.last().unwrap();
+                assert!(last.ends_with("le=\"+Inf\"}"), "{family}");
+                let count = match labels.trim_end_matches(',') {
+                    "" => format!("{family}_count"),
+                    l => format!("{family}_count{{{l}}}"),
+                };
+                assert_eq!(p.values[*last], p.values[&count], "{count}");
+            }
         }
     }
 
@@ -698,6 +818,7 @@ mod tests {
     fn every_family_the_deployment_expects_is_typed() {
         let p = parse(&render(&MetricsSnapshot {
             io_driver: "io_uring",
+            refused: Default::default(),
             active_calls: 0,
             capacity: 1,
             draining: false,
@@ -711,6 +832,7 @@ mod tests {
             ("relay_shard_calls", "gauge"),
             ("relay_calls_created_total", "counter"),
             ("relay_calls_ended_total", "counter"),
+            ("relay_calls_refused_total", "counter"),
             ("relay_packets_total", "counter"),
             ("relay_bytes_total", "counter"),
             ("relay_drops_total", "counter"),
@@ -731,6 +853,7 @@ mod tests {
         assert_eq!(p.values.len(), render_series_count(1));
         let two = parse(&render(&MetricsSnapshot {
             io_driver: "io_uring",
+            refused: Default::default(),
             active_calls: 0,
             capacity: 1,
             draining: false,
@@ -741,13 +864,23 @@ mod tests {
     }
 
     fn render_series_count(shards: usize) -> usize {
-        let fixed = 3 + 1 + END_CAUSES.len() + 4 + 4 + 2 * DROP_REASONS.len() + 2;
+        let fixed = 3
+            + 1
+            + RefusedReason::ALL.len()
+            + END_CAUSES.len()
+            + 4
+            + 4
+            + 2 * DROP_REASONS.len()
+            + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
         let io = 1 + crate::engine::IO_SYSCALLS.len() * shards;
+        let live = 4 * hist(LOSS_BUCKETS) + 4 * hist(JITTER_BUCKETS) + 2 * hist(RTT_BUCKETS);
         fixed
             + hist(SETUP_BUCKETS) * 2
             + hist(LOSS_BUCKETS)
             + hist(JITTER_BUCKETS)
+            + live
+            + hist(MOS_BUCKETS)
             + 5 * shards
             + io
     }

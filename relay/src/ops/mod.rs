@@ -10,12 +10,14 @@
 //! [`MetricsSnapshot`]: crate::engine::snapshot::MetricsSnapshot
 
 pub mod calllog;
+pub mod hep;
 pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod mos;
 pub mod ports;
 pub mod process;
+pub mod quality;
 pub mod record;
 
 use std::net::SocketAddr;
@@ -101,11 +103,27 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
+    if let Some(sink) = hep::sink() {
+        use crate::api::CallControl;
+        tokio::spawn(hep::export_ends(engine.subscribe(), sink, stop_rx.clone()));
+    }
+
     let observed = Arc::new(call_log.observe(Arc::clone(&engine_arc)));
+    // One drain for SIGTERM and the gRPC Drain request alike.
+    let the_drain = control::Drain::spawn(
+        Arc::clone(&observed),
+        settings.drain_deadline,
+        stop_rx.clone(),
+    );
     let mut control_stop = stop_rx.clone();
-    let control = control::serve(observed, settings.control_config(), async move {
-        stopped(&mut control_stop).await;
-    });
+    let control = control::serve_with_drain(
+        observed,
+        settings.control_config(),
+        Some(Arc::clone(&the_drain)),
+        async move {
+            stopped(&mut control_stop).await;
+        },
+    );
     tokio::pin!(control);
 
     // The control plane runs through the drain (Terminate and GetCall keep working) and stops
@@ -122,7 +140,7 @@ pub async fn run(
     }
 
     let end = tokio::select! {
-        end = drain(&engine, settings.drain_deadline, &mut signals) => end,
+        end = drain(&engine, &the_drain, settings.drain_deadline, &mut signals) => end,
         result = &mut control => {
             tracing::error!(?result, "control plane stopped during the drain");
             DrainEnd::Signal
@@ -135,13 +153,10 @@ pub async fn run(
             calls = left,
             "drain over; ending the remaining calls (cause drained)"
         );
-        if end != DrainEnd::Signal {
-            // Freshest counters for the records of the calls about to be ended.
-            call_log.sample_now(&*engine_arc).await;
-        }
     } else {
         tracing::info!(?end, "drain over; no calls left");
     }
+    // Ends whatever is left (cause drained) and stops the shards.
     engine.shutdown();
     call_log.finish(END_EVENTS_WAIT).await;
     let _ = stop_tx.send(true);
@@ -151,25 +166,32 @@ pub async fn run(
     result.map_err(RunError::from)
 }
 
-/// Refuse new calls (CreateCall answers UNAVAILABLE, `/readyz` 503) and wait until every call
-/// has ended, `deadline` passes, or another termination request arrives.
+/// Start `the_drain` (refuse new calls: CreateCall answers UNAVAILABLE, `/readyz` 503) and
+/// wait until every call has ended, the drain's deadline passed and it ended the rest, or
+/// another termination request arrives (then the rest are ended at once). A drain already
+/// started by a Drain request keeps its deadline if that is sooner.
 pub async fn drain(
     engine: &EngineHandle,
+    the_drain: &control::Drain,
     deadline: Duration,
     signals: &mut mpsc::Receiver<()>,
 ) -> DrainEnd {
-    engine.set_draining(true);
+    the_drain.start(deadline);
     tracing::info!(
         calls = engine.active_calls(),
         deadline = %humantime::format_duration(deadline),
         "termination requested: draining (no new calls; a second signal ends every call now)"
     );
-    let until = tokio::time::Instant::now() + deadline;
     let mut check = tokio::time::interval(DRAIN_POLL);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(until) => return DrainEnd::Deadline,
-            _ = signals.recv() => return DrainEnd::Signal,
+            _ = the_drain.finished() => return DrainEnd::Deadline,
+            _ = signals.recv() => {
+                the_drain.start(Duration::ZERO);
+                // The drain ends them now; the engine's shutdown would otherwise.
+                let _ = tokio::time::timeout(END_EVENTS_WAIT, the_drain.finished()).await;
+                return DrainEnd::Signal;
+            }
             _ = check.tick() => if engine.active_calls() == 0 {
                 return DrainEnd::Empty;
             },

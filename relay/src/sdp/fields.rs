@@ -182,9 +182,35 @@ pub(crate) fn millis(value: &str) -> Result<u32, Reason> {
         .ok_or_else(|| format!("`{value}` is not a positive number of milliseconds"))
 }
 
-/// A single token (mid, ICE credentials): printable ASCII, no spaces, 1–256 bytes.
-/// RFC 8839 restricts ICE credentials to `[A-Za-z0-9+/]`, but Meta's passwords end in `==`;
-/// the relay only compares them, so any printable ASCII is accepted.
+/// An ICE username fragment or password (RFC 8839 §5.4): `ice-char` (`ALPHA / DIGIT / "+" /
+/// "/"`), `min` to 256 characters (4 for the ufrag, 22 for the password). Meta's passwords are
+/// base64 and end in `==`, so up to two `=` are accepted as padding at the very end, and
+/// nothing else: a `:` would split the STUN USERNAME (`ufrag:ufrag`) in two, and `;`, `=` or a
+/// space in the middle are not credentials anyone generates.
+pub(crate) fn ice_credential(what: &str, value: &str, min: usize) -> Result<String, Reason> {
+    let body = value.trim_end_matches('=');
+    if value.len() - body.len() > 2 {
+        return Err(format!("{what} has more than two `=` of padding"));
+    }
+    if let Some(bad) = body
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '+' || *c == '/'))
+    {
+        return Err(format!(
+            "{what} contains {bad:?}: RFC 8839 allows letters, digits, `+` and `/` (and `=` \
+             padding at the end)"
+        ));
+    }
+    if value.len() < min || value.len() > 256 {
+        return Err(format!(
+            "{what} is {} characters long; RFC 8839 requires {min} to 256",
+            value.len()
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A single token (mid): printable ASCII, no spaces, 1–256 bytes.
 pub(crate) fn token(what: &str, value: &str) -> Result<String, Reason> {
     if value.is_empty() {
         return Err(format!("{what} is empty"));

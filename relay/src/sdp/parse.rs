@@ -184,12 +184,12 @@ impl Shared {
         match name {
             "ice-ufrag" => set_once(
                 &mut self.ice_ufrag,
-                fields::token("ice-ufrag", value).map_err(|r| line.err(r))?,
+                fields::ice_credential("ice-ufrag", value, 4).map_err(|r| line.err(r))?,
                 line,
             )?,
             "ice-pwd" => set_once(
                 &mut self.ice_pwd,
-                fields::token("ice-pwd", value).map_err(|r| line.err(r))?,
+                fields::ice_credential("ice-pwd", value, 22).map_err(|r| line.err(r))?,
                 line,
             )?,
             "fingerprint" => {

@@ -11,6 +11,7 @@ mod keepalive;
 mod lifetime;
 mod replace;
 mod replay;
+mod rtt;
 mod silence;
 mod stats;
 mod timeouts;
