@@ -160,7 +160,10 @@ fn rtcp_and_quality_reports_reach_the_collector_and_tshark_decodes_them() {
     // already read it: wait for the count rather than race it.
     let deadline = Instant::now() + WAIT;
     while stats.sent.load(std::sync::atomic::Ordering::Relaxed) < packets.len() as u64 {
-        assert!(Instant::now() < deadline, "every received record counted as sent");
+        assert!(
+            Instant::now() < deadline,
+            "every received record counted as sent"
+        );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
