@@ -5,6 +5,10 @@
 //! writing) runs on the caller's thread; the finished call moves to its shard through the
 //! shard's command queue and never leaves it. The handle keeps the control-plane registry
 //! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
+//!
+//! Inside a shard: `shard.rs` runs the loop, `core.rs` is its sans-IO logic (calls by slot,
+//! commands, events, the deadline heap of `timers.rs`), and a driver (`driver.rs`) does the
+//! I/O: `uring.rs` (io_uring) or `epoll.rs` (epoll + `udp.rs`'s recvmmsg/sendmmsg).
 
 mod core;
 mod driver;
