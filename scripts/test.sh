@@ -61,6 +61,17 @@ echo "== Python interop peers (e2e/python: aiortc, aioice, pyOpenSSL, pylibsrtp;
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --only-binary=:all: \
   -r e2e/python/requirements.txt
 
+echo "== opus-tools (opusinfo reads the Ogg Opus recordings in relay/tests/process.rs, relay/src/record)"
+if ! command -v opusinfo >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq opus-tools >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq opus-tools >/dev/null 2>&1; } \
+    || echo "warning: cannot install opus-tools; the opusinfo checks will be skipped" >&2
+fi
+command -v opusinfo >/dev/null 2>&1 && opusinfo -V 2>&1 | head -1 || true
+
 echo "== tests"
 # The engine's tests a second time on the other I/O driver: the first run uses the default
 # (auto: io_uring where the kernel allows it), this one the epoll fallback. Only the test

@@ -177,6 +177,39 @@ impl RelayClient {
         resp.call.ok_or_else(|| missing("OpenGateResponse.call"))
     }
 
+    /// Start, stop, pause or resume recording a call. `None` only for a stop on a call that was
+    /// never recorded.
+    pub async fn recording(
+        &mut self,
+        call_id: impl Into<String>,
+        op: RecordingOp,
+    ) -> Result<Option<pb::Recording>, Status> {
+        let call_id = call_id.into();
+        let resp = match op {
+            RecordingOp::Start => {
+                self.inner
+                    .start_recording(pb::StartRecordingRequest { call_id })
+                    .await?
+            }
+            RecordingOp::Stop => {
+                self.inner
+                    .stop_recording(pb::StopRecordingRequest { call_id })
+                    .await?
+            }
+            RecordingOp::Pause => {
+                self.inner
+                    .pause_recording(pb::PauseRecordingRequest { call_id })
+                    .await?
+            }
+            RecordingOp::Resume => {
+                self.inner
+                    .resume_recording(pb::ResumeRecordingRequest { call_id })
+                    .await?
+            }
+        };
+        Ok(resp.into_inner().recording)
+    }
+
     /// `None` when the call was unknown or had already ended.
     pub async fn terminate(
         &mut self,
@@ -314,4 +347,13 @@ pub fn error_reason(status: &Status) -> Option<String> {
         .get_error_details()
         .error_info()
         .map(|info| info.reason.clone())
+}
+
+/// The four recording RPCs, for [`RelayClient::recording`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingOp {
+    Start,
+    Stop,
+    Pause,
+    Resume,
 }

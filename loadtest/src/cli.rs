@@ -898,9 +898,14 @@ impl CompareEntry {
                 if late { "!" } else { "" }
             ),
             opt(at.and_then(|r| r.resources.relay_cpu_pct), "%"),
+            // n: the clean probes (nothing lost, every call up) the median is over; "lossy":
+            // there were none, so it is over probes that lost packets.
             c.cpu_us_per_packet().map_or_else(
                 || "-".into(),
-                |v| format!("{v:.1} (n={})", c.clean_probes()),
+                |v| match c.clean_probes() {
+                    0 => format!("{v:.1} (lossy)"),
+                    n => format!("{v:.1} (n={n})"),
+                },
             ),
             c.syscalls_per_packet()
                 .map_or_else(|| "n/a".into(), |v| format!("{v:.2}{syscalls_src}")),

@@ -18,6 +18,8 @@ use crate::syscalls::SyscallMeter;
 pub struct Sample {
     /// Seconds since the run started (end of the interval).
     pub t_s: f64,
+    /// The interval's length, s.
+    pub dt_s: f64,
     /// Calls with media on.
     pub calls: usize,
     /// Stamped packets received per second, WhatsApp → internal and internal → WhatsApp.
@@ -64,6 +66,11 @@ impl Window {
     }
     pub fn process_cpu_mean(&self) -> Option<f64> {
         self.mean(|s| s.process_cpu_pct)
+    }
+    /// The time the window's samples cover, s (per-second rates divide by this, not by the
+    /// nominal hold: a window holds whole sampler intervals).
+    pub fn covered_s(&self) -> f64 {
+        self.samples.iter().map(|s| s.dt_s).sum()
     }
     pub fn relay_rss_max(&self) -> Option<u64> {
         self.samples.iter().filter_map(|s| s.relay_rss_bytes).max()
@@ -177,6 +184,7 @@ impl Sampler {
         }
         let s = Sample {
             t_s: now.duration_since(self.started).as_secs_f64(),
+            dt_s: dt,
             calls: self.active.load(Ordering::Relaxed),
             up_pps: t.up.received as f64 / dt,
             down_pps: t.down.received as f64 / dt,

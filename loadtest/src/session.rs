@@ -1133,13 +1133,29 @@ impl CapacityReport {
 
     /// Median CPU per forwarded packet over the clean probes, µs (see
     /// [`Probe::cpu_us_per_packet`]).
+    /// Without a clean probe, over all probes (see [`CapacityReport::clean_probes`]).
     pub fn cpu_us_per_packet(&self) -> Option<f64> {
-        median(self.clean().filter_map(Probe::cpu_us_per_packet).collect())
+        median(self.clean().filter_map(Probe::cpu_us_per_packet).collect()).or_else(|| {
+            median(
+                self.probes
+                    .iter()
+                    .filter_map(Probe::cpu_us_per_packet)
+                    .collect(),
+            )
+        })
     }
 
-    /// Median system calls per forwarded packet over the clean probes.
+    /// Median system calls per forwarded packet over the clean probes (or, without one, over
+    /// all).
     pub fn syscalls_per_packet(&self) -> Option<f64> {
-        median(self.clean().filter_map(|p| p.syscalls_per_packet).collect())
+        median(self.clean().filter_map(|p| p.syscalls_per_packet).collect()).or_else(|| {
+            median(
+                self.probes
+                    .iter()
+                    .filter_map(|p| p.syscalls_per_packet)
+                    .collect(),
+            )
+        })
     }
 }
 

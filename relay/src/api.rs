@@ -295,6 +295,12 @@ pub enum CallEventKind {
         previous: Option<SocketAddr>,
         remote: Option<SocketAddr>,
     },
+    /// A recording of the call started, paused, resumed or stopped (by request or because the
+    /// call ended; a stop comes before the call's `Ended`).
+    Recording {
+        change: RecordingChange,
+        status: RecordingStatus,
+    },
     /// The last event of a call, with its final statistics (exact counters at the end,
     /// whatever ended it: Terminate, a timeout, drain).
     Ended {
@@ -302,6 +308,58 @@ pub enum CallEventKind {
         meta_code: Option<u32>,
         stats: Box<CallInfo>,
     },
+}
+
+/// What a fork of the call's media does. Only recording exists today; live listen-in and
+/// whisper/barge (which need mixing) are the next kinds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ForkKind {
+    Recording,
+}
+
+/// A request on a call's recording. Each is idempotent: starting a recorded call returns the
+/// running recording, stopping a stopped one returns its last state, pausing a paused one is a
+/// no-op.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingOp {
+    Start,
+    Stop,
+    /// Stop writing audio (PCI: while a card number is read). The files keep running time: the
+    /// paused span is silence of the right length, and the sidecar says when.
+    Pause,
+    Resume,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingState {
+    Recording,
+    Paused,
+    Stopped,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingChange {
+    Started,
+    Paused,
+    Resumed,
+    Stopped,
+}
+
+/// A recording's files: the consumer's audio (from WhatsApp), the agent's (to WhatsApp), both
+/// Ogg Opus, and the JSON Lines event sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingFiles {
+    pub consumer: std::path::PathBuf,
+    pub agent: std::path::PathBuf,
+    pub events: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingStatus {
+    pub state: RecordingState,
+    pub files: RecordingFiles,
+    /// Packets of this call not recorded because the disk writer was behind.
+    pub dropped_packets: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -504,6 +562,22 @@ pub trait CallControl: Send + Sync + 'static {
     fn list_calls(&self) -> impl Future<Output = Result<Vec<CallInfo>, ApiError>> + Send;
 
     fn load(&self) -> impl Future<Output = Result<Load, ApiError>> + Send;
+
+    /// Start, stop, pause or resume recording a call (see [`RecordingOp`]). Returns the
+    /// recording's state after the request; `None` only for a stop (or status) on a call that
+    /// was never recorded.
+    fn recording(
+        &self,
+        call_id: String,
+        op: RecordingOp,
+    ) -> impl Future<Output = Result<Option<RecordingStatus>, ApiError>> + Send {
+        let _ = (call_id, op);
+        async {
+            Err(ApiError::FailedPrecondition(
+                "recording is not available on this relay".into(),
+            ))
+        }
+    }
 
     /// Every state change of every call. Slow subscribers lag (and are told so); they never
     /// block a shard.

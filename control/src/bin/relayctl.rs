@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use control::client::{RelayClient, error_reason, meta_code};
+use control::client::{RecordingOp, RelayClient, error_reason, meta_code};
 use control::json;
 use control::pb;
 use control::table::{Table, parse_duration, short_duration};
@@ -79,6 +79,12 @@ enum Command {
         #[arg(long)]
         ended: bool,
     },
+    /// Record a call to Ogg Opus files on the relay: start, stop, pause (PCI), resume.
+    Record {
+        #[arg(value_enum)]
+        action: RecordAction,
+        call_id: String,
+    },
     /// Active calls, capacity and per-shard packet rates.
     Load,
     /// Show or set the relay's log filter (RUST_LOG syntax: debug, info,relay=debug).
@@ -108,6 +114,14 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         deadline: Option<Duration>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RecordAction {
+    Start,
+    Stop,
+    Pause,
+    Resume,
 }
 
 fn parse_state(s: &str) -> Result<pb::CallState, String> {
@@ -175,6 +189,32 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     s
                 }
                 (false, None) => format!("{call_id}: unknown or already ended; nothing to do\n"),
+            }
+        }
+        Command::Record { action, call_id } => {
+            let op = match action {
+                RecordAction::Start => RecordingOp::Start,
+                RecordAction::Stop => RecordingOp::Stop,
+                RecordAction::Pause => RecordingOp::Pause,
+                RecordAction::Resume => RecordingOp::Resume,
+            };
+            let rec = relay
+                .recording(call_id.clone(), op)
+                .await
+                .map_err(status_error)?;
+            match (cli.json, rec) {
+                (true, rec) => json_line(&serde_json::json!({
+                    "recording": rec.as_ref().map(json::recording)
+                })),
+                (false, None) => format!("{call_id}: not recorded; nothing to do\n"),
+                (false, Some(r)) => {
+                    let v = json::recording(&r);
+                    let state = v["state"].as_str().unwrap_or("unknown");
+                    format!(
+                        "{call_id}: {state}\n  consumer  {}\n  agent     {}\n  events    {}\n  dropped   {} packet(s)\n",
+                        r.consumer_file, r.agent_file, r.events_file, r.dropped_packets
+                    )
+                }
             }
         }
         Command::Watch { call_id, ended } => {

@@ -143,11 +143,13 @@ pub struct CallSockets {
     pub sip_addr: SocketAddr,
 }
 
+/// Socket buffers of `bytes`: past `net.core.rmem_max`/`wmem_max` (212,992 bytes by default)
+/// when allowed (root: the `*BUFFORCE` options), else as much as the limits give. A socket
+/// shared by hundreds of calls needs more than the default to ride out a descheduled reader.
 pub(crate) fn set_buffers(s: &UdpSocket, bytes: usize) {
     let v = bytes as libc::c_int;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: a valid fd and a c_int option value of the declared size. Failure only
-        // leaves the default buffer size.
+    let set = |opt: libc::c_int| {
+        // SAFETY: a valid fd and a c_int option value of the declared size.
         unsafe {
             libc::setsockopt(
                 s.as_raw_fd(),
@@ -155,8 +157,15 @@ pub(crate) fn set_buffers(s: &UdpSocket, bytes: usize) {
                 opt,
                 (&v as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            ) == 0
         }
+    };
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // Failure only leaves the default buffer size.
+        let _ = set(force) || set(plain);
     }
 }
 

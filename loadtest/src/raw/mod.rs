@@ -61,6 +61,9 @@ enum RawCmd {
         sockets: Option<[UdpSocket; 2]>,
         meta: SocketAddr,
         sip: SocketAddr,
+        /// One socket: answered once the routes are in (a datagram that arrives before its
+        /// route is dropped; a per-leg socket buffers it instead).
+        done: Option<Sender<()>>,
     },
     Remove(u64),
     Stop,
@@ -147,12 +150,17 @@ impl RawForwarder {
         sip: SocketAddr,
     ) -> io::Result<(SocketAddr, SocketAddr)> {
         if let Some(single) = self.single {
+            let (done, added) = crossbeam_channel::bounded(1);
             self.send(RawCmd::Add {
                 id,
                 sockets: None,
                 meta,
                 sip,
+                done: Some(done),
             });
+            added
+                .recv_timeout(Duration::from_secs(2))
+                .map_err(|_| io::Error::other("the forwarder did not take the call"))?;
             return Ok((single, single));
         }
         let bind = || -> io::Result<UdpSocket> {
@@ -167,6 +175,7 @@ impl RawForwarder {
             sockets: Some([wa, internal]),
             meta,
             sip,
+            done: None,
         });
         Ok(addrs)
     }
@@ -262,6 +271,7 @@ fn run_per_leg(mut poll: Poll, commands: Receiver<RawCmd>, published: &AtomicU64
                     sockets: Some([wa, internal]),
                     meta,
                     sip,
+                    ..
                 } => {
                     set_buffers(&wa, 1 << 20);
                     set_buffers(&internal, 1 << 20);
@@ -360,10 +370,19 @@ fn run_single(
         }
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
-                RawCmd::Add { id, meta, sip, .. } => {
+                RawCmd::Add {
+                    id,
+                    meta,
+                    sip,
+                    done,
+                    ..
+                } => {
                     routes.insert(meta, sip);
                     routes.insert(sip, meta);
                     calls.insert(id, [meta, sip]);
+                    if let Some(d) = done {
+                        let _ = d.send(());
+                    }
                 }
                 RawCmd::Remove(id) => {
                     if let Some(ends) = calls.remove(&id) {

@@ -149,6 +149,8 @@ pub struct RunReport {
     pub hold_s: f64,
     /// Time between the last call coming up and the steady window (not measured).
     pub warmup_s: f64,
+    /// The time the steady window's samples cover (whole sampler intervals; about `hold_s`).
+    pub steady_s: f64,
     /// WhatsApp → internal (Meta peer → relay → SIP peer).
     pub up: DirReport,
     /// Internal → WhatsApp (SIP peer → relay → Meta peer).
@@ -175,7 +177,12 @@ impl RunReport {
 
     /// Packets forwarded per second in the steady window, both directions.
     pub fn forwarded_pps(&self) -> f64 {
-        (self.up.steady_received + self.down.steady_received) as f64 / self.hold_s.max(0.001)
+        let covered = if self.steady_s > 0.0 {
+            self.steady_s
+        } else {
+            self.hold_s
+        };
+        (self.up.steady_received + self.down.steady_received) as f64 / covered.max(0.001)
     }
 
     /// The target's system calls per forwarded packet in the steady window.
@@ -261,6 +268,7 @@ pub fn build(r: RunInputs<'_>) -> RunReport {
         failures: r.failures,
         hold_s: r.hold_s,
         warmup_s: r.warmup_s,
+        steady_s: steady.covered_s(),
         up: DirReport::new(&r.all.up, &s.up),
         down: DirReport::new(&r.all.down, &s.down),
         setup: r.all.setup.percentiles(),

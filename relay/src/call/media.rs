@@ -20,6 +20,7 @@ use crate::call::rewrite::{Rewritten, Source};
 use crate::call::stats::DropReason;
 use crate::call::{Call, fill};
 use crate::net::{Outbox, SocketRef};
+use crate::record::Direction;
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::{rtp, stun};
 
@@ -116,6 +117,8 @@ impl Call {
             // handshake state (a client already did when it connected).
             self.release_wa_dtls();
         }
+        let opus = hdr.payload_type == self.wa.opus_pt;
+        (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus);
 
         // Payload type map: WhatsApp's PTs → the internal leg's.
         let out_pt = if hdr.payload_type == self.wa.opus_pt {
@@ -309,6 +312,8 @@ impl Call {
         hdr: rtp::RtpHeader,
         out: &mut impl Outbox,
     ) {
+        let opus = hdr.payload_type == self.internal.opus_pt;
+        (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus);
         let out_pt = if hdr.payload_type == self.internal.opus_pt {
             self.wa.opus_pt
         } else {

@@ -8,6 +8,7 @@
 pub mod config;
 mod error;
 pub mod fill;
+pub mod fork;
 mod internal_webrtc;
 mod legs;
 mod media;
@@ -94,6 +95,8 @@ pub struct Call {
     ended: Option<EndCause>,
     /// Cached earliest deadline, recomputed after every input.
     next_deadline: Option<Instant>,
+    /// Recording (and later listen-in) copies of the media; see `fork.rs`.
+    forks: fork::Forks,
 }
 
 impl Call {
@@ -180,7 +183,9 @@ impl Call {
     }
 
     pub fn poll_event(&mut self) -> Option<CallEventKind> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        self.forks.observe(&ev);
+        Some(ev)
     }
 
     pub fn state(&self) -> CallState {
@@ -272,6 +277,7 @@ impl Call {
     fn end(&mut self, cause: EndCause) {
         if self.ended.is_none() {
             self.ended = Some(cause);
+            self.end_forks(cause);
             let stats = Box::new(self.info());
             self.events.push_back(CallEventKind::Ended {
                 cause,
@@ -284,6 +290,7 @@ impl Call {
 
     /// After any input: run the ICE/DTLS event cascade and recompute the deadline.
     fn after_input(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.forks.tick(now);
         self.process_ice_events(now, out);
         self.process_dtls(now, out);
         self.process_internal_webrtc(now, out);

@@ -249,6 +249,7 @@ impl Call {
             events: VecDeque::from([crate::api::CallEventKind::Created]),
             ended: None,
             next_deadline: None,
+            forks: Default::default(),
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{ApiError, CallControl, RefusedReason};
+use crate::api::{ApiError, CallControl, RecordingOp, RefusedReason};
 
 use super::convert;
 use super::drain::Drain;
@@ -30,6 +30,21 @@ fn api<T>(r: Result<T, ApiError>) -> Result<T, Status> {
 
 fn call_id(id: String) -> Result<String, Status> {
     api(convert::required_id("call_id", id))
+}
+
+impl<C: CallControl> RelayService<C> {
+    /// The four recording RPCs differ only in the operation.
+    async fn recording(
+        &self,
+        id: String,
+        op: RecordingOp,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        let id = call_id(id)?;
+        let status = api(self.engine.recording(id, op).await)?;
+        Ok(Response::new(pb::RecordingResponse {
+            recording: status.as_ref().map(convert::recording),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -95,6 +110,38 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
             internal_sdp: r.internal_sdp,
             call: Some(convert::call_info(r.call)),
         }))
+    }
+
+    async fn start_recording(
+        &self,
+        request: Request<pb::StartRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Start)
+            .await
+    }
+
+    async fn stop_recording(
+        &self,
+        request: Request<pb::StopRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Stop)
+            .await
+    }
+
+    async fn pause_recording(
+        &self,
+        request: Request<pb::PauseRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Pause)
+            .await
+    }
+
+    async fn resume_recording(
+        &self,
+        request: Request<pb::ResumeRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Resume)
+            .await
     }
 
     async fn terminate(

@@ -149,6 +149,12 @@ pub(crate) enum Command {
         cause: EndCause,
         reply: tokio::sync::oneshot::Sender<usize>,
     },
+    /// A call's recording: start (files already created), stop, pause, resume, status.
+    Record {
+        call_id: String,
+        req: crate::call::fork::RecordRequest,
+        reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::RecordingStatus>, ApiError>>,
+    },
     /// End every call (`Drained`) and stop the thread.
     Stop,
 }
@@ -499,6 +505,13 @@ impl ShardCore {
             }
             Command::EndAll { cause, reply } => {
                 let _ = reply.send(self.end_all(now, cause, io));
+            }
+            Command::Record {
+                call_id,
+                req,
+                reply,
+            } => {
+                let _ = reply.send(self.with_call(&call_id, io, |c, _| c.record(req, now)));
             }
             Command::Stop => {
                 self.end_all(now, EndCause::Drained, io);

@@ -35,8 +35,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load, RefusedReason, ShardLoad,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load, RecordingOp, RecordingState,
+    RecordingStatus, RefusedReason, ShardLoad,
 };
+use crate::call::fork::RecordRequest;
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
 pub use driver::IoDriverChoice;
@@ -79,6 +81,8 @@ pub struct EngineConfig {
     pub tombstones: TombstoneConfig,
     /// A shard whose loop has not turned for this long makes `/healthz` fail.
     pub shard_stall_timeout: std::time::Duration,
+    /// Call recording (off unless `recording_dir` is set).
+    pub recording: crate::record::RecordingConfig,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +113,7 @@ impl Default for EngineConfig {
                 .unwrap_or_default(),
             tombstones: TombstoneConfig::default(),
             shard_stall_timeout: std::time::Duration::from_secs(10),
+            recording: Default::default(),
         }
     }
 }
@@ -186,6 +191,8 @@ struct Inner {
     refused: [AtomicU64; RefusedReason::ALL.len()],
     /// Probes' view of the shards' heartbeats (taken by probes only, never by a packet).
     heartbeats: Mutex<heartbeat::HeartbeatWatch>,
+    /// The disk writer for recordings, when a recording directory is configured.
+    recorder: Option<Arc<crate::record::Recorder>>,
 }
 
 /// The control plane's handle on the engine. Cheap to clone.
@@ -249,7 +256,12 @@ impl Engine {
             );
         }
         let (bcast, _) = broadcast::channel(4096);
+        let recorder = match cfg.recording.dir {
+            Some(_) => Some(crate::record::Recorder::start(cfg.recording.clone())?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
+            recorder,
             ports: sockets::PortAllocator::new(cfg.ports),
             capacity: AtomicU32::new(cfg.capacity),
             busy_permille: AtomicU32::new(
@@ -340,6 +352,11 @@ impl EngineHandle {
                 .map(|s| s.totals.lock().unwrap_or_else(|p| p.into_inner()).clone())
                 .collect(),
             refused: self.refused_calls(),
+            recording: self
+                .inner
+                .recorder
+                .as_ref()
+                .map(|r| snapshot::RecordingTotals::from(r.stats())),
         }
     }
 
@@ -382,6 +399,15 @@ impl EngineHandle {
     pub fn shutdown(&self) {
         for s in &self.inner.shards {
             let _ = s.send(Command::Stop);
+        }
+        if let Some(recorder) = &self.inner.recorder {
+            // The shards end their calls, which closes their recordings; give them a moment,
+            // then let the writer finish every file before the process exits.
+            let deadline = Instant::now() + std::time::Duration::from_secs(2);
+            while self.active_calls() > 0 && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            recorder.shutdown();
         }
     }
 
@@ -702,6 +728,69 @@ impl CallControl for EngineHandle {
             }
         }
         Ok(replaced)
+    }
+
+    async fn recording(
+        &self,
+        call_id: String,
+        op: RecordingOp,
+    ) -> Result<Option<RecordingStatus>, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        let ask = |req| {
+            let call_id = call_id.clone();
+            self.ask(shard, move |reply| Command::Record {
+                call_id,
+                req,
+                reply,
+            })
+        };
+        let req = match op {
+            RecordingOp::Stop => RecordRequest::Stop,
+            RecordingOp::Pause => RecordRequest::Pause,
+            RecordingOp::Resume => RecordRequest::Resume,
+            RecordingOp::Start => {
+                let recorder = self.inner.recorder.clone().ok_or_else(|| {
+                    ApiError::FailedPrecondition(
+                        "recording is not configured on this relay (set recording_dir / \
+                         --recording-dir)"
+                            .into(),
+                    )
+                })?;
+                // Already recorded: answer with the running recording, create nothing.
+                if let Some(s) = ask(RecordRequest::Status).await??
+                    && s.state != RecordingState::Stopped
+                {
+                    return Ok(Some(s));
+                }
+                let (business, consumer) = {
+                    let reg = lock(&self.inner.registry);
+                    let e = reg
+                        .calls
+                        .get(&call_id)
+                        .ok_or_else(|| ApiError::NotFound(call_id.clone()))?;
+                    (e.business_number.clone(), e.consumer.clone())
+                };
+                let (id, r) = (call_id.clone(), recorder.clone());
+                let open = tokio::task::spawn_blocking(move || {
+                    r.create(&id, &business, &consumer, SystemTime::now())
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("creating recording files: {e}")))??;
+                let files = open.files.clone();
+                let result = ask(RecordRequest::Start {
+                    open: Box::new(open),
+                    link: recorder.link().clone(),
+                })
+                .await
+                .and_then(|r| r);
+                // Another start won the race (or the call is gone): these files are unused.
+                if !matches!(&result, Ok(Some(s)) if s.files == files) {
+                    files.remove();
+                }
+                return result;
+            }
+        };
+        ask(req).await?
     }
 
     async fn terminate(

@@ -146,6 +146,37 @@ pub struct MetricsSnapshot {
     pub shards: Vec<ShardTotals>,
     /// CreateCalls refused, indexed like [`RefusedReason::ALL`].
     pub refused: [u64; RefusedReason::ALL.len()],
+    /// `None` when recording is not configured.
+    pub recording: Option<RecordingTotals>,
+}
+
+/// The recorder's counters (see [`crate::record::RecorderStats`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordingTotals {
+    pub active: u64,
+    pub started: u64,
+    pub packets_written: u64,
+    pub bytes_written: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_oversize: u64,
+    pub dropped_invalid: u64,
+    pub write_errors: u64,
+}
+
+impl From<&crate::record::RecorderStats> for RecordingTotals {
+    fn from(s: &crate::record::RecorderStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        RecordingTotals {
+            active: s.active.load(Relaxed),
+            started: s.started.load(Relaxed),
+            packets_written: s.packets_written.load(Relaxed),
+            bytes_written: s.bytes_written.load(Relaxed),
+            dropped_queue_full: s.dropped_queue_full.load(Relaxed),
+            dropped_oversize: s.dropped_oversize.load(Relaxed),
+            dropped_invalid: s.dropped_invalid.load(Relaxed),
+            write_errors: s.write_errors.load(Relaxed),
+        }
+    }
 }
 
 impl MetricsSnapshot {

@@ -334,6 +334,14 @@ impl<C: CallControl> CallControl for Observed<C> {
         result
     }
 
+    async fn recording(
+        &self,
+        call_id: String,
+        op: crate::api::RecordingOp,
+    ) -> Result<Option<crate::api::RecordingStatus>, ApiError> {
+        self.inner.recording(call_id, op).await
+    }
+
     async fn replace_internal_leg(
         &self,
         call_id: String,

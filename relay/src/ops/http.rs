@@ -416,6 +416,7 @@ mod tests {
             draining,
             max_shard_busy: 0.9,
             shards: vec![ShardTotals::new(0)],
+            recording: None,
         })
     }
 

@@ -90,6 +90,12 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::OneWayAudio { .. } => "one_way_audio",
         CallEventKind::IcePairNominated { .. } => "ice_pair_nominated",
         CallEventKind::InternalLegReplaced { .. } => "internal_leg_replaced",
+        CallEventKind::Recording { change, .. } => match change {
+            crate::api::RecordingChange::Started => "recording_started",
+            crate::api::RecordingChange::Paused => "recording_paused",
+            crate::api::RecordingChange::Resumed => "recording_resumed",
+            crate::api::RecordingChange::Stopped => "recording_stopped",
+        },
         CallEventKind::Ended { .. } => "ended",
     }
 }
@@ -228,6 +234,14 @@ pub fn log_event(ev: &CallEvent) {
                 "first media sent to WhatsApp (Meta's answer)"
             );
         }
+        CallEventKind::Recording { status, .. } => tracing::info!(
+            call_id,
+            event,
+            consumer_file = %status.files.consumer.display(),
+            agent_file = %status.files.agent.display(),
+            dropped_packets = status.dropped_packets,
+            "recording"
+        ),
     }
 }
 

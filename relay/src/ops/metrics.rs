@@ -338,7 +338,66 @@ pub fn render(s: &MetricsSnapshot) -> String {
             sample(o, "relay_io_syscalls_total", &labels, n as f64);
         }
     }
+    if let Some(r) = &s.recording {
+        recording(o, r);
+    }
     out
+}
+
+/// Recording families (present only when `recording_dir` is set).
+fn recording(o: &mut String, r: &crate::engine::snapshot::RecordingTotals) {
+    // (name, type, help, [(labels, value)])
+    type Family<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
+    let families: [Family; 6] = [
+        (
+            "relay_recordings_active",
+            "gauge",
+            "Recordings being written now.",
+            &[("", r.active)],
+        ),
+        (
+            "relay_recordings_started_total",
+            "counter",
+            "Recordings started.",
+            &[("", r.started)],
+        ),
+        (
+            "relay_recording_packets_written_total",
+            "counter",
+            "RTP packets written into recording files.",
+            &[("", r.packets_written)],
+        ),
+        (
+            "relay_recording_bytes_written_total",
+            "counter",
+            "Bytes of Ogg Opus written into recording audio files.",
+            &[("", r.bytes_written)],
+        ),
+        (
+            "relay_recording_dropped_packets_total",
+            "counter",
+            "Packets not recorded, by reason: queue_full (the disk writer is behind; the live \
+             call is unaffected), oversize (larger than a queue slot), invalid (not a valid \
+             Opus packet, a duplicate, or for a recording already closed).",
+            &[
+                ("reason=\"queue_full\"", r.dropped_queue_full),
+                ("reason=\"oversize\"", r.dropped_oversize),
+                ("reason=\"invalid\"", r.dropped_invalid),
+            ],
+        ),
+        (
+            "relay_recording_write_errors_total",
+            "counter",
+            "Recordings abandoned because their files could not be written.",
+            &[("", r.write_errors)],
+        ),
+    ];
+    for (name, kind, help, samples) in families {
+        family(o, name, kind, help);
+        for (labels, v) in samples {
+            sample(o, name, labels, *v as f64);
+        }
+    }
 }
 
 /// What `/metrics` serves besides the engine's counters: read at scrape time, not published by
@@ -685,6 +744,7 @@ mod tests {
             draining: true,
             max_shard_busy: 0.9,
             shards: vec![a, b],
+            recording: None,
         }
     }
 
@@ -824,6 +884,7 @@ mod tests {
             draining: false,
             max_shard_busy: 0.9,
             shards: vec![shard(0)],
+            recording: None,
         }));
         let expected = [
             ("relay_active_calls", "gauge"),
@@ -859,6 +920,7 @@ mod tests {
             draining: false,
             max_shard_busy: 0.9,
             shards: vec![shard(0), shard(1)],
+            recording: None,
         }));
         assert_eq!(two.values.len(), render_series_count(2));
     }
@@ -883,6 +945,30 @@ mod tests {
             + hist(MOS_BUCKETS)
             + 5 * shards
             + io
+    }
+
+    #[test]
+    fn recording_families_render_when_recording_is_configured() {
+        let p = parse(&render(&MetricsSnapshot {
+            io_driver: "io_uring",
+            active_calls: 0,
+            capacity: 1,
+            draining: false,
+            max_shard_busy: 0.9,
+            shards: vec![shard(0)],
+            refused: Default::default(),
+            recording: Some(crate::engine::snapshot::RecordingTotals {
+                active: 2,
+                dropped_queue_full: 5,
+                ..Default::default()
+            }),
+        }));
+        assert_eq!(p.values["relay_recordings_active"], 2.0);
+        assert_eq!(
+            p.values["relay_recording_dropped_packets_total{reason=\"queue_full\"}"],
+            5.0
+        );
+        assert_eq!(p.values.len(), render_series_count(1) + 8);
     }
 
     #[test]
