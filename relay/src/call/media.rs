@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::api::{CallEventKind, LegKind};
+use crate::call::gate::{FillView, Route};
 use crate::call::legs::{OPUS_CLOCK, srtp_drop_reason};
 use crate::call::rewrite::{Rewritten, Source};
 use crate::call::stats::DropReason;
@@ -292,14 +293,10 @@ impl Call {
         }
 
         // The gate: nothing reaches WhatsApp before accept, and nothing overtakes held media.
-        if !self.wa_can_send() || !self.prebuffer.is_empty() {
-            self.prebuffer.push(&buf[..n], now);
-            if self.wa_can_send() && self.prebuffer_next.is_none() {
-                self.prebuffer_next = Some(now);
-            }
-            return;
+        let can_send = self.wa_can_send();
+        if self.gate.route(&buf[..n], now, can_send) == Route::Send {
+            self.send_to_whatsapp(now, buf, n, hdr, out);
         }
-        self.send_to_whatsapp(now, buf, n, hdr, out);
     }
 
     /// Rewrite and protect a plaintext internal RTP packet (in `buf[..n]`, parsed as `hdr`)
@@ -396,25 +393,18 @@ impl Call {
         }
     }
 
-    /// The grid slot of the next silence frame (see [`crate::call::fill`]): a whole number of
-    /// packet times after the last packet sent, once the internal leg has been quiet for the
-    /// fill's adaptive wait. The maiden packet is due when the gate opens.
-    pub(super) fn next_fill_at(&self) -> Option<Instant> {
-        if !self.cfg.silence_fill || !self.wa_can_send() || !self.prebuffer.is_empty() {
-            return None;
+    /// What the gate needs to schedule fill.
+    pub(super) fn fill_view(&self) -> FillView<'_> {
+        FillView {
+            can_send: self.wa_can_send(),
+            last_sent: self.wa.tx.last_sent_at(),
+            last_internal: self.watchdog.last_internal_media(),
+            arrivals: &self.internal.arrivals,
         }
-        let Some(last) = self.wa.tx.last_sent_at() else {
-            return self.gate_open_at;
-        };
-        let quiet_at = self.watchdog.last_internal_media().map_or(last, |t| {
-            let wait = self.internal.arrivals.fill_wait(
-                self.cfg.ptime,
-                self.cfg.fill_after,
-                self.cfg.fill_after_max,
-            );
-            t + wait
-        });
-        Some(fill::first_slot(last, self.cfg.ptime, quiet_at))
+    }
+
+    fn next_fill_at(&self) -> Option<Instant> {
+        self.gate.next_fill_at(&self.cfg, &self.fill_view())
     }
 
     /// Send the silence frames due by `now`, each on its grid slot. A tick that ran late
@@ -443,24 +433,13 @@ impl Call {
         if !self.wa_can_send() {
             return;
         }
-        let Some(next) = self.prebuffer_next else {
-            return;
-        };
-        if next > now {
-            return;
-        }
         let mut pkt = [0u8; crate::call::prebuffer::SLOT_BYTES + 64];
-        if let Some((n, _arrived)) = self.prebuffer.pop_into(&mut pkt) {
+        if let Some(n) = self.gate.pop_due(now, &self.cfg, &mut pkt) {
             match rtp::parse(&pkt[..n]) {
                 Ok(hdr) => self.send_to_whatsapp(now, &mut pkt, n, hdr, out),
                 Err(_) => self.internal.counters.drop(DropReason::Malformed),
             }
         }
-        self.prebuffer_next = if self.prebuffer.is_empty() {
-            None
-        } else {
-            Some(now + self.cfg.ptime / 2)
-        };
     }
 
     /// RFC 4733: report a digit once per event (the first packet with a new timestamp).

@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod fill;
 pub mod fork;
+mod gate;
 mod internal_webrtc;
 mod legs;
 mod media;
@@ -39,8 +40,8 @@ use crate::ice::IceEvent;
 use crate::net::{Outbox, SocketRef};
 use crate::srtp::{MasterKey, SrtpSession};
 
+use gate::Gate;
 use legs::{InternalLeg, WhatsAppLeg};
-use prebuffer::Prebuffer;
 use watchdog::{Verdict, Watchdog};
 
 pub struct Call {
@@ -65,14 +66,11 @@ pub struct Call {
     wa: WhatsAppLeg,
     internal: InternalLeg,
 
-    /// The signaling tier opened the gate (Meta's `accept` returned 200).
-    gate_open_at: Option<Instant>,
+    /// The gate toward WhatsApp (opened when Meta's `accept` returned 200), the media held
+    /// until then, and silence fill.
+    gate: Gate,
     /// ICE + DTLS (or SDES) done: `WhatsAppReady` was emitted.
     wa_ready: bool,
-    /// Internal media held until the WhatsApp leg may carry it.
-    prebuffer: Prebuffer,
-    /// Next time a held packet may be played out (accelerated pacing).
-    prebuffer_next: Option<Instant>,
 
     /// Timeouts, lifetimes, silence and one-way audio: what ends or reports the call when
     /// something does not happen in time.
@@ -159,10 +157,10 @@ impl Call {
     /// The signaling tier may now let media reach WhatsApp. Sends the maiden packet at once if
     /// the leg is ready (held media, else silence).
     pub fn open_gate(&mut self, now: Instant, out: &mut impl Outbox) {
-        if self.gate_open_at.is_some() || self.ended.is_some() {
+        if self.gate.is_open() || self.ended.is_some() {
             return;
         }
-        self.gate_open_at = Some(now);
+        self.gate.open(now);
         self.watchdog.on_gate_opened(now);
         self.events.push_back(CallEventKind::GateOpened);
         self.on_wa_sendable(now, out);
@@ -191,7 +189,7 @@ impl Call {
     pub fn state(&self) -> CallState {
         if self.ended.is_some() {
             CallState::Ended
-        } else if self.gate_open_at.is_some() && self.wa_ready {
+        } else if self.gate.is_open() && self.wa_ready {
             CallState::Active
         } else if self.wa_ready {
             CallState::Ready
@@ -207,7 +205,7 @@ impl Call {
             consumer: self.consumer.clone(),
             direction: self.direction,
             state: self.state(),
-            gate_open: self.gate_open_at.is_some(),
+            gate_open: self.gate.is_open(),
             srtp_profile: self.wa.srtp.as_ref().map(|s| s.tx.profile()),
             whatsapp_remote: self.wa.selected.map(|(_, a)| a),
             internal_remote: self.internal.remote,
@@ -430,15 +428,14 @@ impl Call {
         consider(self.internal.webrtc.as_ref().and_then(|w| w.poll_timeout()));
         consider(self.watchdog.poll_timeout(&self.cfg));
         consider(self.webrtc_idle_deadline());
-        consider(self.prebuffer_next);
-        consider(self.next_fill_at());
+        consider(self.gate.poll_timeout(&self.cfg, &self.fill_view()));
         consider(self.next_rtcp_wa);
         consider(self.next_rtcp_internal);
         d
     }
 
     fn wa_can_send(&self) -> bool {
-        self.gate_open_at.is_some() && self.wa_ready && self.ended.is_none()
+        self.gate.is_open() && self.wa_ready && self.ended.is_none()
     }
 
     /// The gate is open and the leg ready (whichever happened last): send the maiden packet
@@ -456,8 +453,7 @@ impl Call {
                     .min(std::time::Duration::from_secs(1)),
             );
         }
-        if !self.prebuffer.is_empty() {
-            self.prebuffer_next = Some(now);
+        if self.gate.start_playout(now) {
             self.drain_prebuffer(now, out);
         } else if self.wa.tx.last_sent_at().is_none() {
             self.send_silence(now, out);

@@ -14,9 +14,9 @@ use crate::api::{
     CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, SourcePolicy, WaSecurity,
 };
 use crate::call::fill::ArrivalGaps;
+use crate::call::gate::Gate;
 use crate::call::internal_webrtc;
 use crate::call::legs::{InternalLeg, OPUS_CLOCK, WhatsAppLeg};
-use crate::call::prebuffer::Prebuffer;
 use crate::call::rewrite::OutboundStream;
 use crate::call::seq_window::SeqWindow;
 use crate::call::stats::LegCounters;
@@ -230,10 +230,8 @@ impl Call {
             identity: setup.identity.clone(),
             wa_cname,
             internal_cname,
-            gate_open_at: None,
+            gate: Gate::new(setup.cfg.prebuffer_packets),
             wa_ready: false,
-            prebuffer: Prebuffer::new(setup.cfg.prebuffer_packets),
-            prebuffer_next: None,
             watchdog: Watchdog::new(
                 now,
                 (req.direction == CallDirection::UserInitiated).then_some(now),
