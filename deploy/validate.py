@@ -54,6 +54,8 @@ RELAY_ENV = {
     "RELAY_ADVERTISE_V4", "RELAY_ADVERTISE_V6", "RELAY_ADVERTISE_INTERNAL",
     "RELAY_PORT_MIN", "RELAY_PORT_MAX", "RELAY_SHARDS", "RELAY_CAPACITY",
     "RELAY_MAX_CALLS_PER_NUMBER", "RELAY_DRAIN_DEADLINE", "RELAY_LOG_JSON", "RELAY_CONFIG",
+    "RELAY_MAX_SHARD_BUSY_PERCENT", "RELAY_CONTROL_TLS_CERT", "RELAY_CONTROL_TLS_KEY",
+    "RELAY_CONTROL_TLS_CLIENT_CA", "RELAY_HOMER", "RELAY_HOMER_ID",
 }
 # Set by the chart for $(VAR) expansion and log context, or read by the tracing filter.
 HELPER_ENV = {"POD_IP", "POD_NAME", "NODE_NAME", "RUST_LOG"}
@@ -61,24 +63,33 @@ HELPER_ENV = {"POD_IP", "POD_NAME", "NODE_NAME", "RUST_LOG"}
 COUNTERS = {
     "relay_calls_created_total", "relay_calls_ended_total", "relay_packets_total",
     "relay_bytes_total", "relay_drops_total", "relay_srtp_auth_failures_total",
-    "relay_shard_packets_total",
+    "relay_shard_packets_total", "relay_shard_busy_seconds_total", "relay_shard_send_errors_total",
 }
-GAUGES = {"relay_active_calls", "relay_capacity", "relay_draining", "relay_shard_calls"}
+GAUGES = {"relay_active_calls", "relay_capacity", "relay_draining", "relay_shard_calls",
+          "relay_udp_ports_used", "relay_udp_ports_free", "relay_build_info"}
 HISTOGRAMS = {"relay_ice_setup_seconds", "relay_dtls_setup_seconds", "relay_call_loss_ratio",
-              "relay_call_jitter_seconds"}
-METRICS = COUNTERS | GAUGES | HISTOGRAMS
+              "relay_call_jitter_seconds", "relay_live_loss_ratio", "relay_live_jitter_seconds",
+              "relay_live_rtt_seconds", "relay_live_mos"}
+# The standard process metrics (from /proc); queries may use them, the dashboard need not.
+PROCESS = {"process_cpu_seconds_total", "process_resident_memory_bytes",
+           "process_virtual_memory_bytes", "process_open_fds", "process_max_fds",
+           "process_threads", "process_start_time_seconds"}
+# relay_shard_busy_ratio: the gauge admission reads; dashboards use the counter's rate instead.
+METRICS = COUNTERS | GAUGES | HISTOGRAMS | PROCESS | {"relay_shard_busy_ratio"}
 LABEL_VALUES = {
     "cause": {"terminated", "ice_failed", "dtls_failed", "fingerprint_mismatch",
               "no_media_after_accept", "media_receive_timeout", "consent_lost",
-              "internal_leg_timeout", "peer_closed", "drained"},
+              "internal_leg_timeout", "peer_closed", "drained", "internal_leg_failed"},
     "leg": {"whatsapp", "internal"},
     "direction": {"rx", "tx"},
     "reason": {"bad_source", "malformed", "auth_failed", "replayed", "unknown_payload_type",
                "not_ready", "unexpected", "rate_limited", "late_dtls"},
+    "family": {"ipv4", "ipv6"},
 }
 # Labels a query may group or match on: the relay's own, plus what Prometheus' Kubernetes
 # discovery adds (namespace, pod, job, instance, and `node` from the ServiceMonitor).
-LABELS = set(LABEL_VALUES) | {"shard", "le", "namespace", "pod", "node", "job", "instance"}
+LABELS = set(LABEL_VALUES) | {"shard", "le", "namespace", "pod", "node", "job", "instance",
+                              "version", "commit"}
 PROMQL_FUNCTIONS = {
     "rate", "irate", "increase", "delta", "deriv", "sum", "avg", "min", "max", "count",
     "histogram_quantile", "scalar", "vector", "min_over_time", "max_over_time",
@@ -403,12 +414,47 @@ def check_k8s() -> None:
               and dig(r, "name", "as") == hpa_metric
               and dig(r, "resources", "overrides", "pod", "resource") == "pod" for r in rules),
           f"hpa metric {hpa_metric}, rules {rules}")
+    hpa_metrics = [dig(m, "pods", "metric", "name") for o in objs if o.get("kind") == "HorizontalPodAutoscaler"
+                   for m in dig(o, "spec", "metrics", default=[])]
+    busy_rule = next((r for r in rules if dig(r, "name", "as") == "relay_shard_busy"), {})
+    check("HPA also scales on shard busy headroom, served by an adapter rule over the busy-seconds counter",
+          "relay_shard_busy" in hpa_metrics
+          and "relay_shard_busy_seconds_total" in busy_rule.get("seriesQuery", "")
+          and "rate(" in busy_rule.get("metricsQuery", ""),
+          f"hpa metrics {hpa_metrics}, rule {busy_rule}")
+    cms = [o for o in objs if o.get("kind") == "ConfigMap" and "relay-dashboard.json" in (o.get("data") or {})]
+    check("k8s: the Grafana dashboard ConfigMap (sidecar label) holds deploy/grafana's JSON",
+          len(cms) == 1 and dig(cms[0], "metadata", "labels", "grafana_dashboard") == "1"
+          and json.loads(cms[0]["data"]["relay-dashboard.json"]) == json.loads(DASHBOARD.read_text()))
+
+
+def check_rules_promtool() -> None:
+    """`promtool check rules` on the rendered PrometheusRule's groups: PromQL syntax and rule
+    shape as Prometheus itself parses them (PROMTOOL or promtool on PATH; skipped without)."""
+    tool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not tool or not os.path.exists(tool):
+        skip("promtool check rules", "no promtool (scripts/test.sh provides it as PROMTOOL)")
+        return
+    objs = load_docs((K8S / "monitoring.yaml").read_text())
+    rule = next((o for o in objs if o.get("kind") == "PrometheusRule"), None)
+    if not check("promtool: k8s/monitoring.yaml has a PrometheusRule", rule is not None):
+        return
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({"groups": dig(rule, "spec", "groups")}, f)
+    p = subprocess.run([tool, "check", "rules", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    check("promtool check rules: the alerts parse as Prometheus rules", p.returncode == 0,
+          (p.stdout + p.stderr)[-2000:])
 
 
 # ---- dashboard ----------------------------------------------------------------------------------
 
 def check_dashboard() -> None:
     d = json.loads(DASHBOARD.read_text())
+    copy = CHART / "dashboards" / "relay-dashboard.json"
+    check("dashboard: the chart's copy is deploy/grafana's JSON (cp it after editing)",
+          copy.exists() and copy.read_text() == DASHBOARD.read_text())
     check("dashboard: schemaVersion >= 36", d.get("schemaVersion", 0) >= 36, str(d.get("schemaVersion")))
     variables = {v.get("name"): v for v in dig(d, "templating", "list", default=[])}
     check("dashboard: Prometheus datasource variable",
@@ -443,10 +489,11 @@ def check_dashboard() -> None:
         if v.get("type") == "query":
             check(f"dashboard: variable {name} queries a relay metric",
                   bool(m) and not promql_problems(m.group(1)) and m.group(2) in LABELS, q)
-    missing = METRICS - used
+    missing = (METRICS - PROCESS - {"relay_shard_busy_ratio"}) - used
     check("dashboard: shows every metric the relay exports", not missing, f"missing: {sorted(missing)}")
     titles = " ".join(p.get("title", "").lower() for p in panels)
-    for word in ("capacity", "cause", "drops", "srtp", "ice", "dtls", "loss", "jitter", "shard", "draining"):
+    for word in ("capacity", "cause", "drops", "srtp", "ice", "dtls", "loss", "jitter", "shard", "draining",
+                 "busy", "send errors", "mos", "round-trip", "ports", "memory"):
         check(f"dashboard: has a panel about {word}", word in titles)
 
 
@@ -649,7 +696,12 @@ def check_chart_helm() -> None:
         "io-uring seccomp": {"seccomp": {"profile": "ioUring"}},
         "everything-on": {"autoscaling": {"enabled": True}, "serviceMonitor": {"enabled": True},
                           "prometheusRule": {"enabled": True}, "config": {"enabled": True},
-                          "control": {"token": {"value": "t0ken"}}, "relay": {"logLevel": "info",
+                          "grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                               "annotations": {"grafana_folder": "Relay"}},
+                          "control": {"token": {"value": "t0ken"},
+                                      "tls": {"enabled": True, "existingSecret": "relay-tls",
+                                              "clientCaKey": "ca.crt"}},
+                          "relay": {"logLevel": "info",
                           "extraArgs": ["--log-json"]}, "podAnnotations": {"a": "b"},
                           "service": {"headless": False}, "lifecycle": {"preStopSleepSeconds": 0,
                           "terminationGracePeriodSeconds": 400}},
@@ -675,6 +727,24 @@ def check_chart_helm() -> None:
             env = dig(w, "spec", "template", "spec", "containers")[0]["env"]
             check("helm everything-on: config file passed as RELAY_CONFIG",
                   any(e["name"] == "RELAY_CONFIG" for e in env))
+            values = {e["name"]: e.get("value") for e in env}
+            check("helm everything-on: control TLS files from the mounted Secret",
+                  values.get("RELAY_CONTROL_TLS_CERT") == "/etc/relay/tls/tls.crt"
+                  and values.get("RELAY_CONTROL_TLS_KEY") == "/etc/relay/tls/tls.key"
+                  and values.get("RELAY_CONTROL_TLS_CLIENT_CA") == "/etc/relay/tls/ca.crt", str(values))
+            pod = dig(w, "spec", "template", "spec")
+            vol = next((v for v in pod.get("volumes", []) if v.get("name") == "control-tls"), {})
+            mount = next((m for m in pod["containers"][0].get("volumeMounts", [])
+                          if m.get("name") == "control-tls"), {})
+            check("helm everything-on: TLS Secret mounted read-only, group-readable only",
+                  dig(vol, "secret", "secretName") == "relay-tls" and dig(vol, "secret", "defaultMode") == 0o440
+                  and mount.get("mountPath") == "/etc/relay/tls" and mount.get("readOnly") is True
+                  and dig(pod, "securityContext", "fsGroup") == 65532, f"{vol} {mount}")
+            cm = next((o for o in objs if o.get("kind") == "ConfigMap"
+                       and "relay-dashboard.json" in (o.get("data") or {})), {})
+            check("helm everything-on: dashboard ConfigMap in its namespace with the folder annotation",
+                  dig(cm, "metadata", "namespace") == "monitoring"
+                  and dig(cm, "metadata", "annotations", "grafana_folder") == "Relay")
     broken = {
         "capacity beyond the port range": ({"relay": {"capacity": 6000}}, "port range"),
         "grace period not above the drain": ({"lifecycle": {"terminationGracePeriodSeconds": 300}}, "must exceed"),
@@ -682,6 +752,7 @@ def check_chart_helm() -> None:
         "no control token": ({"control": {"token": {"existingSecret": ""}}}, "token"),
         "unknown advertise source": ({"advertise": {"v4": {"from": "stun"}}}, "from must be"),
         "unknown kind": ({"kind": "StatefulSet"}, "kind must be"),
+        "TLS without a Secret": ({"control": {"tls": {"enabled": True}}}, "existingSecret"),
         "unknown seccomp profile": ({"seccomp": {"profile": "Unconfined"}}, "seccomp.profile must be"),
     }
     for name, (values, needle) in broken.items():
@@ -696,6 +767,7 @@ def check_chart_helm() -> None:
 
 def main() -> int:
     run("k8s manifests", check_k8s)
+    run("alert rules (promtool)", check_rules_promtool)
     run("dashboard", check_dashboard)
     run("chart (static)", check_chart_static)
     run("Dockerfile", check_dockerfile)

@@ -20,15 +20,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== deploy/ manifests, chart and dashboard (stdlib Python + PyYAML)"
-python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
-python3 deploy/validate.py
-
-echo "== Python interop peers (e2e/python: aiortc, aioice, pyOpenSSL, pylibsrtp; pinned wheels)"
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --only-binary=:all: \
-  -r e2e/python/requirements.txt
-
-echo "== promtool (checks /metrics in relay/tests/ops_metrics.rs)"
+echo "== promtool (checks the alert rules in deploy/validate.py and /metrics in relay/tests/ops_metrics.rs)"
 # Debian's `prometheus` package carries promtool. Only the binary is unpacked (apt-get download +
 # dpkg-deb -x): installing the package would also install and start a Prometheus server.
 if [ -z "${PROMTOOL:-}" ]; then
@@ -51,6 +43,34 @@ if [ -z "${PROMTOOL:-}" ]; then
 fi
 export PROMTOOL
 "$PROMTOOL" --version 2>/dev/null | head -1 || true
+
+echo "== tshark (decodes the relay's HEP3 export in relay/tests/hep_export.rs)"
+if ! command -v tshark >/dev/null 2>&1; then
+  # Debian's Wireshark has no HEP dissector; the test loads deploy/tools/hep3.lua into tshark.
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark >/dev/null 2>&1; }; } \
+    || echo "warning: cannot install tshark; the HEP test's tshark half will be skipped" >&2
+fi
+
+echo "== deploy/ manifests, chart and dashboard (stdlib Python + PyYAML)"
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+python3 deploy/validate.py
+
+echo "== Python interop peers (e2e/python: aiortc, aioice, pyOpenSSL, pylibsrtp; pinned wheels)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --only-binary=:all: \
+  -r e2e/python/requirements.txt
+
+echo "== opus-tools (opusinfo reads the Ogg Opus recordings in relay/tests/process.rs, relay/src/record)"
+if ! command -v opusinfo >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq opus-tools >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq opus-tools >/dev/null 2>&1; } \
+    || echo "warning: cannot install opus-tools; the opusinfo checks will be skipped" >&2
+fi
+command -v opusinfo >/dev/null 2>&1 && opusinfo -V 2>&1 | head -1 || true
 
 echo "== tests"
 if command -v cargo-nextest >/dev/null 2>&1; then

@@ -6,6 +6,9 @@
 //! - `internal_to_wa`: source check, classify, parse, payload-type map, gate, rewrite, SRTP
 //!   protect, and the copy into the outbox for the selected WhatsApp address.
 //!
+//! The `recorded` group is the single call with a recording fork: each packet's payload is also
+//! copied into a slot of the recorder's queue (the disk writer runs on its own thread).
+//!
 //! SDES on the WhatsApp leg, so the profile can be chosen (DTLS would negotiate AES-256-GCM).
 //! Meta's protection of each fresh packet (the replay window refuses reuse) is done in
 //! `iter_batched`'s setup, outside the timed region. The `10k_calls` variants spread the same
@@ -17,12 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use relay::call::fork::RecordRequest;
 use relay::call::testing::{
     self, INTERNAL_OPUS_PT, MEDIA_SERVER, META, META_OPUS_PT, MetaPeer, RingOutbox, RtpSource,
 };
 use relay::call::{Call, CallConfig};
 use relay::dtls::DtlsIdentity;
 use relay::net::SocketRef;
+use relay::record::{Recorder, RecordingConfig};
 use relay::srtp::SrtpProfile;
 
 const PAYLOAD: usize = 160;
@@ -91,10 +96,33 @@ fn rand_u32() -> u32 {
     NEXT.fetch_add(0x9e37_79b9, Ordering::Relaxed)
 }
 
-fn single_call(c: &mut Criterion, profile: SrtpProfile, identity: &Arc<DtlsIdentity>) {
+/// `recorder`: the call is recorded (both directions forked to the recorder's queue), the
+/// `recorded` variant of the group.
+fn single_call(
+    c: &mut Criterion,
+    profile: SrtpProfile,
+    identity: &Arc<DtlsIdentity>,
+    recorder: Option<&Arc<Recorder>>,
+) {
     let t0 = Instant::now();
-    let mut group = c.benchmark_group(format!("path/{profile}"));
+    let name = match recorder {
+        Some(_) => format!("path/{profile}/recorded"),
+        None => format!("path/{profile}"),
+    };
+    let mut group = c.benchmark_group(name);
     let mut conn = Connected::new(profile, identity, t0);
+    if let Some(rec) = recorder {
+        let call_id = conn.call.call_id.clone();
+        let open = rec
+            .create(&call_id, "b", "c", std::time::SystemTime::now())
+            .unwrap();
+        let start = RecordRequest::Start {
+            open: Box::new(open),
+            link: rec.link().clone(),
+        };
+        conn.call.record(start, t0).unwrap();
+        while conn.call.poll_event().is_some() {}
+    }
     let mut out = RingOutbox::with_capacity(8);
     let mut now = t0;
 
@@ -244,8 +272,27 @@ fn bench(c: &mut Criterion) {
     let identity = Arc::new(DtlsIdentity::generate().unwrap());
     let profiles = [SrtpProfile::Aes128CmHmacSha1_80, SrtpProfile::AeadAes128Gcm];
     for profile in profiles {
-        single_call(c, profile, &identity);
+        single_call(c, profile, &identity, None);
     }
+    // One fork: the same call recorded. The writer thread drains to files under the temp dir;
+    // what it could not keep up with is dropped on the shard side (counted, reported below).
+    let dir = std::env::temp_dir().join(format!("relay-bench-rec-{}", std::process::id()));
+    let rec = Recorder::start(RecordingConfig {
+        dir: Some(dir.clone()),
+        name_template: "{call_id}-{id}".into(),
+        ..RecordingConfig::default()
+    })
+    .unwrap();
+    single_call(c, SrtpProfile::Aes128CmHmacSha1_80, &identity, Some(&rec));
+    rec.shutdown();
+    let st = rec.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!(
+        "recorded variant: {} packets written, {} dropped (writer behind)",
+        st.packets_written.load(Relaxed),
+        st.dropped_queue_full.load(Relaxed)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     for profile in profiles {
         many_calls(c, profile, &identity);
     }

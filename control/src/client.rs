@@ -177,6 +177,39 @@ impl RelayClient {
         resp.call.ok_or_else(|| missing("OpenGateResponse.call"))
     }
 
+    /// Start, stop, pause or resume recording a call. `None` only for a stop on a call that was
+    /// never recorded.
+    pub async fn recording(
+        &mut self,
+        call_id: impl Into<String>,
+        op: RecordingOp,
+    ) -> Result<Option<pb::Recording>, Status> {
+        let call_id = call_id.into();
+        let resp = match op {
+            RecordingOp::Start => {
+                self.inner
+                    .start_recording(pb::StartRecordingRequest { call_id })
+                    .await?
+            }
+            RecordingOp::Stop => {
+                self.inner
+                    .stop_recording(pb::StopRecordingRequest { call_id })
+                    .await?
+            }
+            RecordingOp::Pause => {
+                self.inner
+                    .pause_recording(pb::PauseRecordingRequest { call_id })
+                    .await?
+            }
+            RecordingOp::Resume => {
+                self.inner
+                    .resume_recording(pb::ResumeRecordingRequest { call_id })
+                    .await?
+            }
+        };
+        Ok(resp.into_inner().recording)
+    }
+
     /// `None` when the call was unknown or had already ended.
     pub async fn terminate(
         &mut self,
@@ -245,6 +278,44 @@ impl RelayClient {
             .await?
             .into_inner())
     }
+
+    /// Read (`None`) or replace the relay's log filter; returns the filter in force.
+    pub async fn set_log_level(&mut self, filter: Option<String>) -> Result<String, Status> {
+        Ok(self
+            .inner
+            .set_log_level(pb::SetLogLevelRequest {
+                filter: filter.unwrap_or_default(),
+            })
+            .await?
+            .into_inner()
+            .filter)
+    }
+
+    /// Read (both `None`) or change the admission limits; returns those in force.
+    pub async fn set_limits(
+        &mut self,
+        capacity: Option<u32>,
+        max_shard_busy_percent: Option<u32>,
+    ) -> Result<pb::SetLimitsResponse, Status> {
+        Ok(self
+            .inner
+            .set_limits(pb::SetLimitsRequest {
+                capacity,
+                max_shard_busy_percent,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Turn one call's debug logging on or off; returns whether it is on.
+    pub async fn set_call_debug(&mut self, call_id: String, enabled: bool) -> Result<bool, Status> {
+        Ok(self
+            .inner
+            .set_call_debug(pb::SetCallDebugRequest { call_id, enabled })
+            .await?
+            .into_inner()
+            .enabled)
+    }
 }
 
 fn missing(field: &str) -> Status {
@@ -276,4 +347,13 @@ pub fn error_reason(status: &Status) -> Option<String> {
         .get_error_details()
         .error_info()
         .map(|info| info.reason.clone())
+}
+
+/// The four recording RPCs, for [`RelayClient::recording`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingOp {
+    Start,
+    Stop,
+    Pause,
+    Resume,
 }

@@ -108,6 +108,16 @@ pub fn event_kind(kind: Option<&pb::call_event::Kind>) -> (&'static str, Value) 
             "internal_leg_replaced",
             json!({ "previous": non_empty(&k.previous), "remote": non_empty(&k.remote) }),
         ),
+        Some(Kind::Recording(k)) => (
+            match k.change() {
+                pb::RecordingChange::Started => "recording_started",
+                pb::RecordingChange::Paused => "recording_paused",
+                pb::RecordingChange::Resumed => "recording_resumed",
+                pb::RecordingChange::Stopped => "recording_stopped",
+                pb::RecordingChange::Unspecified => "recording",
+            },
+            k.recording.as_ref().map_or(Value::Null, recording),
+        ),
         Some(Kind::Ended(k)) => (
             "ended",
             json!({
@@ -178,6 +188,21 @@ pub fn end_cause(c: pb::EndCause) -> Option<String> {
 pub fn srtp_profile(p: pb::SrtpProfile) -> Option<String> {
     // The SDES names, as in SDP and RFCs.
     short(p.as_str_name(), "SRTP_PROFILE_").map(|s| s.to_ascii_uppercase())
+}
+
+pub fn recording(r: &pb::Recording) -> Value {
+    json!({
+        "state": match r.state() {
+            pb::RecordingState::Recording => "recording",
+            pb::RecordingState::Paused => "paused",
+            pb::RecordingState::Stopped => "stopped",
+            pb::RecordingState::Unspecified => "unknown",
+        },
+        "consumer_file": r.consumer_file,
+        "agent_file": r.agent_file,
+        "events_file": r.events_file,
+        "dropped_packets": r.dropped_packets,
+    })
 }
 
 #[cfg(test)]

@@ -202,6 +202,13 @@ impl World {
         self.relay.clone().get_call(id).await.ok()?.call
     }
 
+    /// Poll (bounded) until the relay reports the call ended (GetCall answers with the final
+    /// state while the ID's tombstone lives).
+    async fn wait_ended(&self, id: &str) -> bool {
+        self.wait_call(id, |c| c.is_none_or(|c| c.state() == pb::CallState::Ended))
+            .await
+    }
+
     /// Poll (bounded) until `cond` holds for the call's info.
     async fn wait_call(&self, id: &str, cond: impl Fn(Option<&pb::CallInfo>) -> bool) -> bool {
         for _ in 0..400 {
@@ -287,7 +294,7 @@ async fn user_initiated_call_connect_accept_open_gate_terminate() {
 
     // The terminate webhook ends the call; Meta is not told again (it told us).
     assert_eq!(w.post(&terminate(id), None).await, 200);
-    assert!(w.wait_call(id, |c| c.is_none()).await);
+    assert!(w.wait_ended(id).await);
     assert_eq!(w.engine.active_calls(), 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(w.graph.actions(id), ["pre_accept", "accept"]);
@@ -394,5 +401,5 @@ async fn business_initiated_call_connects_on_accepted() {
             .await
     );
     assert_eq!(w.post(&terminate(&meta_id), None).await, 200);
-    assert!(w.wait_call(&relay_key, |c| c.is_none()).await);
+    assert!(w.wait_ended(&relay_key).await);
 }

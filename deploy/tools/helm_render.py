@@ -40,8 +40,9 @@ MONITORING_VALUES = {
     "autoscaling": {"enabled": True},
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
+    "grafanaDashboard": {"enabled": True},
 }
-MONITORING_KINDS = {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
+MONITORING_KINDS = {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
 
 
 class RenderError(Exception):
@@ -242,9 +243,10 @@ def k8s_files() -> dict[str, str]:
              + "# and set the image to yours. Then: kubectl apply -f deploy/k8s/relay.yaml\n")
     relay += "---\n" + "\n---\n".join([namespace] + base) + "\n"
     mon = (head.format(" with " + json.dumps(MONITORING_VALUES, sort_keys=True))
-           + "# Needs the Prometheus Operator CRDs and the Prometheus adapter rule in\n"
+           + "# Needs the Prometheus Operator CRDs and the Prometheus adapter rules in\n"
            + "# prometheus-adapter-values.yaml. With the HPA, delete `replicas` from relay.yaml's\n"
-           + "# Deployment (or apply it once) so that kubectl and the HPA do not fight over it.\n")
+           + "# Deployment (or apply it once) so that kubectl and the HPA do not fight over it.\n"
+           + "# The ConfigMap is the Grafana dashboard, for Grafana's dashboard sidecar.\n")
     mon += "---\n" + "\n---\n".join(monitoring) + "\n"
     return {"relay.yaml": relay, "monitoring.yaml": mon}
 

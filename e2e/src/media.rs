@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::rtp::{RtpHeader, build_rtp, build_sender_report, dtmf_payload, stamped_payload};
+use crate::rtp::{
+    RtpHeader, SrEcho, build_rtp, build_sender_report_echo, dtmf_payload, stamped_payload,
+};
 
 pub const PTIME: Duration = Duration::from_millis(20);
 /// Opus at 48 kHz: 20 ms = 960 timestamp units.
@@ -92,6 +94,8 @@ pub struct MediaSender {
     octets_sent: u32,
     rtcp_interval: Duration,
     next_sr: Option<Instant>,
+    /// The peer's last SR, echoed in ours so the relay can measure RTT.
+    echo: SrEcho,
 }
 
 impl MediaSender {
@@ -113,6 +117,7 @@ impl MediaSender {
             octets_sent: 0,
             rtcp_interval,
             next_sr: None,
+            echo: SrEcho::default(),
         }
     }
 
@@ -146,6 +151,11 @@ impl MediaSender {
     /// Starts sender reports: the first after one second, then every `rtcp_interval`.
     pub fn enable_rtcp(&mut self, now: Instant) {
         self.next_sr.get_or_insert(now + Duration::from_secs(1));
+    }
+
+    /// Remember the SR in received (plaintext) RTCP, to echo it in our next report.
+    pub fn note_rtcp(&mut self, plain: &[u8], now: Instant) {
+        self.echo.note(plain, now);
     }
 
     pub fn set_ssrc(&mut self, ssrc: u32) {
@@ -253,7 +263,14 @@ impl MediaSender {
             && now >= sr
         {
             out.push((
-                build_sender_report(self.ssrc, self.ts, self.packets_sent, self.octets_sent),
+                build_sender_report_echo(
+                    self.ssrc,
+                    self.ts,
+                    self.packets_sent,
+                    self.octets_sent,
+                    &self.echo,
+                    now,
+                ),
                 false,
             ));
             self.next_sr = Some(now + self.rtcp_interval);

@@ -680,6 +680,7 @@ impl MetaCore {
             match srtp.unprotect_rtcp(data) {
                 Ok(plain) => {
                     self.stats.media.rtcp_received += 1;
+                    self.sender.note_rtcp(&plain, now);
                     self.recorder.rtcp.push(ReceivedRtcp {
                         at: now,
                         from,

@@ -95,6 +95,55 @@ pub fn build_sender_report(ssrc: u32, rtp_ts: u32, packets: u32, octets: u32) ->
     out
 }
 
+/// A receiver's memory of the last sender report it got, so its own reports can carry
+/// LSR/DLSR (RFC 3550 §6.4.1) and the sender (the relay) can measure the round-trip time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SrEcho {
+    /// (sender's SSRC, middle 32 bits of its NTP time, when it arrived)
+    last: Option<(u32, u32, std::time::Instant)>,
+}
+
+impl SrEcho {
+    /// Note the SR in a plaintext compound RTCP packet (SR first, as RFC 3550 requires).
+    pub fn note(&mut self, plain: &[u8], now: std::time::Instant) {
+        if plain.len() >= 16 && plain[1] == 200 {
+            let ssrc = u32::from_be_bytes([plain[4], plain[5], plain[6], plain[7]]);
+            let ntp = u64::from_be_bytes(plain[8..16].try_into().unwrap_or_default());
+            self.last = Some((ssrc, (ntp >> 16) as u32, now));
+        }
+    }
+
+    /// A report block about that sender: LSR and DLSR filled; loss and jitter are left 0 (the
+    /// emulators do not report them).
+    pub fn report_block(&self, now: std::time::Instant) -> Option<[u8; 24]> {
+        let (ssrc, lsr, at) = self.last?;
+        let dlsr = (now.saturating_duration_since(at).as_secs_f64() * 65536.0) as u32;
+        let mut b = [0u8; 24];
+        b[0..4].copy_from_slice(&ssrc.to_be_bytes());
+        b[16..20].copy_from_slice(&lsr.to_be_bytes());
+        b[20..24].copy_from_slice(&dlsr.to_be_bytes());
+        Some(b)
+    }
+}
+
+/// [`build_sender_report`] plus a report block echoing the last SR `echo` noted, if any.
+pub fn build_sender_report_echo(
+    ssrc: u32,
+    rtp_ts: u32,
+    packets: u32,
+    octets: u32,
+    echo: &SrEcho,
+    now: std::time::Instant,
+) -> Vec<u8> {
+    let mut out = build_sender_report(ssrc, rtp_ts, packets, octets);
+    if let Some(block) = echo.report_block(now) {
+        out[0] |= 1; // one report block
+        out[3] = 12; // length in words minus one: 28 + 24 bytes
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
 /// RFC 4733 telephone-event payload: event, end bit, volume, duration (timestamp units).
 pub fn dtmf_payload(event: u8, end: bool, volume: u8, duration: u16) -> [u8; 4] {
     let d = duration.to_be_bytes();
@@ -154,6 +203,29 @@ mod tests {
         assert_eq!(parse_rtp(&p), Some((h, &b"opus"[..])));
         assert!(!is_rtcp(&p));
         assert_eq!(parse_rtp(&p[..11]), None);
+    }
+
+    #[test]
+    fn a_sender_report_echoes_the_last_one_received() {
+        let t0 = std::time::Instant::now();
+        let mut echo = SrEcho::default();
+        assert_eq!(build_sender_report_echo(7, 0, 0, 0, &echo, t0).len(), 28);
+        let theirs = build_sender_report(0xabcd, 960, 1, 100);
+        echo.note(&theirs, t0);
+        let ours = build_sender_report_echo(7, 960, 1, 100, &echo, t0 + Duration::from_millis(500));
+        assert_eq!(ours.len(), 52);
+        assert_eq!((ours[0] & 0x1f, ours[3]), (1, 12));
+        assert_eq!(&ours[28..32], &0xabcdu32.to_be_bytes());
+        assert_eq!(
+            &ours[44..48],
+            &theirs[10..14],
+            "LSR: middle of their NTP time"
+        );
+        assert_eq!(
+            u32::from_be_bytes(ours[48..52].try_into().unwrap()),
+            32768,
+            "DLSR 0.5 s"
+        );
     }
 
     #[test]

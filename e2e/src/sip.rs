@@ -284,6 +284,7 @@ impl SipCore {
         };
         if is_rtcp(&plain) {
             self.stats.rtcp_received += 1;
+            self.sender.note_rtcp(&plain, now);
             self.recorder.rtcp.push(ReceivedRtcp {
                 at: now,
                 from,

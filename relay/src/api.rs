@@ -295,6 +295,12 @@ pub enum CallEventKind {
         previous: Option<SocketAddr>,
         remote: Option<SocketAddr>,
     },
+    /// A recording of the call started, paused, resumed or stopped (by request or because the
+    /// call ended; a stop comes before the call's `Ended`).
+    Recording {
+        change: RecordingChange,
+        status: RecordingStatus,
+    },
     /// The last event of a call, with its final statistics (exact counters at the end,
     /// whatever ended it: Terminate, a timeout, drain).
     Ended {
@@ -302,6 +308,58 @@ pub enum CallEventKind {
         meta_code: Option<u32>,
         stats: Box<CallInfo>,
     },
+}
+
+/// What a fork of the call's media does. Only recording exists today; live listen-in and
+/// whisper/barge (which need mixing) are the next kinds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ForkKind {
+    Recording,
+}
+
+/// A request on a call's recording. Each is idempotent: starting a recorded call returns the
+/// running recording, stopping a stopped one returns its last state, pausing a paused one is a
+/// no-op.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingOp {
+    Start,
+    Stop,
+    /// Stop writing audio (PCI: while a card number is read). The files keep running time: the
+    /// paused span is silence of the right length, and the sidecar says when.
+    Pause,
+    Resume,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingState {
+    Recording,
+    Paused,
+    Stopped,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RecordingChange {
+    Started,
+    Paused,
+    Resumed,
+    Stopped,
+}
+
+/// A recording's files: the consumer's audio (from WhatsApp), the agent's (to WhatsApp), both
+/// Ogg Opus, and the JSON Lines event sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingFiles {
+    pub consumer: std::path::PathBuf,
+    pub agent: std::path::PathBuf,
+    pub events: std::path::PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingStatus {
+    pub state: RecordingState,
+    pub files: RecordingFiles,
+    /// Packets of this call not recorded because the disk writer was behind.
+    pub dropped_packets: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -344,6 +402,18 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The call's refusals reach the control plane with the same words and the matching status.
+impl From<crate::call::CallError> for ApiError {
+    fn from(e: crate::call::CallError) -> Self {
+        use crate::call::CallError;
+        match e {
+            CallError::InvalidArgument(m) => ApiError::InvalidArgument(m),
+            CallError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
+            CallError::Internal(m) => ApiError::Internal(m),
+        }
+    }
 }
 
 impl ApiError {
@@ -437,6 +507,13 @@ pub struct ShardLoad {
     pub busy_ratio: f64,
 }
 
+/// Admission limits in force ([`CallControl::set_limits`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub capacity: u32,
+    pub max_shard_busy_percent: u32,
+}
+
 /// The operations the control plane drives. Implemented by the engine's handle.
 /// Every operation is idempotent by call ID.
 pub trait CallControl: Send + Sync + 'static {
@@ -484,6 +561,22 @@ pub trait CallControl: Send + Sync + 'static {
 
     fn load(&self) -> impl Future<Output = Result<Load, ApiError>> + Send;
 
+    /// Start, stop, pause or resume recording a call (see [`RecordingOp`]). Returns the
+    /// recording's state after the request; `None` only for a stop (or status) on a call that
+    /// was never recorded.
+    fn recording(
+        &self,
+        call_id: String,
+        op: RecordingOp,
+    ) -> impl Future<Output = Result<Option<RecordingStatus>, ApiError>> + Send {
+        let _ = (call_id, op);
+        async {
+            Err(ApiError::FailedPrecondition(
+                "recording is not available on this relay".into(),
+            ))
+        }
+    }
+
     /// Every state change of every call. Slow subscribers lag (and are told so); they never
     /// block a shard.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CallEvent>;
@@ -491,6 +584,19 @@ pub trait CallControl: Send + Sync + 'static {
     /// Stop (`true`) or resume admitting new calls: creates then fail with `Unavailable`.
     /// No default: a wrapper that forgot to forward it would silently not drain.
     fn set_draining(&self, draining: bool);
+
+    /// Change the admission limits at run time (`None` keeps a value): the total call capacity
+    /// and the shard busy share over which new calls are refused (percent, 1..=100). Returns
+    /// the limits now in force. Idempotent.
+    fn set_limits(
+        &self,
+        _capacity: Option<u32>,
+        _busy_percent: Option<u32>,
+    ) -> Result<Limits, ApiError> {
+        Err(ApiError::FailedPrecondition(
+            "this relay cannot change its limits at run time".into(),
+        ))
+    }
 
     /// The drain deadline passed: end every live call with cause `Drained`. Returns how many
     /// ended.

@@ -81,6 +81,11 @@ pub struct Settings {
     pub log_json: bool,
     pub call_log_dir: Option<PathBuf>,
     pub call_log_poll_interval: Duration,
+    /// HEP3 collector (Homer) for per-call RTCP and quality reports.
+    pub homer: Option<SocketAddr>,
+    pub homer_id: u32,
+    /// `recording_dir`, `recording_name_template`, `recording_queue_packets`.
+    pub recording: crate::record::RecordingConfig,
     pub call: CallConfig,
 }
 
@@ -118,6 +123,9 @@ impl Default for Settings {
             log_json: false,
             call_log_dir: None,
             call_log_poll_interval: Duration::from_secs(2),
+            homer: None,
+            homer_id: 0,
+            recording: Default::default(),
             call: CallConfig::default(),
         }
     }
@@ -235,6 +243,16 @@ pub const KEYS: &[Key] = &[
         "write one JSON record per ended call to DIR/calls-YYYY-MM-DD.jsonl (UTC)"),
     key("call_log_poll_interval", "call-log-poll-interval", "RELAY_CALL_LOG_POLL_INTERVAL", Kind::Duration,
         "how often the call log samples live calls' statistics"),
+    key("homer", "homer", "RELAY_HOMER", Kind::SocketAddr,
+        "send per-call RTCP and quality reports over HEP3/UDP to this Homer collector (as rtpengine's --homer)"),
+    key("homer_id", "homer-id", "RELAY_HOMER_ID", Kind::Integer,
+        "HEP capture agent ID the reports carry"),
+    key("recording_dir", "recording-dir", "RELAY_RECORDING_DIR", Kind::Path,
+        "write call recordings (StartRecording) under DIR; unset: recording is refused"),
+    key("recording_name_template", "recording-name-template", "RELAY_RECORDING_NAME_TEMPLATE", Kind::Text,
+        "a recording's file name under recording_dir, without extension ({call_id} {business} {consumer} {date} {time} {id}; / makes subdirectories)"),
+    key("recording_queue_packets", "recording-queue-packets", "RELAY_RECORDING_QUEUE_PACKETS", Kind::Integer,
+        "packet slots (1.5 KiB each, allocated at start) between the shards and the recording writer; beyond, packets are dropped (counted) rather than slow a call"),
     key("call.ice_connect_timeout", "call-ice-connect-timeout", "RELAY_CALL_ICE_CONNECT_TIMEOUT", Kind::Duration,
         "no working ICE pair within this ends the call (Meta 138020)"),
     key("call.ice_check_rto", "call-ice-check-rto", "RELAY_CALL_ICE_CHECK_RTO", Kind::Duration,
@@ -562,6 +580,11 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "log_json" => s.log_json = boolean(v)?,
         "call_log_dir" => s.call_log_dir = Some(path(v)?),
         "call_log_poll_interval" => s.call_log_poll_interval = duration(v)?,
+        "homer" => s.homer = Some(socket_addr(v)?),
+        "homer_id" => s.homer_id = integer(v, 0, u32::MAX)?,
+        "recording_dir" => s.recording.dir = Some(path(v)?),
+        "recording_name_template" => s.recording.name_template = non_empty(v)?.to_string(),
+        "recording_queue_packets" => s.recording.queue_packets = integer(v, 16, 1 << 20)?,
         "call.ice_connect_timeout" => c.ice_connect_timeout = duration(v)?,
         "call.ice_check_rto" => c.ice_check_rto = duration(v)?,
         "call.consent_interval" => c.consent_interval = duration(v)?,
@@ -631,6 +654,11 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "log_json" => Some(V::Boolean(s.log_json)),
         "call_log_dir" => path(&s.call_log_dir),
         "call_log_poll_interval" => dur(s.call_log_poll_interval),
+        "homer" => s.homer.map(|a| V::String(a.to_string())),
+        "homer_id" => int(s.homer_id.into()),
+        "recording_dir" => path(&s.recording.dir),
+        "recording_name_template" => text(&s.recording.name_template),
+        "recording_queue_packets" => int(s.recording.queue_packets as u64),
         "call.ice_connect_timeout" => dur(c.ice_connect_timeout),
         "call.ice_check_rto" => dur(c.ice_check_rto),
         "call.consent_interval" => dur(c.consent_interval),
@@ -779,6 +807,7 @@ impl Settings {
             capacity: self.capacity,
             max_shard_busy: f64::from(self.max_shard_busy_percent) / 100.0,
             call: self.call.clone(),
+            recording: self.recording.clone(),
             rate_limit: RateLimitConfig {
                 burst: self.rate_limit_burst,
                 per_second: self.rate_limit_per_second,
@@ -1081,6 +1110,7 @@ mod tests {
                 (Some(v), _) => toml_scalar(&v).unwrap(),
                 (None, Kind::Ip) => "192.0.2.1".into(),
                 (None, Kind::Integer) => "20000".into(),
+                (None, Kind::SocketAddr) => "192.0.2.1:9060".into(),
                 (None, _) => "x".into(),
             };
             set(&mut s, k.key, &sample).unwrap_or_else(|e| panic!("{}: {e}", k.key));

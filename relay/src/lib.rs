@@ -18,6 +18,7 @@ pub mod engine;
 pub mod ice;
 pub mod net;
 pub mod ops;
+pub mod record;
 pub mod sdp;
 pub mod srtp;
 pub mod wire;

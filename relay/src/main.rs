@@ -40,6 +40,18 @@ fn main() -> ExitCode {
         tracing::info!(file = %file.display(), "configuration file read");
     }
 
+    // Before the engine: every shard looks the exporter up when it samples.
+    if let Some(collector) = settings.homer {
+        let cfg = ops::hep::HepConfig {
+            collector,
+            capture_id: settings.homer_id,
+        };
+        if let Err(e) = ops::hep::start(cfg) {
+            tracing::error!(error = %e, %collector, "cannot start the HEP exporter");
+            return ExitCode::from(1);
+        }
+        tracing::info!(%collector, capture_id = settings.homer_id, "HEP export to Homer on");
+    }
     let engine = match Engine::start(settings.engine_config()) {
         Ok(e) => e,
         Err(e) => {

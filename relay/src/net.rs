@@ -3,34 +3,48 @@
 
 use std::net::SocketAddr;
 
-/// One of the (up to three) UDP sockets a call owns on its shard.
+/// One of the UDP sockets a call owns on its shard: an index into the call's socket list.
+///
+/// Opaque to everything but the call: ICE, DTLS and the `Outbox` carry it to say "the socket
+/// this came in on / should go out on", and the engine uses [`SocketId::index`] to find the
+/// descriptor in the call's list. Which socket serves which leg is the call's business
+/// (today's layout: [`SocketId::WaV4`], [`SocketId::WaV6`], [`SocketId::Internal`]).
 ///
 /// Every call has its own local ports: Meta's media servers answer from a handful of ports
 /// (3478/3480/3482/3484/40012), so many calls share one remote address and a shared local port
 /// could not tell their DTLS records apart. A 5-tuple per call makes demux a socket lookup.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum SocketRef {
-    /// WhatsApp leg, IPv4.
-    WaV4,
-    /// WhatsApp leg, IPv6 (present when IPv6 is enabled and bound).
-    WaV6,
-    /// The internal leg (SIP media server, IVR, browser agent).
-    Internal,
-}
+pub struct SocketId(u8);
 
-impl SocketRef {
-    pub const ALL: [SocketRef; 3] = [SocketRef::WaV4, SocketRef::WaV6, SocketRef::Internal];
+/// The name the engine knows it by.
+pub type SocketRef = SocketId;
 
-    pub fn index(self) -> usize {
-        match self {
-            SocketRef::WaV4 => 0,
-            SocketRef::WaV6 => 1,
-            SocketRef::Internal => 2,
-        }
+// The layout's names read like the enum they replace, so the engine's code is unchanged.
+#[allow(non_upper_case_globals)]
+impl SocketId {
+    /// The call's WhatsApp-facing IPv4 socket.
+    pub const WaV4: SocketId = SocketId(0);
+    /// The call's WhatsApp-facing IPv6 socket (bound when IPv6 is enabled).
+    pub const WaV6: SocketId = SocketId(1);
+    /// The call's internal-leg socket (SIP media server, IVR, browser agent).
+    pub const Internal: SocketId = SocketId(2);
+    /// Every socket a call may own, by index.
+    pub const ALL: [SocketId; 3] = [SocketId::WaV4, SocketId::WaV6, SocketId::Internal];
+
+    /// The socket at `index` in the call's list.
+    pub const fn new(index: u8) -> SocketId {
+        SocketId(index)
     }
 
+    /// Its place in the call's socket list.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// Does the call's layout put this socket on its WhatsApp leg? (The engine's per-leg
+    /// count of datagrams it drops before any call sees them.)
     pub fn is_whatsapp(self) -> bool {
-        !matches!(self, SocketRef::Internal)
+        self != SocketId::Internal
     }
 }
 

@@ -149,6 +149,101 @@ fn metrics_after_a_real_call_and_readiness_flips() {
 }
 
 #[test]
+fn live_quality_and_round_trip_time_while_a_call_runs() {
+    // Reports every 200 ms on every side so RTT is known within a second or two: the relay's SR
+    // reaches the peer, whose next report echoes it (LSR/DLSR).
+    let rt = runtime();
+    let engine = engine(
+        4,
+        CallConfig {
+            rtcp_interval: Duration::from_millis(200),
+            ..CallConfig::default()
+        },
+    );
+    let (addr, _stop) = serve_http(&rt, &engine);
+    let meta = MetaPeer::spawn(MetaConfig {
+        rtcp_interval: Duration::from_millis(200),
+        ..MetaConfig::default()
+    })
+    .unwrap();
+    let sip = SipPeer::spawn(SipConfig {
+        rtcp_interval: Duration::from_millis(200),
+        ..SipConfig::default()
+    })
+    .unwrap();
+    let created = rt
+        .block_on(engine.create_call(create_request("wacid.live", &meta, &sip)))
+        .unwrap();
+    meta.set_remote_sdp(&created.whatsapp_sdp).unwrap();
+    sip.set_remote_sdp(&created.internal_sdp).unwrap();
+    assert!(wait_until(WAIT, || meta
+        .stats()
+        .dtls_connected_at
+        .is_some()));
+    rt.block_on(engine.open_gate("wacid.live".into())).unwrap();
+    meta.start_audio();
+    sip.start_audio();
+
+    // RTT on both legs, while the call runs (loopback: well under 50 ms).
+    let mut info = None;
+    assert!(
+        wait_until(WAIT, || {
+            let i = rt.block_on(engine.get_call("wacid.live".into())).unwrap();
+            let both = i.whatsapp.rtt_ms.is_some() && i.internal.rtt_ms.is_some();
+            info = Some(i);
+            both
+        }),
+        "RTT measured on both legs: {info:?}"
+    );
+    let info = info.unwrap();
+    for rtt in [info.whatsapp.rtt_ms, info.internal.rtt_ms] {
+        let rtt = rtt.unwrap();
+        assert!((0.0..50.0).contains(&rtt), "RTT {rtt} ms on loopback");
+    }
+
+    // The live histograms fill while the call is up, per leg and direction.
+    let series = [
+        "relay_live_loss_ratio_count{leg=\"whatsapp\",direction=\"rx\"}",
+        "relay_live_loss_ratio_count{leg=\"whatsapp\",direction=\"tx\"}",
+        "relay_live_loss_ratio_count{leg=\"internal\",direction=\"rx\"}",
+        "relay_live_loss_ratio_count{leg=\"internal\",direction=\"tx\"}",
+        "relay_live_jitter_seconds_count{leg=\"whatsapp\",direction=\"rx\"}",
+        "relay_live_rtt_seconds_count{leg=\"whatsapp\"}",
+        "relay_live_rtt_seconds_count{leg=\"internal\"}",
+        "relay_live_mos_count",
+    ];
+    let mut page = String::new();
+    assert!(
+        wait_until(WAIT, || {
+            page = http_get(addr, "/metrics").1;
+            series.iter().all(|s| sample(&page, s).unwrap_or(0.0) > 0.0)
+        }),
+        "live quality in /metrics:\n{page}"
+    );
+    assert_eq!(sample(&page, "relay_active_calls"), Some(1.0));
+    // A clean loopback call: no loss, and a good score.
+    assert_eq!(
+        sample(
+            &page,
+            "relay_live_loss_ratio_bucket{leg=\"whatsapp\",direction=\"rx\",le=\"0\"}"
+        ),
+        sample(
+            &page,
+            "relay_live_loss_ratio_count{leg=\"whatsapp\",direction=\"rx\"}"
+        )
+    );
+    let mos_count = sample(&page, "relay_live_mos_count").unwrap();
+    let mos_sum = sample(&page, "relay_live_mos_sum").unwrap();
+    assert!(
+        mos_sum / mos_count > 4.0,
+        "mean MOS {}",
+        mos_sum / mos_count
+    );
+    promtool_check(&page);
+    engine.shutdown();
+}
+
+#[test]
 fn unknown_paths_and_methods() {
     let rt = runtime();
     let engine = engine(10, CallConfig::default());

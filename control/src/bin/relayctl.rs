@@ -1,15 +1,16 @@
 //! `relayctl`: operate a relay from a shell. Lists, shows, terminates and watches calls, shows
-//! load and drains. Tables by default, `--json` for scripts (one JSON document per command; one
+//! load and drains; runtime controls as rtpengine-ctl has them: log level, admission limits,
+//! per-call debug logging. Tables by default, `--json` for scripts (one JSON document per command; one
 //! per line for `watch`).
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use control::client::{RelayClient, error_reason, meta_code};
+use control::client::{RecordingOp, RelayClient, error_reason, meta_code};
 use control::json;
 use control::pb;
-use control::table::{Table, parse_duration};
+use control::table::{Table, parse_duration, short_duration};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 #[derive(Parser, Debug)]
@@ -70,16 +71,57 @@ enum Command {
         #[arg(long, default_value = "relayctl")]
         reason: String,
     },
-    /// Stream call events (all calls, or one) until interrupted.
-    Watch { call_id: Option<String> },
+    /// Stream call events (all calls, or one) until interrupted: one line per event, an ended
+    /// call as its duration, cause, Meta code and loss (--json: every event as JSON).
+    Watch {
+        call_id: Option<String>,
+        /// Only ended calls (one line each).
+        #[arg(long)]
+        ended: bool,
+    },
+    /// Record a call to Ogg Opus files on the relay: start, stop, pause (PCI), resume.
+    Record {
+        #[arg(value_enum)]
+        action: RecordAction,
+        call_id: String,
+    },
     /// Active calls, capacity and per-shard packet rates.
     Load,
+    /// Show or set the relay's log filter (RUST_LOG syntax: debug, info,relay=debug).
+    LogLevel {
+        /// New filter; without it, print the one in force.
+        filter: Option<String>,
+    },
+    /// Show or change the admission limits at run time (until the next restart).
+    Limits {
+        /// Calls admitted in total.
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// Refuse new calls while every shard is at least this busy (1-100; 100 = never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        busy_percent: Option<u32>,
+    },
+    /// Turn debug logging of one call on (or off with --off): all its events with details and a
+    /// statistics line every call-log sample, at INFO; cleared when the call ends.
+    Debug {
+        call_id: String,
+        #[arg(long)]
+        off: bool,
+    },
     /// Stop admitting calls; end the remaining ones after the deadline.
     Drain {
         /// e.g. 60s, 5m; default: the relay's configured deadline.
         #[arg(long, value_parser = parse_duration)]
         deadline: Option<Duration>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RecordAction {
+    Start,
+    Stop,
+    Pause,
+    Resume,
 }
 
 fn parse_state(s: &str) -> Result<pb::CallState, String> {
@@ -149,13 +191,83 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 (false, None) => format!("{call_id}: unknown or already ended; nothing to do\n"),
             }
         }
-        Command::Watch { call_id } => return watch(&mut relay, call_id, cli.json).await,
+        Command::Record { action, call_id } => {
+            let op = match action {
+                RecordAction::Start => RecordingOp::Start,
+                RecordAction::Stop => RecordingOp::Stop,
+                RecordAction::Pause => RecordingOp::Pause,
+                RecordAction::Resume => RecordingOp::Resume,
+            };
+            let rec = relay
+                .recording(call_id.clone(), op)
+                .await
+                .map_err(status_error)?;
+            match (cli.json, rec) {
+                (true, rec) => json_line(&serde_json::json!({
+                    "recording": rec.as_ref().map(json::recording)
+                })),
+                (false, None) => format!("{call_id}: not recorded; nothing to do\n"),
+                (false, Some(r)) => {
+                    let v = json::recording(&r);
+                    let state = v["state"].as_str().unwrap_or("unknown");
+                    format!(
+                        "{call_id}: {state}\n  consumer  {}\n  agent     {}\n  events    {}\n  dropped   {} packet(s)\n",
+                        r.consumer_file, r.agent_file, r.events_file, r.dropped_packets
+                    )
+                }
+            }
+        }
+        Command::Watch { call_id, ended } => {
+            return watch(&mut relay, call_id, cli.json, ended).await;
+        }
         Command::Load => {
             let load = relay.load().await.map_err(status_error)?;
             if cli.json {
                 json_line(&json::load(&load))
             } else {
                 load_table(&load)
+            }
+        }
+        Command::LogLevel { filter } => {
+            let now = relay.set_log_level(filter).await.map_err(status_error)?;
+            if cli.json {
+                json_line(&serde_json::json!({ "filter": now }))
+            } else {
+                format!("log filter: {now}\n")
+            }
+        }
+        Command::Limits {
+            capacity,
+            busy_percent,
+        } => {
+            let l = relay
+                .set_limits(capacity, busy_percent)
+                .await
+                .map_err(status_error)?;
+            if cli.json {
+                json_line(&serde_json::json!({
+                    "capacity": l.capacity,
+                    "max_shard_busy_percent": l.max_shard_busy_percent,
+                }))
+            } else {
+                format!(
+                    "capacity {} calls; new calls refused while every shard is over {}% busy\n",
+                    l.capacity, l.max_shard_busy_percent
+                )
+            }
+        }
+        Command::Debug { call_id, off } => {
+            let on = relay
+                .set_call_debug(call_id.clone(), !off)
+                .await
+                .map_err(status_error)?;
+            if cli.json {
+                json_line(&serde_json::json!({ "call_id": call_id, "debug": on }))
+            } else {
+                format!(
+                    "{call_id}: debug logging {}\n",
+                    if on { "on" } else { "off" }
+                )
             }
         }
         Command::Drain { deadline } => {
@@ -366,6 +478,76 @@ fn detail_text(v: &serde_json::Value) -> String {
         .join(" ")
 }
 
+/// One event as one line: `TIME  CALL  EVENT  details`. An ended call reads as what an operator
+/// checks first: how long it lasted, why it ended (with Meta's code) and how lossy it was.
+fn event_line(e: &pb::CallEvent) -> String {
+    let at = e.at.as_ref().map_or("-".into(), json::timestamp);
+    let detail = match &e.kind {
+        Some(pb::call_event::Kind::Ended(end)) => ended_text(e, end),
+        kind => detail_text(&json::event_kind(kind.as_ref()).1),
+    };
+    let (kind, _) = json::event_kind(e.kind.as_ref());
+    format!("{at}  {}  {kind}  {detail}", e.call_id)
+}
+
+/// `duration=1m23s cause=media_receive_timeout meta=138021 loss wa rx 0.2% tx 0.0% int rx 0.0%
+/// tx 0.1% rtt wa 38ms`
+fn ended_text(e: &pb::CallEvent, end: &pb::Ended) -> String {
+    let cause = json::end_cause(end.cause()).unwrap_or_else(|| "unspecified".into());
+    let mut s = String::new();
+    let stats = end.stats.as_ref();
+    let duration = stats
+        .and_then(|c| c.created_at)
+        .zip(e.at)
+        .and_then(|(from, to)| {
+            let (from, to) = (
+                SystemTime::try_from(from).ok()?,
+                SystemTime::try_from(to).ok()?,
+            );
+            to.duration_since(from).ok()
+        });
+    s.push_str(&format!(
+        "duration={} cause={cause}",
+        duration.map_or("-".into(), |d| short_duration(d.as_secs()))
+    ));
+    if let Some(code) = end.meta_code {
+        s.push_str(&format!(" meta={code}"));
+    }
+    let pct = |st: &Option<pb::StreamStats>, received: bool| {
+        let st = st.unwrap_or_default();
+        // Received: lost / (received + lost); sent: the peer's count of our packets lost.
+        let expected = if received {
+            st.packets + st.lost
+        } else {
+            st.packets
+        };
+        if expected == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", st.lost as f64 * 100.0 / expected as f64)
+        }
+    };
+    for (name, leg) in [
+        ("wa", stats.and_then(|c| c.whatsapp.as_ref())),
+        ("int", stats.and_then(|c| c.internal.as_ref())),
+    ] {
+        if let Some(l) = leg {
+            s.push_str(&format!(
+                " loss_{name}=rx:{},tx:{}",
+                pct(&l.received, true),
+                pct(&l.sent, false)
+            ));
+        }
+    }
+    if let Some(rtt) = stats
+        .and_then(|c| c.whatsapp.as_ref())
+        .and_then(|l| l.rtt_ms)
+    {
+        s.push_str(&format!(" rtt_wa={rtt:.0}ms"));
+    }
+    s
+}
+
 fn load_table(l: &pb::GetLoadResponse) -> String {
     let mut s = format!(
         "active calls {} / capacity {}{}\n",
@@ -393,23 +575,25 @@ async fn watch(
     relay: &mut RelayClient,
     call_id: Option<String>,
     as_json: bool,
+    ended_only: bool,
 ) -> Result<(), Error> {
     let mut stream = relay.watch(call_id).await.map_err(status_error)?;
     while let Some(item) = stream.message().await.map_err(status_error)? {
+        let is_end = matches!(
+            &item.item,
+            Some(pb::watch_response::Item::Event(pb::CallEvent {
+                kind: Some(pb::call_event::Kind::Ended(_)),
+                ..
+            }))
+        );
+        if ended_only && !is_end {
+            continue;
+        }
         let line = if as_json {
             json::watch_item(&item).to_string()
         } else {
             match item.item {
-                Some(pb::watch_response::Item::Event(e)) => {
-                    let (kind, detail) = json::event_kind(e.kind.as_ref());
-                    format!(
-                        "{}  {}  {}  {}",
-                        e.at.as_ref().map_or("-".into(), json::timestamp),
-                        e.call_id,
-                        kind,
-                        detail_text(&detail)
-                    )
-                }
+                Some(pb::watch_response::Item::Event(e)) => event_line(&e),
                 Some(pb::watch_response::Item::Lagged(l)) => {
                     format!("-- fell behind: {} event(s) skipped --", l.skipped)
                 }
@@ -474,6 +658,52 @@ mod tests {
         );
         assert_eq!(lines[2], "1 call(s)");
         assert_eq!(list_table(&[]), "no calls\n");
+    }
+
+    #[test]
+    fn an_ended_call_is_one_short_line() {
+        let t = |secs| prost_types::Timestamp {
+            seconds: secs,
+            nanos: 0,
+        };
+        let stream = |packets, lost| pb::StreamStats {
+            packets,
+            lost,
+            ..Default::default()
+        };
+        let e = pb::CallEvent {
+            call_id: "wacid.9".into(),
+            at: Some(t(1_700_000_083)),
+            kind: Some(pb::call_event::Kind::Ended(pb::Ended {
+                cause: pb::EndCause::MediaReceiveTimeout.into(),
+                meta_code: Some(138021),
+                stats: Some(pb::CallInfo {
+                    created_at: Some(t(1_700_000_000)),
+                    whatsapp: Some(pb::LegStats {
+                        received: Some(stream(998, 2)),
+                        sent: Some(stream(1000, 0)),
+                        rtt_ms: Some(38.4),
+                        ..Default::default()
+                    }),
+                    internal: Some(pb::LegStats {
+                        received: Some(stream(1000, 0)),
+                        sent: Some(stream(0, 0)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            })),
+        };
+        let line = event_line(&e);
+        assert!(line.len() < 200, "{line}");
+        assert!(!line.contains('{'), "no JSON: {line}");
+        assert!(
+            line.ends_with(
+                "wacid.9  ended  duration=1m23s cause=media_receive_timeout meta=138021 \
+                 loss_wa=rx:0.2%,tx:0.0% loss_int=rx:0.0%,tx:- rtt_wa=38ms"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::rtp::{PAYLOAD_STAMP_LEN, build_sender_report, parse_rtp, read_stamp};
+use e2e::rtp::{PAYLOAD_STAMP_LEN, SrEcho, build_sender_report_echo, parse_rtp, read_stamp};
 
 use crate::stats::DirTotals;
 
@@ -34,6 +34,8 @@ pub struct MediaTx {
     packets: u32,
     octets: u32,
     next_sr: Option<Instant>,
+    /// The relay's last SR, echoed (LSR/DLSR) in ours so the relay measures RTT.
+    pub echo: SrEcho,
 }
 
 impl MediaTx {
@@ -49,6 +51,7 @@ impl MediaTx {
             packets: 0,
             octets: 0,
             next_sr: None,
+            echo: SrEcho::default(),
         }
     }
 
@@ -100,11 +103,13 @@ impl MediaTx {
             return None;
         }
         self.next_sr = Some(now + SR_INTERVAL);
-        Some(build_sender_report(
+        Some(build_sender_report_echo(
             self.ssrc,
             self.ts,
             self.packets,
             self.octets,
+            &self.echo,
+            now,
         ))
     }
 }

@@ -472,7 +472,10 @@ impl MetaPeer {
             }
             Some(s) if is_rtcp(buf) => {
                 match s.rx.unprotect_rtcp(buf) {
-                    Ok(_) => totals.rtcp_received += 1,
+                    Ok(n) => {
+                        totals.rtcp_received += 1;
+                        self.tx.echo.note(&buf[..n.min(buf.len())], now);
+                    }
                     Err(_) => totals.srtp_errors += 1,
                 }
                 return;
@@ -488,6 +491,7 @@ impl MetaPeer {
         let Some(packet) = buf.get(..len) else { return };
         if is_rtcp(packet) {
             totals.rtcp_received += 1;
+            self.tx.echo.note(packet, now);
             return;
         }
         match self.rx.on_rtp(packet, now, now_us, &mut totals.down) {

@@ -74,6 +74,7 @@ impl SipPeer {
             totals.unknown_source += 1;
         } else if is_rtcp(buf) {
             totals.rtcp_received += 1;
+            self.tx.echo.note(buf, now);
         } else {
             match self.rx.on_rtp(buf, now, now_us, &mut totals.up) {
                 Received::Stamped => {}

@@ -183,7 +183,8 @@ impl Call {
     pub(super) fn webrtc_idle_deadline(&self) -> Option<Instant> {
         let last_check = self.internal.webrtc.as_ref()?.ice.last_consent()?;
         let last = self
-            .last_internal_media
+            .watchdog
+            .last_internal_media()
             .map_or(last_check, |t| t.max(last_check));
         Some(last + self.cfg.webrtc_idle_timeout)
     }

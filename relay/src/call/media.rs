@@ -20,6 +20,7 @@ use crate::call::rewrite::{Rewritten, Source};
 use crate::call::stats::DropReason;
 use crate::call::{Call, fill};
 use crate::net::{Outbox, SocketRef};
+use crate::record::Direction;
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::{rtp, stun};
 
@@ -106,10 +107,7 @@ impl Call {
                 hdr.timestamp,
                 rtp_clock_at(now, self.created_mono),
             );
-        self.last_wa_media = Some(now);
-        if self.one_way == Some(LegKind::WhatsApp) {
-            self.one_way = None;
-        }
+        self.watchdog.on_whatsapp_rtp(now);
         if !self.first_media_from_wa {
             self.first_media_from_wa = true;
             self.events.push_back(CallEventKind::FirstMedia {
@@ -119,6 +117,8 @@ impl Call {
             // handshake state (a client already did when it connected).
             self.release_wa_dtls();
         }
+        let opus = hdr.payload_type == self.wa.opus_pt;
+        (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus);
 
         // Payload type map: WhatsApp's PTs → the internal leg's.
         let out_pt = if hdr.payload_type == self.wa.opus_pt {
@@ -187,7 +187,7 @@ impl Call {
             Ok(n) => n,
             Err(e) => return wa.counters.drop(srtp_drop_reason(e)),
         };
-        self.last_wa_media = Some(now);
+        self.watchdog.on_whatsapp_rtcp(now);
         let ntp = self.ntp_at(now);
         Self::read_reports(
             &mut self.wa.counters,
@@ -280,11 +280,7 @@ impl Call {
                 hdr.timestamp,
                 rtp_clock_at(now, self.created_mono),
             );
-        self.last_internal_media = Some(now);
-        self.internal_silence_reported = false;
-        if self.one_way == Some(LegKind::Internal) {
-            self.one_way = None;
-        }
+        self.watchdog.on_internal_rtp(now);
         if !self.first_media_from_internal {
             self.first_media_from_internal = true;
             self.events.push_back(CallEventKind::FirstMedia {
@@ -316,6 +312,8 @@ impl Call {
         hdr: rtp::RtpHeader,
         out: &mut impl Outbox,
     ) {
+        let opus = hdr.payload_type == self.internal.opus_pt;
+        (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus);
         let out_pt = if hdr.payload_type == self.internal.opus_pt {
             self.wa.opus_pt
         } else {
@@ -408,7 +406,7 @@ impl Call {
         let Some(last) = self.wa.tx.last_sent_at() else {
             return self.gate_open_at;
         };
-        let quiet_at = self.last_internal_media.map_or(last, |t| {
+        let quiet_at = self.watchdog.last_internal_media().map_or(last, |t| {
             let wait = self.internal.arrivals.fill_wait(
                 self.cfg.ptime,
                 self.cfg.fill_after,

@@ -6,7 +6,9 @@
 //! Read [`media`] for the per-packet path, top to bottom.
 
 pub mod config;
+mod error;
 pub mod fill;
+pub mod fork;
 mod internal_webrtc;
 mod legs;
 mod media;
@@ -20,6 +22,7 @@ pub mod stats;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod watchdog;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use config::CallConfig;
+pub use error::CallError;
 pub use setup::{Advertised, CallSetup, Created, LocalSockets};
 
 use crate::api::{CallDirection, CallEventKind, CallInfo, CallState, EndCause, LegKind};
@@ -37,9 +41,7 @@ use crate::srtp::{MasterKey, SrtpSession};
 
 use legs::{InternalLeg, WhatsAppLeg};
 use prebuffer::Prebuffer;
-
-/// Cadence of the silence / one-way audio checks.
-const LEG_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+use watchdog::{Verdict, Watchdog};
 
 pub struct Call {
     pub call_id: String,
@@ -72,15 +74,11 @@ pub struct Call {
     /// Next time a held packet may be played out (accelerated pacing).
     prebuffer_next: Option<Instant>,
 
-    /// Last authenticated packet (RTP or RTCP) from WhatsApp, for the inward timeouts.
-    last_wa_media: Option<Instant>,
-    /// Last RTP packet from the internal leg (drives silence fill).
-    last_internal_media: Option<Instant>,
+    /// Timeouts, lifetimes, silence and one-way audio: what ends or reports the call when
+    /// something does not happen in time.
+    watchdog: Watchdog,
     /// The first RTP packet went to WhatsApp (`FirstMediaSent` was emitted).
     first_media_sent: bool,
-    /// When both of the WhatsApp leg's descriptions were known (create for user-initiated
-    /// calls, Meta's answer for business-initiated ones): `accept_timeout` counts from here.
-    wa_described_at: Option<Instant>,
     next_rtcp_wa: Option<Instant>,
     next_rtcp_internal: Option<Instant>,
 
@@ -88,13 +86,6 @@ pub struct Call {
     first_media_from_internal: bool,
     /// Timestamp of the last DTMF event reported per leg (one event per digit, not per packet).
     last_dtmf_ts: [Option<u32>; 2],
-
-    /// Silence/one-way episodes already reported (reset when media resumes).
-    internal_silence_reported: bool,
-    /// Next once-a-second silence/one-way check (set when the gate opens).
-    leg_check_at: Option<Instant>,
-    /// The leg reported silent in a one-way episode, until it sends again.
-    one_way: Option<LegKind>,
 
     /// Time from creation to ICE connected and to DTLS connected (setup-time metrics).
     ice_connected_after: Option<std::time::Duration>,
@@ -104,6 +95,8 @@ pub struct Call {
     ended: Option<EndCause>,
     /// Cached earliest deadline, recomputed after every input.
     next_deadline: Option<Instant>,
+    /// Recording (and later listen-in) copies of the media; see `fork.rs`.
+    forks: fork::Forks,
 }
 
 impl Call {
@@ -146,15 +139,17 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if let Some((at, cause)) = self.lifetime_deadline()
-            && now >= at
+        match self
+            .watchdog
+            .handle_timeout(now, &self.cfg, &mut self.events)
         {
-            self.send_bye(now, out);
-            self.end(cause);
-            return;
+            Some(Verdict::EndWithBye(cause)) => {
+                self.send_bye(now, out);
+                return self.end(cause);
+            }
+            Some(Verdict::End(cause)) => return self.end(cause),
+            None => {}
         }
-        self.check_media_timeouts(now);
-        self.check_leg_silence(now);
         self.drain_prebuffer(now, out);
         self.fill_silence(now, out);
         self.send_due_rtcp(now, out);
@@ -168,7 +163,7 @@ impl Call {
             return;
         }
         self.gate_open_at = Some(now);
-        self.leg_check_at = Some(now + LEG_CHECK_EVERY);
+        self.watchdog.on_gate_opened(now);
         self.events.push_back(CallEventKind::GateOpened);
         self.on_wa_sendable(now, out);
         self.after_input(now, out);
@@ -188,7 +183,9 @@ impl Call {
     }
 
     pub fn poll_event(&mut self) -> Option<CallEventKind> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        self.forks.observe(&ev);
+        Some(ev)
     }
 
     pub fn state(&self) -> CallState {
@@ -234,13 +231,33 @@ impl Call {
         (self.ice_connected_after, self.dtls_connected_after)
     }
 
+    /// One leg's loss, jitter and RTT now, for the live quality metrics.
+    pub fn leg_quality(&self, leg: LegKind) -> stats::LegQuality {
+        match leg {
+            LegKind::WhatsApp => stats::LegQuality {
+                remote: self.wa.selected.map(|(_, a)| a),
+                ..self
+                    .wa
+                    .counters
+                    .quality(self.wa.tx.packets, legs::OPUS_CLOCK)
+            },
+            LegKind::Internal => stats::LegQuality {
+                remote: self.internal.remote,
+                ..self
+                    .internal
+                    .counters
+                    .quality(self.internal.tx.packets, legs::OPUS_CLOCK)
+            },
+        }
+    }
+
     /// Counters of one leg for engine-wide metrics.
-    pub fn leg_totals(&self, leg: LegKind) -> crate::engine::snapshot::LegTotals {
+    pub fn leg_totals(&self, leg: LegKind) -> stats::LegTotals {
         let (c, tx) = match leg {
             LegKind::WhatsApp => (&self.wa.counters, &self.wa.tx),
             LegKind::Internal => (&self.internal.counters, &self.internal.tx),
         };
-        crate::engine::snapshot::LegTotals {
+        stats::LegTotals {
             rx_packets: c.rx_packets,
             rx_bytes: c.rx_bytes,
             tx_packets: tx.packets,
@@ -260,6 +277,7 @@ impl Call {
     fn end(&mut self, cause: EndCause) {
         if self.ended.is_none() {
             self.ended = Some(cause);
+            self.end_forks(cause);
             let stats = Box::new(self.info());
             self.events.push_back(CallEventKind::Ended {
                 cause,
@@ -272,6 +290,7 @@ impl Call {
 
     /// After any input: run the ICE/DTLS event cascade and recompute the deadline.
     fn after_input(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.forks.tick(now);
         self.process_ice_events(now, out);
         self.process_dtls(now, out);
         self.process_internal_webrtc(now, out);
@@ -409,125 +428,13 @@ impl Call {
         consider(self.wa.ice.as_ref().and_then(|i| i.poll_timeout()));
         consider(self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()));
         consider(self.internal.webrtc.as_ref().and_then(|w| w.poll_timeout()));
-        consider(self.media_timeout_deadline());
-        consider(self.lifetime_deadline().map(|(t, _)| t));
+        consider(self.watchdog.poll_timeout(&self.cfg));
         consider(self.webrtc_idle_deadline());
-        consider(self.silence_deadline());
         consider(self.prebuffer_next);
         consider(self.next_fill_at());
         consider(self.next_rtcp_wa);
         consider(self.next_rtcp_internal);
         d
-    }
-
-    /// The bounded life of each state that waits on someone else, and of the call itself:
-    /// Meta's answer (business-initiated), the accept (`OpenGate`) once both descriptions are
-    /// known, and `max_call_duration` from create. The earliest, with its cause.
-    fn lifetime_deadline(&self) -> Option<(Instant, EndCause)> {
-        let answer = (self.wa_described_at.is_none()).then(|| {
-            (
-                self.created_mono + self.cfg.answer_timeout,
-                EndCause::AnswerTimeout,
-            )
-        });
-        let accept = match (self.gate_open_at, self.wa_described_at) {
-            (None, Some(t)) => Some((t + self.cfg.accept_timeout, EndCause::AcceptTimeout)),
-            _ => None,
-        };
-        let max = (!self.cfg.max_call_duration.is_zero()).then(|| {
-            (
-                self.created_mono + self.cfg.max_call_duration,
-                EndCause::MaxDuration,
-            )
-        });
-        [answer, accept, max]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(t, _)| *t)
-    }
-
-    fn media_timeout_deadline(&self) -> Option<Instant> {
-        let gate = self.gate_open_at?;
-        Some(match self.last_wa_media {
-            Some(t) if t >= gate => t + self.cfg.media_timeout,
-            _ => gate + self.cfg.start_media_timeout,
-        })
-    }
-
-    /// Meta's rules applied inward: nothing from WhatsApp after the gate opened, or media
-    /// that stopped.
-    fn check_media_timeouts(&mut self, now: Instant) {
-        let Some(deadline) = self.media_timeout_deadline() else {
-            return;
-        };
-        if now >= deadline {
-            let flowed =
-                matches!((self.last_wa_media, self.gate_open_at), (Some(t), Some(g)) if t >= g);
-            self.end(if flowed {
-                EndCause::MediaReceiveTimeout
-            } else {
-                EndCause::NoMediaAfterAccept
-            });
-        }
-    }
-
-    /// Since when the internal leg has been quiet (gate open), and since when each leg has
-    /// been the only one sending.
-    fn internal_quiet_since(&self) -> Option<std::time::Instant> {
-        let gate = self.gate_open_at?;
-        Some(self.last_internal_media.map_or(gate, |t| t.max(gate)))
-    }
-
-    /// Silence and one-way audio are judged once a second after the gate opens: they are
-    /// reports for the signaling tier, not Meta's hard timers, and a fixed cadence cannot get
-    /// stuck on a deadline that passes without anything to report.
-    fn silence_deadline(&self) -> Option<Instant> {
-        self.leg_check_at
-    }
-
-    /// The internal leg silent too long, or media flowing one way only.
-    fn check_leg_silence(&mut self, now: Instant) {
-        let Some(quiet) = self.internal_quiet_since() else {
-            return;
-        };
-        match self.leg_check_at {
-            Some(t) if t <= now => self.leg_check_at = Some(now + LEG_CHECK_EVERY),
-            _ => return,
-        }
-        let silent_for = now.saturating_duration_since(quiet);
-        if !self.internal_silence_reported && silent_for >= self.cfg.internal_silence_timeout {
-            self.internal_silence_reported = true;
-            self.events.push_back(CallEventKind::InternalLegSilent {
-                silent_for_ms: silent_for.as_millis() as u64,
-            });
-            if self.cfg.end_on_internal_silence {
-                self.end(EndCause::InternalLegTimeout);
-                return;
-            }
-        }
-        if self.one_way.is_some() {
-            return;
-        }
-        // "Flowing" = a packet within the last second; "silent" = nothing for one_way_timeout.
-        let recent = |t: Option<Instant>| {
-            t.is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1))
-        };
-        let quiet_long = |t: Option<Instant>, since: Instant| {
-            now.saturating_duration_since(t.map_or(since, |t| t.max(since)))
-                >= self.cfg.one_way_timeout
-        };
-        let gate = quiet.min(self.gate_open_at.unwrap_or(quiet));
-        let silent = if recent(self.last_wa_media) && quiet_long(self.last_internal_media, gate) {
-            Some(LegKind::Internal)
-        } else if recent(self.last_internal_media) && quiet_long(self.last_wa_media, gate) {
-            Some(LegKind::WhatsApp)
-        } else {
-            None
-        };
-        if let Some(silent) = silent {
-            self.one_way = Some(silent);
-            self.events.push_back(CallEventKind::OneWayAudio { silent });
-        }
     }
 
     fn wa_can_send(&self) -> bool {

@@ -13,9 +13,9 @@
 
 use std::time::Instant;
 
-use crate::api::{ApiError, CallEventKind, CreateCall, InternalLegSpec, LegKind, WaSecurity};
+use crate::api::{CallEventKind, CreateCall, InternalLegSpec, WaSecurity};
 use crate::call::setup::build_internal;
-use crate::call::{Advertised, Call, CallSetup, LocalSockets};
+use crate::call::{Advertised, Call, CallError, CallSetup, LocalSockets};
 use crate::net::{Outbox, SocketRef};
 use crate::wire::rtcp;
 
@@ -33,9 +33,9 @@ impl Call {
         advertised: Advertised,
         now: Instant,
         out: &mut impl Outbox,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, CallError> {
         if self.ended.is_some() {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(CallError::FailedPrecondition(format!(
                 "call {} has ended; its internal leg cannot be replaced",
                 self.call_id
             )));
@@ -72,12 +72,8 @@ impl Call {
         // The new agent starts with a clean slate: its own first media, a full silence window
         // before it counts as silent, and silence fill toward WhatsApp until it speaks.
         self.first_media_from_internal = false;
-        self.last_internal_media = Some(now);
-        self.internal_silence_reported = false;
+        self.watchdog.on_internal_replaced(now);
         self.last_dtmf_ts[1] = None;
-        if self.one_way == Some(LegKind::Internal) {
-            self.one_way = None;
-        }
         self.next_rtcp_internal = Some(now + self.cfg.rtcp_interval);
         self.events
             .push_back(CallEventKind::InternalLegReplaced { previous, remote });

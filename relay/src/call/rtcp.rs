@@ -41,6 +41,7 @@ impl Call {
                 if b.ssrc == our_ssrc {
                     counters.remote_lost = b.cumulative_lost.max(0) as u64;
                     counters.remote_jitter_units = b.jitter;
+                    counters.remote_fraction_lost = Some(b.fraction_lost);
                     if let Some(rtt) =
                         rtcp::rtt_from_report(rtcp::ntp_middle32(now_ntp), b.lsr, b.dlsr)
                     {

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::api::{
-    ApiError, CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, SourcePolicy,
-    WaSecurity,
+    CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, SourcePolicy, WaSecurity,
 };
 use crate::call::fill::ArrivalGaps;
 use crate::call::internal_webrtc;
@@ -21,7 +20,8 @@ use crate::call::prebuffer::Prebuffer;
 use crate::call::rewrite::OutboundStream;
 use crate::call::seq_window::SeqWindow;
 use crate::call::stats::LegCounters;
-use crate::call::{Call, CallConfig};
+use crate::call::watchdog::Watchdog;
+use crate::call::{Call, CallConfig, CallError};
 use crate::dtls::{DtlsConfig, DtlsDriver, DtlsIdentity, DtlsRole};
 use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
 use crate::net::{Outbox, SocketRef};
@@ -66,8 +66,8 @@ fn host_priority(addr: &SocketAddr) -> u32 {
     (126 << 24) | (local_pref << 8) | 255
 }
 
-fn bad(e: impl std::fmt::Display) -> ApiError {
-    ApiError::InvalidArgument(e.to_string())
+fn bad(e: impl std::fmt::Display) -> CallError {
+    CallError::InvalidArgument(e.to_string())
 }
 
 /// How the WhatsApp leg's DTLS role follows the remote `a=setup` (RFC 5763 §5).
@@ -85,7 +85,7 @@ impl Call {
         setup: CallSetup<'_>,
         now: Instant,
         wall: SystemTime,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, CallError> {
         let req = setup.req;
         let cfg = setup.cfg.clone();
         let ice_creds = IceCredentials::random();
@@ -104,7 +104,9 @@ impl Call {
             candidates.push((a, host_priority(&a)));
         }
         if candidates.is_empty() {
-            return Err(ApiError::Internal("no WhatsApp-facing socket bound".into()));
+            return Err(CallError::Internal(
+                "no WhatsApp-facing socket bound".into(),
+            ));
         }
 
         let mut wa = WhatsAppLeg {
@@ -232,23 +234,22 @@ impl Call {
             wa_ready: false,
             prebuffer: Prebuffer::new(setup.cfg.prebuffer_packets),
             prebuffer_next: None,
-            last_wa_media: None,
-            last_internal_media: None,
+            watchdog: Watchdog::new(
+                now,
+                (req.direction == CallDirection::UserInitiated).then_some(now),
+            ),
             first_media_sent: false,
-            wa_described_at: (req.direction == CallDirection::UserInitiated).then_some(now),
             next_rtcp_wa: None,
             next_rtcp_internal: Some(now + setup.cfg.rtcp_interval),
             first_media_from_wa: false,
             first_media_from_internal: false,
             last_dtmf_ts: [None; 2],
-            internal_silence_reported: false,
-            leg_check_at: None,
-            one_way: None,
             ice_connected_after: None,
             dtls_connected_after: None,
             events: VecDeque::from([crate::api::CallEventKind::Created]),
             ended: None,
             next_deadline: None,
+            forks: Default::default(),
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs
@@ -269,7 +270,7 @@ impl Call {
         text: &str,
         now: Instant,
         out: &mut impl Outbox,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CallError> {
         match leg {
             LegKind::WhatsApp => self.set_whatsapp_answer(text, now)?,
             LegKind::Internal => self.set_internal_remote(text, now)?,
@@ -278,17 +279,17 @@ impl Call {
         Ok(())
     }
 
-    fn set_whatsapp_answer(&mut self, text: &str, now: Instant) -> Result<(), ApiError> {
+    fn set_whatsapp_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
         if let Some(prev) = &self.wa_remote_sdp {
             return if prev == text {
                 Ok(())
             } else if self.direction == CallDirection::UserInitiated {
-                Err(ApiError::FailedPrecondition(
+                Err(CallError::FailedPrecondition(
                     "user-initiated call: Meta's offer was given at create; no renegotiation"
                         .into(),
                 ))
             } else {
-                Err(ApiError::FailedPrecondition(
+                Err(CallError::FailedPrecondition(
                     "Meta's answer was already applied; WhatsApp calls do not renegotiate".into(),
                 ))
             };
@@ -342,11 +343,11 @@ impl Call {
             }
         }
         self.wa_remote_sdp = Some(text.to_string());
-        self.wa_described_at = Some(now);
+        self.watchdog.on_described(now);
         Ok(())
     }
 
-    fn set_internal_remote(&mut self, text: &str, now: Instant) -> Result<(), ApiError> {
+    fn set_internal_remote(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
         if self.internal.webrtc.is_some() {
             return self.set_browser_answer(text, now);
         }
@@ -368,12 +369,12 @@ impl Call {
     /// The browser's answer to our WebRTC offer. The same answer again is harmless; anything
     /// after the first (or after the browser's own offer at create) is refused: a new browser
     /// is a new internal leg.
-    fn set_browser_answer(&mut self, text: &str, now: Instant) -> Result<(), ApiError> {
+    fn set_browser_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
         if let Some(prev) = &self.internal_remote_sdp {
             return if prev == text {
                 Ok(())
             } else {
-                Err(ApiError::FailedPrecondition(
+                Err(CallError::FailedPrecondition(
                     "the WebRTC internal leg already has the browser's description; it does not \
                      renegotiate"
                         .into(),
@@ -437,7 +438,7 @@ pub(crate) fn build_internal(
     setup: &CallSetup<'_>,
     cname: &str,
     now: Instant,
-) -> Result<(InternalLeg, Option<MasterKey>, String), ApiError> {
+) -> Result<(InternalLeg, Option<MasterKey>, String), CallError> {
     let ssrc = rand::random::<u32>();
     let mut leg = InternalLeg {
         srtp: None,
@@ -489,7 +490,7 @@ fn build_webrtc(
     setup: &CallSetup<'_>,
     cname: &str,
     now: Instant,
-) -> Result<String, ApiError> {
+) -> Result<String, CallError> {
     leg.policy = SourcePolicy::Strict;
     let creds = IceCredentials::random();
     let addr = SocketAddr::new(setup.advertised.internal, setup.sockets.internal.port());
@@ -527,7 +528,7 @@ fn apply_internal_remote(
     leg: &mut InternalLeg,
     local_key: Option<&MasterKey>,
     remote: &sdp::InternalRemote,
-) -> Result<(), ApiError> {
+) -> Result<(), CallError> {
     leg.opus_pt = remote.opus_pt;
     leg.te_pt = remote.telephone_event_pt.or(leg.te_pt);
     if !leg.latched {

@@ -71,6 +71,30 @@ impl DropReason {
     }
 }
 
+/// One leg's totals, for engine-wide metrics: the shard adds every call's up
+/// (`crate::engine::snapshot` re-exports this as its per-leg counter).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LegTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Indexed like [`DROP_REASONS`].
+    pub drops: [u64; DROP_REASONS.len()],
+}
+
+impl LegTotals {
+    pub fn add(&mut self, o: &LegTotals) {
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LegCounters {
     pub rx_packets: u64,
@@ -83,6 +107,9 @@ pub struct LegCounters {
     /// Loss and jitter the peer reports about what we send (RTCP report blocks).
     pub remote_lost: u64,
     pub remote_jitter_units: u32,
+    /// The peer's last report's "fraction lost" (its loss over its last report interval, in
+    /// 1/256); `None` before its first report about our stream.
+    pub remote_fraction_lost: Option<u8>,
     pub rtt_ms: Option<f64>,
     /// SSRC of the stream we receive (for our report block).
     pub remote_ssrc: Option<u32>,
@@ -90,7 +117,51 @@ pub struct LegCounters {
     pub last_sr: Option<(u32, Instant)>,
 }
 
+/// One leg's quality figures as of now, for live sampling (plain numbers: no allocation).
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+pub struct LegQuality {
+    /// Packets received and lost (sequence gaps) on the stream we receive, so far.
+    pub rx_packets: u64,
+    pub rx_lost: u64,
+    /// RFC 3550 interarrival jitter of the stream we receive.
+    pub rx_jitter_ms: f64,
+    pub tx_packets: u64,
+    /// From the peer's last report block about our stream: its loss over its last report
+    /// interval (0..1) and the jitter it measures. `None` before its first report.
+    pub tx_loss_ratio: Option<f64>,
+    pub tx_jitter_ms: Option<f64>,
+    /// The peer's cumulative count of our packets lost (its last report).
+    pub tx_lost: u64,
+    pub rtt_ms: Option<f64>,
+    /// RTCP packets received on this leg (a change means a new report).
+    pub rtcp_received: u64,
+    /// The peer's address, once known.
+    pub remote: Option<std::net::SocketAddr>,
+}
+
 impl LegCounters {
+    pub fn quality(&self, tx_packets: u64, clock_rate: u32) -> LegQuality {
+        let (lost, jitter_units) = match &self.rx_seq {
+            Some(t) => (t.lost().max(0) as u64, t.jitter()),
+            None => (0, 0),
+        };
+        let ms = |units: u32| units as f64 * 1000.0 / clock_rate as f64;
+        LegQuality {
+            rx_packets: self.rx_packets,
+            rx_lost: lost,
+            rx_jitter_ms: ms(jitter_units),
+            tx_packets,
+            tx_loss_ratio: self.remote_fraction_lost.map(|f| f as f64 / 256.0),
+            tx_jitter_ms: self
+                .remote_fraction_lost
+                .map(|_| ms(self.remote_jitter_units)),
+            tx_lost: self.remote_lost,
+            rtt_ms: self.rtt_ms,
+            rtcp_received: self.rtcp_received,
+            remote: None,
+        }
+    }
+
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason.index()] += 1;
     }

@@ -14,10 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::api::{
-    ApiError, CallDirection, CallState, CreateCall, InternalKind, InternalLegSpec, SourcePolicy,
-    WaSecurity,
+    CallDirection, CallState, CreateCall, InternalKind, InternalLegSpec, SourcePolicy, WaSecurity,
 };
-use crate::call::{Advertised, CallConfig, CallSetup, Created, LocalSockets};
+use crate::call::{Advertised, CallConfig, CallError, CallSetup, Created, LocalSockets};
 use crate::dtls::{DtlsConfig, DtlsDriver, DtlsEvent, DtlsIdentity, DtlsRole, Fingerprint};
 use crate::ice::{IceConfig, IceCredentials, LiteAgent};
 use crate::net::{Outbox, SocketRef, VecOutbox};
@@ -64,9 +63,10 @@ pub fn relay_socket(to: SocketAddr) -> Option<SocketRef> {
 
 /// The relay address a call's datagram left from.
 pub fn relay_addr(via: SocketRef) -> SocketAddr {
-    match via {
-        SocketRef::Internal => RELAY_INTERNAL,
-        SocketRef::WaV4 | SocketRef::WaV6 => RELAY_WA,
+    if via == SocketRef::Internal {
+        RELAY_INTERNAL
+    } else {
+        RELAY_WA
     }
 }
 
@@ -168,7 +168,7 @@ pub fn create_call(
     cfg: CallConfig,
     identity: Arc<DtlsIdentity>,
     now: Instant,
-) -> Result<Created, ApiError> {
+) -> Result<Created, CallError> {
     let internal = InternalLegSpec {
         kind: InternalKind::PlainRtp,
         remote_sdp: Some(internal_sdp()),
@@ -184,7 +184,7 @@ pub fn create_call_with(
     cfg: CallConfig,
     identity: Arc<DtlsIdentity>,
     now: Instant,
-) -> Result<Created, ApiError> {
+) -> Result<Created, CallError> {
     let req = CreateCall {
         call_id: "wacid.test".to_string(),
         business_number: "15550001111".to_string(),

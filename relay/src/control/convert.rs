@@ -348,6 +348,10 @@ pub fn call_event(e: &CallEvent) -> pb::CallEvent {
             meta_code: *meta_code,
             stats: Some(call_info((**stats).clone())),
         }),
+        CallEventKind::Recording { change, status } => Kind::Recording(pb::RecordingChanged {
+            change: recording_change(*change).into(),
+            recording: Some(recording(status)),
+        }),
     };
     pb::CallEvent {
         call_id: e.call_id.clone(),
@@ -371,6 +375,32 @@ pub fn load(l: Load, draining: bool) -> pb::GetLoadResponse {
                 busy_ratio: s.busy_ratio,
             })
             .collect(),
+    }
+}
+
+pub fn recording(s: &crate::api::RecordingStatus) -> pb::Recording {
+    use crate::api::RecordingState as S;
+    pb::Recording {
+        state: match s.state {
+            S::Recording => pb::RecordingState::Recording,
+            S::Paused => pb::RecordingState::Paused,
+            S::Stopped => pb::RecordingState::Stopped,
+        }
+        .into(),
+        consumer_file: s.files.consumer.display().to_string(),
+        agent_file: s.files.agent.display().to_string(),
+        events_file: s.files.events.display().to_string(),
+        dropped_packets: s.dropped_packets,
+    }
+}
+
+fn recording_change(c: crate::api::RecordingChange) -> pb::RecordingChange {
+    use crate::api::RecordingChange as C;
+    match c {
+        C::Started => pb::RecordingChange::Started,
+        C::Paused => pb::RecordingChange::Paused,
+        C::Resumed => pb::RecordingChange::Resumed,
+        C::Stopped => pb::RecordingChange::Stopped,
     }
 }
 

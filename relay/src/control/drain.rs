@@ -36,6 +36,9 @@ pub struct Drain {
     /// Turns the engine's admission off (called synchronously by [`Drain::start`], so the
     /// relay is unready before a Drain request returns).
     stop_admitting: Box<dyn Fn() + Send + Sync>,
+    /// The deadline of a Drain request that gives none (the `relay` binary: its SIGTERM
+    /// deadline, `drain_deadline`).
+    default_deadline: Duration,
 }
 
 impl std::fmt::Debug for Drain {
@@ -50,16 +53,26 @@ impl std::fmt::Debug for Drain {
 impl Drain {
     /// A drain of `engine`, not started, and the task that ends the remaining calls when it
     /// is started and its deadline passes (needs a tokio runtime). The task stops when `stop`
-    /// turns true.
-    pub fn spawn<C: CallControl>(engine: Arc<C>, stop: watch::Receiver<bool>) -> Arc<Drain> {
+    /// turns true. `default_deadline` serves Drain requests that give none.
+    pub fn spawn<C: CallControl>(
+        engine: Arc<C>,
+        default_deadline: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Drain> {
         let admission = Arc::clone(&engine);
         let drain = Arc::new(Drain {
             deadline: watch::Sender::new(None),
             finished: watch::Sender::new(false),
             stop_admitting: Box::new(move || admission.set_draining(true)),
+            default_deadline,
         });
         tokio::spawn(run(engine, Arc::clone(&drain), stop));
         drain
+    }
+
+    /// The deadline of a Drain request that gives none.
+    pub fn default_deadline(&self) -> Duration {
+        self.default_deadline
     }
 
     pub fn is_draining(&self) -> bool {
@@ -137,6 +150,7 @@ mod tests {
             deadline: watch::Sender::new(None),
             finished: watch::Sender::new(false),
             stop_admitting: Box::new(|| {}),
+            default_deadline: Duration::from_secs(60),
         }
     }
 

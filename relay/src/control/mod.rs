@@ -54,7 +54,8 @@ pub struct ControlConfig {
     pub allow_unauthenticated_non_loopback: bool,
 }
 
-/// Drain deadline when a Drain request does not give one.
+/// Drain deadline when a Drain request does not give one and the server made its own
+/// [`Drain`] (the `relay` binary uses its `drain_deadline`).
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Default for ControlConfig {
@@ -250,7 +251,9 @@ pub async fn serve_on_with_drain<C: CallControl>(
         engine.subscribe(),
         stop_rx.clone(),
     ));
-    let drain = drain.unwrap_or_else(|| Drain::spawn(Arc::clone(&engine), stop_rx.clone()));
+    let drain = drain.unwrap_or_else(|| {
+        Drain::spawn(Arc::clone(&engine), DEFAULT_DRAIN_DEADLINE, stop_rx.clone())
+    });
     // However the drain started (Drain request, SIGTERM), readiness for gRPC health checkers
     // turns off with it.
     {
@@ -271,7 +274,6 @@ pub async fn serve_on_with_drain<C: CallControl>(
         engine,
         log,
         drain,
-        default_drain_deadline: DEFAULT_DRAIN_DEADLINE,
         health,
         stop: stop_rx,
     };

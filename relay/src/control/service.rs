@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{ApiError, CallControl, RefusedReason};
+use crate::api::{ApiError, CallControl, RecordingOp, RefusedReason};
 
 use super::convert;
 use super::drain::Drain;
@@ -20,7 +20,6 @@ pub struct RelayService<C> {
     pub(super) engine: Arc<C>,
     pub(super) log: Arc<EventLog>,
     pub(super) drain: Arc<Drain>,
-    pub(super) default_drain_deadline: Duration,
     pub(super) health: HealthReporter,
     pub(super) stop: watch::Receiver<bool>,
 }
@@ -31,6 +30,21 @@ fn api<T>(r: Result<T, ApiError>) -> Result<T, Status> {
 
 fn call_id(id: String) -> Result<String, Status> {
     api(convert::required_id("call_id", id))
+}
+
+impl<C: CallControl> RelayService<C> {
+    /// The four recording RPCs differ only in the operation.
+    async fn recording(
+        &self,
+        id: String,
+        op: RecordingOp,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        let id = call_id(id)?;
+        let status = api(self.engine.recording(id, op).await)?;
+        Ok(Response::new(pb::RecordingResponse {
+            recording: status.as_ref().map(convert::recording),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -96,6 +110,38 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
             internal_sdp: r.internal_sdp,
             call: Some(convert::call_info(r.call)),
         }))
+    }
+
+    async fn start_recording(
+        &self,
+        request: Request<pb::StartRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Start)
+            .await
+    }
+
+    async fn stop_recording(
+        &self,
+        request: Request<pb::StopRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Stop)
+            .await
+    }
+
+    async fn pause_recording(
+        &self,
+        request: Request<pb::PauseRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Pause)
+            .await
+    }
+
+    async fn resume_recording(
+        &self,
+        request: Request<pb::ResumeRecordingRequest>,
+    ) -> Result<Response<pb::RecordingResponse>, Status> {
+        self.recording(request.into_inner().call_id, RecordingOp::Resume)
+            .await
     }
 
     async fn terminate(
@@ -168,12 +214,63 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
         Ok(Response::new(convert::load(load, self.drain.is_draining())))
     }
 
+    async fn set_log_level(
+        &self,
+        request: Request<pb::SetLogLevelRequest>,
+    ) -> Result<Response<pb::SetLogLevelResponse>, Status> {
+        let Some(level) = crate::ops::logs::log_level() else {
+            return Err(to_status(&ApiError::FailedPrecondition(
+                "this process's log filter cannot be changed".into(),
+            )));
+        };
+        let filter = request.into_inner().filter;
+        let filter = if filter.trim().is_empty() {
+            level.current()
+        } else {
+            let now = level
+                .set(&filter)
+                .map_err(|e| to_status(&ApiError::InvalidArgument(format!("log filter: {e}"))))?;
+            tracing::info!(filter = %now, "log filter changed");
+            now
+        };
+        Ok(Response::new(pb::SetLogLevelResponse { filter }))
+    }
+
+    async fn set_limits(
+        &self,
+        request: Request<pb::SetLimitsRequest>,
+    ) -> Result<Response<pb::SetLimitsResponse>, Status> {
+        let req = request.into_inner();
+        let limits = api(self
+            .engine
+            .set_limits(req.capacity, req.max_shard_busy_percent))?;
+        Ok(Response::new(pb::SetLimitsResponse {
+            capacity: limits.capacity,
+            max_shard_busy_percent: limits.max_shard_busy_percent,
+        }))
+    }
+
+    async fn set_call_debug(
+        &self,
+        request: Request<pb::SetCallDebugRequest>,
+    ) -> Result<Response<pb::SetCallDebugResponse>, Status> {
+        let req = request.into_inner();
+        let id = call_id(req.call_id)?;
+        if req.enabled {
+            // Only for a call the relay holds (a typo must not silently log nothing).
+            api(self.engine.get_call(id.clone()).await)?;
+        }
+        let enabled = crate::ops::logs::set_call_debug(&id, req.enabled);
+        tracing::info!(call_id = %id, enabled, "call debug logging");
+        Ok(Response::new(pb::SetCallDebugResponse { enabled }))
+    }
+
     async fn drain(
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let after = match request.into_inner().deadline {
-            None => self.default_drain_deadline,
+            None => self.drain.default_deadline(),
             Some(d) => Duration::try_from(d).map_err(|_| {
                 to_status(&ApiError::InvalidArgument(
                     "deadline must be a non-negative duration".into(),

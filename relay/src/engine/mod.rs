@@ -15,7 +15,7 @@ mod sockets;
 pub mod udp;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -25,8 +25,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load, RefusedReason, ShardLoad,
+    InternalLegReplaced, InternalLegSpec, LegKind, Load, RecordingOp, RecordingState,
+    RecordingStatus, RefusedReason, ShardLoad,
 };
+use crate::call::fork::RecordRequest;
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
 pub use registry::TombstoneConfig;
@@ -65,6 +67,8 @@ pub struct EngineConfig {
     pub tombstones: TombstoneConfig,
     /// A shard whose loop has not turned for this long makes `/healthz` fail.
     pub shard_stall_timeout: std::time::Duration,
+    /// Call recording (off unless `recording_dir` is set).
+    pub recording: crate::record::RecordingConfig,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +93,7 @@ impl Default for EngineConfig {
             rate_limit: ratelimit::RateLimitConfig::default(),
             tombstones: TombstoneConfig::default(),
             shard_stall_timeout: std::time::Duration::from_secs(10),
+            recording: Default::default(),
         }
     }
 }
@@ -134,10 +139,16 @@ struct Inner {
     events: broadcast::Sender<CallEvent>,
     ports: sockets::PortAllocator,
     next_shard: AtomicUsize,
+    /// `cfg.capacity` and `cfg.max_shard_busy` (in 1/1000), changeable at run time
+    /// ([`CallControl::set_limits`]).
+    capacity: AtomicU32,
+    busy_permille: AtomicU32,
     /// CreateCalls refused, by [`RefusedReason::index`].
     refused: [AtomicU64; RefusedReason::ALL.len()],
     /// Probes' view of the shards' heartbeats (taken by probes only, never by a packet).
     heartbeats: Mutex<heartbeat::HeartbeatWatch>,
+    /// The disk writer for recordings, when a recording directory is configured.
+    recorder: Option<Arc<crate::record::Recorder>>,
 }
 
 /// The control plane's handle on the engine. Cheap to clone.
@@ -187,8 +198,17 @@ impl Engine {
             });
         }
         let (bcast, _) = broadcast::channel(4096);
+        let recorder = match cfg.recording.dir {
+            Some(_) => Some(crate::record::Recorder::start(cfg.recording.clone())?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
+            recorder,
             ports: sockets::PortAllocator::new(cfg.ports),
+            capacity: AtomicU32::new(cfg.capacity),
+            busy_permille: AtomicU32::new(
+                (cfg.max_shard_busy.clamp(0.0, 1.0) * 1000.0).round() as u32
+            ),
             identity,
             shards,
             registry: Mutex::new(Registry::new(cfg.tombstones)),
@@ -251,9 +271,9 @@ impl EngineHandle {
         let draining = lock(&self.inner.registry).draining;
         snapshot::MetricsSnapshot {
             active_calls: self.active_calls() as u64,
-            capacity: self.inner.cfg.capacity as u64,
+            capacity: self.capacity() as u64,
             draining,
-            max_shard_busy: self.inner.cfg.max_shard_busy,
+            max_shard_busy: self.max_shard_busy(),
             shards: self
                 .inner
                 .shards
@@ -261,7 +281,22 @@ impl EngineHandle {
                 .map(|s| s.totals.lock().unwrap_or_else(|p| p.into_inner()).clone())
                 .collect(),
             refused: self.refused_calls(),
+            recording: self
+                .inner
+                .recorder
+                .as_ref()
+                .map(|r| snapshot::RecordingTotals::from(r.stats())),
         }
+    }
+
+    /// Calls admitted in total (the configured capacity unless changed at run time).
+    pub fn capacity(&self) -> u32 {
+        self.inner.capacity.load(Ordering::Relaxed)
+    }
+
+    /// The shard busy share (0..1) over which new calls are refused.
+    pub fn max_shard_busy(&self) -> f64 {
+        f64::from(self.inner.busy_permille.load(Ordering::Relaxed)) / 1000.0
     }
 
     /// Shards whose loop has not turned for `shard_stall_timeout` (stuck, or their thread
@@ -294,6 +329,15 @@ impl EngineHandle {
         for s in &self.inner.shards {
             let _ = s.send(Command::Stop);
         }
+        if let Some(recorder) = &self.inner.recorder {
+            // The shards end their calls, which closes their recordings; give them a moment,
+            // then let the writer finish every file before the process exits.
+            let deadline = Instant::now() + std::time::Duration::from_secs(2);
+            while self.active_calls() > 0 && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            recorder.shutdown();
+        }
     }
 
     /// Wait for shard threads to exit (after `shutdown`).
@@ -310,7 +354,7 @@ impl EngineHandle {
     /// The shard for a new call: the one with fewest calls among those not over the busy
     /// limit, ties broken round-robin. `Unavailable` when every shard is over it.
     fn pick_shard(&self) -> Result<usize, ApiError> {
-        let limit = self.inner.cfg.max_shard_busy;
+        let limit = self.max_shard_busy();
         let busy: Vec<f64> = self
             .inner
             .shards
@@ -407,13 +451,11 @@ impl EngineHandle {
                 ApiError::Unavailable("relay is draining; create the call on another relay".into()),
             ));
         }
-        if reg.calls.len() as u32 >= self.inner.cfg.capacity {
+        let capacity = self.capacity();
+        if reg.calls.len() as u32 >= capacity {
             return Err(self.refuse(
                 RefusedReason::Capacity,
-                ApiError::Unavailable(format!(
-                    "relay at capacity ({} calls)",
-                    self.inner.cfg.capacity
-                )),
+                ApiError::Unavailable(format!("relay at capacity ({capacity} calls)")),
             ));
         }
         let limit = self.inner.cfg.max_calls_per_number;
@@ -485,8 +527,8 @@ impl EngineHandle {
             Instant::now(),
             SystemTime::now(),
         )
-        .map_err(|e| match e {
-            ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
+        .map_err(|e| match ApiError::from(e) {
+            e @ ApiError::InvalidArgument(_) => self.refuse(RefusedReason::InvalidRequest, e),
             e => e,
         })?;
         let out = CallCreated {
@@ -617,6 +659,69 @@ impl CallControl for EngineHandle {
         Ok(replaced)
     }
 
+    async fn recording(
+        &self,
+        call_id: String,
+        op: RecordingOp,
+    ) -> Result<Option<RecordingStatus>, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        let ask = |req| {
+            let call_id = call_id.clone();
+            self.ask(shard, move |reply| Command::Record {
+                call_id,
+                req,
+                reply,
+            })
+        };
+        let req = match op {
+            RecordingOp::Stop => RecordRequest::Stop,
+            RecordingOp::Pause => RecordRequest::Pause,
+            RecordingOp::Resume => RecordRequest::Resume,
+            RecordingOp::Start => {
+                let recorder = self.inner.recorder.clone().ok_or_else(|| {
+                    ApiError::FailedPrecondition(
+                        "recording is not configured on this relay (set recording_dir / \
+                         --recording-dir)"
+                            .into(),
+                    )
+                })?;
+                // Already recorded: answer with the running recording, create nothing.
+                if let Some(s) = ask(RecordRequest::Status).await??
+                    && s.state != RecordingState::Stopped
+                {
+                    return Ok(Some(s));
+                }
+                let (business, consumer) = {
+                    let reg = lock(&self.inner.registry);
+                    let e = reg
+                        .calls
+                        .get(&call_id)
+                        .ok_or_else(|| ApiError::NotFound(call_id.clone()))?;
+                    (e.business_number.clone(), e.consumer.clone())
+                };
+                let (id, r) = (call_id.clone(), recorder.clone());
+                let open = tokio::task::spawn_blocking(move || {
+                    r.create(&id, &business, &consumer, SystemTime::now())
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("creating recording files: {e}")))??;
+                let files = open.files.clone();
+                let result = ask(RecordRequest::Start {
+                    open: Box::new(open),
+                    link: recorder.link().clone(),
+                })
+                .await
+                .and_then(|r| r);
+                // Another start won the race (or the call is gone): these files are unused.
+                if !matches!(&result, Ok(Some(s)) if s.files == files) {
+                    files.remove();
+                }
+                return result;
+            }
+        };
+        ask(req).await?
+    }
+
     async fn terminate(
         &self,
         call_id: String,
@@ -688,7 +793,7 @@ impl CallControl for EngineHandle {
         let draining = lock(&self.inner.registry).draining;
         Ok(Load {
             active_calls: self.active_calls() as u32,
-            capacity: self.inner.cfg.capacity,
+            capacity: self.capacity(),
             draining,
             shards: self
                 .inner
@@ -710,6 +815,39 @@ impl CallControl for EngineHandle {
 
     fn subscribe(&self) -> broadcast::Receiver<CallEvent> {
         self.inner.events.subscribe()
+    }
+
+    fn set_limits(
+        &self,
+        capacity: Option<u32>,
+        busy_percent: Option<u32>,
+    ) -> Result<crate::api::Limits, ApiError> {
+        if capacity == Some(0) {
+            return Err(ApiError::InvalidArgument(
+                "capacity must be at least 1".into(),
+            ));
+        }
+        if busy_percent.is_some_and(|p| !(1..=100).contains(&p)) {
+            return Err(ApiError::InvalidArgument(
+                "max_shard_busy_percent must be 1..=100 (100: never refuse for load)".into(),
+            ));
+        }
+        if let Some(c) = capacity {
+            self.inner.capacity.store(c, Ordering::Relaxed);
+        }
+        if let Some(p) = busy_percent {
+            self.inner.busy_permille.store(p * 10, Ordering::Relaxed);
+        }
+        let limits = crate::api::Limits {
+            capacity: self.capacity(),
+            max_shard_busy_percent: (self.max_shard_busy() * 100.0).round() as u32,
+        };
+        tracing::info!(
+            capacity = limits.capacity,
+            max_shard_busy_percent = limits.max_shard_busy_percent,
+            "admission limits in force"
+        );
+        Ok(limits)
     }
 
     fn set_draining(&self, draining: bool) {

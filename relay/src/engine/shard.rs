@@ -76,6 +76,12 @@ pub(crate) enum Command {
         cause: EndCause,
         reply: tokio::sync::oneshot::Sender<usize>,
     },
+    /// A call's recording: start (files already created), stop, pause, resume, status.
+    Record {
+        call_id: String,
+        req: crate::call::fork::RecordRequest,
+        reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::RecordingStatus>, ApiError>>,
+    },
     /// End every call (`Drained`) and stop the thread.
     Stop,
 }
@@ -133,6 +139,7 @@ pub(crate) struct Shard {
     /// (WhatsApp, internal).
     limiter: RateLimiter,
     rate_limited: [u64; 2],
+    quality: crate::ops::quality::QualitySampler,
 }
 
 /// How often a shard folds its counters into the published snapshot (metrics resolution).
@@ -151,6 +158,7 @@ impl Shard {
         Shard {
             limiter: RateLimiter::new(rate_limit, Instant::now()),
             rate_limited: [0; 2],
+            quality: Default::default(),
             totals: ShardTotals::new(id as u32),
             published,
             next_publish: Instant::now(),
@@ -219,6 +227,8 @@ impl Shard {
     fn publish_totals(&mut self, now: Instant) {
         self.next_publish = now + PUBLISH_EVERY;
         self.totals.busy_seconds += self.busy.as_secs_f64();
+        let live = self.slots.iter().flatten().map(|s| &*s.call);
+        self.quality.sample(live, &mut self.totals.quality);
         let mut t = self.totals.clone();
         for slot in self.slots.iter().flatten() {
             t.whatsapp.add(&slot.call.leg_totals(LegKind::WhatsApp));
@@ -462,6 +472,13 @@ impl Shard {
                 }
                 Command::EndAll { cause, reply } => {
                     let _ = reply.send(self.end_all(now, cause));
+                }
+                Command::Record {
+                    call_id,
+                    req,
+                    reply,
+                } => {
+                    let _ = reply.send(self.with_call(&call_id, |c, _| c.record(req, now)));
                 }
                 Command::Stop => {
                     self.end_all(now, EndCause::Drained);

@@ -8,30 +8,9 @@
 use std::time::Duration;
 
 use crate::api::{EndCause, RefusedReason};
-use crate::call::stats::DROP_REASONS;
 
-/// Counters of one leg.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LegTotals {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    /// Indexed like [`DROP_REASONS`].
-    pub drops: [u64; DROP_REASONS.len()],
-}
-
-impl LegTotals {
-    pub fn add(&mut self, o: &LegTotals) {
-        self.rx_packets += o.rx_packets;
-        self.rx_bytes += o.rx_bytes;
-        self.tx_packets += o.tx_packets;
-        self.tx_bytes += o.tx_bytes;
-        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
-            *a += b;
-        }
-    }
-}
+/// Counters of one leg: the call's own totals type, summed over calls and shards.
+pub use crate::call::stats::LegTotals;
 
 /// Observations for histograms, as raw samples since the last scrape would be unbounded; we
 /// keep fixed buckets instead.
@@ -114,6 +93,8 @@ pub struct ShardTotals {
     /// Per ended call: loss ratio and jitter of what WhatsApp sent us.
     pub call_loss: Histogram,
     pub call_jitter: Histogram,
+    /// Live calls sampled once a second (see [`crate::ops::quality`]).
+    pub quality: crate::ops::quality::LiveQuality,
 }
 
 impl ShardTotals {
@@ -137,6 +118,7 @@ impl ShardTotals {
             dtls_setup: Histogram::new(SETUP_BUCKETS),
             call_loss: Histogram::new(LOSS_BUCKETS),
             call_jitter: Histogram::new(JITTER_BUCKETS),
+            quality: Default::default(),
         }
     }
 
@@ -159,6 +141,37 @@ pub struct MetricsSnapshot {
     pub shards: Vec<ShardTotals>,
     /// CreateCalls refused, indexed like [`RefusedReason::ALL`].
     pub refused: [u64; RefusedReason::ALL.len()],
+    /// `None` when recording is not configured.
+    pub recording: Option<RecordingTotals>,
+}
+
+/// The recorder's counters (see [`crate::record::RecorderStats`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordingTotals {
+    pub active: u64,
+    pub started: u64,
+    pub packets_written: u64,
+    pub bytes_written: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_oversize: u64,
+    pub dropped_invalid: u64,
+    pub write_errors: u64,
+}
+
+impl From<&crate::record::RecorderStats> for RecordingTotals {
+    fn from(s: &crate::record::RecorderStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        RecordingTotals {
+            active: s.active.load(Relaxed),
+            started: s.started.load(Relaxed),
+            packets_written: s.packets_written.load(Relaxed),
+            bytes_written: s.bytes_written.load(Relaxed),
+            dropped_queue_full: s.dropped_queue_full.load(Relaxed),
+            dropped_oversize: s.dropped_oversize.load(Relaxed),
+            dropped_invalid: s.dropped_invalid.load(Relaxed),
+            write_errors: s.write_errors.load(Relaxed),
+        }
+    }
 }
 
 impl MetricsSnapshot {

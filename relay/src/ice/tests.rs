@@ -8,7 +8,11 @@ use super::*;
 use crate::net::{Sent, SocketRef, VecOutbox};
 use crate::wire::stun::{self, BINDING, StunClass, StunWriter};
 
-use SocketRef::{WaV4, WaV6};
+// The call's WhatsApp sockets, by their layout names.
+#[allow(non_upper_case_globals)]
+const WaV4: SocketRef = SocketRef::WaV4;
+#[allow(non_upper_case_globals)]
+const WaV6: SocketRef = SocketRef::WaV6;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

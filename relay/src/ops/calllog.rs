@@ -242,6 +242,9 @@ async fn sample<C: CallControl>(engine: &C, shared: &Shared) {
     let at = SystemTime::now();
     match engine.list_calls().await {
         Ok(calls) => {
+            for c in calls.iter().filter(|c| super::logs::call_debug(&c.call_id)) {
+                super::logs::log_call_stats(c);
+            }
             let lost = shared.recorder().on_sample(calls, at);
             for r in &lost {
                 tracing::warn!(call_id = %r.call_id, "call vanished without an end event (event stream lagged)");
@@ -331,6 +334,14 @@ impl<C: CallControl> CallControl for Observed<C> {
         result
     }
 
+    async fn recording(
+        &self,
+        call_id: String,
+        op: crate::api::RecordingOp,
+    ) -> Result<Option<crate::api::RecordingStatus>, ApiError> {
+        self.inner.recording(call_id, op).await
+    }
+
     async fn replace_internal_leg(
         &self,
         call_id: String,
@@ -365,6 +376,14 @@ impl<C: CallControl> CallControl for Observed<C> {
 
     fn set_draining(&self, draining: bool) {
         self.inner.set_draining(draining);
+    }
+
+    fn set_limits(
+        &self,
+        capacity: Option<u32>,
+        busy_percent: Option<u32>,
+    ) -> Result<crate::api::Limits, ApiError> {
+        self.inner.set_limits(capacity, busy_percent)
     }
 
     async fn end_all_drained(&self) -> Result<usize, ApiError> {

@@ -37,11 +37,13 @@ pub struct HttpLimits {
     pub head_timeout: Duration,
     /// A connection's whole life: head, answer, and the client reading it.
     pub connection_timeout: Duration,
-    /// Connections held at once. A new connection beyond it closes the oldest one, so a flood
-    /// of idle connections can delay a probe by at most one accept, never starve it.
+    /// Connections held at once. A new connection beyond it closes the oldest one still
+    /// waiting for its request head, so a flood of idle connections can delay a probe by at
+    /// most one accept, never starve it.
     pub max_connections: usize,
     /// Connections held at once per source IP; a new one beyond it closes that source's
-    /// oldest (a single attacker only ever displaces itself).
+    /// oldest one still waiting for its head (a single attacker only ever displaces itself).
+    /// A connection whose request arrived is never displaced: it is being answered.
     pub max_per_source: usize,
     /// `/metrics` pages rendered at once (off the async workers); probes never wait for them.
     pub max_metrics_renders: usize,
@@ -198,10 +200,11 @@ pub async fn serve_with<S: MetricsSource>(
         let (id, evicted) = lock(&slots).admit(peer, &limits);
         let (src, slots, renders) = (Arc::clone(&src), Arc::clone(&slots), Arc::clone(&renders));
         tokio::spawn(async move {
+            let answering = || lock(&slots).answering(id);
             tokio::select! {
                 _ = tokio::time::timeout(
                     limits.connection_timeout,
-                    handle(stream, src, renders, limits.head_timeout),
+                    handle(stream, src, renders, limits.head_timeout, answering),
                 ) => {}
                 // Displaced by a newer connection (of the same source, or beyond the cap).
                 _ = evicted => {}
@@ -220,8 +223,15 @@ fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
 #[derive(Default)]
 struct Slots {
     next_id: u64,
-    by_id: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
+    by_id: BTreeMap<u64, Slot>,
     by_source: HashMap<IpAddr, VecDeque<u64>>,
+}
+
+struct Slot {
+    ip: IpAddr,
+    /// Still waiting for the request head (may be displaced); false once it is being answered.
+    reading: bool,
+    _closes_it: oneshot::Sender<()>,
 }
 
 impl Slots {
@@ -229,31 +239,50 @@ impl Slots {
     /// or of all if a limit is reached. Returns the slot and what closes it.
     fn admit(&mut self, peer: SocketAddr, limits: &HttpLimits) -> (u64, oneshot::Receiver<()>) {
         let ip = peer.ip();
+        let reading = |id: &u64| self.by_id.get(id).is_some_and(|s| s.reading);
         let oldest_of_source = self
             .by_source
             .get(&ip)
             .filter(|q| q.len() >= limits.max_per_source.max(1))
-            .and_then(|q| q.front().copied());
+            .and_then(|q| q.iter().copied().find(reading));
         if let Some(old) = oldest_of_source {
             self.release(old);
         }
-        while self.by_id.len() >= limits.max_connections.max(1) {
-            let Some(old) = self.by_id.keys().next().copied() else {
-                break;
-            };
-            self.release(old);
+        if self.by_id.len() >= limits.max_connections.max(1) {
+            let oldest = self
+                .by_id
+                .iter()
+                .find(|(_, s)| s.reading)
+                .map(|(id, _)| *id);
+            if let Some(old) = oldest {
+                self.release(old);
+            }
         }
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = oneshot::channel();
-        self.by_id.insert(id, (ip, tx));
+        self.by_id.insert(
+            id,
+            Slot {
+                ip,
+                reading: true,
+                _closes_it: tx,
+            },
+        );
         self.by_source.entry(ip).or_default().push_back(id);
         (id, rx)
     }
 
+    /// Connection `id` sent its request: it is answered, never displaced.
+    fn answering(&mut self, id: u64) {
+        if let Some(s) = self.by_id.get_mut(&id) {
+            s.reading = false;
+        }
+    }
+
     /// Free slot `id` (its connection ended, or it is being displaced).
     fn release(&mut self, id: u64) {
-        let Some((ip, _closes_it)) = self.by_id.remove(&id) else {
+        let Some(Slot { ip, .. }) = self.by_id.remove(&id) else {
             return;
         };
         if let Some(q) = self.by_source.get_mut(&ip) {
@@ -270,6 +299,7 @@ async fn handle<S: MetricsSource>(
     src: Arc<S>,
     renders: Arc<Semaphore>,
     head_timeout: Duration,
+    answering: impl FnOnce(),
 ) -> std::io::Result<()> {
     let head = match tokio::time::timeout(head_timeout, read_head(&mut stream)).await {
         Ok(Ok(Some(head))) => head,
@@ -284,6 +314,7 @@ async fn handle<S: MetricsSource>(
             .await;
         }
     };
+    answering();
     let Some(head) = head else {
         return write(
             &mut stream,
@@ -384,6 +415,7 @@ mod tests {
             draining,
             max_shard_busy: 0.9,
             shards: vec![ShardTotals::new(0)],
+            recording: None,
         })
     }
 

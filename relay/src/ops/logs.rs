@@ -55,7 +55,16 @@ pub fn init(json: bool) -> LogLevel {
     } else {
         registry.with(fmt::layer().with_ansi(colour)).init();
     }
-    LogLevel { handle }
+    let level = LogLevel { handle };
+    let _ = LOG_LEVEL.set(level.clone());
+    level
+}
+
+static LOG_LEVEL: std::sync::OnceLock<LogLevel> = std::sync::OnceLock::new();
+
+/// The process's log filter control, once [`init`] ran (not in tests that log elsewhere).
+pub fn log_level() -> Option<&'static LogLevel> {
+    LOG_LEVEL.get()
 }
 
 pub fn leg_name(leg: LegKind) -> &'static str {
@@ -81,13 +90,76 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
         CallEventKind::OneWayAudio { .. } => "one_way_audio",
         CallEventKind::IcePairNominated { .. } => "ice_pair_nominated",
         CallEventKind::InternalLegReplaced { .. } => "internal_leg_replaced",
+        CallEventKind::Recording { change, .. } => match change {
+            crate::api::RecordingChange::Started => "recording_started",
+            crate::api::RecordingChange::Paused => "recording_paused",
+            crate::api::RecordingChange::Resumed => "recording_resumed",
+            crate::api::RecordingChange::Stopped => "recording_stopped",
+        },
         CallEventKind::Ended { .. } => "ended",
     }
+}
+
+/// Calls with debug logging on ([`set_call_debug`]).
+static DEBUG_CALLS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn debug_calls() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<String>> {
+    DEBUG_CALLS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Turn per-call debug logging on or off (the `SetCallDebug` RPC): every event of the call at
+/// INFO with its details (DTMF digits included), a statistics line per call-log sample, and the
+/// full final statistics. Cleared when the call ends. Returns whether it is on.
+pub fn set_call_debug(call_id: &str, on: bool) -> bool {
+    let mut calls = debug_calls();
+    if on {
+        calls.insert(call_id.to_string());
+    } else {
+        calls.remove(call_id);
+    }
+    on
+}
+
+/// Whether `call_id` has debug logging on.
+pub fn call_debug(call_id: &str) -> bool {
+    let calls = debug_calls();
+    !calls.is_empty() && calls.contains(call_id)
+}
+
+/// One statistics line for a call with debug logging on.
+pub fn log_call_stats(info: &crate::api::CallInfo) {
+    let (wa, int) = (&info.whatsapp, &info.internal);
+    tracing::info!(
+        call_id = %info.call_id,
+        event = "debug_stats",
+        state = ?info.state,
+        wa_rx_packets = wa.received.packets,
+        wa_rx_lost = wa.received.lost,
+        wa_rx_jitter_ms = wa.received.jitter_ms,
+        wa_tx_packets = wa.sent.packets,
+        wa_tx_lost = wa.sent.lost,
+        wa_dropped = wa.dropped,
+        wa_rtt_ms = ?wa.rtt_ms,
+        int_rx_packets = int.received.packets,
+        int_rx_lost = int.received.lost,
+        int_tx_packets = int.sent.packets,
+        int_dropped = int.dropped,
+        int_rtt_ms = ?int.rtt_ms,
+        "call statistics (debug)"
+    );
 }
 
 pub fn log_event(ev: &CallEvent) {
     let call_id = ev.call_id.as_str();
     let event = event_name(&ev.kind);
+    if call_debug(call_id) {
+        // Everything the event carries, at INFO so the process's filter need not change.
+        tracing::info!(call_id, event, detail = ?ev.kind, "call event (debug)");
+        if matches!(ev.kind, CallEventKind::Ended { .. }) {
+            debug_calls().remove(call_id);
+        }
+    }
     match &ev.kind {
         CallEventKind::IceConnected { remote } => {
             tracing::info!(call_id, event, %remote, "ICE connected toward WhatsApp");
@@ -162,6 +234,14 @@ pub fn log_event(ev: &CallEvent) {
                 "first media sent to WhatsApp (Meta's answer)"
             );
         }
+        CallEventKind::Recording { status, .. } => tracing::info!(
+            call_id,
+            event,
+            consumer_file = %status.files.consumer.display(),
+            agent_file = %status.files.agent.display(),
+            dropped_packets = status.dropped_packets,
+            "recording"
+        ),
     }
 }
 

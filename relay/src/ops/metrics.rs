@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use super::ports::{PortPlan, PortPool};
 use super::process::{self, ProcessStats};
+use super::quality::{self, LiveQuality};
 use crate::api::{EndCause, RefusedReason};
 use crate::call::stats::DROP_REASONS;
 use crate::engine::snapshot::{
@@ -146,7 +147,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_drops_total",
         "counter",
-        "Received datagrams dropped, per leg and reason.",
+        "Received datagrams dropped, per leg and reason. late_dtls is not lost media: DTLS the peer retransmitted after the handshake finished (or its close_notify).",
     );
     for (leg, t) in &legs {
         for (reason, n) in DROP_REASONS.iter().zip(t.drops.iter()) {
@@ -210,6 +211,50 @@ pub fn render(s: &MetricsSnapshot) -> String {
         &merged(&s.shards, JITTER_BUCKETS, |t| &t.call_jitter),
     );
 
+    let mut live = LiveQuality::default();
+    for t in &s.shards {
+        live.add(&t.quality);
+    }
+    for (name, help, h) in [
+        (
+            "relay_live_loss_ratio",
+            "Live calls sampled once a second: packet loss over that second, per leg and direction (rx: sequence gaps; tx: the peer's RTCP fraction lost). _count is call-seconds with media.",
+            &live.loss,
+        ),
+        (
+            "relay_live_jitter_seconds",
+            "Live calls sampled once a second: interarrival jitter per leg and direction (rx: measured by the relay; tx: reported by the peer over RTCP).",
+            &live.jitter,
+        ),
+    ] {
+        family(o, name, "histogram", help);
+        for (l, leg) in quality::LEGS.iter().enumerate() {
+            for (d, dir) in quality::DIRECTIONS.iter().enumerate() {
+                let labels = format!(
+                    "leg=\"{}\",direction=\"{dir}\"",
+                    super::logs::leg_name(*leg)
+                );
+                histogram_series(o, name, &labels, &h[l][d]);
+            }
+        }
+    }
+    family(
+        o,
+        "relay_live_rtt_seconds",
+        "histogram",
+        "Live calls sampled once a second: round-trip time per leg from RTCP (LSR/DLSR), once the peer reported it.",
+    );
+    for (l, leg) in quality::LEGS.iter().enumerate() {
+        let labels = format!("leg=\"{}\"", super::logs::leg_name(*leg));
+        histogram_series(o, "relay_live_rtt_seconds", &labels, &live.rtt[l]);
+    }
+    histogram(
+        o,
+        "relay_live_mos",
+        "Live calls sampled once a second: MOS estimate (ITU-T G.107 E-model) of the WhatsApp leg from its worse direction's loss and jitter and its RTT.",
+        &live.mos,
+    );
+
     family(
         o,
         "relay_shard_calls",
@@ -269,7 +314,66 @@ pub fn render(s: &MetricsSnapshot) -> String {
             t.send_errors as f64,
         );
     }
+    if let Some(r) = &s.recording {
+        recording(o, r);
+    }
     out
+}
+
+/// Recording families (present only when `recording_dir` is set).
+fn recording(o: &mut String, r: &crate::engine::snapshot::RecordingTotals) {
+    // (name, type, help, [(labels, value)])
+    type Family<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, u64)]);
+    let families: [Family; 6] = [
+        (
+            "relay_recordings_active",
+            "gauge",
+            "Recordings being written now.",
+            &[("", r.active)],
+        ),
+        (
+            "relay_recordings_started_total",
+            "counter",
+            "Recordings started.",
+            &[("", r.started)],
+        ),
+        (
+            "relay_recording_packets_written_total",
+            "counter",
+            "RTP packets written into recording files.",
+            &[("", r.packets_written)],
+        ),
+        (
+            "relay_recording_bytes_written_total",
+            "counter",
+            "Bytes of Ogg Opus written into recording audio files.",
+            &[("", r.bytes_written)],
+        ),
+        (
+            "relay_recording_dropped_packets_total",
+            "counter",
+            "Packets not recorded, by reason: queue_full (the disk writer is behind; the live \
+             call is unaffected), oversize (larger than a queue slot), invalid (not a valid \
+             Opus packet, a duplicate, or for a recording already closed).",
+            &[
+                ("reason=\"queue_full\"", r.dropped_queue_full),
+                ("reason=\"oversize\"", r.dropped_oversize),
+                ("reason=\"invalid\"", r.dropped_invalid),
+            ],
+        ),
+        (
+            "relay_recording_write_errors_total",
+            "counter",
+            "Recordings abandoned because their files could not be written.",
+            &[("", r.write_errors)],
+        ),
+    ];
+    for (name, kind, help, samples) in families {
+        family(o, name, kind, help);
+        for (labels, v) in samples {
+            sample(o, name, labels, *v as f64);
+        }
+    }
 }
 
 /// What `/metrics` serves besides the engine's counters: read at scrape time, not published by
@@ -361,6 +465,23 @@ pub fn page(s: &MetricsSnapshot, x: &Extras) -> String {
             sample(o, name, "", v);
         }
     }
+    if let Some(h) = super::hep::stats() {
+        use std::sync::atomic::Ordering::Relaxed;
+        family(
+            o,
+            "relay_hep_records_total",
+            "counter",
+            "HEP3 reports for Homer, by result: sent, dropped (queue full; the exporter never blocks the shards) or send_error.",
+        );
+        for (result, n) in [
+            ("sent", h.sent.load(Relaxed)),
+            ("dropped", h.dropped.load(Relaxed)),
+            ("send_error", h.send_errors.load(Relaxed)),
+        ] {
+            let labels = format!("result=\"{result}\"");
+            sample(o, "relay_hep_records_total", &labels, n as f64);
+        }
+    }
     if !x.ports.is_empty() {
         family(
             o,
@@ -446,22 +567,33 @@ fn merged(
 
 fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
     family(o, name, "histogram", help);
+    histogram_series(o, name, "", h);
+}
+
+/// One histogram's series; `labels` (may be empty) go before `le`.
+fn histogram_series(o: &mut String, name: &str, labels: &str, h: &Histogram) {
     let bucket = format!("{name}_bucket");
+    let sep = if labels.is_empty() { "" } else { "," };
     let mut cumulative = 0u64;
     for (i, bound) in h.bounds.iter().enumerate() {
         cumulative += h.counts.get(i).copied().unwrap_or(0);
         sample(
             o,
             &bucket,
-            &format!("le=\"{}\"", number(*bound)),
+            &format!("{labels}{sep}le=\"{}\"", number(*bound)),
             cumulative as f64,
         );
     }
     cumulative += h.counts.get(h.bounds.len()).copied().unwrap_or(0);
-    sample(o, &bucket, "le=\"+Inf\"", cumulative as f64);
-    sample(o, &format!("{name}_sum"), "", h.sum);
+    sample(
+        o,
+        &bucket,
+        &format!("{labels}{sep}le=\"+Inf\""),
+        cumulative as f64,
+    );
+    sample(o, &format!("{name}_sum"), labels, h.sum);
     // The +Inf bucket and _count must agree; both come from the same buckets.
-    sample(o, &format!("{name}_count"), "", cumulative as f64);
+    sample(o, &format!("{name}_count"), labels, cumulative as f64);
 }
 
 #[cfg(test)]
@@ -471,6 +603,7 @@ mod tests {
 
     use super::*;
     use crate::call::stats::DropReason;
+    use crate::ops::quality::{MOS_BUCKETS, RTT_BUCKETS};
 
     /// The exposition parsed back: series (name plus labels, as written) → value, with the
     /// family each HELP/TYPE line announced.
@@ -574,6 +707,10 @@ mod tests {
         b.send_errors = 2;
         b.busy_ratio = 0.25;
         b.ice_setup.observe_duration(Duration::from_millis(3));
+        a.quality.rtt[0].observe(0.08);
+        b.quality.rtt[0].observe(0.3);
+        b.quality.loss[1][1].observe(0.02);
+        b.quality.mos.observe(4.41);
         MetricsSnapshot {
             refused: Default::default(),
             active_calls: 3,
@@ -581,6 +718,7 @@ mod tests {
             draining: true,
             max_shard_busy: 0.9,
             shards: vec![a, b],
+            recording: None,
         }
     }
 
@@ -635,6 +773,23 @@ mod tests {
         assert_eq!(v("relay_shard_calls{shard=\"1\"}"), 1.0);
         assert_eq!(v("relay_shard_packets_total{shard=\"1\"}"), 7.0);
         assert_eq!(v("relay_shard_send_errors_total{shard=\"1\"}"), 2.0);
+        // Live quality: both shards' samples, per leg and direction.
+        assert_eq!(
+            v("relay_live_rtt_seconds_bucket{leg=\"whatsapp\",le=\"0.1\"}"),
+            1.0
+        );
+        assert_eq!(v("relay_live_rtt_seconds_count{leg=\"whatsapp\"}"), 2.0);
+        assert_eq!(v("relay_live_rtt_seconds_count{leg=\"internal\"}"), 0.0);
+        assert_eq!(
+            v("relay_live_loss_ratio_bucket{leg=\"internal\",direction=\"tx\",le=\"0.02\"}"),
+            1.0
+        );
+        assert_eq!(
+            v("relay_live_loss_ratio_count{leg=\"whatsapp\",direction=\"rx\"}"),
+            0.0
+        );
+        assert_eq!(v("relay_live_mos_bucket{le=\"4.4\"}"), 0.0);
+        assert_eq!(v("relay_live_mos_bucket{le=\"4.5\"}"), 1.0);
     }
 
     #[test]
@@ -658,17 +813,29 @@ mod tests {
             if kind != "histogram" {
                 continue;
             }
+            // One histogram per label set (labelled families have several): the labels before
+            // `le` name it.
             let prefix = format!("{family}_bucket{{");
-            let buckets: Vec<f64> = p
-                .order
-                .iter()
-                .filter(|s| s.starts_with(&prefix))
-                .map(|s| p.values[s])
-                .collect();
-            assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{family}");
-            let last = p.order.iter().rfind(|s| s.starts_with(&prefix)).unwrap();
-            assert!(last.ends_with("le=\"+Inf\"}"), "{family}");
-            assert_eq!(p.values[last], p.values[&format!("{family}_count")]);
+            let mut groups: Vec<(String, Vec<&String>)> = Vec::new();
+            for series in p.order.iter().filter(|s| s.starts_with(&prefix)) {
+                let labels = &series[prefix.len()..series.find("le=").unwrap()];
+                match groups.iter_mut().find(|(l, _)| l == labels) {
+                    Some((_, v)) => v.push(series),
+                    None => groups.push((labels.to_string(), vec![series])),
+                }
+            }
+            assert!(!groups.is_empty(), "{family}");
+            for (labels, series) in groups {
+                let buckets: Vec<f64> = series.iter().map(|s| p.values[*s]).collect();
+                assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{family}{labels}");
+                let last = series.last().unwrap();
+                assert!(last.ends_with("le=\"+Inf\"}"), "{family}");
+                let count = match labels.trim_end_matches(',') {
+                    "" => format!("{family}_count"),
+                    l => format!("{family}_count{{{l}}}"),
+                };
+                assert_eq!(p.values[*last], p.values[&count], "{count}");
+            }
         }
     }
 
@@ -681,6 +848,7 @@ mod tests {
             draining: false,
             max_shard_busy: 0.9,
             shards: vec![shard(0)],
+            recording: None,
         }));
         let expected = [
             ("relay_active_calls", "gauge"),
@@ -713,6 +881,7 @@ mod tests {
             draining: false,
             max_shard_busy: 0.9,
             shards: vec![shard(0), shard(1)],
+            recording: None,
         }));
         assert_eq!(two.values.len(), render_series_count(2));
     }
@@ -727,7 +896,37 @@ mod tests {
             + 2 * DROP_REASONS.len()
             + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
-        fixed + hist(SETUP_BUCKETS) * 2 + hist(LOSS_BUCKETS) + hist(JITTER_BUCKETS) + 5 * shards
+        let live = 4 * hist(LOSS_BUCKETS) + 4 * hist(JITTER_BUCKETS) + 2 * hist(RTT_BUCKETS);
+        fixed
+            + hist(SETUP_BUCKETS) * 2
+            + hist(LOSS_BUCKETS)
+            + hist(JITTER_BUCKETS)
+            + live
+            + hist(MOS_BUCKETS)
+            + 5 * shards
+    }
+
+    #[test]
+    fn recording_families_render_when_recording_is_configured() {
+        let p = parse(&render(&MetricsSnapshot {
+            active_calls: 0,
+            capacity: 1,
+            draining: false,
+            max_shard_busy: 0.9,
+            shards: vec![shard(0)],
+            refused: Default::default(),
+            recording: Some(crate::engine::snapshot::RecordingTotals {
+                active: 2,
+                dropped_queue_full: 5,
+                ..Default::default()
+            }),
+        }));
+        assert_eq!(p.values["relay_recordings_active"], 2.0);
+        assert_eq!(
+            p.values["relay_recording_dropped_packets_total{reason=\"queue_full\"}"],
+            5.0
+        );
+        assert_eq!(p.values.len(), render_series_count(1) + 8);
     }
 
     #[test]

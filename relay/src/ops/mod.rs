@@ -10,12 +10,14 @@
 //! [`MetricsSnapshot`]: crate::engine::snapshot::MetricsSnapshot
 
 pub mod calllog;
+pub mod hep;
 pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod mos;
 pub mod ports;
 pub mod process;
+pub mod quality;
 pub mod record;
 
 use std::net::SocketAddr;
@@ -101,9 +103,18 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
+    if let Some(sink) = hep::sink() {
+        use crate::api::CallControl;
+        tokio::spawn(hep::export_ends(engine.subscribe(), sink, stop_rx.clone()));
+    }
+
     let observed = Arc::new(call_log.observe(Arc::clone(&engine_arc)));
     // One drain for SIGTERM and the gRPC Drain request alike.
-    let the_drain = control::Drain::spawn(Arc::clone(&observed), stop_rx.clone());
+    let the_drain = control::Drain::spawn(
+        Arc::clone(&observed),
+        settings.drain_deadline,
+        stop_rx.clone(),
+    );
     let mut control_stop = stop_rx.clone();
     let control = control::serve_with_drain(
         observed,

@@ -372,6 +372,7 @@ impl EventRecord {
             | CallEventKind::WhatsAppReady
             | CallEventKind::GateOpened
             | CallEventKind::InternalLegSilent { .. }
+            | CallEventKind::Recording { .. }
             | CallEventKind::ConsentLost => {}
         }
         e

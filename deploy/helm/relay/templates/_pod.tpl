@@ -141,6 +141,18 @@ spec:
           value: {{ .Values.relay.capacity | quote }}
         - name: RELAY_MAX_CALLS_PER_NUMBER
           value: {{ .Values.relay.maxCallsPerNumber | quote }}
+        - name: RELAY_MAX_SHARD_BUSY_PERCENT
+          value: {{ .Values.relay.maxShardBusyPercent | quote }}
+        {{- if .Values.control.tls.enabled }}
+        - name: RELAY_CONTROL_TLS_CERT
+          value: "{{ .Values.control.tls.mountPath }}/{{ .Values.control.tls.certKey }}"
+        - name: RELAY_CONTROL_TLS_KEY
+          value: "{{ .Values.control.tls.mountPath }}/{{ .Values.control.tls.keyKey }}"
+        {{- if .Values.control.tls.clientCaKey }}
+        - name: RELAY_CONTROL_TLS_CLIENT_CA
+          value: "{{ .Values.control.tls.mountPath }}/{{ .Values.control.tls.clientCaKey }}"
+        {{- end }}
+        {{- end }}
         - name: RELAY_DRAIN_DEADLINE
           value: "{{ .Values.relay.drainDeadlineSeconds }}s"
         - name: RELAY_LOG_JSON
@@ -207,6 +219,11 @@ spec:
           mountPath: {{ .Values.config.mountPath }}
           readOnly: true
         {{- end }}
+        {{- if .Values.control.tls.enabled }}
+        - name: control-tls
+          mountPath: {{ .Values.control.tls.mountPath }}
+          readOnly: true
+        {{- end }}
         {{- with .Values.extraVolumeMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -218,6 +235,13 @@ spec:
     - name: config
       configMap:
         name: {{ include "relay.fullname" . }}-config
+    {{- end }}
+    {{- if .Values.control.tls.enabled }}
+    - name: control-tls
+      secret:
+        secretName: {{ .Values.control.tls.existingSecret }}
+        # Owner root, group the pod's fsGroup (the relay's group): 0440 keeps the key private.
+        defaultMode: 0440
     {{- end }}
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
@@ -241,6 +265,9 @@ Refuse configurations that cannot work, at render time rather than at 3 a.m.
 {{- end }}
 {{- if and (eq .Values.kind "DaemonSet") .Values.autoscaling.enabled }}
 {{- fail "autoscaling.enabled needs kind=Deployment (a DaemonSet's size is its node count)" }}
+{{- end }}
+{{- if and .Values.control.tls.enabled (not .Values.control.tls.existingSecret) }}
+{{- fail "control.tls.enabled needs control.tls.existingSecret (a Secret with the certificate and key)" }}
 {{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.service.enabled) }}
 {{- fail "serviceMonitor.enabled needs service.enabled" }}

@@ -154,7 +154,8 @@ impl Net {
         );
         self.collect_events();
         self.flush();
-        r
+        // As the control plane reports it.
+        r.map_err(ApiError::from)
     }
 
     fn run_for(&mut self, d: Duration) {

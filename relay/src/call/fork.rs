@@ -1,0 +1,276 @@
+//! Forks of a call's media: copies of what each direction forwards, taken at the two points
+//! where Opus RTP crosses the relay. Recording is the one fork today (see [`crate::record`]);
+//! live listen-in and whisper/barge will be more entries here.
+//!
+//! The call touches this module in a handful of one-line hooks, so it moves as a unit:
+//! - `media.rs`: [`Forks::on_rtp`] where WhatsApp's RTP is forwarded inward (the consumer)
+//!   and where RTP is sent to WhatsApp (the agent, after the gate and prebuffer);
+//! - `mod.rs`: [`Forks::tick`] after every input (the call's clock), [`Forks::observe`] on
+//!   every event the call reports (gate, DTMF, transfer), [`Call::end_forks`] when it ends.
+//!
+//! Per packet and per fork: a check, one clock conversion, a slot taken from a free list, a
+//! payload copy and a queue push. No allocation, no lock, no system call.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::api::{
+    ApiError, CallEventKind, EndCause, LegKind, RecordingChange, RecordingFiles, RecordingState,
+    RecordingStatus,
+};
+use crate::record::{Ctrl, Direction, Note, OpenRecording, RecorderLink, clock_at};
+use crate::wire::rtp::RtpHeader;
+
+use super::Call;
+
+/// What the engine asks of a call's recording. `Start` carries the files, already created on
+/// the control plane (never on a shard).
+pub enum RecordRequest {
+    Start {
+        open: Box<OpenRecording>,
+        link: Arc<RecorderLink>,
+    },
+    Stop,
+    Pause,
+    Resume,
+    Status,
+}
+
+/// The call's forks. Empty (two `None`s and a clock) on a call nobody records.
+#[derive(Default)]
+pub struct Forks {
+    recording: Option<Box<RecordingFork>>,
+    /// The last recording's final state, so a repeated stop answers the same.
+    last: Option<Box<RecordingStatus>>,
+    /// The call's latest `now`: events carry no time of their own.
+    clock: Option<Instant>,
+}
+
+struct RecordingFork {
+    id: u64,
+    link: Arc<RecorderLink>,
+    started: Instant,
+    paused: bool,
+    files: RecordingFiles,
+    dropped: u64,
+    closed: bool,
+}
+
+impl Forks {
+    /// One forwarded RTP packet (`packet` holds the plaintext header and payload) of the
+    /// `opus` payload type or not (telephone-events reach the sidecar through [`observe`]).
+    ///
+    /// [`observe`]: Forks::observe
+    #[inline]
+    pub(super) fn on_rtp(
+        &mut self,
+        dir: Direction,
+        now: Instant,
+        hdr: &RtpHeader,
+        packet: &[u8],
+        opus: bool,
+    ) {
+        let Some(r) = self.recording.as_deref_mut() else {
+            return;
+        };
+        if r.paused || !opus {
+            return;
+        }
+        let Some(payload) = packet.get(hdr.payload_range()) else {
+            return;
+        };
+        let clock = clock_at(now, r.started);
+        if !r
+            .link
+            .push(r.id, dir, hdr.ssrc, hdr.timestamp, clock, payload)
+        {
+            r.dropped += 1;
+        }
+    }
+
+    /// The call's clock after an input.
+    #[inline]
+    pub(super) fn tick(&mut self, now: Instant) {
+        self.clock = Some(now);
+    }
+
+    /// An event the call reports: the ones a recording's sidecar keeps go to the writer.
+    pub(super) fn observe(&mut self, ev: &CallEventKind) {
+        let Some(r) = self.recording.as_deref() else {
+            return;
+        };
+        let note = match ev {
+            CallEventKind::GateOpened => Note::GateOpened,
+            CallEventKind::DtmfReceived { from, digit } => Note::Dtmf {
+                from: direction(*from),
+                digit: *digit,
+            },
+            CallEventKind::InternalLegReplaced { previous, remote } => Note::Transfer {
+                previous: *previous,
+                remote: *remote,
+            },
+            _ => return,
+        };
+        let clock = clock_at(self.now(), r.started);
+        r.link.send(Ctrl::Note {
+            id: r.id,
+            clock,
+            note,
+        });
+    }
+
+    /// The call's time now: its last input's `now`, or the real clock if that is later (an
+    /// event raised outside an input).
+    fn now(&self) -> Instant {
+        let real = Instant::now();
+        self.clock.map_or(real, |c| c.max(real))
+    }
+
+    /// Stop the recording (if any) and return its final state.
+    fn stop(&mut self, now: Instant, reason: &str) -> Option<RecordingStatus> {
+        let mut r = self.recording.take()?;
+        r.link.send(Ctrl::Close {
+            id: r.id,
+            clock: clock_at(now, r.started),
+            reason: reason.to_string(),
+        });
+        r.closed = true;
+        let status = r.status(RecordingState::Stopped);
+        self.last = Some(Box::new(status.clone()));
+        Some(status)
+    }
+}
+
+impl RecordingFork {
+    fn status(&self, state: RecordingState) -> RecordingStatus {
+        RecordingStatus {
+            state,
+            files: self.files.clone(),
+            dropped_packets: self.dropped,
+        }
+    }
+
+    fn state(&self) -> RecordingState {
+        if self.paused {
+            RecordingState::Paused
+        } else {
+            RecordingState::Recording
+        }
+    }
+}
+
+impl Drop for RecordingFork {
+    /// A call dropped without ending (a shard stopping) still finishes its files.
+    fn drop(&mut self) {
+        if !self.closed {
+            self.link.send(Ctrl::Close {
+                id: self.id,
+                clock: clock_at(Instant::now(), self.started),
+                reason: "call removed".into(),
+            });
+        }
+    }
+}
+
+fn direction(leg: LegKind) -> Direction {
+    match leg {
+        LegKind::WhatsApp => Direction::Consumer,
+        LegKind::Internal => Direction::Agent,
+    }
+}
+
+impl Call {
+    /// Start, stop, pause, resume or read the call's recording (idempotent; see
+    /// [`crate::api::RecordingOp`]).
+    pub fn record(
+        &mut self,
+        req: RecordRequest,
+        now: Instant,
+    ) -> Result<Option<RecordingStatus>, ApiError> {
+        self.forks.tick(now);
+        let forks = &mut self.forks;
+        let not_recording =
+            || ApiError::FailedPrecondition(format!("call {} is not being recorded", self.call_id));
+        let (change, status) = match req {
+            RecordRequest::Status => {
+                return Ok(match forks.recording.as_deref() {
+                    Some(r) => Some(r.status(r.state())),
+                    None => forks.last.as_deref().cloned(),
+                });
+            }
+            RecordRequest::Start { open, link } => {
+                if let Some(r) = forks.recording.as_deref() {
+                    return Ok(Some(r.status(r.state())));
+                }
+                if self.ended.is_some() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "call {} has ended; it cannot be recorded",
+                        self.call_id
+                    )));
+                }
+                let r = RecordingFork {
+                    id: open.id,
+                    files: open.files.clone(),
+                    link,
+                    started: now,
+                    paused: false,
+                    dropped: 0,
+                    closed: false,
+                };
+                r.link.send(Ctrl::Open(open));
+                let status = r.status(RecordingState::Recording);
+                forks.recording = Some(Box::new(r));
+                (RecordingChange::Started, status)
+            }
+            RecordRequest::Stop => match forks.stop(now, "stopped by request") {
+                Some(status) => (RecordingChange::Stopped, status),
+                None => return Ok(forks.last.as_deref().cloned()),
+            },
+            RecordRequest::Pause | RecordRequest::Resume => {
+                let pause = matches!(req, RecordRequest::Pause);
+                let r = forks.recording.as_deref_mut().ok_or_else(not_recording)?;
+                if r.paused == pause {
+                    return Ok(Some(r.status(r.state())));
+                }
+                r.paused = pause;
+                let (note, change) = if pause {
+                    (Note::Paused, RecordingChange::Paused)
+                } else {
+                    (Note::Resumed, RecordingChange::Resumed)
+                };
+                r.link.send(Ctrl::Note {
+                    id: r.id,
+                    clock: clock_at(now, r.started),
+                    note,
+                });
+                (change, r.status(r.state()))
+            }
+        };
+        self.events.push_back(CallEventKind::Recording {
+            change,
+            status: status.clone(),
+        });
+        Ok(Some(status))
+    }
+
+    /// The call ends: a running recording stops first (its event before `Ended`).
+    pub(super) fn end_forks(&mut self, cause: EndCause) {
+        let Some(r) = self.forks.recording.as_deref() else {
+            return;
+        };
+        let now = self.forks.now();
+        r.link.send(Ctrl::Note {
+            id: r.id,
+            clock: clock_at(now, r.started),
+            note: Note::Stopped {
+                reason: cause.as_str().to_string(),
+            },
+        });
+        if let Some(status) = self.forks.stop(now, cause.as_str()) {
+            self.events.push_back(CallEventKind::Recording {
+                change: RecordingChange::Stopped,
+                status,
+            });
+        }
+    }
+}
