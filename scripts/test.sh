@@ -73,10 +73,22 @@ fi
 command -v opusinfo >/dev/null 2>&1 && opusinfo -V 2>&1 | head -1 || true
 
 echo "== tests"
+# The engine's tests a second time on the other I/O driver: the first run uses the default
+# (auto: io_uring where the kernel allows it), this one the epoll fallback. Only the test
+# binaries that start an engine run twice (the relay crate's unit tests drive both drivers
+# themselves).
+ENGINE_TESTS=(-p relay --test admission --test health_probes --test hep_export --test ops_drain
+  --test ops_metrics --test process --test refusals --test spoofed_flood --test tombstones)
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
+  echo "== engine tests again on the epoll driver (RELAY_IO_DRIVER=epoll)"
+  RELAY_IO_DRIVER=epoll cargo nextest run --locked --no-fail-fast "${ENGINE_TESTS[@]}"
+  RELAY_IO_DRIVER=epoll cargo nextest run --locked --no-fail-fast -p e2e
   # nextest does not run doctests
   cargo test --workspace --locked --doc
 else
   cargo test --workspace --locked --no-fail-fast
+  echo "== engine tests again on the epoll driver (RELAY_IO_DRIVER=epoll)"
+  RELAY_IO_DRIVER=epoll cargo test --locked --no-fail-fast "${ENGINE_TESTS[@]}"
+  RELAY_IO_DRIVER=epoll cargo test --locked --no-fail-fast -p e2e
 fi

@@ -134,6 +134,7 @@ pub fn load(l: &pb::GetLoadResponse) -> Value {
         "active_calls": l.active_calls,
         "capacity": l.capacity,
         "draining": l.draining,
+        "io_driver": l.io_driver,
         "shards": l.shards.iter().map(|s| json!({
             "shard": s.shard,
             "calls": s.calls,

@@ -495,6 +495,8 @@ pub struct Load {
     pub draining: bool,
     /// Per shard: (active calls, packets per second received over the last interval).
     pub shards: Vec<ShardLoad>,
+    /// The shards' I/O driver ("io_uring" or "epoll").
+    pub io_driver: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -35,7 +35,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use crate::call::{Advertised, CallConfig};
 use crate::control::{ControlConfig, TlsFiles};
 use crate::engine::ratelimit::RateLimitConfig;
-use crate::engine::{EngineConfig, PortRange, TombstoneConfig};
+use crate::engine::{EngineConfig, IoDriverChoice, PortRange, TombstoneConfig};
 
 /// Longest duration any setting accepts. Deadlines are added to `Instant`s, which panics on
 /// overflow; a day is beyond any sensible timer and matches the control plane's drain cap.
@@ -53,6 +53,7 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     pub drain_deadline: Duration,
     pub shards: usize,
+    pub io_driver: IoDriverChoice,
     /// `None`: that family is disabled toward WhatsApp.
     pub whatsapp_v4: Option<IpAddr>,
     pub whatsapp_v6: Option<IpAddr>,
@@ -102,6 +103,7 @@ impl Default for Settings {
             metrics_listen: SocketAddr::new(lo4, 9090),
             drain_deadline: Duration::from_secs(300),
             shards: 0,
+            io_driver: IoDriverChoice::Auto,
             whatsapp_v4: Some(lo4),
             whatsapp_v6: Some(std::net::Ipv6Addr::LOCALHOST.into()),
             internal: lo4,
@@ -201,6 +203,8 @@ pub const KEYS: &[Key] = &[
         "on SIGTERM, how long calls may continue before the rest are ended (cause drained)"),
     key("shards", "shards", "RELAY_SHARDS", Kind::Integer,
         "engine shard threads; 0 = one per CPU"),
+    key("io_driver", "io-driver", "RELAY_IO_DRIVER", Kind::Text,
+        "shard I/O: auto (io_uring, else epoll), io_uring (or fail to start), epoll (recvmmsg/sendmmsg)"),
     key("whatsapp_v4", "whatsapp-v4", "RELAY_WHATSAPP_V4", Kind::IpOrNone,
         "WhatsApp-facing IPv4 bind address, or none"),
     key("whatsapp_v6", "whatsapp-v6", "RELAY_WHATSAPP_V6", Kind::IpOrNone,
@@ -559,6 +563,7 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "metrics_listen" => s.metrics_listen = socket_addr(v)?,
         "drain_deadline" => s.drain_deadline = duration(v)?,
         "shards" => s.shards = integer(v, 0, 1024)?,
+        "io_driver" => s.io_driver = v.parse()?,
         "whatsapp_v4" => s.whatsapp_v4 = ip_or_none(v)?,
         "whatsapp_v6" => s.whatsapp_v6 = ip_or_none(v)?,
         "internal" => s.internal = ip(v)?,
@@ -633,6 +638,7 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "metrics_listen" => text(&s.metrics_listen),
         "drain_deadline" => dur(s.drain_deadline),
         "shards" => int(s.shards as u64),
+        "io_driver" => text(&s.io_driver),
         "whatsapp_v4" => ip_or_none(s.whatsapp_v4),
         "whatsapp_v6" => ip_or_none(s.whatsapp_v6),
         "internal" => text(&s.internal),
@@ -791,6 +797,7 @@ impl Settings {
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
             shards: self.shards,
+            io_driver: self.io_driver,
             whatsapp_bind_v4: self.whatsapp_v4,
             whatsapp_bind_v6: self.whatsapp_v6,
             internal_bind: self.internal,

@@ -249,6 +249,7 @@ impl CallControl for FakeEngine {
             active_calls: n,
             capacity: 5000,
             draining: false,
+            io_driver: "io_uring".into(),
             shards: vec![ShardLoad {
                 shard: 0,
                 calls: n,

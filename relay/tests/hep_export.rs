@@ -156,7 +156,16 @@ fn rtcp_and_quality_reports_reach_the_collector_and_tshark_decodes_them() {
     assert!(end.json["mos"].as_f64().unwrap() > 4.0, "{}", end.json);
     assert!(end.json["rx"]["packets"].as_u64().unwrap() > 10);
     let stats = hep::stats().unwrap();
-    assert!(stats.sent.load(std::sync::atomic::Ordering::Relaxed) >= packets.len() as u64);
+    // The exporter counts a record after send_to returns, which can be after the collector
+    // already read it: wait for the count rather than race it.
+    let deadline = Instant::now() + WAIT;
+    while stats.sent.load(std::sync::atomic::Ordering::Relaxed) < packets.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "every received record counted as sent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
     engine.shutdown();
 

@@ -89,6 +89,30 @@ fn metrics_after_a_real_call_and_readiness_flips() {
         sample(&page, "relay_srtp_auth_failures_total{leg=\"whatsapp\"}"),
         Some(0.0)
     );
+    // The driver that runs says so, and its system calls are counted.
+    let driver = engine.io_driver();
+    assert!(driver == "io_uring" || driver == "epoll", "{driver}");
+    assert_eq!(
+        sample(
+            &page,
+            &format!("relay_io_driver_info{{driver=\"{driver}\"}}")
+        ),
+        Some(1.0)
+    );
+    let kind = if driver == "io_uring" {
+        "io_uring_enter"
+    } else {
+        "epoll_wait"
+    };
+    let syscalls: f64 = (0..2)
+        .filter_map(|i| {
+            sample(
+                &page,
+                &format!("relay_io_syscalls_total{{shard=\"{i}\",kind=\"{kind}\"}}"),
+            )
+        })
+        .sum();
+    assert!(syscalls > 0.0, "{kind} counted:\n{page}");
     let shard_calls: f64 = (0..2)
         .filter_map(|i| sample(&page, &format!("relay_shard_calls{{shard=\"{i}\"}}")))
         .sum();

@@ -555,6 +555,9 @@ fn load_table(l: &pb::GetLoadResponse) -> String {
         l.capacity,
         if l.draining { "  (DRAINING)" } else { "" }
     );
+    if !l.io_driver.is_empty() {
+        s.push_str(&format!("io driver {}\n", l.io_driver));
+    }
     if !l.shards.is_empty() {
         let mut t = Table::new(["SHARD", "CALLS", "PACKETS/S", "BUSY"]);
         for sh in &l.shards {

@@ -365,6 +365,7 @@ pub fn load(l: Load, draining: bool) -> pb::GetLoadResponse {
         active_calls: l.active_calls,
         capacity: l.capacity,
         draining: l.draining || draining,
+        io_driver: l.io_driver,
         shards: l
             .shards
             .into_iter()

@@ -5,14 +5,25 @@
 //! writing) runs on the caller's thread; the finished call moves to its shard through the
 //! shard's command queue and never leaves it. The handle keeps the control-plane registry
 //! (call IDs, per-number counts, duplicate detection) behind a mutex that no packet touches.
+//!
+//! Inside a shard: `shard.rs` runs the loop, `core.rs` is its sans-IO logic (calls by slot,
+//! commands, events, the deadline heap of `timers.rs`), and a driver (`driver.rs`) does the
+//! I/O: `uring.rs` (io_uring) or `epoll.rs` (epoll + `udp.rs`'s recvmmsg/sendmmsg).
 
+mod core;
+mod driver;
+#[cfg(test)]
+mod driver_tests;
+mod epoll;
 pub mod heartbeat;
 pub mod ratelimit;
 mod registry;
 mod shard;
 pub mod snapshot;
 mod sockets;
+mod timers;
 pub mod udp;
+mod uring;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::Sender;
-use mio::{Poll, Waker};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
@@ -31,9 +41,11 @@ use crate::api::{
 use crate::call::fork::RecordRequest;
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
+pub use driver::IoDriverChoice;
+use driver::Waker;
 pub use registry::TombstoneConfig;
 use registry::{Entry, RegEntry, Registry};
-use shard::{CallSockets, Command, Shard};
+use shard::{CallSockets, Command, ShardSetup};
 pub use sockets::PortRange;
 
 /// How an admission refusal for load begins (`UNAVAILABLE`), so clients such as loadtest can
@@ -63,6 +75,8 @@ pub struct EngineConfig {
     pub call: CallConfig,
     /// Per-source budget for datagrams from addresses no call knows yet.
     pub rate_limit: ratelimit::RateLimitConfig,
+    /// The shards' I/O driver (io_uring where allowed, else epoll; see `driver`).
+    pub io_driver: IoDriverChoice,
     /// How long and how many ended call IDs are remembered (see [`TombstoneConfig`]).
     pub tombstones: TombstoneConfig,
     /// A shard whose loop has not turned for this long makes `/healthz` fail.
@@ -91,6 +105,12 @@ impl Default for EngineConfig {
             max_shard_busy: 0.9,
             call: CallConfig::default(),
             rate_limit: ratelimit::RateLimitConfig::default(),
+            // RELAY_IO_DRIVER picks the driver for engines built from defaults too, so the
+            // test suites run against both (scripts/test.sh runs them with `epoll`).
+            io_driver: std::env::var("RELAY_IO_DRIVER")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default(),
             tombstones: TombstoneConfig::default(),
             shard_stall_timeout: std::time::Duration::from_secs(10),
             recording: Default::default(),
@@ -108,8 +128,30 @@ pub struct ShardStats {
     pub recv_errors: AtomicU64,
     /// Datagrams from unknown sources dropped by the per-source limiter (both legs).
     pub rate_limited: AtomicU64,
+    /// I/O system calls made by the shard's driver, by [`IO_SYSCALLS`] kind.
+    pub io_syscalls: [AtomicU64; IO_SYSCALLS.len()],
     /// Loop turns so far: the heartbeat `/healthz` watches ([`heartbeat::HeartbeatWatch`]).
     pub turns: AtomicU64,
+}
+
+/// The I/O system calls a shard counts (`relay_io_syscalls_total{kind}`), indexed by
+/// [`IoSyscall`]. Each driver uses its own: epoll the first four, io_uring the last.
+pub const IO_SYSCALLS: [&str; 5] = [
+    "epoll_wait",
+    "recvmmsg",
+    "sendmmsg",
+    "eventfd_read",
+    "io_uring_enter",
+];
+
+/// An index into [`IO_SYSCALLS`].
+#[derive(Copy, Clone, Debug)]
+pub enum IoSyscall {
+    EpollWait = 0,
+    Recvmmsg = 1,
+    Sendmmsg = 2,
+    EventfdRead = 3,
+    IoUringEnter = 4,
 }
 
 struct ShardHandle {
@@ -118,6 +160,8 @@ struct ShardHandle {
     stats: Arc<ShardStats>,
     totals: Arc<Mutex<snapshot::ShardTotals>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The I/O driver this shard runs ("io_uring" or "epoll").
+    driver: &'static str,
 }
 
 impl ShardHandle {
@@ -172,30 +216,44 @@ impl Engine {
         let (events_tx, events_rx) = crossbeam_channel::unbounded::<CallEvent>();
         let mut shards = Vec::with_capacity(n);
         for id in 0..n {
-            let poll = Poll::new()?;
-            let waker = Shard::make_waker(&poll)?;
+            let waker = Waker::new()?;
             let (tx, rx) = crossbeam_channel::unbounded();
             let stats = Arc::new(ShardStats::default());
             let totals = Arc::new(Mutex::new(snapshot::ShardTotals::new(id as u32)));
-            let shard = Shard::new(
+            let setup = ShardSetup {
                 id,
-                poll,
-                rx,
-                events_tx.clone(),
-                stats.clone(),
-                totals.clone(),
-                cfg.rate_limit,
-            );
+                driver: cfg.io_driver,
+                waker: waker.clone(),
+                commands: rx,
+                events_out: events_tx.clone(),
+                stats: stats.clone(),
+                published: totals.clone(),
+                rate_limit: cfg.rate_limit,
+            };
+            // The shard opens its driver on its own thread and says which one it got.
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("relay-shard-{id}"))
-                .spawn(move || shard.run())?;
+                .spawn(move || shard::run(setup, started_tx))?;
+            let driver = started_rx
+                .recv()
+                .map_err(|_| std::io::Error::other(format!("shard {id} died while starting")))??;
             shards.push(ShardHandle {
                 commands: tx,
                 waker,
                 stats,
                 totals,
                 thread: Some(thread),
+                driver,
             });
+        }
+        if let Some(first) = shards.first() {
+            tracing::info!(
+                io_driver = first.driver,
+                requested = %cfg.io_driver,
+                shards = n,
+                "engine I/O driver"
+            );
         }
         let (bcast, _) = broadcast::channel(4096);
         let recorder = match cfg.recording.dir {
@@ -246,6 +304,18 @@ impl EngineHandle {
         self.inner.shards.len()
     }
 
+    /// The I/O driver the shards run: "io_uring" or "epoll" ("mixed" if an `auto` start got
+    /// io_uring on some shards only).
+    pub fn io_driver(&self) -> &'static str {
+        let mut drivers = self.inner.shards.iter().map(|s| s.driver);
+        let first = drivers.next().unwrap_or("none");
+        if drivers.all(|d| d == first) {
+            first
+        } else {
+            "mixed"
+        }
+    }
+
     pub fn identity(&self) -> &Arc<DtlsIdentity> {
         &self.inner.identity
     }
@@ -270,6 +340,7 @@ impl EngineHandle {
     pub fn metrics_snapshot(&self) -> snapshot::MetricsSnapshot {
         let draining = lock(&self.inner.registry).draining;
         snapshot::MetricsSnapshot {
+            io_driver: self.io_driver(),
             active_calls: self.active_calls() as u64,
             capacity: self.capacity() as u64,
             draining,
@@ -792,6 +863,7 @@ impl CallControl for EngineHandle {
     async fn load(&self) -> Result<Load, ApiError> {
         let draining = lock(&self.inner.registry).draining;
         Ok(Load {
+            io_driver: self.io_driver().to_string(),
             active_calls: self.active_calls() as u32,
             capacity: self.capacity(),
             draining,

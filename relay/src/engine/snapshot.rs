@@ -79,6 +79,8 @@ pub struct ShardTotals {
     pub packets_in: u64,
     pub packets_out: u64,
     pub send_errors: u64,
+    /// I/O system calls made so far, by [`crate::engine::IO_SYSCALLS`] kind.
+    pub io_syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
     /// Share of the last publish interval the shard spent working rather than waiting in
     /// poll (0..=1): the admission signal, since a shard owns one core's worth of work.
     pub busy_ratio: f64,
@@ -111,6 +113,7 @@ impl ShardTotals {
             packets_in: 0,
             packets_out: 0,
             send_errors: 0,
+            io_syscalls: [0; crate::engine::IO_SYSCALLS.len()],
             busy_ratio: 0.0,
             busy_seconds: 0.0,
             packets_per_second: 0,
@@ -133,6 +136,8 @@ impl ShardTotals {
 /// The whole engine, for a scrape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricsSnapshot {
+    /// The shards' I/O driver ("io_uring", "epoll").
+    pub io_driver: &'static str,
     pub active_calls: u64,
     pub capacity: u64,
     pub draining: bool,

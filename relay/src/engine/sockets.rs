@@ -55,7 +55,8 @@ fn configure(s: UdpSocket) -> io::Result<UdpSocket> {
 
 pub(crate) struct BoundCall {
     pub addrs: LocalSockets,
-    pub sockets: [Option<UdpSocket>; 3],
+    /// By [`crate::net::SocketRef::index`].
+    pub sockets: Vec<Option<UdpSocket>>,
 }
 
 pub(crate) fn bind_call(cfg: &EngineConfig, ports: &PortAllocator) -> io::Result<BoundCall> {
@@ -75,6 +76,6 @@ pub(crate) fn bind_call(cfg: &EngineConfig, ports: &PortAllocator) -> io::Result
             wa_v6: v6.as_ref().and_then(|s| s.local_addr().ok()),
             internal: internal.local_addr()?,
         },
-        sockets: [v4, v6, Some(internal)],
+        sockets: vec![v4, v6, Some(internal)],
     })
 }

@@ -25,6 +25,8 @@ pub struct RecvBatch {
     iovecs: Box<[libc::iovec]>,
     #[cfg(target_os = "linux")]
     msgs: Box<[libc::mmsghdr]>,
+    /// `recvmmsg` calls made (for system calls per packet).
+    pub syscalls: u64,
 }
 
 // SAFETY: the raw pointers inside the mmsghdr/iovec arrays only ever point into buffers owned
@@ -61,6 +63,7 @@ impl RecvBatch {
             msgs: (0..BATCH)
                 .map(|_| unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() })
                 .collect(),
+            syscalls: 0,
         }
     }
 
@@ -82,6 +85,7 @@ impl RecvBatch {
             hdr.msg_flags = 0;
             self.msgs[i].msg_len = 0;
         }
+        self.syscalls += 1;
         // SAFETY: every msghdr points at live buffers owned by self, sized as declared.
         let n = unsafe {
             libc::recvmmsg(
@@ -117,6 +121,7 @@ impl RecvBatch {
         let mut n = 0;
         while n < BATCH {
             let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            self.syscalls += 1;
             // SAFETY: buffer and address storage are owned by self and sized as declared.
             let r = unsafe {
                 libc::recvfrom(
@@ -166,6 +171,8 @@ pub struct SendBatch {
     /// Datagrams the kernel refused (buffer full, unreachable): counted, never retried.
     pub send_errors: u64,
     pub sent: u64,
+    /// `sendmmsg` calls made.
+    pub syscalls: u64,
 }
 
 impl Default for SendBatch {
@@ -200,6 +207,7 @@ impl SendBatch {
                 .collect(),
             send_errors: 0,
             sent: 0,
+            syscalls: 0,
         }
     }
 
@@ -257,6 +265,7 @@ impl SendBatch {
         }
         let mut at = start;
         while at < end {
+            self.syscalls += 1;
             // SAFETY: messages start..end point at live buffers owned by self.
             let n = unsafe {
                 libc::sendmmsg(
@@ -284,6 +293,7 @@ impl SendBatch {
     #[cfg(not(target_os = "linux"))]
     fn send_run(&mut self, fd: RawFd, start: usize, end: usize) {
         for i in start..end {
+            self.syscalls += 1;
             // SAFETY: buffer and address owned by self, sized as declared.
             let r = unsafe {
                 libc::sendto(
@@ -331,7 +341,10 @@ pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn std_to_sockaddr(addr: SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::socklen_t {
+pub(crate) fn std_to_sockaddr(
+    addr: SocketAddr,
+    ss: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
     match addr {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.

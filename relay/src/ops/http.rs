@@ -409,6 +409,7 @@ mod tests {
 
     fn src(active: u64, capacity: u64, draining: bool) -> Fixed {
         Fixed(MetricsSnapshot {
+            io_driver: "epoll",
             refused: Default::default(),
             active_calls: active,
             capacity,

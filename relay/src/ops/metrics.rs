@@ -314,6 +314,30 @@ pub fn render(s: &MetricsSnapshot) -> String {
             t.send_errors as f64,
         );
     }
+    family(
+        o,
+        "relay_io_driver_info",
+        "gauge",
+        "The engine's I/O driver: io_uring, or epoll (configured, or io_uring missing or refused, e.g. by a container seccomp profile).",
+    );
+    sample(
+        o,
+        "relay_io_driver_info",
+        &format!("driver=\"{}\"", s.io_driver),
+        1.0,
+    );
+    family(
+        o,
+        "relay_io_syscalls_total",
+        "counter",
+        "I/O system calls per engine shard, by kind (epoll_wait, recvmmsg, sendmmsg, eventfd_read for the epoll driver; io_uring_enter for io_uring). Divide by relay_shard_packets_total plus packets sent for system calls per packet.",
+    );
+    for t in &s.shards {
+        for (kind, n) in crate::engine::IO_SYSCALLS.iter().zip(t.io_syscalls) {
+            let labels = format!("shard=\"{}\",kind=\"{kind}\"", t.shard);
+            sample(o, "relay_io_syscalls_total", &labels, n as f64);
+        }
+    }
     if let Some(r) = &s.recording {
         recording(o, r);
     }
@@ -692,6 +716,7 @@ mod tests {
         a.internal.tx_packets = 70;
         a.srtp_auth_failures_whatsapp = 4;
         a.packets_in = 180;
+        a.io_syscalls[crate::engine::IoSyscall::IoUringEnter as usize] = 42;
         a.ice_setup.observe_duration(Duration::from_millis(30));
         a.ice_setup.observe_duration(Duration::from_millis(700));
         a.call_loss.observe(0.0);
@@ -712,6 +737,7 @@ mod tests {
         b.quality.loss[1][1].observe(0.02);
         b.quality.mos.observe(4.41);
         MetricsSnapshot {
+            io_driver: "io_uring",
             refused: Default::default(),
             active_calls: 3,
             capacity: 100,
@@ -773,6 +799,15 @@ mod tests {
         assert_eq!(v("relay_shard_calls{shard=\"1\"}"), 1.0);
         assert_eq!(v("relay_shard_packets_total{shard=\"1\"}"), 7.0);
         assert_eq!(v("relay_shard_send_errors_total{shard=\"1\"}"), 2.0);
+        assert_eq!(v("relay_io_driver_info{driver=\"io_uring\"}"), 1.0);
+        assert_eq!(
+            v("relay_io_syscalls_total{shard=\"0\",kind=\"io_uring_enter\"}"),
+            42.0
+        );
+        assert_eq!(
+            v("relay_io_syscalls_total{shard=\"0\",kind=\"recvmmsg\"}"),
+            0.0
+        );
         // Live quality: both shards' samples, per leg and direction.
         assert_eq!(
             v("relay_live_rtt_seconds_bucket{leg=\"whatsapp\",le=\"0.1\"}"),
@@ -842,6 +877,7 @@ mod tests {
     #[test]
     fn every_family_the_deployment_expects_is_typed() {
         let p = parse(&render(&MetricsSnapshot {
+            io_driver: "io_uring",
             refused: Default::default(),
             active_calls: 0,
             capacity: 1,
@@ -864,6 +900,8 @@ mod tests {
             ("relay_srtp_auth_failures_total", "counter"),
             ("relay_shard_packets_total", "counter"),
             ("relay_shard_busy_ratio", "gauge"),
+            ("relay_io_driver_info", "gauge"),
+            ("relay_io_syscalls_total", "counter"),
             ("relay_ice_setup_seconds", "histogram"),
             ("relay_dtls_setup_seconds", "histogram"),
             ("relay_call_loss_ratio", "histogram"),
@@ -875,6 +913,7 @@ mod tests {
         // Bounded cardinality: the series count depends on the shard count only.
         assert_eq!(p.values.len(), render_series_count(1));
         let two = parse(&render(&MetricsSnapshot {
+            io_driver: "io_uring",
             refused: Default::default(),
             active_calls: 0,
             capacity: 1,
@@ -896,6 +935,7 @@ mod tests {
             + 2 * DROP_REASONS.len()
             + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
+        let io = 1 + crate::engine::IO_SYSCALLS.len() * shards;
         let live = 4 * hist(LOSS_BUCKETS) + 4 * hist(JITTER_BUCKETS) + 2 * hist(RTT_BUCKETS);
         fixed
             + hist(SETUP_BUCKETS) * 2
@@ -904,11 +944,13 @@ mod tests {
             + live
             + hist(MOS_BUCKETS)
             + 5 * shards
+            + io
     }
 
     #[test]
     fn recording_families_render_when_recording_is_configured() {
         let p = parse(&render(&MetricsSnapshot {
+            io_driver: "io_uring",
             active_calls: 0,
             capacity: 1,
             draining: false,

@@ -1,0 +1,267 @@
+//! Both drivers under a real call over loopback, driven turn by turn on the test thread: media
+//! is forwarded both ways, a removed call's sockets stop receiving, and the steady state
+//! allocates nothing (the counting allocator of `tests/alloc_support`, installed for the
+//! relay's unit tests, counts this thread's allocations).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::api::{
+    CallDirection, CreateCall, InternalKind, InternalLegSpec, SourcePolicy, WaSecurity,
+};
+use crate::call::testing::{self, INTERNAL_OPUS_PT, META_OPUS_PT, MetaPeer, RtpSource};
+use crate::call::{Advertised, Call, CallConfig, CallSetup, LocalSockets};
+use crate::dtls::DtlsIdentity;
+use crate::engine::ShardStats;
+use crate::engine::core::{CallSockets, Command, ShardCore};
+use crate::engine::driver::{Driver, Waker};
+use crate::engine::epoll::EpollDriver;
+use crate::engine::ratelimit::RateLimitConfig;
+use crate::engine::snapshot::ShardTotals;
+use crate::engine::uring::UringDriver;
+use crate::srtp::SrtpProfile;
+
+#[path = "../../tests/alloc_support/mod.rs"]
+mod alloc_support;
+
+fn lo() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+/// A call between `meta` and `server` (loopback sockets), bound to `wa` and `internal`.
+fn call_between(
+    wa: &UdpSocket,
+    internal: &UdpSocket,
+    meta: &UdpSocket,
+    server: &UdpSocket,
+    now: Instant,
+) -> (Box<Call>, MetaPeer) {
+    let (mut peer, offer) = MetaPeer::sdes(SrtpProfile::Aes128CmHmacSha1_80);
+    // The test SDP names documentation addresses; point them at our loopback peers.
+    let meta_at = meta.local_addr().unwrap();
+    let server_at = server.local_addr().unwrap();
+    let offer = offer
+        .replace(&testing::META.ip().to_string(), "127.0.0.1")
+        .replace(
+            &format!("m=audio {} ", testing::META.port()),
+            &format!("m=audio {} ", meta_at.port()),
+        );
+    let internal_sdp = testing::internal_sdp()
+        .replace(&testing::MEDIA_SERVER.ip().to_string(), "127.0.0.1")
+        .replace(
+            &format!("m=audio {} ", testing::MEDIA_SERVER.port()),
+            &format!("m=audio {} ", server_at.port()),
+        );
+    let req = CreateCall {
+        call_id: "driver-test".into(),
+        business_number: "1555".into(),
+        consumer: "1666".into(),
+        direction: CallDirection::UserInitiated,
+        whatsapp_offer: Some(offer),
+        whatsapp_security: WaSecurity::DtlsSrtp,
+        internal: InternalLegSpec {
+            kind: InternalKind::PlainRtp,
+            remote_sdp: Some(internal_sdp),
+            source: SourcePolicy::Strict,
+        },
+    };
+    let lo: std::net::IpAddr = [127, 0, 0, 1].into();
+    let created = Call::create(
+        CallSetup {
+            req: &req,
+            sockets: LocalSockets {
+                wa_v4: Some(wa.local_addr().unwrap()),
+                wa_v6: None,
+                internal: internal.local_addr().unwrap(),
+            },
+            advertised: Advertised {
+                wa_v4: Some(lo),
+                wa_v6: None,
+                internal: lo,
+            },
+            identity: Arc::new(DtlsIdentity::generate().unwrap()),
+            cfg: CallConfig::default(),
+        },
+        now,
+        SystemTime::now(),
+    )
+    .expect("create");
+    peer.accept_answer(&created.whatsapp_sdp, now).unwrap();
+    (Box::new(created.call), peer)
+}
+
+struct Rig<D: Driver> {
+    core: ShardCore,
+    driver: D,
+    meta: UdpSocket,
+    server: UdpSocket,
+    peer: MetaPeer,
+    wa_at: SocketAddr,
+    internal_at: SocketAddr,
+}
+
+impl<D: Driver> Rig<D> {
+    fn new(make: impl FnOnce(Waker) -> std::io::Result<D>) -> Option<Rig<D>> {
+        let driver = match make(Waker::new().unwrap()) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("skipped: driver unavailable here: {e}");
+                return None;
+            }
+        };
+        let now = Instant::now();
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let core = ShardCore::new(
+            0,
+            tx,
+            Arc::new(ShardStats::default()),
+            Arc::new(std::sync::Mutex::new(ShardTotals::new(0))),
+            RateLimitConfig::default(),
+            now,
+        );
+        let (wa, internal, meta, server) = (lo(), lo(), lo(), lo());
+        wa.set_nonblocking(true).unwrap();
+        internal.set_nonblocking(true).unwrap();
+        let (call, peer) = call_between(&wa, &internal, &meta, &server, now);
+        let mut rig = Rig {
+            core,
+            driver,
+            wa_at: wa.local_addr().unwrap(),
+            internal_at: internal.local_addr().unwrap(),
+            meta,
+            server,
+            peer,
+        };
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let insert = Command::Insert {
+            call,
+            sockets: CallSockets {
+                sockets: vec![Some(wa), None, Some(internal)],
+            },
+            reply,
+        };
+        assert!(rig.core.on_command(now, insert, rig.driver.io()));
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let gate = Command::OpenGate {
+            call_id: "driver-test".into(),
+            reply,
+        };
+        assert!(rig.core.on_command(now, gate, rig.driver.io()));
+        rig.driver.flush();
+        Some(rig)
+    }
+
+    /// One loop turn, as the shard thread runs it (no publish: that allocates once a second).
+    fn turn(&mut self) {
+        self.driver
+            .wait(Instant::now() + Duration::from_millis(5))
+            .unwrap();
+        let now = Instant::now();
+        self.driver.deliver(now, &mut self.core);
+        self.core.run_timers(now, self.driver.io());
+        self.driver.flush();
+    }
+
+    /// Meta sends one SRTP packet and the server one RTP packet; turn until each reached the
+    /// other side (skipping silence fill, RTCP). Returns false if one did not arrive.
+    fn exchange(&mut self, meta_src: &mut RtpSource, server_src: &mut RtpSource) -> bool {
+        let mut buf = [0u8; 2048];
+        let n = meta_src.write_next(&mut buf, 160);
+        let n = self.peer.protect_rtp(&mut buf, n).unwrap();
+        self.meta.send_to(&buf[..n], self.wa_at).unwrap();
+        let n = server_src.write_next(&mut buf, 160);
+        self.server.send_to(&buf[..n], self.internal_at).unwrap();
+        let (mut to_server, mut to_meta) = (false, false);
+        for _ in 0..100 {
+            self.turn();
+            self.meta.set_nonblocking(true).unwrap();
+            self.server.set_nonblocking(true).unwrap();
+            while let Ok(n) = self.server.recv(&mut buf) {
+                // Forwarded media is the full 172 bytes (RTCP is shorter).
+                to_server |= n == 172 && buf[1] & 0x7f == INTERNAL_OPUS_PT;
+            }
+            while let Ok(n) = self.meta.recv(&mut buf) {
+                to_meta |= n == 172 + 10;
+            }
+            if to_server && to_meta {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn forwards_both_ways_without_allocating<D: Driver>(rig: Option<Rig<D>>) {
+    let Some(mut rig) = rig else { return };
+    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
+    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    // Warm-up: per-stream state, the send slab and receive buffers touched.
+    for _ in 0..300 {
+        assert!(
+            rig.exchange(&mut meta_src, &mut server_src),
+            "{}",
+            rig.driver.name()
+        );
+    }
+    let before = alloc_support::allocations();
+    for _ in 0..2000 {
+        assert!(rig.exchange(&mut meta_src, &mut server_src));
+    }
+    assert_eq!(
+        alloc_support::allocations() - before,
+        0,
+        "{} driver allocated on the packet path",
+        rig.driver.name()
+    );
+    assert!(rig.driver.counters().sent >= 4000);
+}
+
+#[test]
+fn io_uring_forwards_both_ways_without_allocating() {
+    forwards_both_ways_without_allocating(Rig::new(UringDriver::new));
+}
+
+#[test]
+fn epoll_forwards_both_ways_without_allocating() {
+    forwards_both_ways_without_allocating(Rig::new(EpollDriver::new));
+}
+
+/// io_uring: a whole turn's datagrams on many sockets cost one `io_uring_enter`.
+#[test]
+fn io_uring_harvests_many_sockets_in_one_enter() {
+    let Some(mut rig) = Rig::new(UringDriver::new) else {
+        return;
+    };
+    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
+    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    assert!(rig.exchange(&mut meta_src, &mut server_src));
+    let enters = |r: &Rig<UringDriver>| {
+        r.driver.counters().syscalls[crate::engine::IoSyscall::IoUringEnter as usize]
+    };
+    let before = enters(&rig);
+    let mut buf = [0u8; 2048];
+    for _ in 0..20 {
+        let n = meta_src.write_next(&mut buf, 160);
+        let n = rig.peer.protect_rtp(&mut buf, n).unwrap();
+        rig.meta.send_to(&buf[..n], rig.wa_at).unwrap();
+        let n = server_src.write_next(&mut buf, 160);
+        rig.server.send_to(&buf[..n], rig.internal_at).unwrap();
+    }
+    // Loopback delivery is synchronous: all 40 datagrams are queued before the turn.
+    rig.turn();
+    assert_eq!(enters(&rig) - before, 1);
+    rig.turn();
+    let mut got = 0;
+    rig.server.set_nonblocking(true).unwrap();
+    while let Ok(n) = rig.server.recv(&mut buf) {
+        got += usize::from(n == 172);
+    }
+    assert_eq!(
+        got, 20,
+        "all forwarded after the next enter submitted the sends"
+    );
+}

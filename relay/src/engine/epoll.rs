@@ -1,0 +1,229 @@
+//! The epoll driver: mio readiness (edge-triggered) + `recvmmsg` per ready socket +
+//! `sendmmsg` per run of datagrams on one socket (see [`super::udp`]). The fallback where
+//! io_uring is missing or refused; about two system calls per forwarded packet with a socket
+//! per call and leg, since each socket rarely holds more than one datagram.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+
+use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey};
+use crate::engine::driver::{Driver, Waker};
+use crate::engine::udp::{BATCH, RecvBatch, SendBatch};
+use crate::engine::{IO_SYSCALLS, IoSyscall};
+
+/// The waker's token: the top bits, which no [`SockKey::encode`] sets.
+const WAKER: Token = Token(usize::MAX);
+
+struct CallIo {
+    generation: u32,
+    sockets: Vec<Option<mio::net::UdpSocket>>,
+    fds: Vec<RawFd>,
+}
+
+/// The send side: the call sockets' table and the send batch.
+pub(crate) struct EpollIo {
+    registry: Registry,
+    calls: Vec<Option<CallIo>>,
+    send: SendBatch,
+    send_dropped: u64,
+}
+
+impl EpollIo {
+    fn fd(&self, key: SockKey) -> Option<RawFd> {
+        let c = self.calls.get(key.call.slot as usize)?.as_ref()?;
+        if c.generation != key.call.generation {
+            return None;
+        }
+        c.fds
+            .get(usize::from(key.socket))
+            .copied()
+            .filter(|fd| *fd >= 0)
+    }
+}
+
+impl ShardIo for EpollIo {
+    fn send(&mut self, via: SockKey, to: SocketAddr, data: &[u8]) {
+        match self.fd(via) {
+            Some(fd) => self.send.push(fd, to, data),
+            None => self.send_dropped += 1,
+        }
+    }
+
+    fn attach(&mut self, call: SlotKey, sockets: Vec<Option<UdpSocket>>) {
+        let idx = call.slot as usize;
+        if self.calls.len() <= idx {
+            self.calls.resize_with(idx + 1, || None);
+        }
+        let mut fds = Vec::with_capacity(sockets.len());
+        let mut mio_sockets = Vec::with_capacity(sockets.len());
+        for (i, s) in sockets.into_iter().enumerate() {
+            let Some(s) = s else {
+                fds.push(-1);
+                mio_sockets.push(None);
+                continue;
+            };
+            fds.push(s.as_raw_fd());
+            let mut ms = mio::net::UdpSocket::from_std(s);
+            let token = SockKey {
+                call,
+                socket: i as u16,
+            }
+            .encode();
+            if let Err(e) =
+                self.registry
+                    .register(&mut ms, Token(token as usize), Interest::READABLE)
+            {
+                tracing::error!(error = %e, "socket registration failed");
+            }
+            mio_sockets.push(Some(ms));
+        }
+        self.calls[idx] = Some(CallIo {
+            generation: call.generation,
+            sockets: mio_sockets,
+            fds,
+        });
+    }
+
+    fn detach(&mut self, call: SlotKey) {
+        let Some(slot) = self.calls.get_mut(call.slot as usize) else {
+            return;
+        };
+        if slot
+            .as_ref()
+            .is_none_or(|c| c.generation != call.generation)
+        {
+            return;
+        }
+        // The call's last datagrams (BYEs) leave before its sockets close.
+        self.send.flush();
+        if let Some(mut c) = slot.take() {
+            for s in c.sockets.iter_mut().flatten() {
+                let _ = self.registry.deregister(s);
+            }
+        }
+    }
+}
+
+pub(crate) struct EpollDriver {
+    poll: Poll,
+    events: Events,
+    waker: Waker,
+    recv: RecvBatch,
+    io: EpollIo,
+    epoll_waits: u64,
+    waker_reads: u64,
+    recv_errors: u64,
+}
+
+impl EpollDriver {
+    pub(crate) fn new(waker: Waker) -> io::Result<EpollDriver> {
+        waker.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut SourceFd(&waker.raw_fd()), WAKER, Interest::READABLE)?;
+        let registry = poll.registry().try_clone()?;
+        Ok(EpollDriver {
+            poll,
+            events: Events::with_capacity(1024),
+            waker,
+            recv: RecvBatch::new(),
+            io: EpollIo {
+                registry,
+                calls: Vec::new(),
+                send: SendBatch::new(),
+                send_dropped: 0,
+            },
+            epoll_waits: 0,
+            waker_reads: 0,
+            recv_errors: 0,
+        })
+    }
+
+    /// Receive everything queued on one socket and hand each datagram to the core.
+    fn drain_socket(&mut self, key: SockKey, now: Instant, core: &mut ShardCore) {
+        loop {
+            // Looked up each batch: the call may have ended (and its socket closed) during the
+            // last one.
+            let Some(fd) = self.io.fd(key) else { return };
+            let n = match self.recv.recv(fd) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.recv_errors += 1;
+                    0
+                }
+            };
+            for i in 0..n {
+                let (buf, len, from) = self.recv.get(i);
+                core.on_datagram(now, key, from, &mut buf[..], len, &mut self.io);
+            }
+            // Edge-triggered readiness: a short batch means the socket was empty; any later
+            // datagram raises a new event.
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+}
+
+impl Driver for EpollDriver {
+    type Io = EpollIo;
+
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+
+    fn wait(&mut self, deadline: Instant) -> io::Result<()> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.epoll_waits += 1;
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn deliver(&mut self, now: Instant, core: &mut ShardCore) {
+        // Take the events out so `drain_socket` may borrow self mutably; put them back (the
+        // same allocation) after.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                self.waker_reads += 1;
+                self.waker.drain();
+                continue;
+            }
+            self.drain_socket(SockKey::decode(ev.token().0 as u64), now, core);
+        }
+        self.events = events;
+    }
+
+    fn io(&mut self) -> &mut EpollIo {
+        &mut self.io
+    }
+
+    fn flush(&mut self) {
+        self.io.send.flush();
+    }
+
+    fn finish(&mut self) {
+        self.io.send.flush();
+    }
+
+    fn counters(&self) -> IoCounters {
+        let mut syscalls = [0; IO_SYSCALLS.len()];
+        syscalls[IoSyscall::EpollWait as usize] = self.epoll_waits;
+        syscalls[IoSyscall::Recvmmsg as usize] = self.recv.syscalls;
+        syscalls[IoSyscall::Sendmmsg as usize] = self.io.send.syscalls;
+        syscalls[IoSyscall::EventfdRead as usize] = self.waker_reads;
+        IoCounters {
+            sent: self.io.send.sent,
+            send_errors: self.io.send.send_errors + self.io.send_dropped,
+            recv_errors: self.recv_errors,
+            syscalls,
+        }
+    }
+}
