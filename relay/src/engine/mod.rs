@@ -48,6 +48,11 @@ use registry::{Entry, RegEntry, Registry};
 use shard::{CallSockets, Command, ShardSetup};
 pub use sockets::PortRange;
 
+/// How long `get_call` waits for the end of a call that left its shard a moment ago to be
+/// recorded (the shard's Ended event is on its way to the events thread).
+const ENDED_IN_FLIGHT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+const ENDED_IN_FLIGHT_POLLS: usize = 250;
+
 /// How an admission refusal for load begins (`UNAVAILABLE`), so clients such as loadtest can
 /// tell it from other unavailability.
 pub const OVERLOADED: &str = "relay overloaded";
@@ -839,17 +844,34 @@ impl CallControl for EngineHandle {
                 return Ok(info);
             }
         }
-        // Ended (maybe just now): its final state while the tombstone lives.
-        let reg = lock(&self.inner.registry);
-        if let Some(Entry::Creating { .. }) = reg.calls.get(&call_id).map(|e| &e.entry) {
-            return Err(ApiError::Unavailable(format!(
-                "call {call_id} is being created; retry"
-            )));
+        // Ended (maybe just now): its final state while the tombstone lives. The shard removes
+        // a call before the events thread records its end, so a call the shard no longer has
+        // but the registry still lists ended a moment ago: wait (bounded) for its tombstone
+        // rather than answer NOT_FOUND for a call that existed.
+        for _ in 0..ENDED_IN_FLIGHT_POLLS {
+            {
+                let reg = lock(&self.inner.registry);
+                match reg.calls.get(&call_id).map(|e| &e.entry) {
+                    Some(Entry::Creating { .. }) => {
+                        return Err(ApiError::Unavailable(format!(
+                            "call {call_id} is being created; retry"
+                        )));
+                    }
+                    Some(Entry::Live { .. }) => {}
+                    None => {
+                        return reg
+                            .tombstones
+                            .get(&call_id, Instant::now())
+                            .and_then(|t| t.info.as_deref().cloned())
+                            .ok_or(ApiError::NotFound(call_id));
+                    }
+                }
+            }
+            tokio::time::sleep(ENDED_IN_FLIGHT_POLL).await;
         }
-        reg.tombstones
-            .get(&call_id, Instant::now())
-            .and_then(|t| t.info.as_deref().cloned())
-            .ok_or(ApiError::NotFound(call_id))
+        Err(ApiError::Unavailable(format!(
+            "call {call_id} is ending; retry"
+        )))
     }
 
     async fn list_calls(&self) -> Result<Vec<CallInfo>, ApiError> {
