@@ -3,75 +3,10 @@
 
 mod ops_support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use control::client::RelayClient;
 use control::pb;
-use ops_support::{http_get, sample};
-use relay::control::{ControlConfig, serve_on};
-use relay::engine::{Engine, EngineConfig, EngineHandle};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use ops_support::{Relay, start};
+use relay::engine::EngineConfig;
 use tonic::Code;
-
-struct Relay {
-    engine: EngineHandle,
-    control: String,
-    metrics: SocketAddr,
-    _stop: watch::Sender<bool>,
-}
-
-async fn start(cfg: EngineConfig) -> Relay {
-    let engine = Engine::start(cfg).expect("engine starts");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stop_rx) = watch::channel(false);
-    let mut control_stop = stop_rx.clone();
-    tokio::spawn(serve_on(
-        Arc::new(engine.clone()),
-        ControlConfig::default(),
-        listener,
-        async move {
-            let _ = control_stop.wait_for(|s| *s).await;
-        },
-    ));
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = http.local_addr().unwrap();
-    tokio::spawn(relay::ops::http::serve(
-        http,
-        Arc::new(engine.clone()),
-        stop_rx,
-    ));
-    Relay {
-        engine,
-        control,
-        metrics,
-        _stop: stop,
-    }
-}
-
-impl Relay {
-    async fn client(&self) -> RelayClient {
-        RelayClient::connect(self.control.clone(), None)
-            .await
-            .expect("connect")
-    }
-
-    fn metric(&self, series: &str) -> Option<f64> {
-        let metrics = self.metrics;
-        let body = std::thread::spawn(move || http_get(metrics, "/metrics").1)
-            .join()
-            .unwrap();
-        sample(&body, series)
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.engine.shutdown();
-    }
-}
 
 /// A business-initiated create (the relay writes the offer; no peer needed).
 fn bic(id: &str, number: &str, consumer: &str) -> pb::CreateCallRequest {

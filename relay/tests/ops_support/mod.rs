@@ -5,14 +5,20 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use control::client::RelayClient;
 use e2e::meta::{MetaConfig, MetaHandle, MetaPeer, wait_until};
 use e2e::sip::{SipConfig, SipHandle, SipPeer};
 use relay::api::{
     CallControl, CallDirection, CreateCall, InternalKind, InternalLegSpec, SourcePolicy, WaSecurity,
 };
+use relay::control::{ControlConfig, serve_on};
+use relay::engine::{Engine, EngineConfig, EngineHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -114,4 +120,64 @@ pub fn audio_call<C: CallControl>(
         "audio flows both ways"
     );
     (meta, sip)
+}
+
+/// A relay in this process with its gRPC control plane and its HTTP (metrics, probes) server
+/// on loopback, for tests that drive it as a client would. Shut down on drop.
+pub struct Relay {
+    pub engine: EngineHandle,
+    pub control: String,
+    pub metrics: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+pub async fn start(cfg: EngineConfig) -> Relay {
+    let engine = Engine::start(cfg).expect("engine starts");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stop_rx) = watch::channel(false);
+    let mut control_stop = stop_rx.clone();
+    tokio::spawn(serve_on(
+        Arc::new(engine.clone()),
+        ControlConfig::default(),
+        listener,
+        async move {
+            let _ = control_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = http.local_addr().unwrap();
+    tokio::spawn(relay::ops::http::serve(
+        http,
+        Arc::new(engine.clone()),
+        stop_rx,
+    ));
+    Relay {
+        engine,
+        control,
+        metrics,
+        _stop: stop,
+    }
+}
+
+impl Relay {
+    pub async fn client(&self) -> RelayClient {
+        RelayClient::connect(self.control.clone(), None)
+            .await
+            .expect("connect")
+    }
+
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let metrics = self.metrics;
+        let body = std::thread::spawn(move || http_get(metrics, "/metrics").1)
+            .join()
+            .unwrap();
+        sample(&body, series)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.engine.shutdown();
+    }
 }
