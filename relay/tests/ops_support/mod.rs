@@ -24,7 +24,12 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// `GET path` → (status, body), over a fresh connection as Prometheus and kubelet do.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics listener");
+    let s = TcpStream::connect(addr).expect("connect to the metrics listener");
+    http_get_on(s, path)
+}
+
+/// `GET path` on a connection the caller opened (e.g. from another source address).
+pub fn http_get_on(mut s: TcpStream, path: &str) -> (u16, String) {
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         s,
