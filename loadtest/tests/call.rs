@@ -3,33 +3,17 @@
 //! newcomer reads names the setup time, the packets each way, the call's `relayctl list` row
 //! and its events.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use loadtest::session::WaMode;
-use relay::control::{ControlConfig, serve_on};
-use relay::engine::{Engine, EngineConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_call_through_a_running_relay_is_explained() {
-    let engine = Engine::start(EngineConfig {
-        shards: 1,
-        ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind control port");
-    let addr = listener.local_addr().expect("control address");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(
-        Arc::new(engine.clone()),
-        ControlConfig::default(),
-        listener,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let in_process = support::start_relay().await;
+    let engine = &in_process.engine;
+    let addr = in_process.addr;
 
     // As typed: `loadtest call --relay 127.0.0.1:PORT`.
     let endpoint = loadtest::call::endpoint(&addr.to_string());
@@ -61,7 +45,5 @@ async fn one_call_through_a_running_relay_is_explained() {
     assert!(text.contains("OK: "), "{text}");
     assert_eq!(engine.active_calls(), 0, "the call was terminated");
 
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    engine.shutdown();
+    in_process.stop().await;
 }

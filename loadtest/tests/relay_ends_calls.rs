@@ -3,33 +3,17 @@
 //! them as up (the live line's `calls=`) and counts them as failed in the summary, instead of
 //! reporting "N ok" beside the loss their silence causes.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use loadtest::session::{Backend, Options, Session};
-use relay::control::{ControlConfig, serve_on};
-use relay::engine::{Engine, EngineConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_the_relay_ends_count_as_failed_and_leave_the_live_count() {
-    let engine = Engine::start(EngineConfig {
-        shards: 1,
-        ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind control port");
-    let addr = listener.local_addr().expect("control address");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(
-        Arc::new(engine.clone()),
-        ControlConfig::default(),
-        listener,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let in_process = support::start_relay().await;
+    let engine = &in_process.engine;
+    let addr = in_process.addr;
     let endpoint = format!("http://{addr}");
     let client = loadtest::target::connect(&endpoint, None, Duration::from_secs(10), None)
         .await
@@ -104,9 +88,7 @@ async fn calls_the_relay_ends_count_as_failed_and_leave_the_live_count() {
     );
 
     drop(session);
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    engine.shutdown();
+    in_process.stop().await;
 }
 
 trait Mentions {

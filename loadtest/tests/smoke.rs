@@ -3,33 +3,17 @@
 //! stamped packet the generator sent arrived, in both directions (the relay's own silence fill
 //! toward WhatsApp carries no stamp and is not counted).
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use loadtest::session::{Backend, Options, Session};
-use relay::control::{ControlConfig, serve_on};
-use relay::engine::{Engine, EngineConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_calls_five_seconds_no_loss_exact_counts() {
-    let engine = Engine::start(EngineConfig {
-        shards: 1,
-        ..EngineConfig::default()
-    })
-    .expect("engine starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind control port");
-    let addr = listener.local_addr().expect("control address");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(
-        Arc::new(engine.clone()),
-        ControlConfig::default(),
-        listener,
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let in_process = support::start_relay().await;
+    let engine = &in_process.engine;
+    let addr = in_process.addr;
 
     let client = loadtest::target::connect(
         &format!("http://{addr}"),
@@ -77,7 +61,5 @@ async fn twenty_calls_five_seconds_no_loss_exact_counts() {
     assert_eq!(engine.active_calls(), 0, "every call was terminated");
 
     drop(session);
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    engine.shutdown();
+    in_process.stop().await;
 }
