@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod call;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod dtls;
