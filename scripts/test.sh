@@ -14,17 +14,6 @@ if [ "${free_kb:-0}" -lt $((4 * 1024 * 1024)) ]; then
 fi
 trap 'echo "== disk at exit: $(disk_free | awk '"'"'NR==2 {print int($4/1048576)}'"'"') GiB free"' EXIT
 
-echo "== libopus-dev (the codec layer links libopus: relay/src/codec/opus.rs; needed to build)"
-if ! pkg-config --exists opus 2>/dev/null && [ ! -e /usr/lib/x86_64-linux-gnu/libopus.so ] \
-    && ! ls /usr/lib/*/libopus.so >/dev/null 2>&1; then
-  sudo=""
-  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libopus-dev >/dev/null 2>&1 \
-    || { $sudo apt-get update -qq >/dev/null 2>&1 \
-         && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libopus-dev >/dev/null 2>&1; } \
-    || { echo "error: cannot install libopus-dev, which the relay needs to build" >&2; exit 1; }
-fi
-
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

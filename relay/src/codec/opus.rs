@@ -1,14 +1,17 @@
 //! Opus through libopus (the reference implementation, RFC 6716), mono, 16-bit PCM.
 //!
-//! Why libopus and not a pure-Rust port: measured in BENCHMARKS.md ("Codec layer: choosing the
-//! parts"), Debian's libopus 1.3.1 decoded a 20 ms speech frame in 25.6 µs against 28.5 µs
-//! (`unsafe-libopus`, a c2rust translation) and 28.4 µs (`opus-rs`), and encoded at the
-//! bitrate asked for, where `opus-rs` 0.1.40 sent 110-byte frames when asked for 24 kbit/s
-//! (60 bytes) at 48 kHz. libopus also has twenty years of production use, in-band FEC and
-//! packet-loss concealment. It is linked statically from Debian's `libopus-dev` through
-//! `opusic-sys` (pre-generated bindings, no bindgen; its `bundled` feature, off here, would
-//! need cmake); `audiopus_sys` is not used (RustSec marked it unmaintained in 2026, advisory-db PR 2904,
-//! and it builds libopus only with cmake).
+//! Why libopus 1.6.1 compiled from vendored source (libopus-sys/, with the `cc` crate), measured
+//! in BENCHMARKS.md ("Codec layer: choosing the parts"):
+//! - against Debian's libopus 1.3.1 (`libopus-dev`): the same speed within noise and better
+//!   PESQ on all four paths the relay runs (e.g. 48 kHz encode → 8 kHz decode 3.74 vs 3.66
+//!   MOS-LQO), and no system package to install: the relay builds with a Rust toolchain and a
+//!   C compiler. Every crates.io binding (`opusic-sys`, `audiopus_sys`, `libopus_sys`,
+//!   `opus-static-sys`) builds libopus with cmake or links the system's; `audiopus_sys` is
+//!   also marked unmaintained by RustSec (2026, advisory-db PR 2904).
+//! - against `opus-rs` 0.1.40 (pure Rust): its 8 kHz decode of libopus packets scored 3.19 vs
+//!   3.74, and its 48 kHz encoder sent 108-byte frames when asked for 20 kbit/s (50 bytes).
+//! - against `unsafe-libopus` 0.2 (libopus 1.3.1 through c2rust): 44-200 heap allocations per
+//!   frame (C's variable-length arrays became `Vec`s); the relay allocates nothing per packet.
 //!
 //! Decoders and encoders run at the rate of the leg they serve (8 kHz for G.711, 16 kHz for L16,
 //! 48 kHz for Opus-to-Opus): libopus resamples internally (SILK runs at 8-16 kHz anyway; CELT
@@ -18,7 +21,7 @@
 use std::ffi::{CStr, c_int};
 use std::ptr::NonNull;
 
-use opusic_sys as ffi;
+use libopus_sys as ffi;
 
 use super::CodecError;
 
