@@ -20,6 +20,7 @@ mod rtcp;
 pub mod seq_window;
 mod setup;
 pub mod stats;
+pub mod transcode;
 pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ mod harness;
 
 mod dtls_state;
 mod fill;
+mod g711;
 mod gate;
 mod keepalive;
 mod lifetime;
