@@ -95,6 +95,8 @@ pub struct Call {
     next_deadline: Option<Instant>,
     /// Recording (and later listen-in) copies of the media; see `fork.rs`.
     forks: fork::Forks,
+    /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
+    released_sockets: Vec<SocketRef>,
 }
 
 impl Call {
@@ -113,10 +115,26 @@ impl Call {
         }
         if via.is_whatsapp() {
             self.on_whatsapp_datagram(now, via, from, buf, len, out);
-        } else {
+        } else if via == SocketRef::Internal {
             self.on_internal_datagram(now, from, buf, len, out);
+        } else {
+            // A socket added while live that no leg owns (any more): a late datagram.
+            return self.internal.counters.drop(stats::DropReason::Unexpected);
         }
         self.after_input(now, out);
+    }
+
+    /// Give back a socket the call gained while live (a fork's leg that ended): the engine
+    /// stops receiving on it and closes it. Datagrams still in flight on it are dropped.
+    pub fn release_socket(&mut self, id: SocketRef) {
+        if id.index() >= SocketRef::FIRST_EXTRA.index() && !self.released_sockets.contains(&id) {
+            self.released_sockets.push(id);
+        }
+    }
+
+    /// The next socket the call gave back, for the engine to close.
+    pub fn poll_released_socket(&mut self) -> Option<SocketRef> {
+        self.released_sockets.pop()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -473,8 +491,10 @@ impl Call {
                     .ice
                     .as_ref()
                     .is_some_and(|ice| ice.is_remote_candidate(via, from))
-        } else {
+        } else if via == SocketRef::Internal {
             self.internal.remote == Some(from)
+        } else {
+            false
         }
     }
 }
