@@ -16,6 +16,7 @@ pub mod control;
 pub mod dtls;
 pub mod engine;
 pub mod ice;
+pub mod listen;
 pub mod net;
 pub mod ops;
 pub mod record;

@@ -113,7 +113,11 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if via.is_whatsapp() {
+        if self.forks.listen_socket() == Some(via) {
+            if let Some(data) = buf.get_mut(..len) {
+                self.forks.on_listen_datagram(now, from, data, out);
+            }
+        } else if via.is_whatsapp() {
             self.on_whatsapp_datagram(now, via, from, buf, len, out);
         } else if via == SocketRef::Internal {
             self.on_internal_datagram(now, from, buf, len, out);
@@ -152,6 +156,7 @@ impl Call {
             dtls.handle_timeout(now);
         }
         self.internal_webrtc_timeout(now, out);
+        self.forks.handle_timeout(now, out);
         if self.ended.is_some() {
             return;
         }
@@ -311,6 +316,7 @@ impl Call {
         self.process_dtls(now, out);
         self.process_internal_webrtc(now, out);
         self.check_wa_ready(now, out);
+        self.forks.report(&mut self.events);
         if self.ended.is_none() {
             self.next_deadline = self.compute_deadline();
         }
@@ -449,6 +455,7 @@ impl Call {
         consider(self.gate.poll_timeout(&self.cfg, &self.fill_view()));
         consider(self.next_rtcp_wa);
         consider(self.next_rtcp_internal);
+        consider(self.forks.poll_timeout());
         d
     }
 
@@ -484,7 +491,9 @@ impl Call {
     /// server carries many calls), and for the internal leg's accepted remote. The shard
     /// rate-limits everything else per source before it gets here.
     pub fn knows_source(&self, via: SocketRef, from: SocketAddr) -> bool {
-        if via.is_whatsapp() {
+        if self.forks.listen_socket() == Some(via) {
+            self.forks.listen_knows(from)
+        } else if via.is_whatsapp() {
             self.wa.accepts(via, from)
                 || self
                     .wa
