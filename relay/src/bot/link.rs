@@ -40,8 +40,10 @@ pub const MARK_SLOTS: usize = 256;
 /// The largest 20 ms frame on the wire (L16 at 16 kHz).
 pub const MAX_FRAME_BYTES: usize = 640;
 
-/// Something for the WebSocket task.
+/// Something for the WebSocket task. Frames are inline on purpose: the ring's slots are
+/// allocated once, and boxing a frame would allocate per frame.
 #[derive(Copy, Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Up {
     /// 20 ms of the consumer's audio in the stream's wire format.
     Audio(AudioFrame),
