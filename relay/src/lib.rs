@@ -10,6 +10,7 @@
 //! [`api`] is the boundary the control plane ([`control`]) drives.
 
 pub mod api;
+pub mod bot;
 pub mod call;
 pub mod config;
 pub mod control;
