@@ -11,6 +11,7 @@
 //!   their sockets (the load test).
 
 pub mod browser;
+pub mod chromium;
 pub mod dtls;
 pub mod faults;
 pub mod media;

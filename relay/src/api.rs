@@ -301,6 +301,13 @@ pub enum CallEventKind {
         change: RecordingChange,
         status: RecordingStatus,
     },
+    /// A live listen-in started, connected (the supervisor's browser finished ICE and DTLS:
+    /// audio flows to it) or stopped (by request, replaced by a new offer, the supervisor gone,
+    /// or the call ending: then before the call's `Ended`).
+    Listen {
+        change: ListenChange,
+        status: Box<ListenStatus>,
+    },
     /// The last event of a call, with its final statistics (exact counters at the end,
     /// whatever ended it: Terminate, a timeout, drain).
     Ended {
@@ -310,11 +317,12 @@ pub enum CallEventKind {
     },
 }
 
-/// What a fork of the call's media does. Only recording exists today; live listen-in and
-/// whisper/barge (which need mixing) are the next kinds.
+/// What a fork of the call's media does: recording to files, or a supervisor's live
+/// listen-in ([`ListenMode`] leaves room for whisper and barge, which need mixing).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ForkKind {
     Recording,
+    Listen,
 }
 
 /// A request on a call's recording. Each is idempotent: starting a recorded call returns the
@@ -360,6 +368,62 @@ pub struct RecordingStatus {
     pub files: RecordingFiles,
     /// Packets of this call not recorded because the disk writer was behind.
     pub dropped_packets: u64,
+}
+
+/// What a supervisor's fork does with the call's audio. Only `Listen` exists: whisper (the
+/// supervisor speaks to the agent only) and barge (to both) need mixing, which the relay does
+/// not do yet; they will be more variants here and in the proto's `ListenMode`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum ListenMode {
+    /// Receive both directions, say nothing.
+    #[default]
+    Listen,
+}
+
+/// A request on a call's listen-in. Idempotent: a start with the same offer returns the running
+/// session (and its answer); a start with a new offer (the supervisor reloaded) replaces the
+/// session on the same port; a stop of a stopped listen-in answers its last state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenOp {
+    Start { offer_sdp: String, mode: ListenMode },
+    Stop,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ListenState {
+    /// Answer given; waiting for the browser's ICE nomination and DTLS handshake.
+    Connecting,
+    /// Keys are up: both directions are forwarded to the supervisor.
+    Live,
+    Stopped,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ListenChange {
+    Started,
+    Connected,
+    Stopped,
+}
+
+/// A call's listen-in as it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenStatus {
+    pub state: ListenState,
+    pub mode: ListenMode,
+    /// The relay's SDP answer to the supervisor's offer.
+    pub answer_sdp: String,
+    /// The fork's own socket (the host candidate in the answer).
+    pub local: SocketAddr,
+    /// The supervisor's address once its browser nominated a pair.
+    pub remote: Option<SocketAddr>,
+    /// Packets sent to the supervisor, consumer track and agent track.
+    pub consumer_packets: u64,
+    pub agent_packets: u64,
+    /// Packets of the call not forwarded to the supervisor (not connected yet, send refused):
+    /// the call itself never waits for a supervisor.
+    pub dropped_packets: u64,
+    /// Why it stopped ("stopped by request", "supervisor gone", the call's end cause, ...).
+    pub stop_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -575,6 +639,21 @@ pub trait CallControl: Send + Sync + 'static {
         async {
             Err(ApiError::FailedPrecondition(
                 "recording is not available on this relay".into(),
+            ))
+        }
+    }
+
+    /// Start or stop a live listen-in on a call (see [`ListenOp`]). Returns the listen-in's
+    /// state after the request; `None` only for a stop on a call never listened to.
+    fn listen(
+        &self,
+        call_id: String,
+        op: ListenOp,
+    ) -> impl Future<Output = Result<Option<ListenStatus>, ApiError>> + Send {
+        let _ = (call_id, op);
+        async {
+            Err(ApiError::FailedPrecondition(
+                "listen-in is not available on this relay".into(),
             ))
         }
     }

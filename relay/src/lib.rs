@@ -10,6 +10,7 @@
 //! [`api`] is the boundary the control plane ([`control`]) drives.
 
 pub mod api;
+pub mod bot;
 pub mod call;
 pub mod codec;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod dtls;
 pub mod engine;
 pub mod ice;
+pub mod listen;
 pub mod net;
 pub mod ops;
 pub mod record;

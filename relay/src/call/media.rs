@@ -119,7 +119,7 @@ impl Call {
             self.release_wa_dtls();
         }
         let opus = hdr.payload_type == self.wa.opus_pt;
-        (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus);
+        (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus, out);
         if self.internal.transcode.is_some() {
             // A G.711 internal leg: decode, compand, send (call/transcode.rs).
             return self.transcode_to_internal(now, &hdr, &buf[..n], out);
@@ -323,7 +323,7 @@ impl Call {
         out: &mut impl Outbox,
     ) {
         let opus = hdr.payload_type == self.internal.opus_pt;
-        (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus);
+        (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus, out);
         let out_pt = if hdr.payload_type == self.internal.opus_pt {
             self.wa.opus_pt
         } else {

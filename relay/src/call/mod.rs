@@ -96,6 +96,8 @@ pub struct Call {
     next_deadline: Option<Instant>,
     /// Recording (and later listen-in) copies of the media; see `fork.rs`.
     forks: fork::Forks,
+    /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
+    released_sockets: Vec<SocketRef>,
 }
 
 impl Call {
@@ -112,12 +114,32 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if via.is_whatsapp() {
+        if self.forks.listen_socket() == Some(via) {
+            if let Some(data) = buf.get_mut(..len) {
+                self.forks.on_listen_datagram(now, from, data, out);
+            }
+        } else if via.is_whatsapp() {
             self.on_whatsapp_datagram(now, via, from, buf, len, out);
-        } else {
+        } else if via == SocketRef::Internal {
             self.on_internal_datagram(now, from, buf, len, out);
+        } else {
+            // A socket added while live that no leg owns (any more): a late datagram.
+            return self.internal.counters.drop(stats::DropReason::Unexpected);
         }
         self.after_input(now, out);
+    }
+
+    /// Give back a socket the call gained while live (a fork's leg that ended): the engine
+    /// stops receiving on it and closes it. Datagrams still in flight on it are dropped.
+    pub fn release_socket(&mut self, id: SocketRef) {
+        if id.index() >= SocketRef::FIRST_EXTRA.index() && !self.released_sockets.contains(&id) {
+            self.released_sockets.push(id);
+        }
+    }
+
+    /// The next socket the call gave back, for the engine to close.
+    pub fn poll_released_socket(&mut self) -> Option<SocketRef> {
+        self.released_sockets.pop()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -135,6 +157,7 @@ impl Call {
             dtls.handle_timeout(now);
         }
         self.internal_webrtc_timeout(now, out);
+        self.forks.handle_timeout(now, out);
         if self.ended.is_some() {
             return;
         }
@@ -294,6 +317,7 @@ impl Call {
         self.process_dtls(now, out);
         self.process_internal_webrtc(now, out);
         self.check_wa_ready(now, out);
+        self.forks.report(&mut self.events);
         if self.ended.is_none() {
             self.next_deadline = self.compute_deadline();
         }
@@ -432,6 +456,7 @@ impl Call {
         consider(self.gate.poll_timeout(&self.cfg, &self.fill_view()));
         consider(self.next_rtcp_wa);
         consider(self.next_rtcp_internal);
+        consider(self.forks.poll_timeout());
         d
     }
 
@@ -467,15 +492,19 @@ impl Call {
     /// server carries many calls), and for the internal leg's accepted remote. The shard
     /// rate-limits everything else per source before it gets here.
     pub fn knows_source(&self, via: SocketRef, from: SocketAddr) -> bool {
-        if via.is_whatsapp() {
+        if self.forks.listen_socket() == Some(via) {
+            self.forks.listen_knows(from)
+        } else if via.is_whatsapp() {
             self.wa.accepts(via, from)
                 || self
                     .wa
                     .ice
                     .as_ref()
                     .is_some_and(|ice| ice.is_remote_candidate(via, from))
-        } else {
+        } else if via == SocketRef::Internal {
             self.internal.remote == Some(from)
+        } else {
+            false
         }
     }
 }

@@ -249,6 +249,7 @@ impl Call {
             ended: None,
             next_deadline: None,
             forks: Default::default(),
+            released_sockets: Vec::new(),
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs

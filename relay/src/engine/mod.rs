@@ -41,6 +41,7 @@ use crate::api::{
 use crate::call::fork::RecordRequest;
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
+pub use core::NewSocket;
 pub use driver::IoDriverChoice;
 use driver::Waker;
 pub use registry::TombstoneConfig;
@@ -501,6 +502,32 @@ impl EngineHandle {
         self.inner.shards[shard].send(make(tx))?;
         rx.await
             .map_err(|_| ApiError::Unavailable("shard stopped".into()))
+    }
+
+    /// Give the live call `call_id` one more media socket (a supervisor's leg needs a port of
+    /// its own) and run `f` on its shard with the call, the socket's id and its address. The
+    /// socket is bound here, on the internal address from the media port pool; if `f` fails
+    /// (or the call is gone) it is closed again and the error returned. The call gives it back
+    /// with [`Call::release_socket`]; it closes with the call in any case.
+    pub async fn with_new_socket<T: Send + 'static>(
+        &self,
+        call_id: String,
+        f: impl FnOnce(NewSocket<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        let socket = sockets::bind_extra(&self.inner.cfg, &self.inner.ports)
+            .map_err(|e| ApiError::Unavailable(format!("binding a media socket: {e}")))?;
+        self.ask(shard, |reply| Command::WithNewSocket {
+            call_id,
+            socket,
+            run: Box::new(move |ctx| {
+                let r = ctx.and_then(f);
+                let kept = r.is_ok();
+                let _ = reply.send(r);
+                kept
+            }),
+        })
+        .await?
     }
 
     /// Admission and idempotency. Returns `Some(existing)` for a repeated create.
