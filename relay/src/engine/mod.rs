@@ -35,12 +35,13 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load, RecordingOp, RecordingState,
-    RecordingStatus, RefusedReason, ShardLoad,
+    InternalLegReplaced, InternalLegSpec, LegKind, ListenOp, ListenStatus, Load, RecordingOp,
+    RecordingState, RecordingStatus, RefusedReason, ShardLoad,
 };
-use crate::call::fork::RecordRequest;
+use crate::call::fork::{ListenRequest, RecordRequest};
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
+pub use core::NewSocket;
 pub use driver::IoDriverChoice;
 use driver::Waker;
 pub use registry::TombstoneConfig;
@@ -503,6 +504,32 @@ impl EngineHandle {
             .map_err(|_| ApiError::Unavailable("shard stopped".into()))
     }
 
+    /// Give the live call `call_id` one more media socket (a supervisor's leg needs a port of
+    /// its own) and run `f` on its shard with the call, the socket's id and its address. The
+    /// socket is bound here, on the internal address from the media port pool; if `f` fails
+    /// (or the call is gone) it is closed again and the error returned. The call gives it back
+    /// with [`Call::release_socket`]; it closes with the call in any case.
+    pub async fn with_new_socket<T: Send + 'static>(
+        &self,
+        call_id: String,
+        f: impl FnOnce(NewSocket<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        let socket = sockets::bind_extra(&self.inner.cfg, &self.inner.ports)
+            .map_err(|e| ApiError::Unavailable(format!("binding a media socket: {e}")))?;
+        self.ask(shard, |reply| Command::WithNewSocket {
+            call_id,
+            socket,
+            run: Box::new(move |ctx| {
+                let r = ctx.and_then(f);
+                let kept = r.is_ok();
+                let _ = reply.send(r);
+                kept
+            }),
+        })
+        .await?
+    }
+
     /// Admission and idempotency. Returns `Some(existing)` for a repeated create.
     fn admit(&self, req: &CreateCall) -> Result<Option<CallCreated>, ApiError> {
         let mut reg = lock(&self.inner.registry);
@@ -623,6 +650,15 @@ impl EngineHandle {
         })
         .await?;
         Ok(out)
+    }
+}
+
+/// A `&mut dyn Outbox` where a sized one is wanted.
+struct DynOutbox<'a>(&'a mut dyn crate::net::Outbox);
+
+impl crate::net::Outbox for DynOutbox<'_> {
+    fn push(&mut self, via: crate::net::SocketRef, to: std::net::SocketAddr, data: &[u8]) {
+        self.0.push(via, to, data);
     }
 }
 
@@ -796,6 +832,48 @@ impl CallControl for EngineHandle {
             }
         };
         ask(req).await?
+    }
+
+    async fn listen(
+        &self,
+        call_id: String,
+        op: ListenOp,
+    ) -> Result<Option<ListenStatus>, ApiError> {
+        let (offer_sdp, mode) = match op {
+            ListenOp::Stop => {
+                let shard = self.shard_of(&call_id)?;
+                return self
+                    .ask(shard, |reply| Command::Listen {
+                        call_id,
+                        req: ListenRequest::Stop,
+                        reply,
+                    })
+                    .await?;
+            }
+            ListenOp::Start { offer_sdp, mode } => (offer_sdp, mode),
+        };
+        // The fork's own port, from the media pool, on the internal address; the call gives
+        // it back when the listen-in stops (or a repeated offer leaves it unused).
+        let advertised = self.inner.cfg.advertised.internal;
+        self.with_new_socket(call_id, move |ns: NewSocket<'_>| {
+            let id = ns.id;
+            let status = ns.call.listen(
+                ListenRequest::Start {
+                    offer_sdp,
+                    mode,
+                    socket: id,
+                    local: ns.local,
+                    advertised: std::net::SocketAddr::new(advertised, ns.local.port()),
+                },
+                ns.now,
+                &mut DynOutbox(ns.out),
+            )?;
+            if ns.call.listen_socket() != Some(id) {
+                ns.call.release_socket(id);
+            }
+            Ok(status)
+        })
+        .await
     }
 
     async fn terminate(

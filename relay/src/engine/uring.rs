@@ -312,6 +312,42 @@ impl ShardIo for UringIo {
             self.closing.push(s);
         }
     }
+
+    fn attach_socket(&mut self, key: SockKey, socket: UdpSocket) -> io::Result<()> {
+        let Some(c) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == key.call.generation)
+        else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such call"));
+        };
+        let i = usize::from(key.socket);
+        if c.sockets.len() <= i {
+            c.sockets.resize_with(i + 1, || None);
+        }
+        let fd = socket.as_raw_fd();
+        c.sockets[i] = Some(socket);
+        self.arm_recv(key, fd);
+        Ok(())
+    }
+
+    fn detach_socket(&mut self, key: SockKey) {
+        let Some(s) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == key.call.generation)
+            .and_then(|c| c.sockets.get_mut(usize::from(key.socket))?.take())
+        else {
+            return;
+        };
+        let cancel = opcode::AsyncCancel::new(tagged(TAG_RECV, key.encode()))
+            .build()
+            .user_data(tagged(TAG_CANCEL, 0));
+        self.push(&cancel);
+        self.closing.push(s);
+    }
 }
 
 pub(crate) struct UringDriver {
