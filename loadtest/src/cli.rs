@@ -770,7 +770,12 @@ async fn open_target(
                 .ok_or(CliError::NoRelay)?;
             let metrics = target::free_port().map_err(target::TargetError::Port)?;
             let mut extra_args = vec!["--metrics-listen".to_string(), metrics.to_string()];
-            if o.record && !o.relay_args.iter().any(|a| a.starts_with("--recording-dir")) {
+            if o.record
+                && !o
+                    .relay_args
+                    .iter()
+                    .any(|a| a.starts_with("--recording-dir"))
+            {
                 extra_args.push(format!("--recording-dir={}", recording_dir().display()));
             }
             extra_args.extend(o.relay_args.iter().cloned());

@@ -952,7 +952,11 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
                 .await
         {
             let _ = end(ctx, &live).await;
-            return Err(fail("start_recording")(format!("{}: {}", s.code(), s.message())));
+            return Err(fail("start_recording")(format!(
+                "{}: {}",
+                s.code(),
+                s.message()
+            )));
         }
     }
     lock(&ctx.up).insert(live.call_id.clone(), id);

@@ -25,8 +25,12 @@ pub struct Supervisor {
     dtls: Option<DtlsDriver>,
     identity: Arc<DtlsIdentity>,
     pub srtp: Option<SrtpSession>,
-    /// Plaintext RTP received, in order.
+    /// Plaintext RTP received, in order (unless `keep` is off).
     pub got: Vec<Vec<u8>>,
+    /// Keep what arrives in `got` (off: only count it, allocating nothing per packet).
+    pub keep: bool,
+    /// RTP packets received and authenticated.
+    pub received: u64,
     /// The relay closed DTLS (close_notify).
     pub closed: bool,
     /// The tab is gone: nothing answered or sent.
@@ -50,6 +54,8 @@ impl Supervisor {
             identity: Arc::new(DtlsIdentity::generate().expect("browser certificate")),
             srtp: None,
             got: Vec::new(),
+            keep: true,
+            received: 0,
             closed: false,
             gone: false,
             trouble: Vec::new(),
@@ -153,7 +159,12 @@ impl Supervisor {
                     .as_mut()
                     .map(|s| s.rx.unprotect_rtp(&mut data[..len]))
                 {
-                    Some(Ok(n)) => self.got.push(data[..n].to_vec()),
+                    Some(Ok(n)) => {
+                        self.received += 1;
+                        if self.keep {
+                            self.got.push(data[..n].to_vec());
+                        }
+                    }
                     other => self
                         .trouble
                         .push(format!("SRTP: {:?}", other.map(|r| r.err()))),
