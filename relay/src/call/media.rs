@@ -47,6 +47,7 @@ impl Call {
         };
         match classify(data) {
             PacketKind::Stun => {
+                self.fed_control = true;
                 let Some(ice) = self.wa.ice.as_mut() else {
                     return self.wa.counters.drop(DropReason::Unexpected);
                 };
@@ -56,6 +57,7 @@ impl Call {
                 }
             }
             PacketKind::Dtls => {
+                self.fed_control = true;
                 if !self.wa.accepts(via, from) {
                     return self.wa.counters.drop(DropReason::BadSource);
                 }
@@ -213,6 +215,7 @@ impl Call {
         let kind = classify(data);
         // A browser's checks come from any of its candidates: the ICE-lite agent judges them.
         if kind == PacketKind::Stun && self.internal.webrtc.is_some() {
+            self.fed_control = true;
             return self.on_internal_stun(now, from, data, out);
         }
         if !self.internal.accept_source(from) {
@@ -230,6 +233,7 @@ impl Call {
                 Self::read_reports(&mut self.internal.counters, ssrc, &buf[..n], now, ntp);
             }
             PacketKind::Dtls if self.internal.webrtc.is_some() => {
+                self.fed_control = true;
                 self.on_internal_dtls(now, &buf[..len])
             }
             PacketKind::Unknown => self.internal.counters.drop(DropReason::Malformed),

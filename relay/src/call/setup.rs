@@ -246,14 +246,15 @@ impl Call {
             dtls_connected_after: None,
             events: VecDeque::from([crate::api::CallEventKind::Created]),
             ended: None,
-            next_deadline: None,
+            deadlines: Default::default(),
+            fed_control: false,
             forks: Default::default(),
             released_sockets: Vec::new(),
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs
         // `handle_timeout` as soon as it inserts the call.
-        call.next_deadline = Some(now);
+        call.deadlines.set(None, Some(now));
         Ok(Created {
             call,
             whatsapp_sdp,

@@ -169,6 +169,12 @@ pub(crate) enum Command {
         req: crate::call::fork::RecordRequest,
         reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::RecordingStatus>, ApiError>>,
     },
+    /// A call's listen-in: stop or status (a start comes with its socket: `WithNewSocket`).
+    Listen {
+        call_id: String,
+        req: crate::call::fork::ListenRequest,
+        reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::ListenStatus>, ApiError>>,
+    },
     /// Give a live call one more socket (bound by the control plane) and run `run` with it.
     WithNewSocket {
         call_id: String,
@@ -565,6 +571,13 @@ impl ShardCore {
                 reply,
             } => {
                 let _ = reply.send(self.with_call(&call_id, io, |c, _| c.record(req, now)));
+            }
+            Command::Listen {
+                call_id,
+                req,
+                reply,
+            } => {
+                let _ = reply.send(self.with_call(&call_id, io, |c, out| c.listen(req, now, out)));
             }
             Command::WithNewSocket {
                 call_id,

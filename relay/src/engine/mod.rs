@@ -35,10 +35,10 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load, RecordingOp, RecordingState,
-    RecordingStatus, RefusedReason, ShardLoad,
+    InternalLegReplaced, InternalLegSpec, LegKind, ListenOp, ListenStatus, Load, RecordingOp,
+    RecordingState, RecordingStatus, RefusedReason, ShardLoad,
 };
-use crate::call::fork::RecordRequest;
+use crate::call::fork::{ListenRequest, RecordRequest};
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
 pub use core::NewSocket;
@@ -653,6 +653,15 @@ impl EngineHandle {
     }
 }
 
+/// A `&mut dyn Outbox` where a sized one is wanted.
+struct DynOutbox<'a>(&'a mut dyn crate::net::Outbox);
+
+impl crate::net::Outbox for DynOutbox<'_> {
+    fn push(&mut self, via: crate::net::SocketRef, to: std::net::SocketAddr, data: &[u8]) {
+        self.0.push(via, to, data);
+    }
+}
+
 impl CallControl for EngineHandle {
     async fn create_call(&self, req: CreateCall) -> Result<CallCreated, ApiError> {
         if req.call_id.is_empty() {
@@ -823,6 +832,48 @@ impl CallControl for EngineHandle {
             }
         };
         ask(req).await?
+    }
+
+    async fn listen(
+        &self,
+        call_id: String,
+        op: ListenOp,
+    ) -> Result<Option<ListenStatus>, ApiError> {
+        let (offer_sdp, mode) = match op {
+            ListenOp::Stop => {
+                let shard = self.shard_of(&call_id)?;
+                return self
+                    .ask(shard, |reply| Command::Listen {
+                        call_id,
+                        req: ListenRequest::Stop,
+                        reply,
+                    })
+                    .await?;
+            }
+            ListenOp::Start { offer_sdp, mode } => (offer_sdp, mode),
+        };
+        // The fork's own port, from the media pool, on the internal address; the call gives
+        // it back when the listen-in stops (or a repeated offer leaves it unused).
+        let advertised = self.inner.cfg.advertised.internal;
+        self.with_new_socket(call_id, move |ns: NewSocket<'_>| {
+            let id = ns.id;
+            let status = ns.call.listen(
+                ListenRequest::Start {
+                    offer_sdp,
+                    mode,
+                    socket: id,
+                    local: ns.local,
+                    advertised: std::net::SocketAddr::new(advertised, ns.local.port()),
+                },
+                ns.now,
+                &mut DynOutbox(ns.out),
+            )?;
+            if ns.call.listen_socket() != Some(id) {
+                ns.call.release_socket(id);
+            }
+            Ok(status)
+        })
+        .await
     }
 
     async fn terminate(

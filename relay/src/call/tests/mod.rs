@@ -9,6 +9,7 @@ mod fill;
 mod gate;
 mod keepalive;
 mod lifetime;
+mod listen;
 mod record;
 mod replace;
 mod replay;
