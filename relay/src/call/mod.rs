@@ -5,6 +5,7 @@
 //! due; the call pushes what it wants sent into an [`Outbox`] and queues [`CallEventKind`]s.
 //! Read [`media`] for the per-packet path, top to bottom.
 
+mod bot;
 pub mod config;
 mod error;
 pub mod fill;
@@ -97,6 +98,8 @@ pub struct Call {
     forks: fork::Forks,
     /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
     released_sockets: Vec<SocketRef>,
+    /// A voice bot as the internal leg's peer (`InternalKind::WebSocket`); see `bot.rs`.
+    bot: Option<Box<bot::BotLeg>>,
 }
 
 impl Call {
@@ -172,6 +175,10 @@ impl Call {
             None => {}
         }
         self.drain_prebuffer(now, out);
+        self.bot_timeout(now, out);
+        if self.ended.is_some() {
+            return;
+        }
         self.fill_silence(now, out);
         self.send_due_rtcp(now, out);
         self.after_input(now, out);
@@ -456,6 +463,7 @@ impl Call {
         consider(self.next_rtcp_wa);
         consider(self.next_rtcp_internal);
         consider(self.forks.poll_timeout());
+        consider(self.bot_deadline());
         d
     }
 
