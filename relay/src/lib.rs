@@ -12,6 +12,7 @@
 pub mod api;
 pub mod bot;
 pub mod call;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod dtls;

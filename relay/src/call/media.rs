@@ -135,6 +135,13 @@ impl Call {
         } else {
             return self.wa.counters.drop(DropReason::UnknownPayloadType);
         };
+        if self.bot.is_some() {
+            let payload_end = hdr.header_len + hdr.payload_len;
+            let Some(payload) = buf.get(hdr.header_len..payload_end.min(n)) else {
+                return self.wa.counters.drop(DropReason::Malformed);
+            };
+            return self.bot_from_whatsapp(&hdr, payload, opus);
+        }
 
         let internal = &mut self.internal;
         let Some(dst) = internal.send_target() else {
@@ -272,6 +279,20 @@ impl Call {
         {
             return internal.counters.drop(DropReason::Replayed);
         }
+        self.accept_internal_rtp(now, buf, n, hdr, out);
+    }
+
+    /// A plaintext internal RTP packet that passed its leg's checks, or a bot's frame made into
+    /// one (`bot.rs`): statistics, timers, first media, DTMF, then the gate toward WhatsApp.
+    pub(super) fn accept_internal_rtp(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        n: usize,
+        hdr: rtp::RtpHeader,
+        out: &mut impl Outbox,
+    ) {
+        let internal = &mut self.internal;
         internal.arrivals.on_packet(now, self.cfg.fill_after_max);
         internal.counters.rx_packets += 1;
         internal.counters.rx_bytes += n as u64;

@@ -5,6 +5,7 @@
 //! due; the call pushes what it wants sent into an [`Outbox`] and queues [`CallEventKind`]s.
 //! Read [`media`] for the per-packet path, top to bottom.
 
+mod bot;
 pub mod config;
 mod error;
 pub mod fill;
@@ -137,6 +138,8 @@ pub struct Call {
     forks: fork::Forks,
     /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
     released_sockets: Vec<SocketRef>,
+    /// A voice bot as the internal leg's peer (`InternalKind::WebSocket`); see `bot.rs`.
+    bot: Option<Box<bot::BotLeg>>,
 }
 
 impl Call {
@@ -218,6 +221,10 @@ impl Call {
             None => {}
         }
         self.drain_prebuffer(now, out);
+        self.bot_timeout(now, out);
+        if self.ended.is_some() {
+            return;
+        }
         self.fill_silence(now, out);
         self.send_due_rtcp(now, out);
         self.after_input(now, out);
@@ -514,6 +521,7 @@ impl Call {
             self.next_rtcp_wa,
             self.next_rtcp_internal,
             self.forks.poll_timeout(),
+            self.bot_deadline(),
         ]
         .into_iter()
         .fold(None, earliest)

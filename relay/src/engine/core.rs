@@ -144,6 +144,8 @@ pub(crate) enum Command {
         call_id: String,
         spec: InternalLegSpec,
         advertised: Advertised,
+        /// The new peer is a voice bot: its connected WebSocket.
+        bot: Option<crate::bot::client::BotAttach>,
         reply: tokio::sync::oneshot::Sender<Result<InternalLegReplaced, ApiError>>,
     },
     Terminate {
@@ -524,12 +526,16 @@ impl ShardCore {
                 call_id,
                 spec,
                 advertised,
+                bot,
                 reply,
             } => {
                 let r = self.local_sockets(&call_id).and_then(|sockets| {
                     self.with_call(&call_id, io, |call, out| {
                         let internal_sdp =
                             call.replace_internal_leg(&spec, sockets, advertised, now, out)?;
+                        if let Some(bot) = bot {
+                            call.attach_bot(bot, now)?;
+                        }
                         Ok(InternalLegReplaced {
                             internal_sdp,
                             call: call.info(),

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod bot;
 mod dtls_state;
 mod fill;
 mod gate;
