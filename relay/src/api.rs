@@ -30,7 +30,7 @@ pub enum WaSecurity {
 }
 
 /// What the internal leg is.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InternalKind {
     /// `RTP/AVP`: a SIP media server (FreeSWITCH, Asterisk), an IVR, a recorder.
     PlainRtp,
@@ -43,6 +43,9 @@ pub enum InternalKind {
     /// is our offer (`a=setup:actpass`) and the browser's answer comes through
     /// [`CallControl::set_remote_description`] with [`LegKind::Internal`].
     WebRtc,
+    /// A voice bot behind a WebSocket (Twilio Media Streams framing): see [`crate::bot`].
+    /// The relay connects before the call (or the replacement) is made.
+    WebSocket(std::sync::Arc<crate::bot::BotTarget>),
 }
 
 /// Where the internal leg's media is accepted from.
@@ -151,6 +154,10 @@ pub enum EndCause {
     /// The call reached `call.max_call_duration` (the safety net against calls whose end
     /// was never signalled). No Meta code.
     MaxDuration,
+    /// A voice-bot leg: the bot closed its WebSocket (it hung up). No Meta code.
+    BotHangup,
+    /// A voice-bot leg: the WebSocket failed (reset, TLS or protocol error). No Meta code.
+    BotFailed,
 }
 
 impl EndCause {
@@ -161,7 +168,9 @@ impl EndCause {
             | EndCause::PeerClosed
             | EndCause::Drained
             | EndCause::InternalLegFailed
-            | EndCause::MaxDuration => None,
+            | EndCause::MaxDuration
+            | EndCause::BotHangup
+            | EndCause::BotFailed => None,
             EndCause::AnswerTimeout | EndCause::AcceptTimeout => Some(138007),
             EndCause::IceFailed | EndCause::ConsentLost => Some(138020),
             EndCause::DtlsFailed | EndCause::FingerprintMismatch => Some(138019),
@@ -187,6 +196,8 @@ impl EndCause {
             EndCause::AnswerTimeout => "answer_timeout",
             EndCause::AcceptTimeout => "accept_timeout",
             EndCause::MaxDuration => "max_duration",
+            EndCause::BotHangup => "bot_hangup",
+            EndCause::BotFailed => "bot_failed",
         }
     }
 }
@@ -464,6 +475,10 @@ pub enum ApiError {
     /// Draining or at capacity: try another relay.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A voice-bot leg's WebSocket could not be opened (DNS, TCP, TLS, HTTP upgrade, timeout):
+    /// nothing was created or replaced.
+    #[error("bot unreachable: {0}")]
+    BotUnreachable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

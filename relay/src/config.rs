@@ -87,6 +87,8 @@ pub struct Settings {
     pub homer_id: u32,
     /// `recording_dir`, `recording_name_template`, `recording_queue_packets`.
     pub recording: crate::record::RecordingConfig,
+    /// `bot_ca_file`, `bot_connect_timeout`: voice-bot legs.
+    pub bot: crate::bot::BotConfig,
     pub call: CallConfig,
 }
 
@@ -128,6 +130,7 @@ impl Default for Settings {
             homer: None,
             homer_id: 0,
             recording: Default::default(),
+            bot: Default::default(),
             call: CallConfig::default(),
         }
     }
@@ -257,6 +260,10 @@ pub const KEYS: &[Key] = &[
         "a recording's file name under recording_dir, without extension ({call_id} {business} {consumer} {date} {time} {id}; / makes subdirectories)"),
     key("recording_queue_packets", "recording-queue-packets", "RELAY_RECORDING_QUEUE_PACKETS", Kind::Integer,
         "packet slots (1.5 KiB each, allocated at start) between the shards and the recording writer; beyond, packets are dropped (counted) rather than slow a call"),
+    key("bot_ca_file", "bot-ca-file", "RELAY_BOT_CA_FILE", Kind::Path,
+        "PEM CA certificates trusted for voice bots' wss:// URLs besides the system's roots"),
+    key("bot_connect_timeout", "bot-connect-timeout", "RELAY_BOT_CONNECT_TIMEOUT", Kind::Duration,
+        "a voice bot's WebSocket (TCP, TLS, upgrade) must be open within this, or CreateCall/ReplaceInternalLeg fails with BOT_UNREACHABLE"),
     key("call.ice_connect_timeout", "call-ice-connect-timeout", "RELAY_CALL_ICE_CONNECT_TIMEOUT", Kind::Duration,
         "no working ICE pair within this ends the call (Meta 138020)"),
     key("call.ice_check_rto", "call-ice-check-rto", "RELAY_CALL_ICE_CHECK_RTO", Kind::Duration,
@@ -592,6 +599,8 @@ fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
         "recording_dir" => s.recording.dir = Some(path(v)?),
         "recording_name_template" => s.recording.name_template = non_empty(v)?.to_string(),
         "recording_queue_packets" => s.recording.queue_packets = integer(v, 16, 1 << 20)?,
+        "bot_ca_file" => s.bot.ca_file = Some(path(v)?),
+        "bot_connect_timeout" => s.bot.connect_timeout = duration(v)?,
         "call.ice_connect_timeout" => c.ice_connect_timeout = duration(v)?,
         "call.ice_check_rto" => c.ice_check_rto = duration(v)?,
         "call.consent_interval" => c.consent_interval = duration(v)?,
@@ -668,6 +677,8 @@ fn get(s: &Settings, key: &str) -> Option<toml::Value> {
         "recording_dir" => path(&s.recording.dir),
         "recording_name_template" => text(&s.recording.name_template),
         "recording_queue_packets" => int(s.recording.queue_packets as u64),
+        "bot_ca_file" => path(&s.bot.ca_file),
+        "bot_connect_timeout" => dur(s.bot.connect_timeout),
         "call.ice_connect_timeout" => dur(c.ice_connect_timeout),
         "call.ice_check_rto" => dur(c.ice_check_rto),
         "call.consent_interval" => dur(c.consent_interval),
@@ -818,6 +829,7 @@ impl Settings {
             max_shard_busy: f64::from(self.max_shard_busy_percent) / 100.0,
             call: self.call.clone(),
             recording: self.recording.clone(),
+            bot: self.bot.clone(),
             rate_limit: RateLimitConfig {
                 burst: self.rate_limit_burst,
                 per_second: self.rate_limit_per_second,

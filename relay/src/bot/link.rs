@@ -16,12 +16,12 @@
 //!   digits, played marks), and a doorbell (an eventfd) that wakes the task when it sleeps.
 //!
 //! Every queue is a wait-free single-producer single-consumer ring (`rtrb`): no lock, no
-//! allocation per frame (`tests/bot_alloc.rs` counts). A full queue drops and counts
+//! allocation per frame (`relay/tests/bot_alloc.rs` counts). A full queue drops and counts
 //! ([`LinkCounters`]); it never blocks either side. The doorbell costs one `write(2)` per
 //! frame when the task is asleep and none when it is busy.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
@@ -296,9 +296,9 @@ impl TaskEnd {
         self.up.is_empty() && !self.leg_over()
     }
 
-    /// The doorbell's descriptor, for the task's reactor.
-    pub fn doorbell_fd(&self) -> RawFd {
-        self.shared.doorbell.fd.as_raw_fd()
+    /// A descriptor of the doorbell (a duplicate the caller owns), for the task's reactor.
+    pub fn doorbell_fd(&self) -> io::Result<OwnedFd> {
+        self.shared.doorbell.fd.try_clone()
     }
 
     /// Reset the doorbell after it rang.

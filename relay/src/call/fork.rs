@@ -183,21 +183,27 @@ impl Forks {
         }
     }
 
-    /// After any input: report the listen-in's changes, and retire it once stopped.
-    pub(super) fn report(&mut self, events: &mut std::collections::VecDeque<CallEventKind>) {
-        let Some(l) = self.listen.as_deref_mut() else {
-            return;
-        };
+    /// After any input: report the listen-in's changes, and retire it once stopped. Returns
+    /// the retired session's socket, for the call to give back.
+    #[must_use]
+    pub(super) fn report(
+        &mut self,
+        events: &mut std::collections::VecDeque<CallEventKind>,
+    ) -> Option<SocketRef> {
+        let l = self.listen.as_deref_mut()?;
         while let Some(change) = l.poll_change() {
             events.push_back(CallEventKind::Listen {
                 change,
                 status: Box::new(l.status()),
             });
         }
-        if l.is_stopped() {
-            self.listen_last = Some(Box::new(l.status()));
-            self.listen = None;
+        if !l.is_stopped() {
+            return None;
         }
+        let socket = l.socket();
+        self.listen_last = Some(Box::new(l.status()));
+        self.listen = None;
+        Some(socket)
     }
 
     /// The call's time now: its last input's `now`, or the real clock if that is later (an
@@ -349,7 +355,7 @@ impl Call {
                 if let Some(l) = self.forks.listen.as_deref_mut() {
                     l.stop(STOPPED_BY_REQUEST, out);
                 }
-                self.forks.report(&mut self.events);
+                self.report_listen();
                 Ok(self.listen_status())
             }
             ListenRequest::Start {
@@ -386,7 +392,7 @@ impl Call {
                 // The supervisor reloaded: the old session gives way to the new offer.
                 if let Some(old) = self.forks.listen.as_deref_mut() {
                     old.stop("replaced by a new offer", out);
-                    self.forks.report(&mut self.events);
+                    self.report_listen();
                 }
                 let status = session.status();
                 self.forks.listen = Some(Box::new(session));
@@ -397,8 +403,23 @@ impl Call {
                 Ok(Some(status))
             }
         };
-        self.next_deadline = self.compute_deadline();
+        if self.ended.is_none() {
+            let (gate, rest) = (self.gate_deadline(), self.rest_deadline());
+            self.deadlines.set(gate, rest);
+        }
         result
+    }
+
+    /// The listen-in's socket while one runs.
+    pub fn listen_socket(&self) -> Option<SocketRef> {
+        self.forks.listen_socket()
+    }
+
+    /// Report the listen-in's changes; a stopped one gives its socket back to the engine.
+    pub(super) fn report_listen(&mut self) {
+        if let Some(socket) = self.forks.report(&mut self.events) {
+            self.release_socket(socket);
+        }
     }
 
     fn listen_status(&self) -> Option<ListenStatus> {
@@ -414,7 +435,7 @@ impl Call {
     pub(super) fn end_forks(&mut self, cause: EndCause) {
         if let Some(l) = self.forks.listen.as_deref_mut() {
             l.stop(cause.as_str(), &mut crate::listen::Discard);
-            self.forks.report(&mut self.events);
+            self.report_listen();
         }
         let Some(r) = self.forks.recording.as_deref() else {
             return;

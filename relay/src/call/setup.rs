@@ -247,14 +247,16 @@ impl Call {
             dtls_connected_after: None,
             events: VecDeque::from([crate::api::CallEventKind::Created]),
             ended: None,
-            next_deadline: None,
+            deadlines: Default::default(),
+            fed_control: false,
             forks: Default::default(),
             released_sockets: Vec::new(),
+            bot: None,
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs
         // `handle_timeout` as soon as it inserts the call.
-        call.next_deadline = Some(now);
+        call.deadlines.set(None, Some(now));
         Ok(Created {
             call,
             whatsapp_sdp,
@@ -463,6 +465,9 @@ pub(crate) fn build_internal(
             let sdp = build_webrtc(&mut leg, spec, setup, cname, now)?;
             return Ok((leg, None, sdp));
         }
+        // A bot has no SDP and no RTP peer (`secure` keeps the UDP port refusing everything):
+        // its connected WebSocket is attached to the call afterwards (`Call::attach_bot`).
+        InternalKind::WebSocket(_) => return Ok((leg, None, String::new())),
     };
     if let Some(text) = &spec.remote_sdp {
         let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;

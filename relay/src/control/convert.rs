@@ -145,6 +145,9 @@ pub fn internal_leg(leg: pb::InternalLeg) -> Result<InternalLegSpec, ApiError> {
             leg.srtp_profile,
         )?),
         pb::InternalTransport::Webrtc => InternalKind::WebRtc,
+        pb::InternalTransport::Websocket => InternalKind::WebSocket(std::sync::Arc::new(
+            crate::bot::target_from_pb(leg.websocket.unwrap_or_default())?,
+        )),
     };
     let source = match enum_value("internal.source_policy", leg.source_policy)? {
         pb::SourcePolicy::Unspecified | pb::SourcePolicy::Strict => SourcePolicy::Strict,
@@ -271,6 +274,8 @@ pub fn end_cause(c: EndCause) -> pb::EndCause {
         EndCause::AnswerTimeout => pb::EndCause::AnswerTimeout,
         EndCause::AcceptTimeout => pb::EndCause::AcceptTimeout,
         EndCause::MaxDuration => pb::EndCause::MaxDuration,
+        EndCause::BotHangup => pb::EndCause::BotHangup,
+        EndCause::BotFailed => pb::EndCause::BotFailed,
     }
 }
 

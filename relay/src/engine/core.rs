@@ -144,6 +144,8 @@ pub(crate) enum Command {
         call_id: String,
         spec: InternalLegSpec,
         advertised: Advertised,
+        /// The new peer is a voice bot: its connected WebSocket.
+        bot: Option<crate::bot::client::BotAttach>,
         reply: tokio::sync::oneshot::Sender<Result<InternalLegReplaced, ApiError>>,
     },
     Terminate {
@@ -168,6 +170,12 @@ pub(crate) enum Command {
         call_id: String,
         req: crate::call::fork::RecordRequest,
         reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::RecordingStatus>, ApiError>>,
+    },
+    /// A call's listen-in: stop or status (a start comes with its socket: `WithNewSocket`).
+    Listen {
+        call_id: String,
+        req: crate::call::fork::ListenRequest,
+        reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::ListenStatus>, ApiError>>,
     },
     /// Give a live call one more socket (bound by the control plane) and run `run` with it.
     WithNewSocket {
@@ -518,12 +526,16 @@ impl ShardCore {
                 call_id,
                 spec,
                 advertised,
+                bot,
                 reply,
             } => {
                 let r = self.local_sockets(&call_id).and_then(|sockets| {
                     self.with_call(&call_id, io, |call, out| {
                         let internal_sdp =
                             call.replace_internal_leg(&spec, sockets, advertised, now, out)?;
+                        if let Some(bot) = bot {
+                            call.attach_bot(bot, now)?;
+                        }
                         Ok(InternalLegReplaced {
                             internal_sdp,
                             call: call.info(),
@@ -565,6 +577,13 @@ impl ShardCore {
                 reply,
             } => {
                 let _ = reply.send(self.with_call(&call_id, io, |c, _| c.record(req, now)));
+            }
+            Command::Listen {
+                call_id,
+                req,
+                reply,
+            } => {
+                let _ = reply.send(self.with_call(&call_id, io, |c, out| c.listen(req, now, out)));
             }
             Command::WithNewSocket {
                 call_id,

@@ -24,9 +24,9 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey};
@@ -46,13 +46,14 @@ const PAYLOAD_MASK: u64 = (1 << TAG_SHIFT) - 1;
 const SQ_ENTRIES: u32 = 1024;
 /// Completion queue entries: a turn's receives and send completions.
 const CQ_ENTRIES: u32 = 8192;
-/// Receive buffers in the provided ring (a power of two). When they run out, multishot
-/// receives stop with ENOBUFS and are re-armed; the datagrams wait in their sockets.
-const RECV_BUFFERS: u16 = 2048;
-/// Sends in flight at once (copies the kernel reads until it completes them).
-const SEND_SLOTS: usize = 1024;
+/// Slots in the registered file table (a call socket takes one while its call lives; past
+/// that, sockets are named by descriptor).
+const FIXED_FILES: u32 = 1 << 16;
 /// The buffer group id of the receive ring.
 const BGID: u16 = 0;
+/// `io_uring_enter`'s flag to reap completions (and run deferred completion work); the crate
+/// keeps its `sys` constants private.
+const IORING_ENTER_GETEVENTS: u32 = 1;
 /// Completions copied out of the ring per batch.
 const CQE_BATCH: usize = 256;
 
@@ -67,20 +68,89 @@ fn tagged(tag: u64, payload: u64) -> u64 {
     tag << TAG_SHIFT | (payload & PAYLOAD_MASK)
 }
 
-/// The provided buffer ring: `RECV_BUFFERS` entries the kernel picks receive buffers from, and
+/// How the driver is sized and tuned. Production uses [`UringConfig::default`]; the tests shrink
+/// the pools to run them dry. `RELAY_URING` (`key=value,...`, the fields' names) overrides the
+/// defaults for benchmarking.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UringConfig {
+    /// Receive buffers in the provided ring (a power of two). When they run out, multishot
+    /// receives stop with ENOBUFS and are re-armed; the datagrams wait in their sockets.
+    pub recv_buffers: u16,
+    /// Sends in flight at once (copies the kernel reads until it completes them).
+    pub send_slots: u16,
+    /// Batched wait: once the loop waits, let completions gather for up to this long before
+    /// waking (`min_wait_usec`, kernel 6.12+), unless `batch_want` arrive first. 0: wake at the
+    /// first completion.
+    pub batch_wait_us: u32,
+    /// Completions that end a batched wait early.
+    pub batch_want: u32,
+    /// Name sockets by registered file index (`IOSQE_FIXED_FILE`) instead of descriptor.
+    pub fixed_files: bool,
+    /// Benchmark only: `connect` a socket to the first peer it sends to and send without an
+    /// address after that. Not safe for production: a connected socket no longer receives from
+    /// other sources (a new ICE candidate, a transfer's new peer before our first send).
+    pub connect: bool,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        UringConfig {
+            recv_buffers: 2048,
+            send_slots: 1024,
+            batch_wait_us: 0,
+            batch_want: 32,
+            fixed_files: false,
+            connect: false,
+        }
+    }
+}
+
+impl UringConfig {
+    /// The defaults with `RELAY_URING`'s overrides (unknown keys and bad values are logged and
+    /// ignored).
+    pub(crate) fn from_env() -> UringConfig {
+        let mut c = UringConfig::default();
+        let Ok(spec) = std::env::var("RELAY_URING") else {
+            return c;
+        };
+        for kv in spec.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            let ok = match k {
+                "recv_buffers" => v
+                    .parse()
+                    .ok()
+                    .filter(|n: &u16| n.is_power_of_two())
+                    .map(|n| c.recv_buffers = n),
+                "send_slots" => v.parse().ok().filter(|n| *n > 0).map(|n| c.send_slots = n),
+                "batch_wait_us" => v.parse().ok().map(|n| c.batch_wait_us = n),
+                "batch_want" => v.parse().ok().filter(|n| *n > 0).map(|n| c.batch_want = n),
+                "fixed_files" => v.parse().ok().map(|b: u8| c.fixed_files = b != 0),
+                "connect" => v.parse().ok().map(|b: u8| c.connect = b != 0),
+                _ => None,
+            };
+            if ok.is_none() {
+                tracing::warn!(setting = kv, "RELAY_URING: ignored");
+            }
+        }
+        c
+    }
+}
+
+/// The provided buffer ring: [`UringConfig::recv_buffers`] entries the kernel picks receive buffers from, and
 /// the buffers themselves. We hand a buffer back after its datagram was processed.
 struct BufRing {
-    /// `RECV_BUFFERS` × 16-byte entries, page-aligned (mmap).
+    /// `entries` × 16-byte entries, page-aligned (mmap).
     ring: *mut BufRingEntry,
     ring_len: usize,
+    entries: u16,
     bufs: Box<[[u8; BUF_SIZE]]>,
     /// Our copy of the tail; published to the kernel after each batch.
     tail: u16,
 }
 
 impl BufRing {
-    fn new() -> io::Result<BufRing> {
-        let ring_len = usize::from(RECV_BUFFERS) * std::mem::size_of::<BufRingEntry>();
+    fn new(entries: u16) -> io::Result<BufRing> {
+        let ring_len = usize::from(entries) * std::mem::size_of::<BufRingEntry>();
         // SAFETY: an anonymous private mapping; checked for failure below.
         let ptr = unsafe {
             libc::mmap(
@@ -98,10 +168,11 @@ impl BufRing {
         let mut r = BufRing {
             ring: ptr.cast(),
             ring_len,
-            bufs: vec![[0u8; BUF_SIZE]; usize::from(RECV_BUFFERS)].into_boxed_slice(),
+            entries,
+            bufs: vec![[0u8; BUF_SIZE]; usize::from(entries)].into_boxed_slice(),
             tail: 0,
         };
-        for bid in 0..RECV_BUFFERS {
+        for bid in 0..entries {
             r.give_back(bid);
         }
         r.publish();
@@ -110,10 +181,10 @@ impl BufRing {
 
     /// Queue buffer `bid` for the kernel (visible at the next [`Self::publish`]).
     fn give_back(&mut self, bid: u16) {
-        let mask = RECV_BUFFERS - 1;
+        let mask = self.entries - 1;
         let i = usize::from(self.tail & mask);
         let addr = self.bufs[usize::from(bid)].as_mut_ptr() as u64;
-        // SAFETY: i < RECV_BUFFERS, inside the mapping; the kernel reads only entries between
+        // SAFETY: i < entries, inside the mapping; the kernel reads only entries between
         // its head and the published tail, and this one is past the published tail.
         let e = unsafe { &mut *self.ring.add(i) };
         e.set_addr(addr);
@@ -137,41 +208,74 @@ impl Drop for BufRing {
     }
 }
 
+/// One call socket as the ring sees it.
+struct SockIo {
+    sock: UdpSocket,
+    /// Its registered file index, when it has one.
+    fixed: Option<u32>,
+    /// The peer it is connected to ([`UringConfig::connect`] only).
+    peer: Option<SocketAddr>,
+}
+
+impl SockIo {
+    fn target(&self) -> Target {
+        match self.fixed {
+            Some(i) => Target::Fixed(i),
+            None => Target::Fd(self.sock.as_raw_fd()),
+        }
+    }
+}
+
+/// How an SQE names a socket.
+#[derive(Copy, Clone)]
+enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
 struct CallIo {
     generation: u32,
-    sockets: Vec<Option<UdpSocket>>,
+    sockets: Vec<Option<SockIo>>,
 }
 
 /// The send side: the ring (its submission queue), the call sockets' table and the send slab.
 pub(crate) struct UringIo {
     ring: IoUring,
+    cfg: UringConfig,
     calls: Vec<Option<CallIo>>,
     /// Send copies and their destinations, by slot; `free` lists the slots not in flight.
     send_bufs: Box<[[u8; BUF_SIZE]]>,
     send_addrs: Box<[libc::sockaddr_storage]>,
     free: Vec<u16>,
+    /// Registered file indices not in use (empty without [`UringConfig::fixed_files`]).
+    fixed_free: Vec<u32>,
     /// The msghdr every multishot receive is armed with (only its name/control lengths are
     /// read; kept alive for the ring's lifetime).
     recv_msg: Box<libc::msghdr>,
-    /// Sockets of ended calls, closed once the SQEs that use them were submitted.
+    /// Sockets of ended calls, closed (and their file slots released) once the SQEs that use
+    /// them were submitted.
     closing: Vec<UdpSocket>,
-    /// Completions reaped while waiting for a free send slot, for the next `deliver`.
+    closing_fixed: Vec<u32>,
+    /// Completions reaped while freeing send slots, for the next `deliver`.
     deferred: Vec<cqueue::Entry>,
     sent: u64,
     send_errors: u64,
+    /// Sends dropped because every send slot was in flight (counted in `send_errors` too).
+    send_slots_full: u64,
     enters: u64,
 }
 
 impl UringIo {
-    fn fd(&self, key: SockKey) -> Option<RawFd> {
-        let c = self.calls.get(key.call.slot as usize)?.as_ref()?;
+    fn sock(&mut self, key: SockKey) -> Option<&mut SockIo> {
+        let c = self.calls.get_mut(key.call.slot as usize)?.as_mut()?;
         if c.generation != key.call.generation {
             return None;
         }
-        c.sockets
-            .get(usize::from(key.socket))?
-            .as_ref()
-            .map(|s| s.as_raw_fd())
+        c.sockets.get_mut(usize::from(key.socket))?.as_mut()
+    }
+
+    fn target(&mut self, key: SockKey) -> Option<Target> {
+        self.sock(key).map(|s| s.target())
     }
 
     /// Queue one SQE; when the queue is full, submit what is there first.
@@ -187,14 +291,31 @@ impl UringIo {
                 tracing::error!(error = %e, "io_uring submit failed");
                 return;
             }
+            self.after_submit();
         }
     }
 
-    fn arm_recv(&mut self, key: SockKey, fd: RawFd) {
-        let sqe = opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msg, BGID)
-            .build()
-            .user_data(tagged(TAG_RECV, key.encode()));
-        self.push(&sqe);
+    /// The SQEs that named ended calls' sockets have been issued: close them and free their
+    /// file slots.
+    fn after_submit(&mut self) {
+        self.closing.clear();
+        if self.closing_fixed.is_empty() {
+            return;
+        }
+        for i in std::mem::take(&mut self.closing_fixed) {
+            match self.ring.submitter().register_files_update(i, &[-1]) {
+                Ok(_) => self.fixed_free.push(i),
+                Err(e) => tracing::warn!(error = %e, index = i, "io_uring file slot release"),
+            }
+        }
+    }
+
+    fn arm_recv(&mut self, key: SockKey, target: Target) {
+        let sqe = match target {
+            Target::Fd(fd) => opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msg, BGID).build(),
+            Target::Fixed(i) => opcode::RecvMsgMulti::new(Fixed(i), &*self.recv_msg, BGID).build(),
+        };
+        self.push(&sqe.user_data(tagged(TAG_RECV, key.encode())));
     }
 
     /// A send completed: its slot is free again.
@@ -207,33 +328,39 @@ impl UringIo {
         }
     }
 
-    /// Every send slot is in flight: submit, wait for a completion, and keep the receive
-    /// completions reaped meanwhile for the next `deliver`.
-    fn wait_for_send_slot(&mut self) {
-        while self.free.is_empty() {
-            self.enters += 1;
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "io_uring wait for a send slot failed");
-                    return;
-                }
-            }
-            let mut cq = self.ring.completion();
-            cq.sync();
-            for cqe in &mut cq {
-                let ud = cqe.user_data();
-                if ud >> TAG_SHIFT == TAG_SEND {
-                    self.free.push((ud & PAYLOAD_MASK) as u16);
-                    if cqe.result() < 0 {
-                        self.send_errors += 1;
-                    } else {
-                        self.sent += 1;
-                    }
+    /// Every send slot is in flight: submit what is queued and collect the completions that
+    /// are ready, without waiting (UDP sends complete as they are issued, so this frees the
+    /// slots unless the kernel is holding sends back). Receive completions reaped meanwhile
+    /// are kept for the next `deliver`.
+    fn reap_sends(&mut self) {
+        let pending = self.ring.submission().len() as u32;
+        self.enters += 1;
+        // SAFETY: no argument pointer (GETEVENTS with min_complete 0 runs the deferred
+        // completion work and returns).
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(pending, 0, IORING_ENTER_GETEVENTS, None)
+        };
+        if let Err(e) = r
+            && e.raw_os_error() != Some(libc::EINTR)
+        {
+            tracing::error!(error = %e, "io_uring submit (send slots full) failed");
+        }
+        self.after_submit();
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            let ud = cqe.user_data();
+            if ud >> TAG_SHIFT == TAG_SEND {
+                self.free.push((ud & PAYLOAD_MASK) as u16);
+                if cqe.result() < 0 {
+                    self.send_errors += 1;
                 } else {
-                    self.deferred.push(cqe);
+                    self.sent += 1;
                 }
+            } else {
+                self.deferred.push(cqe);
             }
         }
     }
@@ -241,30 +368,43 @@ impl UringIo {
 
 impl ShardIo for UringIo {
     fn send(&mut self, via: SockKey, to: SocketAddr, data: &[u8]) {
-        let Some(fd) = self.fd(via) else {
-            self.send_errors += 1;
-            return;
-        };
         if data.len() > BUF_SIZE {
             self.send_errors += 1;
             return;
         }
         if self.free.is_empty() {
-            self.wait_for_send_slot();
+            self.reap_sends();
         }
-        let Some(slot) = self.free.pop() else {
+        let connect = self.cfg.connect;
+        let Some(sock) = self.sock(via) else {
             self.send_errors += 1;
+            return;
+        };
+        let target = sock.target();
+        let connected = connect && sock_connected(sock, to);
+        let Some(slot) = self.free.pop() else {
+            // Dropped and counted: waiting here would stall every call of the shard.
+            self.send_errors += 1;
+            self.send_slots_full += 1;
             return;
         };
         let i = usize::from(slot);
         self.send_bufs[i][..data.len()].copy_from_slice(data);
-        let addr_len = std_to_sockaddr(to, &mut self.send_addrs[i]);
-        let sqe = opcode::Send::new(Fd(fd), self.send_bufs[i].as_ptr(), data.len() as u32)
-            .dest_addr((&self.send_addrs[i] as *const libc::sockaddr_storage).cast())
-            .dest_addr_len(addr_len)
-            .build()
-            .user_data(tagged(TAG_SEND, u64::from(slot)));
-        self.push(&sqe);
+        let buf = self.send_bufs[i].as_ptr();
+        let len = data.len() as u32;
+        let sqe = match target {
+            Target::Fd(fd) => opcode::Send::new(Fd(fd), buf, len),
+            Target::Fixed(f) => opcode::Send::new(Fixed(f), buf, len),
+        };
+        let sqe = if connected {
+            sqe.build()
+        } else {
+            let addr_len = std_to_sockaddr(to, &mut self.send_addrs[i]);
+            sqe.dest_addr((&self.send_addrs[i] as *const libc::sockaddr_storage).cast())
+                .dest_addr_len(addr_len)
+                .build()
+        };
+        self.push(&sqe.user_data(tagged(TAG_SEND, u64::from(slot))));
     }
 
     fn attach(&mut self, call: SlotKey, sockets: Vec<Option<UdpSocket>>) {
@@ -272,18 +412,41 @@ impl ShardIo for UringIo {
         if self.calls.len() <= idx {
             self.calls.resize_with(idx + 1, || None);
         }
-        for (i, s) in sockets.iter().enumerate() {
-            if let Some(s) = s {
-                let key = SockKey {
-                    call,
-                    socket: i as u16,
-                };
-                self.arm_recv(key, s.as_raw_fd());
-            }
+        let mut ios = Vec::with_capacity(sockets.len());
+        for (i, s) in sockets.into_iter().enumerate() {
+            let Some(sock) = s else {
+                ios.push(None);
+                continue;
+            };
+            let fixed = self.fixed_free.pop().and_then(|f| {
+                match self
+                    .ring
+                    .submitter()
+                    .register_files_update(f, &[sock.as_raw_fd()])
+                {
+                    Ok(_) => Some(f),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring file registration; using the fd");
+                        self.fixed_free.push(f);
+                        None
+                    }
+                }
+            });
+            let io = SockIo {
+                sock,
+                fixed,
+                peer: None,
+            };
+            let key = SockKey {
+                call,
+                socket: i as u16,
+            };
+            self.arm_recv(key, io.target());
+            ios.push(Some(io));
         }
         self.calls[idx] = Some(CallIo {
             generation: call.generation,
-            sockets,
+            sockets: ios,
         });
     }
 
@@ -309,7 +472,23 @@ impl ShardIo for UringIo {
                 .user_data(tagged(TAG_CANCEL, 0));
             self.push(&cancel);
             // Closed after the next submit: the BYEs queued on it are still to be issued.
-            self.closing.push(s);
+            self.closing.push(s.sock);
+            self.closing_fixed.extend(s.fixed);
+        }
+    }
+}
+
+/// [`UringConfig::connect`]: connect `sock` to `to` on its first send. True when the send may
+/// go without an address.
+fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
+    match sock.peer {
+        Some(p) => p == to,
+        None => {
+            let ok = sock.sock.connect(to).is_ok();
+            if ok {
+                sock.peer = Some(to);
+            }
+            ok
         }
     }
 
@@ -359,12 +538,19 @@ pub(crate) struct UringDriver {
     waker_buf: Box<u64>,
     cqes: Box<[std::mem::MaybeUninit<cqueue::Entry>]>,
     recv_errors: u64,
+    /// Multishot receives stopped because the buffer ring was empty (each re-armed; the
+    /// datagrams waited in their sockets).
+    recv_ring_dry: u64,
 }
 
 impl UringDriver {
     /// Set up the ring on the calling thread (the shard's: `SINGLE_ISSUER` binds the ring to
     /// it). Fails where io_uring or a feature it needs is missing or refused.
     pub(crate) fn new(waker: Waker) -> io::Result<UringDriver> {
+        Self::with_config(waker, UringConfig::from_env())
+    }
+
+    pub(crate) fn with_config(waker: Waker, cfg: UringConfig) -> io::Result<UringDriver> {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -377,13 +563,24 @@ impl UringDriver {
                 "io_uring without IORING_FEAT_EXT_ARG (wait timeouts)",
             ));
         }
+        let mut cfg = cfg;
+        if !ring.params().is_feature_min_timeout() {
+            // Before 6.12: no batched wait, the loop wakes at the first completion.
+            cfg.batch_wait_us = 0;
+        }
+        let fixed_free =
+            if cfg.fixed_files && ring.submitter().register_files_sparse(FIXED_FILES).is_ok() {
+                (0..FIXED_FILES).rev().collect()
+            } else {
+                Vec::new()
+            };
         waker.set_nonblocking(false)?;
-        let bufs = BufRing::new()?;
+        let bufs = BufRing::new(cfg.recv_buffers)?;
         // SAFETY: the ring memory lives in `bufs`, which outlives the ring (field order).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufs.ring as u64,
-                RECV_BUFFERS,
+                cfg.recv_buffers,
                 BGID,
                 0,
             )?;
@@ -393,18 +590,23 @@ impl UringDriver {
         recv_msg.msg_namelen = NAME_LEN as libc::socklen_t;
         // SAFETY: as for RecvBatch::new.
         let zeroed_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let slots = usize::from(cfg.send_slots);
         let mut d = UringDriver {
             io: UringIo {
                 ring,
+                cfg,
                 calls: Vec::new(),
-                send_bufs: vec![[0u8; BUF_SIZE]; SEND_SLOTS].into_boxed_slice(),
-                send_addrs: vec![zeroed_addr; SEND_SLOTS].into_boxed_slice(),
-                free: (0..SEND_SLOTS as u16).rev().collect(),
+                send_bufs: vec![[0u8; BUF_SIZE]; slots].into_boxed_slice(),
+                send_addrs: vec![zeroed_addr; slots].into_boxed_slice(),
+                free: (0..cfg.send_slots).rev().collect(),
+                fixed_free,
                 recv_msg,
                 closing: Vec::new(),
+                closing_fixed: Vec::new(),
                 deferred: Vec::with_capacity(CQ_ENTRIES as usize),
                 sent: 0,
                 send_errors: 0,
+                send_slots_full: 0,
                 enters: 0,
             },
             bufs,
@@ -414,6 +616,7 @@ impl UringDriver {
                 .map(|_| std::mem::MaybeUninit::uninit())
                 .collect(),
             recv_errors: 0,
+            recv_ring_dry: 0,
         };
         d.arm_waker();
         // Prove the ring works before the shard commits to it.
@@ -452,17 +655,20 @@ impl UringDriver {
                 self.deliver_buffer(key, bid, result as usize, now, core);
             }
             self.bufs.give_back(bid);
-        } else if result < 0 && result != -libc::ECANCELED && result != -libc::ENOBUFS {
-            // ENOBUFS: the buffer ring ran dry; the datagrams wait in the socket and the
-            // receive is re-armed below.
+        } else if result == -libc::ENOBUFS {
+            // The buffer ring ran dry: the datagrams wait in the socket (the kernel drops,
+            // and counts in UDP RcvbufErrors, what overflows it) and the receive is re-armed
+            // below.
+            self.recv_ring_dry += 1;
+        } else if result < 0 && result != -libc::ECANCELED {
             self.recv_errors += 1;
         }
         // A multishot receive without F_MORE has stopped (out of buffers, an error): re-arm it
         // if its call is still here.
         if !cqueue::more(flags)
-            && let Some(fd) = self.io.fd(key)
+            && let Some(target) = self.io.target(key)
         {
-            self.io.arm_recv(key, fd);
+            self.io.arm_recv(key, target);
         }
     }
 
@@ -521,18 +727,24 @@ impl Driver for UringDriver {
     }
 
     fn wait(&mut self, deadline: Instant) -> io::Result<()> {
-        // Completions reaped while waiting for a send slot are ready now.
-        let deadline = if self.io.deferred.is_empty() {
-            deadline
+        // Completions reaped while freeing send slots are ready now.
+        let timeout = if self.io.deferred.is_empty() {
+            deadline.saturating_duration_since(Instant::now())
         } else {
-            Instant::now()
+            Duration::ZERO
         };
-        let ts = Timespec::from(deadline.saturating_duration_since(Instant::now()));
+        let ts = Timespec::from(timeout);
         let args = SubmitArgs::new().timespec(&ts);
+        let batch = self.io.cfg.batch_wait_us;
+        // A batched wait only when it ends before the deadline (the timer must not be late).
+        let (want, args) = if batch > 0 && timeout > Duration::from_micros(u64::from(batch)) {
+            (self.io.cfg.batch_want as usize, args.min_wait_usec(batch))
+        } else {
+            (1, args)
+        };
         self.io.enters += 1;
-        let r = self.io.ring.submitter().submit_with_args(1, &args);
-        // The SQEs that named the ended calls' sockets have been issued: close them.
-        self.io.closing.clear();
+        let r = self.io.ring.submitter().submit_with_args(want, &args);
+        self.io.after_submit();
         match r {
             Ok(_) => Ok(()),
             Err(e)
@@ -586,7 +798,7 @@ impl Driver for UringDriver {
     fn finish(&mut self) {
         self.io.enters += 1;
         let _ = self.io.ring.submit();
-        self.io.closing.clear();
+        self.io.after_submit();
     }
 
     fn counters(&self) -> IoCounters {

@@ -22,6 +22,8 @@
 //! [`ListenSession::forward`] per packet of the call.
 
 pub mod sdp;
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -7,152 +7,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::sdp::tests::CHROME_OFFER;
+use super::testing::{SUPERVISOR, Supervisor};
 use super::*;
-use crate::dtls::{DtlsConfig, DtlsDriver, DtlsEvent, DtlsIdentity, DtlsRole};
-use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
+use crate::dtls::DtlsIdentity;
+use crate::ice::IceCredentials;
 use crate::net::{Sent, VecOutbox};
-use crate::srtp::SrtpSession;
-use crate::wire::classify::{PacketKind, classify};
 use crate::wire::rtp;
 
 const FORK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 31000);
-const SUPERVISOR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 30, 0, 7)), 50100);
 const FORK_SOCKET: SocketRef = SocketRef::new(3);
-
-/// The supervisor's browser.
-struct Supervisor {
-    ice: ControllingAgent,
-    dtls: DtlsDriver,
-    srtp: Option<SrtpSession>,
-    identity: Arc<DtlsIdentity>,
-    /// Plaintext RTP received, in order.
-    got: Vec<Vec<u8>>,
-    closed: bool,
-    /// The tab is gone: nothing answered or sent.
-    gone: bool,
-}
-
-impl Supervisor {
-    /// The browser and its offer (Chrome's shape with our credentials and certificate).
-    fn new(now: Instant) -> (Supervisor, String) {
-        let identity = Arc::new(DtlsIdentity::generate().expect("browser certificate"));
-        let creds = IceCredentials::new("Wq7b", "5Tg0s5hX2XJq6VQxE0m1qW2y");
-        let mut ice = ControllingAgent::new(creds, now, IceConfig::default());
-        ice.add_local(SocketRef::new(0), SUPERVISOR);
-        let offer = CHROME_OFFER.replace(
-            "sha-256 0F:74:31:25:CB:A2:13:EC:28:6F:6D:2C:61:FF:5D:C2:BC:B9:DB:3D:98:14:8D:1A:BB:EA:33:0C:A4:60:A8:8E",
-            &identity.fingerprint().to_sdp_value(),
-        );
-        let dtls = DtlsDriver::new(
-            identity.clone(),
-            &DtlsConfig::default(),
-            DtlsRole::Client,
-            crate::dtls::Fingerprint {
-                algorithm: String::new(),
-                bytes: Vec::new(),
-            },
-            now,
-        );
-        let s = Supervisor {
-            ice,
-            dtls,
-            srtp: None,
-            identity,
-            got: Vec::new(),
-            closed: false,
-            gone: false,
-        };
-        (s, offer)
-    }
-
-    /// Take the relay's answer: its credentials, its one candidate, its fingerprint.
-    fn accept(&mut self, answer: &str, now: Instant) {
-        let attr = |name: &str| {
-            answer
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("a={name}:")))
-                .unwrap_or_else(|| panic!("a={name} in the answer"))
-                .to_string()
-        };
-        self.ice
-            .set_remote_credentials(IceCredentials::new(attr("ice-ufrag"), attr("ice-pwd")));
-        let cand = attr("candidate");
-        let f: Vec<&str> = cand.split(' ').collect();
-        let addr = SocketAddr::new(f[4].parse().unwrap(), f[5].parse().unwrap());
-        self.ice.add_remote_candidate(addr, f[3].parse().unwrap());
-        let fp = crate::dtls::Fingerprint::parse_sdp_value(&attr("fingerprint")).unwrap();
-        self.dtls = DtlsDriver::new(
-            self.identity.clone(),
-            &DtlsConfig::default(),
-            DtlsRole::Client,
-            fp,
-            now,
-        );
-    }
-
-    fn handle(&mut self, now: Instant, from: SocketAddr, data: &mut [u8], out: &mut VecOutbox) {
-        if self.gone {
-            return;
-        }
-        match classify(data) {
-            PacketKind::Stun => {
-                let msg = crate::wire::stun::parse(data).unwrap();
-                self.ice
-                    .handle_stun(now, SocketRef::new(0), from, &msg, data, out);
-            }
-            PacketKind::Dtls => self.dtls.handle_datagram(now, data),
-            PacketKind::Rtp => {
-                let srtp = self.srtp.as_mut().expect("keys before media");
-                let len = data.len();
-                let n = srtp
-                    .rx
-                    .unprotect_rtp(&mut data[..len])
-                    .expect("authentic SRTP");
-                self.got.push(data[..n].to_vec());
-            }
-            other => panic!("unexpected {other:?} at the supervisor"),
-        }
-        self.after(now, out);
-    }
-
-    fn after(&mut self, now: Instant, out: &mut VecOutbox) {
-        while let Some(ev) = self.ice.poll_event() {
-            if matches!(ev, crate::ice::IceEvent::Connected { .. }) {
-                self.dtls.start(now);
-            }
-        }
-        if let Some((via, to)) = self.ice.selected() {
-            let mut buf = [0u8; 2048];
-            while let Some(n) = self.dtls.poll_transmit(&mut buf) {
-                out.push(via, to, &buf[..n]);
-            }
-        }
-        while let Some(ev) = self.dtls.poll_event() {
-            match ev {
-                DtlsEvent::Connected { keys, .. } => self.srtp = SrtpSession::new(&keys).ok(),
-                DtlsEvent::Closed => self.closed = true,
-                DtlsEvent::Failed(f) => panic!("supervisor DTLS failed: {f}"),
-            }
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        if self.gone {
-            return None;
-        }
-        [self.ice.poll_timeout(), self.dtls.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
-    fn handle_timeout(&mut self, now: Instant, out: &mut VecOutbox) {
-        self.ice.handle_timeout(now, out);
-        self.dtls.handle_timeout(now);
-        self.after(now, out);
-    }
-}
 
 struct Sim {
     now: Instant,
@@ -166,7 +29,8 @@ struct Sim {
 impl Sim {
     fn new(cfg: &CallConfig) -> Sim {
         let now = Instant::now();
-        let (mut sup, offer) = Supervisor::new(now);
+        let mut sup = Supervisor::new(now);
+        let offer = sup.offer();
         let identity = Arc::new(DtlsIdentity::generate().expect("relay certificate"));
         let session = ListenSession::new(
             &offer,
@@ -181,7 +45,8 @@ impl Sim {
             now,
         )
         .expect("the session answers Chrome's offer");
-        sup.accept(session.answer(), now);
+        sup.accept(session.answer(), now)
+            .expect("the browser takes the answer");
         Sim {
             now,
             session,
@@ -326,6 +191,7 @@ fn both_tracks_reach_the_supervisor_with_their_own_ssrc_and_continuous_numbering
     assert_eq!(&first_agent.unwrap()[12..], &[0x78, 0, 9]);
     let st = s.session.status();
     assert_eq!((st.consumer_packets, st.agent_packets), (50, 50));
+    assert!(s.sup.trouble.is_empty(), "{:?}", s.sup.trouble);
 }
 
 #[test]

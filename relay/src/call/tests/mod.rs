@@ -4,12 +4,14 @@
 
 mod harness;
 
+mod bot;
 mod dtls_state;
 mod fill;
 mod g711;
 mod gate;
 mod keepalive;
 mod lifetime;
+mod listen;
 mod record;
 mod replace;
 mod replay;
