@@ -364,6 +364,28 @@ impl UringIo {
             }
         }
     }
+    /// A socket joining the ring: registered as a fixed file while a slot is free.
+    fn sock_io(&mut self, sock: UdpSocket) -> SockIo {
+        let fixed = self.fixed_free.pop().and_then(|f| {
+            match self
+                .ring
+                .submitter()
+                .register_files_update(f, &[sock.as_raw_fd()])
+            {
+                Ok(_) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring file registration; using the fd");
+                    self.fixed_free.push(f);
+                    None
+                }
+            }
+        });
+        SockIo {
+            sock,
+            fixed,
+            peer: None,
+        }
+    }
 }
 
 impl ShardIo for UringIo {
@@ -418,25 +440,7 @@ impl ShardIo for UringIo {
                 ios.push(None);
                 continue;
             };
-            let fixed = self.fixed_free.pop().and_then(|f| {
-                match self
-                    .ring
-                    .submitter()
-                    .register_files_update(f, &[sock.as_raw_fd()])
-                {
-                    Ok(_) => Some(f),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "io_uring file registration; using the fd");
-                        self.fixed_free.push(f);
-                        None
-                    }
-                }
-            });
-            let io = SockIo {
-                sock,
-                fixed,
-                peer: None,
-            };
+            let io = self.sock_io(sock);
             let key = SockKey {
                 call,
                 socket: i as u16,
@@ -476,21 +480,6 @@ impl ShardIo for UringIo {
             self.closing_fixed.extend(s.fixed);
         }
     }
-}
-
-/// [`UringConfig::connect`]: connect `sock` to `to` on its first send. True when the send may
-/// go without an address.
-fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
-    match sock.peer {
-        Some(p) => p == to,
-        None => {
-            let ok = sock.sock.connect(to).is_ok();
-            if ok {
-                sock.peer = Some(to);
-            }
-            ok
-        }
-    }
 
     fn attach_socket(&mut self, key: SockKey, socket: UdpSocket) -> io::Result<()> {
         let Some(c) = self
@@ -505,9 +494,15 @@ fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
         if c.sockets.len() <= i {
             c.sockets.resize_with(i + 1, || None);
         }
-        let fd = socket.as_raw_fd();
-        c.sockets[i] = Some(socket);
-        self.arm_recv(key, fd);
+        let io = self.sock_io(socket);
+        self.arm_recv(key, io.target());
+        if let Some(c) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+        {
+            c.sockets[i] = Some(io);
+        }
         Ok(())
     }
 
@@ -525,7 +520,23 @@ fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
             .build()
             .user_data(tagged(TAG_CANCEL, 0));
         self.push(&cancel);
-        self.closing.push(s);
+        self.closing.push(s.sock);
+        self.closing_fixed.extend(s.fixed);
+    }
+}
+
+/// [`UringConfig::connect`]: connect `sock` to `to` on its first send. True when the send may
+/// go without an address.
+fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
+    match sock.peer {
+        Some(p) => p == to,
+        None => {
+            let ok = sock.sock.connect(to).is_ok();
+            if ok {
+                sock.peer = Some(to);
+            }
+            ok
+        }
     }
 }
 
