@@ -310,11 +310,7 @@ impl Call {
             .counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(
-                hdr.sequence,
-                hdr.timestamp,
-                arrival,
-            );
+            .update(hdr.sequence, hdr.timestamp, arrival);
         self.watchdog.on_internal_rtp(now);
         if !self.first_media_from_internal {
             self.first_media_from_internal = true;

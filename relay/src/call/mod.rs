@@ -21,10 +21,10 @@ mod rtcp;
 pub mod seq_window;
 mod setup;
 pub mod stats;
-pub mod transcode;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod transcode;
 mod watchdog;
 
 use std::collections::VecDeque;

@@ -170,7 +170,17 @@ impl Call {
                 &mut |f: PcmFrame<'_>| {
                     seqs = seqs.wrapping_add(1);
                     let marker = std::mem::take(&mut first);
-                    send_internal(internal, now, ssrc, seqs, f.timestamp, marker, pt, f.payload, out);
+                    send_internal(
+                        internal,
+                        now,
+                        ssrc,
+                        seqs,
+                        f.timestamp,
+                        marker,
+                        pt,
+                        f.payload,
+                        out,
+                    );
                 },
             );
             tc.seq_to_internal = seqs;
@@ -218,19 +228,21 @@ impl Call {
         if hdr.payload_type == audio_pt {
             let ssrc = hdr.ssrc;
             let mut seqs = tc.seq_to_whatsapp;
-            let r = tc.to_whatsapp.push(hdr.ssrc, hdr.timestamp, payload, &mut |f: OpusFrame<'_>| {
-                seqs = seqs.wrapping_add(1);
-                self.route_generated_to_whatsapp(
-                    now,
-                    ssrc,
-                    seqs,
-                    f.timestamp,
-                    f.discontinuity,
-                    audio_pt,
-                    f.payload,
-                    out,
-                );
-            });
+            let r = tc
+                .to_whatsapp
+                .push(hdr.ssrc, hdr.timestamp, payload, &mut |f: OpusFrame<'_>| {
+                    seqs = seqs.wrapping_add(1);
+                    self.route_generated_to_whatsapp(
+                        now,
+                        ssrc,
+                        seqs,
+                        f.timestamp,
+                        f.discontinuity,
+                        audio_pt,
+                        f.payload,
+                        out,
+                    );
+                });
             tc.seq_to_whatsapp = seqs;
             if r.is_err() {
                 self.internal.counters.drop(DropReason::Malformed);
@@ -241,7 +253,9 @@ impl Call {
                     let ts = tc.to_whatsapp.map_timestamp(hdr.timestamp);
                     let seq = tc.next_seq_to_whatsapp();
                     let pt = hdr.payload_type;
-                    self.route_generated_to_whatsapp(now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out);
+                    self.route_generated_to_whatsapp(
+                        now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out,
+                    );
                 }
                 None => self.internal.counters.drop(DropReason::Malformed),
             }
@@ -357,7 +371,10 @@ mod tests {
         assert_eq!(translate_event(&p, 8000, 8000), Some(p));
         // A 48 kHz event clock (a browser's telephone-event/48000) to G.711's 8 kHz.
         let at48 = [9u8, 0x80 | 10, 0x09, 0x60]; // 2400 units = 50 ms, end bit
-        assert_eq!(translate_event(&at48, 48_000, 8000), Some([9, 0x80 | 10, 0x01, 0x90]));
+        assert_eq!(
+            translate_event(&at48, 48_000, 8000),
+            Some([9, 0x80 | 10, 0x01, 0x90])
+        );
         assert_eq!(translate_event(&[1, 2], 8000, 8000), None);
     }
 }

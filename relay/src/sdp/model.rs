@@ -277,15 +277,18 @@ impl AudioMedia {
     /// (RFC 3551 §6 lets an SDP rely on the static assignment).
     pub fn g711_pt(&self) -> Option<(u8, crate::codec::g711::G711)> {
         use crate::codec::g711::G711;
-        self.formats.iter().copied().find_map(|pt| match self.rtpmap(pt) {
-            Some(m) if m.clock_rate == 8000 && m.channels.unwrap_or(1) == 1 => {
-                G711::from_encoding_name(&m.encoding).map(|law| (pt, law))
-            }
-            Some(_) => None,
-            None if pt == 0 => Some((0, G711::Ulaw)),
-            None if pt == 8 => Some((8, G711::Alaw)),
-            None => None,
-        })
+        self.formats
+            .iter()
+            .copied()
+            .find_map(|pt| match self.rtpmap(pt) {
+                Some(m) if m.clock_rate == 8000 && m.channels.unwrap_or(1) == 1 => {
+                    G711::from_encoding_name(&m.encoding).map(|law| (pt, law))
+                }
+                Some(_) => None,
+                None if pt == 0 => Some((0, G711::Ulaw)),
+                None if pt == 8 => Some((8, G711::Alaw)),
+                None => None,
+            })
     }
 
     /// The `telephone-event` payload type at this clock rate (WhatsApp uses 8000).

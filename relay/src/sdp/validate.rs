@@ -9,8 +9,8 @@ use base64::Engine as _;
 
 use super::error::SdpError;
 use super::model::{Candidate, Direction, Fingerprint, MediaProto, SessionDescription, Setup};
-use crate::srtp::{MasterKey, SrtpProfile};
 use crate::codec::g711::G711;
+use crate::srtp::{MasterKey, SrtpProfile};
 
 /// The clock rate of the `telephone-event` payload the relay forwards (RFC 4733 at 8 kHz).
 pub const TELEPHONE_EVENT_CLOCK: u32 = 8000;

@@ -35,7 +35,9 @@ fn asterisk_sdp(formats: &str, extra: &str) -> String {
 
 fn tone(freq: f64, rate: u32, start: usize, n: usize) -> Vec<i16> {
     (start..start + n)
-        .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16)
+        .map(|i| {
+            (8000.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16
+        })
         .collect()
 }
 
@@ -52,7 +54,13 @@ fn rms(x: &[i16]) -> f64 {
 /// A plain RTP packet from the media server.
 fn server_packet(seq: u16, ts: u32, pt: u8, marker: bool, payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 12 + payload.len()];
-    let fields = RtpHeaderFields { marker, payload_type: pt, sequence: seq, timestamp: ts, ssrc: 0x5151 };
+    let fields = RtpHeaderFields {
+        marker,
+        payload_type: pt,
+        sequence: seq,
+        timestamp: ts,
+        ssrc: 0x5151,
+    };
     rtp::write_header(&mut buf, &fields).unwrap();
     buf[12..].copy_from_slice(payload);
     buf
@@ -62,7 +70,10 @@ fn server_packet(seq: u16, ts: u32, pt: u8, marker: bool, payload: &[u8]) -> Vec
 fn meta_speaks(sim: &mut Sim, frames: u32, lose: &[u32]) {
     let mut enc = OpusEncoder::new(
         48_000,
-        OpusEncoderConfig { loss_percent: 20, ..OpusEncoderConfig::toward_whatsapp() },
+        OpusEncoderConfig {
+            loss_percent: 20,
+            ..OpusEncoderConfig::toward_whatsapp()
+        },
     )
     .unwrap();
     for i in 0..frames {
@@ -92,9 +103,15 @@ fn a_pcmu_only_media_server_gets_pcmu_and_whatsapp_gets_opus() {
     let mut sim = Sim::with_internal_sdp(Leg::Dtls, CallConfig::default(), asterisk_sdp("0", ""));
     // The relay answers in the server's codec, with no Opus.
     let answer = &sim.internal_answer;
-    assert!(answer.contains("m=audio 20000 RTP/AVP 0 101\r\n"), "{answer}");
+    assert!(
+        answer.contains("m=audio 20000 RTP/AVP 0 101\r\n"),
+        "{answer}"
+    );
     assert!(answer.contains("a=rtpmap:0 PCMU/8000\r\n"), "{answer}");
-    assert!(answer.contains("a=rtpmap:101 telephone-event/8000\r\n"), "{answer}");
+    assert!(
+        answer.contains("a=rtpmap:101 telephone-event/8000\r\n"),
+        "{answer}"
+    );
     assert!(!answer.to_ascii_lowercase().contains("opus"), "{answer}");
 
     sim.connect();
@@ -107,7 +124,11 @@ fn a_pcmu_only_media_server_gets_pcmu_and_whatsapp_gets_opus() {
     assert_eq!(got.len(), 50, "49 received + 1 rebuilt");
     for w in got.windows(2) {
         assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
-        assert_eq!(w[1].ts.wrapping_sub(w[0].ts), 160, "8 kHz clock, 20 ms frames");
+        assert_eq!(
+            w[1].ts.wrapping_sub(w[0].ts),
+            160,
+            "8 kHz clock, 20 ms frames"
+        );
     }
     assert!(got.iter().all(|r| r.payload.len() == 160));
     let pcm: Vec<i16> = got[10..]
@@ -169,7 +190,10 @@ fn dtmf_crosses_with_each_sides_clock() {
     // Meta presses 5: three packets of one event starting at the next audio timestamp
     // (90_000 + 5 * 960), durations in 8 kHz units (its telephone-event/8000).
     let event_ts = 90_000u32 + 5 * 960;
-    for (k, (dur, end)) in [(160u16, false), (320, false), (320, true)].into_iter().enumerate() {
+    for (k, (dur, end)) in [(160u16, false), (320, false), (320, true)]
+        .into_iter()
+        .enumerate()
+    {
         let mut buf = [0u8; 64];
         let fields = RtpHeaderFields {
             marker: k == 0,
@@ -179,12 +203,20 @@ fn dtmf_crosses_with_each_sides_clock() {
             ssrc: 0xabcd,
         };
         let h = rtp::write_header(&mut buf, &fields).unwrap();
-        buf[h..h + 4].copy_from_slice(&[5, if end { 0x80 | 10 } else { 10 }, (dur >> 8) as u8, dur as u8]);
+        buf[h..h + 4].copy_from_slice(&[
+            5,
+            if end { 0x80 | 10 } else { 10 },
+            (dur >> 8) as u8,
+            dur as u8,
+        ]);
         let len = sim.meta.protect_rtp(&mut buf, h + 4).unwrap();
         sim.inject_wa(META, &mut buf, len);
         sim.run_for(PTIME);
     }
-    assert!(sim.event(|e| matches!(e, CallEventKind::DtmfReceived { digit: '5', .. })).is_some());
+    assert!(
+        sim.event(|e| matches!(e, CallEventKind::DtmfReceived { digit: '5', .. }))
+            .is_some()
+    );
     let audio: Vec<&Rtp> = sim.to_internal.iter().filter(|r| r.pt == 8).collect();
     let events: Vec<&Rtp> = sim.to_internal.iter().filter(|r| r.pt == 101).collect();
     assert_eq!(events.len(), 3);
@@ -193,7 +225,11 @@ fn dtmf_crosses_with_each_sides_clock() {
     assert_eq!(events[0].ts, last_audio.ts.wrapping_add(160));
     assert!(events.iter().all(|e| e.ts == events[0].ts));
     assert!(events[0].marker);
-    assert_eq!(events[2].payload, vec![5, 0x80 | 10, 0x01, 0x40], "duration 320 at 8 kHz");
+    assert_eq!(
+        events[2].payload,
+        vec![5, 0x80 | 10, 0x01, 0x40],
+        "duration 320 at 8 kHz"
+    );
     // One sequence with the audio.
     assert_eq!(events[0].seq, last_audio.seq.wrapping_add(1));
 
@@ -208,17 +244,40 @@ fn dtmf_crosses_with_each_sides_clock() {
         sim.inject_internal(MEDIA_SERVER, &mut pkt, len);
         sim.run_for(PTIME);
     }
-    let mut ev = server_packet(45, 16_000 + 5 * 160, 101, true, &[11, 0x80 | 10, 0x03, 0x20]);
+    let mut ev = server_packet(
+        45,
+        16_000 + 5 * 160,
+        101,
+        true,
+        &[11, 0x80 | 10, 0x03, 0x20],
+    );
     let len = ev.len();
     sim.inject_internal(MEDIA_SERVER, &mut ev, len);
     sim.run_for(PTIME);
     let to_wa: Vec<&Rtp> = sim.wa_rtp().into_iter().filter(|r| r.at >= start).collect();
-    let audio: Vec<&&Rtp> = to_wa.iter().filter(|r| r.pt == META_OPUS_PT && !r.is_silence()).collect();
-    let event = to_wa.iter().find(|r| r.pt == META_TE_PT).expect("the event reached WhatsApp");
+    let audio: Vec<&&Rtp> = to_wa
+        .iter()
+        .filter(|r| r.pt == META_OPUS_PT && !r.is_silence())
+        .collect();
+    let event = to_wa
+        .iter()
+        .find(|r| r.pt == META_TE_PT)
+        .expect("the event reached WhatsApp");
     assert_eq!(audio.len(), 5);
-    assert_eq!(event.ts, audio[4].ts.wrapping_add(960), "on the 48 kHz audio clock");
-    assert_eq!(event.payload, vec![11, 0x80 | 10, 0x03, 0x20], "duration unchanged (both 8 kHz)");
-    assert!(sim.event(|e| matches!(e, CallEventKind::DtmfReceived { digit: '#', .. })).is_some());
+    assert_eq!(
+        event.ts,
+        audio[4].ts.wrapping_add(960),
+        "on the 48 kHz audio clock"
+    );
+    assert_eq!(
+        event.payload,
+        vec![11, 0x80 | 10, 0x03, 0x20],
+        "duration unchanged (both 8 kHz)"
+    );
+    assert!(
+        sim.event(|e| matches!(e, CallEventKind::DtmfReceived { digit: '#', .. }))
+            .is_some()
+    );
 }
 
 #[test]
