@@ -17,6 +17,7 @@
 
 pub mod clock;
 pub mod g711;
+#[allow(unsafe_code)] // libopus FFI
 pub mod opus;
 pub mod resample;
 pub mod transcoder;
