@@ -103,10 +103,7 @@ fn a_pcmu_only_media_server_gets_pcmu_and_whatsapp_gets_opus() {
     let mut sim = Sim::with_internal_sdp(Leg::Dtls, CallConfig::default(), asterisk_sdp("0", ""));
     // The relay answers in the server's codec, with no Opus.
     let answer = &sim.internal_answer;
-    assert!(
-        answer.contains("m=audio 20000 RTP/AVP 0 101\r\n"),
-        "{answer}"
-    );
+    assert!(answer.contains(" RTP/AVP 0 101\r\n"), "{answer}");
     assert!(answer.contains("a=rtpmap:0 PCMU/8000\r\n"), "{answer}");
     assert!(
         answer.contains("a=rtpmap:101 telephone-event/8000\r\n"),
