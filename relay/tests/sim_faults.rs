@@ -125,14 +125,14 @@ impl Sim {
             while let Some((_, to, data)) = self.sip.poll_transmit() {
                 moved = true;
                 if to == addr(RELAY_INTERNAL) {
-                    self.to_relay(SocketRef::Internal, addr(SIP), &data);
+                    self.deliver_to_relay(SocketRef::Internal, addr(SIP), &data);
                 }
             }
             while let Some((dir, data)) = self.net.poll_due(now) {
                 moved = true;
                 self.net.count_sent(dir);
                 match dir {
-                    Direction::ToRelay => self.to_relay(SocketRef::WaV4, addr(META), &data),
+                    Direction::ToRelay => self.deliver_to_relay(SocketRef::WaV4, addr(META), &data),
                     Direction::ToPeer => {
                         self.meta
                             .handle_datagram(now, Family::V4, addr(RELAY_WA), &data)
@@ -148,7 +148,7 @@ impl Sim {
 
     /// A datagram into the call, in a receive buffer with the room the engine's has (the
     /// call protects in place: SRTP's tag grows the packet).
-    fn to_relay(&mut self, via: SocketRef, from: SocketAddr, data: &[u8]) {
+    fn deliver_to_relay(&mut self, via: SocketRef, from: SocketAddr, data: &[u8]) {
         let mut buf = [0u8; 2048];
         buf[..data.len()].copy_from_slice(data);
         self.call
