@@ -138,7 +138,7 @@ impl Ord for Queued {
 /// The proxy's decisions without its sockets: datagrams arrive in a direction at `now`, and
 /// come out at their delivery time. Seeded, so the same arrivals at the same times give the same
 /// faults; the loopback proxy runs it on a thread, simulated-time tests (`relay/tests/
-/// sim_faults.rs`) call it directly between a peer and the relay.
+/// sim_call.rs`) call it directly between a peer and the relay.
 pub struct FaultNet {
     specs: [FaultSpec; 2],
     stats: [FaultStats; 2],
