@@ -23,6 +23,7 @@ pub mod resample;
 pub mod transcoder;
 
 #[cfg(test)]
+#[cfg(test)]
 pub(crate) mod testing;
 
 /// Why a codec call failed. None of these is fatal to a call: a bad frame is counted and
