@@ -61,9 +61,11 @@ const ENDED_IN_FLIGHT_POLLS: usize = 250;
 /// tell it from other unavailability.
 pub const OVERLOADED: &str = "relay overloaded";
 
-/// [`EngineConfig::transcode_weight`] by default: measured (BENCHMARKS.md "Voice bot: CPU
-/// per frame").
-pub const DEFAULT_TRANSCODE_WEIGHT: u32 = 10;
+/// [`EngineConfig::transcode_weight`] by default, measured (BENCHMARKS.md "Voice bot and
+/// G.711: codec cost"): a μ-law bot or G.711 call's codec work is 140-180 µs of CPU per 20 ms,
+/// L16 185-215 µs, against ~11 µs for the two packets of a forwarded call: 14-21 forwarded
+/// calls; 16 is the μ-law/G.711 middle.
+pub const DEFAULT_TRANSCODE_WEIGHT: u32 = 16;
 
 /// How the engine binds and what it advertises.
 #[derive(Clone, Debug)]
@@ -83,7 +85,7 @@ pub struct EngineConfig {
     /// voice-bot leg) counts as `transcode_weight` of them.
     pub capacity: u32,
     /// What one transcoded call costs in forwarded calls' CPU: Opus decode and encode every
-    /// 20 ms against two forwarded packets (BENCHMARKS.md "Voice bot: CPU per frame").
+    /// 20 ms against two forwarded packets (BENCHMARKS.md "Voice bot and G.711: codec cost").
     /// Admission (`capacity`) and shard choice count a transcoded call this many times.
     pub transcode_weight: u32,
     /// New calls go only to shards that spent less than this share of the last second working
