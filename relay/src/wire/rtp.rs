@@ -251,20 +251,9 @@ pub fn write_header(buf: &mut [u8], f: &RtpHeaderFields) -> Result<usize, RtpErr
     Ok(FIXED_HEADER_LEN)
 }
 
-/// `a - b` in sequence-number space: positive when `a` is newer than `b`.
-pub fn seq_delta(a: u16, b: u16) -> i16 {
-    a.wrapping_sub(b) as i16
-}
+use super::seq::{Step, step};
+pub use super::seq::{seq_delta, ts_delta};
 
-/// `a - b` in RTP timestamp space: positive when `a` is later than `b`.
-pub fn ts_delta(a: u32, b: u32) -> i32 {
-    a.wrapping_sub(b) as i32
-}
-
-/// RFC 3550 A.1: a jump of this many or more packets ahead is a possible source restart.
-const MAX_DROPOUT: u16 = 3000;
-/// RFC 3550 A.1: packets up to this far behind are late arrivals, not a restart.
-const MAX_MISORDER: u16 = 100;
 const SEQ_MOD: u64 = 1 << 16;
 
 /// Receiver statistics for one SSRC: extended highest sequence number, loss and
@@ -311,20 +300,23 @@ impl SeqTracker {
         if !self.started {
             self.init(seq);
         } else {
-            let udelta = seq.wrapping_sub(self.max_seq);
-            if udelta < MAX_DROPOUT {
-                if seq < self.max_seq {
-                    self.cycles += SEQ_MOD;
+            match step(seq, self.max_seq) {
+                Step::Ahead(_) => {
+                    if seq < self.max_seq {
+                        self.cycles += SEQ_MOD;
+                    }
+                    self.max_seq = seq;
                 }
-                self.max_seq = seq;
-            } else if udelta <= u16::MAX - MAX_MISORDER + 1 {
-                // A large jump: trust it only if the next packet follows it.
-                if self.bad_seq == Some(seq) {
-                    self.init(seq);
-                } else {
-                    self.bad_seq = Some(seq.wrapping_add(1));
-                    return false;
+                Step::Jump => {
+                    // A large jump: trust it only if the next packet follows it.
+                    if self.bad_seq == Some(seq) {
+                        self.init(seq);
+                    } else {
+                        self.bad_seq = Some(seq.wrapping_add(1));
+                        return false;
+                    }
                 }
+                Step::Same | Step::Behind(_) => {}
             }
             // Otherwise a duplicate or late packet: counted, max unchanged.
         }
