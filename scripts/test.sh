@@ -72,6 +72,18 @@ if ! command -v opusinfo >/dev/null 2>&1; then
 fi
 command -v opusinfo >/dev/null 2>&1 && opusinfo -V 2>&1 | head -1 || true
 
+echo "== chromium + iproute2 (e2e/tests/listen_in.rs: a supervisor listens in from headless Chromium, run in a private network namespace)"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq --no-install-recommends chromium iproute2 >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null 2>&1 \
+         && $sudo apt-get install -y -qq --no-install-recommends chromium iproute2 >/dev/null 2>&1; } \
+    || echo "warning: cannot install chromium/iproute2; the Chromium listen-in test will be skipped" >&2
+fi
+command -v chromium >/dev/null 2>&1 && chromium --version 2>/dev/null | head -1 || true
+
 echo "== tests"
 # The engine's tests a second time on the other I/O driver: the first run uses the default
 # (auto: io_uring where the kernel allows it), this one the epoll fallback. Only the test

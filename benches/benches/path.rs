@@ -7,7 +7,10 @@
 //!   protect, and the copy into the outbox for the selected WhatsApp address.
 //!
 //! The `recorded` group is the single call with a recording fork: each packet's payload is also
-//! copied into a slot of the recorder's queue (the disk writer runs on its own thread).
+//! copied into a slot of the recorder's queue (the disk writer runs on its own thread). The
+//! `listened` group is the single call with a supervisor's live listen-in connected: each packet
+//! is also copied, rewritten onto the supervisor's track, SRTP-protected (the profile DTLS with
+//! the browser negotiated: AES-128-GCM) and pushed to the outbox for the fork's socket.
 //!
 //! SDES on the WhatsApp leg, so the profile can be chosen (DTLS would negotiate AES-256-GCM).
 //! Meta's protection of each fresh packet (the replay window refuses reuse) is done in
@@ -20,12 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use relay::call::fork::RecordRequest;
+use relay::api::ListenMode;
+use relay::call::fork::{ListenRequest, RecordRequest};
 use relay::call::testing::{
     self, INTERNAL_OPUS_PT, MEDIA_SERVER, META, META_OPUS_PT, MetaPeer, RingOutbox, RtpSource,
 };
 use relay::call::{Call, CallConfig};
 use relay::dtls::DtlsIdentity;
+use relay::listen;
+use relay::listen::testing::{FORK_ADDR, Supervisor};
 use relay::net::SocketRef;
 use relay::record::{Recorder, RecordingConfig};
 use relay::srtp::SrtpProfile;
@@ -96,22 +102,55 @@ fn rand_u32() -> u32 {
     NEXT.fetch_add(0x9e37_79b9, Ordering::Relaxed)
 }
 
-/// `recorder`: the call is recorded (both directions forked to the recorder's queue), the
-/// `recorded` variant of the group.
+/// Which fork the single call carries.
+enum Fork<'a> {
+    None,
+    /// Both directions forked to the recorder's queue: the `recorded` variant.
+    Recorded(&'a Arc<Recorder>),
+    /// A supervisor's browser connected to a listen-in: the `listened` variant.
+    Listened,
+}
+
 fn single_call(
     c: &mut Criterion,
     profile: SrtpProfile,
     identity: &Arc<DtlsIdentity>,
-    recorder: Option<&Arc<Recorder>>,
+    fork: Fork<'_>,
 ) {
-    let t0 = Instant::now();
-    let name = match recorder {
-        Some(_) => format!("path/{profile}/recorded"),
-        None => format!("path/{profile}"),
+    let mut t0 = Instant::now();
+    let name = match fork {
+        Fork::Recorded(_) => format!("path/{profile}/recorded"),
+        Fork::Listened => format!("path/{profile}/listened"),
+        Fork::None => format!("path/{profile}"),
     };
     let mut group = c.benchmark_group(name);
     let mut conn = Connected::new(profile, identity, t0);
-    if let Some(rec) = recorder {
+    let mut supervisor = None;
+    if let Fork::Listened = fork {
+        let mut sup = Supervisor::new(t0);
+        let via = SocketRef::new(3);
+        let status = conn
+            .call
+            .listen(
+                ListenRequest::Start {
+                    offer_sdp: sup.offer(),
+                    mode: ListenMode::Listen,
+                    socket: via,
+                    local: FORK_ADDR,
+                    advertised: FORK_ADDR,
+                },
+                t0,
+                &mut RingOutbox::with_capacity(8),
+            )
+            .unwrap()
+            .unwrap();
+        sup.accept(&status.answer_sdp, t0).unwrap();
+        t0 = listen::testing::connect(&mut conn.call, &mut sup, via, t0, Duration::from_secs(2))
+            .unwrap();
+        while conn.call.poll_event().is_some() {}
+        supervisor = Some(sup);
+    }
+    if let Fork::Recorded(rec) = fork {
         let call_id = conn.call.call_id.clone();
         let open = rec
             .create(&call_id, "b", "c", std::time::SystemTime::now())
@@ -179,6 +218,20 @@ fn single_call(
         0,
         "every packet was forwarded"
     );
+    if supervisor.is_some() {
+        let st = call
+            .listen(ListenRequest::Status, now, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            st.dropped_packets, 0,
+            "every packet reached the supervisor's tracks"
+        );
+        eprintln!(
+            "listened variant: {} consumer + {} agent packets to the supervisor",
+            st.consumer_packets, st.agent_packets
+        );
+    }
 }
 
 impl Connected {
@@ -272,8 +325,15 @@ fn bench(c: &mut Criterion) {
     let identity = Arc::new(DtlsIdentity::generate().unwrap());
     let profiles = [SrtpProfile::Aes128CmHmacSha1_80, SrtpProfile::AeadAes128Gcm];
     for profile in profiles {
-        single_call(c, profile, &identity, None);
+        single_call(c, profile, &identity, Fork::None);
     }
+    // One fork: a supervisor listening in live.
+    single_call(
+        c,
+        SrtpProfile::Aes128CmHmacSha1_80,
+        &identity,
+        Fork::Listened,
+    );
     // One fork: the same call recorded. The writer thread drains to files under the temp dir;
     // what it could not keep up with is dropped on the shard side (counted, reported below).
     let dir = std::env::temp_dir().join(format!("relay-bench-rec-{}", std::process::id()));
@@ -283,7 +343,12 @@ fn bench(c: &mut Criterion) {
         ..RecordingConfig::default()
     })
     .unwrap();
-    single_call(c, SrtpProfile::Aes128CmHmacSha1_80, &identity, Some(&rec));
+    single_call(
+        c,
+        SrtpProfile::Aes128CmHmacSha1_80,
+        &identity,
+        Fork::Recorded(&rec),
+    );
     rec.shutdown();
     let st = rec.stats();
     use std::sync::atomic::Ordering::Relaxed;

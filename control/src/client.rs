@@ -210,6 +210,33 @@ impl RelayClient {
         Ok(resp.into_inner().recording)
     }
 
+    /// Start a live listen-in with the supervisor's SDP offer: the response carries the
+    /// relay's answer (`answer_sdp`). Idempotent for the same offer.
+    pub async fn start_listen(
+        &mut self,
+        call_id: impl Into<String>,
+        offer_sdp: impl Into<String>,
+    ) -> Result<pb::Listen, Status> {
+        let req = pb::StartListenRequest {
+            call_id: call_id.into(),
+            offer_sdp: offer_sdp.into(),
+            mode: pb::ListenMode::Listen.into(),
+        };
+        let resp = self.inner.start_listen(req).await?.into_inner();
+        resp.listen.ok_or_else(|| missing("ListenResponse.listen"))
+    }
+
+    /// Stop the call's listen-in. `None` only for a call never listened to.
+    pub async fn stop_listen(
+        &mut self,
+        call_id: impl Into<String>,
+    ) -> Result<Option<pb::Listen>, Status> {
+        let req = pb::StopListenRequest {
+            call_id: call_id.into(),
+        };
+        Ok(self.inner.stop_listen(req).await?.into_inner().listen)
+    }
+
     /// `None` when the call was unknown or had already ended.
     pub async fn terminate(
         &mut self,

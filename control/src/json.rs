@@ -118,6 +118,15 @@ pub fn event_kind(kind: Option<&pb::call_event::Kind>) -> (&'static str, Value) 
             },
             k.recording.as_ref().map_or(Value::Null, recording),
         ),
+        Some(Kind::Listen(k)) => (
+            match k.change() {
+                pb::ListenChange::Started => "listen_started",
+                pb::ListenChange::Connected => "listen_connected",
+                pb::ListenChange::Stopped => "listen_stopped",
+                pb::ListenChange::Unspecified => "listen",
+            },
+            k.listen.as_ref().map_or(Value::Null, listen),
+        ),
         Some(Kind::Ended(k)) => (
             "ended",
             json!({
@@ -203,6 +212,23 @@ pub fn recording(r: &pb::Recording) -> Value {
         "agent_file": r.agent_file,
         "events_file": r.events_file,
         "dropped_packets": r.dropped_packets,
+    })
+}
+
+pub fn listen(l: &pb::Listen) -> Value {
+    json!({
+        "state": match l.state() {
+            pb::ListenState::Connecting => "connecting",
+            pb::ListenState::Live => "live",
+            pb::ListenState::Stopped => "stopped",
+            pb::ListenState::Unspecified => "unknown",
+        },
+        "local": l.local,
+        "supervisor": non_empty(&l.supervisor),
+        "consumer_packets": l.consumer_packets,
+        "agent_packets": l.agent_packets,
+        "dropped_packets": l.dropped_packets,
+        "stop_reason": non_empty(&l.stop_reason),
     })
 }
 

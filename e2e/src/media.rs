@@ -96,6 +96,28 @@ pub struct MediaSender {
     next_sr: Option<Instant>,
     /// The peer's last SR, echoed in ours so the relay can measure RTT.
     echo: SrEcho,
+    /// Real Opus frames to send in a loop instead of stamped payloads (see [`opus_tone`]).
+    frames: Option<std::sync::Arc<Vec<Vec<u8>>>>,
+}
+
+/// One second of a sine tone as real 20 ms Opus frames (48 kHz mono, 32 kbit/s CBR, made with
+/// `opusenc --framesize 20 --bitrate 32 --hard-cbr` from a generated WAV): what a decoder must
+/// hear as audio, not noise. `hz` is 440 or 660.
+pub fn opus_tone(hz: u32) -> std::sync::Arc<Vec<Vec<u8>>> {
+    let raw: &[u8] = match hz {
+        440 => include_bytes!("../fixtures/tone440.opus-frames"),
+        660 => include_bytes!("../fixtures/tone660.opus-frames"),
+        _ => panic!("no {hz} Hz tone fixture (440, 660)"),
+    };
+    // Each frame: a 16-bit big-endian length, then the Opus packet.
+    let mut frames = Vec::new();
+    let mut rest = raw;
+    while let [hi, lo, tail @ ..] = rest {
+        let n = usize::from(u16::from_be_bytes([*hi, *lo]));
+        frames.push(tail[..n].to_vec());
+        rest = &tail[n..];
+    }
+    std::sync::Arc::new(frames)
 }
 
 impl MediaSender {
@@ -118,7 +140,13 @@ impl MediaSender {
             rtcp_interval,
             next_sr: None,
             echo: SrEcho::default(),
+            frames: None,
         }
+    }
+
+    /// Send these Opus frames, in a loop, instead of stamped payloads.
+    pub fn use_frames(&mut self, frames: std::sync::Arc<Vec<Vec<u8>>>) {
+        self.frames = Some(frames);
     }
 
     pub fn audio_on(&self) -> bool {
@@ -184,6 +212,11 @@ impl MediaSender {
 
     /// A stamped Opus-sized payload (60-120 bytes) for the next frame.
     pub fn next_payload(&mut self) -> Vec<u8> {
+        if let Some(frames) = self.frames.as_ref().filter(|f| !f.is_empty()) {
+            let p = frames[self.counter as usize % frames.len()].clone();
+            self.counter = self.counter.wrapping_add(1);
+            return p;
+        }
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 17;
         self.rng ^= self.rng << 5;

@@ -755,6 +755,11 @@ impl MetaCore {
         }
     }
 
+    /// Send these real Opus frames (in a loop) instead of stamped payloads.
+    pub fn use_audio_frames(&mut self, frames: std::sync::Arc<Vec<Vec<u8>>>) {
+        self.sender.use_frames(frames);
+    }
+
     pub fn stop_audio(&mut self) {
         self.audio_requested = false;
         self.sender.stop_audio();
@@ -953,6 +958,9 @@ impl MetaHandle {
     }
     pub fn stop_audio(&self) {
         self.runner.with(|c| c.stop_audio());
+    }
+    pub fn use_audio_frames(&self, frames: std::sync::Arc<Vec<Vec<u8>>>) {
+        self.runner.with(|c| c.use_audio_frames(frames));
     }
     pub fn send_opus(&self, payload: &[u8]) -> bool {
         self.runner.with(|c| c.send_opus(Instant::now(), payload))

@@ -217,6 +217,11 @@ impl SipCore {
     pub fn start_audio(&mut self, now: Instant) {
         self.sender.start_audio(now);
     }
+    /// Send these real Opus frames (in a loop) instead of stamped payloads.
+    pub fn use_audio_frames(&mut self, frames: std::sync::Arc<Vec<Vec<u8>>>) {
+        self.sender.use_frames(frames);
+    }
+
     pub fn stop_audio(&mut self) {
         self.sender.stop_audio();
     }
@@ -380,6 +385,9 @@ impl SipHandle {
     }
     pub fn stop_audio(&self) {
         self.runner.with(|c| c.stop_audio());
+    }
+    pub fn use_audio_frames(&self, frames: std::sync::Arc<Vec<Vec<u8>>>) {
+        self.runner.with(|c| c.use_audio_frames(frames));
     }
     pub fn send_opus(&self, payload: &[u8]) -> bool {
         self.runner.with(|c| c.send_opus(Instant::now(), payload))

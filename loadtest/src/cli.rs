@@ -140,6 +140,11 @@ pub struct Common {
     /// aead-aes-128-gcm, aes-cm-128-hmac-sha1-80, aead-aes-256-gcm. Default: all three.
     #[arg(long = "profile", global = true, value_parser = parse_profile)]
     pub profiles: Vec<SrtpProfile>,
+    /// Record every call (StartRecording right after OpenGate). A relay loadtest starts gets
+    /// `--recording-dir` under the temp dir (removed afterwards); the relay's recording
+    /// counters are printed after the run.
+    #[arg(long, global = true)]
+    pub record: bool,
     /// Write the report as JSON.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
@@ -765,6 +770,14 @@ async fn open_target(
                 .ok_or(CliError::NoRelay)?;
             let metrics = target::free_port().map_err(target::TargetError::Port)?;
             let mut extra_args = vec!["--metrics-listen".to_string(), metrics.to_string()];
+            if o.record
+                && !o
+                    .relay_args
+                    .iter()
+                    .any(|a| a.starts_with("--recording-dir"))
+            {
+                extra_args.push(format!("--recording-dir={}", recording_dir().display()));
+            }
             extra_args.extend(o.relay_args.iter().cloned());
             let mut p = RelayProcess::spawn(&SpawnOptions {
                 bin: bin.clone(),
@@ -837,8 +850,34 @@ fn session_options(o: &Common, kind: TargetKind, wa: WaMode, gen_cpu: Option<usi
         warmup: o.warmup,
         live: !o.quiet,
         wa_mode: wa,
+        record: o.record,
         ..Options::default()
     }
+}
+
+/// Where a relay started with `--record` writes (removed after the run).
+fn recording_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("loadtest-recordings-{}", std::process::id()))
+}
+
+/// The relay's recording counters after a `--record` run: what the disk writer kept and what
+/// it dropped (the live calls' own loss is in the run's table).
+fn print_recording_totals(session: &Session) {
+    let Some(text) = session
+        .relay_metrics()
+        .and_then(|m| crate::scrape::scrape(m).ok())
+    else {
+        return;
+    };
+    let get = |name: &str| crate::scrape::sum(&text, |n| n == name).unwrap_or(0.0) as u64;
+    println!(
+        "recordings: {} started, {} packets written, {} dropped (writer behind or disk errors), {} write errors",
+        get("relay_recordings_started_total"),
+        get("relay_recording_packets_written_total"),
+        get("relay_recording_dropped_packets_total"),
+        get("relay_recording_write_errors_total"),
+    );
+    let _ = std::fs::remove_dir_all(recording_dir());
 }
 
 /// One target's result in `compare`.
@@ -1092,6 +1131,9 @@ async fn run_mode(session: &Session, mode: &Mode) -> (ModeReport, bool) {
         Mode::Run(a) => {
             let r = session.run(a.calls, a.duration, "run").await;
             println!("{}", report::table(&r));
+            if session.records() {
+                print_recording_totals(session);
+            }
             let ok = r.failures_total() == 0;
             (ModeReport::Run { run: r }, ok)
         }

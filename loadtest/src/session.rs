@@ -94,6 +94,8 @@ pub struct Options {
     /// How the WhatsApp side secures media (the raw forwarder is always plain). SDES uses the
     /// first of `profiles`.
     pub wa_mode: WaMode,
+    /// Record every call (StartRecording right after OpenGate; relay targets only).
+    pub record: bool,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             ready_timeout: Duration::from_secs(10),
             live: true,
             wa_mode: WaMode::Dtls,
+            record: false,
         }
     }
 }
@@ -230,6 +233,16 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// The relay's `/metrics` address, when the session knows it.
+    pub fn relay_metrics(&self) -> Option<std::net::SocketAddr> {
+        self.relay_metrics
+    }
+
+    /// Does this session record its calls?
+    pub fn records(&self) -> bool {
+        self.ctx.opts.record
+    }
+
     pub fn new(backend: Backend, opts: Options) -> Result<Session, SessionError> {
         let generator =
             Arc::new(Generator::start(opts.generator.clone()).map_err(SessionError::Generator)?);
@@ -932,6 +945,19 @@ async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
         lock(&ctx.stages)
             .open_gate
             .record(connected.elapsed().as_micros() as u64);
+        if ctx.opts.record
+            && let Err(s) = client
+                .clone()
+                .recording(live.call_id.clone(), control::client::RecordingOp::Start)
+                .await
+        {
+            let _ = end(ctx, &live).await;
+            return Err(fail("start_recording")(format!(
+                "{}: {}",
+                s.code(),
+                s.message()
+            )));
+        }
     }
     lock(&ctx.up).insert(live.call_id.clone(), id);
     ctx.generator.send(id, Command::Media { id, on: true });

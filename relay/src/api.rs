@@ -30,7 +30,7 @@ pub enum WaSecurity {
 }
 
 /// What the internal leg is.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InternalKind {
     /// `RTP/AVP`: a SIP media server (FreeSWITCH, Asterisk), an IVR, a recorder.
     PlainRtp,
@@ -43,6 +43,9 @@ pub enum InternalKind {
     /// is our offer (`a=setup:actpass`) and the browser's answer comes through
     /// [`CallControl::set_remote_description`] with [`LegKind::Internal`].
     WebRtc,
+    /// A voice bot behind a WebSocket (Twilio Media Streams framing): see [`crate::bot`].
+    /// The relay connects before the call (or the replacement) is made.
+    WebSocket(std::sync::Arc<crate::bot::BotTarget>),
 }
 
 /// Where the internal leg's media is accepted from.
@@ -151,6 +154,10 @@ pub enum EndCause {
     /// The call reached `call.max_call_duration` (the safety net against calls whose end
     /// was never signalled). No Meta code.
     MaxDuration,
+    /// A voice-bot leg: the bot closed its WebSocket (it hung up). No Meta code.
+    BotHangup,
+    /// A voice-bot leg: the WebSocket failed (reset, TLS or protocol error). No Meta code.
+    BotFailed,
 }
 
 impl EndCause {
@@ -161,7 +168,9 @@ impl EndCause {
             | EndCause::PeerClosed
             | EndCause::Drained
             | EndCause::InternalLegFailed
-            | EndCause::MaxDuration => None,
+            | EndCause::MaxDuration
+            | EndCause::BotHangup
+            | EndCause::BotFailed => None,
             EndCause::AnswerTimeout | EndCause::AcceptTimeout => Some(138007),
             EndCause::IceFailed | EndCause::ConsentLost => Some(138020),
             EndCause::DtlsFailed | EndCause::FingerprintMismatch => Some(138019),
@@ -187,6 +196,8 @@ impl EndCause {
             EndCause::AnswerTimeout => "answer_timeout",
             EndCause::AcceptTimeout => "accept_timeout",
             EndCause::MaxDuration => "max_duration",
+            EndCause::BotHangup => "bot_hangup",
+            EndCause::BotFailed => "bot_failed",
         }
     }
 }
@@ -301,6 +312,13 @@ pub enum CallEventKind {
         change: RecordingChange,
         status: RecordingStatus,
     },
+    /// A live listen-in started, connected (the supervisor's browser finished ICE and DTLS:
+    /// audio flows to it) or stopped (by request, replaced by a new offer, the supervisor gone,
+    /// or the call ending: then before the call's `Ended`).
+    Listen {
+        change: ListenChange,
+        status: Box<ListenStatus>,
+    },
     /// The last event of a call, with its final statistics (exact counters at the end,
     /// whatever ended it: Terminate, a timeout, drain).
     Ended {
@@ -310,11 +328,12 @@ pub enum CallEventKind {
     },
 }
 
-/// What a fork of the call's media does. Only recording exists today; live listen-in and
-/// whisper/barge (which need mixing) are the next kinds.
+/// What a fork of the call's media does: recording to files, or a supervisor's live
+/// listen-in ([`ListenMode`] leaves room for whisper and barge, which need mixing).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ForkKind {
     Recording,
+    Listen,
 }
 
 /// A request on a call's recording. Each is idempotent: starting a recorded call returns the
@@ -362,6 +381,62 @@ pub struct RecordingStatus {
     pub dropped_packets: u64,
 }
 
+/// What a supervisor's fork does with the call's audio. Only `Listen` exists: whisper (the
+/// supervisor speaks to the agent only) and barge (to both) need mixing, which the relay does
+/// not do yet; they will be more variants here and in the proto's `ListenMode`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum ListenMode {
+    /// Receive both directions, say nothing.
+    #[default]
+    Listen,
+}
+
+/// A request on a call's listen-in. Idempotent: a start with the same offer returns the running
+/// session (and its answer); a start with a new offer (the supervisor reloaded) replaces the
+/// session on the same port; a stop of a stopped listen-in answers its last state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenOp {
+    Start { offer_sdp: String, mode: ListenMode },
+    Stop,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ListenState {
+    /// Answer given; waiting for the browser's ICE nomination and DTLS handshake.
+    Connecting,
+    /// Keys are up: both directions are forwarded to the supervisor.
+    Live,
+    Stopped,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ListenChange {
+    Started,
+    Connected,
+    Stopped,
+}
+
+/// A call's listen-in as it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenStatus {
+    pub state: ListenState,
+    pub mode: ListenMode,
+    /// The relay's SDP answer to the supervisor's offer.
+    pub answer_sdp: String,
+    /// The fork's own socket (the host candidate in the answer).
+    pub local: SocketAddr,
+    /// The supervisor's address once its browser nominated a pair.
+    pub remote: Option<SocketAddr>,
+    /// Packets sent to the supervisor, consumer track and agent track.
+    pub consumer_packets: u64,
+    pub agent_packets: u64,
+    /// Packets of the call not forwarded to the supervisor (not connected yet, send refused):
+    /// the call itself never waits for a supervisor.
+    pub dropped_packets: u64,
+    /// Why it stopped ("stopped by request", "supervisor gone", the call's end cause, ...).
+    pub stop_reason: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallEvent {
     pub call_id: String,
@@ -400,6 +475,10 @@ pub enum ApiError {
     /// Draining or at capacity: try another relay.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A voice-bot leg's WebSocket could not be opened (DNS, TCP, TLS, HTTP upgrade, timeout):
+    /// nothing was created or replaced.
+    #[error("bot unreachable: {0}")]
+    BotUnreachable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -575,6 +654,21 @@ pub trait CallControl: Send + Sync + 'static {
         async {
             Err(ApiError::FailedPrecondition(
                 "recording is not available on this relay".into(),
+            ))
+        }
+    }
+
+    /// Start or stop a live listen-in on a call (see [`ListenOp`]). Returns the listen-in's
+    /// state after the request; `None` only for a stop on a call never listened to.
+    fn listen(
+        &self,
+        call_id: String,
+        op: ListenOp,
+    ) -> impl Future<Output = Result<Option<ListenStatus>, ApiError>> + Send {
+        let _ = (call_id, op);
+        async {
+            Err(ApiError::FailedPrecondition(
+                "listen-in is not available on this relay".into(),
             ))
         }
     }

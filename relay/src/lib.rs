@@ -9,13 +9,22 @@
 //!
 //! [`api`] is the boundary the control plane ([`control`]) drives.
 
+// Unsafe code lives only where the relay meets the kernel or C: the engine's I/O drivers
+// (engine::{driver, uring, udp}), the voice-bot link's eventfd doorbell (bot::{link, client}),
+// libopus's FFI (codec::opus) and sysconf (ops::process). Each block there carries a SAFETY
+// comment; everything else (wire formats, SRTP, SDP, ICE, DTLS, the call) is safe Rust.
+#![deny(unsafe_code)]
+
 pub mod api;
+pub mod bot;
 pub mod call;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod dtls;
 pub mod engine;
 pub mod ice;
+pub mod listen;
 pub mod net;
 pub mod ops;
 pub mod record;

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 /// Opaque to everything but the call: ICE, DTLS and the `Outbox` carry it to say "the socket
 /// this came in on / should go out on", and the engine uses [`SocketId::index`] to find the
 /// descriptor in the call's list. Which socket serves which leg is the call's business
-/// (today's layout: [`SocketId::WaV4`], [`SocketId::WaV6`], [`SocketId::Internal`]).
+/// (every call starts with [`SocketId::WaV4`], [`SocketId::WaV6`], [`SocketId::Internal`];
+/// a call may gain more while live, from [`SocketId::FIRST_EXTRA`] on: a supervisor's leg
+/// with its own port).
 ///
 /// Every call has its own local ports: Meta's media servers answer from a handful of ports
 /// (3478/3480/3482/3484/40012), so many calls share one remote address and a shared local port
@@ -28,8 +30,12 @@ impl SocketId {
     pub const WaV6: SocketId = SocketId(1);
     /// The call's internal-leg socket (SIP media server, IVR, browser agent).
     pub const Internal: SocketId = SocketId(2);
-    /// Every socket a call may own, by index.
+    /// The sockets every call is created with, by index.
     pub const ALL: [SocketId; 3] = [SocketId::WaV4, SocketId::WaV6, SocketId::Internal];
+    /// The first index a socket added to a live call gets (see `ShardCore::with_new_socket`).
+    pub const FIRST_EXTRA: SocketId = SocketId(3);
+    /// The most sockets a call can have over its life (indices are not reused).
+    pub const MAX: usize = u8::MAX as usize + 1;
 
     /// The socket at `index` in the call's list.
     pub const fn new(index: u8) -> SocketId {
@@ -44,7 +50,7 @@ impl SocketId {
     /// Does the call's layout put this socket on its WhatsApp leg? (The engine's per-leg
     /// count of datagrams it drops before any call sees them.)
     pub fn is_whatsapp(self) -> bool {
-        self != SocketId::Internal
+        self == SocketId::WaV4 || self == SocketId::WaV6
     }
 }
 
@@ -54,6 +60,13 @@ impl SocketId {
 /// steady state (the engine's batch is preallocated).
 pub trait Outbox {
     fn push(&mut self, via: SocketRef, to: SocketAddr, data: &[u8]);
+}
+
+/// A borrowed outbox is one (so `&mut dyn Outbox` can go where `&mut impl Outbox` is taken).
+impl<O: Outbox + ?Sized> Outbox for &mut O {
+    fn push(&mut self, via: SocketRef, to: SocketAddr, data: &[u8]) {
+        (**self).push(via, to, data)
+    }
 }
 
 /// A datagram captured by [`VecOutbox`] (tests, emulators, benches).

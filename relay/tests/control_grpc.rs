@@ -358,6 +358,7 @@ fn uic(call_id: &str, number: &str, consumer: &str) -> pb::CreateCallRequest {
             srtp_profile: pb::SrtpProfile::AeadAes128Gcm.into(),
             remote_sdp: "v=0\r\nm=audio 4000 RTP/SAVP 111\r\n".into(),
             source_policy: pb::SourcePolicy::Latch.into(),
+            websocket: None,
         }),
     }
 }
@@ -579,6 +580,7 @@ async fn replace_internal_leg_reaches_the_engine_and_is_watched_and_logged() {
                 srtp_profile: pb::SrtpProfile::Unspecified.into(),
                 remote_sdp: agent_b.into(),
                 source_policy: pb::SourcePolicy::Strict.into(),
+                websocket: None,
             },
         )
         .await

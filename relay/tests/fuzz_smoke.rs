@@ -595,6 +595,7 @@ fn control_seeds() -> Vec<(&'static str, Vec<u8>)> {
         srtp_profile: 0,
         remote_sdp: fixture("internal_plain_rtp.sdp"),
         source_policy: pb::SourcePolicy::Latch as i32,
+        websocket: None,
     };
     vec![
         (

@@ -10,7 +10,8 @@
 //! before counting. SDES covers every SRTP profile; DTLS covers the profile dimpl negotiates
 //! (AEAD_AES_256_GCM when offered all three). The WebRTC case puts a browser on the internal
 //! leg instead of the media server: DTLS-SRTP both ways, the browser's consent checks answered
-//! by the relay's ICE-lite agent.
+//! by the relay's ICE-lite agent. The recorded and listened cases add a fork: every forwarded
+//! packet also goes to the recorder's queue, or to a supervisor's browser on its own socket.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use relay::call::testing::{
     RingOutbox, RtpSource,
 };
 use relay::dtls::DtlsIdentity;
+use relay::listen::testing::{FORK_ADDR, SUPERVISOR, Supervisor};
 use relay::net::SocketRef;
 use relay::srtp::SrtpProfile;
 use relay::wire::classify::{PacketKind, classify};
@@ -51,6 +53,10 @@ struct Tally {
     /// WebRTC: the relay's answers to the browser's consent checks.
     stun_to_browser: u64,
     rejected_by_browser: u64,
+    /// A supervisor's listen-in: RTP it received (both tracks), the relay's answers to its
+    /// consent checks.
+    rtp_to_supervisor: u64,
+    stun_to_supervisor: u64,
 }
 
 /// A connected call with its two peers, driven in simulated time.
@@ -68,8 +74,14 @@ struct Bench {
     /// WebRTC: the browser agent on the internal leg (else the plain-RTP media server).
     browser: Option<BrowserPeer>,
     browser_out: RingOutbox,
+    /// A supervisor listening in on the call's socket `LISTEN`, once started.
+    supervisor: Option<Supervisor>,
+    supervisor_out: RingOutbox,
     tally: Tally,
 }
+
+/// The listen-in's socket in the call's list.
+const LISTEN: SocketRef = SocketRef::new(3);
 
 impl Bench {
     /// `leg`: SDES with this profile on the WhatsApp leg, else DTLS. `webrtc`: a browser on
@@ -115,6 +127,8 @@ impl Bench {
             meta_out: RingOutbox::with_capacity(64),
             browser,
             browser_out: RingOutbox::with_capacity(64),
+            supervisor: None,
+            supervisor_out: RingOutbox::with_capacity(64),
             tally: Tally::default(),
         };
         b.connect_browser();
@@ -156,6 +170,11 @@ impl Bench {
         {
             b.handle_timeout(now, &mut self.browser_out);
         }
+        if let Some(s) = self.supervisor.as_mut()
+            && s.poll_timeout().is_some_and(|t| t <= now)
+        {
+            s.handle_timeout(now, &mut self.supervisor_out);
+        }
         if self.call.poll_timeout().is_some_and(|t| t <= now) {
             self.call.handle_timeout(now, &mut self.out);
         }
@@ -171,6 +190,7 @@ impl Bench {
                 .into_iter()
                 .chain(self.meta.poll_timeout())
                 .chain(self.browser.as_ref().and_then(|b| b.poll_timeout()))
+                .chain(self.supervisor.as_ref().and_then(|s| s.poll_timeout()))
                 .fold(self.next_packet, Instant::min);
             self.now = self.now.max(next);
             if self.next_packet <= self.now {
@@ -239,9 +259,31 @@ impl Bench {
     /// Deliver what the call sent, and what Meta and the browser answered, until the network
     /// is quiet.
     fn deliver(&mut self) {
-        while !(self.out.is_empty() && self.meta_out.is_empty() && self.browser_out.is_empty()) {
+        while !(self.out.is_empty()
+            && self.meta_out.is_empty()
+            && self.browser_out.is_empty()
+            && self.supervisor_out.is_empty())
+        {
             for i in 0..self.out.len() {
                 let (via, to, buf, len) = self.out.get_mut(i).unwrap();
+                if via == LISTEN {
+                    let s = self.supervisor.as_mut().expect("a supervisor listens");
+                    assert_eq!(to, SUPERVISOR);
+                    let before = s.received;
+                    match classify(&buf[..len]) {
+                        PacketKind::Stun => self.tally.stun_to_supervisor += 1,
+                        PacketKind::Rtp | PacketKind::Dtls => {}
+                        other => panic!("{other:?} to the supervisor"),
+                    }
+                    s.handle(
+                        self.now,
+                        FORK_ADDR,
+                        &mut buf[..len],
+                        &mut self.supervisor_out,
+                    );
+                    self.tally.rtp_to_supervisor += s.received - before;
+                    continue;
+                }
                 if via == SocketRef::Internal {
                     match self.browser.as_mut() {
                         Some(b) => {
@@ -311,9 +353,19 @@ impl Bench {
                 );
             }
             self.browser_out.clear();
+            for i in 0..self.supervisor_out.len() {
+                let (_, to, buf, len) = self.supervisor_out.get_mut(i).unwrap();
+                assert_eq!(to, FORK_ADDR);
+                self.call
+                    .handle_datagram(self.now, LISTEN, SUPERVISOR, buf, len, &mut self.out);
+            }
+            self.supervisor_out.clear();
         }
         assert_eq!(
-            self.out.overflowed + self.meta_out.overflowed + self.browser_out.overflowed,
+            self.out.overflowed
+                + self.meta_out.overflowed
+                + self.browser_out.overflowed
+                + self.supervisor_out.overflowed,
             0
         );
     }
@@ -453,6 +505,70 @@ fn dtls_srtp_recorded() {
     assert_eq!(written + status.dropped_packets, forwarded, "{last}");
     assert!(written > forwarded / 2, "{written} of {forwarded} recorded");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A call with a supervisor listening in allocates nothing per packet either: each forwarded
+/// packet is also copied, rewritten onto the supervisor's track and SRTP-protected into the
+/// outbox for the fork's socket; the supervisor's consent checks are answered. Every packet
+/// reached the supervisor's browser, authenticated.
+#[test]
+fn dtls_srtp_listened() {
+    use relay::api::{ListenMode, ListenState};
+    use relay::call::fork::ListenRequest;
+
+    let mut b = Bench::new(None, false);
+    let mut sup = Supervisor::new(b.now);
+    let status = b
+        .call
+        .listen(
+            ListenRequest::Start {
+                offer_sdp: sup.offer(),
+                mode: ListenMode::Listen,
+                socket: LISTEN,
+                local: FORK_ADDR,
+                advertised: FORK_ADDR,
+            },
+            b.now,
+            &mut b.out,
+        )
+        .unwrap()
+        .unwrap();
+    sup.accept(&status.answer_sdp, b.now).unwrap();
+    sup.keep = false;
+    b.supervisor = Some(sup);
+    let limit = b.now + Duration::from_secs(5);
+    while !b.supervisor.as_ref().unwrap().is_ready() {
+        assert!(b.now < limit, "the supervisor did not connect");
+        b.run_packets(1);
+    }
+    let before = b.tally;
+    // Packets forwarded before the supervisor had its keys were counted, not sent.
+    let status = |b: &mut Bench| {
+        b.call
+            .listen(ListenRequest::Status, b.now, &mut b.out)
+            .unwrap()
+            .unwrap()
+    };
+    let dropped_before = status(&mut b).dropped_packets;
+    let mut b = steady_state_of(b, None, false);
+    let t = b.tally;
+    let forwarded = t.rtp_to_supervisor - before.rtp_to_supervisor;
+    // Both directions: the consumer's every packet, the agent's outside its pauses.
+    assert!(
+        forwarded >= u64::from(MEASURED) * 19 / 10,
+        "{forwarded} packets to the supervisor"
+    );
+    assert!(
+        t.stun_to_supervisor - before.stun_to_supervisor >= 30,
+        "consent answered"
+    );
+    let st = status(&mut b);
+    assert_eq!(st.state, ListenState::Live);
+    assert_eq!(
+        st.dropped_packets, dropped_before,
+        "nothing dropped once connected"
+    );
+    assert!(b.supervisor.as_ref().unwrap().trouble.is_empty());
 }
 
 /// The counter works: a passing check above would otherwise prove nothing.

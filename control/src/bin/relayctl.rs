@@ -85,6 +85,17 @@ enum Command {
         action: RecordAction,
         call_id: String,
     },
+    /// A supervisor's live listen-in over WebRTC: `start` takes the browser's SDP offer (two
+    /// recvonly audio m-lines: consumer, agent) from a file or `-` (stdin) and prints the
+    /// relay's answer; `stop` ends it.
+    Listen {
+        #[arg(value_enum)]
+        action: ListenAction,
+        call_id: String,
+        /// With `start`: the supervisor's SDP offer, a file or `-` for stdin.
+        #[arg(long, required_if_eq("action", "start"))]
+        offer: Option<String>,
+    },
     /// Active calls, capacity and per-shard packet rates.
     Load,
     /// Show or set the relay's log filter (RUST_LOG syntax: debug, info,relay=debug).
@@ -114,6 +125,12 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         deadline: Option<Duration>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ListenAction {
+    Start,
+    Stop,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -214,6 +231,73 @@ async fn run(cli: Cli) -> Result<(), Error> {
                         "{call_id}: {state}\n  consumer  {}\n  agent     {}\n  events    {}\n  dropped   {} packet(s)\n",
                         r.consumer_file, r.agent_file, r.events_file, r.dropped_packets
                     )
+                }
+            }
+        }
+        Command::Listen {
+            action,
+            call_id,
+            offer,
+        } => {
+            let listen = match action {
+                ListenAction::Start => {
+                    let offer = read_offer(offer.as_deref().unwrap_or("-"))?;
+                    Some(
+                        relay
+                            .start_listen(call_id.clone(), offer)
+                            .await
+                            .map_err(status_error)?,
+                    )
+                }
+                ListenAction::Stop => relay
+                    .stop_listen(call_id.clone())
+                    .await
+                    .map_err(status_error)?,
+            };
+            match (cli.json, listen) {
+                (true, l) => json_line(&serde_json::json!({
+                    "listen": l.as_ref().map(|l| {
+                        let mut v = json::listen(l);
+                        v["answer_sdp"] = serde_json::Value::String(l.answer_sdp.clone());
+                        v
+                    })
+                })),
+                (false, None) => format!(
+                    "{call_id}: not listened to; nothing to do
+"
+                ),
+                (false, Some(l)) => {
+                    let v = json::listen(&l);
+                    let mut s = format!(
+                        "{call_id}: listen-in {}
+  local       {}
+  supervisor  {}
+  consumer    {} packet(s)
+  agent       {} packet(s)
+  dropped     {} packet(s)
+",
+                        v["state"].as_str().unwrap_or("unknown"),
+                        l.local,
+                        non_empty(&l.supervisor),
+                        l.consumer_packets,
+                        l.agent_packets,
+                        l.dropped_packets
+                    );
+                    if !l.stop_reason.is_empty() {
+                        s.push_str(&format!(
+                            "  stopped     {}
+",
+                            l.stop_reason
+                        ));
+                    }
+                    if matches!(action, ListenAction::Start) {
+                        s.push_str(
+                            "answer (give it to the supervisor's setRemoteDescription):
+",
+                        );
+                        s.push_str(&l.answer_sdp);
+                    }
+                    s
                 }
             }
         }
@@ -345,6 +429,21 @@ fn status_error(s: tonic::Status) -> Error {
         msg.push_str(&format!(" (Meta code {code})"));
     }
     msg.into()
+}
+
+/// The supervisor's offer from a file, or stdin for `-`.
+fn read_offer(path: &str) -> Result<String, Error> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if path == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read the offer from stdin: {e}"))?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the offer {path}: {e}"))?;
+    }
+    Ok(text)
 }
 
 fn json_line(v: &serde_json::Value) -> String {

@@ -78,8 +78,10 @@ pub fn first_slot(anchor: Instant, ptime: Duration, not_before: Instant) -> Inst
     if not_before <= first || ptime.is_zero() {
         return first;
     }
-    let wait = not_before.duration_since(anchor);
-    let k = wait.as_nanos().div_ceil(ptime.as_nanos());
+    // In u64 nanoseconds (584 years): a u128 division is a library call, and this runs for
+    // every internal packet (the fill deadline moves with each one).
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let k = nanos(not_before.duration_since(anchor)).div_ceil(nanos(ptime));
     anchor + ptime * u32::try_from(k).unwrap_or(u32::MAX)
 }
 

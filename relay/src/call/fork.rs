@@ -1,6 +1,7 @@
 //! Forks of a call's media: copies of what each direction forwards, taken at the two points
-//! where Opus RTP crosses the relay. Recording is the one fork today (see [`crate::record`]);
-//! live listen-in and whisper/barge will be more entries here.
+//! where Opus RTP crosses the relay. Two kinds: recording to files (see [`crate::record`]) and
+//! a supervisor's live listen-in over WebRTC (see [`crate::listen`], on a socket of its own);
+//! whisper/barge (which need mixing) will be more entries here.
 //!
 //! The call touches this module in a handful of one-line hooks, so it moves as a unit:
 //! - `media.rs`: [`Forks::on_rtp`] where WhatsApp's RTP is forwarded inward (the consumer)
@@ -9,15 +10,18 @@
 //!   every event the call reports (gate, DTMF, transfer), [`Call::end_forks`] when it ends.
 //!
 //! Per packet and per fork: a check, one clock conversion, a slot taken from a free list, a
-//! payload copy and a queue push. No allocation, no lock, no system call.
+//! payload copy and a queue push (recording); a copy, a header rewrite and an SRTP protect
+//! into the call's outbox (listen-in). No allocation, no lock, no system call.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::{
-    ApiError, CallEventKind, EndCause, LegKind, RecordingChange, RecordingFiles, RecordingState,
-    RecordingStatus,
+    ApiError, CallEventKind, EndCause, LegKind, ListenChange, ListenMode, ListenStatus,
+    RecordingChange, RecordingFiles, RecordingState, RecordingStatus,
 };
+use crate::listen::{ListenParams, ListenSession, STOPPED_BY_REQUEST};
+use crate::net::{Outbox, SocketRef};
 use crate::record::{Ctrl, Direction, Note, OpenRecording, RecorderLink, clock_at};
 use crate::wire::rtp::RtpHeader;
 
@@ -36,7 +40,22 @@ pub enum RecordRequest {
     Status,
 }
 
-/// The call's forks. Empty (two `None`s and a clock) on a call nobody records.
+/// What the engine asks of a call's listen-in. `Start` carries the fork's socket, already
+/// bound on the control plane and attached to the call's socket list by the shard.
+pub enum ListenRequest {
+    Start {
+        offer_sdp: String,
+        mode: ListenMode,
+        socket: SocketRef,
+        local: std::net::SocketAddr,
+        /// The address the supervisor reaches the socket at (advertised internal address).
+        advertised: std::net::SocketAddr,
+    },
+    Stop,
+    Status,
+}
+
+/// The call's forks. Empty (`None`s and a clock) on a call nobody records or listens to.
 #[derive(Default)]
 pub struct Forks {
     recording: Option<Box<RecordingFork>>,
@@ -44,6 +63,10 @@ pub struct Forks {
     last: Option<Box<RecordingStatus>>,
     /// The call's latest `now`: events carry no time of their own.
     clock: Option<Instant>,
+    /// A supervisor's live listen-in (one at a time; a new offer replaces it).
+    listen: Option<Box<ListenSession>>,
+    /// The last listen-in's final state, for a repeated stop.
+    listen_last: Option<Box<ListenStatus>>,
 }
 
 struct RecordingFork {
@@ -69,11 +92,18 @@ impl Forks {
         hdr: &RtpHeader,
         packet: &[u8],
         opus: bool,
+        out: &mut impl Outbox,
     ) {
+        if !opus {
+            return;
+        }
+        if let Some(l) = self.listen.as_deref_mut() {
+            l.forward(dir, now, hdr, packet, out);
+        }
         let Some(r) = self.recording.as_deref_mut() else {
             return;
         };
-        if r.paused || !opus {
+        if r.paused {
             return;
         }
         let Some(payload) = packet.get(hdr.payload_range()) else {
@@ -117,6 +147,63 @@ impl Forks {
             clock,
             note,
         });
+    }
+
+    /// The listen-in's socket, if the call has one running: datagrams on it go to
+    /// [`Forks::on_listen_datagram`].
+    pub(super) fn listen_socket(&self) -> Option<SocketRef> {
+        self.listen.as_deref().map(ListenSession::socket)
+    }
+
+    /// Is `from` the listening supervisor's nominated address?
+    pub(super) fn listen_knows(&self, from: std::net::SocketAddr) -> bool {
+        self.listen.as_deref().is_some_and(|l| l.knows_source(from))
+    }
+
+    /// A datagram on the listen-in's socket (the supervisor's checks, DTLS, RTCP).
+    pub(super) fn on_listen_datagram(
+        &mut self,
+        now: Instant,
+        from: std::net::SocketAddr,
+        buf: &mut [u8],
+        out: &mut impl Outbox,
+    ) {
+        if let Some(l) = self.listen.as_deref_mut() {
+            l.handle_datagram(now, from, buf, out);
+        }
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.listen.as_deref().and_then(ListenSession::poll_timeout)
+    }
+
+    pub(super) fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
+        if let Some(l) = self.listen.as_deref_mut() {
+            l.handle_timeout(now, out);
+        }
+    }
+
+    /// After any input: report the listen-in's changes, and retire it once stopped. Returns
+    /// the retired session's socket, for the call to give back.
+    #[must_use]
+    pub(super) fn report(
+        &mut self,
+        events: &mut std::collections::VecDeque<CallEventKind>,
+    ) -> Option<SocketRef> {
+        let l = self.listen.as_deref_mut()?;
+        while let Some(change) = l.poll_change() {
+            events.push_back(CallEventKind::Listen {
+                change,
+                status: Box::new(l.status()),
+            });
+        }
+        if !l.is_stopped() {
+            return None;
+        }
+        let socket = l.socket();
+        self.listen_last = Some(Box::new(l.status()));
+        self.listen = None;
+        Some(socket)
     }
 
     /// The call's time now: its last input's `now`, or the real clock if that is later (an
@@ -253,8 +340,103 @@ impl Call {
         Ok(Some(status))
     }
 
-    /// The call ends: a running recording stops first (its event before `Ended`).
+    /// Start or stop a supervisor's live listen-in, or read its state (idempotent; see
+    /// [`crate::api::ListenOp`]). `out` carries the DTLS close_notify of a stopped session.
+    pub fn listen(
+        &mut self,
+        req: ListenRequest,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) -> Result<Option<ListenStatus>, ApiError> {
+        self.forks.tick(now);
+        let result = match req {
+            ListenRequest::Status => Ok(self.listen_status()),
+            ListenRequest::Stop => {
+                if let Some(l) = self.forks.listen.as_deref_mut() {
+                    l.stop(STOPPED_BY_REQUEST, out);
+                }
+                self.report_listen();
+                Ok(self.listen_status())
+            }
+            ListenRequest::Start {
+                offer_sdp,
+                mode,
+                socket,
+                local,
+                advertised,
+            } => {
+                if let Some(l) = self.forks.listen.as_deref()
+                    && l.offer() == offer_sdp
+                {
+                    return Ok(Some(l.status()));
+                }
+                if self.ended.is_some() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "call {} has ended; it cannot be listened to",
+                        self.call_id
+                    )));
+                }
+                let session = ListenSession::new(
+                    &offer_sdp,
+                    ListenParams {
+                        socket,
+                        local,
+                        advertised,
+                        identity: self.identity.clone(),
+                        cfg: &self.cfg,
+                        mode,
+                    },
+                    now,
+                )
+                .map_err(|e| ApiError::InvalidArgument(format!("the supervisor's offer: {e}")))?;
+                // The supervisor reloaded: the old session gives way to the new offer.
+                if let Some(old) = self.forks.listen.as_deref_mut() {
+                    old.stop("replaced by a new offer", out);
+                    self.report_listen();
+                }
+                let status = session.status();
+                self.forks.listen = Some(Box::new(session));
+                self.events.push_back(CallEventKind::Listen {
+                    change: ListenChange::Started,
+                    status: Box::new(status.clone()),
+                });
+                Ok(Some(status))
+            }
+        };
+        if self.ended.is_none() {
+            let (gate, rest) = (self.gate_deadline(), self.rest_deadline());
+            self.deadlines.set(gate, rest);
+        }
+        result
+    }
+
+    /// The listen-in's socket while one runs.
+    pub fn listen_socket(&self) -> Option<SocketRef> {
+        self.forks.listen_socket()
+    }
+
+    /// Report the listen-in's changes; a stopped one gives its socket back to the engine.
+    pub(super) fn report_listen(&mut self) {
+        if let Some(socket) = self.forks.report(&mut self.events) {
+            self.release_socket(socket);
+        }
+    }
+
+    fn listen_status(&self) -> Option<ListenStatus> {
+        match self.forks.listen.as_deref() {
+            Some(l) => Some(l.status()),
+            None => self.forks.listen_last.as_deref().cloned(),
+        }
+    }
+
+    /// The call ends: a running recording and listen-in stop first (their events before
+    /// `Ended`). The listen-in's close_notify cannot go out here (no outbox): the browser sees
+    /// its consent checks go unanswered once the call's sockets close.
     pub(super) fn end_forks(&mut self, cause: EndCause) {
+        if let Some(l) = self.forks.listen.as_deref_mut() {
+            l.stop(cause.as_str(), &mut crate::listen::Discard);
+            self.report_listen();
+        }
         let Some(r) = self.forks.recording.as_deref() else {
             return;
         };

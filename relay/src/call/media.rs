@@ -47,6 +47,7 @@ impl Call {
         };
         match classify(data) {
             PacketKind::Stun => {
+                self.fed_control = true;
                 let Some(ice) = self.wa.ice.as_mut() else {
                     return self.wa.counters.drop(DropReason::Unexpected);
                 };
@@ -56,6 +57,7 @@ impl Call {
                 }
             }
             PacketKind::Dtls => {
+                self.fed_control = true;
                 if !self.wa.accepts(via, from) {
                     return self.wa.counters.drop(DropReason::BadSource);
                 }
@@ -119,7 +121,7 @@ impl Call {
             self.release_wa_dtls();
         }
         let opus = hdr.payload_type == self.wa.opus_pt;
-        (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus);
+        (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus, out);
 
         // Payload type map: WhatsApp's PTs → the internal leg's.
         let out_pt = if hdr.payload_type == self.wa.opus_pt {
@@ -133,6 +135,13 @@ impl Call {
         } else {
             return self.wa.counters.drop(DropReason::UnknownPayloadType);
         };
+        if self.bot.is_some() {
+            let payload_end = hdr.header_len + hdr.payload_len;
+            let Some(payload) = buf.get(hdr.header_len..payload_end.min(n)) else {
+                return self.wa.counters.drop(DropReason::Malformed);
+            };
+            return self.bot_from_whatsapp(&hdr, payload, opus);
+        }
 
         let internal = &mut self.internal;
         let Some(dst) = internal.send_target() else {
@@ -213,6 +222,7 @@ impl Call {
         let kind = classify(data);
         // A browser's checks come from any of its candidates: the ICE-lite agent judges them.
         if kind == PacketKind::Stun && self.internal.webrtc.is_some() {
+            self.fed_control = true;
             return self.on_internal_stun(now, from, data, out);
         }
         if !self.internal.accept_source(from) {
@@ -230,6 +240,7 @@ impl Call {
                 Self::read_reports(&mut self.internal.counters, ssrc, &buf[..n], now, ntp);
             }
             PacketKind::Dtls if self.internal.webrtc.is_some() => {
+                self.fed_control = true;
                 self.on_internal_dtls(now, &buf[..len])
             }
             PacketKind::Unknown => self.internal.counters.drop(DropReason::Malformed),
@@ -268,6 +279,20 @@ impl Call {
         {
             return internal.counters.drop(DropReason::Replayed);
         }
+        self.accept_internal_rtp(now, buf, n, hdr, out);
+    }
+
+    /// A plaintext internal RTP packet that passed its leg's checks, or a bot's frame made into
+    /// one (`bot.rs`): statistics, timers, first media, DTMF, then the gate toward WhatsApp.
+    pub(super) fn accept_internal_rtp(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        n: usize,
+        hdr: rtp::RtpHeader,
+        out: &mut impl Outbox,
+    ) {
+        let internal = &mut self.internal;
         internal.arrivals.on_packet(now, self.cfg.fill_after_max);
         internal.counters.rx_packets += 1;
         internal.counters.rx_bytes += n as u64;
@@ -310,7 +335,7 @@ impl Call {
         out: &mut impl Outbox,
     ) {
         let opus = hdr.payload_type == self.internal.opus_pt;
-        (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus);
+        (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus, out);
         let out_pt = if hdr.payload_type == self.internal.opus_pt {
             self.wa.opus_pt
         } else {

@@ -5,6 +5,7 @@
 //! due; the call pushes what it wants sent into an [`Outbox`] and queues [`CallEventKind`]s.
 //! Read [`media`] for the per-packet path, top to bottom.
 
+mod bot;
 pub mod config;
 mod error;
 pub mod fill;
@@ -20,6 +21,7 @@ mod rtcp;
 pub mod seq_window;
 mod setup;
 pub mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
@@ -43,6 +45,43 @@ use crate::srtp::{MasterKey, SrtpSession};
 use gate::Gate;
 use legs::{InternalLeg, WhatsAppLeg};
 use watchdog::{Verdict, Watchdog};
+
+/// The call's deadlines, cached so a media packet recomputes only what it can move.
+///
+/// Every input but media recomputes both parts. A media packet recomputes only the gate's
+/// (an internal packet moves the silence fill's wait and may be held); what it does to the
+/// rest (the watchdog's media timeouts, the browser's idle deadline) only moves them later, and
+/// a cached deadline that is early merely wakes the call for nothing: the call runs, finds
+/// nothing due, and recomputes. The rest always includes a deadline at most a second or an
+/// RTCP interval away once media flows, so a stale part is refreshed within that.
+#[derive(Copy, Clone, Debug, Default)]
+struct Deadlines {
+    /// Held media to play out, or the next silence frame ([`Gate::poll_timeout`]).
+    gate: Option<Instant>,
+    /// ICE, DTLS, the WebRTC leg, the watchdog, RTCP.
+    rest: Option<Instant>,
+    /// The earlier of the two: [`Call::poll_timeout`].
+    next: Option<Instant>,
+}
+
+impl Deadlines {
+    fn set(&mut self, gate: Option<Instant>, rest: Option<Instant>) {
+        self.gate = gate;
+        self.rest = rest;
+        self.next = earliest(gate, rest);
+    }
+
+    fn set_gate(&mut self, gate: Option<Instant>) {
+        self.set(gate, self.rest);
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
 
 pub struct Call {
     pub call_id: String,
@@ -91,10 +130,17 @@ pub struct Call {
 
     events: VecDeque<CallEventKind>,
     ended: Option<EndCause>,
-    /// Cached earliest deadline, recomputed after every input.
-    next_deadline: Option<Instant>,
+    /// The cached deadlines (see [`Deadlines`]).
+    deadlines: Deadlines,
+    /// The datagram being handled fed ICE or DTLS (which may now have events, flights or a
+    /// new timer): the cascade of [`Call::after_input`] runs. Media alone does not need it.
+    fed_control: bool,
     /// Recording (and later listen-in) copies of the media; see `fork.rs`.
     forks: fork::Forks,
+    /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
+    released_sockets: Vec<SocketRef>,
+    /// A voice bot as the internal leg's peer (`InternalKind::WebSocket`); see `bot.rs`.
+    bot: Option<Box<bot::BotLeg>>,
 }
 
 impl Call {
@@ -111,16 +157,42 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if via.is_whatsapp() {
+        if self.forks.listen_socket() == Some(via) {
+            if let Some(data) = buf.get_mut(..len) {
+                self.forks.on_listen_datagram(now, from, data, out);
+            }
+            // Its ICE/DTLS may have moved: report and re-arm like any control input.
+            self.fed_control = true;
+        } else if via.is_whatsapp() {
             self.on_whatsapp_datagram(now, via, from, buf, len, out);
-        } else {
+        } else if via == SocketRef::Internal {
             self.on_internal_datagram(now, from, buf, len, out);
+        } else {
+            // A socket added while live that no leg owns (any more): a late datagram.
+            return self.internal.counters.drop(stats::DropReason::Unexpected);
         }
-        self.after_input(now, out);
+        if std::mem::take(&mut self.fed_control) {
+            self.after_input(now, out);
+        } else {
+            self.after_media(now, via == SocketRef::Internal);
+        }
+    }
+
+    /// Give back a socket the call gained while live (a fork's leg that ended): the engine
+    /// stops receiving on it and closes it. Datagrams still in flight on it are dropped.
+    pub fn release_socket(&mut self, id: SocketRef) {
+        if id.index() >= SocketRef::FIRST_EXTRA.index() && !self.released_sockets.contains(&id) {
+            self.released_sockets.push(id);
+        }
+    }
+
+    /// The next socket the call gave back, for the engine to close.
+    pub fn poll_released_socket(&mut self) -> Option<SocketRef> {
+        self.released_sockets.pop()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_deadline
+        self.deadlines.next
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
@@ -134,6 +206,7 @@ impl Call {
             dtls.handle_timeout(now);
         }
         self.internal_webrtc_timeout(now, out);
+        self.forks.handle_timeout(now, out);
         if self.ended.is_some() {
             return;
         }
@@ -149,6 +222,10 @@ impl Call {
             None => {}
         }
         self.drain_prebuffer(now, out);
+        self.bot_timeout(now, out);
+        if self.ended.is_some() {
+            return;
+        }
         self.fill_silence(now, out);
         self.send_due_rtcp(now, out);
         self.after_input(now, out);
@@ -282,7 +359,7 @@ impl Call {
                 meta_code: cause.meta_code(),
                 stats,
             });
-            self.next_deadline = None;
+            self.deadlines = Deadlines::default();
         }
     }
 
@@ -293,8 +370,22 @@ impl Call {
         self.process_dtls(now, out);
         self.process_internal_webrtc(now, out);
         self.check_wa_ready(now, out);
+        self.report_listen();
         if self.ended.is_none() {
-            self.next_deadline = self.compute_deadline();
+            let gate = self.gate_deadline();
+            let rest = self.rest_deadline();
+            self.deadlines.set(gate, rest);
+        }
+    }
+
+    /// After a media datagram (RTP, RTCP) that fed no sub-machine: nothing to cascade, and
+    /// only the gate's deadline can have moved earlier (see [`Deadlines`]); it can only move
+    /// for the internal leg's packets (they feed the silence fill's wait and the prebuffer).
+    fn after_media(&mut self, now: Instant, internal: bool) {
+        self.forks.tick(now);
+        if internal && self.ended.is_none() {
+            let gate = self.gate_deadline();
+            self.deadlines.set_gate(gate);
         }
     }
 
@@ -416,22 +507,25 @@ impl Call {
         self.on_wa_sendable(now, out);
     }
 
-    fn compute_deadline(&self) -> Option<Instant> {
-        let mut d: Option<Instant> = None;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                d = Some(d.map_or(t, |d| d.min(t)));
-            }
-        };
-        consider(self.wa.ice.as_ref().and_then(|i| i.poll_timeout()));
-        consider(self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()));
-        consider(self.internal.webrtc.as_ref().and_then(|w| w.poll_timeout()));
-        consider(self.watchdog.poll_timeout(&self.cfg));
-        consider(self.webrtc_idle_deadline());
-        consider(self.gate.poll_timeout(&self.cfg, &self.fill_view()));
-        consider(self.next_rtcp_wa);
-        consider(self.next_rtcp_internal);
-        d
+    fn gate_deadline(&self) -> Option<Instant> {
+        self.gate.poll_timeout(&self.cfg, &self.fill_view())
+    }
+
+    /// Every deadline but the gate's.
+    fn rest_deadline(&self) -> Option<Instant> {
+        [
+            self.wa.ice.as_ref().and_then(|i| i.poll_timeout()),
+            self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()),
+            self.internal.webrtc.as_ref().and_then(|w| w.poll_timeout()),
+            self.watchdog.poll_timeout(&self.cfg),
+            self.webrtc_idle_deadline(),
+            self.next_rtcp_wa,
+            self.next_rtcp_internal,
+            self.forks.poll_timeout(),
+            self.bot_deadline(),
+        ]
+        .into_iter()
+        .fold(None, earliest)
     }
 
     fn wa_can_send(&self) -> bool {
@@ -466,15 +560,19 @@ impl Call {
     /// server carries many calls), and for the internal leg's accepted remote. The shard
     /// rate-limits everything else per source before it gets here.
     pub fn knows_source(&self, via: SocketRef, from: SocketAddr) -> bool {
-        if via.is_whatsapp() {
+        if self.forks.listen_socket() == Some(via) {
+            self.forks.listen_knows(from)
+        } else if via.is_whatsapp() {
             self.wa.accepts(via, from)
                 || self
                     .wa
                     .ice
                     .as_ref()
                     .is_some_and(|ice| ice.is_remote_candidate(via, from))
-        } else {
+        } else if via == SocketRef::Internal {
             self.internal.remote == Some(from)
+        } else {
+            false
         }
     }
 }

@@ -61,6 +61,8 @@ impl Call {
             build_internal(spec, &setup, &self.internal_cname, now)?;
 
         self.send_internal_bye(now, out);
+        // A bot being replaced gets `stop` and its WebSocket closed (its task sees the link go).
+        self.bot = None;
         let previous = self.internal.remote;
         // A new peer at the very same address is the same socket: it cannot be told apart.
         leg.refused = previous.filter(|p| leg.remote != Some(*p));

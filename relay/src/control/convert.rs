@@ -7,8 +7,8 @@ use control::pb;
 
 use crate::api::{
     ApiError, CallCreated, CallDirection, CallEvent, CallEventKind, CallInfo, CallState,
-    CreateCall, EndCause, InternalKind, InternalLegSpec, LegKind, LegStats, Load, SourcePolicy,
-    StreamStats, WaSecurity,
+    CreateCall, EndCause, InternalKind, InternalLegSpec, LegKind, LegStats, ListenMode, ListenOp,
+    Load, SourcePolicy, StreamStats, WaSecurity,
 };
 use crate::srtp::SrtpProfile;
 
@@ -145,6 +145,9 @@ pub fn internal_leg(leg: pb::InternalLeg) -> Result<InternalLegSpec, ApiError> {
             leg.srtp_profile,
         )?),
         pb::InternalTransport::Webrtc => InternalKind::WebRtc,
+        pb::InternalTransport::Websocket => InternalKind::WebSocket(std::sync::Arc::new(
+            crate::bot::target_from_pb(leg.websocket.unwrap_or_default())?,
+        )),
     };
     let source = match enum_value("internal.source_policy", leg.source_policy)? {
         pb::SourcePolicy::Unspecified | pb::SourcePolicy::Strict => SourcePolicy::Strict,
@@ -271,6 +274,8 @@ pub fn end_cause(c: EndCause) -> pb::EndCause {
         EndCause::AnswerTimeout => pb::EndCause::AnswerTimeout,
         EndCause::AcceptTimeout => pb::EndCause::AcceptTimeout,
         EndCause::MaxDuration => pb::EndCause::MaxDuration,
+        EndCause::BotHangup => pb::EndCause::BotHangup,
+        EndCause::BotFailed => pb::EndCause::BotFailed,
     }
 }
 
@@ -352,6 +357,22 @@ pub fn call_event(e: &CallEvent) -> pb::CallEvent {
             change: recording_change(*change).into(),
             recording: Some(recording(status)),
         }),
+        CallEventKind::Listen { change, status } => {
+            use crate::api::ListenChange as C;
+            Kind::Listen(pb::ListenChanged {
+                change: match change {
+                    C::Started => pb::ListenChange::Started,
+                    C::Connected => pb::ListenChange::Connected,
+                    C::Stopped => pb::ListenChange::Stopped,
+                }
+                .into(),
+                // The answer went back in StartListen's response; events stay small.
+                listen: Some(pb::Listen {
+                    answer_sdp: String::new(),
+                    ..listen(status)
+                }),
+            })
+        }
     };
     pb::CallEvent {
         call_id: e.call_id.clone(),
@@ -393,6 +414,55 @@ pub fn recording(s: &crate::api::RecordingStatus) -> pb::Recording {
         events_file: s.files.events.display().to_string(),
         dropped_packets: s.dropped_packets,
     }
+}
+
+pub fn listen(s: &crate::api::ListenStatus) -> pb::Listen {
+    use crate::api::ListenState as S;
+    pb::Listen {
+        state: match s.state {
+            S::Connecting => pb::ListenState::Connecting,
+            S::Live => pb::ListenState::Live,
+            S::Stopped => pb::ListenState::Stopped,
+        }
+        .into(),
+        mode: match s.mode {
+            crate::api::ListenMode::Listen => pb::ListenMode::Listen,
+        }
+        .into(),
+        answer_sdp: s.answer_sdp.clone(),
+        local: s.local.to_string(),
+        supervisor: s.remote.map(|a| a.to_string()).unwrap_or_default(),
+        consumer_packets: s.consumer_packets,
+        agent_packets: s.agent_packets,
+        dropped_packets: s.dropped_packets,
+        stop_reason: s.stop_reason.clone().unwrap_or_default(),
+    }
+}
+
+/// StartListen's request as the engine's operation.
+pub fn start_listen(r: pb::StartListenRequest) -> Result<(String, ListenOp), ApiError> {
+    let id = required_id("call_id", r.call_id)?;
+    if r.offer_sdp.trim().is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "offer_sdp is required: the supervisor's SDP offer".into(),
+        ));
+    }
+    let mode = match pb::ListenMode::try_from(r.mode) {
+        Ok(pb::ListenMode::Unspecified | pb::ListenMode::Listen) => ListenMode::Listen,
+        Err(_) => {
+            return Err(ApiError::InvalidArgument(format!(
+                "mode {} is not a ListenMode",
+                r.mode
+            )));
+        }
+    };
+    Ok((
+        id,
+        ListenOp::Start {
+            offer_sdp: r.offer_sdp,
+            mode,
+        },
+    ))
 }
 
 fn recording_change(c: crate::api::RecordingChange) -> pb::RecordingChange {

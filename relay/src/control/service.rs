@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{ApiError, CallControl, RecordingOp, RefusedReason};
+use crate::api::{ApiError, CallControl, ListenOp, RecordingOp, RefusedReason};
 
 use super::convert;
 use super::drain::Drain;
@@ -142,6 +142,28 @@ impl<C: CallControl> pb::relay_server::Relay for RelayService<C> {
     ) -> Result<Response<pb::RecordingResponse>, Status> {
         self.recording(request.into_inner().call_id, RecordingOp::Resume)
             .await
+    }
+
+    async fn start_listen(
+        &self,
+        request: Request<pb::StartListenRequest>,
+    ) -> Result<Response<pb::ListenResponse>, Status> {
+        let (id, op) = api(convert::start_listen(request.into_inner()))?;
+        let status = api(self.engine.listen(id, op).await)?;
+        Ok(Response::new(pb::ListenResponse {
+            listen: status.as_ref().map(convert::listen),
+        }))
+    }
+
+    async fn stop_listen(
+        &self,
+        request: Request<pb::StopListenRequest>,
+    ) -> Result<Response<pb::ListenResponse>, Status> {
+        let id = call_id(request.into_inner().call_id)?;
+        let status = api(self.engine.listen(id, ListenOp::Stop).await)?;
+        Ok(Response::new(pb::ListenResponse {
+            listen: status.as_ref().map(convert::listen),
+        }))
     }
 
     async fn terminate(

@@ -42,6 +42,7 @@ pub fn to_status(e: &ApiError) -> Status {
             (Code::FailedPrecondition, "CALL_TERMINATED")
         }
         ApiError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+        ApiError::BotUnreachable(_) => (Code::Unavailable, "BOT_UNREACHABLE"),
         ApiError::Internal(_) => (Code::Internal, "INTERNAL"),
     };
     let mut metadata = MetadataMap::new();

@@ -105,6 +105,20 @@ pub(crate) trait ShardIo {
     /// The call ended: stop receiving on its sockets and close them once the datagrams already
     /// queued on them (the RTCP BYEs) have left.
     fn detach(&mut self, call: SlotKey);
+    /// A live call gained socket `key.socket` (a fork's leg): start receiving on it. An error
+    /// (no such call, the driver cannot take it) leaves nothing registered.
+    fn attach_socket(&mut self, key: SockKey, socket: UdpSocket) -> std::io::Result<()> {
+        drop((key, socket));
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this driver cannot add a socket to a live call",
+        ))
+    }
+    /// A live call gave socket `key` back: stop receiving on it and close it once what is
+    /// queued on it has left. Unknown keys are ignored.
+    fn detach_socket(&mut self, key: SockKey) {
+        let _ = key;
+    }
 }
 
 /// Requests from the control plane. Replies go back on tokio oneshots (a plain send, no
@@ -130,6 +144,8 @@ pub(crate) enum Command {
         call_id: String,
         spec: InternalLegSpec,
         advertised: Advertised,
+        /// The new peer is a voice bot: its connected WebSocket.
+        bot: Option<crate::bot::client::BotAttach>,
         reply: tokio::sync::oneshot::Sender<Result<InternalLegReplaced, ApiError>>,
     },
     Terminate {
@@ -155,9 +171,40 @@ pub(crate) enum Command {
         req: crate::call::fork::RecordRequest,
         reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::RecordingStatus>, ApiError>>,
     },
+    /// A call's listen-in: stop or status (a start comes with its socket: `WithNewSocket`).
+    Listen {
+        call_id: String,
+        req: crate::call::fork::ListenRequest,
+        reply: tokio::sync::oneshot::Sender<Result<Option<crate::api::ListenStatus>, ApiError>>,
+    },
+    /// Give a live call one more socket (bound by the control plane) and run `run` with it.
+    WithNewSocket {
+        call_id: String,
+        socket: UdpSocket,
+        run: NewSocketFn,
+    },
     /// End every call (`Drained`) and stop the thread.
     Stop,
 }
+
+/// What a closure run on a call's shard with a socket the call just gained gets (see
+/// `EngineHandle::with_new_socket`).
+pub struct NewSocket<'a> {
+    pub call: &'a mut Call,
+    /// The socket's place in the call's list: datagrams on it reach
+    /// [`Call::handle_datagram`] with this `via`, and the call sends on it with this `via`.
+    pub id: SocketRef,
+    /// Where it is bound (its port goes into the SDP of the leg that uses it).
+    pub local: SocketAddr,
+    pub now: Instant,
+    /// Sends queued here leave on the call's sockets (this one included).
+    pub out: &'a mut dyn Outbox,
+}
+
+/// Runs on the shard with the call and its new socket, or the reason there is none; it
+/// replies to its requester itself and returns whether the call keeps the socket.
+pub(crate) type NewSocketFn =
+    Box<dyn for<'a> FnOnce(Result<NewSocket<'a>, ApiError>) -> bool + Send>;
 
 /// The sockets bound for one call: a list indexed by [`SocketRef::index`].
 pub(crate) struct CallSockets {
@@ -184,7 +231,9 @@ pub(crate) struct IoCounters {
 struct Slot {
     call: Box<Call>,
     generation: u32,
-    /// The local address of each socket, by index (for a replaced internal leg's SDP).
+    /// The call's socket list: each socket's local address by index (for a replaced internal
+    /// leg's SDP), `None` for one not bound or given back. Only grows: its length is the next
+    /// index a socket added to the live call gets, so an index is never reused within a call.
     local: Vec<Option<SocketAddr>>,
     /// The time of this call's live heap entry (see [`TimerHeap`]).
     armed: Option<Instant>,
@@ -374,6 +423,18 @@ impl ShardCore {
             slot.generation,
             slot.call.poll_timeout(),
         );
+        while let Some(id) = slot.call.poll_released_socket() {
+            if let Some(l) = slot.local.get_mut(id.index()) {
+                *l = None;
+            }
+            io.detach_socket(SockKey {
+                call: SlotKey {
+                    slot: idx,
+                    generation: slot.generation,
+                },
+                socket: id.index() as u16,
+            });
+        }
         while let Some(kind) = slot.call.poll_event() {
             let (ice, dtls) = slot.call.setup_times();
             match &kind {
@@ -470,12 +531,16 @@ impl ShardCore {
                 call_id,
                 spec,
                 advertised,
+                bot,
                 reply,
             } => {
                 let r = self.local_sockets(&call_id).and_then(|sockets| {
                     self.with_call(&call_id, io, |call, out| {
                         let internal_sdp =
                             call.replace_internal_leg(&spec, sockets, advertised, now, out)?;
+                        if let Some(bot) = bot {
+                            call.attach_bot(bot, now)?;
+                        }
                         Ok(InternalLegReplaced {
                             internal_sdp,
                             call: call.info(),
@@ -518,6 +583,18 @@ impl ShardCore {
             } => {
                 let _ = reply.send(self.with_call(&call_id, io, |c, _| c.record(req, now)));
             }
+            Command::Listen {
+                call_id,
+                req,
+                reply,
+            } => {
+                let _ = reply.send(self.with_call(&call_id, io, |c, out| c.listen(req, now, out)));
+            }
+            Command::WithNewSocket {
+                call_id,
+                socket,
+                run,
+            } => self.with_new_socket(now, &call_id, socket, io, run),
             Command::Stop => {
                 self.end_all(now, EndCause::Drained, io);
                 return false;
@@ -597,6 +674,76 @@ impl ShardCore {
         // Commands may make a call due now (gate opened: maiden packet, fill timer).
         self.after_call_activity(idx, io);
         r
+    }
+
+    /// Give the live call `call_id` one more socket (a fork's leg, bound by the control
+    /// plane: see `sockets::bind_extra`) and run `run` with the call, the socket's new
+    /// [`SocketRef`] and its local address (or with the reason there is none). The socket
+    /// takes the call's next unused index (never one a removed socket had, so a completion
+    /// still in flight for that one cannot reach it) and is registered with the driver before
+    /// `run` runs; if `run` says the call does not keep it, it is unregistered and closed. The
+    /// call gives it back later with `Call::release_socket`.
+    fn with_new_socket<I: ShardIo>(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        socket: UdpSocket,
+        io: &mut I,
+        run: NewSocketFn,
+    ) {
+        let Some(&idx) = self.by_id.get(call_id) else {
+            run(Err(ApiError::NotFound(call_id.to_string())));
+            return;
+        };
+        let Some(Some(slot)) = self.slots.get_mut(idx as usize) else {
+            run(Err(ApiError::NotFound(call_id.to_string())));
+            return;
+        };
+        let local = match socket.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                run(Err(ApiError::Internal(format!(
+                    "a new socket for call {call_id}: {e}"
+                ))));
+                return;
+            }
+        };
+        let index = slot.local.len().max(SocketRef::FIRST_EXTRA.index());
+        let (Ok(index8), true) = (u8::try_from(index), index < SockKey::MAX_SOCKETS) else {
+            run(Err(ApiError::Unavailable(format!(
+                "call {call_id} has used all {} socket indices",
+                SocketRef::MAX
+            ))));
+            return;
+        };
+        let key = SockKey {
+            call: SlotKey {
+                slot: idx,
+                generation: slot.generation,
+            },
+            socket: index as u16,
+        };
+        if let Err(e) = io.attach_socket(key, socket) {
+            run(Err(ApiError::Internal(format!(
+                "registering a new socket for call {call_id}: {e}"
+            ))));
+            return;
+        }
+        slot.local.resize(index, None);
+        slot.local.push(Some(local));
+        let mut out = SlotOutbox { io, call: key.call };
+        let kept = run(Ok(NewSocket {
+            call: &mut slot.call,
+            id: SocketRef::new(index8),
+            local,
+            now,
+            out: &mut out,
+        }));
+        if !kept {
+            slot.local[index] = None;
+            io.detach_socket(key);
+        }
+        self.after_call_activity(idx, io);
     }
 
     fn insert<I: ShardIo>(&mut self, call: Box<Call>, sockets: CallSockets, io: &mut I) {

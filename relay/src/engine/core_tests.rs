@@ -31,6 +31,8 @@ enum IoOp {
     },
     Attach(SlotKey, usize),
     Detach(SlotKey),
+    AttachSocket(SockKey),
+    DetachSocket(SockKey),
 }
 
 #[derive(Default)]
@@ -62,6 +64,15 @@ impl ShardIo for Recorder {
 
     fn detach(&mut self, call: SlotKey) {
         self.ops.push(IoOp::Detach(call));
+    }
+
+    fn attach_socket(&mut self, key: SockKey, _: std::net::UdpSocket) -> std::io::Result<()> {
+        self.ops.push(IoOp::AttachSocket(key));
+        Ok(())
+    }
+
+    fn detach_socket(&mut self, key: SockKey) {
+        self.ops.push(IoOp::DetachSocket(key));
     }
 }
 
@@ -422,4 +433,71 @@ fn commands_interleaved_with_completions() {
         .on_datagram(s.now, internal, Some(MEDIA_SERVER), &mut buf, n, &mut s.io);
     assert!(s.io.ops.is_empty());
     assert_eq!(s.ended(), vec![("c".to_string(), EndCause::Terminated)]);
+}
+
+/// Sockets added to a live call take fresh indices (never reused, even after one was refused
+/// or given back), and a refused or given-back one is unregistered.
+#[test]
+fn sockets_added_to_a_live_call_take_fresh_indices() {
+    let mut s = Shard::new();
+    s.insert("a", CallConfig::default());
+    let add = |s: &mut Shard, keep: bool, release: Option<SocketRef>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cmd = Command::WithNewSocket {
+            call_id: "a".into(),
+            socket: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            run: Box::new(move |ctx: Result<NewSocket<'_>, ApiError>| {
+                let c = ctx.expect("live");
+                if let Some(r) = release {
+                    c.call.release_socket(r);
+                }
+                tx.send(c.id).unwrap();
+                keep
+            }),
+        };
+        assert!(s.core.on_command(s.now, cmd, &mut s.io));
+        rx.recv().unwrap()
+    };
+    let first = add(&mut s, true, None);
+    assert_eq!(first, SocketRef::FIRST_EXTRA);
+    let refused = add(&mut s, false, None);
+    let third = add(&mut s, true, Some(first));
+    assert_eq!(
+        [refused.index(), third.index()],
+        [first.index() + 1, first.index() + 2]
+    );
+    let socket_ops: Vec<_> =
+        s.io.ops
+            .iter()
+            .filter_map(|o| match o {
+                IoOp::AttachSocket(k) => Some((true, k.socket)),
+                IoOp::DetachSocket(k) => Some((false, k.socket)),
+                _ => None,
+            })
+            .collect();
+    let i = |r: SocketRef| r.index() as u16;
+    assert_eq!(
+        socket_ops,
+        [
+            (true, i(first)),
+            (true, i(refused)),
+            (false, i(refused)),
+            (true, i(third)),
+            (false, i(first)),
+        ]
+    );
+    // A request for a call that is not there gets the reason, and nothing is registered.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cmd = Command::WithNewSocket {
+        call_id: "nope".into(),
+        socket: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        run: Box::new(move |ctx: Result<NewSocket<'_>, ApiError>| {
+            tx.send(ctx.err()).unwrap();
+            false
+        }),
+    };
+    let ops = s.io.ops.len();
+    assert!(s.core.on_command(s.now, cmd, &mut s.io));
+    assert!(matches!(rx.recv().unwrap(), Some(ApiError::NotFound(_))));
+    assert_eq!(s.io.ops.len(), ops);
 }

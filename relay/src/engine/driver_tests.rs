@@ -22,6 +22,7 @@ use crate::engine::snapshot::ShardTotals;
 use crate::engine::uring::{UringConfig, UringDriver};
 use crate::srtp::SrtpProfile;
 
+#[allow(unsafe_code)] // a counting GlobalAlloc, test builds only
 #[path = "../../tests/alloc_support/mod.rs"]
 mod alloc_support;
 
@@ -309,6 +310,7 @@ fn io_uring_buffer_ring_dry_is_counted_and_nothing_is_lost() {
 /// waiting for a slot. The stand-in for a socket whose sends stay in flight is a blocking TCP
 /// connection whose peer never reads (a non-blocking UDP socket's sends complete as issued).
 #[test]
+#[allow(unsafe_code)] // setsockopt (small socket buffers) on the test's own sockets
 fn io_uring_send_slots_exhausted_drop_and_count() {
     use crate::engine::core::{ShardIo, SlotKey, SockKey};
     use std::os::fd::{AsRawFd, OwnedFd};
@@ -364,4 +366,99 @@ fn io_uring_send_slots_exhausted_drop_and_count() {
         (SENDS - 2..=SENDS).contains(&done),
         "{done} of {SENDS}: {c:?}"
     );
+}
+
+/// A live call gains a socket (a supervisor leg's port): the call sends from it, datagrams to
+/// it reach the call, and once the call gives it back nothing more arrives.
+fn a_live_call_gains_and_gives_back_a_socket<D: Driver>(rig: Option<Rig<D>>) {
+    use crate::api::ApiError;
+    use crate::engine::core::NewSocket;
+    use crate::net::SocketRef;
+
+    let Some(mut rig) = rig else { return };
+    let extra = lo();
+    extra.set_nonblocking(true).unwrap();
+    let extra_at = extra.local_addr().unwrap();
+    let server_at = rig.server.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let add = Command::WithNewSocket {
+        call_id: "driver-test".into(),
+        socket: extra,
+        run: Box::new(move |ctx: Result<NewSocket<'_>, ApiError>| {
+            let s = ctx.expect("the call is live");
+            s.out.push(s.id, server_at, b"from the new socket");
+            tx.send((s.id, s.local)).unwrap();
+            true
+        }),
+    };
+    let now = Instant::now();
+    assert!(rig.core.on_command(now, add, rig.driver.io()));
+    let (id, local) = rx.recv().unwrap();
+    assert_eq!(id, SocketRef::FIRST_EXTRA, "{}", rig.driver.name());
+    assert_eq!(local, extra_at);
+    rig.turn();
+    let mut buf = [0u8; 2048];
+    let (n, from) = rig
+        .server
+        .recv_from(&mut buf)
+        .expect("sent on the new socket");
+    assert_eq!((&buf[..n], from), (&b"from the new socket"[..], extra_at));
+
+    // A datagram to it reaches the call (which has no leg on it yet: a counted drop).
+    let dropped = |rig: &mut Rig<D>| {
+        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        let get = Command::Get {
+            call_id: "driver-test".into(),
+            reply,
+        };
+        assert!(rig.core.on_command(Instant::now(), get, rig.driver.io()));
+        rx.try_recv().unwrap().expect("live").internal.dropped
+    };
+    let before = dropped(&mut rig);
+    rig.server.send_to(&[0x80; 20], extra_at).unwrap();
+    for _ in 0..20 {
+        rig.turn();
+        if dropped(&mut rig) > before {
+            break;
+        }
+    }
+    assert_eq!(dropped(&mut rig), before + 1, "{}", rig.driver.name());
+
+    // Given back (from inside another request, the way a fork's leg ends): closed.
+    let (reply, done) = std::sync::mpsc::channel();
+    let release = Command::WithNewSocket {
+        call_id: "driver-test".into(),
+        socket: lo(),
+        run: Box::new(move |ctx: Result<NewSocket<'_>, ApiError>| {
+            let s = ctx.expect("the call is live");
+            s.call.release_socket(id);
+            reply.send(s.id).unwrap();
+            false
+        }),
+    };
+    assert!(
+        rig.core
+            .on_command(Instant::now(), release, rig.driver.io())
+    );
+    assert_ne!(done.recv().unwrap(), id, "indices are not reused");
+    for _ in 0..5 {
+        rig.turn();
+    }
+    let before = dropped(&mut rig);
+    // The port is closed: nothing reaches the call any more.
+    let _ = rig.server.send_to(&[0x80; 20], extra_at);
+    for _ in 0..5 {
+        rig.turn();
+    }
+    assert_eq!(dropped(&mut rig), before, "{}", rig.driver.name());
+}
+
+#[test]
+fn io_uring_live_call_gains_and_gives_back_a_socket() {
+    a_live_call_gains_and_gives_back_a_socket(Rig::new(UringDriver::new));
+}
+
+#[test]
+fn epoll_live_call_gains_and_gives_back_a_socket() {
+    a_live_call_gains_and_gives_back_a_socket(Rig::new(EpollDriver::new));
 }

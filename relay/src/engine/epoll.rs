@@ -107,6 +107,48 @@ impl ShardIo for EpollIo {
             }
         }
     }
+
+    fn attach_socket(&mut self, key: SockKey, socket: UdpSocket) -> io::Result<()> {
+        let Some(c) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == key.call.generation)
+        else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such call"));
+        };
+        let i = usize::from(key.socket);
+        let fd = socket.as_raw_fd();
+        let mut ms = mio::net::UdpSocket::from_std(socket);
+        self.registry
+            .register(&mut ms, Token(key.encode() as usize), Interest::READABLE)?;
+        if c.sockets.len() <= i {
+            c.sockets.resize_with(i + 1, || None);
+            c.fds.resize(i + 1, -1);
+        }
+        c.sockets[i] = Some(ms);
+        c.fds[i] = fd;
+        Ok(())
+    }
+
+    fn detach_socket(&mut self, key: SockKey) {
+        let Some(c) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == key.call.generation)
+        else {
+            return;
+        };
+        let i = usize::from(key.socket);
+        let Some(mut s) = c.sockets.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        c.fds[i] = -1;
+        // What is queued on it leaves before it closes.
+        self.send.flush();
+        let _ = self.registry.deregister(&mut s);
+    }
 }
 
 pub(crate) struct EpollDriver {

@@ -11,6 +11,7 @@
 //! I/O: `uring.rs` (io_uring) or `epoll.rs` (epoll + `udp.rs`'s recvmmsg/sendmmsg).
 
 mod core;
+#[allow(unsafe_code)] // eventfd waker, socket options
 mod driver;
 #[cfg(test)]
 mod driver_tests;
@@ -22,7 +23,9 @@ mod shard;
 pub mod snapshot;
 mod sockets;
 mod timers;
+#[allow(unsafe_code)] // recvmmsg/sendmmsg, sockaddr conversions
 pub mod udp;
+#[allow(unsafe_code)] // io_uring submission entries point at buffers the ring reads
 mod uring;
 
 use std::net::IpAddr;
@@ -35,12 +38,13 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::api::{
     ApiError, CallControl, CallCreated, CallEvent, CallEventKind, CallInfo, CreateCall, EndCause,
-    InternalLegReplaced, InternalLegSpec, LegKind, Load, RecordingOp, RecordingState,
-    RecordingStatus, RefusedReason, ShardLoad,
+    InternalLegReplaced, InternalLegSpec, LegKind, ListenOp, ListenStatus, Load, RecordingOp,
+    RecordingState, RecordingStatus, RefusedReason, ShardLoad,
 };
-use crate::call::fork::RecordRequest;
+use crate::call::fork::{ListenRequest, RecordRequest};
 use crate::call::{Advertised, Call, CallConfig, CallSetup};
 use crate::dtls::DtlsIdentity;
+pub use core::NewSocket;
 pub use driver::IoDriverChoice;
 use driver::Waker;
 pub use registry::TombstoneConfig;
@@ -88,6 +92,8 @@ pub struct EngineConfig {
     pub shard_stall_timeout: std::time::Duration,
     /// Call recording (off unless `recording_dir` is set).
     pub recording: crate::record::RecordingConfig,
+    /// Voice-bot legs: extra CA roots for `wss://`, the connect timeout.
+    pub bot: crate::bot::BotConfig,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +125,7 @@ impl Default for EngineConfig {
             tombstones: TombstoneConfig::default(),
             shard_stall_timeout: std::time::Duration::from_secs(10),
             recording: Default::default(),
+            bot: Default::default(),
         }
     }
 }
@@ -203,6 +210,8 @@ struct Inner {
     heartbeats: Mutex<heartbeat::HeartbeatWatch>,
     /// The disk writer for recordings, when a recording directory is configured.
     recorder: Option<Arc<crate::record::Recorder>>,
+    /// Opens voice bots' WebSockets (`InternalKind::WebSocket`).
+    bots: crate::bot::BotConnector,
 }
 
 /// The control plane's handle on the engine. Cheap to clone.
@@ -271,6 +280,7 @@ impl Engine {
             None => None,
         };
         let inner = Arc::new(Inner {
+            bots: crate::bot::BotConnector::new(cfg.bot.clone()),
             recorder,
             ports: sockets::PortAllocator::new(cfg.ports),
             capacity: AtomicU32::new(cfg.capacity),
@@ -508,6 +518,32 @@ impl EngineHandle {
             .map_err(|_| ApiError::Unavailable("shard stopped".into()))
     }
 
+    /// Give the live call `call_id` one more media socket (a supervisor's leg needs a port of
+    /// its own) and run `f` on its shard with the call, the socket's id and its address. The
+    /// socket is bound here, on the internal address from the media port pool; if `f` fails
+    /// (or the call is gone) it is closed again and the error returned. The call gives it back
+    /// with [`Call::release_socket`]; it closes with the call in any case.
+    pub async fn with_new_socket<T: Send + 'static>(
+        &self,
+        call_id: String,
+        f: impl FnOnce(NewSocket<'_>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let shard = self.shard_of(&call_id)?;
+        let socket = sockets::bind_extra(&self.inner.cfg, &self.inner.ports)
+            .map_err(|e| ApiError::Unavailable(format!("binding a media socket: {e}")))?;
+        self.ask(shard, |reply| Command::WithNewSocket {
+            call_id,
+            socket,
+            run: Box::new(move |ctx| {
+                let r = ctx.and_then(f);
+                let kept = r.is_ok();
+                let _ = reply.send(r);
+                kept
+            }),
+        })
+        .await?
+    }
+
     /// Admission and idempotency. Returns `Some(existing)` for a repeated create.
     fn admit(&self, req: &CreateCall) -> Result<Option<CallCreated>, ApiError> {
         let mut reg = lock(&self.inner.registry);
@@ -586,8 +622,30 @@ impl EngineHandle {
         Ok(None)
     }
 
+    /// A bot leg's WebSocket, connected before the call (or the replacement) is made, so an
+    /// unreachable bot fails the request and changes nothing.
+    async fn connect_bot(
+        &self,
+        spec: &InternalLegSpec,
+        call_id: &str,
+        business_number: &str,
+    ) -> Result<Option<crate::bot::client::BotAttach>, ApiError> {
+        match &spec.kind {
+            crate::api::InternalKind::WebSocket(target) => Ok(Some(
+                self.inner
+                    .bots
+                    .connect(target, call_id, business_number)
+                    .await?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
     async fn create_inner(&self, req: &CreateCall) -> Result<CallCreated, ApiError> {
         let cfg = &self.inner.cfg;
+        let bot = self
+            .connect_bot(&req.internal, &req.call_id, &req.business_number)
+            .await?;
         let shard = self
             .pick_shard()
             .map_err(|e| self.refuse(RefusedReason::Overloaded, e))?;
@@ -618,7 +676,10 @@ impl EngineHandle {
             internal_sdp: created.internal_sdp,
             shard: shard as u32,
         };
-        let call = Box::new(created.call);
+        let mut call = Box::new(created.call);
+        if let Some(bot) = bot {
+            call.attach_bot(bot, Instant::now())?;
+        }
         self.ask(shard, |reply| Command::Insert {
             call,
             sockets: CallSockets {
@@ -628,6 +689,15 @@ impl EngineHandle {
         })
         .await?;
         Ok(out)
+    }
+}
+
+/// A `&mut dyn Outbox` where a sized one is wanted.
+struct DynOutbox<'a>(&'a mut dyn crate::net::Outbox);
+
+impl crate::net::Outbox for DynOutbox<'_> {
+    fn push(&mut self, via: crate::net::SocketRef, to: std::net::SocketAddr, data: &[u8]) {
+        self.0.push(via, to, data);
     }
 }
 
@@ -721,11 +791,18 @@ impl CallControl for EngineHandle {
             return Ok(InternalLegReplaced { internal_sdp, call });
         }
         let advertised = self.inner.cfg.advertised;
+        let business_number = lock(&self.inner.registry)
+            .calls
+            .get(&call_id)
+            .map(|e| e.business_number.clone())
+            .unwrap_or_default();
+        let bot = self.connect_bot(&spec, &call_id, &business_number).await?;
         let replaced = self
             .ask(shard, |reply| Command::ReplaceInternal {
                 call_id: call_id.clone(),
                 spec: spec.clone(),
                 advertised,
+                bot,
                 reply,
             })
             .await??;
@@ -801,6 +878,48 @@ impl CallControl for EngineHandle {
             }
         };
         ask(req).await?
+    }
+
+    async fn listen(
+        &self,
+        call_id: String,
+        op: ListenOp,
+    ) -> Result<Option<ListenStatus>, ApiError> {
+        let (offer_sdp, mode) = match op {
+            ListenOp::Stop => {
+                let shard = self.shard_of(&call_id)?;
+                return self
+                    .ask(shard, |reply| Command::Listen {
+                        call_id,
+                        req: ListenRequest::Stop,
+                        reply,
+                    })
+                    .await?;
+            }
+            ListenOp::Start { offer_sdp, mode } => (offer_sdp, mode),
+        };
+        // The fork's own port, from the media pool, on the internal address; the call gives
+        // it back when the listen-in stops (or a repeated offer leaves it unused).
+        let advertised = self.inner.cfg.advertised.internal;
+        self.with_new_socket(call_id, move |ns: NewSocket<'_>| {
+            let id = ns.id;
+            let status = ns.call.listen(
+                ListenRequest::Start {
+                    offer_sdp,
+                    mode,
+                    socket: id,
+                    local: ns.local,
+                    advertised: std::net::SocketAddr::new(advertised, ns.local.port()),
+                },
+                ns.now,
+                &mut DynOutbox(ns.out),
+            )?;
+            if ns.call.listen_socket() != Some(id) {
+                ns.call.release_socket(id);
+            }
+            Ok(status)
+        })
+        .await
     }
 
     async fn terminate(

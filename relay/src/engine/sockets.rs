@@ -53,10 +53,19 @@ fn configure(s: UdpSocket) -> io::Result<UdpSocket> {
     Ok(s)
 }
 
+/// What a new call starts with: its sockets as a list by [`crate::net::SocketRef::index`]
+/// (`None` where a family is not bound), and their addresses for the SDP. The engine
+/// registers every entry with the shard's driver; a call can gain more while live (see
+/// [`bind_extra`] and `ShardCore::with_new_socket`).
 pub(crate) struct BoundCall {
     pub addrs: LocalSockets,
-    /// By [`crate::net::SocketRef::index`].
     pub sockets: Vec<Option<UdpSocket>>,
+}
+
+/// One more socket for a live call (a supervisor's leg): on the internal address, from the
+/// same port pool. Bound on the control thread, like a new call's.
+pub(crate) fn bind_extra(cfg: &EngineConfig, ports: &PortAllocator) -> io::Result<UdpSocket> {
+    ports.bind(cfg.internal_bind)
 }
 
 pub(crate) fn bind_call(cfg: &EngineConfig, ports: &PortAllocator) -> io::Result<BoundCall> {

@@ -370,6 +370,28 @@ impl UringIo {
             }
         }
     }
+    /// A socket joining the ring: registered as a fixed file while a slot is free.
+    fn sock_io(&mut self, sock: UdpSocket) -> SockIo {
+        let fixed = self.fixed_free.pop().and_then(|f| {
+            match self
+                .ring
+                .submitter()
+                .register_files_update(f, &[sock.as_raw_fd()])
+            {
+                Ok(_) => Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring file registration; using the fd");
+                    self.fixed_free.push(f);
+                    None
+                }
+            }
+        });
+        SockIo {
+            sock,
+            fixed,
+            peer: None,
+        }
+    }
 }
 
 impl ShardIo for UringIo {
@@ -424,25 +446,7 @@ impl ShardIo for UringIo {
                 ios.push(None);
                 continue;
             };
-            let fixed = self.fixed_free.pop().and_then(|f| {
-                match self
-                    .ring
-                    .submitter()
-                    .register_files_update(f, &[sock.as_raw_fd()])
-                {
-                    Ok(_) => Some(f),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "io_uring file registration; using the fd");
-                        self.fixed_free.push(f);
-                        None
-                    }
-                }
-            });
-            let io = SockIo {
-                sock,
-                fixed,
-                peer: None,
-            };
+            let io = self.sock_io(sock);
             let key = SockKey {
                 call,
                 socket: i as u16,
@@ -481,6 +485,49 @@ impl ShardIo for UringIo {
             self.closing.push(s.sock);
             self.closing_fixed.extend(s.fixed);
         }
+    }
+
+    fn attach_socket(&mut self, key: SockKey, socket: UdpSocket) -> io::Result<()> {
+        let Some(c) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == key.call.generation)
+        else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such call"));
+        };
+        let i = usize::from(key.socket);
+        if c.sockets.len() <= i {
+            c.sockets.resize_with(i + 1, || None);
+        }
+        let io = self.sock_io(socket);
+        self.arm_recv(key, io.target());
+        if let Some(c) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+        {
+            c.sockets[i] = Some(io);
+        }
+        Ok(())
+    }
+
+    fn detach_socket(&mut self, key: SockKey) {
+        let Some(s) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == key.call.generation)
+            .and_then(|c| c.sockets.get_mut(usize::from(key.socket))?.take())
+        else {
+            return;
+        };
+        let cancel = opcode::AsyncCancel::new(tagged(TAG_RECV, key.encode()))
+            .build()
+            .user_data(tagged(TAG_CANCEL, 0));
+        self.push(&cancel);
+        self.closing.push(s.sock);
+        self.closing_fixed.extend(s.fixed);
     }
 }
 

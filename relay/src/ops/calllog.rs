@@ -342,6 +342,14 @@ impl<C: CallControl> CallControl for Observed<C> {
         self.inner.recording(call_id, op).await
     }
 
+    async fn listen(
+        &self,
+        call_id: String,
+        op: crate::api::ListenOp,
+    ) -> Result<Option<crate::api::ListenStatus>, ApiError> {
+        self.inner.listen(call_id, op).await
+    }
+
     async fn replace_internal_leg(
         &self,
         call_id: String,

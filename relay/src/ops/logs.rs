@@ -96,6 +96,11 @@ pub fn event_name(kind: &CallEventKind) -> &'static str {
             crate::api::RecordingChange::Resumed => "recording_resumed",
             crate::api::RecordingChange::Stopped => "recording_stopped",
         },
+        CallEventKind::Listen { change, .. } => match change {
+            crate::api::ListenChange::Started => "listen_started",
+            crate::api::ListenChange::Connected => "listen_connected",
+            crate::api::ListenChange::Stopped => "listen_stopped",
+        },
         CallEventKind::Ended { .. } => "ended",
     }
 }
@@ -241,6 +246,17 @@ pub fn log_event(ev: &CallEvent) {
             agent_file = %status.files.agent.display(),
             dropped_packets = status.dropped_packets,
             "recording"
+        ),
+        CallEventKind::Listen { status, .. } => tracing::info!(
+            call_id,
+            event,
+            local = %status.local,
+            supervisor = %addr_or_unknown(status.remote),
+            consumer_packets = status.consumer_packets,
+            agent_packets = status.agent_packets,
+            dropped_packets = status.dropped_packets,
+            reason = status.stop_reason.as_deref().unwrap_or(""),
+            "listen-in"
         ),
     }
 }

@@ -19,7 +19,7 @@ use crate::engine::snapshot::{
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every end cause, in the order they are written.
-pub const END_CAUSES: [EndCause; 14] = [
+pub const END_CAUSES: [EndCause; 16] = [
     EndCause::Terminated,
     EndCause::IceFailed,
     EndCause::DtlsFailed,
@@ -34,6 +34,8 @@ pub const END_CAUSES: [EndCause; 14] = [
     EndCause::AnswerTimeout,
     EndCause::AcceptTimeout,
     EndCause::MaxDuration,
+    EndCause::BotHangup,
+    EndCause::BotFailed,
 ];
 
 // A new EndCause variant fails to compile here: add it to END_CAUSES too.
@@ -51,7 +53,9 @@ const _: fn(EndCause) = |c| match c {
     | EndCause::InternalLegFailed
     | EndCause::AnswerTimeout
     | EndCause::AcceptTimeout
-    | EndCause::MaxDuration => {}
+    | EndCause::MaxDuration
+    | EndCause::BotHangup
+    | EndCause::BotFailed => {}
 };
 
 /// The whole `/metrics` page.

@@ -373,6 +373,7 @@ impl EventRecord {
             | CallEventKind::GateOpened
             | CallEventKind::InternalLegSilent { .. }
             | CallEventKind::Recording { .. }
+            | CallEventKind::Listen { .. }
             | CallEventKind::ConsentLost => {}
         }
         e

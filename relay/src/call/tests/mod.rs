@@ -4,11 +4,13 @@
 
 mod harness;
 
+mod bot;
 mod dtls_state;
 mod fill;
 mod gate;
 mod keepalive;
 mod lifetime;
+mod listen;
 mod record;
 mod replace;
 mod replay;

@@ -1,0 +1,206 @@
+//! A supervisor listens in from a real browser: headless Chromium (Debian's `chromium`) loads a
+//! page that offers two receive-only audio transceivers; the page's backend (the test) calls
+//! StartListen over gRPC and hands back the relay's answer; Chromium connects to the relay's
+//! ICE-lite fork port and plays both tracks. Meanwhile the Meta emulator (a 440 Hz tone) and a
+//! plain-RTP media server (660 Hz) talk through the relay. Chromium's own getStats must show
+//! packets and an audio level above zero on BOTH tracks, each on its labelled stream.
+//!
+//! Chromium and everything it talks to run in a private network namespace (see
+//! `e2e::chromium`): the browser's own background traffic reaches nothing.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use control::client::RelayClient;
+use control::pb;
+use e2e::chromium::{self, Chromium, PageRequest, PageServer};
+use e2e::media::opus_tone;
+use e2e::meta::MetaConfig;
+use relay::api::{CallEventKind, ListenChange};
+use relay::control::{ControlConfig, serve_on};
+use serde_json::Value;
+
+const TEST: &str = "supervisor_hears_both_tracks_in_chromium";
+const ID: &str = "wacid.listen-in-chromium";
+const PAGE: &str = include_str!("pages/listen.html");
+
+#[test]
+fn supervisor_hears_both_tracks_in_chromium() {
+    let Some(browser) = chromium::find() else {
+        eprintln!(
+            "SKIP {TEST}: no chromium on PATH or in $CHROMIUM (scripts/test.sh installs Debian's \
+             `chromium`)"
+        );
+        return;
+    };
+    if !chromium::in_private_netns() {
+        match chromium::rerun_in_private_netns(TEST) {
+            Ok(status) => assert!(status.success(), "{TEST} (in its namespace) failed"),
+            Err(why) => eprintln!("SKIP {TEST}: no private network namespace: {why}"),
+        }
+        return;
+    }
+    chromium::bring_up_loopback().expect("loopback up in the private namespace");
+    listen_in(&browser);
+}
+
+/// The page's latest report, and what it logged.
+#[derive(Default)]
+struct Page {
+    stats: Option<Value>,
+    logs: Vec<String>,
+}
+
+fn listen_in(browser: &Path) {
+    let mut relay = Relay::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("control port");
+    let control = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(serve_on(
+        Arc::new(relay.engine.clone()),
+        ControlConfig::default(),
+        listener,
+        std::future::pending(),
+    ));
+
+    // A live call: the consumer hums at 440 Hz, the agent at 660 Hz.
+    let (meta, sip, _) = ready_call(&mut relay, ID, MetaConfig::default());
+    meta.use_audio_frames(opus_tone(440));
+    sip.use_audio_frames(opus_tone(660));
+    relay.open_gate(ID);
+    meta.start_audio();
+    sip.start_audio();
+    assert!(
+        wait(|| sip.received().len() >= 10
+            && meta
+                .received()
+                .iter()
+                .filter(|p| p.payload.len() > 3)
+                .count()
+                >= 10),
+        "audio both ways before the supervisor joins"
+    );
+
+    // The business's backend: serves the page, turns its offer into StartListen.
+    let page = Arc::new(Mutex::new(Page::default()));
+    let server = {
+        let page = page.clone();
+        let handle = rt.handle().clone();
+        let control = control.clone();
+        PageServer::start(
+            move |req: PageRequest| match (req.method.as_str(), req.path.as_str()) {
+                ("GET", "/") => (200, "text/html", PAGE.to_string()),
+                ("POST", "/offer") => {
+                    let r = handle.block_on(async {
+                        let mut c = RelayClient::connect(control.clone(), None)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        c.start_listen(ID, req.body)
+                            .await
+                            .map_err(|e| e.to_string())
+                    });
+                    match r {
+                        Ok(l) => (200, "application/sdp", l.answer_sdp),
+                        Err(e) => (500, "text/plain", e),
+                    }
+                }
+                ("POST", "/stats") => {
+                    page.lock().unwrap().stats = serde_json::from_str(&req.body).ok();
+                    (204, "text/plain", String::new())
+                }
+                ("POST", "/log") => {
+                    eprintln!("page: {}", req.body);
+                    page.lock().unwrap().logs.push(req.body);
+                    (204, "text/plain", String::new())
+                }
+                _ => (404, "text/plain", "not found".into()),
+            },
+        )
+        .expect("page server")
+    };
+    let log = std::env::temp_dir().join(format!("relay-e2e-chromium-{}.log", std::process::id()));
+    let mut chrome = Chromium::open(browser, &server.url("/"), &log).expect("chromium starts");
+
+    // Both tracks decoded: packets and an audio level above zero, each on its labelled stream.
+    let heard = |s: &Value, label: &str| {
+        s["inbound"].as_array().is_some_and(|tracks| {
+            tracks.iter().any(|t| {
+                t["label"] == label
+                    && t["packetsReceived"].as_u64().unwrap_or(0) >= 50
+                    && t["audioLevel"].as_f64().unwrap_or(0.0) > 0.0
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let stats = loop {
+        if let Some(s) = page.lock().unwrap().stats.clone()
+            && heard(&s, "consumer")
+            && heard(&s, "agent")
+        {
+            break s;
+        }
+        if Instant::now() >= deadline || chrome.exited().is_some() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(40).collect();
+            panic!(
+                "Chromium did not hear both tracks: last stats {:?}\npage log {:?}\n\
+                 chromium exited {:?}\nchromium log (newest first):\n{}",
+                page.lock().unwrap().stats,
+                page.lock().unwrap().logs,
+                chrome.exited(),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("Chromium's inbound-rtp: {}", stats["inbound"]);
+    assert_eq!(stats["connectionState"], "connected");
+    let inbound = stats["inbound"].as_array().unwrap();
+    assert_eq!(inbound.len(), 2, "two tracks, no more");
+    assert_ne!(inbound[0]["ssrc"], inbound[1]["ssrc"], "one SSRC per track");
+
+    // The relay reported the fork's life on Watch.
+    assert!(
+        relay
+            .wait_event(ID, WAIT, |k| matches!(
+                k,
+                CallEventKind::Listen {
+                    change: ListenChange::Connected,
+                    ..
+                }
+            ))
+            .is_some(),
+        "a listen Connected event"
+    );
+
+    // StopListen: the fork stops, the call goes on.
+    let stopped = rt
+        .block_on(async {
+            let mut c = RelayClient::connect(control.clone(), None).await.unwrap();
+            c.stop_listen(ID).await
+        })
+        .expect("StopListen")
+        .expect("a listen-in to report");
+    assert_eq!(stopped.state(), pb::ListenState::Stopped);
+    assert_eq!(stopped.stop_reason, "stopped by request");
+    assert!(stopped.consumer_packets >= 50 && stopped.agent_packets >= 50);
+    assert!(!stopped.supervisor.is_empty());
+    let before = sip.received().len();
+    assert!(
+        wait(|| sip.received().len() >= before + 25),
+        "the call carries on after the supervisor left"
+    );
+    drop(chrome);
+    let info = relay.terminate(ID).expect("final stats");
+    assert!(info.whatsapp.received.packets >= 50);
+}

@@ -1,0 +1,283 @@
+//! A voice bot as the call's internal leg: how its audio joins the call.
+//!
+//! WhatsApp → bot: each Opus packet from WhatsApp is decoded at the bot's rate (8 kHz μ-law
+//! or 16 kHz L16), a missing packet rebuilt from the next one's in-band FEC or concealed
+//! (`codec::transcoder::OpusToPcm`), and each 20 ms frame goes to the WebSocket task through
+//! the link. A digit the consumer presses (RFC 4733 from WhatsApp) goes as a `dtmf` event.
+//!
+//! Bot → WhatsApp: the [`Playout`] takes one frame of the bot's queued audio per 20 ms tick;
+//! it is Opus-encoded and becomes an RTP packet of a stream the bot leg numbers itself (its
+//! own SSRC, a sequence number per frame, timestamps on the tick's grid, the marker at each
+//! talkspurt), which then enters the call exactly where a media server's RTP would
+//! ([`Call::accept_internal_rtp`]): the gate, the prebuffer, the outbound rewriting, silence
+//! fill when the bot is quiet, the internal-leg watchdog, recording forks, RTCP statistics.
+//! So every guarantee toward Meta holds for a bot as for a SIP peer.
+//!
+//! The WebSocket ending ends the call: `BotHangup` when the bot closed it, `BotFailed` when
+//! it broke (an RTCP BYE goes to WhatsApp, as for the other ends the relay decides).
+
+use std::time::{Duration, Instant};
+
+use crate::api::EndCause;
+use crate::bot::client::BotAttach;
+use crate::bot::link::{AudioFrame, Closed, MAX_FRAME_BYTES, ShardEnd, Up};
+use crate::bot::playout::{Playout, PlayoutStats};
+use crate::bot::protocol::MediaFormat;
+use crate::call::Call;
+use crate::call::stats::DropReason;
+use crate::codec::g711;
+use crate::codec::opus::{OpusEncoder, OpusEncoderConfig};
+use crate::codec::transcoder::{OpusToPcm, PcmFormat};
+use crate::net::Outbox;
+use crate::wire::rtp;
+
+/// Room for one RTP packet of ours: header, a 20 ms Opus frame at WhatsApp's bitrate (about
+/// 50 bytes; libopus is capped at this), and the SRTP tag added in place on the way out.
+const PACKET: usize = 1500;
+const MAX_OPUS_FRAME: usize = 1000;
+
+/// The bot leg's state on the shard.
+pub(crate) struct BotLeg {
+    end: ShardEnd,
+    playout: Playout,
+    format: MediaFormat,
+    from_wa: OpusToPcm,
+    to_wa: OpusEncoder,
+    /// The PCM-clock timestamp of the first frame sent to the bot (`media.timestamp` origin).
+    first_ts: Option<u32>,
+    /// The last RFC 4733 event timestamp reported (one `dtmf` per digit, not per packet).
+    last_dtmf_ts: Option<u32>,
+    /// Our RTP stream of the bot's audio (rewritten onto WhatsApp's stream like any source).
+    ssrc: u32,
+    seq: u16,
+    ts_base: u32,
+    started: Instant,
+    stream_sid: String,
+    /// Frames that failed to encode or decode (counted, skipped).
+    codec_errors: u64,
+}
+
+impl BotLeg {
+    pub(crate) fn playout_stats(&self) -> PlayoutStats {
+        self.playout.stats()
+    }
+}
+
+impl Call {
+    /// Make the connected bot the internal leg's peer. The leg itself was built for
+    /// `InternalKind::WebSocket` (no SDP, no RTP peer); a previous bot is let go (its task
+    /// sends `stop` and closes).
+    pub fn attach_bot(
+        &mut self,
+        bot: BotAttach,
+        now: Instant,
+    ) -> Result<(), crate::call::CallError> {
+        let codec = |e: crate::codec::CodecError| {
+            crate::call::CallError::Internal(format!("bot leg codec: {e}"))
+        };
+        let (pcm, rate) = match bot.format {
+            MediaFormat::Mulaw8k => (PcmFormat::Ulaw, 8000),
+            MediaFormat::L16_16k => (PcmFormat::L16 { rate: 16_000 }, 16_000),
+        };
+        let from_wa = OpusToPcm::new(pcm, 0).map_err(codec)?;
+        let to_wa = OpusEncoder::new(rate, OpusEncoderConfig::toward_whatsapp()).map_err(codec)?;
+        let mut playout = Playout::new(bot.format);
+        playout.start(now);
+        self.bot = Some(Box::new(BotLeg {
+            end: bot.end,
+            playout,
+            format: bot.format,
+            from_wa,
+            to_wa,
+            first_ts: None,
+            last_dtmf_ts: None,
+            ssrc: rand::random(),
+            seq: rand::random(),
+            ts_base: rand::random(),
+            started: now,
+            stream_sid: bot.stream_sid,
+            codec_errors: 0,
+        }));
+        self.first_media_from_internal = false;
+        let (gate, rest) = (self.gate_deadline(), self.rest_deadline());
+        self.deadlines.set(gate, rest);
+        Ok(())
+    }
+
+    /// WhatsApp → bot: one authenticated, parsed RTP packet (`payload` after its header).
+    /// `opus`: Opus, else telephone-event (the caller checked it is one of the two).
+    pub(super) fn bot_from_whatsapp(&mut self, hdr: &rtp::RtpHeader, payload: &[u8], opus: bool) {
+        let Some(bot) = self.bot.as_deref_mut() else {
+            return;
+        };
+        if !opus {
+            // RFC 4733: the event code, first byte; one report per event (its timestamp).
+            let Some(&event) = payload.first() else {
+                return;
+            };
+            if bot.last_dtmf_ts == Some(hdr.timestamp) {
+                return;
+            }
+            bot.last_dtmf_ts = Some(hdr.timestamp);
+            if let Some(digit) = dtmf_digit(event) {
+                bot.end.send(Up::Dtmf(digit));
+            }
+            return;
+        }
+        let BotLeg {
+            end,
+            from_wa,
+            first_ts,
+            format,
+            codec_errors,
+            ..
+        } = bot;
+        let rate_khz = format.sample_rate() / 1000;
+        let mut sent = 0usize;
+        let mut emit = |f: crate::codec::transcoder::PcmFrame<'_>| {
+            let origin = *first_ts.get_or_insert(f.timestamp);
+            let mut frame = AudioFrame {
+                timestamp_ms: f.timestamp.wrapping_sub(origin) / rate_khz,
+                len: 0,
+                data: [0; MAX_FRAME_BYTES],
+            };
+            let n = match format {
+                MediaFormat::Mulaw8k => {
+                    let n = f.payload.len().min(MAX_FRAME_BYTES);
+                    frame.data[..n].copy_from_slice(&f.payload[..n]);
+                    n
+                }
+                // Raw mode is little-endian (what speech models take), unlike RTP's L16.
+                MediaFormat::L16_16k => {
+                    let n = f.pcm.len().min(MAX_FRAME_BYTES / 2);
+                    for (o, s) in frame.data.chunks_exact_mut(2).zip(&f.pcm[..n]) {
+                        o.copy_from_slice(&s.to_le_bytes());
+                    }
+                    n * 2
+                }
+            };
+            frame.len = n as u16;
+            end.send(Up::Audio(frame));
+            sent += n;
+        };
+        if from_wa
+            .push(hdr.ssrc, hdr.sequence, hdr.timestamp, payload, &mut emit)
+            .is_err()
+        {
+            *codec_errors += 1;
+            return self.internal.counters.drop(DropReason::Malformed);
+        }
+        if sent > 0 {
+            self.internal.tx.count_sent(sent);
+        }
+    }
+
+    /// The bot leg's next tick, if any.
+    pub(super) fn bot_deadline(&self) -> Option<Instant> {
+        self.bot.as_deref().and_then(|b| b.playout.poll_timeout())
+    }
+
+    /// Bot → WhatsApp: play what is due, or end the call if the WebSocket ended.
+    pub(super) fn bot_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
+        let can_play = self.wa_can_send();
+        let Some(bot) = self.bot.as_deref_mut() else {
+            return;
+        };
+        if let Some(why) = bot.end.closed() {
+            let cause = match why {
+                Closed::ByBot => EndCause::BotHangup,
+                Closed::Failed => EndCause::BotFailed,
+            };
+            self.send_bye(now, out);
+            return self.end(cause);
+        }
+        // At most MAX_CATCH_UP frames per call; encoded here, sent below (the call's path
+        // needs `self`, the playout borrows the bot).
+        let mut packets = [[0u8; PACKET]; crate::bot::playout::MAX_CATCH_UP as usize];
+        let mut lens = [0usize; crate::bot::playout::MAX_CATCH_UP as usize];
+        let mut count = 0;
+        let opus_pt = self.internal.opus_pt;
+        let BotLeg {
+            end,
+            playout,
+            to_wa,
+            format,
+            ssrc,
+            seq,
+            ts_base,
+            started,
+            codec_errors,
+            ..
+        } = bot;
+        let format = *format;
+        playout.handle_timeout(now, end, can_play, |frame, talkspurt, slot| {
+            if count >= packets.len() {
+                return;
+            }
+            let mut pcm = [0i16; MAX_FRAME_BYTES / 2];
+            let samples = match format {
+                MediaFormat::Mulaw8k => g711::decode(g711::G711::Ulaw, frame, &mut pcm),
+                MediaFormat::L16_16k => {
+                    for (s, b) in pcm.iter_mut().zip(frame.chunks_exact(2)) {
+                        *s = i16::from_le_bytes([b[0], b[1]]);
+                    }
+                    frame.len() / 2
+                }
+            };
+            let pkt = &mut packets[count];
+            let elapsed = slot.saturating_duration_since(*started);
+            let ts = ts_base.wrapping_add(clock_48k(elapsed));
+            let Ok(h) = rtp::write_header(
+                pkt,
+                &rtp::RtpHeaderFields {
+                    marker: talkspurt,
+                    payload_type: opus_pt,
+                    sequence: *seq,
+                    timestamp: ts,
+                    ssrc: *ssrc,
+                },
+            ) else {
+                return;
+            };
+            match to_wa.encode(&pcm[..samples], &mut pkt[h..h + MAX_OPUS_FRAME]) {
+                Ok(n) => {
+                    *seq = seq.wrapping_add(1);
+                    lens[count] = h + n;
+                    count += 1;
+                }
+                Err(_) => *codec_errors += 1,
+            }
+        });
+        for (pkt, &n) in packets.iter_mut().zip(&lens).take(count) {
+            match rtp::parse(&pkt[..n]) {
+                Ok(hdr) => self.accept_internal_rtp(now, pkt, n, hdr, out),
+                Err(_) => self.internal.counters.drop(DropReason::Malformed),
+            }
+        }
+    }
+
+    /// The bot leg's playout counters (tests, logs).
+    pub fn bot_playout_stats(&self) -> Option<PlayoutStats> {
+        self.bot.as_deref().map(BotLeg::playout_stats)
+    }
+
+    /// The bot leg's `streamSid`, if the internal leg is a bot.
+    pub fn bot_stream_sid(&self) -> Option<&str> {
+        self.bot.as_deref().map(|b| b.stream_sid.as_str())
+    }
+}
+
+fn dtmf_digit(event: u8) -> Option<char> {
+    Some(match event {
+        0..=9 => (b'0' + event) as char,
+        10 => '*',
+        11 => '#',
+        12..=15 => (b'A' + event - 12) as char,
+        _ => return None,
+    })
+}
+
+/// `d` in 48 kHz RTP clock units (wrapping, as RTP timestamps do).
+fn clock_48k(d: Duration) -> u32 {
+    (d.as_nanos() * 48 / 1_000_000) as u32
+}

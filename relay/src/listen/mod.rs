@@ -1,0 +1,411 @@
+//! Live listen-in: a supervisor's browser receives both directions of a live call, as they
+//! cross the relay, without transcoding.
+//!
+//! One peer connection, two audio tracks (consumer: what WhatsApp sends; agent: what is sent
+//! to WhatsApp, whichever agent across transfers), on the fork's own UDP port. The relay is
+//! ICE-lite and the DTLS server, exactly as on the browser-agent internal leg
+//! (`call/internal_webrtc.rs`): the browser runs the checks, nominates with USE-CANDIDATE and
+//! sends the ClientHello; its later checks on the pair are its consent. Each track is an
+//! [`OutboundStream`] of its own (own SSRC, continuous sequence and timestamps across the
+//! agent's SSRC changes), SRTP-protected with the keys of the one handshake.
+//!
+//! A listen-in never harms the call: every packet it cannot send (not connected yet, a
+//! packet too large for its scratch, a refused protect) is a counted drop; sends are UDP, so
+//! a supervisor that went away costs nothing but the kernel's send. A supervisor that stops
+//! its consent checks and RTCP for `call.webrtc_idle_timeout` is gone: the fork stops itself
+//! (the call goes on). Setup failures (no nomination in `call.ice_connect_timeout`, DTLS
+//! failing or timing out, a certificate that does not match the fingerprint) stop the fork
+//! the same way.
+//!
+//! Sans-IO like the call: [`ListenSession::handle_datagram`] for what arrives on the fork's
+//! socket, [`ListenSession::handle_timeout`] when [`ListenSession::poll_timeout`] is due,
+//! [`ListenSession::forward`] per packet of the call.
+
+pub mod sdp;
+#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api::{ListenChange, ListenMode, ListenState, ListenStatus};
+use crate::call::CallConfig;
+use crate::call::rewrite::{OutboundStream, Source};
+use crate::dtls::{DtlsConfig, DtlsDriver, DtlsEvent, DtlsIdentity, DtlsRole};
+use crate::ice::{IceConfig, IceCredentials, IceEvent, LiteAgent};
+use crate::net::{Outbox, SocketRef};
+use crate::record::Direction;
+use crate::srtp::SrtpSession;
+use crate::wire::classify::{PacketKind, classify};
+use crate::wire::rtp::{self, RtpHeader};
+use crate::wire::stun;
+
+/// Opus's RTP clock (RFC 7587).
+const OPUS_CLOCK: u32 = 48_000;
+/// The largest forwarded packet: an Ethernet MTU's worth. Room for the SRTP tag is added.
+const MAX_PACKET: usize = 1500;
+/// The longest SRTP trailer of the profiles we negotiate (AEAD-GCM's 16-byte tag).
+const SRTP_TRAILER: usize = 16;
+/// Once stopped, what a repeated stop answers with.
+pub const STOPPED_BY_REQUEST: &str = "stopped by request";
+
+/// What the fork needs to answer the supervisor.
+pub struct ListenParams<'a> {
+    /// The fork's socket in the call's list.
+    pub socket: SocketRef,
+    /// Its bound address.
+    pub local: SocketAddr,
+    /// The address the supervisor reaches it at (the host candidate in our answer).
+    pub advertised: SocketAddr,
+    pub identity: Arc<DtlsIdentity>,
+    pub cfg: &'a CallConfig,
+    pub mode: ListenMode,
+}
+
+/// An outbox for a session stopped where nothing can be sent (the call ended without an
+/// outbox at hand): its close_notify is dropped.
+pub struct Discard;
+
+impl Outbox for Discard {
+    fn push(&mut self, _via: SocketRef, _to: SocketAddr, _data: &[u8]) {}
+}
+
+pub struct ListenSession {
+    socket: SocketRef,
+    local: SocketAddr,
+    mode: ListenMode,
+    /// The supervisor's offer as given (a repeat of it is the same session).
+    offer: String,
+    answer: String,
+    ice: LiteAgent,
+    dtls: DtlsDriver,
+    srtp: Option<Box<SrtpSession>>,
+    /// The pair the browser nominated: where the tracks go, and the only source of DTLS and
+    /// RTCP we read.
+    remote: Option<SocketAddr>,
+    /// No nomination by then: the fork stops.
+    connect_by: Option<Instant>,
+    idle_timeout: Duration,
+    /// The supervisor's last authenticated RTCP (its receiver reports): proof of life beside
+    /// its consent checks.
+    last_rtcp: Option<Instant>,
+    /// Consumer, agent.
+    tracks: [Track; 2],
+    dropped: u64,
+    stopped: Option<String>,
+    /// Changes the call has not reported yet (Connected, then maybe Stopped).
+    pending: [Option<ListenChange>; 2],
+}
+
+struct Track {
+    tx: OutboundStream,
+    opus_pt: u8,
+}
+
+impl ListenSession {
+    /// A session for the supervisor's `offer` (two audio m-lines), and the answer to give it.
+    /// The error says what is wrong with the offer.
+    pub fn new(offer: &str, p: ListenParams<'_>, now: Instant) -> Result<ListenSession, String> {
+        let parsed = sdp::parse_offer(offer)?;
+        let creds = IceCredentials::random();
+        let ssrcs = [rand::random::<u32>(), rand::random::<u32>()];
+        let answer = sdp::write_answer(
+            &parsed,
+            &sdp::AnswerParams {
+                session_id: u64::from(rand::random::<u32>()),
+                addr: p.advertised,
+                ufrag: &creds.ufrag,
+                pwd: &creds.pwd,
+                fingerprint: p.identity.fingerprint(),
+                ssrcs,
+                cname: &format!("relay-listen-{}", rand::random::<u32>()),
+            },
+        );
+        let mut ice = LiteAgent::new(
+            creds,
+            now,
+            IceConfig {
+                connect_timeout: p.cfg.ice_connect_timeout,
+                consent_timeout: p.cfg.consent_timeout,
+                ..IceConfig::default()
+            },
+        );
+        ice.set_remote_credentials(IceCredentials {
+            ufrag: parsed.ice_ufrag.clone(),
+            pwd: parsed.ice_pwd.clone(),
+        });
+        let dtls = DtlsDriver::new(
+            p.identity,
+            &DtlsConfig {
+                flight_start_rto: p.cfg.dtls_flight_rto,
+                handshake_timeout: p.cfg.dtls_timeout,
+                ..DtlsConfig::default()
+            },
+            // We answer `a=setup:passive`: the browser connects.
+            DtlsRole::Server,
+            parsed.fingerprint.clone(),
+            now,
+        );
+        let track = |i: usize| Track {
+            tx: OutboundStream::new(ssrcs[i], OPUS_CLOCK, rand::random(), rand::random()),
+            opus_pt: parsed.tracks[i].opus_pt,
+        };
+        Ok(ListenSession {
+            socket: p.socket,
+            local: p.local,
+            mode: p.mode,
+            offer: offer.to_string(),
+            answer,
+            ice,
+            dtls,
+            srtp: None,
+            remote: None,
+            connect_by: Some(now + p.cfg.ice_connect_timeout),
+            idle_timeout: p.cfg.webrtc_idle_timeout,
+            last_rtcp: None,
+            tracks: [track(0), track(1)],
+            dropped: 0,
+            stopped: None,
+            pending: [None, None],
+        })
+    }
+
+    pub fn socket(&self) -> SocketRef {
+        self.socket
+    }
+
+    pub fn offer(&self) -> &str {
+        &self.offer
+    }
+
+    pub fn answer(&self) -> &str {
+        &self.answer
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_some()
+    }
+
+    pub fn status(&self) -> ListenStatus {
+        let state = if self.stopped.is_some() {
+            ListenState::Stopped
+        } else if self.srtp.is_some() {
+            ListenState::Live
+        } else {
+            ListenState::Connecting
+        };
+        ListenStatus {
+            state,
+            mode: self.mode,
+            answer_sdp: self.answer.clone(),
+            local: self.local,
+            remote: self.remote,
+            consumer_packets: self.tracks[0].tx.packets,
+            agent_packets: self.tracks[1].tx.packets,
+            dropped_packets: self.dropped,
+            stop_reason: self.stopped.clone(),
+        }
+    }
+
+    /// Is `from` the supervisor's nominated address? (Checks from its other candidates are
+    /// strangers to the shard's rate limit until ICE picks one, as on the browser-agent leg.)
+    pub fn knows_source(&self, from: SocketAddr) -> bool {
+        self.remote == Some(from)
+    }
+
+    /// The next change to report as an event, oldest first.
+    pub fn poll_change(&mut self) -> Option<ListenChange> {
+        let first = self.pending.iter_mut().find(|c| c.is_some())?;
+        first.take()
+    }
+
+    /// One datagram on the fork's socket: the browser's checks, its DTLS, its RTCP.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &mut [u8],
+        out: &mut impl Outbox,
+    ) {
+        if self.stopped.is_some() {
+            return;
+        }
+        match classify(buf) {
+            PacketKind::Stun => match stun::parse(buf) {
+                Ok(msg) => self.ice.handle_stun(now, self.socket, from, &msg, buf, out),
+                Err(_) => self.dropped += 1,
+            },
+            PacketKind::Dtls if self.remote == Some(from) => self.dtls.handle_datagram(now, buf),
+            PacketKind::Rtcp if self.remote == Some(from) => {
+                let len = buf.len();
+                match self
+                    .srtp
+                    .as_mut()
+                    .map(|s| s.rx.unprotect_rtcp(&mut buf[..len]))
+                {
+                    Some(Ok(_)) => self.last_rtcp = Some(now),
+                    _ => self.dropped += 1,
+                }
+            }
+            // A listener sends no media (whisper will); anything else is noise.
+            _ => self.dropped += 1,
+        }
+        self.after_input(now, out);
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stopped.is_some() {
+            return None;
+        }
+        [
+            self.ice.poll_timeout(),
+            self.dtls.poll_timeout(),
+            self.connect_by,
+            self.idle_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.stopped.is_some() {
+            return;
+        }
+        self.ice.handle_timeout(now, out);
+        self.dtls.handle_timeout(now);
+        if self.connect_by.is_some_and(|t| now >= t) {
+            return self.stop("no ICE nomination from the supervisor in time", out);
+        }
+        if self.idle_deadline().is_some_and(|t| now >= t) {
+            return self.stop("supervisor gone (no consent check or RTCP)", out);
+        }
+        self.after_input(now, out);
+    }
+
+    /// Stop forwarding: close DTLS (the browser sees the transport close at once) and report
+    /// `Stopped` once. Idempotent.
+    pub fn stop(&mut self, reason: &str, out: &mut impl Outbox) {
+        if self.stopped.is_some() {
+            return;
+        }
+        self.stopped = Some(reason.to_string());
+        self.dtls.close();
+        self.flush_dtls(out);
+        self.pending[1] = Some(ListenChange::Stopped);
+    }
+
+    /// One packet of the call (`packet`: plaintext header and Opus payload, parsed as `hdr`),
+    /// copied to the supervisor on the track of its direction. Never fails the call: what
+    /// cannot be sent is counted.
+    #[inline]
+    pub fn forward(
+        &mut self,
+        dir: Direction,
+        now: Instant,
+        hdr: &RtpHeader,
+        packet: &[u8],
+        out: &mut impl Outbox,
+    ) {
+        let (Some(to), Some(srtp), None) = (self.remote, self.srtp.as_mut(), &self.stopped) else {
+            self.dropped += 1;
+            return;
+        };
+        let n = packet.len();
+        let mut pkt = [0u8; MAX_PACKET + SRTP_TRAILER];
+        let Some(dst) = pkt.get_mut(..n).filter(|_| n <= MAX_PACKET) else {
+            self.dropped += 1;
+            return;
+        };
+        dst.copy_from_slice(packet);
+        let track = &mut self.tracks[dir as usize];
+        let Ok(n) = rtp::strip_extensions_and_csrc(&mut pkt, n) else {
+            self.dropped += 1;
+            return;
+        };
+        let Ok(rw) = track.tx.next(
+            Source::Forwarded {
+                ssrc: hdr.ssrc,
+                seq: hdr.sequence,
+                ts: hdr.timestamp,
+                marker: hdr.marker,
+            },
+            now,
+        ) else {
+            self.dropped += 1;
+            return;
+        };
+        let stamped = rtp::set_payload_type(&mut pkt, track.opus_pt)
+            .and_then(|()| rtp::set_marker(&mut pkt, hdr.marker || rw.marker))
+            .and_then(|()| rtp::set_sequence(&mut pkt, rw.seq))
+            .and_then(|()| rtp::set_timestamp(&mut pkt, rw.ts))
+            .and_then(|()| rtp::set_ssrc(&mut pkt, rw.ssrc));
+        if stamped.is_err() {
+            self.dropped += 1;
+            return;
+        }
+        match srtp.tx.protect_rtp(&mut pkt, n) {
+            Ok(len) => {
+                out.push(self.socket, to, &pkt[..len]);
+                track.tx.count_sent(n.saturating_sub(rtp::FIXED_HEADER_LEN));
+            }
+            Err(_) => self.dropped += 1,
+        }
+    }
+
+    /// Once connected: the browser's last consent check or RTCP, whichever is later, plus the
+    /// idle timeout.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let check = self.ice.last_consent()?;
+        let last = self.last_rtcp.map_or(check, |r| r.max(check));
+        Some(last + self.idle_timeout)
+    }
+
+    /// Follow the browser's nomination, flush DTLS flights to it, install the keys.
+    fn after_input(&mut self, now: Instant, out: &mut impl Outbox) {
+        while let Some(ev) = self.ice.poll_event() {
+            match ev {
+                IceEvent::Connected { remote, .. } => {
+                    self.remote = Some(remote);
+                    self.connect_by = None;
+                    self.dtls.start(now);
+                }
+                IceEvent::SelectedPairChanged { remote, .. } => self.remote = Some(remote),
+                IceEvent::ConsentLost => {
+                    return self.stop("supervisor gone (consent lost)", out);
+                }
+                IceEvent::Failed => return self.stop("ICE failed toward the supervisor", out),
+            }
+        }
+        self.flush_dtls(out);
+        while let Some(ev) = self.dtls.poll_event() {
+            let reason = match ev {
+                DtlsEvent::Connected { keys, .. } => match SrtpSession::new(&keys) {
+                    Ok(s) => {
+                        self.srtp = Some(Box::new(s));
+                        self.pending[0] = Some(ListenChange::Connected);
+                        continue;
+                    }
+                    Err(_) => "SRTP keys from the supervisor's DTLS are unusable".to_string(),
+                },
+                DtlsEvent::Failed(f) => format!("DTLS toward the supervisor failed: {f}"),
+                DtlsEvent::Closed => "closed by the supervisor".to_string(),
+            };
+            return self.stop(&reason, out);
+        }
+    }
+
+    fn flush_dtls(&mut self, out: &mut impl Outbox) {
+        let Some(to) = self.remote else {
+            return;
+        };
+        let mut scratch = [0u8; 1500];
+        while let Some(n) = self.dtls.poll_transmit(&mut scratch) {
+            out.push(self.socket, to, &scratch[..n]);
+        }
+    }
+}
