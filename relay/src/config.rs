@@ -259,7 +259,7 @@ pub const KEYS: &[Key] = &[
     key("recording_name_template", "recording-name-template", "RELAY_RECORDING_NAME_TEMPLATE", Kind::Text,
         "a recording's file name under recording_dir, without extension ({call_id} {business} {consumer} {date} {time} {id}; / makes subdirectories)"),
     key("recording_queue_packets", "recording-queue-packets", "RELAY_RECORDING_QUEUE_PACKETS", Kind::Integer,
-        "packet slots (1.5 KiB each, allocated at start) between the shards and the recording writer; beyond, packets are dropped (counted) rather than slow a call"),
+        "packet slots (320 bytes each, and 1 in 64 more of 1.5 KiB for large payloads, allocated at start) between the shards and the recording writer; beyond, packets are dropped (counted) rather than slow a call"),
     key("bot_ca_file", "bot-ca-file", "RELAY_BOT_CA_FILE", Kind::Path,
         "PEM CA certificates trusted for voice bots' wss:// URLs besides the system's roots"),
     key("bot_connect_timeout", "bot-connect-timeout", "RELAY_BOT_CONNECT_TIMEOUT", Kind::Duration,

@@ -136,7 +136,8 @@ impl OggOpusWriter {
             serial,
             page_seq: 0,
             granule: 0,
-            lacing: Vec::with_capacity(255),
+            // A page of voice has 10-50 packets; more grows it (the writer thread, not a shard).
+            lacing: Vec::with_capacity(64),
             body: Vec::with_capacity(PAGE_TARGET_BYTES),
             page_samples: 0,
             last_toc: None,
