@@ -21,6 +21,7 @@ mod rtcp;
 pub mod seq_window;
 mod setup;
 pub mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;

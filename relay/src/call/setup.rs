@@ -120,7 +120,7 @@ impl Call {
             counters: LegCounters::default(),
         };
         let mut wa_local_key = None;
-        let fingerprint = to_sdp_fingerprint(setup.identity.fingerprint());
+        let fingerprint = setup.identity.fingerprint().clone();
         let session_id = rand::random::<u32>() as u64;
         let (conn, port) = (candidates[0].0.ip(), candidates[0].0.port());
         let wa_params = |security: sdp::LocalSecurity| sdp::WaLocalParams {
@@ -160,7 +160,7 @@ impl Call {
                             setup.identity.clone(),
                             &dtls_config(&cfg),
                             role,
-                            to_dtls_fingerprint(&d.fingerprint),
+                            d.fingerprint.clone(),
                             now,
                         ));
                         dtls_security(Some(match role {
@@ -319,7 +319,7 @@ impl Call {
                     self.identity.clone(),
                     &dtls_config(&self.cfg),
                     dtls_role_for(Some(d.setup)),
-                    to_dtls_fingerprint(&d.fingerprint),
+                    d.fingerprint.clone(),
                     now,
                 ));
             }
@@ -509,7 +509,7 @@ fn build_webrtc(
             candidates: vec![(addr, host_priority(&addr))],
             end_of_candidates: true,
         },
-        fingerprint: to_sdp_fingerprint(setup.identity.fingerprint()),
+        fingerprint: setup.identity.fingerprint().clone(),
         ssrc: leg.tx.ssrc(),
         cname: cname.to_string(),
     };
@@ -588,18 +588,4 @@ fn controlling_agent(
         ice.add_remote_candidate(c.addr, c.priority);
     }
     ice
-}
-
-fn to_sdp_fingerprint(f: &crate::dtls::Fingerprint) -> sdp::Fingerprint {
-    sdp::Fingerprint {
-        algorithm: f.algorithm.clone(),
-        bytes: f.bytes.clone(),
-    }
-}
-
-fn to_dtls_fingerprint(f: &sdp::Fingerprint) -> crate::dtls::Fingerprint {
-    crate::dtls::Fingerprint {
-        algorithm: f.algorithm.clone(),
-        bytes: f.bytes.clone(),
-    }
 }

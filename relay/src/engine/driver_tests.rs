@@ -22,6 +22,7 @@ use crate::engine::snapshot::ShardTotals;
 use crate::engine::uring::UringDriver;
 use crate::srtp::SrtpProfile;
 
+#[allow(unsafe_code)] // a counting GlobalAlloc, test builds only
 #[path = "../../tests/alloc_support/mod.rs"]
 mod alloc_support;
 

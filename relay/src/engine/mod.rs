@@ -11,6 +11,7 @@
 //! I/O: `uring.rs` (io_uring) or `epoll.rs` (epoll + `udp.rs`'s recvmmsg/sendmmsg).
 
 mod core;
+#[allow(unsafe_code)] // eventfd waker, socket options
 mod driver;
 #[cfg(test)]
 mod driver_tests;
@@ -22,7 +23,9 @@ mod shard;
 pub mod snapshot;
 mod sockets;
 mod timers;
+#[allow(unsafe_code)] // recvmmsg/sendmmsg, sockaddr conversions
 pub mod udp;
+#[allow(unsafe_code)] // io_uring submission entries point at buffers the ring reads
 mod uring;
 
 use std::net::IpAddr;

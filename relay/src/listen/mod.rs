@@ -29,6 +29,7 @@
 
 pub mod sdp;
 #[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;

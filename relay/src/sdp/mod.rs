@@ -21,6 +21,7 @@ mod webrtc;
 mod write;
 
 pub use error::SdpError;
+pub(crate) use fields::fingerprint as parse_fingerprint;
 pub use model::{
     AudioMedia, Candidate, Crypto, Direction, Fingerprint, LineNumbers, MediaProto, MediaSection,
     Origin, RtpMap, SessionDescription, Setup,

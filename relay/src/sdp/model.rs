@@ -161,15 +161,6 @@ pub struct Fingerprint {
 impl Fingerprint {
     pub const SHA256: &'static str = "sha-256";
 
-    /// The SHA-256 fingerprint of a DER certificate, as we advertise our own.
-    pub fn sha256_of_der(der: &[u8]) -> Fingerprint {
-        use sha2::Digest;
-        Fingerprint {
-            algorithm: Fingerprint::SHA256.to_string(),
-            bytes: sha2::Sha256::digest(der).to_vec(),
-        }
-    }
-
     pub fn is_sha256(&self) -> bool {
         self.algorithm == Fingerprint::SHA256 && self.bytes.len() == 32
     }
@@ -415,8 +406,8 @@ mod tests {
     }
 
     #[test]
-    fn sha256_of_der_is_32_bytes() {
-        let fp = Fingerprint::sha256_of_der(b"not really a certificate");
+    fn sha256_of_is_32_bytes() {
+        let fp = Fingerprint::sha256_of(b"not really a certificate");
         assert!(fp.is_sha256());
     }
 
