@@ -256,6 +256,13 @@ impl Call {
         }
     }
 
+    /// The call runs codec work on its shard (a voice-bot leg, or a G.711 internal leg: Opus
+    /// decode and encode every 20 ms), so admission counts it at its cost
+    /// (`EngineConfig::transcode_weight`).
+    pub fn transcodes(&self) -> bool {
+        self.bot.is_some() || self.internal.transcode.is_some()
+    }
+
     /// The bot leg's playout counters (tests, logs).
     pub fn bot_playout_stats(&self) -> Option<PlayoutStats> {
         self.bot.as_deref().map(BotLeg::playout_stats)

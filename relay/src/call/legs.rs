@@ -10,6 +10,7 @@ use crate::call::internal_webrtc::WebRtcTransport;
 use crate::call::rewrite::OutboundStream;
 use crate::call::seq_window::SeqWindow;
 use crate::call::stats::{DropReason, LegCounters};
+use crate::call::transcode::Transcode;
 use crate::dtls::DtlsDriver;
 use crate::ice::ControllingAgent;
 use crate::net::SocketRef;
@@ -73,9 +74,20 @@ pub struct InternalLeg {
     pub rx_window: SeqWindow,
     /// Inter-arrival gaps of the leg's media: how long silence fill waits.
     pub arrivals: ArrivalGaps,
+    /// A G.711 leg (the peer has no Opus): the codec state of both directions. Boxed: two
+    /// libopus states and their buffers, ~60 KB, for the few legs that need them.
+    pub transcode: Option<Box<Transcode>>,
 }
 
 impl InternalLeg {
+    /// The RTP clock of the leg's audio: 8 kHz for G.711, else Opus's 48 kHz.
+    pub fn clock_rate(&self) -> u32 {
+        match self.transcode {
+            Some(_) => crate::call::transcode::G711_CLOCK,
+            None => OPUS_CLOCK,
+        }
+    }
+
     /// Where media may go now: the remote, once a secure leg has its keys.
     pub fn send_target(&self) -> Option<SocketAddr> {
         if self.secure && self.srtp.is_none() {

@@ -122,6 +122,10 @@ impl Call {
         }
         let opus = hdr.payload_type == self.wa.opus_pt;
         (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus, out);
+        if self.internal.transcode.is_some() {
+            // A G.711 internal leg: decode, compand, send (call/transcode.rs).
+            return self.transcode_to_internal(now, &hdr, &buf[..n], out);
+        }
 
         // Payload type map: WhatsApp's PTs → the internal leg's.
         let out_pt = if hdr.payload_type == self.wa.opus_pt {
@@ -294,6 +298,11 @@ impl Call {
     ) {
         let internal = &mut self.internal;
         internal.arrivals.on_packet(now, self.cfg.fill_after_max);
+        // Jitter (RFC 3550 A.8) in the leg's own clock units: 8 kHz for a G.711 leg.
+        let arrival = crate::call::rewrite::clock_units(
+            now.saturating_duration_since(self.created_mono),
+            internal.clock_rate(),
+        );
         internal.counters.rx_packets += 1;
         internal.counters.rx_bytes += n as u64;
         internal.counters.remote_ssrc = Some(hdr.ssrc);
@@ -301,11 +310,7 @@ impl Call {
             .counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(
-                hdr.sequence,
-                hdr.timestamp,
-                rtp_clock_at(now, self.created_mono),
-            );
+            .update(hdr.sequence, hdr.timestamp, arrival);
         self.watchdog.on_internal_rtp(now);
         if !self.first_media_from_internal {
             self.first_media_from_internal = true;
@@ -315,6 +320,10 @@ impl Call {
         }
         if Some(hdr.payload_type) == self.internal.te_pt {
             self.note_dtmf(LegKind::Internal, &buf[hdr.header_len..n], hdr.timestamp);
+        }
+        if self.internal.transcode.is_some() {
+            // A G.711 internal leg: re-frame, Opus-encode, then the gate (call/transcode.rs).
+            return self.transcode_to_whatsapp(now, &hdr, &buf[..n], out);
         }
 
         // The gate: nothing reaches WhatsApp before accept, and nothing overtakes held media.
@@ -468,7 +477,7 @@ impl Call {
     }
 
     /// RFC 4733: report a digit once per event (the first packet with a new timestamp).
-    fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
+    pub(super) fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
         let idx = match leg {
             LegKind::WhatsApp => 0,
             LegKind::Internal => 1,

@@ -25,6 +25,7 @@ pub mod stats;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod transcode;
 mod watchdog;
 
 use std::collections::VecDeque;

@@ -20,6 +20,7 @@ use crate::call::legs::{InternalLeg, OPUS_CLOCK, WhatsAppLeg};
 use crate::call::rewrite::OutboundStream;
 use crate::call::seq_window::SeqWindow;
 use crate::call::stats::LegCounters;
+use crate::call::transcode;
 use crate::call::watchdog::Watchdog;
 use crate::call::{Call, CallConfig, CallError};
 use crate::dtls::{DtlsConfig, DtlsDriver, DtlsIdentity, DtlsRole};
@@ -455,6 +456,7 @@ pub(crate) fn build_internal(
         counters: LegCounters::default(),
         rx_window: SeqWindow::default(),
         arrivals: ArrivalGaps::default(),
+        transcode: None,
     };
     let local_key = match spec.kind {
         InternalKind::PlainRtp => None,
@@ -478,6 +480,11 @@ pub(crate) fn build_internal(
     );
     params.opus_pt = leg.opus_pt;
     params.telephone_event_pt = leg.te_pt;
+    match leg.transcode.as_ref() {
+        Some(tc) => params.codec = sdp::InternalCodec::G711(tc.law()),
+        // Offering: a media server without Opus may answer with G.711.
+        None => params.offer_g711 = spec.remote_sdp.is_none() && setup.cfg.offer_g711,
+    }
     params.crypto = local_key
         .as_ref()
         .map(|k| (1, k.profile, sdp::sdes_key_params(k)));
@@ -535,6 +542,7 @@ fn apply_internal_remote(
 ) -> Result<(), CallError> {
     leg.opus_pt = remote.opus_pt;
     leg.te_pt = remote.telephone_event_pt.or(leg.te_pt);
+    transcode::apply_codec(leg, remote.codec)?;
     if !leg.latched {
         // `None` (c=0.0.0.0): learn the address from the first packet.
         leg.remote = remote.rtp_addr;

@@ -237,6 +237,8 @@ struct Slot {
     local: Vec<Option<SocketAddr>>,
     /// The time of this call's live heap entry (see [`TimerHeap`]).
     armed: Option<Instant>,
+    /// The call transcodes (counted in [`ShardStats::transcoding`]).
+    transcodes: bool,
 }
 
 /// The engine's [`Outbox`] for one call: names the call's socket and queues into the driver.
@@ -466,8 +468,14 @@ impl ShardCore {
     fn remove<I: ShardIo>(&mut self, idx: u32, io: &mut I) -> Option<CallInfo> {
         let slot = self.slots.get_mut(idx as usize)?.take()?;
         let Slot {
-            call, generation, ..
+            call,
+            generation,
+            transcodes,
+            ..
         } = slot;
+        if transcodes {
+            self.stats.transcoding.fetch_sub(1, Ordering::Relaxed);
+        }
         io.detach(SlotKey {
             slot: idx,
             generation,
@@ -671,6 +679,16 @@ impl ShardCore {
             },
         };
         let r = f(&mut slot.call, &mut out);
+        // A command may start or stop the call's transcoding (a bot attached or replaced).
+        let transcodes = slot.call.transcodes();
+        if transcodes != slot.transcodes {
+            slot.transcodes = transcodes;
+            if transcodes {
+                self.stats.transcoding.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.transcoding.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         // Commands may make a call due now (gate opened: maiden packet, fill timer).
         self.after_call_activity(idx, io);
         r
@@ -775,13 +793,18 @@ impl ShardCore {
         };
         io.attach(key, sockets);
         self.by_id.insert(call.call_id.clone(), idx);
+        let transcodes = call.transcodes();
         self.slots[idx as usize] = Some(Slot {
             call,
             generation,
             local,
             armed: None,
+            transcodes,
         });
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if transcodes {
+            self.stats.transcoding.fetch_add(1, Ordering::Relaxed);
+        }
         self.after_call_activity(idx, io);
     }
 
