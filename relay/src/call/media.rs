@@ -509,11 +509,13 @@ fn rewrite_header(
     marker: bool,
     rw: Rewritten,
 ) -> Result<(), rtp::RtpError> {
-    rtp::set_payload_type(buf, pt)?;
-    rtp::set_marker(buf, marker)?;
-    rtp::set_sequence(buf, rw.seq)?;
-    rtp::set_timestamp(buf, rw.ts)?;
-    rtp::set_ssrc(buf, rw.ssrc)
+    rtp::HeaderMut::new(buf)?
+        .set_payload_type(pt)
+        .set_marker(marker)
+        .set_sequence(rw.seq)
+        .set_timestamp(rw.ts)
+        .set_ssrc(rw.ssrc);
+    Ok(())
 }
 
 /// Arrival time in RTP clock units (for RFC 3550 jitter), from the call's monotonic origin.

@@ -219,6 +219,11 @@ pub(crate) struct IoCounters {
     /// counted, never retried.
     pub send_errors: u64,
     pub recv_errors: u64,
+    /// io_uring under pressure: sends dropped because every send slot was in flight (also in
+    /// `send_errors`), and receives stopped because the buffer ring was empty (the datagrams
+    /// waited in their sockets). Always 0 on epoll.
+    pub send_slots_full: u64,
+    pub recv_ring_dry: u64,
     /// System calls the driver made, by [`crate::engine::IO_SYSCALLS`] kind.
     pub syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
 }
@@ -848,6 +853,7 @@ impl ShardCore {
         t.packets_in = self.packets_in;
         t.packets_out = io.sent;
         t.send_errors = io.send_errors;
+        t.io_pressure = [io.send_slots_full, io.recv_ring_dry];
         t.io_syscalls = io.syscalls;
         let elapsed = now.saturating_duration_since(self.last_publish);
         if !elapsed.is_zero() {

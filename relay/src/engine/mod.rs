@@ -171,6 +171,11 @@ pub const IO_SYSCALLS: [&str; 5] = [
     "io_uring_enter",
 ];
 
+/// The io_uring driver's pools running out (`relay_io_pressure_total{kind}`): sends dropped
+/// because every send slot was in flight, and multishot receives stopped because the provided
+/// buffer ring was empty (re-armed; the datagrams wait in their sockets).
+pub const IO_PRESSURE: [&str; 2] = ["send_slots_full", "recv_ring_dry"];
+
 /// An index into [`IO_SYSCALLS`].
 #[derive(Copy, Clone, Debug)]
 pub enum IoSyscall {
