@@ -177,15 +177,102 @@ struct Scores {
     round_trip: Value,
 }
 
-/// One call through the relay: the speech goes to the bot, its echo comes back.
-fn through_relay(dir: &Path, packets: &[Vec<u8>], format: MediaFormat) -> (PathBuf, PathBuf) {
-    let tag = match format {
-        MediaFormat::Mulaw8k => "ulaw",
-        MediaFormat::L16_16k => "l16",
-    };
-    let rate = format.sample_rate();
-    let bot_out = dir.join(format!("relay_{tag}_to_bot.raw"));
-    let (mut bot, port) = Bot::spawn(&bot_out);
+/// The far end of the call: a voice bot in one of its formats, or a G.711 (PCMU) media server.
+#[derive(Clone, Copy, Debug)]
+enum Far {
+    Bot(MediaFormat),
+    G711,
+}
+
+impl Far {
+    fn tag(self) -> &'static str {
+        match self {
+            Far::Bot(MediaFormat::Mulaw8k) => "ulaw",
+            Far::Bot(MediaFormat::L16_16k) => "l16",
+            Far::G711 => "g711",
+        }
+    }
+    fn rate(self) -> u32 {
+        match self {
+            Far::Bot(f) => f.sample_rate(),
+            Far::G711 => 8000,
+        }
+    }
+}
+
+/// A plain RTP media server with PCMU only: records what the relay sends it and echoes each
+/// packet back at once (its own sequence and timestamps).
+struct PcmuServer {
+    sock: Arc<std::net::UdpSocket>,
+    got: Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PcmuServer {
+    fn start() -> PcmuServer {
+        let sock = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"));
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .expect("timeout");
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, g, st) = (sock.clone(), got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            let (mut seq, mut ts) = (1u16, 0u32);
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = s.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n < 12 || buf[1] & 0x7f != 0 {
+                    continue;
+                }
+                let rseq = u16::from_be_bytes([buf[2], buf[3]]);
+                g.lock().expect("lock").push((rseq, buf[12..n].to_vec()));
+                let mut echo = vec![0x80, 0];
+                echo.extend_from_slice(&seq.to_be_bytes());
+                echo.extend_from_slice(&ts.to_be_bytes());
+                echo.extend_from_slice(&0x0711_0711u32.to_be_bytes());
+                echo.extend_from_slice(&buf[12..n]);
+                let _ = s.send_to(&echo, from);
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add((n - 12) as u32);
+            }
+        });
+        PcmuServer { sock, got, stop }
+    }
+
+    fn sdp(&self) -> String {
+        let a = self.sock.local_addr().expect("addr");
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=Asterisk\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n\
+             a=ptime:20\r\na=sendrecv\r\n",
+            ip = a.ip(),
+            port = a.port()
+        )
+    }
+
+    /// What it heard, in sequence order, decoded.
+    fn heard(&self) -> Vec<i16> {
+        let mut got = self.got.lock().expect("lock").clone();
+        got.sort_by_key(|(seq, _)| *seq);
+        got.iter()
+            .flat_map(|(_, p)| p.iter().map(|c| g711::ulaw_decode(*c)))
+            .collect()
+    }
+}
+
+impl Drop for PcmuServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One call through the relay: the speech goes to the far end, its echo comes back.
+fn through_relay(dir: &Path, packets: &[Vec<u8>], far: Far) -> (PathBuf, PathBuf) {
+    let tag = far.tag();
+    let rate = far.rate();
+    let far_out = dir.join(format!("relay_{tag}_to_far.raw"));
     let engine = Engine::start(EngineConfig {
         shards: 2,
         ..EngineConfig::default()
@@ -199,17 +286,37 @@ fn through_relay(dir: &Path, packets: &[Vec<u8>], format: MediaFormat) -> (PathB
     let meta = common::meta(MetaConfig::default());
     let id = format!("wacid.quality.{tag}");
     let mut req = common::user_initiated(&id, &meta, None);
-    req.internal = InternalLegSpec {
-        kind: InternalKind::WebSocket(Arc::new(BotTarget {
-            url: format!("ws://127.0.0.1:{port}/quality"),
-            headers: vec![],
-            custom_parameters: vec![],
-            format,
-        })),
-        remote_sdp: None,
-        source: SourcePolicy::Strict,
-    };
+    let mut bot = None;
+    let mut server = None;
+    match far {
+        Far::Bot(format) => {
+            let (b, port) = Bot::spawn(&far_out);
+            bot = Some(b);
+            req.internal = InternalLegSpec {
+                kind: InternalKind::WebSocket(Arc::new(BotTarget {
+                    url: format!("ws://127.0.0.1:{port}/quality"),
+                    headers: vec![],
+                    custom_parameters: vec![],
+                    format,
+                })),
+                remote_sdp: None,
+                source: SourcePolicy::Strict,
+            };
+        }
+        Far::G711 => {
+            let s = PcmuServer::start();
+            req.internal.remote_sdp = Some(s.sdp());
+            server = Some(s);
+        }
+    }
     let created = rt.block_on(engine.create_call(req)).expect("create");
+    if server.is_some() {
+        assert!(
+            created.internal_sdp.contains("PCMU/8000"),
+            "{}",
+            created.internal_sdp
+        );
+    }
     meta.set_remote_sdp(&created.whatsapp_sdp).expect("answer");
     rt.block_on(engine.open_gate(id.clone())).expect("gate");
     // Wait for SRTP (silence frames until it is up), then the speech on a 20 ms clock, then
@@ -232,10 +339,27 @@ fn through_relay(dir: &Path, packets: &[Vec<u8>], format: MediaFormat) -> (PathB
         }
         meta.send_opus(p);
     }
+    if let Ok(info) = rt.block_on(engine.get_call(id.clone())) {
+        let fill = meta
+            .received()
+            .iter()
+            .filter(|p| p.payload.len() <= 3)
+            .count();
+        eprintln!(
+            "{tag}: internal leg dropped {}, WhatsApp leg dropped {}, sent to WhatsApp {} \
+             packets ({fill} silence fill seen by Meta)",
+            info.internal.dropped, info.whatsapp.dropped, info.whatsapp.sent.packets
+        );
+    }
     let _ = rt.block_on(engine.terminate(id.clone(), "done".into()));
-    let report = bot.wait("report");
-    eprintln!("{tag}: bot report {report}");
-    // What came back to WhatsApp, in sequence order, decoded at the bot's rate.
+    if let Some(mut bot) = bot {
+        let report = bot.wait("report");
+        eprintln!("{tag}: bot report {report}");
+    }
+    if let Some(server) = server {
+        write_raw(&far_out, &server.heard());
+    }
+    // What came back to WhatsApp, in sequence order, decoded at the far end's rate.
     let mut received = meta.received();
     received.sort_by_key(|p| p.at);
     let mut dec = OpusDecoder::new(rate).expect("decoder");
@@ -257,7 +381,7 @@ fn through_relay(dir: &Path, packets: &[Vec<u8>], format: MediaFormat) -> (PathB
     let back_out = dir.join(format!("relay_{tag}_round_trip.raw"));
     write_raw(&back_out, &back);
     engine.shutdown();
-    (bot_out, back_out)
+    (far_out, back_out)
 }
 
 fn run_score(reference: &Path, deg: &Path, rate: u32) -> Value {
@@ -272,6 +396,15 @@ fn run_score(reference: &Path, deg: &Path, rate: u32) -> Value {
 #[test]
 #[ignore = "needs espeak-ng, numpy and pesq; about a minute (BENCHMARKS.md has the figures)"]
 fn speech_through_a_voice_bot_scores_like_the_codecs_alone() {
+    // RUST_LOG=relay=debug shows the relay's side (the bot's WebSocket, the call's events).
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    // QUALITY_ONLY=ulaw|l16|g711 runs one path.
+    let only = std::env::var("QUALITY_ONLY").ok();
     let dir = std::env::temp_dir().join(format!("relay-quality-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let prepared = run_json(&["prepare", dir.to_str().expect("dir")]);
@@ -279,18 +412,25 @@ fn speech_through_a_voice_bot_scores_like_the_codecs_alone() {
     let speech = read_raw(&dir.join("speech48k.raw"));
     let packets = whatsapp_packets(&speech);
     let mut worst = 0.0f64;
-    for format in [MediaFormat::Mulaw8k, MediaFormat::L16_16k] {
-        let rate = format.sample_rate();
-        let (tag, reference) = match format {
-            MediaFormat::Mulaw8k => ("ulaw", dir.join("ref8k.raw")),
-            MediaFormat::L16_16k => ("l16", dir.join("ref16k.raw")),
+    for far in [
+        Far::Bot(MediaFormat::Mulaw8k),
+        Far::Bot(MediaFormat::L16_16k),
+        Far::G711,
+    ] {
+        let (tag, rate) = (far.tag(), far.rate());
+        if only.as_deref().is_some_and(|o| o != tag) {
+            continue;
+        }
+        let reference = match rate {
+            8000 => dir.join("ref8k.raw"),
+            _ => dir.join("ref16k.raw"),
         };
         let (d_bot, d_back) = direct(&packets, rate);
-        let d_bot_path = dir.join(format!("direct_{tag}_to_bot.raw"));
+        let d_bot_path = dir.join(format!("direct_{tag}_to_far.raw"));
         let d_back_path = dir.join(format!("direct_{tag}_round_trip.raw"));
         write_raw(&d_bot_path, &d_bot);
         write_raw(&d_back_path, &d_back);
-        let (r_bot, r_back) = through_relay(&dir, &packets, format);
+        let (r_bot, r_back) = through_relay(&dir, &packets, far);
         let s = [
             Scores {
                 to_bot: run_score(&reference, &d_bot_path, rate),
@@ -303,9 +443,9 @@ fn speech_through_a_voice_bot_scores_like_the_codecs_alone() {
         ];
         let key = if rate == 16_000 { "wb" } else { "nb" };
         for (what, d, r) in [
-            ("WhatsApp -> bot", &s[0].to_bot, &s[1].to_bot),
+            ("WhatsApp -> far end", &s[0].to_bot, &s[1].to_bot),
             (
-                "WhatsApp -> bot -> WhatsApp",
+                "WhatsApp -> far end -> WhatsApp",
                 &s[0].round_trip,
                 &s[1].round_trip,
             ),
