@@ -200,11 +200,14 @@ impl Far {
     }
 }
 
+/// (sequence number, PCMU payload) of each packet the server got.
+type Heard = Vec<(u16, Vec<u8>)>;
+
 /// A plain RTP media server with PCMU only: records what the relay sends it and echoes each
 /// packet back at once (its own sequence and timestamps).
 struct PcmuServer {
     sock: Arc<std::net::UdpSocket>,
-    got: Arc<std::sync::Mutex<Vec<(u16, Vec<u8>)>>>,
+    got: Arc<std::sync::Mutex<Heard>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
