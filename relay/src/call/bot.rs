@@ -23,8 +23,9 @@ use crate::bot::client::BotAttach;
 use crate::bot::link::{AudioFrame, Closed, MAX_FRAME_BYTES, ShardEnd, Up};
 use crate::bot::playout::{Playout, PlayoutStats};
 use crate::bot::protocol::MediaFormat;
-use crate::call::Call;
+use crate::call::legs::dtmf_digit;
 use crate::call::stats::DropReason;
+use crate::call::{Call, INT};
 use crate::codec::g711;
 use crate::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use crate::codec::transcoder::{OpusToPcm, PcmFormat};
@@ -98,7 +99,7 @@ impl Call {
             stream_sid: bot.stream_sid,
             codec_errors: 0,
         }));
-        self.first_media_from_internal = false;
+        self.legs[INT].first_media_in = false;
         let (gate, rest) = (self.gate_deadline(), self.rest_deadline());
         self.deadlines.set(gate, rest);
         Ok(())
@@ -165,10 +166,10 @@ impl Call {
             .is_err()
         {
             *codec_errors += 1;
-            return self.internal.counters.drop(DropReason::Malformed);
+            return self.legs[INT].counters.drop(DropReason::Malformed);
         }
         if sent > 0 {
-            self.internal.tx.count_sent(sent);
+            self.legs[INT].tx.count_sent(sent);
         }
     }
 
@@ -196,7 +197,7 @@ impl Call {
         let mut packets = [[0u8; PACKET]; crate::bot::playout::MAX_CATCH_UP as usize];
         let mut lens = [0usize; crate::bot::playout::MAX_CATCH_UP as usize];
         let mut count = 0;
-        let opus_pt = self.internal.opus_pt;
+        let opus_pt = self.legs[INT].opus_pt;
         let BotLeg {
             end,
             playout,
@@ -251,7 +252,7 @@ impl Call {
         for (pkt, &n) in packets.iter_mut().zip(&lens).take(count) {
             match rtp::parse(&pkt[..n]) {
                 Ok(hdr) => self.accept_internal_rtp(now, pkt, n, hdr, out),
-                Err(_) => self.internal.counters.drop(DropReason::Malformed),
+                Err(_) => self.legs[INT].counters.drop(DropReason::Malformed),
             }
         }
     }
@@ -265,16 +266,6 @@ impl Call {
     pub fn bot_stream_sid(&self) -> Option<&str> {
         self.bot.as_deref().map(|b| b.stream_sid.as_str())
     }
-}
-
-fn dtmf_digit(event: u8) -> Option<char> {
-    Some(match event {
-        0..=9 => (b'0' + event) as char,
-        10 => '*',
-        11 => '#',
-        12..=15 => (b'A' + event - 12) as char,
-        _ => return None,
-    })
 }
 
 /// `d` in 48 kHz RTP clock units (wrapping, as RTP timestamps do).
