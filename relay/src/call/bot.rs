@@ -25,7 +25,7 @@ use crate::bot::playout::{Playout, PlayoutStats};
 use crate::bot::protocol::MediaFormat;
 use crate::call::legs::dtmf_digit;
 use crate::call::stats::DropReason;
-use crate::call::{Call, INT};
+use crate::call::{Call, INT, Transport};
 use crate::codec::g711;
 use crate::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use crate::codec::transcoder::{OpusToPcm, PcmFormat};
@@ -37,8 +37,10 @@ use crate::wire::rtp;
 const PACKET: usize = 1500;
 const MAX_OPUS_FRAME: usize = 1000;
 
-/// The bot leg's state on the shard.
-pub(crate) struct BotLeg {
+/// The bot leg's state on the shard: the internal leg's [`Transport::Bot`].
+///
+/// [`Transport::Bot`]: crate::call::Transport::Bot
+pub struct BotLeg {
     end: ShardEnd,
     playout: Playout,
     format: MediaFormat,
@@ -62,6 +64,11 @@ impl BotLeg {
     pub(crate) fn playout_stats(&self) -> PlayoutStats {
         self.playout.stats()
     }
+
+    /// The next playout tick.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.playout.poll_timeout()
+    }
 }
 
 impl Call {
@@ -84,7 +91,7 @@ impl Call {
         let to_wa = OpusEncoder::new(rate, OpusEncoderConfig::toward_whatsapp()).map_err(codec)?;
         let mut playout = Playout::new(bot.format);
         playout.start(now);
-        self.bot = Some(Box::new(BotLeg {
+        self.legs[INT].transport = Transport::Bot(Box::new(BotLeg {
             end: bot.end,
             playout,
             format: bot.format,
@@ -108,7 +115,7 @@ impl Call {
     /// WhatsApp → bot: one authenticated, parsed RTP packet (`payload` after its header).
     /// `opus`: Opus, else telephone-event (the caller checked it is one of the two).
     pub(super) fn bot_from_whatsapp(&mut self, hdr: &rtp::RtpHeader, payload: &[u8], opus: bool) {
-        let Some(bot) = self.bot.as_deref_mut() else {
+        let Some(bot) = self.legs[INT].bot_mut() else {
             return;
         };
         if !opus {
@@ -173,15 +180,11 @@ impl Call {
         }
     }
 
-    /// The bot leg's next tick, if any.
-    pub(super) fn bot_deadline(&self) -> Option<Instant> {
-        self.bot.as_deref().and_then(|b| b.playout.poll_timeout())
-    }
-
     /// Bot → WhatsApp: play what is due, or end the call if the WebSocket ended.
     pub(super) fn bot_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
         let can_play = self.wa_can_send();
-        let Some(bot) = self.bot.as_deref_mut() else {
+        let opus_pt = self.legs[INT].opus_pt;
+        let Some(bot) = self.legs[INT].bot_mut() else {
             return;
         };
         if let Some(why) = bot.end.closed() {
@@ -197,7 +200,6 @@ impl Call {
         let mut packets = [[0u8; PACKET]; crate::bot::playout::MAX_CATCH_UP as usize];
         let mut lens = [0usize; crate::bot::playout::MAX_CATCH_UP as usize];
         let mut count = 0;
-        let opus_pt = self.legs[INT].opus_pt;
         let BotLeg {
             end,
             playout,
@@ -259,12 +261,12 @@ impl Call {
 
     /// The bot leg's playout counters (tests, logs).
     pub fn bot_playout_stats(&self) -> Option<PlayoutStats> {
-        self.bot.as_deref().map(BotLeg::playout_stats)
+        self.legs[INT].bot().map(BotLeg::playout_stats)
     }
 
     /// The bot leg's `streamSid`, if the internal leg is a bot.
     pub fn bot_stream_sid(&self) -> Option<&str> {
-        self.bot.as_deref().map(|b| b.stream_sid.as_str())
+        self.legs[INT].bot().map(|b| b.stream_sid.as_str())
     }
 }
 

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::api::{LegKind, SourcePolicy};
+use crate::call::bot::BotLeg;
 use crate::call::fill::ArrivalGaps;
 use crate::call::internal_webrtc::WebRtcTransport;
 use crate::call::rewrite::OutboundStream;
@@ -74,6 +75,9 @@ pub enum Transport {
     Ice(Box<IceTransport>),
     /// ICE-lite + DTLS-SRTP toward a browser.
     WebRtc(Box<WebRtcTransport>),
+    /// A voice bot over a WebSocket (the internal leg of `InternalKind::WebSocket`, once the
+    /// bot is attached): decoded audio out, its playout in (see `bot.rs`).
+    Bot(Box<BotLeg>),
 }
 
 pub struct Leg {
@@ -202,7 +206,7 @@ impl Leg {
         match &self.transport {
             Transport::Ice(t) => t.dtls.as_ref(),
             Transport::WebRtc(t) => t.dtls.as_ref(),
-            Transport::None => None,
+            Transport::None | Transport::Bot(_) => None,
         }
     }
 
@@ -210,11 +214,27 @@ impl Leg {
         match &mut self.transport {
             Transport::Ice(t) => t.dtls.as_mut(),
             Transport::WebRtc(t) => t.dtls.as_mut(),
-            Transport::None => None,
+            Transport::None | Transport::Bot(_) => None,
         }
     }
 
-    /// The transport's next deadline (ICE checks and consent, DTLS retransmission).
+    /// The voice bot this leg carries, if any.
+    pub fn bot(&self) -> Option<&BotLeg> {
+        match &self.transport {
+            Transport::Bot(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn bot_mut(&mut self) -> Option<&mut BotLeg> {
+        match &mut self.transport {
+            Transport::Bot(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The transport's next deadline (ICE checks and consent, DTLS retransmission, a bot's
+    /// playout tick).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.transport {
             Transport::Ice(t) => [
@@ -225,6 +245,7 @@ impl Leg {
             .flatten()
             .min(),
             Transport::WebRtc(t) => t.poll_timeout(),
+            Transport::Bot(b) => b.poll_timeout(),
             Transport::None => None,
         }
     }

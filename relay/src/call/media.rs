@@ -138,7 +138,7 @@ impl Call {
         } else {
             return self.legs[WA].counters.drop(DropReason::UnknownPayloadType);
         };
-        if self.bot.is_some() {
+        if self.legs[INT].bot().is_some() {
             let payload_end = hdr.header_len + hdr.payload_len;
             let Some(payload) = buf.get(hdr.header_len..payload_end.min(n)) else {
                 return self.legs[WA].counters.drop(DropReason::Malformed);

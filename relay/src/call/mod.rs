@@ -127,8 +127,6 @@ pub struct Call {
     forks: fork::Forks,
     /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
     released_sockets: Vec<SocketRef>,
-    /// A voice bot as the internal leg's peer (`InternalKind::WebSocket`); see `bot.rs`.
-    bot: Option<Box<bot::BotLeg>>,
 }
 
 impl Call {
@@ -145,24 +143,31 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if self.forks.listen_socket() == Some(via) {
-            if let Some(data) = buf.get_mut(..len) {
-                self.forks.on_listen_datagram(now, from, data, out);
+        let internal = match self.leg_of(via) {
+            // A supervisor's listen-in, on its own socket.
+            _ if self.forks.listen_socket() == Some(via) => {
+                if let Some(data) = buf.get_mut(..len) {
+                    self.forks.on_listen_datagram(now, from, data, out);
+                }
+                // Its ICE/DTLS may have moved: report and re-arm like any control input.
+                self.fed_control = true;
+                false
             }
-            // Its ICE/DTLS may have moved: report and re-arm like any control input.
-            self.fed_control = true;
-        } else if via.is_whatsapp() {
-            self.on_whatsapp_datagram(now, via, from, buf, len, out);
-        } else if via == SocketRef::Internal {
-            self.on_internal_datagram(now, from, buf, len, out);
-        } else {
+            Some(WA) => {
+                self.on_whatsapp_datagram(now, via, from, buf, len, out);
+                false
+            }
+            Some(INT) => {
+                self.on_internal_datagram(now, from, buf, len, out);
+                true
+            }
             // A socket added while live that no leg owns (any more): a late datagram.
-            return self.legs[INT].counters.drop(stats::DropReason::Unexpected);
-        }
+            _ => return self.legs[INT].counters.drop(stats::DropReason::Unexpected),
+        };
         if std::mem::take(&mut self.fed_control) {
             self.after_input(now, out);
         } else {
-            self.after_media(now, via == SocketRef::Internal);
+            self.after_media(now, internal);
         }
     }
 
@@ -489,7 +494,6 @@ impl Call {
             self.legs[WA].next_rtcp,
             self.legs[INT].next_rtcp,
             self.forks.poll_timeout(),
-            self.bot_deadline(),
         ]
         .into_iter()
         .fold(None, earliest)

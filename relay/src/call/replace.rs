@@ -62,14 +62,13 @@ impl Call {
             build_internal(spec, &setup, self.legs[INT].cname.clone(), now)?;
 
         self.send_internal_bye(now, out);
-        // A bot being replaced gets `stop` and its WebSocket closed (its task sees the link go).
-        self.bot = None;
         let previous = self.legs[INT].remote;
         // A new peer at the very same address is the same socket: it cannot be told apart.
         leg.refused = previous.filter(|p| leg.remote != Some(*p));
         let remote = leg.remote;
         // The new agent starts with a clean slate: its own first media, DTMF and RTCP
-        // schedule (all part of the fresh leg).
+        // schedule (all part of the fresh leg). A bot being replaced (the old leg's transport)
+        // gets `stop` and its WebSocket closed: its task sees the link go.
         leg.next_rtcp = Some(now + self.cfg.rtcp_interval);
         self.legs[INT] = leg;
 

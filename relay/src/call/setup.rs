@@ -245,7 +245,6 @@ impl Call {
             fed_control: false,
             forks: Default::default(),
             released_sockets: Vec::new(),
-            bot: None,
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs
