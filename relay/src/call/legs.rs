@@ -252,8 +252,9 @@ impl Leg {
 
     /// Media and DTLS are accepted from the path, or (ICE) from any pair ICE validated (Meta's
     /// lite side may prefer another nominated pair); everything else is a stranger.
+    #[inline]
     pub fn accepts(&self, via: SocketRef, from: SocketAddr) -> bool {
-        self.path() == Some((via, from))
+        (self.via == via && self.remote == Some(from))
             || self
                 .ice()
                 .is_some_and(|ice| ice.agent.is_valid_pair(via, from))

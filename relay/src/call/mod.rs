@@ -98,7 +98,11 @@ pub struct Call {
     identity: Arc<DtlsIdentity>,
 
     /// Every leg, by [`LegId`]: the WhatsApp leg ([`WA`]), then the internal leg ([`INT`]).
-    legs: Vec<Leg>,
+    /// An array while every call has exactly these two: indexing by a constant costs nothing
+    /// on the packet path and the legs live inside the call as before (no extra allocation). A
+    /// call that can gain legs (a fork's) makes this a `Vec` or a small vector; the code
+    /// indexes and iterates it the same way.
+    legs: [Leg; 2],
 
     /// The gate toward WhatsApp (opened when Meta's `accept` returned 200), the media held
     /// until then, and silence fill.
@@ -143,26 +147,27 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        let internal = match self.leg_of(via) {
+        let internal = if self.forks.listen_socket() == Some(via) {
             // A supervisor's listen-in, on its own socket.
-            _ if self.forks.listen_socket() == Some(via) => {
-                if let Some(data) = buf.get_mut(..len) {
-                    self.forks.on_listen_datagram(now, from, data, out);
+            if let Some(data) = buf.get_mut(..len) {
+                self.forks.on_listen_datagram(now, from, data, out);
+            }
+            // Its ICE/DTLS may have moved: report and re-arm like any control input.
+            self.fed_control = true;
+            false
+        } else {
+            match self.leg_of(via) {
+                Some(WA) => {
+                    self.on_whatsapp_datagram(now, via, from, buf, len, out);
+                    false
                 }
-                // Its ICE/DTLS may have moved: report and re-arm like any control input.
-                self.fed_control = true;
-                false
+                Some(INT) => {
+                    self.on_internal_datagram(now, from, buf, len, out);
+                    true
+                }
+                // A socket added while live that no leg owns (any more): a late datagram.
+                _ => return self.legs[INT].counters.drop(stats::DropReason::Unexpected),
             }
-            Some(WA) => {
-                self.on_whatsapp_datagram(now, via, from, buf, len, out);
-                false
-            }
-            Some(INT) => {
-                self.on_internal_datagram(now, from, buf, len, out);
-                true
-            }
-            // A socket added while live that no leg owns (any more): a late datagram.
-            _ => return self.legs[INT].counters.drop(stats::DropReason::Unexpected),
         };
         if std::mem::take(&mut self.fed_control) {
             self.after_input(now, out);
@@ -480,6 +485,7 @@ impl Call {
         self.on_wa_sendable(now, out);
     }
 
+    #[inline]
     fn gate_deadline(&self) -> Option<Instant> {
         self.gate.poll_timeout(&self.cfg, &self.fill_view())
     }
@@ -538,14 +544,22 @@ impl Call {
             .is_some_and(|leg| self.legs[leg].knows(via, from))
     }
 
-    /// The leg whose socket `via` is (an index into [`Self::legs`]).
+    /// The leg whose socket `via` is (an index into [`Self::legs`]): the one place that maps
+    /// a socket to a leg. The two sockets every call starts with first, without a search.
+    #[inline]
     fn leg_of(&self, via: SocketRef) -> Option<usize> {
         if via.is_whatsapp() {
             Some(WA)
         } else if via == SocketRef::Internal {
             Some(INT)
         } else {
-            self.legs.iter().position(|l| l.owns(via))
+            self.leg_owning(via)
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn leg_owning(&self, via: SocketRef) -> Option<usize> {
+        self.legs.iter().position(|l| l.owns(via))
     }
 }

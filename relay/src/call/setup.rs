@@ -229,7 +229,7 @@ impl Call {
             created_at: wall,
             created_mono: now,
             identity: setup.identity.clone(),
-            legs: vec![wa, internal],
+            legs: [wa, internal],
             gate: Gate::new(setup.cfg.prebuffer_packets),
             wa_ready: false,
             watchdog: Watchdog::new(
