@@ -23,10 +23,10 @@
 
 use std::time::Instant;
 
-use crate::call::Call;
-use crate::call::legs::{InternalLeg, srtp_drop_reason};
+use crate::call::legs::{Leg, srtp_drop_reason};
 use crate::call::rewrite::Source;
 use crate::call::stats::DropReason;
+use crate::call::{Call, INT, WA};
 use crate::codec::CodecError;
 use crate::codec::clock::TelephoneEvent;
 use crate::codec::g711::G711;
@@ -106,7 +106,7 @@ impl Transcode {
 /// between Opus and G.711 gets a new outbound stream on the new clock (a new timeline for the
 /// peer, as any codec change is).
 pub(super) fn apply_codec(
-    leg: &mut InternalLeg,
+    leg: &mut Leg,
     codec: crate::sdp::InternalCodec,
 ) -> Result<(), crate::call::CallError> {
     use crate::sdp::InternalCodec;
@@ -152,12 +152,13 @@ impl Call {
         buf: &[u8],
         out: &mut impl Outbox,
     ) {
-        let Some(mut tc) = self.internal.transcode.take() else {
+        let Some(mut tc) = self.legs[INT].transcode.take() else {
             return;
         };
         let payload = &buf[hdr.payload_range()];
-        let internal = &mut self.internal;
-        if hdr.payload_type == self.wa.opus_pt {
+        let (wa_opus_pt, wa_te_pt) = (self.legs[WA].opus_pt, self.legs[WA].te_pt);
+        let internal = &mut self.legs[INT];
+        if hdr.payload_type == wa_opus_pt {
             let pt = internal.opus_pt;
             let ssrc = hdr.ssrc;
             let mut first = hdr.marker;
@@ -187,14 +188,14 @@ impl Call {
             if r.is_err() {
                 internal.counters.drop(DropReason::Malformed);
             }
-        } else if Some(hdr.payload_type) == self.wa.te_pt {
+        } else if Some(hdr.payload_type) == wa_te_pt {
             let Some(pt) = internal.te_pt else {
                 internal.counters.drop(DropReason::UnknownPayloadType);
-                self.internal.transcode = Some(tc);
+                self.legs[INT].transcode = Some(tc);
                 return;
             };
             self.note_dtmf(crate::api::LegKind::WhatsApp, payload, hdr.timestamp);
-            let internal = &mut self.internal;
+            let internal = &mut self.legs[INT];
             match translate_event(payload, WA_EVENT_CLOCK, G711_CLOCK) {
                 Some(ev) => {
                     let ts = tc.to_internal.map_timestamp(hdr.timestamp);
@@ -206,7 +207,7 @@ impl Call {
         } else {
             internal.counters.drop(DropReason::UnknownPayloadType);
         }
-        self.internal.transcode = Some(tc);
+        self.legs[INT].transcode = Some(tc);
     }
 
     /// A G.711 internal leg → WhatsApp: one plaintext internal RTP packet, already counted and
@@ -218,13 +219,13 @@ impl Call {
         buf: &[u8],
         out: &mut impl Outbox,
     ) {
-        let Some(mut tc) = self.internal.transcode.take() else {
+        let Some(mut tc) = self.legs[INT].transcode.take() else {
             return;
         };
         let payload = &buf[hdr.payload_range()];
         // Generated packets carry the leg's audio PT; `send_to_whatsapp` maps it to WhatsApp's
         // Opus PT as it does for forwarded Opus.
-        let audio_pt = self.internal.opus_pt;
+        let audio_pt = self.legs[INT].opus_pt;
         if hdr.payload_type == audio_pt {
             let ssrc = hdr.ssrc;
             let mut seqs = tc.seq_to_whatsapp;
@@ -245,9 +246,9 @@ impl Call {
                 });
             tc.seq_to_whatsapp = seqs;
             if r.is_err() {
-                self.internal.counters.drop(DropReason::Malformed);
+                self.legs[INT].counters.drop(DropReason::Malformed);
             }
-        } else if Some(hdr.payload_type) == self.internal.te_pt {
+        } else if Some(hdr.payload_type) == self.legs[INT].te_pt {
             match translate_event(payload, G711_CLOCK, WA_EVENT_CLOCK) {
                 Some(ev) => {
                     let ts = tc.to_whatsapp.map_timestamp(hdr.timestamp);
@@ -257,12 +258,12 @@ impl Call {
                         now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out,
                     );
                 }
-                None => self.internal.counters.drop(DropReason::Malformed),
+                None => self.legs[INT].counters.drop(DropReason::Malformed),
             }
         } else {
-            self.internal.counters.drop(DropReason::UnknownPayloadType);
+            self.legs[INT].counters.drop(DropReason::UnknownPayloadType);
         }
-        self.internal.transcode = Some(tc);
+        self.legs[INT].transcode = Some(tc);
     }
 
     /// Builds a plaintext RTP packet standing for the internal source and sends it through
@@ -288,15 +289,15 @@ impl Call {
             ssrc,
         };
         let Ok(h) = rtp::write_header(&mut pkt, &fields) else {
-            return self.internal.counters.drop(DropReason::Malformed);
+            return self.legs[INT].counters.drop(DropReason::Malformed);
         };
         let Some(dst) = pkt.get_mut(h..h + payload.len()) else {
-            return self.internal.counters.drop(DropReason::Malformed);
+            return self.legs[INT].counters.drop(DropReason::Malformed);
         };
         dst.copy_from_slice(payload);
         let n = h + payload.len();
         let Ok(parsed) = rtp::parse(&pkt[..n]) else {
-            return self.internal.counters.drop(DropReason::Malformed);
+            return self.legs[INT].counters.drop(DropReason::Malformed);
         };
         let can_send = self.wa_can_send();
         if self.gate.route(&pkt[..n], now, can_send) == crate::call::gate::Route::Send {
@@ -309,7 +310,7 @@ impl Call {
 /// leg: rewritten onto the leg's outbound stream, SRTP-protected when the leg is secure.
 #[allow(clippy::too_many_arguments)]
 fn send_internal(
-    internal: &mut InternalLeg,
+    internal: &mut Leg,
     now: Instant,
     ssrc: u32,
     seq: u16,

@@ -589,14 +589,18 @@ impl ShardCore {
                 req,
                 reply,
             } => {
-                let _ = reply.send(self.with_call(&call_id, io, |c, _| c.record(req, now)));
+                let _ = reply.send(self.with_call(&call_id, io, |c, _| {
+                    c.record(req, now).map_err(ApiError::from)
+                }));
             }
             Command::Listen {
                 call_id,
                 req,
                 reply,
             } => {
-                let _ = reply.send(self.with_call(&call_id, io, |c, out| c.listen(req, now, out)));
+                let _ = reply.send(self.with_call(&call_id, io, |c, out| {
+                    c.listen(req, now, out).map_err(ApiError::from)
+                }));
             }
             Command::WithNewSocket {
                 call_id,

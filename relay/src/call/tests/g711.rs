@@ -135,7 +135,11 @@ fn a_pcmu_only_media_server_gets_pcmu_and_whatsapp_gets_opus() {
     let f = frequency(&pcm, 8000);
     assert!((f - 440.0).abs() < 15.0, "server hears {f:.0} Hz");
     assert!(rms(&pcm) > 3000.0, "level {:.0}", rms(&pcm));
-    let tc = sim.call.internal.transcode.as_ref().unwrap().counters();
+    let tc = sim.call.legs[crate::call::INT]
+        .transcode
+        .as_ref()
+        .unwrap()
+        .counters();
     assert_eq!((tc.to_internal.lost, tc.to_internal.fec_frames), (1, 1));
 
     // Server → WhatsApp: PCMU at 20 ms becomes Opus on the 48 kHz clock.
@@ -286,7 +290,7 @@ fn opus_is_preferred_when_the_server_has_both() {
     );
     assert!(sim.internal_answer.contains("opus/48000/2"));
     assert!(!sim.internal_answer.contains("PCMU"));
-    assert!(sim.call.internal.transcode.is_none());
+    assert!(sim.call.legs[crate::call::INT].transcode.is_none());
 }
 
 #[test]
