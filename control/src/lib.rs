@@ -4,6 +4,8 @@
 //! The proto (`control/proto/relay.proto`) documents how each RPC maps to Meta's webhooks and
 //! Graph API requests; start there.
 
+#![deny(unsafe_code)]
+
 pub mod client;
 pub mod codec;
 pub mod json;

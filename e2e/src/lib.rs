@@ -10,6 +10,8 @@
 //! - [`meta::MetaCore`] / [`sip::SipCore`]: the same peers sans-IO, for drivers that own
 //!   their sockets (the load test).
 
+#![deny(unsafe_code)]
+
 pub mod browser;
 pub mod chromium;
 pub mod dtls;

@@ -348,7 +348,7 @@ fn our_dtls_security() -> LocalSecurity {
             candidates: vec![("192.0.2.1:40000".parse().expect("literal"), 2_130_706_431)],
             end_of_candidates: true,
         },
-        fingerprint: sdp::Fingerprint::sha256_of_der(b"cert"),
+        fingerprint: sdp::Fingerprint::sha256_of(b"cert"),
         setup: None,
     }
 }

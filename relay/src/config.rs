@@ -65,6 +65,8 @@ pub struct Settings {
     pub port_max: Option<u16>,
     pub max_calls_per_number: u32,
     pub capacity: u32,
+    /// See [`EngineConfig::transcode_weight`].
+    pub transcode_weight: u32,
     /// Percent; see [`EngineConfig::max_shard_busy`].
     pub max_shard_busy_percent: u32,
     /// Per source IP: datagrams from addresses no call knows, at once and per second.
@@ -116,6 +118,7 @@ impl Default for Settings {
             port_max: None,
             max_calls_per_number: 1000,
             capacity: 10_000,
+            transcode_weight: crate::engine::DEFAULT_TRANSCODE_WEIGHT,
             max_shard_busy_percent: 90,
             rate_limit_burst: RateLimitConfig::default().burst,
             rate_limit_per_second: RateLimitConfig::default().per_second,
@@ -157,7 +160,7 @@ pub enum Kind {
     Path,
 }
 
-/// One setting's names.
+/// One setting: its names, how its value is read and printed.
 #[derive(Debug)]
 pub struct Key {
     /// TOML key; `call.x` is `x` in the `[call]` table.
@@ -166,149 +169,402 @@ pub struct Key {
     pub env: &'static str,
     pub kind: Kind,
     pub help: &'static str,
+    /// Parse a value and store it in its field.
+    set: fn(&mut Settings, &str) -> Result<(), String>,
+    /// The field's effective value as TOML; `None` when unset (or secret).
+    get: fn(&Settings) -> Option<toml::Value>,
 }
 
-const fn key(
-    key: &'static str,
-    flag: &'static str,
-    env: &'static str,
-    kind: Kind,
-    help: &'static str,
-) -> Key {
-    Key {
-        key,
-        flag,
-        env,
-        kind,
-        help,
+/// `"call.media_timeout" => call.media_timeout: Dur, "help";` becomes a [`Key`] whose flag
+/// and environment variable are derived from the key at compile time, whose kind is the
+/// codec's, and whose setter and getter read and write that field through the codec.
+macro_rules! keys {
+    ($( $key:literal => $($field:ident).+ : $codec:ident $( ( $($arg:expr),* ) )?, $help:expr; )*) => {
+        &[$(
+            Key {
+                key: $key,
+                flag: {
+                    const N: usize = $key.len();
+                    const B: [u8; N] = names::flag::<N>($key);
+                    names::as_str(&B)
+                },
+                env: {
+                    const N: usize = names::ENV_PREFIX.len() + $key.len();
+                    const B: [u8; N] = names::env::<N>($key);
+                    names::as_str(&B)
+                },
+                kind: <value::$codec as value::KindOf>::KIND,
+                help: $help,
+                set: |s, v| {
+                    s.$($field).+ = value::Codec::parse(&value::$codec $( ( $($arg),* ) )?, v)?;
+                    Ok(())
+                },
+                get: |s| value::Codec::show(&value::$codec $( ( $($arg),* ) )?, &s.$($field).+),
+            },
+        )*]
+    };
+}
+
+/// A key's flag and environment variable, computed in `const` from the key: `.` and `_`
+/// become `-` in flags; `.` becomes `_` and letters are upper-cased in variables.
+mod names {
+    pub const ENV_PREFIX: &str = "RELAY_";
+
+    pub const fn flag<const N: usize>(key: &str) -> [u8; N] {
+        let k = key.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = match k[i] {
+                b'.' | b'_' => b'-',
+                c => c,
+            };
+            i += 1;
+        }
+        out
+    }
+
+    pub const fn env<const N: usize>(key: &str) -> [u8; N] {
+        let p = ENV_PREFIX.as_bytes();
+        let k = key.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = if i < p.len() {
+                p[i]
+            } else {
+                match k[i - p.len()] {
+                    b'.' => b'_',
+                    c => c.to_ascii_uppercase(),
+                }
+            };
+            i += 1;
+        }
+        out
+    }
+
+    pub const fn as_str(b: &'static [u8]) -> &'static str {
+        match std::str::from_utf8(b) {
+            Ok(s) => s,
+            Err(_) => panic!("configuration keys are ASCII"),
+        }
     }
 }
 
-/// Every setting, in `--print-config` order. A test checks the names follow the rule above and
-/// that the `call.` keys are exactly [`CallConfig`]'s fields.
-#[rustfmt::skip]
-pub const KEYS: &[Key] = &[
-    key("control_listen", "control-listen", "RELAY_CONTROL_LISTEN", Kind::SocketAddr,
-        "gRPC control plane listen address"),
-    key("control_token", "control-token", "RELAY_CONTROL_TOKEN", Kind::Text,
-        "bearer token every control request must carry (required off loopback)"),
-    key("allow_unauthenticated", "allow-unauthenticated", "RELAY_ALLOW_UNAUTHENTICATED", Kind::Bool,
-        "serve the control API off loopback without a token or mTLS (not recommended)"),
-    key("control_tls_cert", "control-tls-cert", "RELAY_CONTROL_TLS_CERT", Kind::Path,
-        "PEM certificate chain: serve the control API over TLS"),
-    key("control_tls_key", "control-tls-key", "RELAY_CONTROL_TLS_KEY", Kind::Path,
-        "PEM private key of control_tls_cert"),
-    key("control_tls_client_ca", "control-tls-client-ca", "RELAY_CONTROL_TLS_CLIENT_CA", Kind::Path,
-        "PEM CA that control clients' certificates must chain to (mTLS)"),
-    key("metrics_listen", "metrics-listen", "RELAY_METRICS_LISTEN", Kind::SocketAddr,
-        "HTTP listen address for /metrics, /healthz and /readyz"),
-    key("drain_deadline", "drain-deadline", "RELAY_DRAIN_DEADLINE", Kind::Duration,
-        "on SIGTERM, how long calls may continue before the rest are ended (cause drained)"),
-    key("shards", "shards", "RELAY_SHARDS", Kind::Integer,
-        "engine shard threads; 0 = one per CPU"),
-    key("io_driver", "io-driver", "RELAY_IO_DRIVER", Kind::Text,
-        "shard I/O: auto (io_uring, else epoll), io_uring (or fail to start), epoll (recvmmsg/sendmmsg)"),
-    key("whatsapp_v4", "whatsapp-v4", "RELAY_WHATSAPP_V4", Kind::IpOrNone,
-        "WhatsApp-facing IPv4 bind address, or none"),
-    key("whatsapp_v6", "whatsapp-v6", "RELAY_WHATSAPP_V6", Kind::IpOrNone,
-        "WhatsApp-facing IPv6 bind address, or none"),
-    key("internal", "internal", "RELAY_INTERNAL", Kind::Ip,
-        "internal-leg bind address (toward the SIP media server)"),
-    key("advertise_v4", "advertise-v4", "RELAY_ADVERTISE_V4", Kind::Ip,
-        "public IPv4 written into SDP toward WhatsApp (NAT, Kubernetes); unset: whatsapp_v4"),
-    key("advertise_v6", "advertise-v6", "RELAY_ADVERTISE_V6", Kind::Ip,
-        "public IPv6 written into SDP toward WhatsApp; unset: whatsapp_v6"),
-    key("advertise_internal", "advertise-internal", "RELAY_ADVERTISE_INTERNAL", Kind::Ip,
-        "address written into the internal leg's SDP; unset: internal"),
-    key("port_min", "port-min", "RELAY_PORT_MIN", Kind::Integer,
-        "lowest UDP media port (with port_max); unset: ports chosen by the OS"),
-    key("port_max", "port-max", "RELAY_PORT_MAX", Kind::Integer,
-        "highest UDP media port, inclusive"),
-    key("max_calls_per_number", "max-calls-per-number", "RELAY_MAX_CALLS_PER_NUMBER", Kind::Integer,
-        "concurrent calls per business number (Meta's limit is 1000)"),
-    key("capacity", "capacity", "RELAY_CAPACITY", Kind::Integer,
-        "calls this relay admits in total; /readyz turns 503 at it"),
-    key("max_shard_busy_percent", "max-shard-busy-percent", "RELAY_MAX_SHARD_BUSY_PERCENT", Kind::Integer,
-        "refuse new calls (UNAVAILABLE, /readyz 503) while every shard worked at least this share of the last second; 100 = never"),
-    key("rate_limit_burst", "rate-limit-burst", "RELAY_RATE_LIMIT_BURST", Kind::Integer,
-        "datagrams a source IP no call knows may send at once before it is dropped unread"),
-    key("rate_limit_per_second", "rate-limit-per-second", "RELAY_RATE_LIMIT_PER_SECOND", Kind::Integer,
-        "... and per second after the burst (0: no refill)"),
-    key("rate_limit_shard_burst", "rate-limit-shard-burst", "RELAY_RATE_LIMIT_SHARD_BURST", Kind::Integer,
-        "per shard, datagrams all sources no call knows may send at once together (spoofed floods from many addresses); 0: no shard-wide cap"),
-    key("rate_limit_shard_per_second", "rate-limit-shard-per-second", "RELAY_RATE_LIMIT_SHARD_PER_SECOND", Kind::Integer,
-        "... and per second after that burst (0: no refill)"),
-    key("tombstone_lifetime", "tombstone-lifetime", "RELAY_TOMBSTONE_LIFETIME", Kind::Duration,
-        "an ended or terminated call ID refuses CreateCall (FAILED_PRECONDITION) and GetCall shows its end for this long; 0s: not remembered"),
-    key("max_tombstones", "max-tombstones", "RELAY_MAX_TOMBSTONES", Kind::Integer,
-        "ended call IDs remembered at most (the oldest is forgotten first)"),
-    key("shard_stall_timeout", "shard-stall-timeout", "RELAY_SHARD_STALL_TIMEOUT", Kind::Duration,
-        "/healthz fails when an engine shard has not turned its loop for this long"),
-    key("log_json", "log-json", "RELAY_LOG_JSON", Kind::Bool,
-        "log JSON lines instead of text"),
-    key("call_log_dir", "call-log-dir", "RELAY_CALL_LOG_DIR", Kind::Path,
-        "write one JSON record per ended call to DIR/calls-YYYY-MM-DD.jsonl (UTC)"),
-    key("call_log_poll_interval", "call-log-poll-interval", "RELAY_CALL_LOG_POLL_INTERVAL", Kind::Duration,
-        "how often the call log samples live calls' statistics"),
-    key("homer", "homer", "RELAY_HOMER", Kind::SocketAddr,
-        "send per-call RTCP and quality reports over HEP3/UDP to this Homer collector (as rtpengine's --homer)"),
-    key("homer_id", "homer-id", "RELAY_HOMER_ID", Kind::Integer,
-        "HEP capture agent ID the reports carry"),
-    key("recording_dir", "recording-dir", "RELAY_RECORDING_DIR", Kind::Path,
-        "write call recordings (StartRecording) under DIR; unset: recording is refused"),
-    key("recording_name_template", "recording-name-template", "RELAY_RECORDING_NAME_TEMPLATE", Kind::Text,
-        "a recording's file name under recording_dir, without extension ({call_id} {business} {consumer} {date} {time} {id}; / makes subdirectories)"),
-    key("recording_queue_packets", "recording-queue-packets", "RELAY_RECORDING_QUEUE_PACKETS", Kind::Integer,
-        "packet slots (1.5 KiB each, allocated at start) between the shards and the recording writer; beyond, packets are dropped (counted) rather than slow a call"),
-    key("bot_ca_file", "bot-ca-file", "RELAY_BOT_CA_FILE", Kind::Path,
-        "PEM CA certificates trusted for voice bots' wss:// URLs besides the system's roots"),
-    key("bot_connect_timeout", "bot-connect-timeout", "RELAY_BOT_CONNECT_TIMEOUT", Kind::Duration,
-        "a voice bot's WebSocket (TCP, TLS, upgrade) must be open within this, or CreateCall/ReplaceInternalLeg fails with BOT_UNREACHABLE"),
-    key("call.ice_connect_timeout", "call-ice-connect-timeout", "RELAY_CALL_ICE_CONNECT_TIMEOUT", Kind::Duration,
-        "no working ICE pair within this ends the call (Meta 138020)"),
-    key("call.ice_check_rto", "call-ice-check-rto", "RELAY_CALL_ICE_CHECK_RTO", Kind::Duration,
-        "first retransmission timeout of an ICE check"),
-    key("call.consent_interval", "call-consent-interval", "RELAY_CALL_CONSENT_INTERVAL", Kind::Duration,
-        "RFC 7675 consent check interval"),
-    key("call.consent_timeout", "call-consent-timeout", "RELAY_CALL_CONSENT_TIMEOUT", Kind::Duration,
-        "RFC 7675 consent lost after this long without a response"),
-    key("call.dtls_flight_rto", "call-dtls-flight-rto", "RELAY_CALL_DTLS_FLIGHT_RTO", Kind::Duration,
-        "first DTLS flight retransmission timeout"),
-    key("call.dtls_timeout", "call-dtls-timeout", "RELAY_CALL_DTLS_TIMEOUT", Kind::Duration,
-        "DTLS handshake not done within this ends the call (Meta 138019)"),
-    key("call.start_media_timeout", "call-start-media-timeout", "RELAY_CALL_START_MEDIA_TIMEOUT", Kind::Duration,
-        "gate open and no media from WhatsApp within this ends the call (Meta 138023)"),
-    key("call.media_timeout", "call-media-timeout", "RELAY_CALL_MEDIA_TIMEOUT", Kind::Duration,
-        "media from WhatsApp stopped this long ends the call (Meta 138021)"),
-    key("call.rtcp_interval", "call-rtcp-interval", "RELAY_CALL_RTCP_INTERVAL", Kind::Duration,
-        "RTCP report interval per leg"),
-    key("call.ptime", "call-ptime", "RELAY_CALL_PTIME", Kind::Duration,
-        "packet time of generated audio (silence fill)"),
-    key("call.silence_fill", "call-silence-fill", "RELAY_CALL_SILENCE_FILL", Kind::Bool,
-        "send Opus silence to WhatsApp while the internal leg is quiet"),
-    key("call.fill_after", "call-fill-after", "RELAY_CALL_FILL_AFTER", Kind::Duration,
-        "the internal leg counts as quiet after this long without a packet"),
-    key("call.prebuffer_packets", "call-prebuffer-packets", "RELAY_CALL_PREBUFFER_PACKETS", Kind::Integer,
-        "internal packets held until the WhatsApp leg can carry them (20 ms each)"),
-    key("call.internal_silence_timeout", "call-internal-silence-timeout", "RELAY_CALL_INTERNAL_SILENCE_TIMEOUT", Kind::Duration,
-        "the internal leg silent this long raises an internal_leg_silent event"),
-    key("call.keep_dtls_state", "call-keep-dtls-state", "RELAY_CALL_KEEP_DTLS_STATE", Kind::Bool,
-        "keep the WhatsApp leg's DTLS state after the handshake (reads Meta's close_notify; ~10 KiB a call)"),
-    key("call.end_on_internal_silence", "call-end-on-internal-silence", "RELAY_CALL_END_ON_INTERNAL_SILENCE", Kind::Bool,
-        "... and ends the call (cause internal_leg_timeout)"),
-    key("call.one_way_timeout", "call-one-way-timeout", "RELAY_CALL_ONE_WAY_TIMEOUT", Kind::Duration,
-        "media from one leg only for this long raises a one_way_audio event"),
-    key("call.fill_after_max", "call-fill-after-max", "RELAY_CALL_FILL_AFTER_MAX", Kind::Duration,
-        "the fill wait adapts to the internal leg's jitter up to this (= fill_after: fixed)"),
-    key("call.answer_timeout", "call-answer-timeout", "RELAY_CALL_ANSWER_TIMEOUT", Kind::Duration,
-        "business-initiated: no Meta answer within this of create ends the call (answer_timeout)"),
-    key("call.accept_timeout", "call-accept-timeout", "RELAY_CALL_ACCEPT_TIMEOUT", Kind::Duration,
-        "offer and answer known but no OpenGate within this ends the call (accept_timeout)"),
-    key("call.max_call_duration", "call-max-call-duration", "RELAY_CALL_MAX_CALL_DURATION", Kind::Duration,
-        "a call ends at this age whatever it does (max_duration); 0 = no limit"),
-    key("call.webrtc_idle_timeout", "call-webrtc-idle-timeout", "RELAY_CALL_WEBRTC_IDLE_TIMEOUT", Kind::Duration,
-        "a browser leg with no consent check and no media for this long ends the call"),
-];
+/// How each kind of value is read from text (flags, variables and TOML scalars share one
+/// parser) and printed back as TOML.
+mod value {
+    use super::*;
+    use toml::Value as V;
+
+    pub trait KindOf {
+        const KIND: Kind;
+    }
+
+    pub trait Codec<T> {
+        fn parse(&self, v: &str) -> Result<T, String>;
+        fn show(&self, v: &T) -> Option<V>;
+    }
+
+    fn text(v: &dyn fmt::Display) -> Option<V> {
+        Some(V::String(v.to_string()))
+    }
+
+    pub struct Addr;
+    pub struct Ip;
+    pub struct IpOrNone;
+    pub struct Dur;
+    pub struct Bool;
+    /// A whole number within bounds (inclusive).
+    pub struct Int(pub u64, pub u64);
+    pub struct Text;
+    /// Text never printed (`--print-config` output ends up in tickets and chat).
+    pub struct Secret;
+    pub struct Path;
+
+    impl KindOf for Addr {
+        const KIND: Kind = Kind::SocketAddr;
+    }
+    impl KindOf for Ip {
+        const KIND: Kind = Kind::Ip;
+    }
+    impl KindOf for IpOrNone {
+        const KIND: Kind = Kind::IpOrNone;
+    }
+    impl KindOf for Dur {
+        const KIND: Kind = Kind::Duration;
+    }
+    impl KindOf for Bool {
+        const KIND: Kind = Kind::Bool;
+    }
+    impl KindOf for Int {
+        const KIND: Kind = Kind::Integer;
+    }
+    impl KindOf for Text {
+        const KIND: Kind = Kind::Text;
+    }
+    impl KindOf for Secret {
+        const KIND: Kind = Kind::Text;
+    }
+    impl KindOf for Path {
+        const KIND: Kind = Kind::Path;
+    }
+
+    impl Codec<SocketAddr> for Addr {
+        fn parse(&self, v: &str) -> Result<SocketAddr, String> {
+            socket_addr(v)
+        }
+        fn show(&self, v: &SocketAddr) -> Option<V> {
+            text(v)
+        }
+    }
+    impl Codec<Option<SocketAddr>> for Addr {
+        fn parse(&self, v: &str) -> Result<Option<SocketAddr>, String> {
+            socket_addr(v).map(Some)
+        }
+        fn show(&self, v: &Option<SocketAddr>) -> Option<V> {
+            v.as_ref().and_then(|a| text(a))
+        }
+    }
+    impl Codec<IpAddr> for Ip {
+        fn parse(&self, v: &str) -> Result<IpAddr, String> {
+            ip(v)
+        }
+        fn show(&self, v: &IpAddr) -> Option<V> {
+            text(v)
+        }
+    }
+    impl Codec<Option<IpAddr>> for Ip {
+        fn parse(&self, v: &str) -> Result<Option<IpAddr>, String> {
+            ip(v).map(Some)
+        }
+        fn show(&self, v: &Option<IpAddr>) -> Option<V> {
+            v.as_ref().and_then(|a| text(a))
+        }
+    }
+    impl Codec<Option<IpAddr>> for IpOrNone {
+        fn parse(&self, v: &str) -> Result<Option<IpAddr>, String> {
+            ip_or_none(v)
+        }
+        fn show(&self, v: &Option<IpAddr>) -> Option<V> {
+            match v {
+                Some(ip) => text(ip),
+                None => text(&"none"),
+            }
+        }
+    }
+    impl Codec<Duration> for Dur {
+        fn parse(&self, v: &str) -> Result<Duration, String> {
+            duration(v)
+        }
+        fn show(&self, v: &Duration) -> Option<V> {
+            text(&humantime::format_duration(*v))
+        }
+    }
+    impl Codec<bool> for Bool {
+        fn parse(&self, v: &str) -> Result<bool, String> {
+            boolean(v)
+        }
+        fn show(&self, v: &bool) -> Option<V> {
+            Some(V::Boolean(*v))
+        }
+    }
+    impl Int {
+        fn read<T: TryFrom<u64>>(&self, v: &str) -> Result<T, String> {
+            let n = integer(v, self.0, self.1)?;
+            T::try_from(n).map_err(|_| format!("`{n}` is out of range"))
+        }
+    }
+    fn int(n: u64) -> Option<V> {
+        Some(V::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
+    }
+    impl Codec<u32> for Int {
+        fn parse(&self, v: &str) -> Result<u32, String> {
+            self.read(v)
+        }
+        fn show(&self, v: &u32) -> Option<V> {
+            int(u64::from(*v))
+        }
+    }
+    impl Codec<usize> for Int {
+        fn parse(&self, v: &str) -> Result<usize, String> {
+            self.read(v)
+        }
+        fn show(&self, v: &usize) -> Option<V> {
+            int(*v as u64)
+        }
+    }
+    impl Codec<Option<u16>> for Int {
+        fn parse(&self, v: &str) -> Result<Option<u16>, String> {
+            self.read(v).map(Some)
+        }
+        fn show(&self, v: &Option<u16>) -> Option<V> {
+            v.and_then(|p| int(p.into()))
+        }
+    }
+    impl Codec<String> for Text {
+        fn parse(&self, v: &str) -> Result<String, String> {
+            Ok(non_empty(v)?.to_string())
+        }
+        fn show(&self, v: &String) -> Option<V> {
+            text(v)
+        }
+    }
+    impl Codec<IoDriverChoice> for Text {
+        fn parse(&self, v: &str) -> Result<IoDriverChoice, String> {
+            v.parse()
+        }
+        fn show(&self, v: &IoDriverChoice) -> Option<V> {
+            text(v)
+        }
+    }
+    impl Codec<Option<String>> for Secret {
+        fn parse(&self, v: &str) -> Result<Option<String>, String> {
+            Ok(Some(non_empty(v)?.to_string()))
+        }
+        fn show(&self, _: &Option<String>) -> Option<V> {
+            None
+        }
+    }
+    impl Codec<Option<PathBuf>> for Path {
+        fn parse(&self, v: &str) -> Result<Option<PathBuf>, String> {
+            path(v).map(Some)
+        }
+        fn show(&self, v: &Option<PathBuf>) -> Option<V> {
+            v.as_ref().map(|p| V::String(p.display().to_string()))
+        }
+    }
+}
+
+/// Every setting, in `--print-config` order, each declared once: its key (the flag and the
+/// environment variable follow from it), the [`Settings`] field it sets, how its value is read
+/// and printed, and its help. A test checks the `call.` keys are exactly [`CallConfig`]'s fields.
+pub const KEYS: &[Key] = keys! {
+    "control_listen" => control_listen: Addr,
+        "gRPC control plane listen address";
+    "control_token" => control_token: Secret,
+        "bearer token every control request must carry (required off loopback)";
+    "allow_unauthenticated" => allow_unauthenticated: Bool,
+        "serve the control API off loopback without a token or mTLS (not recommended)";
+    "control_tls_cert" => control_tls_cert: Path,
+        "PEM certificate chain: serve the control API over TLS";
+    "control_tls_key" => control_tls_key: Path,
+        "PEM private key of control_tls_cert";
+    "control_tls_client_ca" => control_tls_client_ca: Path,
+        "PEM CA that control clients' certificates must chain to (mTLS)";
+    "metrics_listen" => metrics_listen: Addr,
+        "HTTP listen address for /metrics, /healthz and /readyz";
+    "drain_deadline" => drain_deadline: Dur,
+        "on SIGTERM, how long calls may continue before the rest are ended (cause drained)";
+    "shards" => shards: Int(0, 1024),
+        "engine shard threads; 0 = one per CPU";
+    "io_driver" => io_driver: Text,
+        "shard I/O: auto (io_uring, else epoll), io_uring (or fail to start), epoll (recvmmsg/sendmmsg)";
+    "whatsapp_v4" => whatsapp_v4: IpOrNone,
+        "WhatsApp-facing IPv4 bind address, or none";
+    "whatsapp_v6" => whatsapp_v6: IpOrNone,
+        "WhatsApp-facing IPv6 bind address, or none";
+    "internal" => internal: Ip,
+        "internal-leg bind address (toward the SIP media server)";
+    "advertise_v4" => advertise_v4: Ip,
+        "public IPv4 written into SDP toward WhatsApp (NAT, Kubernetes); unset: whatsapp_v4";
+    "advertise_v6" => advertise_v6: Ip,
+        "public IPv6 written into SDP toward WhatsApp; unset: whatsapp_v6";
+    "advertise_internal" => advertise_internal: Ip,
+        "address written into the internal leg's SDP; unset: internal";
+    "port_min" => port_min: Int(1, u16::MAX as u64),
+        "lowest UDP media port (with port_max); unset: ports chosen by the OS";
+    "port_max" => port_max: Int(1, u16::MAX as u64),
+        "highest UDP media port, inclusive";
+    "max_calls_per_number" => max_calls_per_number: Int(1, u32::MAX as u64),
+        "concurrent calls per business number (Meta's limit is 1000)";
+    "capacity" => capacity: Int(1, u32::MAX as u64),
+        "calls this relay admits in total; /readyz turns 503 at it";
+    "transcode_weight" => transcode_weight: Int(1, 1000),
+        "a transcoded call (voice bot) counts as this many calls toward capacity and shard choice";
+    "max_shard_busy_percent" => max_shard_busy_percent: Int(1, 100),
+        "refuse new calls (UNAVAILABLE, /readyz 503) while every shard worked at least this share of the last second; 100 = never";
+    "rate_limit_burst" => rate_limit_burst: Int(1, u32::MAX as u64),
+        "datagrams a source IP no call knows may send at once before it is dropped unread";
+    "rate_limit_per_second" => rate_limit_per_second: Int(0, u32::MAX as u64),
+        "... and per second after the burst (0: no refill)";
+    "rate_limit_shard_burst" => rate_limit_shard_burst: Int(0, u32::MAX as u64),
+        "per shard, datagrams all sources no call knows may send at once together (spoofed floods from many addresses); 0: no shard-wide cap";
+    "rate_limit_shard_per_second" => rate_limit_shard_per_second: Int(0, u32::MAX as u64),
+        "... and per second after that burst (0: no refill)";
+    "tombstone_lifetime" => tombstone_lifetime: Dur,
+        "an ended or terminated call ID refuses CreateCall (FAILED_PRECONDITION) and GetCall shows its end for this long; 0s: not remembered";
+    "max_tombstones" => max_tombstones: Int(0, 10_000_000),
+        "ended call IDs remembered at most (the oldest is forgotten first)";
+    "shard_stall_timeout" => shard_stall_timeout: Dur,
+        "/healthz fails when an engine shard has not turned its loop for this long";
+    "log_json" => log_json: Bool,
+        "log JSON lines instead of text";
+    "call_log_dir" => call_log_dir: Path,
+        "write one JSON record per ended call to DIR/calls-YYYY-MM-DD.jsonl (UTC)";
+    "call_log_poll_interval" => call_log_poll_interval: Dur,
+        "how often the call log samples live calls' statistics";
+    "homer" => homer: Addr,
+        "send per-call RTCP and quality reports over HEP3/UDP to this Homer collector (as rtpengine's --homer)";
+    "homer_id" => homer_id: Int(0, u32::MAX as u64),
+        "HEP capture agent ID the reports carry";
+    "recording_dir" => recording.dir: Path,
+        "write call recordings (StartRecording) under DIR; unset: recording is refused";
+    "recording_name_template" => recording.name_template: Text,
+        "a recording's file name under recording_dir, without extension ({call_id} {business} {consumer} {date} {time} {id}; / makes subdirectories)";
+    "recording_queue_packets" => recording.queue_packets: Int(16, (1 << 20) as u64),
+        "packet slots (320 bytes each, and 1 in 64 more of 1.5 KiB for large payloads, allocated at start) between the shards and the recording writer; beyond, packets are dropped (counted) rather than slow a call";
+    "bot_ca_file" => bot.ca_file: Path,
+        "PEM CA certificates trusted for voice bots' wss:// URLs besides the system's roots";
+    "bot_connect_timeout" => bot.connect_timeout: Dur,
+        "a voice bot's WebSocket (TCP, TLS, upgrade) must be open within this, or CreateCall/ReplaceInternalLeg fails with BOT_UNREACHABLE";
+    "call.ice_connect_timeout" => call.ice_connect_timeout: Dur,
+        "no working ICE pair within this ends the call (Meta 138020)";
+    "call.ice_check_rto" => call.ice_check_rto: Dur,
+        "first retransmission timeout of an ICE check";
+    "call.consent_interval" => call.consent_interval: Dur,
+        "RFC 7675 consent check interval";
+    "call.consent_timeout" => call.consent_timeout: Dur,
+        "RFC 7675 consent lost after this long without a response";
+    "call.dtls_flight_rto" => call.dtls_flight_rto: Dur,
+        "first DTLS flight retransmission timeout";
+    "call.dtls_timeout" => call.dtls_timeout: Dur,
+        "DTLS handshake not done within this ends the call (Meta 138019)";
+    "call.start_media_timeout" => call.start_media_timeout: Dur,
+        "gate open and no media from WhatsApp within this ends the call (Meta 138023)";
+    "call.media_timeout" => call.media_timeout: Dur,
+        "media from WhatsApp stopped this long ends the call (Meta 138021)";
+    "call.rtcp_interval" => call.rtcp_interval: Dur,
+        "RTCP report interval per leg";
+    "call.ptime" => call.ptime: Dur,
+        "packet time of generated audio (silence fill)";
+    "call.silence_fill" => call.silence_fill: Bool,
+        "send Opus silence to WhatsApp while the internal leg is quiet";
+    "call.fill_after" => call.fill_after: Dur,
+        "the internal leg counts as quiet after this long without a packet";
+    "call.prebuffer_packets" => call.prebuffer_packets: Int(0, 3000),
+        "internal packets held until the WhatsApp leg can carry them (20 ms each)";
+    "call.internal_silence_timeout" => call.internal_silence_timeout: Dur,
+        "the internal leg silent this long raises an internal_leg_silent event";
+    "call.keep_dtls_state" => call.keep_dtls_state: Bool,
+        "keep the WhatsApp leg's DTLS state after the handshake (reads Meta's close_notify; ~10 KiB a call)";
+    "call.offer_g711" => call.offer_g711: Bool,
+        "offer PCMU/PCMA after Opus to internal peers (the relay transcodes if they pick G.711)";
+    "call.end_on_internal_silence" => call.end_on_internal_silence: Bool,
+        "... and ends the call (cause internal_leg_timeout)";
+    "call.one_way_timeout" => call.one_way_timeout: Dur,
+        "media from one leg only for this long raises a one_way_audio event";
+    "call.fill_after_max" => call.fill_after_max: Dur,
+        "the fill wait adapts to the internal leg's jitter up to this (= fill_after: fixed)";
+    "call.answer_timeout" => call.answer_timeout: Dur,
+        "business-initiated: no Meta answer within this of create ends the call (answer_timeout)";
+    "call.accept_timeout" => call.accept_timeout: Dur,
+        "offer and answer known but no OpenGate within this ends the call (accept_timeout)";
+    "call.max_call_duration" => call.max_call_duration: Dur,
+        "a call ends at this age whatever it does (max_duration); 0 = no limit";
+    "call.webrtc_idle_timeout" => call.webrtc_idle_timeout: Dur,
+        "a browser leg with no consent check and no media for this long ends the call";
+};
 
 /// The file path (not itself a key: it says where the keys come from).
 pub const CONFIG_FLAG: &str = "config";
@@ -548,158 +804,13 @@ fn toml_scalar(v: &toml::Value) -> Result<String, String> {
 }
 
 fn apply(loaded: &mut Loaded, k: &'static Key, v: &str, origin: Origin) -> Result<(), ConfigError> {
-    set(&mut loaded.settings, k.key, v).map_err(|problem| ConfigError::Invalid {
+    (k.set)(&mut loaded.settings, v).map_err(|problem| ConfigError::Invalid {
         key: k.key,
         origin: origin.clone(),
         problem,
     })?;
     loaded.origins.insert(k.key, origin);
     Ok(())
-}
-
-/// Parse `v` for `key` and store it.
-fn set(s: &mut Settings, key: &str, v: &str) -> Result<(), String> {
-    let c = &mut s.call;
-    match key {
-        "control_listen" => s.control_listen = socket_addr(v)?,
-        "control_token" => s.control_token = Some(non_empty(v)?.to_string()),
-        "allow_unauthenticated" => s.allow_unauthenticated = boolean(v)?,
-        "control_tls_cert" => s.control_tls_cert = Some(path(v)?),
-        "control_tls_key" => s.control_tls_key = Some(path(v)?),
-        "control_tls_client_ca" => s.control_tls_client_ca = Some(path(v)?),
-        "metrics_listen" => s.metrics_listen = socket_addr(v)?,
-        "drain_deadline" => s.drain_deadline = duration(v)?,
-        "shards" => s.shards = integer(v, 0, 1024)?,
-        "io_driver" => s.io_driver = v.parse()?,
-        "whatsapp_v4" => s.whatsapp_v4 = ip_or_none(v)?,
-        "whatsapp_v6" => s.whatsapp_v6 = ip_or_none(v)?,
-        "internal" => s.internal = ip(v)?,
-        "advertise_v4" => s.advertise_v4 = Some(ip(v)?),
-        "advertise_v6" => s.advertise_v6 = Some(ip(v)?),
-        "advertise_internal" => s.advertise_internal = Some(ip(v)?),
-        "port_min" => s.port_min = Some(integer(v, 1, u16::MAX)?),
-        "port_max" => s.port_max = Some(integer(v, 1, u16::MAX)?),
-        "max_calls_per_number" => s.max_calls_per_number = integer(v, 1, u32::MAX)?,
-        "capacity" => s.capacity = integer(v, 1, u32::MAX)?,
-        "max_shard_busy_percent" => s.max_shard_busy_percent = integer(v, 1, 100)?,
-        "rate_limit_burst" => s.rate_limit_burst = integer(v, 1, u32::MAX)?,
-        "rate_limit_per_second" => s.rate_limit_per_second = integer(v, 0, u32::MAX)?,
-        "rate_limit_shard_burst" => s.rate_limit_shard_burst = integer(v, 0, u32::MAX)?,
-        "rate_limit_shard_per_second" => s.rate_limit_shard_per_second = integer(v, 0, u32::MAX)?,
-        "tombstone_lifetime" => s.tombstone_lifetime = duration(v)?,
-        "max_tombstones" => s.max_tombstones = integer(v, 0, 10_000_000)?,
-        "shard_stall_timeout" => s.shard_stall_timeout = duration(v)?,
-        "log_json" => s.log_json = boolean(v)?,
-        "call_log_dir" => s.call_log_dir = Some(path(v)?),
-        "call_log_poll_interval" => s.call_log_poll_interval = duration(v)?,
-        "homer" => s.homer = Some(socket_addr(v)?),
-        "homer_id" => s.homer_id = integer(v, 0, u32::MAX)?,
-        "recording_dir" => s.recording.dir = Some(path(v)?),
-        "recording_name_template" => s.recording.name_template = non_empty(v)?.to_string(),
-        "recording_queue_packets" => s.recording.queue_packets = integer(v, 16, 1 << 20)?,
-        "bot_ca_file" => s.bot.ca_file = Some(path(v)?),
-        "bot_connect_timeout" => s.bot.connect_timeout = duration(v)?,
-        "call.ice_connect_timeout" => c.ice_connect_timeout = duration(v)?,
-        "call.ice_check_rto" => c.ice_check_rto = duration(v)?,
-        "call.consent_interval" => c.consent_interval = duration(v)?,
-        "call.consent_timeout" => c.consent_timeout = duration(v)?,
-        "call.dtls_flight_rto" => c.dtls_flight_rto = duration(v)?,
-        "call.dtls_timeout" => c.dtls_timeout = duration(v)?,
-        "call.start_media_timeout" => c.start_media_timeout = duration(v)?,
-        "call.media_timeout" => c.media_timeout = duration(v)?,
-        "call.rtcp_interval" => c.rtcp_interval = duration(v)?,
-        "call.ptime" => c.ptime = duration(v)?,
-        "call.silence_fill" => c.silence_fill = boolean(v)?,
-        "call.fill_after" => c.fill_after = duration(v)?,
-        "call.prebuffer_packets" => c.prebuffer_packets = integer(v, 0, 3000)?,
-        "call.internal_silence_timeout" => c.internal_silence_timeout = duration(v)?,
-        "call.end_on_internal_silence" => c.end_on_internal_silence = boolean(v)?,
-        "call.keep_dtls_state" => c.keep_dtls_state = boolean(v)?,
-        "call.one_way_timeout" => c.one_way_timeout = duration(v)?,
-        "call.fill_after_max" => c.fill_after_max = duration(v)?,
-        "call.answer_timeout" => c.answer_timeout = duration(v)?,
-        "call.accept_timeout" => c.accept_timeout = duration(v)?,
-        "call.max_call_duration" => c.max_call_duration = duration(v)?,
-        "call.webrtc_idle_timeout" => c.webrtc_idle_timeout = duration(v)?,
-        _ => return Err("not a configuration key".into()),
-    }
-    Ok(())
-}
-
-/// The effective value of `key`, as TOML; `None` when unset.
-fn get(s: &Settings, key: &str) -> Option<toml::Value> {
-    use toml::Value as V;
-    let c = &s.call;
-    let text = |v: &dyn fmt::Display| Some(V::String(v.to_string()));
-    let opt_ip = |v: Option<IpAddr>| v.map(|v| V::String(v.to_string()));
-    let dur = |d: Duration| Some(V::String(humantime::format_duration(d).to_string()));
-    let int = |i: u64| Some(V::Integer(i64::try_from(i).unwrap_or(i64::MAX)));
-    let ip_or_none = |ip: Option<IpAddr>| text(&ip.map_or("none".to_string(), |ip| ip.to_string()));
-    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| V::String(p.display().to_string()));
-    match key {
-        "control_listen" => text(&s.control_listen),
-        // Never printed: --print-config output ends up in tickets and chat.
-        "control_token" => None,
-        "allow_unauthenticated" => Some(V::Boolean(s.allow_unauthenticated)),
-        "control_tls_cert" => path(&s.control_tls_cert),
-        "control_tls_key" => path(&s.control_tls_key),
-        "control_tls_client_ca" => path(&s.control_tls_client_ca),
-        "metrics_listen" => text(&s.metrics_listen),
-        "drain_deadline" => dur(s.drain_deadline),
-        "shards" => int(s.shards as u64),
-        "io_driver" => text(&s.io_driver),
-        "whatsapp_v4" => ip_or_none(s.whatsapp_v4),
-        "whatsapp_v6" => ip_or_none(s.whatsapp_v6),
-        "internal" => text(&s.internal),
-        "advertise_v4" => opt_ip(s.advertise_v4),
-        "advertise_v6" => opt_ip(s.advertise_v6),
-        "advertise_internal" => opt_ip(s.advertise_internal),
-        "port_min" => s.port_min.and_then(|p| int(p.into())),
-        "port_max" => s.port_max.and_then(|p| int(p.into())),
-        "max_calls_per_number" => int(s.max_calls_per_number.into()),
-        "capacity" => int(s.capacity.into()),
-        "max_shard_busy_percent" => int(s.max_shard_busy_percent.into()),
-        "rate_limit_burst" => int(s.rate_limit_burst.into()),
-        "rate_limit_per_second" => int(s.rate_limit_per_second.into()),
-        "rate_limit_shard_burst" => int(s.rate_limit_shard_burst.into()),
-        "rate_limit_shard_per_second" => int(s.rate_limit_shard_per_second.into()),
-        "tombstone_lifetime" => dur(s.tombstone_lifetime),
-        "max_tombstones" => int(s.max_tombstones as u64),
-        "shard_stall_timeout" => dur(s.shard_stall_timeout),
-        "log_json" => Some(V::Boolean(s.log_json)),
-        "call_log_dir" => path(&s.call_log_dir),
-        "call_log_poll_interval" => dur(s.call_log_poll_interval),
-        "homer" => s.homer.map(|a| V::String(a.to_string())),
-        "homer_id" => int(s.homer_id.into()),
-        "recording_dir" => path(&s.recording.dir),
-        "recording_name_template" => text(&s.recording.name_template),
-        "recording_queue_packets" => int(s.recording.queue_packets as u64),
-        "bot_ca_file" => path(&s.bot.ca_file),
-        "bot_connect_timeout" => dur(s.bot.connect_timeout),
-        "call.ice_connect_timeout" => dur(c.ice_connect_timeout),
-        "call.ice_check_rto" => dur(c.ice_check_rto),
-        "call.consent_interval" => dur(c.consent_interval),
-        "call.consent_timeout" => dur(c.consent_timeout),
-        "call.dtls_flight_rto" => dur(c.dtls_flight_rto),
-        "call.dtls_timeout" => dur(c.dtls_timeout),
-        "call.start_media_timeout" => dur(c.start_media_timeout),
-        "call.media_timeout" => dur(c.media_timeout),
-        "call.rtcp_interval" => dur(c.rtcp_interval),
-        "call.ptime" => dur(c.ptime),
-        "call.silence_fill" => Some(V::Boolean(c.silence_fill)),
-        "call.fill_after" => dur(c.fill_after),
-        "call.prebuffer_packets" => int(c.prebuffer_packets as u64),
-        "call.internal_silence_timeout" => dur(c.internal_silence_timeout),
-        "call.end_on_internal_silence" => Some(V::Boolean(c.end_on_internal_silence)),
-        "call.keep_dtls_state" => Some(V::Boolean(c.keep_dtls_state)),
-        "call.one_way_timeout" => dur(c.one_way_timeout),
-        "call.fill_after_max" => dur(c.fill_after_max),
-        "call.answer_timeout" => dur(c.answer_timeout),
-        "call.accept_timeout" => dur(c.accept_timeout),
-        "call.max_call_duration" => dur(c.max_call_duration),
-        "call.webrtc_idle_timeout" => dur(c.webrtc_idle_timeout),
-        _ => None,
-    }
 }
 
 // ---- value parsers: each returns the problem, the caller adds the key and origin ----------
@@ -794,7 +905,7 @@ impl Settings {
                 None => k.key,
             };
             out.push_str(&format!("\n# {}.\n", k.help));
-            match get(self, k.key) {
+            match (k.get)(self) {
                 Some(v) => out.push_str(&format!("{name} = {v}\n")),
                 None if k.key == "control_token" && self.control_token.is_some() => {
                     out.push_str("# control_token is set (not printed)\n")
@@ -823,6 +934,7 @@ impl Settings {
             },
             max_calls_per_number: self.max_calls_per_number,
             capacity: self.capacity,
+            transcode_weight: self.transcode_weight,
             max_shard_busy: f64::from(self.max_shard_busy_percent) / 100.0,
             call: self.call.clone(),
             recording: self.recording.clone(),
@@ -1123,7 +1235,7 @@ mod tests {
         let defaults = Settings::default();
         for k in KEYS {
             let mut s = Settings::default();
-            let printed = get(&defaults, k.key);
+            let printed = (k.get)(&defaults);
             // Round trip each key through its own printed form (or a sample when unset).
             let sample = match (printed, k.kind) {
                 (Some(v), _) => toml_scalar(&v).unwrap(),
@@ -1132,7 +1244,7 @@ mod tests {
                 (None, Kind::SocketAddr) => "192.0.2.1:9060".into(),
                 (None, _) => "x".into(),
             };
-            set(&mut s, k.key, &sample).unwrap_or_else(|e| panic!("{}: {e}", k.key));
+            (k.set)(&mut s, &sample).unwrap_or_else(|e| panic!("{}: {e}", k.key));
         }
     }
 

@@ -9,6 +9,12 @@
 //!
 //! [`api`] is the boundary the control plane ([`control`]) drives.
 
+// Unsafe code lives only where the relay meets the kernel or C: the engine's I/O drivers
+// (engine::{driver, uring, udp}), the voice-bot link's eventfd doorbell (bot::{link, client}),
+// libopus's FFI (codec::opus) and sysconf (ops::process). Each block there carries a SAFETY
+// comment; everything else (wire formats, SRTP, SDP, ICE, DTLS, the call) is safe Rust.
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod bot;
 pub mod call;

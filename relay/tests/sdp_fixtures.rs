@@ -225,7 +225,7 @@ fn internal_plain_rtp_offer() {
 // ---- Writing ---------------------------------------------------------------------------
 
 fn our_fingerprint() -> Fingerprint {
-    Fingerprint::sha256_of_der(b"our certificate DER")
+    Fingerprint::sha256_of(b"our certificate DER")
 }
 
 fn dtls_params() -> WaLocalParams {

@@ -423,7 +423,7 @@ fn our_params() -> WaLocalParams {
                 candidates: vec![("192.0.2.1:40000".parse().unwrap(), 2130706431)],
                 end_of_candidates: true,
             },
-            fingerprint: sdp::Fingerprint::sha256_of_der(b"cert"),
+            fingerprint: sdp::Fingerprint::sha256_of(b"cert"),
             setup: None,
         },
         ssrc: Some((1, "c".into())),

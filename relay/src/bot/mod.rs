@@ -10,7 +10,9 @@
 //! The call side (Opus decode and encode, the RTP the bot's audio becomes, how it joins the
 //! call's path toward WhatsApp) is `crate::call::bot`.
 
+#[allow(unsafe_code)] // registering the doorbell eventfd with tokio
 pub mod client;
+#[allow(unsafe_code)] // the doorbell eventfd
 pub mod link;
 pub mod playout;
 pub mod protocol;

@@ -259,6 +259,13 @@ impl Call {
         }
     }
 
+    /// The call runs codec work on its shard (a voice-bot leg, or a G.711 internal leg: Opus
+    /// decode and encode every 20 ms), so admission counts it at its cost
+    /// (`EngineConfig::transcode_weight`).
+    pub fn transcodes(&self) -> bool {
+        self.legs[INT].bot().is_some() || self.legs[INT].transcode.is_some()
+    }
+
     /// The bot leg's playout counters (tests, logs).
     pub fn bot_playout_stats(&self) -> Option<PlayoutStats> {
         self.legs[INT].bot().map(BotLeg::playout_stats)

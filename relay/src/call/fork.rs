@@ -401,6 +401,8 @@ impl Call {
                     change: ListenChange::Started,
                     status: Box::new(status.clone()),
                 });
+                // A media server's session is live at once: Connected follows Started.
+                self.report_listen();
                 Ok(Some(status))
             }
         };

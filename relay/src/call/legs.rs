@@ -20,6 +20,7 @@ use crate::call::internal_webrtc::WebRtcTransport;
 use crate::call::rewrite::OutboundStream;
 use crate::call::seq_window::SeqWindow;
 use crate::call::stats::{DropReason, LegCounters};
+use crate::call::transcode::Transcode;
 use crate::dtls::DtlsDriver;
 use crate::ice::ControllingAgent;
 use crate::net::SocketRef;
@@ -121,6 +122,9 @@ pub struct Leg {
     pub first_media_in: bool,
     /// Timestamp of the last DTMF event reported (one event per digit, not per packet).
     pub last_dtmf_ts: Option<u32>,
+    /// A G.711 leg (the peer has no Opus): the codec state of both directions. Boxed: two
+    /// libopus states and their buffers, ~60 KB, for the few legs that need them.
+    pub transcode: Option<Box<Transcode>>,
 }
 
 impl Leg {
@@ -153,6 +157,7 @@ impl Leg {
             next_rtcp: None,
             first_media_in: false,
             last_dtmf_ts: None,
+            transcode: None,
         }
     }
 
@@ -268,6 +273,14 @@ impl Leg {
             || self
                 .ice()
                 .is_some_and(|ice| ice.agent.is_remote_candidate(via, from))
+    }
+
+    /// The RTP clock of the leg's audio: 8 kHz for G.711, else Opus's 48 kHz.
+    pub fn clock_rate(&self) -> u32 {
+        match self.transcode {
+            Some(_) => crate::call::transcode::G711_CLOCK,
+            None => OPUS_CLOCK,
+        }
     }
 
     /// Where media may go now: the path, once a secure leg has its keys.

@@ -125,6 +125,10 @@ impl Call {
         }
         let opus = hdr.payload_type == self.legs[WA].opus_pt;
         (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus, out);
+        if self.legs[INT].transcode.is_some() {
+            // A G.711 internal leg: decode, compand, send (call/transcode.rs).
+            return self.transcode_to_internal(now, &hdr, &buf[..n], out);
+        }
 
         // Payload type map: WhatsApp's PTs → the internal leg's.
         let out_pt = if hdr.payload_type == self.legs[WA].opus_pt {
@@ -177,7 +181,7 @@ impl Call {
             },
             None => n,
         };
-        out.push(SocketRef::Internal, dst, &buf[..n]);
+        out.push(internal.via, dst, &buf[..n]);
         internal.tx.count_sent(payload_len);
     }
 
@@ -292,6 +296,11 @@ impl Call {
     ) {
         let internal = &mut self.legs[INT];
         internal.arrivals.on_packet(now, self.cfg.fill_after_max);
+        // Jitter (RFC 3550 A.8) in the leg's own clock units: 8 kHz for a G.711 leg.
+        let arrival = crate::call::rewrite::clock_units(
+            now.saturating_duration_since(self.created_mono),
+            internal.clock_rate(),
+        );
         internal.counters.rx_packets += 1;
         internal.counters.rx_bytes += n as u64;
         internal.counters.remote_ssrc = Some(hdr.ssrc);
@@ -299,11 +308,7 @@ impl Call {
             .counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(
-                hdr.sequence,
-                hdr.timestamp,
-                rtp_clock_at(now, self.created_mono),
-            );
+            .update(hdr.sequence, hdr.timestamp, arrival);
         self.watchdog.on_internal_rtp(now);
         if !self.legs[INT].first_media_in {
             self.legs[INT].first_media_in = true;
@@ -313,6 +318,10 @@ impl Call {
         }
         if Some(hdr.payload_type) == self.legs[INT].te_pt {
             self.note_dtmf(LegKind::Internal, &buf[hdr.header_len..n], hdr.timestamp);
+        }
+        if self.legs[INT].transcode.is_some() {
+            // A G.711 internal leg: re-frame, Opus-encode, then the gate (call/transcode.rs).
+            return self.transcode_to_whatsapp(now, &hdr, &buf[..n], out);
         }
 
         // The gate: nothing reaches WhatsApp before accept, and nothing overtakes held media.
@@ -466,7 +475,7 @@ impl Call {
     }
 
     /// RFC 4733: report a digit once per event (the first packet with a new timestamp).
-    fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
+    pub(super) fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
         if let Some(digit) = self.legs[LegId::of(leg).index()].new_dtmf_digit(payload, ts) {
             self.events
                 .push_back(CallEventKind::DtmfReceived { from: leg, digit });
@@ -482,11 +491,13 @@ fn rewrite_header(
     marker: bool,
     rw: Rewritten,
 ) -> Result<(), rtp::RtpError> {
-    rtp::set_payload_type(buf, pt)?;
-    rtp::set_marker(buf, marker)?;
-    rtp::set_sequence(buf, rw.seq)?;
-    rtp::set_timestamp(buf, rw.ts)?;
-    rtp::set_ssrc(buf, rw.ssrc)
+    rtp::HeaderMut::new(buf)?
+        .set_payload_type(pt)
+        .set_marker(marker)
+        .set_sequence(rw.seq)
+        .set_timestamp(rw.ts)
+        .set_ssrc(rw.ssrc);
+    Ok(())
 }
 
 /// Arrival time in RTP clock units (for RFC 3550 jitter), from the call's monotonic origin.

@@ -21,9 +21,11 @@ mod rtcp;
 pub mod seq_window;
 mod setup;
 pub mod stats;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod transcode;
 mod watchdog;
 
 use std::collections::VecDeque;

@@ -17,6 +17,7 @@ use crate::call::gate::Gate;
 use crate::call::internal_webrtc;
 use crate::call::legs::{IceTransport, Leg, OPUS_CLOCK, Transport};
 use crate::call::rewrite::OutboundStream;
+use crate::call::transcode;
 use crate::call::watchdog::Watchdog;
 use crate::call::{Call, CallConfig, CallError};
 use crate::call::{INT, WA};
@@ -121,7 +122,7 @@ impl Call {
         wa.secure = true;
         wa.te_pt = Some(126);
         wa.remote_sdp = req.whatsapp_offer.clone();
-        let fingerprint = to_sdp_fingerprint(setup.identity.fingerprint());
+        let fingerprint = setup.identity.fingerprint().clone();
         let session_id = rand::random::<u32>() as u64;
         let (conn, port) = (candidates[0].0.ip(), candidates[0].0.port());
         let wa_params = |security: sdp::LocalSecurity| sdp::WaLocalParams {
@@ -162,7 +163,7 @@ impl Call {
                                 setup.identity.clone(),
                                 &dtls_config(&cfg),
                                 role,
-                                to_dtls_fingerprint(&d.fingerprint),
+                                d.fingerprint.clone(),
                                 now,
                             )),
                         }));
@@ -314,7 +315,7 @@ impl Call {
                     identity,
                     &dtls_cfg,
                     dtls_role_for(Some(d.setup)),
-                    to_dtls_fingerprint(&d.fingerprint),
+                    d.fingerprint.clone(),
                     now,
                 ));
             }
@@ -464,6 +465,11 @@ pub(crate) fn build_internal(
     );
     params.opus_pt = leg.opus_pt;
     params.telephone_event_pt = leg.te_pt;
+    match leg.transcode.as_ref() {
+        Some(tc) => params.codec = sdp::InternalCodec::G711(tc.law()),
+        // Offering: a media server without Opus may answer with G.711.
+        None => params.offer_g711 = spec.remote_sdp.is_none() && setup.cfg.offer_g711,
+    }
     params.crypto = leg
         .local_key
         .as_ref()
@@ -495,7 +501,7 @@ fn build_webrtc(
             candidates: vec![(addr, host_priority(&addr))],
             end_of_candidates: true,
         },
-        fingerprint: to_sdp_fingerprint(setup.identity.fingerprint()),
+        fingerprint: setup.identity.fingerprint().clone(),
         ssrc: leg.tx.ssrc(),
         cname: leg.cname.clone(),
     };
@@ -518,6 +524,7 @@ fn apply_internal_remote(leg: &mut Leg, remote: &sdp::InternalRemote) -> Result<
     let local_key = leg.local_key.clone();
     leg.opus_pt = remote.opus_pt;
     leg.te_pt = remote.telephone_event_pt.or(leg.te_pt);
+    transcode::apply_codec(leg, remote.codec)?;
     if !leg.latched {
         // `None` (c=0.0.0.0): learn the address from the first packet.
         leg.remote = remote.rtp_addr;
@@ -571,18 +578,4 @@ fn controlling_agent(
         ice.add_remote_candidate(c.addr, c.priority);
     }
     ice
-}
-
-fn to_sdp_fingerprint(f: &crate::dtls::Fingerprint) -> sdp::Fingerprint {
-    sdp::Fingerprint {
-        algorithm: f.algorithm.clone(),
-        bytes: f.bytes.clone(),
-    }
-}
-
-fn to_dtls_fingerprint(f: &sdp::Fingerprint) -> crate::dtls::Fingerprint {
-    crate::dtls::Fingerprint {
-        algorithm: f.algorithm.clone(),
-        bytes: f.bytes.clone(),
-    }
 }

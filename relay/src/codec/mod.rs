@@ -17,10 +17,12 @@
 
 pub mod clock;
 pub mod g711;
+#[allow(unsafe_code)] // libopus FFI
 pub mod opus;
 pub mod resample;
 pub mod transcoder;
 
+#[cfg(test)]
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -5,13 +5,10 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::DtlsError;
 
-/// A certificate fingerprint: the hash function's SDP name (lowercase, e.g. `sha-256`) and the
-/// digest of the certificate's DER encoding.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Fingerprint {
-    pub algorithm: String,
-    pub bytes: Vec<u8>,
-}
+/// One type from SDP to the handshake: [`crate::sdp::Fingerprint`] is what `a=fingerprint`
+/// parses to and prints from; this module adds what DTLS does with it (hash our certificate,
+/// check the peer's).
+pub use crate::sdp::Fingerprint;
 
 /// The hash functions we can check a peer certificate against. Meta uses sha-256; the others
 /// cost nothing to accept and some SIP/WebRTC stacks still send them.
@@ -34,15 +31,6 @@ impl HashFn {
         }
     }
 
-    fn digest_len(self) -> usize {
-        match self {
-            HashFn::Sha1 => 20,
-            HashFn::Sha256 => 32,
-            HashFn::Sha384 => 48,
-            HashFn::Sha512 => 64,
-        }
-    }
-
     fn digest(self, data: &[u8]) -> Vec<u8> {
         match self {
             HashFn::Sha1 => Sha1::digest(data).to_vec(),
@@ -57,58 +45,22 @@ impl Fingerprint {
     /// The SHA-256 fingerprint of a DER certificate (the only kind we advertise).
     pub fn sha256_of(cert_der: &[u8]) -> Fingerprint {
         Fingerprint {
-            algorithm: "sha-256".to_string(),
+            algorithm: Fingerprint::SHA256.to_string(),
             bytes: HashFn::Sha256.digest(cert_der),
         }
     }
 
     /// `sha-256 AB:CD:...`: the value of an SDP `a=fingerprint:` attribute.
     pub fn to_sdp_value(&self) -> String {
-        let mut out = String::with_capacity(self.algorithm.len() + 1 + self.bytes.len() * 3);
-        out.push_str(&self.algorithm);
-        out.push(' ');
-        for (i, b) in self.bytes.iter().enumerate() {
-            if i > 0 {
-                out.push(':');
-            }
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-        out
+        self.to_string()
     }
 
-    /// Parses the value of an SDP `a=fingerprint:` attribute (`sha-256 AB:CD:...`). The hash
-    /// name is case-insensitive (RFC 8122 §5) and stored lowercase; hex digits may be either
-    /// case. For known hash functions the digest length is checked.
+    /// Parses the value of an SDP `a=fingerprint:` attribute (`sha-256 AB:CD:...`) with the
+    /// SDP parser's rules (hash name case-insensitive and stored lowercase, hex either case,
+    /// digest length checked for known hash functions).
     pub fn parse_sdp_value(value: &str) -> Result<Fingerprint, DtlsError> {
-        let bad = |why: &str| DtlsError::BadFingerprint(format!("{why}: {value:?}"));
-        let mut parts = value.split_ascii_whitespace();
-        let algorithm = parts
-            .next()
-            .ok_or_else(|| bad("empty"))?
-            .to_ascii_lowercase();
-        let hex = parts.next().ok_or_else(|| bad("missing digest"))?;
-        if parts.next().is_some() {
-            return Err(bad("trailing text"));
-        }
-        let mut bytes = Vec::with_capacity(hex.len().div_ceil(3));
-        for pair in hex.split(':') {
-            let [hi, lo] = pair.as_bytes() else {
-                return Err(bad("digest is not colon-separated hex pairs"));
-            };
-            let byte = hex_val(*hi)
-                .zip(hex_val(*lo))
-                .map(|(h, l)| (h << 4) | l)
-                .ok_or_else(|| bad("non-hex digit in digest"))?;
-            bytes.push(byte);
-        }
-        if let Some(hash) = HashFn::from_name(&algorithm)
-            && bytes.len() != hash.digest_len()
-        {
-            return Err(bad("digest length does not match hash function"));
-        }
-        Ok(Fingerprint { algorithm, bytes })
+        crate::sdp::parse_fingerprint(value)
+            .map_err(|why| DtlsError::BadFingerprint(format!("{why}: {value:?}")))
     }
 
     /// Whether `cert_der` hashes to this fingerprint. Unknown hash functions never match.
@@ -118,15 +70,6 @@ impl Fingerprint {
             return false;
         };
         constant_time_eq(&hash.digest(cert_der), &self.bytes)
-    }
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 

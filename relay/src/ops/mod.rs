@@ -16,6 +16,7 @@ pub mod logs;
 pub mod metrics;
 pub mod mos;
 pub mod ports;
+#[allow(unsafe_code)] // sysconf
 pub mod process;
 pub mod quality;
 pub mod record;

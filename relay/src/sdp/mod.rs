@@ -21,14 +21,15 @@ mod webrtc;
 mod write;
 
 pub use error::SdpError;
+pub(crate) use fields::fingerprint as parse_fingerprint;
 pub use model::{
     AudioMedia, Candidate, Crypto, Direction, Fingerprint, LineNumbers, MediaProto, MediaSection,
     Origin, RtpMap, SessionDescription, Setup,
 };
 pub use parse::{MAX_LINE_BYTES, MAX_SDP_BYTES, parse, parse_bytes, parse_webrtc};
 pub use validate::{
-    DtlsRemote, InternalRemote, SdesCrypto, SdesRemote, TELEPHONE_EVENT_CLOCK, WaTransport,
-    WhatsAppOffer, sdes_key_params, validate_internal, validate_whatsapp_offer,
+    DtlsRemote, InternalCodec, InternalRemote, SdesCrypto, SdesRemote, TELEPHONE_EVENT_CLOCK,
+    WaTransport, WhatsAppOffer, sdes_key_params, validate_internal, validate_whatsapp_offer,
 };
 pub use webrtc::{
     WEBRTC_OFFER_MID, WEBRTC_STREAM_ID, WebRtcLocalParams, WebRtcRemote, validate_webrtc,

@@ -161,15 +161,6 @@ pub struct Fingerprint {
 impl Fingerprint {
     pub const SHA256: &'static str = "sha-256";
 
-    /// The SHA-256 fingerprint of a DER certificate, as we advertise our own.
-    pub fn sha256_of_der(der: &[u8]) -> Fingerprint {
-        use sha2::Digest;
-        Fingerprint {
-            algorithm: Fingerprint::SHA256.to_string(),
-            bytes: sha2::Sha256::digest(der).to_vec(),
-        }
-    }
-
     pub fn is_sha256(&self) -> bool {
         self.algorithm == Fingerprint::SHA256 && self.bytes.len() == 32
     }
@@ -270,6 +261,25 @@ impl AudioMedia {
     /// The Opus payload type (`opus/48000[/2]`), first in the `m=` line's order.
     pub fn opus_pt(&self) -> Option<u8> {
         self.offered_pt(|m| m.encoding.eq_ignore_ascii_case("opus") && m.clock_rate == 48000)
+    }
+
+    /// The first G.711 payload type on the `m=` line (PCMU or PCMA at 8000 Hz), in the peer's
+    /// preference order: by `a=rtpmap`, or the static types 0 and 8 listed without one
+    /// (RFC 3551 §6 lets an SDP rely on the static assignment).
+    pub fn g711_pt(&self) -> Option<(u8, crate::codec::g711::G711)> {
+        use crate::codec::g711::G711;
+        self.formats
+            .iter()
+            .copied()
+            .find_map(|pt| match self.rtpmap(pt) {
+                Some(m) if m.clock_rate == 8000 && m.channels.unwrap_or(1) == 1 => {
+                    G711::from_encoding_name(&m.encoding).map(|law| (pt, law))
+                }
+                Some(_) => None,
+                None if pt == 0 => Some((0, G711::Ulaw)),
+                None if pt == 8 => Some((8, G711::Alaw)),
+                None => None,
+            })
     }
 
     /// The `telephone-event` payload type at this clock rate (WhatsApp uses 8000).
@@ -415,8 +425,8 @@ mod tests {
     }
 
     #[test]
-    fn sha256_of_der_is_32_bytes() {
-        let fp = Fingerprint::sha256_of_der(b"not really a certificate");
+    fn sha256_of_is_32_bytes() {
+        let fp = Fingerprint::sha256_of(b"not really a certificate");
         assert!(fp.is_sha256());
     }
 

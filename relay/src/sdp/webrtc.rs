@@ -278,7 +278,7 @@ mod tests {
                 candidates: vec![(addr, 2_130_706_431)],
                 end_of_candidates: true,
             },
-            fingerprint: Fingerprint::sha256_of_der(b"cert"),
+            fingerprint: Fingerprint::sha256_of(b"cert"),
             ssrc: 1234,
             cname: "relay-1".into(),
         }
