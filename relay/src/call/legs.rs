@@ -161,6 +161,14 @@ impl Leg {
         }
     }
 
+    /// The RTP clock of the leg's audio: 8 kHz for G.711, else Opus's 48 kHz.
+    pub fn clock_rate(&self) -> u32 {
+        match self.transcode {
+            Some(_) => crate::call::transcode::G711_CLOCK,
+            None => OPUS_CLOCK,
+        }
+    }
+
     /// Are datagrams on `via` this leg's?
     pub fn owns(&self, via: SocketRef) -> bool {
         self.sockets.contains(&Some(via))
@@ -273,14 +281,6 @@ impl Leg {
             || self
                 .ice()
                 .is_some_and(|ice| ice.agent.is_remote_candidate(via, from))
-    }
-
-    /// The RTP clock of the leg's audio: 8 kHz for G.711, else Opus's 48 kHz.
-    pub fn clock_rate(&self) -> u32 {
-        match self.transcode {
-            Some(_) => crate::call::transcode::G711_CLOCK,
-            None => OPUS_CLOCK,
-        }
     }
 
     /// Where media may go now: the path, once a secure leg has its keys.
