@@ -181,7 +181,7 @@ impl Call {
             },
             None => n,
         };
-        out.push(SocketRef::Internal, dst, &buf[..n]);
+        out.push(internal.via, dst, &buf[..n]);
         internal.tx.count_sent(payload_len);
     }
 

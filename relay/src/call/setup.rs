@@ -424,8 +424,9 @@ fn sdes_socket(remote: &SocketAddr) -> SocketRef {
     }
 }
 
-/// The one place an [`InternalLeg`] is built from an [`InternalLegSpec`] (call creation, and
-/// replacing the internal leg): the leg, our SDES key if any, and the SDP to give the peer.
+/// The one place the internal [`Leg`] is built from an [`InternalLegSpec`] (call creation,
+/// and replacing the internal leg): the leg (our SDES key, if any, in `Leg::local_key`) and
+/// the SDP to give the peer.
 pub(crate) fn build_internal(
     spec: &InternalLegSpec,
     setup: &CallSetup<'_>,

@@ -34,7 +34,7 @@ use crate::codec::opus::OpusEncoderConfig;
 use crate::codec::transcoder::{
     OpusFrame, OpusToPcm, PcmFormat, PcmFrame, PcmToOpus, TranscodeStats,
 };
-use crate::net::{Outbox, SocketRef};
+use crate::net::Outbox;
 use crate::wire::rtp;
 
 /// The RTP clock of a G.711 leg (and of its telephone events).
@@ -357,7 +357,7 @@ fn send_internal(
         },
         None => n,
     };
-    out.push(SocketRef::Internal, dst, &pkt[..n]);
+    out.push(internal.via, dst, &pkt[..n]);
     internal.tx.count_sent(payload.len());
 }
 
