@@ -11,17 +11,26 @@
 //! ```
 //!
 //! and divide the instructions collected by 2 × N (see BENCHMARKS.md).
+//!
+//! A third argument forks the call, to count what a fork adds per packet: `record` (both
+//! directions into the recorder's queue; its writer thread runs outside the measured
+//! function), `listen` (a supervisor's browser connected over WebRTC: SRTP-protect each
+//! packet toward it) or `listen-rtp` (a media server's two plain RTP streams). Default `none`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay::api::ListenMode;
+use relay::call::fork::{ListenRequest, RecordRequest};
 use relay::call::testing::{
     self, INTERNAL_OPUS_PT, MEDIA_SERVER, META, META_OPUS_PT, MetaPeer, RingOutbox, RtpSource,
 };
 use relay::call::{Call, CallConfig};
 use relay::dtls::DtlsIdentity;
+use relay::listen::testing::{FORK_ADDR, Supervisor};
 use relay::net::SocketRef;
+use relay::record::{Recorder, RecordingConfig};
 use relay::srtp::SrtpProfile;
 
 const PAYLOAD: usize = 160;
@@ -45,6 +54,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "sdes".into());
     let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let fork = args.next().unwrap_or_else(|| "none".into());
     let identity = Arc::new(DtlsIdentity::generate().unwrap());
     let t0 = Instant::now();
     let (mut meta, offer) = match mode.as_str() {
@@ -59,6 +69,74 @@ fn main() {
     let mut out = RingOutbox::with_capacity(8);
     call.open_gate(now, &mut out);
     out.clear();
+    let listen_via = SocketRef::new(3);
+    let start_listen = |call: &mut Call, offer: String, now: Instant| {
+        call.listen(
+            ListenRequest::Start {
+                offer_sdp: offer,
+                mode: ListenMode::Listen,
+                socket: listen_via,
+                local: FORK_ADDR,
+                advertised: FORK_ADDR,
+            },
+            now,
+            &mut RingOutbox::with_capacity(8),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("relay-path-instructions-{}", std::process::id()));
+    let mut recorder = None;
+    let mut supervisor = None;
+    match fork.as_str() {
+        "none" => {}
+        "record" => {
+            let rec = Recorder::start(RecordingConfig {
+                dir: Some(dir.clone()),
+                name_template: "{call_id}".into(),
+                ..RecordingConfig::default()
+            })
+            .unwrap();
+            let open = rec
+                .create(
+                    &call.call_id.clone(),
+                    "b",
+                    "c",
+                    std::time::SystemTime::now(),
+                )
+                .unwrap();
+            let start = RecordRequest::Start {
+                open: Box::new(open),
+                link: rec.link().clone(),
+            };
+            call.record(start, now).unwrap();
+            recorder = Some(rec);
+        }
+        "listen" => {
+            let mut sup = Supervisor::new(now);
+            sup.keep = false;
+            let status = start_listen(&mut call, sup.offer(), now);
+            sup.accept(&status.answer_sdp, now).unwrap();
+            now = relay::listen::testing::connect(
+                &mut call,
+                &mut sup,
+                listen_via,
+                now,
+                Duration::from_secs(2),
+            )
+            .unwrap();
+            supervisor = Some(sup);
+        }
+        "listen-rtp" => {
+            let offer = "v=0\r\no=srs 1 1 IN IP4 10.40.0.9\r\ns=-\r\nc=IN IP4 10.40.0.9\r\n\
+                         t=0 0\r\nm=audio 40000 RTP/AVP 96\r\na=recvonly\r\n\
+                         a=rtpmap:96 opus/48000/2\r\nm=audio 40002 RTP/AVP 96\r\n\
+                         a=recvonly\r\na=rtpmap:96 opus/48000/2\r\n";
+            start_listen(&mut call, offer.to_string(), now);
+        }
+        other => panic!("fork {other}: none, record, listen or listen-rtp"),
+    }
+    while call.poll_event().is_some() {}
     let via = SocketRef::WaV4;
     let mut meta_src = RtpSource::new(0x1111_2222, META_OPUS_PT, 1, 0);
     let mut server_src = RtpSource::new(0x3333_4444, INTERNAL_OPUS_PT, 1, 0);
@@ -88,5 +166,14 @@ fn main() {
     }
     let info = call.info();
     assert_eq!(info.whatsapp.dropped + info.internal.dropped, 0);
-    println!("{mode}: {} packets in, {} out", 2 * n, black_box(sent));
+    println!(
+        "{mode} fork {fork}: {} packets in, {} out",
+        2 * n,
+        black_box(sent)
+    );
+    if let Some(rec) = recorder {
+        rec.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    drop(supervisor);
 }

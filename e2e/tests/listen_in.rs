@@ -7,6 +7,9 @@
 //!
 //! Chromium and everything it talks to run in a private network namespace (see
 //! `e2e::chromium`): the browser's own background traffic reaches nothing.
+//!
+//! The second test is the SIPREC-like mode: a media server offers two plain `RTP/AVP` streams
+//! and receives the consumer's tone on one and the agent's on the other, decoded with libopus.
 
 mod common;
 
@@ -20,7 +23,7 @@ use control::pb;
 use e2e::chromium::{self, Chromium, PageRequest, PageServer};
 use e2e::media::opus_tone;
 use e2e::meta::MetaConfig;
-use relay::api::{CallEventKind, ListenChange};
+use relay::api::{CallControl, CallEventKind, ListenChange, ListenMode, ListenOp, ListenState};
 use relay::control::{ControlConfig, serve_on};
 use serde_json::Value;
 
@@ -203,4 +206,147 @@ fn listen_in(browser: &Path) {
     drop(chrome);
     let info = relay.terminate(ID).expect("final stats");
     assert!(info.whatsapp.received.packets >= 50);
+}
+
+/// A media server (a recorder, a quality-monitoring probe) listens in over plain RTP: two
+/// `RTP/AVP` m-lines, each to its own UDP port. It gets the consumer's 440 Hz tone on the first
+/// and the agent's 660 Hz on the second (decoded with libopus, told apart by their energy at
+/// each frequency), each with one SSRC and unbroken numbering from the fork's port, and an RTCP
+/// BYE on each when StopListen ends it; the call carries on.
+#[test]
+fn media_server_hears_both_streams_over_plain_rtp() {
+    const ID: &str = "wacid.listen-in-plain-rtp";
+    let mut relay = Relay::start();
+    let (meta, sip, _) = ready_call(&mut relay, ID, MetaConfig::default());
+    meta.use_audio_frames(opus_tone(440));
+    sip.use_audio_frames(opus_tone(660));
+    relay.open_gate(ID);
+    meta.start_audio();
+    sip.start_audio();
+    assert!(wait(|| sip.received().len() >= 10), "audio flows");
+
+    let socks: Vec<std::net::UdpSocket> = (0..2)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("media server port");
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let port = |i: usize| socks[i].local_addr().unwrap().port();
+    let offer = format!(
+        "v=0\r\no=srs 1 1 IN IP4 127.0.0.1\r\ns=recording\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 96\r\na=label:1\r\na=recvonly\r\na=rtcp-mux\r\n\
+         a=rtpmap:96 opus/48000/2\r\n\
+         m=audio {} RTP/AVP 96\r\na=label:2\r\na=recvonly\r\na=rtcp-mux\r\n\
+         a=rtpmap:96 opus/48000/2\r\n",
+        port(0),
+        port(1)
+    );
+    let status = relay
+        .rt
+        .block_on(relay.engine.listen(
+            ID.into(),
+            ListenOp::Start {
+                offer_sdp: offer,
+                mode: ListenMode::Listen,
+            },
+        ))
+        .expect("StartListen")
+        .expect("a status");
+    assert_eq!(status.state, ListenState::Live, "nothing to negotiate");
+    let answer = status.answer_sdp.clone();
+    assert!(
+        answer.contains("a=label:consumer") && answer.contains("a=label:agent"),
+        "{answer}"
+    );
+    let ssrcs: Vec<u32> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=ssrc:"))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ssrcs.len(), 2, "{answer}");
+
+    // 100 packets (2 s) on each stream, decoded as they come.
+    let mut heard = Vec::new();
+    for (i, sock) in socks.iter().enumerate() {
+        let mut dec = relay::codec::opus::OpusDecoder::new(48_000).unwrap();
+        let (mut pcm, mut seqs) = (Vec::new(), Vec::new());
+        let mut buf = [0u8; 1500];
+        let deadline = Instant::now() + WAIT;
+        while seqs.len() < 100 && Instant::now() < deadline {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            assert_eq!(from.port(), status.local.port(), "from the fork's own port");
+            let hdr = relay::wire::rtp::parse(&buf[..n]).expect("RTP");
+            assert_eq!((hdr.payload_type, hdr.ssrc), (96, ssrcs[i]));
+            seqs.push(hdr.sequence);
+            let mut out = [0i16; 5760];
+            let got = dec
+                .decode(&buf[hdr.payload_range()], &mut out)
+                .expect("Opus");
+            pcm.extend_from_slice(&out[..got]);
+        }
+        assert_eq!(seqs.len(), 100, "stream {i}: 100 packets");
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "stream {i}: unbroken numbering {seqs:?}"
+        );
+        // Skip the decoder's first 100 ms.
+        let tail = &pcm[4800..];
+        heard.push((power_at(tail, 440.0), power_at(tail, 660.0)));
+    }
+    eprintln!(
+        "power at (440 Hz, 660 Hz): consumer {:?}, agent {:?}",
+        heard[0], heard[1]
+    );
+    assert!(
+        heard[0].0 > 10.0 * heard[0].1,
+        "the consumer's stream is the 440 Hz tone"
+    );
+    assert!(
+        heard[1].1 > 10.0 * heard[1].0,
+        "the agent's stream is the 660 Hz tone"
+    );
+
+    // StopListen: a BYE on each stream; the call goes on.
+    let stopped = relay
+        .rt
+        .block_on(relay.engine.listen(ID.into(), ListenOp::Stop))
+        .expect("StopListen")
+        .expect("a status");
+    assert_eq!(stopped.state, ListenState::Stopped);
+    for (i, sock) in socks.iter().enumerate() {
+        let mut buf = [0u8; 1500];
+        let deadline = Instant::now() + WAIT;
+        let bye = loop {
+            assert!(Instant::now() < deadline, "stream {i}: no BYE");
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && n >= 8
+                && buf[1] == 203
+            {
+                break u32::from_be_bytes(buf[4..8].try_into().unwrap());
+            }
+        };
+        assert_eq!(bye, ssrcs[i]);
+    }
+    let before = sip.received().len();
+    assert!(
+        wait(|| sip.received().len() >= before + 25),
+        "the call carries on"
+    );
+    relay.terminate(ID).expect("final stats");
+}
+
+/// Goertzel power of `pcm` (48 kHz) at `hz`.
+fn power_at(pcm: &[i16], hz: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / 48_000.0).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = f64::from(x) + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - k * s1 * s2
 }

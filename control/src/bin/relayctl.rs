@@ -85,16 +85,21 @@ enum Command {
         action: RecordAction,
         call_id: String,
     },
-    /// A supervisor's live listen-in over WebRTC: `start` takes the browser's SDP offer (two
-    /// recvonly audio m-lines: consumer, agent) from a file or `-` (stdin) and prints the
-    /// relay's answer; `stop` ends it.
+    /// A live listen-in: `start` takes the listener's SDP offer (two recvonly audio m-lines:
+    /// consumer, agent; a browser's WebRTC offer or a media server's RTP/AVP or RTP/SAVP one)
+    /// from a file or `-` (stdin), or `--rtp CONSUMER AGENT` (plain RTP to two addresses), and
+    /// prints the relay's answer; `stop` ends it.
     Listen {
         #[arg(value_enum)]
         action: ListenAction,
         call_id: String,
-        /// With `start`: the supervisor's SDP offer, a file or `-` for stdin.
-        #[arg(long, required_if_eq("action", "start"))]
+        /// With `start`: the listener's SDP offer, a file or `-` for stdin.
+        #[arg(long, conflicts_with = "rtp")]
         offer: Option<String>,
+        /// With `start`: send the consumer's audio to CONSUMER and the agent's to AGENT
+        /// (ip:port each) as plain RTP (Opus, payload type 96): relayctl writes the offer.
+        #[arg(long, num_args = 2, value_names = ["CONSUMER", "AGENT"])]
+        rtp: Vec<std::net::SocketAddr>,
     },
     /// Active calls, capacity and per-shard packet rates.
     Load,
@@ -238,10 +243,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
             action,
             call_id,
             offer,
+            rtp,
         } => {
             let listen = match action {
                 ListenAction::Start => {
-                    let offer = read_offer(offer.as_deref().unwrap_or("-"))?;
+                    let offer = match (offer.as_deref(), &rtp[..]) {
+                        (Some(path), _) => read_offer(path)?,
+                        (None, [consumer, agent]) => plain_rtp_offer(*consumer, *agent),
+                        (None, _) => {
+                            return Err("listen start needs --offer FILE (or -) or --rtp \
+                                        CONSUMER AGENT"
+                                .into());
+                        }
+                    };
                     Some(
                         relay
                             .start_listen(call_id.clone(), offer)
@@ -429,6 +443,28 @@ fn status_error(s: tonic::Status) -> Error {
         msg.push_str(&format!(" (Meta code {code})"));
     }
     msg.into()
+}
+
+/// A media server's offer for plain RTP to two addresses (`--rtp`): Opus on payload type 96,
+/// RTCP muxed (the BYE at the end comes to the same ports).
+fn plain_rtp_offer(consumer: std::net::SocketAddr, agent: std::net::SocketAddr) -> String {
+    let family = |a: &std::net::SocketAddr| if a.is_ipv6() { "IP6" } else { "IP4" };
+    let section = |a: &std::net::SocketAddr, label: u8| {
+        format!(
+            "m=audio {} RTP/AVP 96\r\nc=IN {} {}\r\na=label:{label}\r\na=recvonly\r\n\
+             a=rtcp-mux\r\na=rtpmap:96 opus/48000/2\r\n",
+            a.port(),
+            family(a),
+            a.ip()
+        )
+    };
+    format!(
+        "v=0\r\no=relayctl 1 1 IN {} {}\r\ns=listen\r\nt=0 0\r\n{}{}",
+        family(&consumer),
+        consumer.ip(),
+        section(&consumer, 1),
+        section(&agent, 2)
+    )
 }
 
 /// The supervisor's offer from a file, or stdin for `-`.
@@ -712,6 +748,20 @@ async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtp_offer_is_one_the_relay_answers() {
+        use relay::listen::sdp::{OfferedTransport, parse_offer};
+        let (c, a) = (
+            "192.0.2.10:40000".parse().unwrap(),
+            "[2001:db8::1]:40002".parse().unwrap(),
+        );
+        let offer = parse_offer(&plain_rtp_offer(c, a)).expect("the relay takes it");
+        assert_eq!(offer.transport, OfferedTransport::Rtp { sdes: false });
+        assert_eq!(offer.tracks[0].target, Some(c));
+        assert_eq!(offer.tracks[1].target, Some(a));
+        assert!(offer.tracks.iter().all(|t| t.rtcp_mux && t.opus_pt == 96));
+    }
 
     #[test]
     fn list_table_shows_one_row_per_call() {

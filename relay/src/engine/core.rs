@@ -237,6 +237,8 @@ struct Slot {
     local: Vec<Option<SocketAddr>>,
     /// The time of this call's live heap entry (see [`TimerHeap`]).
     armed: Option<Instant>,
+    /// The call transcodes (counted in [`ShardStats::transcoding`]).
+    transcodes: bool,
 }
 
 /// The engine's [`Outbox`] for one call: names the call's socket and queues into the driver.
@@ -525,8 +527,14 @@ impl ShardCore {
     fn remove<I: ShardIo>(&mut self, idx: u32, io: &mut I) -> Option<CallInfo> {
         let slot = self.slots.get_mut(idx as usize)?.take()?;
         let Slot {
-            call, generation, ..
+            call,
+            generation,
+            transcodes,
+            ..
         } = slot;
+        if transcodes {
+            self.stats.transcoding.fetch_sub(1, Ordering::Relaxed);
+        }
         io.detach(SlotKey {
             slot: idx,
             generation,
@@ -640,14 +648,18 @@ impl ShardCore {
                 req,
                 reply,
             } => {
-                let _ = reply.send(self.with_call(&call_id, io, |c, _| c.record(req, now)));
+                let _ = reply.send(self.with_call(&call_id, io, |c, _| {
+                    c.record(req, now).map_err(ApiError::from)
+                }));
             }
             Command::Listen {
                 call_id,
                 req,
                 reply,
             } => {
-                let _ = reply.send(self.with_call(&call_id, io, |c, out| c.listen(req, now, out)));
+                let _ = reply.send(self.with_call(&call_id, io, |c, out| {
+                    c.listen(req, now, out).map_err(ApiError::from)
+                }));
             }
             Command::WithNewSocket {
                 call_id,
@@ -730,6 +742,16 @@ impl ShardCore {
             },
         };
         let r = f(&mut slot.call, &mut out);
+        // A command may start or stop the call's transcoding (a bot attached or replaced).
+        let transcodes = slot.call.transcodes();
+        if transcodes != slot.transcodes {
+            slot.transcodes = transcodes;
+            if transcodes {
+                self.stats.transcoding.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.transcoding.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         // Commands may make a call due now (gate opened: maiden packet, fill timer).
         self.after_call_activity(idx, io);
         r
@@ -834,13 +856,18 @@ impl ShardCore {
         };
         io.attach(key, sockets);
         self.by_id.insert(call.call_id.clone(), idx);
+        let transcodes = call.transcodes();
         self.slots[idx as usize] = Some(Slot {
             call,
             generation,
             local,
             armed: None,
+            transcodes,
         });
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if transcodes {
+            self.stats.transcoding.fetch_add(1, Ordering::Relaxed);
+        }
         self.after_call_activity(idx, io);
     }
 

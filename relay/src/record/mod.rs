@@ -32,9 +32,18 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::api::{ApiError, RecordingFiles};
 
-/// The largest RTP payload a slot holds (an Ethernet MTU's worth); a larger one is counted as
+/// The largest RTP payload recorded (an Ethernet MTU's worth); a larger one is counted as
 /// dropped. Opus at WhatsApp's rates is around 100 bytes.
 pub const MAX_PAYLOAD: usize = 1472;
+
+/// The payload most slots hold: 20 ms of Opus up to 128 kbit/s (WhatsApp's and browsers'
+/// voice is 20-64). Larger payloads take one of the few [`MAX_PAYLOAD`] slots (one in
+/// [`LARGE_SLOT_SHARE`]). Sizing every slot for the rare large packet made the pool 12 MiB,
+/// 12 KiB per recorded call at 1,000 (see BENCHMARKS.md, memory per recording).
+pub const SLOT_PAYLOAD: usize = 320;
+
+/// One slot in this many is a large one (at least 16).
+pub const LARGE_SLOT_SHARE: usize = 64;
 
 /// Recording settings (`recording_dir`, `recording_name_template`, `recording_queue_packets`).
 #[derive(Clone, Debug, PartialEq)]
@@ -45,9 +54,10 @@ pub struct RecordingConfig {
     /// `{call_id}`, `{business}`, `{consumer}`, `{date}` (YYYY-MM-DD, UTC), `{time}`
     /// (HHMMSS, UTC), `{id}` (a number unique within the process).
     pub name_template: String,
-    /// Packet slots between the shards and the disk writer (each [`MAX_PAYLOAD`] bytes plus a
-    /// header, allocated once at start): how much the writer may fall behind before packets
-    /// are dropped. 8192 slots ≈ 12 MiB ≈ 80 ms of 1,000 recorded calls, or seconds of a few.
+    /// Packet slots between the shards and the disk writer (each [`SLOT_PAYLOAD`] bytes plus
+    /// a header, allocated once at start, and a share of [`MAX_PAYLOAD`] ones besides): how
+    /// much the writer may fall behind before packets are dropped. 8192 slots ≈ 3.4 MiB ≈
+    /// 80 ms of 1,000 recorded calls, or seconds of a few.
     pub queue_packets: usize,
 }
 
@@ -70,7 +80,9 @@ pub enum Direction {
     Agent = 1,
 }
 
-/// One queued packet: a fixed-size record recycled between the shards and the writer.
+/// One queued packet: a record recycled between the shards and the writer. `data` is
+/// [`SLOT_PAYLOAD`] or [`MAX_PAYLOAD`] bytes, allocated once; its size says which free list the
+/// slot goes back to.
 pub struct PacketSlot {
     pub recording: u64,
     pub direction: Direction,
@@ -79,7 +91,27 @@ pub struct PacketSlot {
     /// Arrival, in 48 kHz samples since the recording started.
     pub clock: u64,
     pub len: u16,
-    pub data: [u8; MAX_PAYLOAD],
+    pub data: Box<[u8]>,
+}
+
+impl PacketSlot {
+    /// A slot for payloads up to `capacity` bytes (setup only: this allocates).
+    pub fn new(capacity: usize) -> Box<PacketSlot> {
+        Box::new(PacketSlot {
+            recording: 0,
+            direction: Direction::Consumer,
+            ssrc: 0,
+            timestamp: 0,
+            clock: 0,
+            len: 0,
+            data: vec![0; capacity].into_boxed_slice(),
+        })
+    }
+
+    /// Is it one of the large slots (back to the large free list)?
+    pub fn is_large(&self) -> bool {
+        self.data.len() > SLOT_PAYLOAD
+    }
 }
 
 /// Things that happen to a recording besides audio, stamped with the shard's clock (samples
@@ -152,7 +184,9 @@ pub struct RecorderStats {
 /// The shard side of the recorder: the slot free list, the queue toward the writer, the
 /// control channel. Shared by every call on every shard (each operation is lock-free).
 pub struct RecorderLink {
+    /// Free slots of [`SLOT_PAYLOAD`] bytes, and of [`MAX_PAYLOAD`].
     free: Receiver<Box<PacketSlot>>,
+    free_large: Receiver<Box<PacketSlot>>,
     filled: Sender<Box<PacketSlot>>,
     ctrl: Sender<Ctrl>,
     pub stats: Arc<RecorderStats>,
@@ -175,7 +209,14 @@ impl RecorderLink {
             self.stats.dropped_oversize.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        let Ok(mut slot) = self.free.try_recv() else {
+        // A small payload takes a large slot when the small ones run out; a large one only a
+        // large slot.
+        let slot = if payload.len() <= SLOT_PAYLOAD {
+            self.free.try_recv().or_else(|_| self.free_large.try_recv())
+        } else {
+            self.free_large.try_recv()
+        };
+        let Ok(mut slot) = slot else {
             self.stats
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
@@ -209,30 +250,28 @@ impl Recorder {
     /// Allocate the slot pool and start the writer thread.
     pub fn start(cfg: RecordingConfig) -> std::io::Result<Arc<Recorder>> {
         let n = cfg.queue_packets.max(1);
+        let large = (n / LARGE_SLOT_SHARE).max(16);
         let (free_tx, free_rx) = crossbeam_channel::bounded(n);
-        let (filled_tx, filled_rx) = crossbeam_channel::bounded(n);
+        let (large_tx, large_rx) = crossbeam_channel::bounded(large);
+        // The queue holds every slot there is.
+        let (filled_tx, filled_rx) = crossbeam_channel::bounded(n + large);
         for _ in 0..n {
-            let slot = Box::new(PacketSlot {
-                recording: 0,
-                direction: Direction::Consumer,
-                ssrc: 0,
-                timestamp: 0,
-                clock: 0,
-                len: 0,
-                data: [0; MAX_PAYLOAD],
-            });
-            let _ = free_tx.send(slot);
+            let _ = free_tx.send(PacketSlot::new(SLOT_PAYLOAD));
+        }
+        for _ in 0..large {
+            let _ = large_tx.send(PacketSlot::new(MAX_PAYLOAD));
         }
         let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(RecorderStats::default());
         let link = Arc::new(RecorderLink {
             free: free_rx,
+            free_large: large_rx,
             filled: filled_tx,
             ctrl: ctrl_tx,
             stats: stats.clone(),
             next_id: AtomicU64::new(1),
         });
-        let w = writer::Writer::new(ctrl_rx, filled_rx, free_tx, stats);
+        let w = writer::Writer::new(ctrl_rx, filled_rx, [free_tx, large_tx], stats);
         let thread = std::thread::Builder::new()
             .name("relay-recorder".into())
             .spawn(move || w.run())?;
@@ -444,22 +483,17 @@ mod tests {
     /// A link with no writer behind it: what a stalled disk looks like to the shards.
     fn stalled_link(slots: usize) -> RecorderLink {
         let (free_tx, free_rx) = crossbeam_channel::bounded(slots);
-        let (filled_tx, _filled_rx) = crossbeam_channel::bounded(slots);
+        let (large_tx, large_rx) = crossbeam_channel::bounded(1);
+        let (filled_tx, _filled_rx) = crossbeam_channel::bounded(slots + 1);
         for _ in 0..slots {
-            let _ = free_tx.send(Box::new(PacketSlot {
-                recording: 0,
-                direction: Direction::Consumer,
-                ssrc: 0,
-                timestamp: 0,
-                clock: 0,
-                len: 0,
-                data: [0; MAX_PAYLOAD],
-            }));
+            let _ = free_tx.send(PacketSlot::new(SLOT_PAYLOAD));
         }
+        let _ = large_tx.send(PacketSlot::new(MAX_PAYLOAD));
         std::mem::forget(_filled_rx);
         let (ctrl, _) = crossbeam_channel::unbounded();
         RecorderLink {
             free: free_rx,
+            free_large: large_rx,
             filled: filled_tx,
             ctrl,
             stats: Default::default(),
@@ -470,13 +504,23 @@ mod tests {
     #[test]
     fn a_stalled_writer_costs_the_shard_counted_drops_not_waits() {
         let link = stalled_link(16);
+        // A large payload takes the large slot.
+        assert!(link.push(1, Direction::Agent, 1, 0, 0, &[0xF8; SLOT_PAYLOAD + 1]));
+        assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0xF8; SLOT_PAYLOAD + 1]));
         let queued = (0..100)
             .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
             .count();
         assert_eq!(queued, 16);
-        assert_eq!(link.stats.dropped_queue_full.load(Ordering::Relaxed), 84);
+        assert_eq!(link.stats.dropped_queue_full.load(Ordering::Relaxed), 85);
         assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0; MAX_PAYLOAD + 1]));
         assert_eq!(link.stats.dropped_oversize.load(Ordering::Relaxed), 1);
+
+        // Small payloads fall back on the large slots when the small ones run out.
+        let link = stalled_link(2);
+        let queued = (0..5)
+            .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
+            .count();
+        assert_eq!(queued, 3);
     }
 
     /// Frames in through the shard-side link, files out through the writer thread: a transfer
@@ -593,6 +637,7 @@ mod tests {
         let n = 1000;
         let dir = std::env::temp_dir().join(format!("relay-rec-mem-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let base_kib = rss_kib();
         let rec = Recorder::start(RecordingConfig {
             dir: Some(dir.clone()),
             name_template: "{call_id}".into(),
@@ -625,11 +670,16 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let per = (rss_kib() - pool_kib) as f64 / n as f64;
-        let pool = rec.cfg.queue_packets * std::mem::size_of::<PacketSlot>() / 1024;
+        let n_slots = rec.cfg.queue_packets;
+        let large = (n_slots / LARGE_SLOT_SHARE).max(16);
+        let pool = (n_slots * (std::mem::size_of::<PacketSlot>() + SLOT_PAYLOAD)
+            + large * (std::mem::size_of::<PacketSlot>() + MAX_PAYLOAD))
+            / 1024;
         eprintln!(
             "{n} open recordings: {per:.1} KiB each (writer side), plus the shared slot pool \
-             of {pool} KiB ({:.1} KiB per recording at {n})",
-            pool as f64 / n as f64
+             of {pool} KiB by size, {} KiB by RSS ({:.1} KiB per recording at {n})",
+            pool_kib - base_kib,
+            (pool_kib - base_kib) as f64 / n as f64
         );
         rec.shutdown();
         let _ = std::fs::remove_dir_all(&dir);

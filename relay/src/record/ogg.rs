@@ -24,7 +24,10 @@ pub const GAP_QUANTUM: u64 = 120;
 /// A page is closed once it holds this much audio (RFC 7845 §6 suggests about a second) or
 /// [`PAGE_TARGET_BYTES`], so a crash loses at most about a second, and a seek stays cheap.
 pub const PAGE_TARGET_SAMPLES: u64 = SAMPLE_RATE as u64;
-pub const PAGE_TARGET_BYTES: usize = 4096;
+/// 2 KiB: half a second of 32 kbit/s voice. The open page is what each recorded track keeps in
+/// memory, so this is per recording (4 KiB cost 4 KiB more per recorded call); each page adds
+/// 27 bytes and a lacing byte per packet, about 2 % here.
+pub const PAGE_TARGET_BYTES: usize = 2048;
 /// Samples a decoder discards at the start (RFC 7845 §4.2). The recording starts mid-stream,
 /// so the decoder has no history; §4.2 recommends at least 80 ms of pre-roll for such cropped
 /// streams. The writer covers it with a concealment lead-in (see [`OggOpusWriter::new`]).
@@ -133,7 +136,8 @@ impl OggOpusWriter {
             serial,
             page_seq: 0,
             granule: 0,
-            lacing: Vec::with_capacity(255),
+            // A page of voice has 10-50 packets; more grows it (the writer thread, not a shard).
+            lacing: Vec::with_capacity(64),
             body: Vec::with_capacity(PAGE_TARGET_BYTES),
             page_samples: 0,
             last_toc: None,
@@ -552,9 +556,9 @@ mod tests {
         assert_eq!(pages[0].flags, HEADER_TYPE_BOS);
         assert_eq!(pages[0].granule, 0);
         assert!(pages.iter().enumerate().all(|(i, p)| p.seq == i as u32));
-        // About one second per page.
+        // A page per 2 KiB: 25 of these 80-byte packets (half a second).
         assert!(
-            pages.len() >= 2 + 4 && pages.len() <= 2 + 6,
+            pages.len() >= 2 + 7 && pages.len() <= 2 + 9,
             "{}",
             pages.len()
         );

@@ -28,7 +28,8 @@ const VENDOR: &str = concat!("relay ", env!("CARGO_PKG_VERSION"));
 pub(super) struct Writer {
     ctrl: Receiver<Ctrl>,
     filled: Receiver<Box<PacketSlot>>,
-    free: Sender<Box<PacketSlot>>,
+    /// Back to the small and the large free list.
+    free: [Sender<Box<PacketSlot>>; 2],
     stats: Arc<RecorderStats>,
     open: HashMap<u64, Recording>,
     /// Control messages read ahead of their turn (see `read_ahead_for_opens`).
@@ -59,7 +60,7 @@ impl Writer {
     pub(super) fn new(
         ctrl: Receiver<Ctrl>,
         filled: Receiver<Box<PacketSlot>>,
-        free: Sender<Box<PacketSlot>>,
+        free: [Sender<Box<PacketSlot>>; 2],
         stats: Arc<RecorderStats>,
     ) -> Self {
         Writer {
@@ -101,7 +102,7 @@ impl Writer {
     fn drain_packets(&mut self) {
         while let Ok(slot) = self.filled.try_recv() {
             self.write_packet(&slot);
-            let _ = self.free.try_send(slot);
+            let _ = self.free[usize::from(slot.is_large())].try_send(slot);
         }
     }
 

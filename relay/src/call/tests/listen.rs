@@ -94,7 +94,7 @@ impl Net {
             &mut self.from_call,
         );
         self.collect();
-        r.map(|s| s.expect("a status"))
+        r.map(|s| s.expect("a status")).map_err(Into::into)
     }
 
     fn collect(&mut self) {
@@ -310,6 +310,100 @@ fn start_is_idempotent_a_new_offer_replaces_and_stop_repeats() {
     assert_eq!(first.stop_reason.as_deref(), Some("stopped by request"));
     assert_eq!(stop(&mut net), first, "a repeated stop answers the same");
     // The call never noticed.
+    net.talk(5);
+    assert!(!net.call.is_ended());
+}
+
+/// A media server takes over from the browser with an `RTP/AVP` offer (SIPREC-like): the call
+/// sends each direction from the fork's socket to the address its m-line names, live at once;
+/// the server's RTCP on the fork's socket is taken quietly; StopListen sends a BYE per stream.
+#[test]
+fn a_media_server_listens_over_plain_rtp_on_the_forks_socket() {
+    let mut net = Net::listened();
+    let offer = crate::listen::sdp::tests::MEDIA_SERVER_OFFER;
+    let status = net
+        .start(offer)
+        .expect("the media server's offer is answered");
+    assert_eq!(status.state, ListenState::Live, "nothing to negotiate");
+    assert!(status.answer_sdp.contains("m=audio 31000 RTP/AVP 96\r\n"));
+    let consumer_to: std::net::SocketAddr = "192.0.2.10:40000".parse().unwrap();
+    let agent_to: std::net::SocketAddr = "192.0.2.11:40002".parse().unwrap();
+    // The browser's session gave way (DTLS close_notify to it); the server's is Started and
+    // Connected at once.
+    let changes: Vec<ListenChange> = net.listen_changes()[2..].iter().map(|c| c.0).collect();
+    assert_eq!(
+        changes,
+        [
+            ListenChange::Stopped,
+            ListenChange::Started,
+            ListenChange::Connected
+        ]
+    );
+    net.from_call.take();
+
+    let mut to_server = Vec::new();
+    for _ in 0..25 {
+        net.now += PTIME;
+        let now = net.now;
+        let mut b = [0u8; 1500];
+        let len = net.consumer.write_next(&mut b, 120);
+        let len = net.meta.protect_rtp(&mut b, len).unwrap();
+        net.call
+            .handle_datagram(now, SocketRef::WaV4, META, &mut b, len, &mut net.from_call);
+        let mut b = [0u8; 1500];
+        let len = net.agent.write_next(&mut b, 90);
+        let from = net.agent_from;
+        net.call.handle_datagram(
+            now,
+            SocketRef::Internal,
+            from,
+            &mut b,
+            len,
+            &mut net.from_call,
+        );
+        to_server.extend(net.from_call.take().into_iter().filter(|d| d.via == LISTEN));
+    }
+    for (to, len) in [(consumer_to, 12 + 120), (agent_to, 12 + 90)] {
+        let got: Vec<&crate::net::Sent> = to_server.iter().filter(|d| d.to == to).collect();
+        assert_eq!(got.len(), 25, "every packet to {to}");
+        assert!(
+            got.iter().all(|d| d.data.len() == len),
+            "plain RTP, payload untouched"
+        );
+        let hdrs: Vec<rtp::RtpHeader> = got.iter().map(|d| rtp::parse(&d.data).unwrap()).collect();
+        assert!(continuous(&hdrs) && hdrs.iter().all(|h| h.payload_type == 96));
+    }
+    assert_eq!(to_server.len(), 50, "nothing else on the fork's socket");
+
+    // A receiver report from the server's RTCP port reaches the fork, counted nowhere.
+    let before = net.call.info();
+    let mut rr = [0u8; 8];
+    rr[..4].copy_from_slice(&[0x80, 201, 0, 1]);
+    let rtcp_from = std::net::SocketAddr::new(consumer_to.ip(), consumer_to.port() + 1);
+    net.call
+        .handle_datagram(net.now, LISTEN, rtcp_from, &mut rr, 8, &mut net.from_call);
+    assert!(net.from_call.take().is_empty());
+    let after = net.call.info();
+    assert_eq!(
+        before.whatsapp.dropped + before.internal.dropped,
+        after.whatsapp.dropped + after.internal.dropped
+    );
+
+    let stopped = net
+        .call
+        .listen(ListenRequest::Stop, net.now, &mut net.from_call)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped.state, ListenState::Stopped);
+    assert_eq!((stopped.consumer_packets, stopped.agent_packets), (25, 25));
+    let byes: Vec<std::net::SocketAddr> = net
+        .from_call
+        .take()
+        .into_iter()
+        .filter(|d| d.via == LISTEN && d.data[1] == 203)
+        .map(|d| d.to)
+        .collect();
+    assert_eq!(byes, [rtcp_from, agent_to]);
     net.talk(5);
     assert!(!net.call.is_ended());
 }

@@ -257,3 +257,265 @@ fn the_call_ending_stops_the_recording_before_the_ended_event() {
     assert!(sim.call.record(RecordRequest::Pause, sim.now).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Opus packets of an Ogg file, read without the relay's own Ogg code (RFC 3533 pages and
+/// lacing), after the two header packets; and the pre-skip from `OpusHead`.
+fn ogg_opus_packets(data: &[u8]) -> (u16, Vec<Vec<u8>>) {
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    let mut partial: Vec<u8> = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        assert_eq!(&data[at..at + 4], b"OggS", "a page at byte {at}");
+        let segments = usize::from(data[at + 26]);
+        let table = &data[at + 27..at + 27 + segments];
+        let mut body = at + 27 + segments;
+        for &lace in table {
+            partial.extend_from_slice(&data[body..body + usize::from(lace)]);
+            body += usize::from(lace);
+            if lace < 255 {
+                packets.push(std::mem::take(&mut partial));
+            }
+        }
+        at = body;
+    }
+    assert!(packets[0].starts_with(b"OpusHead") && packets[1].starts_with(b"OpusTags"));
+    let pre_skip = u16::from_le_bytes([packets[0][10], packets[0][11]]);
+    (pre_skip, packets.split_off(2))
+}
+
+/// A file decoded with libopus: each packet's start (in 48 kHz samples from the start of the
+/// recording, pre-skip removed) and the source index of the ones that carry a sent payload.
+struct Decoded {
+    /// `(start, index)` of every packet that is one the test sent.
+    sent: Vec<(u64, u32)>,
+    /// Samples the decoder produced, less the pre-skip.
+    samples: u64,
+}
+
+fn decode(p: &std::path::Path) -> Decoded {
+    let (pre_skip, packets) = ogg_opus_packets(&std::fs::read(p).expect("file exists"));
+    let mut dec = crate::codec::opus::OpusDecoder::new(48_000).expect("libopus decoder");
+    let mut pcm = vec![0i16; 5760];
+    let (mut pos, mut sent) = (0u64, Vec::new());
+    for pkt in &packets {
+        let n = dec
+            .decode(pkt, &mut pcm)
+            .expect("libopus decodes every packet") as u64;
+        // The test's payloads carry their index and a 0x5a fill; concealment is 2 bytes.
+        if pkt.len() == super::harness::PAYLOAD_LEN && pkt[4..].iter().all(|b| *b == 0x5a) {
+            let index = crate::call::testing::payload_index(pkt).unwrap();
+            sent.push((pos.saturating_sub(u64::from(pre_skip)), index));
+        }
+        pos += n;
+    }
+    Decoded {
+        sent,
+        samples: pos - u64::from(pre_skip),
+    }
+}
+
+/// `opusinfo`'s playback length in seconds, or `None` (with a note) where opus-tools is not
+/// installed (scripts/test.sh installs it). Its warnings and errors fail the test.
+fn opusinfo_secs(f: &std::path::Path) -> Option<f64> {
+    let o = match std::process::Command::new("opusinfo").arg(f).output() {
+        Ok(o) => o,
+        Err(_) => {
+            eprintln!("opusinfo not installed (Debian: opus-tools); check skipped");
+            return None;
+        }
+    };
+    let info = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !info.contains("WARNING") && !info.contains("ERROR"),
+        "{f:?}: {info}"
+    );
+    let v = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Playback length: "))
+        .unwrap_or_else(|| panic!("no playback length in {info}"));
+    let (m, s) = v.trim_end_matches('s').split_once("m:").unwrap();
+    Some(m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap())
+}
+
+/// One recording across everything that interrupts a stream: the consumer falls silent for a
+/// second (DTX: no packets, the timestamp jumps), then presses a key (RFC 4733 packets instead
+/// of audio), the agent is replaced (a new SSRC and numbering), and the recording is paused
+/// and resumed. Both files, decoded with libopus and read by `opusinfo`, last exactly from
+/// start to stop, hold every Opus packet sent while recording (and none of the paused span or
+/// the DTMF) once each, and place the first packet after the silence and after the transfer at
+/// the time it arrived.
+#[test]
+fn files_decode_to_the_true_timeline_across_silence_dtmf_a_transfer_and_a_pause() {
+    use crate::api::{InternalKind, InternalLegSpec, SourcePolicy};
+    use crate::call::testing::{
+        INTERNAL_OPUS_PT, META, META_TE_PT, RELAY_INTERNAL, RELAY_WA, RtpSource, TS_PER_20MS,
+        internal_sdp,
+    };
+    use crate::call::{Advertised, LocalSockets};
+
+    let dir = temp_dir("gaps");
+    let rec = recorder(&dir);
+    let mut sim = Sim::new(Leg::Dtls);
+    sim.wa.start(sim.t0);
+    sim.run_until(sim.at(ms(1500)));
+    start(&mut sim, &rec);
+    let started = sim.now;
+    sim.run_until(sim.at(secs(2)));
+    sim.open_gate();
+    sim.internal.start(sim.now + ms(20));
+
+    // 4 s: the consumer is silent for one second (DTX), its timestamps moving on.
+    sim.wa.stop_at(sim.at(secs(4)));
+    sim.run_until(sim.at(secs(5)) - ms(1));
+    sim.wa.src.ts = sim.wa.src.ts.wrapping_add(50 * TS_PER_20MS);
+    let after_silence = sim.wa.src.index;
+    sim.wa.start(sim.at(secs(5)));
+
+    // 5.5 s: a key press, 200 ms of telephone-events in place of audio.
+    sim.wa.stop_at(sim.at(ms(5500)));
+    sim.run_until(sim.at(ms(5500)));
+    let mut key = RtpSource::new(sim.wa.src.ssrc, META_TE_PT, sim.wa.src.seq, sim.wa.src.ts);
+    for _ in 0..10 {
+        let mut buf = [0u8; 1500];
+        let n = key.write_next(&mut buf, 4);
+        key.ts = sim.wa.src.ts; // one event: one timestamp
+        let n = sim.meta.protect_rtp(&mut buf, n).expect("Meta protects");
+        sim.inject_wa(META, &mut buf, n);
+        sim.run_for(ms(20));
+    }
+    sim.wa.src.seq = key.seq;
+    sim.wa.src.ts = sim.wa.src.ts.wrapping_add(10 * TS_PER_20MS);
+    sim.wa.start(sim.now);
+
+    // 6.5 s: the agent is transferred: a new leg, a new SSRC, numbering and timestamps.
+    sim.run_until(sim.at(ms(6500)));
+    let spec = InternalLegSpec {
+        kind: InternalKind::PlainRtp,
+        remote_sdp: Some(internal_sdp()),
+        source: SourcePolicy::Strict,
+    };
+    sim.call
+        .replace_internal_leg(
+            &spec,
+            LocalSockets {
+                wa_v4: Some(RELAY_WA),
+                wa_v6: None,
+                internal: RELAY_INTERNAL,
+            },
+            Advertised {
+                wa_v4: Some(RELAY_WA.ip()),
+                wa_v6: None,
+                internal: RELAY_INTERNAL.ip(),
+            },
+            sim.now,
+            &mut sim.from_call,
+        )
+        .expect("transfer");
+    sim.collect_events();
+    let first_b = sim.internal.src.index;
+    sim.internal.src.ssrc = 0x3333_3333;
+    sim.internal.src.seq = 17;
+    sim.internal.src.ts = 123_456_789;
+    sim.internal.src.pt = INTERNAL_OPUS_PT;
+
+    // 7 s to 8 s: paused.
+    sim.run_until(sim.at(secs(7)));
+    op(&mut sim, RecordRequest::Pause);
+    let paused = sim.now;
+    sim.run_until(sim.at(secs(8)));
+    op(&mut sim, RecordRequest::Resume);
+    let resumed = sim.now;
+    sim.run_until(sim.at(secs(9)));
+    let stopped = op(&mut sim, RecordRequest::Stop).unwrap();
+    let stop = sim.now;
+    assert_eq!(stopped.dropped_packets, 0);
+    rec.shutdown();
+
+    let windows = [(started, paused), (resumed, stop)];
+    let want_secs = (stop - started).as_secs_f64();
+    let at = |t: Instant| ((t - started).as_secs_f64() * 48_000.0) as u64;
+    for (file, talker, name) in [
+        (&stopped.files.consumer, &sim.wa, "consumer"),
+        (&stopped.files.agent, &sim.internal, "agent"),
+    ] {
+        let d = decode(file);
+        let decoded = d.samples as f64 / 48_000.0;
+        // Start to stop (7.5 s), and the last packet's own length at most (a packet that
+        // arrives at the stop is kept whole).
+        assert!(
+            decoded >= want_secs && decoded <= want_secs + 0.02,
+            "{name}: decoded {decoded} s, recorded {want_secs} s"
+        );
+        // The granule positions say the same as the decoder.
+        if let Some(secs) = opusinfo_secs(file) {
+            assert!(
+                (secs - decoded).abs() < 0.001,
+                "{name}: opusinfo {secs} s, decoded {decoded} s"
+            );
+        }
+        // Every packet sent while recording, once, in order; none from the paused span.
+        let want: Vec<u32> = talker
+            .sent
+            .iter()
+            .filter(|(t, _)| windows.iter().any(|(a, b)| t > a && t <= b))
+            .map(|(_, i)| *i)
+            .collect();
+        let got: Vec<u32> = d.sent.iter().map(|(_, i)| *i).collect();
+        assert_eq!(got, want, "{name}: the packets in the file");
+        eprintln!(
+            "{name}: {decoded} s decoded by libopus for {want_secs} s recorded; {} packets \
+             sent while recording, all in the file",
+            want.len()
+        );
+        // Each where it arrived (within a packet time): after the silence, after the
+        // transfer, after the pause.
+        let sent_at = |index: u32| talker.sent.iter().find(|(_, i)| *i == index).unwrap().0;
+        for (pos, index) in d.sent.iter().step_by(25) {
+            let t = sent_at(*index);
+            assert!(
+                pos.abs_diff(at(t)) <= 960,
+                "{name}: packet {index} at {pos}, arrived at {}",
+                at(t)
+            );
+        }
+        let landmark = if name == "consumer" {
+            after_silence
+        } else {
+            first_b
+        };
+        let pos = d.sent.iter().find(|(_, i)| *i == landmark).unwrap().0;
+        assert!(
+            pos.abs_diff(at(sent_at(landmark))) <= 960,
+            "{name}: first packet after the gap at {pos}, arrived at {}",
+            at(sent_at(landmark))
+        );
+    }
+    // The sidecar has the key press and the transfer, where they happened.
+    let events = sidecar(&stopped.files.events);
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "recording_started",
+            "gate_opened",
+            "dtmf",
+            "transfer",
+            "recording_paused",
+            "recording_resumed",
+            "recording_stopped"
+        ]
+    );
+    assert_eq!(events[2]["from"], "consumer");
+    assert!((events[2]["t"].as_f64().unwrap() - 4.0).abs() < 0.001);
+    assert!((events[3]["t"].as_f64().unwrap() - 5.0).abs() < 0.001);
+    let last = events.last().unwrap();
+    assert_eq!(last["agent"]["ssrc_changes"], 1, "{last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
