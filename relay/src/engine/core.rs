@@ -293,6 +293,51 @@ pub(crate) struct ShardCore {
     rate_limited: [u64; 2],
     /// Live calls' quality, sampled once a second into the totals.
     quality: crate::ops::quality::QualitySampler,
+    /// The shard thread's CPU demand, when measured ([`Self::measure_thread_demand`]).
+    demand: Option<ThreadDemand>,
+}
+
+/// A thread's CPU demand from `/proc/thread-self/schedstat`: nanoseconds on a CPU plus
+/// nanoseconds runnable and waiting for one. The loop's own busy time misses both the kernel
+/// work done inside its wait (io_uring sends and receives run in `io_uring_enter`) and the time
+/// it was ready but the CPU was taken (other processes, a noisy neighbour): at the same
+/// packets the shard then looked idle and admission never refused (BENCHMARKS.md, 2026-12-05).
+pub(crate) struct ThreadDemand {
+    file: std::fs::File,
+    last: Option<u64>,
+}
+
+impl ThreadDemand {
+    /// The calling thread's (open it on the shard thread). `None` where /proc or schedstat is
+    /// missing: the loop's busy time alone is used then.
+    pub(crate) fn open() -> Option<ThreadDemand> {
+        let mut d = ThreadDemand {
+            file: std::fs::File::open("/proc/thread-self/schedstat").ok()?,
+            last: None,
+        };
+        d.delta()?;
+        Some(d)
+    }
+
+    /// Demand since the previous call, in ns (`None` the first time or if unreadable). Reads
+    /// into a stack buffer: no allocation.
+    pub(crate) fn delta(&mut self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.file.read_at(&mut buf, 0).ok()?;
+        let total = parse_schedstat(buf.get(..n)?)?;
+        let prev = self.last.replace(total);
+        prev.map(|p| total.saturating_sub(p))
+    }
+}
+
+/// `run_ns wait_ns timeslices` → run + wait.
+fn parse_schedstat(b: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(b).ok()?;
+    let mut it = s.split_ascii_whitespace();
+    let run: u64 = it.next()?.parse().ok()?;
+    let wait: u64 = it.next()?.parse().ok()?;
+    run.checked_add(wait)
 }
 
 impl ShardCore {
@@ -326,7 +371,21 @@ impl ShardCore {
             limiter: RateLimiter::new(rate_limit, now),
             rate_limited: [0; 2],
             quality: Default::default(),
+            demand: None,
         }
+    }
+
+    /// Count the calling thread's CPU demand (schedstat) in the busy share admission reads,
+    /// not only the loop's time outside its wait. Called on the shard thread at start.
+    pub(crate) fn measure_thread_demand(&mut self) {
+        self.demand = ThreadDemand::open();
+    }
+
+    /// Whether a call's deadline has passed: the driver then collects what the kernel holds
+    /// for us before the timers run, so silence fill never goes out for a packet that is
+    /// already here.
+    pub(crate) fn timers_due(&self, now: Instant) -> bool {
+        self.timers.peek().is_some_and(|d| d <= now)
     }
 
     pub(crate) fn id(&self) -> usize {
@@ -838,7 +897,15 @@ impl ShardCore {
     /// Once a second: ended totals + live calls' counters → the published snapshot.
     fn publish_totals(&mut self, now: Instant, io: &IoCounters) {
         self.next_publish = now + PUBLISH_EVERY;
-        self.totals.busy_seconds += self.busy.as_secs_f64();
+        // The thread's demand when measured (it covers the kernel's work inside the wait and
+        // time spent ready but not running), never less than the loop's own busy time.
+        let demand = self
+            .demand
+            .as_mut()
+            .and_then(ThreadDemand::delta)
+            .map(Duration::from_nanos);
+        let busy = demand.map_or(self.busy, |d| d.max(self.busy));
+        self.totals.busy_seconds += busy.as_secs_f64();
         let live = self.slots.iter().flatten().map(|s| &*s.call);
         self.quality.sample(live, &mut self.totals.quality);
         let mut t = self.totals.clone();
@@ -861,7 +928,7 @@ impl ShardCore {
         t.io_syscalls = io.syscalls;
         let elapsed = now.saturating_duration_since(self.last_publish);
         if !elapsed.is_zero() {
-            t.busy_ratio = (self.busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+            t.busy_ratio = (busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
             let packets = t.packets_in + t.packets_out;
             t.packets_per_second = ((packets.saturating_sub(self.packets_at_publish)) as f64
                 / elapsed.as_secs_f64()) as u64;

@@ -501,3 +501,41 @@ fn sockets_added_to_a_live_call_take_fresh_indices() {
     assert!(matches!(rx.recv().unwrap(), Some(ApiError::NotFound(_))));
     assert_eq!(s.io.ops.len(), ops);
 }
+
+#[test]
+fn schedstat_parses_run_plus_wait_and_refuses_garbage() {
+    assert_eq!(parse_schedstat(b"70707484 8513483 374\n"), Some(79_220_967));
+    assert_eq!(parse_schedstat(b""), None);
+    assert_eq!(parse_schedstat(b"12"), None);
+    assert_eq!(parse_schedstat(b"x 1 2"), None);
+    assert_eq!(parse_schedstat(b"18446744073709551615 1 1"), None);
+}
+
+/// The thread's own demand grows with the work it does (where /proc has schedstat).
+#[test]
+fn thread_demand_counts_this_threads_work() {
+    let Some(mut d) = ThreadDemand::open() else {
+        return;
+    };
+    let mut x = 0u64;
+    let until = Instant::now() + Duration::from_millis(20);
+    while Instant::now() < until {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    let ns = d.delta().expect("readable");
+    assert!(ns >= 10_000_000, "{ns} ns for 20 ms of spinning");
+}
+
+/// A due deadline is visible to the driver before the timers run.
+#[test]
+fn timers_due_follows_the_earliest_deadline() {
+    let mut sh = Shard::new();
+    let now = sh.now;
+    assert!(!sh.core.timers_due(now));
+    let mut armed = None;
+    sh.core
+        .timers
+        .arm(&mut armed, 0, 0, Some(now + Duration::from_millis(5)));
+    assert!(!sh.core.timers_due(now));
+    assert!(sh.core.timers_due(now + Duration::from_millis(5)));
+}

@@ -72,6 +72,13 @@ pub(crate) trait Driver {
     /// Hand every datagram received so far to `core` (the sends it causes are queued).
     fn deliver(&mut self, now: Instant, core: &mut ShardCore);
 
+    /// Before timers run: hand `core` what arrived since [`Self::deliver`] without waiting
+    /// (io_uring: completions the kernel holds as deferred work until asked). Default: nothing
+    /// (epoll's `deliver` read the sockets just now).
+    fn collect(&mut self, now: Instant, core: &mut ShardCore) {
+        let _ = (now, core);
+    }
+
     /// The send side, for the core's commands and timers.
     fn io(&mut self) -> &mut Self::Io;
 

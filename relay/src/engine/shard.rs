@@ -90,6 +90,7 @@ pub(crate) fn run(setup: ShardSetup, started: mpsc::Sender<std::io::Result<&'sta
 }
 
 fn run_loop<D: Driver>(mut core: ShardCore, mut driver: D, commands: Receiver<Command>) {
+    core.measure_thread_demand();
     loop {
         if let Err(e) = driver.wait(core.next_wake()) {
             tracing::error!(shard = core.id(), error = %e, "I/O wait failed; shard stops");
@@ -104,6 +105,10 @@ fn run_loop<D: Driver>(mut core: ShardCore, mut driver: D, commands: Receiver<Co
                 running = false;
                 break;
             }
+        }
+        if core.timers_due(now) {
+            // Datagrams the kernel holds for us go to their calls before any fill is made.
+            driver.collect(now, &mut core);
         }
         core.run_timers(now, driver.io());
         driver.flush();
