@@ -24,6 +24,29 @@ use crate::api::RecordingFiles;
 /// not signalled one by one (that would be a system call per packet on the shard).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
+/// How much nicer than the shards the writer thread runs. On a core it shares with a shard
+/// (a small machine, or `taskset` putting the whole relay on one CPU), the writer's batches
+/// would otherwise take time slices from the shard and delay live packets; nicer by 10, the
+/// shard preempts it and it writes with what the shard leaves. If it cannot keep up, packets
+/// are dropped from the recording (counted), never from the call.
+const WRITER_NICE: i32 = 10;
+
+/// Lower the calling thread's scheduling priority by [`WRITER_NICE`] (Linux: `setpriority`
+/// on a thread id affects only that thread). Best effort: a failure leaves it as it was.
+#[allow(unsafe_code)] // getpriority/setpriority on this thread's id
+pub(super) fn lower_priority() {
+    // SAFETY: gettid has no preconditions; getpriority and setpriority read and write this
+    // thread's nice value only, with plain integer arguments.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        let nicer = (current + WRITER_NICE).min(19);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, nicer) != 0 {
+            tracing::debug!("recording writer: cannot lower its priority");
+        }
+    }
+}
+
 /// Recording ids are a process-wide counter, not attacker input: a multiplicative hash is
 /// enough, and SipHash was a tenth of the writer's time per packet.
 #[derive(Default)]
