@@ -135,174 +135,61 @@ impl Ord for Queued {
     }
 }
 
-struct Shared {
+/// The proxy's decisions without its sockets: datagrams arrive in a direction at `now`, and
+/// come out at their delivery time. Seeded, so the same arrivals at the same times give the same
+/// faults; the loopback proxy runs it on a thread, simulated-time tests (`relay/tests/
+/// sim_call.rs`) call it directly between a peer and the relay.
+pub struct FaultNet {
     specs: [FaultSpec; 2],
     stats: [FaultStats; 2],
-    queued: usize,
-}
-
-/// Spawns fault proxies.
-pub struct FaultProxy;
-
-impl FaultProxy {
-    /// A proxy in front of `peer` (one of its addresses), faults off until
-    /// [`FaultHandle::set`]. `seed` makes every decision reproducible for a given arrival order.
-    pub fn spawn(peer: SocketAddr, seed: u64) -> io::Result<FaultHandle> {
-        let lo = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-        let near = std::net::UdpSocket::bind(lo)?;
-        let far = std::net::UdpSocket::bind(lo)?;
-        let relay_facing = near.local_addr()?;
-        let peer_facing = far.local_addr()?;
-        near.set_nonblocking(true)?;
-        far.set_nonblocking(true)?;
-        let mut near = UdpSocket::from_std(near);
-        let mut far = UdpSocket::from_std(far);
-        let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut near, Token(0), Interest::READABLE)?;
-        poll.registry()
-            .register(&mut far, Token(1), Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), Token(2))?);
-        let shared = Arc::new(Mutex::new(Shared {
-            specs: [FaultSpec::default(); 2],
-            stats: [FaultStats::default(); 2],
-            queued: 0,
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
-            poll,
-            near,
-            far,
-            peer,
-            relay: None,
-            rng: StdRng::seed_from_u64(seed),
-            queue: BinaryHeap::new(),
-            order: 0,
-            arrivals: [0; 2],
-            max_sent_arrival: [None; 2],
-            shared: shared.clone(),
-            stop: stop.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("fault-proxy".into())
-            .spawn(move || worker.run())?;
-        Ok(FaultHandle {
-            relay_facing,
-            peer_facing,
-            shared,
-            waker,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-/// A running proxy; dropping it stops the thread.
-pub struct FaultHandle {
-    relay_facing: SocketAddr,
-    peer_facing: SocketAddr,
-    shared: Arc<Mutex<Shared>>,
-    waker: Arc<Waker>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl FaultHandle {
-    /// Where the relay must send to reach the peer (the peer's address as the relay sees it).
-    pub fn relay_facing(&self) -> SocketAddr {
-        self.relay_facing
-    }
-    /// Where the peer sees the relay.
-    pub fn peer_facing(&self) -> SocketAddr {
-        self.peer_facing
-    }
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// Faults for datagrams arriving from now on in `dir`.
-    pub fn set(&self, dir: Direction, spec: FaultSpec) {
-        self.lock().specs[dir.index()] = spec;
-    }
-    pub fn stats(&self, dir: Direction) -> FaultStats {
-        self.lock().stats[dir.index()]
-    }
-    /// Datagrams waiting for their delivery time.
-    pub fn queued(&self) -> usize {
-        self.lock().queued
-    }
-}
-
-impl Drop for FaultHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-struct Worker {
-    poll: Poll,
-    /// Faces the relay (the relay sees the peer here).
-    near: UdpSocket,
-    /// Faces the peer (the peer sees the relay here).
-    far: UdpSocket,
-    peer: SocketAddr,
-    /// The relay's socket, learned from its first datagram.
-    relay: Option<SocketAddr>,
     rng: StdRng,
     queue: BinaryHeap<Reverse<Queued>>,
     order: u64,
     arrivals: [u64; 2],
     max_sent_arrival: [Option<u64>; 2],
-    shared: Arc<Mutex<Shared>>,
-    stop: Arc<AtomicBool>,
 }
 
-impl Worker {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(16);
-        let mut buf = vec![0u8; 2048];
-        while !self.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            let wait = self
-                .queue
-                .peek()
-                .map_or(Duration::from_millis(20), |Reverse(q)| {
-                    q.at.saturating_duration_since(now)
-                })
-                .min(Duration::from_millis(20));
-            if let Err(e) = self.poll.poll(&mut events, Some(wait))
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                return;
-            }
-            while let Ok((n, from)) = self.near.recv_from(&mut buf) {
-                self.relay = Some(from);
-                let data = buf.get(..n).unwrap_or_default().to_vec();
-                self.arrive(Direction::ToPeer, data);
-            }
-            while let Ok((n, from)) = self.far.recv_from(&mut buf) {
-                if from != self.peer {
-                    continue;
-                }
-                let data = buf.get(..n).unwrap_or_default().to_vec();
-                self.arrive(Direction::ToRelay, data);
-            }
-            self.release(Instant::now());
+impl FaultNet {
+    /// Faults off until [`FaultNet::set`].
+    pub fn new(seed: u64) -> Self {
+        FaultNet {
+            specs: [FaultSpec::default(); 2],
+            stats: [FaultStats::default(); 2],
+            rng: StdRng::seed_from_u64(seed),
+            queue: BinaryHeap::new(),
+            order: 0,
+            arrivals: [0; 2],
+            max_sent_arrival: [None; 2],
         }
     }
 
-    fn arrive(&mut self, dir: Direction, data: Vec<u8>) {
-        let now = Instant::now();
+    /// Faults for datagrams arriving from now on in `dir`.
+    pub fn set(&mut self, dir: Direction, spec: FaultSpec) {
+        self.specs[dir.index()] = spec;
+    }
+
+    pub fn stats(&self, dir: Direction) -> FaultStats {
+        self.stats[dir.index()]
+    }
+
+    /// Datagrams waiting for their delivery time.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// When the next datagram is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse(q)| q.at)
+    }
+
+    /// A datagram arrives in `dir` at `now`: lost, or queued (maybe twice) for its delivery.
+    pub fn arrive(&mut self, now: Instant, dir: Direction, data: &[u8]) {
         let d = dir.index();
         let arrival = self.arrivals[d];
         self.arrivals[d] += 1;
-        let k = kind(&data);
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let spec = shared.specs[d];
-        let st = &mut shared.stats[d];
+        let k = kind(data);
+        let spec = self.specs[d];
+        let st = &mut self.stats[d];
         st.received += 1;
         st.received_rtp += u64::from(k == Kind::Rtp);
         if self.rng.random_bool(spec.loss.clamp(0.0, 1.0)) {
@@ -331,34 +218,189 @@ impl Worker {
                 order: self.order,
                 arrival,
                 dir,
-                data: data.clone(),
+                data: data.to_vec(),
             }));
         }
-        shared.queued = self.queue.len();
+    }
+
+    /// The next datagram due by `now`, with its direction. The caller delivers it (and says
+    /// whether that worked with [`FaultNet::count_sent`]).
+    pub fn poll_due(&mut self, now: Instant) -> Option<(Direction, Vec<u8>)> {
+        if self.queue.peek().is_none_or(|Reverse(q)| q.at > now) {
+            return None;
+        }
+        let Reverse(q) = self.queue.pop()?;
+        let d = q.dir.index();
+        match self.max_sent_arrival[d] {
+            Some(max) if q.arrival < max => self.stats[d].reordered += 1,
+            _ => self.max_sent_arrival[d] = Some(q.arrival),
+        }
+        Some((q.dir, q.data))
+    }
+
+    pub fn count_sent(&mut self, dir: Direction) {
+        self.stats[dir.index()].sent += 1;
+    }
+}
+
+/// Spawns fault proxies.
+pub struct FaultProxy;
+
+impl FaultProxy {
+    /// A proxy in front of `peer` (one of its addresses), faults off until
+    /// [`FaultHandle::set`]. `seed` makes every decision reproducible for a given arrival order.
+    pub fn spawn(peer: SocketAddr, seed: u64) -> io::Result<FaultHandle> {
+        let lo = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        let near = std::net::UdpSocket::bind(lo)?;
+        let far = std::net::UdpSocket::bind(lo)?;
+        let relay_facing = near.local_addr()?;
+        let peer_facing = far.local_addr()?;
+        near.set_nonblocking(true)?;
+        far.set_nonblocking(true)?;
+        let mut near = UdpSocket::from_std(near);
+        let mut far = UdpSocket::from_std(far);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut near, Token(0), Interest::READABLE)?;
+        poll.registry()
+            .register(&mut far, Token(1), Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), Token(2))?);
+        let shared = Arc::new(Mutex::new(FaultNet::new(seed)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            poll,
+            near,
+            far,
+            peer,
+            relay: None,
+            shared: shared.clone(),
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("fault-proxy".into())
+            .spawn(move || worker.run())?;
+        Ok(FaultHandle {
+            relay_facing,
+            peer_facing,
+            shared,
+            waker,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// A running proxy; dropping it stops the thread.
+pub struct FaultHandle {
+    relay_facing: SocketAddr,
+    peer_facing: SocketAddr,
+    shared: Arc<Mutex<FaultNet>>,
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultHandle {
+    /// Where the relay must send to reach the peer (the peer's address as the relay sees it).
+    pub fn relay_facing(&self) -> SocketAddr {
+        self.relay_facing
+    }
+    /// Where the peer sees the relay.
+    pub fn peer_facing(&self) -> SocketAddr {
+        self.peer_facing
+    }
+    fn lock(&self) -> MutexGuard<'_, FaultNet> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Faults for datagrams arriving from now on in `dir`.
+    pub fn set(&self, dir: Direction, spec: FaultSpec) {
+        self.lock().set(dir, spec);
+    }
+    pub fn stats(&self, dir: Direction) -> FaultStats {
+        self.lock().stats(dir)
+    }
+    /// Datagrams waiting for their delivery time.
+    pub fn queued(&self) -> usize {
+        self.lock().queued()
+    }
+}
+
+impl Drop for FaultHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    /// Faces the relay (the relay sees the peer here).
+    near: UdpSocket,
+    /// Faces the peer (the peer sees the relay here).
+    far: UdpSocket,
+    peer: SocketAddr,
+    /// The relay's socket, learned from its first datagram.
+    relay: Option<SocketAddr>,
+    /// Shared with the handle (settings, statistics); locked per datagram, a test tool.
+    shared: Arc<Mutex<FaultNet>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(16);
+        let mut buf = vec![0u8; 2048];
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = self
+                .net()
+                .poll_timeout()
+                .map_or(Duration::from_millis(20), |at| {
+                    at.saturating_duration_since(now)
+                })
+                .min(Duration::from_millis(20));
+            if let Err(e) = self.poll.poll(&mut events, Some(wait))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return;
+            }
+            while let Ok((n, from)) = self.near.recv_from(&mut buf) {
+                self.relay = Some(from);
+                let data = buf.get(..n).unwrap_or_default();
+                self.net().arrive(Instant::now(), Direction::ToPeer, data);
+            }
+            while let Ok((n, from)) = self.far.recv_from(&mut buf) {
+                if from != self.peer {
+                    continue;
+                }
+                let data = buf.get(..n).unwrap_or_default();
+                self.net().arrive(Instant::now(), Direction::ToRelay, data);
+            }
+            self.release(Instant::now());
+        }
+    }
+
+    fn net(&self) -> MutexGuard<'_, FaultNet> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn release(&mut self, now: Instant) {
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        while self.queue.peek().is_some_and(|Reverse(q)| q.at <= now) {
-            let Some(Reverse(q)) = self.queue.pop() else {
-                break;
-            };
-            let d = q.dir.index();
-            let st = &mut shared.stats[d];
-            match self.max_sent_arrival[d] {
-                Some(max) if q.arrival < max => st.reordered += 1,
-                _ => self.max_sent_arrival[d] = Some(q.arrival),
-            }
-            let sent = match q.dir {
-                Direction::ToPeer => self.far.send_to(&q.data, self.peer).is_ok(),
+        let mut net = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((dir, data)) = net.poll_due(now) {
+            let sent = match dir {
+                Direction::ToPeer => self.far.send_to(&data, self.peer).is_ok(),
                 Direction::ToRelay => match self.relay {
-                    Some(r) => self.near.send_to(&q.data, r).is_ok(),
+                    Some(r) => self.near.send_to(&data, r).is_ok(),
                     None => false,
                 },
             };
-            st.sent += u64::from(sent);
+            if sent {
+                net.count_sent(dir);
+            }
         }
-        shared.queued = self.queue.len();
     }
 }
 
@@ -408,6 +450,41 @@ mod tests {
         assert!(out.contains(" 127.0.0.1 5000 typ host\r\n"));
         assert!(out.contains(" ::1 4001 typ host\r\n"));
         assert!(!out.contains("4000"));
+    }
+
+    #[test]
+    fn the_same_seed_and_arrivals_give_the_same_network() {
+        let t0 = Instant::now();
+        let run = |seed| {
+            let mut net = FaultNet::new(seed);
+            net.set(Direction::ToRelay, FaultSpec::lossy());
+            let mut out = Vec::new();
+            for i in 0..500u32 {
+                let at = t0 + Duration::from_millis(20) * i;
+                net.arrive(
+                    at,
+                    Direction::ToRelay,
+                    &[0x80, 111, (i >> 8) as u8, i as u8],
+                );
+                while let Some((_, d)) = net.poll_due(at) {
+                    out.push((at, d));
+                }
+            }
+            while let Some(at) = net.poll_timeout() {
+                while let Some((_, d)) = net.poll_due(at) {
+                    out.push((at, d));
+                }
+            }
+            (out, net.stats(Direction::ToRelay))
+        };
+        let (a, sa) = run(9);
+        let (b, sb) = run(9);
+        assert_eq!(a, b);
+        assert_eq!(sa, sb);
+        assert_eq!(a.len() as u64, 500 - sa.lost + sa.duplicated);
+        assert!(sa.lost > 0 && sa.duplicated > 0 && sa.reordered > 0);
+        assert!(sa.max_delay <= Duration::from_millis(120));
+        assert_ne!(run(10).1, sa, "another seed, other faults");
     }
 
     #[test]

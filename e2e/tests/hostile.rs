@@ -419,10 +419,14 @@ fn calls_survive_loss_reordering_duplication_and_jitter_and_the_stats_show_it() 
         "each delivered packet forwarded exactly once"
     );
     assert!(sip.received().iter().all(|p| payload_intact(&p.payload)));
+    // Toward Meta this loopback smoke test allows 2 % more than the injected loss: on a
+    // loaded machine the peer's own socket can overflow while its thread waits for a core.
+    // The exact accounting, both ways, is relay/tests/sim_call.rs (simulated time).
     let at_meta = distinct_forwarded_to_meta(&meta) as u64;
     let sip_sent = sip.stats().rtp_sent;
+    let expected = sip_sent - to_meta.lost_rtp;
     assert!(
-        at_meta >= sip_sent - to_meta.lost_rtp - 1 && at_meta <= sip_sent,
+        at_meta * 100 >= expected * 98 && at_meta <= sip_sent,
         "Meta got {at_meta} of {sip_sent} ({} lost on the way)",
         to_meta.lost_rtp
     );
@@ -507,7 +511,7 @@ fn at_capacity_extra_creates_are_refused_and_calls_up_keep_their_media_under_a_f
         let req = user_initiated(&format!("wacid.extra-{i}"), &extra_meta, None);
         match small.rt.block_on(engine.create_call(req)) {
             Err(e @ ApiError::Unavailable(_)) => {
-                assert!(e.to_string().contains("capacity (20 calls)"), "{e}");
+                assert!(e.to_string().contains("capacity (20 calls"), "{e}");
                 let status = relay::control::to_status(&e);
                 assert_eq!(format!("{:?}", status.code()), "Unavailable");
                 refused += 1;

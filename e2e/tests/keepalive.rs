@@ -1,7 +1,8 @@
 //! Issue 4 through the real engine over loopback, with shortened timers: the relay keeps
 //! WhatsApp fed whatever the internal leg does, clips nothing, and enforces Meta's rules inward.
 //! Timing assertions are deliberately loose (a shared 2-core machine); the exact timers are
-//! proven in simulated time in relay/src/call/tests/.
+//! proven in simulated time in relay/src/call/tests/ and, against these same peers,
+//! relay/tests/sim_call.rs.
 
 mod common;
 

@@ -65,6 +65,8 @@ pub struct Settings {
     pub port_max: Option<u16>,
     pub max_calls_per_number: u32,
     pub capacity: u32,
+    /// See [`EngineConfig::transcode_weight`].
+    pub transcode_weight: u32,
     /// Percent; see [`EngineConfig::max_shard_busy`].
     pub max_shard_busy_percent: u32,
     /// Per source IP: datagrams from addresses no call knows, at once and per second.
@@ -116,6 +118,7 @@ impl Default for Settings {
             port_max: None,
             max_calls_per_number: 1000,
             capacity: 10_000,
+            transcode_weight: crate::engine::DEFAULT_TRANSCODE_WEIGHT,
             max_shard_busy_percent: 90,
             rate_limit_burst: RateLimitConfig::default().burst,
             rate_limit_per_second: RateLimitConfig::default().per_second,
@@ -477,6 +480,8 @@ pub const KEYS: &[Key] = keys! {
         "concurrent calls per business number (Meta's limit is 1000)";
     "capacity" => capacity: Int(1, u32::MAX as u64),
         "calls this relay admits in total; /readyz turns 503 at it";
+    "transcode_weight" => transcode_weight: Int(1, 1000),
+        "a transcoded call (voice bot) counts as this many calls toward capacity and shard choice";
     "max_shard_busy_percent" => max_shard_busy_percent: Int(1, 100),
         "refuse new calls (UNAVAILABLE, /readyz 503) while every shard worked at least this share of the last second; 100 = never";
     "rate_limit_burst" => rate_limit_burst: Int(1, u32::MAX as u64),
@@ -543,6 +548,8 @@ pub const KEYS: &[Key] = keys! {
         "the internal leg silent this long raises an internal_leg_silent event";
     "call.keep_dtls_state" => call.keep_dtls_state: Bool,
         "keep the WhatsApp leg's DTLS state after the handshake (reads Meta's close_notify; ~10 KiB a call)";
+    "call.offer_g711" => call.offer_g711: Bool,
+        "offer PCMU/PCMA after Opus to internal peers (the relay transcodes if they pick G.711)";
     "call.end_on_internal_silence" => call.end_on_internal_silence: Bool,
         "... and ends the call (cause internal_leg_timeout)";
     "call.one_way_timeout" => call.one_way_timeout: Dur,
@@ -927,6 +934,7 @@ impl Settings {
             },
             max_calls_per_number: self.max_calls_per_number,
             capacity: self.capacity,
+            transcode_weight: self.transcode_weight,
             max_shard_busy: f64::from(self.max_shard_busy_percent) / 100.0,
             call: self.call.clone(),
             recording: self.recording.clone(),

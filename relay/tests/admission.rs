@@ -84,3 +84,77 @@ fn load_reports_packets_per_second_and_busy_per_shard() {
     assert_eq!(load.active_calls, 1);
     e.shutdown();
 }
+
+/// A WebSocket server that accepts every upgrade and holds the connection, reading until the
+/// relay closes it: the least a bot must do for a call to exist.
+fn silent_bot(rt: &tokio::runtime::Runtime) -> u16 {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                    use futures_util::StreamExt;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            });
+        }
+    });
+    port
+}
+
+fn bot_call(id: &str, port: u16) -> CreateCall {
+    let mut req = bic(id);
+    req.internal = InternalLegSpec {
+        kind: relay::api::InternalKind::WebSocket(std::sync::Arc::new(relay::bot::BotTarget {
+            url: format!("ws://127.0.0.1:{port}/bot"),
+            headers: vec![],
+            custom_parameters: vec![],
+            format: relay::bot::MediaFormat::Mulaw8k,
+        })),
+        ..InternalLegSpec::default()
+    };
+    req
+}
+
+/// A voice-bot call decodes and encodes Opus on its shard every 20 ms: admission counts it as
+/// `transcode_weight` forwarded calls against `capacity`, and gives the weight back when it
+/// ends.
+#[test]
+fn a_transcoded_call_counts_at_its_weight_against_capacity() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = Engine::start(EngineConfig {
+        shards: 2,
+        capacity: 12,
+        transcode_weight: 10,
+        max_shard_busy: 1.0,
+        ..EngineConfig::default()
+    })
+    .expect("engine starts");
+    let port = silent_bot(&rt);
+    let create = |req| rt.block_on(e.create_call(req));
+    create(bot_call("wacid.bot1", port)).expect("a bot call: 10 of 12");
+    create(bic("wacid.f1")).expect("11 of 12");
+    create(bic("wacid.f2")).expect("12 of 12");
+    let full = create(bic("wacid.f3"));
+    assert!(
+        matches!(&full, Err(ApiError::Unavailable(m)) if m.contains("capacity")),
+        "{full:?}"
+    );
+    rt.block_on(e.terminate("wacid.f2".into(), "test".into()))
+        .expect("terminate");
+    // 11 of 12: a forwarded call fits, a second bot (10 more) does not.
+    let bot2 = create(bot_call("wacid.bot2", port));
+    assert!(
+        matches!(&bot2, Err(ApiError::Unavailable(m)) if m.contains("transcoded call counts as 10")),
+        "{bot2:?}"
+    );
+    // The bot call ending gives its weight back: 1 of 12, so the second bot fits.
+    rt.block_on(e.terminate("wacid.bot1".into(), "test".into()))
+        .expect("terminate");
+    create(bot_call("wacid.bot2", port)).expect("a bot call after the first ended");
+    assert_eq!(e.active_calls(), 2);
+    e.shutdown();
+}

@@ -220,8 +220,24 @@ struct Pair {
     dest: [SocketAddr; 2],
 }
 
-/// Waits for readiness; `false` on a fatal poll error. Counts the epoll_wait.
-fn wait(poll: &mut Poll, events: &mut Events, syscalls: &mut u64) -> bool {
+/// `LOADTEST_RAW_BATCH_US`: sleep this long before each wait, so a wake-up finds the
+/// datagrams of that span together, as the relay's io_uring driver gathers completions for
+/// `batch_wait_us` (its default 200 µs) before waking. 0 (the default): wake per readiness.
+/// Read once per forwarder (benchmarks: the ceiling with the same batching as the relay).
+fn batch_sleep() -> Duration {
+    std::env::var("LOADTEST_RAW_BATCH_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_micros)
+}
+
+/// Waits for readiness; `false` on a fatal poll error. Counts the epoll_wait (and the sleep
+/// before it, with [`batch_sleep`]).
+fn wait(poll: &mut Poll, events: &mut Events, syscalls: &mut u64, batch: Duration) -> bool {
+    if !batch.is_zero() {
+        *syscalls += 1;
+        std::thread::sleep(batch);
+    }
     *syscalls += 1;
     match poll.poll(events, Some(Duration::from_millis(100))) {
         Ok(()) => true,
@@ -235,8 +251,9 @@ fn run_per_leg(mut poll: Poll, commands: Receiver<RawCmd>, published: &AtomicU64
     let mut free: Vec<usize> = Vec::new();
     let mut batch = ForwardBatch::new();
     let mut waits = 0u64;
+    let pause = batch_sleep();
     loop {
-        if !wait(&mut poll, &mut events, &mut waits) {
+        if !wait(&mut poll, &mut events, &mut waits, pause) {
             return;
         }
         for ev in events.iter() {
@@ -342,8 +359,9 @@ fn run_single(
     let mut calls: HashMap<u64, [SocketAddr; 2]> = HashMap::new();
     let mut batch = ForwardBatch::new();
     let mut waits = 0u64;
+    let pause = batch_sleep();
     loop {
-        if !wait(&mut poll, &mut events, &mut waits) {
+        if !wait(&mut poll, &mut events, &mut waits, pause) {
             return;
         }
         let mut commands_waiting = false;

@@ -23,8 +23,9 @@ use crate::bot::client::BotAttach;
 use crate::bot::link::{AudioFrame, Closed, MAX_FRAME_BYTES, ShardEnd, Up};
 use crate::bot::playout::{Playout, PlayoutStats};
 use crate::bot::protocol::MediaFormat;
-use crate::call::Call;
+use crate::call::legs::dtmf_digit;
 use crate::call::stats::DropReason;
+use crate::call::{Call, INT, Transport};
 use crate::codec::g711;
 use crate::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use crate::codec::transcoder::{OpusToPcm, PcmFormat};
@@ -36,8 +37,10 @@ use crate::wire::rtp;
 const PACKET: usize = 1500;
 const MAX_OPUS_FRAME: usize = 1000;
 
-/// The bot leg's state on the shard.
-pub(crate) struct BotLeg {
+/// The bot leg's state on the shard: the internal leg's [`Transport::Bot`].
+///
+/// [`Transport::Bot`]: crate::call::Transport::Bot
+pub struct BotLeg {
     end: ShardEnd,
     playout: Playout,
     format: MediaFormat,
@@ -61,6 +64,11 @@ impl BotLeg {
     pub(crate) fn playout_stats(&self) -> PlayoutStats {
         self.playout.stats()
     }
+
+    /// The next playout tick.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.playout.poll_timeout()
+    }
 }
 
 impl Call {
@@ -83,7 +91,7 @@ impl Call {
         let to_wa = OpusEncoder::new(rate, OpusEncoderConfig::toward_whatsapp()).map_err(codec)?;
         let mut playout = Playout::new(bot.format);
         playout.start(now);
-        self.bot = Some(Box::new(BotLeg {
+        self.legs[INT].transport = Transport::Bot(Box::new(BotLeg {
             end: bot.end,
             playout,
             format: bot.format,
@@ -98,7 +106,7 @@ impl Call {
             stream_sid: bot.stream_sid,
             codec_errors: 0,
         }));
-        self.first_media_from_internal = false;
+        self.legs[INT].first_media_in = false;
         let (gate, rest) = (self.gate_deadline(), self.rest_deadline());
         self.deadlines.set(gate, rest);
         Ok(())
@@ -107,7 +115,7 @@ impl Call {
     /// WhatsApp → bot: one authenticated, parsed RTP packet (`payload` after its header).
     /// `opus`: Opus, else telephone-event (the caller checked it is one of the two).
     pub(super) fn bot_from_whatsapp(&mut self, hdr: &rtp::RtpHeader, payload: &[u8], opus: bool) {
-        let Some(bot) = self.bot.as_deref_mut() else {
+        let Some(bot) = self.legs[INT].bot_mut() else {
             return;
         };
         if !opus {
@@ -165,22 +173,18 @@ impl Call {
             .is_err()
         {
             *codec_errors += 1;
-            return self.internal.counters.drop(DropReason::Malformed);
+            return self.legs[INT].counters.drop(DropReason::Malformed);
         }
         if sent > 0 {
-            self.internal.tx.count_sent(sent);
+            self.legs[INT].tx.count_sent(sent);
         }
-    }
-
-    /// The bot leg's next tick, if any.
-    pub(super) fn bot_deadline(&self) -> Option<Instant> {
-        self.bot.as_deref().and_then(|b| b.playout.poll_timeout())
     }
 
     /// Bot → WhatsApp: play what is due, or end the call if the WebSocket ended.
     pub(super) fn bot_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
         let can_play = self.wa_can_send();
-        let Some(bot) = self.bot.as_deref_mut() else {
+        let opus_pt = self.legs[INT].opus_pt;
+        let Some(bot) = self.legs[INT].bot_mut() else {
             return;
         };
         if let Some(why) = bot.end.closed() {
@@ -196,7 +200,6 @@ impl Call {
         let mut packets = [[0u8; PACKET]; crate::bot::playout::MAX_CATCH_UP as usize];
         let mut lens = [0usize; crate::bot::playout::MAX_CATCH_UP as usize];
         let mut count = 0;
-        let opus_pt = self.internal.opus_pt;
         let BotLeg {
             end,
             playout,
@@ -251,30 +254,27 @@ impl Call {
         for (pkt, &n) in packets.iter_mut().zip(&lens).take(count) {
             match rtp::parse(&pkt[..n]) {
                 Ok(hdr) => self.accept_internal_rtp(now, pkt, n, hdr, out),
-                Err(_) => self.internal.counters.drop(DropReason::Malformed),
+                Err(_) => self.legs[INT].counters.drop(DropReason::Malformed),
             }
         }
     }
 
+    /// The call runs codec work on its shard (a voice-bot leg, or a G.711 internal leg: Opus
+    /// decode and encode every 20 ms), so admission counts it at its cost
+    /// (`EngineConfig::transcode_weight`).
+    pub fn transcodes(&self) -> bool {
+        self.legs[INT].bot().is_some() || self.legs[INT].transcode.is_some()
+    }
+
     /// The bot leg's playout counters (tests, logs).
     pub fn bot_playout_stats(&self) -> Option<PlayoutStats> {
-        self.bot.as_deref().map(BotLeg::playout_stats)
+        self.legs[INT].bot().map(BotLeg::playout_stats)
     }
 
     /// The bot leg's `streamSid`, if the internal leg is a bot.
     pub fn bot_stream_sid(&self) -> Option<&str> {
-        self.bot.as_deref().map(|b| b.stream_sid.as_str())
+        self.legs[INT].bot().map(|b| b.stream_sid.as_str())
     }
-}
-
-fn dtmf_digit(event: u8) -> Option<char> {
-    Some(match event {
-        0..=9 => (b'0' + event) as char,
-        10 => '*',
-        11 => '#',
-        12..=15 => (b'A' + event - 12) as char,
-        _ => return None,
-    })
 }
 
 /// `d` in 48 kHz RTP clock units (wrapping, as RTP timestamps do).

@@ -84,6 +84,10 @@ pub struct CallConfig {
     /// the call (`peer_closed`). Off by default: the state is ~10 KiB a call, Meta's hang-up
     /// arrives as a webhook anyway, and the media timeouts catch a peer that vanished.
     pub keep_dtls_state: bool,
+    /// When the relay offers first to a plain-RTP/SDES internal peer, list PCMU and PCMA after
+    /// Opus, so a media server without Opus can answer with G.711 (then the relay transcodes,
+    /// see call/transcode.rs). Off: offer Opus only, as a pure forwarder.
+    pub offer_g711: bool,
 }
 
 impl Default for CallConfig {
@@ -107,6 +111,7 @@ impl Default for CallConfig {
             end_on_internal_silence: false,
             one_way_timeout: Duration::from_secs(10),
             keep_dtls_state: false,
+            offer_g711: true,
             answer_timeout: Duration::from_secs(90),
             accept_timeout: Duration::from_secs(90),
             max_call_duration: Duration::from_secs(4 * 3600),

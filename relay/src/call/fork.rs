@@ -17,15 +17,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::api::{
-    ApiError, CallEventKind, EndCause, LegKind, ListenChange, ListenMode, ListenStatus,
-    RecordingChange, RecordingFiles, RecordingState, RecordingStatus,
+    CallEventKind, EndCause, LegKind, ListenChange, ListenMode, ListenStatus, RecordingChange,
+    RecordingFiles, RecordingState, RecordingStatus,
 };
 use crate::listen::{ListenParams, ListenSession, STOPPED_BY_REQUEST};
 use crate::net::{Outbox, SocketRef};
 use crate::record::{Ctrl, Direction, Note, OpenRecording, RecorderLink, clock_at};
 use crate::wire::rtp::RtpHeader;
 
-use super::Call;
+use super::{Call, CallError};
 
 /// What the engine asks of a call's recording. `Start` carries the files, already created on
 /// the control plane (never on a shard).
@@ -273,11 +273,12 @@ impl Call {
         &mut self,
         req: RecordRequest,
         now: Instant,
-    ) -> Result<Option<RecordingStatus>, ApiError> {
+    ) -> Result<Option<RecordingStatus>, CallError> {
         self.forks.tick(now);
         let forks = &mut self.forks;
-        let not_recording =
-            || ApiError::FailedPrecondition(format!("call {} is not being recorded", self.call_id));
+        let not_recording = || {
+            CallError::FailedPrecondition(format!("call {} is not being recorded", self.call_id))
+        };
         let (change, status) = match req {
             RecordRequest::Status => {
                 return Ok(match forks.recording.as_deref() {
@@ -290,7 +291,7 @@ impl Call {
                     return Ok(Some(r.status(r.state())));
                 }
                 if self.ended.is_some() {
-                    return Err(ApiError::FailedPrecondition(format!(
+                    return Err(CallError::FailedPrecondition(format!(
                         "call {} has ended; it cannot be recorded",
                         self.call_id
                     )));
@@ -347,7 +348,7 @@ impl Call {
         req: ListenRequest,
         now: Instant,
         out: &mut impl Outbox,
-    ) -> Result<Option<ListenStatus>, ApiError> {
+    ) -> Result<Option<ListenStatus>, CallError> {
         self.forks.tick(now);
         let result = match req {
             ListenRequest::Status => Ok(self.listen_status()),
@@ -371,7 +372,7 @@ impl Call {
                     return Ok(Some(l.status()));
                 }
                 if self.ended.is_some() {
-                    return Err(ApiError::FailedPrecondition(format!(
+                    return Err(CallError::FailedPrecondition(format!(
                         "call {} has ended; it cannot be listened to",
                         self.call_id
                     )));
@@ -388,7 +389,7 @@ impl Call {
                     },
                     now,
                 )
-                .map_err(|e| ApiError::InvalidArgument(format!("the supervisor's offer: {e}")))?;
+                .map_err(|e| CallError::InvalidArgument(format!("the supervisor's offer: {e}")))?;
                 // The supervisor reloaded: the old session gives way to the new offer.
                 if let Some(old) = self.forks.listen.as_deref_mut() {
                     old.stop("replaced by a new offer", out);

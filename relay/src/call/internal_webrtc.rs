@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::EndCause;
-use crate::call::legs::InternalLeg;
+use crate::call::INT;
+use crate::call::legs::{Leg, Transport};
 use crate::call::stats::DropReason;
 use crate::call::{Call, CallConfig};
 use crate::dtls::{DtlsConfig, DtlsDriver, DtlsEvent, DtlsIdentity, DtlsRole, Fingerprint};
 use crate::ice::{IceConfig, IceCredentials, IceEvent, LiteAgent};
-use crate::net::{Outbox, SocketRef};
+use crate::net::Outbox;
 use crate::sdp::{Setup, WebRtcRemote};
 use crate::srtp::SrtpSession;
 use crate::wire::stun;
@@ -98,7 +99,7 @@ pub fn our_setup_after_answer(theirs: Setup) -> Result<Setup, &'static str> {
 /// nominated a pair (its checks can beat its answer through the signaling tier), the
 /// handshake starts at once.
 pub fn apply_remote(
-    leg: &mut InternalLeg,
+    leg: &mut Leg,
     remote: &WebRtcRemote,
     ours: Setup,
     identity: Arc<DtlsIdentity>,
@@ -108,7 +109,7 @@ pub fn apply_remote(
     leg.opus_pt = remote.opus_pt;
     leg.te_pt = remote.telephone_event_pt;
     let connected = leg.remote.is_some();
-    let Some(w) = leg.webrtc.as_mut() else {
+    let Some(w) = leg.webrtc_mut() else {
         return;
     };
     w.ice.set_remote_credentials(IceCredentials {
@@ -142,29 +143,28 @@ impl Call {
         data: &[u8],
         out: &mut impl Outbox,
     ) {
-        let Some(w) = self.internal.webrtc.as_mut() else {
-            return self.internal.counters.drop(DropReason::Unexpected);
+        let via = self.legs[INT].via;
+        let Some(w) = self.legs[INT].webrtc_mut() else {
+            return self.legs[INT].counters.drop(DropReason::Unexpected);
         };
         match stun::parse(data) {
-            Ok(msg) => w
-                .ice
-                .handle_stun(now, SocketRef::Internal, from, &msg, data, out),
-            Err(_) => self.internal.counters.drop(DropReason::Malformed),
+            Ok(msg) => w.ice.handle_stun(now, via, from, &msg, data, out),
+            Err(_) => self.legs[INT].counters.drop(DropReason::Malformed),
         }
     }
 
     /// A DTLS record from the nominated pair (the caller checked the source).
     pub(super) fn on_internal_dtls(&mut self, now: Instant, data: &[u8]) {
-        match self.internal.webrtc.as_mut().and_then(|w| w.dtls.as_mut()) {
+        match self.legs[INT].webrtc_mut().and_then(|w| w.dtls.as_mut()) {
             Some(dtls) => dtls.handle_datagram(now, data),
             // The browser's answer has not reached us yet; it retransmits.
-            None => self.internal.counters.drop(DropReason::NotReady),
+            None => self.legs[INT].counters.drop(DropReason::NotReady),
         }
     }
 
     /// Timers of the leg: the connect deadline, DTLS retransmission, consent.
     pub(super) fn internal_webrtc_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
-        let Some(w) = self.internal.webrtc.as_mut() else {
+        let Some(w) = self.legs[INT].webrtc_mut() else {
             return;
         };
         w.ice.handle_timeout(now, out);
@@ -181,7 +181,7 @@ impl Call {
     /// Once the browser nominated a pair: its last consent check or media packet, whichever
     /// is later, plus `webrtc_idle_timeout`.
     pub(super) fn webrtc_idle_deadline(&self) -> Option<Instant> {
-        let last_check = self.internal.webrtc.as_ref()?.ice.last_consent()?;
+        let last_check = self.legs[INT].webrtc()?.ice.last_consent()?;
         let last = self
             .watchdog
             .last_internal_media()
@@ -192,7 +192,7 @@ impl Call {
     /// After any input: follow the browser's nomination, flush handshake flights to it, and
     /// install the SRTP keys when DTLS completes.
     pub(super) fn process_internal_webrtc(&mut self, now: Instant, out: &mut impl Outbox) {
-        if self.internal.webrtc.is_none() {
+        if self.legs[INT].webrtc().is_none() {
             return;
         }
         self.follow_internal_ice(now);
@@ -202,20 +202,20 @@ impl Call {
     }
 
     fn follow_internal_ice(&mut self, now: Instant) {
-        let Some(w) = self.internal.webrtc.as_mut() else {
-            return;
-        };
-        while let Some(ev) = w.ice.poll_event() {
+        while let Some(ev) = self.legs[INT].webrtc_mut().and_then(|w| w.ice.poll_event()) {
+            let leg = &mut self.legs[INT];
             match ev {
                 IceEvent::Connected { remote, .. } => {
-                    self.internal.remote = Some(remote);
-                    w.connect_by = None;
-                    if let Some(dtls) = w.dtls.as_mut() {
-                        dtls.start(now);
+                    leg.remote = Some(remote);
+                    if let Some(w) = leg.webrtc_mut() {
+                        w.connect_by = None;
+                        if let Some(dtls) = w.dtls.as_mut() {
+                            dtls.start(now);
+                        }
                     }
                 }
                 // The browser moved (or nominated a better pair): follow it.
-                IceEvent::SelectedPairChanged { remote, .. } => self.internal.remote = Some(remote),
+                IceEvent::SelectedPairChanged { remote, .. } => leg.remote = Some(remote),
                 IceEvent::ConsentLost | IceEvent::Failed => {
                     self.end(EndCause::InternalLegFailed);
                     return;
@@ -226,21 +226,30 @@ impl Call {
 
     /// Send queued DTLS flights to the browser and act on the handshake's events.
     fn flush_internal_dtls(&mut self, out: &mut impl Outbox) {
-        let internal = &mut self.internal;
-        let Some(dtls) = internal.webrtc.as_mut().and_then(|w| w.dtls.as_mut()) else {
+        let Leg {
+            transport: Transport::WebRtc(w),
+            remote,
+            srtp,
+            via,
+            ..
+        } = &mut self.legs[INT]
+        else {
             return;
         };
-        if let Some(to) = internal.remote {
+        let Some(dtls) = w.dtls.as_mut() else {
+            return;
+        };
+        if let Some(to) = *remote {
             let mut scratch = [0u8; 1500];
             while let Some(n) = dtls.poll_transmit(&mut scratch) {
-                out.push(SocketRef::Internal, to, &scratch[..n]);
+                out.push(*via, to, &scratch[..n]);
             }
         }
         while let Some(ev) = dtls.poll_event() {
             let cause = match ev {
                 DtlsEvent::Connected { keys, .. } => match SrtpSession::new(&keys) {
                     Ok(s) => {
-                        internal.srtp = Some(Box::new(s));
+                        *srtp = Some(Box::new(s));
                         continue;
                     }
                     Err(_) => EndCause::InternalLegFailed,

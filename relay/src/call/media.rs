@@ -19,7 +19,8 @@ use crate::call::gate::{FillView, Route};
 use crate::call::legs::{OPUS_CLOCK, srtp_drop_reason};
 use crate::call::rewrite::{Rewritten, Source};
 use crate::call::stats::DropReason;
-use crate::call::{Call, fill};
+use crate::call::{Call, LegId, fill};
+use crate::call::{INT, WA};
 use crate::net::{Outbox, SocketRef};
 use crate::record::Direction;
 use crate::wire::classify::{PacketKind, classify};
@@ -43,35 +44,37 @@ impl Call {
         out: &mut impl Outbox,
     ) {
         let Some(data) = buf.get(..len) else {
-            return self.wa.counters.drop(DropReason::Malformed);
+            return self.legs[WA].counters.drop(DropReason::Malformed);
         };
         match classify(data) {
             PacketKind::Stun => {
                 self.fed_control = true;
-                let Some(ice) = self.wa.ice.as_mut() else {
-                    return self.wa.counters.drop(DropReason::Unexpected);
+                let Some(ice) = self.legs[WA].ice_mut() else {
+                    return self.legs[WA].counters.drop(DropReason::Unexpected);
                 };
                 match stun::parse(data) {
-                    Ok(msg) => ice.handle_stun(now, via, from, &msg, data, out),
-                    Err(_) => self.wa.counters.drop(DropReason::Malformed),
+                    Ok(msg) => ice.agent.handle_stun(now, via, from, &msg, data, out),
+                    Err(_) => self.legs[WA].counters.drop(DropReason::Malformed),
                 }
             }
             PacketKind::Dtls => {
                 self.fed_control = true;
-                if !self.wa.accepts(via, from) {
-                    return self.wa.counters.drop(DropReason::BadSource);
+                if !self.legs[WA].accepts(via, from) {
+                    return self.legs[WA].counters.drop(DropReason::BadSource);
                 }
-                match self.wa.dtls.as_mut() {
+                match self.legs[WA].dtls_mut() {
                     // After the handshake state was freed (a late retransmission, or a
                     // close_notify, which only `call.keep_dtls_state` would read).
-                    Some(dtls) if dtls.is_released() => self.wa.counters.drop(DropReason::LateDtls),
+                    Some(dtls) if dtls.is_released() => {
+                        self.legs[WA].counters.drop(DropReason::LateDtls)
+                    }
                     Some(dtls) => dtls.handle_datagram(now, data),
-                    None => self.wa.counters.drop(DropReason::Unexpected),
+                    None => self.legs[WA].counters.drop(DropReason::Unexpected),
                 }
             }
             PacketKind::Rtp => self.forward_to_internal(now, via, from, buf, len, out),
             PacketKind::Rtcp => self.consume_whatsapp_rtcp(now, via, from, buf, len),
-            PacketKind::Unknown => self.wa.counters.drop(DropReason::Malformed),
+            PacketKind::Unknown => self.legs[WA].counters.drop(DropReason::Malformed),
         }
     }
 
@@ -85,7 +88,7 @@ impl Call {
         len: usize,
         out: &mut impl Outbox,
     ) {
-        let wa = &mut self.wa;
+        let wa = &mut self.legs[WA];
         if !wa.accepts(via, from) {
             return wa.counters.drop(DropReason::BadSource);
         }
@@ -111,8 +114,8 @@ impl Call {
                 rtp_clock_at(now, self.created_mono),
             );
         self.watchdog.on_whatsapp_rtp(now);
-        if !self.first_media_from_wa {
-            self.first_media_from_wa = true;
+        if !self.legs[WA].first_media_in {
+            self.legs[WA].first_media_in = true;
             self.events.push_back(CallEventKind::FirstMedia {
                 from: LegKind::WhatsApp,
             });
@@ -120,36 +123,40 @@ impl Call {
             // handshake state (a client already did when it connected).
             self.release_wa_dtls();
         }
-        let opus = hdr.payload_type == self.wa.opus_pt;
+        let opus = hdr.payload_type == self.legs[WA].opus_pt;
         (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus, out);
+        if self.legs[INT].transcode.is_some() {
+            // A G.711 internal leg: decode, compand, send (call/transcode.rs).
+            return self.transcode_to_internal(now, &hdr, &buf[..n], out);
+        }
 
         // Payload type map: WhatsApp's PTs → the internal leg's.
-        let out_pt = if hdr.payload_type == self.wa.opus_pt {
-            self.internal.opus_pt
-        } else if Some(hdr.payload_type) == self.wa.te_pt {
-            let Some(pt) = self.internal.te_pt else {
-                return self.wa.counters.drop(DropReason::UnknownPayloadType);
+        let out_pt = if hdr.payload_type == self.legs[WA].opus_pt {
+            self.legs[INT].opus_pt
+        } else if Some(hdr.payload_type) == self.legs[WA].te_pt {
+            let Some(pt) = self.legs[INT].te_pt else {
+                return self.legs[WA].counters.drop(DropReason::UnknownPayloadType);
             };
             self.note_dtmf(LegKind::WhatsApp, &buf[hdr.header_len..n], hdr.timestamp);
             pt
         } else {
-            return self.wa.counters.drop(DropReason::UnknownPayloadType);
+            return self.legs[WA].counters.drop(DropReason::UnknownPayloadType);
         };
-        if self.bot.is_some() {
+        if self.legs[INT].bot().is_some() {
             let payload_end = hdr.header_len + hdr.payload_len;
             let Some(payload) = buf.get(hdr.header_len..payload_end.min(n)) else {
-                return self.wa.counters.drop(DropReason::Malformed);
+                return self.legs[WA].counters.drop(DropReason::Malformed);
             };
             return self.bot_from_whatsapp(&hdr, payload, opus);
         }
 
-        let internal = &mut self.internal;
+        let internal = &mut self.legs[INT];
         let Some(dst) = internal.send_target() else {
             return internal.counters.drop(DropReason::NotReady);
         };
         // The internal leg negotiated no header extensions (Meta may send transport-cc).
         let Ok(n) = rtp::strip_extensions_and_csrc(buf, n) else {
-            return self.wa.counters.drop(DropReason::Malformed);
+            return self.legs[WA].counters.drop(DropReason::Malformed);
         };
         let payload_len = n - RTP_HEADER_LEN;
         // Never `Late`: nothing generates packets toward the internal leg.
@@ -174,7 +181,7 @@ impl Call {
             },
             None => n,
         };
-        out.push(SocketRef::Internal, dst, &buf[..n]);
+        out.push(internal.via, dst, &buf[..n]);
         internal.tx.count_sent(payload_len);
     }
 
@@ -186,7 +193,7 @@ impl Call {
         buf: &mut [u8],
         len: usize,
     ) {
-        let wa = &mut self.wa;
+        let wa = &mut self.legs[WA];
         if !wa.accepts(via, from) {
             return wa.counters.drop(DropReason::BadSource);
         }
@@ -199,13 +206,8 @@ impl Call {
         };
         self.watchdog.on_whatsapp_rtcp(now);
         let ntp = self.ntp_at(now);
-        Self::read_reports(
-            &mut self.wa.counters,
-            self.wa.tx.ssrc(),
-            &buf[..n],
-            now,
-            ntp,
-        );
+        let wa = &mut self.legs[WA];
+        Self::read_reports(&mut wa.counters, wa.tx.ssrc(), &buf[..n], now, ntp);
     }
 
     pub(super) fn on_internal_datagram(
@@ -217,36 +219,36 @@ impl Call {
         out: &mut impl Outbox,
     ) {
         let Some(data) = buf.get(..len) else {
-            return self.internal.counters.drop(DropReason::Malformed);
+            return self.legs[INT].counters.drop(DropReason::Malformed);
         };
         let kind = classify(data);
         // A browser's checks come from any of its candidates: the ICE-lite agent judges them.
-        if kind == PacketKind::Stun && self.internal.webrtc.is_some() {
+        if kind == PacketKind::Stun && self.legs[INT].webrtc().is_some() {
             self.fed_control = true;
             return self.on_internal_stun(now, from, data, out);
         }
-        if !self.internal.accept_source(from) {
-            return self.internal.counters.drop(DropReason::BadSource);
+        if !self.legs[INT].accept_source(from) {
+            return self.legs[INT].counters.drop(DropReason::BadSource);
         }
         match kind {
             PacketKind::Rtp => self.forward_to_whatsapp(now, buf, len, out),
             PacketKind::Rtcp => {
-                let n = match self.internal.unprotect_rtcp(&mut buf[..len]) {
+                let n = match self.legs[INT].unprotect_rtcp(&mut buf[..len]) {
                     Ok(n) => n,
-                    Err(reason) => return self.internal.counters.drop(reason),
+                    Err(reason) => return self.legs[INT].counters.drop(reason),
                 };
-                let ssrc = self.internal.tx.ssrc();
+                let ssrc = self.legs[INT].tx.ssrc();
                 let ntp = self.ntp_at(now);
-                Self::read_reports(&mut self.internal.counters, ssrc, &buf[..n], now, ntp);
+                Self::read_reports(&mut self.legs[INT].counters, ssrc, &buf[..n], now, ntp);
             }
-            PacketKind::Dtls if self.internal.webrtc.is_some() => {
+            PacketKind::Dtls if self.legs[INT].webrtc().is_some() => {
                 self.fed_control = true;
                 self.on_internal_dtls(now, &buf[..len])
             }
-            PacketKind::Unknown => self.internal.counters.drop(DropReason::Malformed),
+            PacketKind::Unknown => self.legs[INT].counters.drop(DropReason::Malformed),
             // STUN/DTLS belong to a WebRTC internal leg, which this leg kind is not.
             PacketKind::Stun | PacketKind::Dtls => {
-                self.internal.counters.drop(DropReason::Unexpected)
+                self.legs[INT].counters.drop(DropReason::Unexpected)
             }
         }
     }
@@ -259,7 +261,7 @@ impl Call {
         len: usize,
         out: &mut impl Outbox,
     ) {
-        let internal = &mut self.internal;
+        let internal = &mut self.legs[INT];
         let n = match internal.unprotect_rtp(&mut buf[..len]) {
             Ok(n) => n,
             Err(reason) => return internal.counters.drop(reason),
@@ -292,8 +294,13 @@ impl Call {
         hdr: rtp::RtpHeader,
         out: &mut impl Outbox,
     ) {
-        let internal = &mut self.internal;
+        let internal = &mut self.legs[INT];
         internal.arrivals.on_packet(now, self.cfg.fill_after_max);
+        // Jitter (RFC 3550 A.8) in the leg's own clock units: 8 kHz for a G.711 leg.
+        let arrival = crate::call::rewrite::clock_units(
+            now.saturating_duration_since(self.created_mono),
+            internal.clock_rate(),
+        );
         internal.counters.rx_packets += 1;
         internal.counters.rx_bytes += n as u64;
         internal.counters.remote_ssrc = Some(hdr.ssrc);
@@ -301,20 +308,20 @@ impl Call {
             .counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(
-                hdr.sequence,
-                hdr.timestamp,
-                rtp_clock_at(now, self.created_mono),
-            );
+            .update(hdr.sequence, hdr.timestamp, arrival);
         self.watchdog.on_internal_rtp(now);
-        if !self.first_media_from_internal {
-            self.first_media_from_internal = true;
+        if !self.legs[INT].first_media_in {
+            self.legs[INT].first_media_in = true;
             self.events.push_back(CallEventKind::FirstMedia {
                 from: LegKind::Internal,
             });
         }
-        if Some(hdr.payload_type) == self.internal.te_pt {
+        if Some(hdr.payload_type) == self.legs[INT].te_pt {
             self.note_dtmf(LegKind::Internal, &buf[hdr.header_len..n], hdr.timestamp);
+        }
+        if self.legs[INT].transcode.is_some() {
+            // A G.711 internal leg: re-frame, Opus-encode, then the gate (call/transcode.rs).
+            return self.transcode_to_whatsapp(now, &hdr, &buf[..n], out);
         }
 
         // The gate: nothing reaches WhatsApp before accept, and nothing overtakes held media.
@@ -334,22 +341,22 @@ impl Call {
         hdr: rtp::RtpHeader,
         out: &mut impl Outbox,
     ) {
-        let opus = hdr.payload_type == self.internal.opus_pt;
+        let opus = hdr.payload_type == self.legs[INT].opus_pt;
         (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus, out);
-        let out_pt = if hdr.payload_type == self.internal.opus_pt {
-            self.wa.opus_pt
+        let out_pt = if hdr.payload_type == self.legs[INT].opus_pt {
+            self.legs[WA].opus_pt
         } else {
-            match self.wa.te_pt {
+            match self.legs[WA].te_pt {
                 Some(pt) => pt,
-                None => return self.internal.counters.drop(DropReason::UnknownPayloadType),
+                None => return self.legs[INT].counters.drop(DropReason::UnknownPayloadType),
             }
         };
-        let wa = &mut self.wa;
-        let (Some((via, to)), Some(srtp)) = (wa.selected, wa.srtp.as_mut()) else {
+        let wa = &mut self.legs[WA];
+        let (Some((via, to)), Some(srtp)) = (wa.path(), wa.srtp.as_mut()) else {
             return wa.counters.drop(DropReason::NotReady);
         };
         let Ok(n) = rtp::strip_extensions_and_csrc(buf, n) else {
-            return self.internal.counters.drop(DropReason::Malformed);
+            return self.legs[INT].counters.drop(DropReason::Malformed);
         };
         let Ok(rw) = wa.tx.next(
             Source::Forwarded {
@@ -361,7 +368,7 @@ impl Call {
             now,
         ) else {
             // Silence already stood in for this packet's 20 ms.
-            return self.internal.counters.drop(DropReason::Late);
+            return self.legs[INT].counters.drop(DropReason::Late);
         };
         if rewrite_header(buf, out_pt, hdr.marker || rw.marker, rw).is_err() {
             return wa.counters.drop(DropReason::Malformed);
@@ -387,8 +394,8 @@ impl Call {
     /// One generated 20 ms Opus silence frame to WhatsApp (maiden packet and fill), standing
     /// for the grid time `slot` (numbered for it), sent now.
     pub(super) fn send_silence(&mut self, slot: Instant, out: &mut impl Outbox) {
-        let wa = &mut self.wa;
-        let (Some((via, to)), Some(srtp)) = (wa.selected, wa.srtp.as_mut()) else {
+        let wa = &mut self.legs[WA];
+        let (Some((via, to)), Some(srtp)) = (wa.path(), wa.srtp.as_mut()) else {
             return;
         };
         let Ok(rw) = wa.tx.next(Source::Generated, slot) else {
@@ -422,9 +429,9 @@ impl Call {
     pub(super) fn fill_view(&self) -> FillView<'_> {
         FillView {
             can_send: self.wa_can_send(),
-            last_sent: self.wa.tx.last_sent_at(),
+            last_sent: self.legs[WA].tx.last_sent_at(),
             last_internal: self.watchdog.last_internal_media(),
-            arrivals: &self.internal.arrivals,
+            arrivals: &self.legs[INT].arrivals,
         }
     }
 
@@ -462,33 +469,17 @@ impl Call {
         if let Some(n) = self.gate.pop_due(now, &self.cfg, &mut pkt) {
             match rtp::parse(&pkt[..n]) {
                 Ok(hdr) => self.send_to_whatsapp(now, &mut pkt, n, hdr, out),
-                Err(_) => self.internal.counters.drop(DropReason::Malformed),
+                Err(_) => self.legs[INT].counters.drop(DropReason::Malformed),
             }
         }
     }
 
     /// RFC 4733: report a digit once per event (the first packet with a new timestamp).
-    fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
-        let idx = match leg {
-            LegKind::WhatsApp => 0,
-            LegKind::Internal => 1,
-        };
-        let Some(&event) = payload.first() else {
-            return;
-        };
-        if self.last_dtmf_ts[idx] == Some(ts) {
-            return;
+    pub(super) fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
+        if let Some(digit) = self.legs[LegId::of(leg).index()].new_dtmf_digit(payload, ts) {
+            self.events
+                .push_back(CallEventKind::DtmfReceived { from: leg, digit });
         }
-        self.last_dtmf_ts[idx] = Some(ts);
-        let digit = match event {
-            0..=9 => (b'0' + event) as char,
-            10 => '*',
-            11 => '#',
-            12..=15 => (b'A' + event - 12) as char,
-            _ => return,
-        };
-        self.events
-            .push_back(CallEventKind::DtmfReceived { from: leg, digit });
     }
 }
 
@@ -500,11 +491,13 @@ fn rewrite_header(
     marker: bool,
     rw: Rewritten,
 ) -> Result<(), rtp::RtpError> {
-    rtp::set_payload_type(buf, pt)?;
-    rtp::set_marker(buf, marker)?;
-    rtp::set_sequence(buf, rw.seq)?;
-    rtp::set_timestamp(buf, rw.ts)?;
-    rtp::set_ssrc(buf, rw.ssrc)
+    rtp::HeaderMut::new(buf)?
+        .set_payload_type(pt)
+        .set_marker(marker)
+        .set_sequence(rw.seq)
+        .set_timestamp(rw.ts)
+        .set_ssrc(rw.ssrc);
+    Ok(())
 }
 
 /// Arrival time in RTP clock units (for RFC 3550 jitter), from the call's monotonic origin.

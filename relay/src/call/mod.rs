@@ -25,6 +25,7 @@ pub mod stats;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub mod transcode;
 mod watchdog;
 
 use std::collections::VecDeque;
@@ -40,10 +41,14 @@ use crate::api::{CallDirection, CallEventKind, CallInfo, CallState, EndCause, Le
 use crate::dtls::{DtlsEvent, DtlsIdentity};
 use crate::ice::IceEvent;
 use crate::net::{Outbox, SocketRef};
-use crate::srtp::{MasterKey, SrtpSession};
+use crate::srtp::SrtpSession;
 
 use gate::Gate;
-use legs::{InternalLeg, WhatsAppLeg};
+
+/// The two legs every call has, as indices into [`Call::legs`].
+pub(crate) const WA: usize = LegId::WHATSAPP.index_const();
+pub(crate) const INT: usize = LegId::INTERNAL.index_const();
+pub use legs::{Leg, LegId, Transport};
 use watchdog::{Verdict, Watchdog};
 
 /// The call's deadlines, cached so a media packet recomputes only what it can move.
@@ -93,17 +98,13 @@ pub struct Call {
     /// `now` at creation: the origin for RTCP wall-clock time and jitter arrival units.
     created_mono: Instant,
     identity: Arc<DtlsIdentity>,
-    /// Our SDES keys, kept until the remote description arrives.
-    wa_local_key: Option<MasterKey>,
-    internal_local_key: Option<MasterKey>,
-    /// Remote descriptions applied so far (repeats are idempotent).
-    wa_remote_sdp: Option<String>,
-    internal_remote_sdp: Option<String>,
-    wa_cname: String,
-    internal_cname: String,
 
-    wa: WhatsAppLeg,
-    internal: InternalLeg,
+    /// Every leg, by [`LegId`]: the WhatsApp leg ([`WA`]), then the internal leg ([`INT`]).
+    /// An array while every call has exactly these two: indexing by a constant costs nothing
+    /// on the packet path and the legs live inside the call as before (no extra allocation). A
+    /// call that can gain legs (a fork's) makes this a `Vec` or a small vector; the code
+    /// indexes and iterates it the same way.
+    legs: [Leg; 2],
 
     /// The gate toward WhatsApp (opened when Meta's `accept` returned 200), the media held
     /// until then, and silence fill.
@@ -116,13 +117,6 @@ pub struct Call {
     watchdog: Watchdog,
     /// The first RTP packet went to WhatsApp (`FirstMediaSent` was emitted).
     first_media_sent: bool,
-    next_rtcp_wa: Option<Instant>,
-    next_rtcp_internal: Option<Instant>,
-
-    first_media_from_wa: bool,
-    first_media_from_internal: bool,
-    /// Timestamp of the last DTMF event reported per leg (one event per digit, not per packet).
-    last_dtmf_ts: [Option<u32>; 2],
 
     /// Time from creation to ICE connected and to DTLS connected (setup-time metrics).
     ice_connected_after: Option<std::time::Duration>,
@@ -139,8 +133,6 @@ pub struct Call {
     forks: fork::Forks,
     /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
     released_sockets: Vec<SocketRef>,
-    /// A voice bot as the internal leg's peer (`InternalKind::WebSocket`); see `bot.rs`.
-    bot: Option<Box<bot::BotLeg>>,
 }
 
 impl Call {
@@ -157,24 +149,32 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if self.forks.listen_socket() == Some(via) {
+        let internal = if self.forks.listen_socket() == Some(via) {
+            // A supervisor's listen-in, on its own socket.
             if let Some(data) = buf.get_mut(..len) {
                 self.forks.on_listen_datagram(now, from, data, out);
             }
             // Its ICE/DTLS may have moved: report and re-arm like any control input.
             self.fed_control = true;
-        } else if via.is_whatsapp() {
-            self.on_whatsapp_datagram(now, via, from, buf, len, out);
-        } else if via == SocketRef::Internal {
-            self.on_internal_datagram(now, from, buf, len, out);
+            false
         } else {
-            // A socket added while live that no leg owns (any more): a late datagram.
-            return self.internal.counters.drop(stats::DropReason::Unexpected);
-        }
+            match self.leg_of(via) {
+                Some(WA) => {
+                    self.on_whatsapp_datagram(now, via, from, buf, len, out);
+                    false
+                }
+                Some(INT) => {
+                    self.on_internal_datagram(now, from, buf, len, out);
+                    true
+                }
+                // A socket added while live that no leg owns (any more): a late datagram.
+                _ => return self.legs[INT].counters.drop(stats::DropReason::Unexpected),
+            }
+        };
         if std::mem::take(&mut self.fed_control) {
             self.after_input(now, out);
         } else {
-            self.after_media(now, via == SocketRef::Internal);
+            self.after_media(now, internal);
         }
     }
 
@@ -199,11 +199,11 @@ impl Call {
         if self.ended.is_some() {
             return;
         }
-        if let Some(ice) = self.wa.ice.as_mut() {
-            ice.handle_timeout(now, out);
-        }
-        if let Some(dtls) = self.wa.dtls.as_mut() {
-            dtls.handle_timeout(now);
+        if let Some(ice) = self.legs[WA].ice_mut() {
+            ice.agent.handle_timeout(now, out);
+            if let Some(dtls) = ice.dtls.as_mut() {
+                dtls.handle_timeout(now);
+            }
         }
         self.internal_webrtc_timeout(now, out);
         self.forks.handle_timeout(now, out);
@@ -283,19 +283,11 @@ impl Call {
             direction: self.direction,
             state: self.state(),
             gate_open: self.gate.is_open(),
-            srtp_profile: self.wa.srtp.as_ref().map(|s| s.tx.profile()),
-            whatsapp_remote: self.wa.selected.map(|(_, a)| a),
-            internal_remote: self.internal.remote,
-            whatsapp: self.wa.counters.to_api(
-                self.wa.tx.packets,
-                self.wa.tx.octets,
-                legs::OPUS_CLOCK,
-            ),
-            internal: self.internal.counters.to_api(
-                self.internal.tx.packets,
-                self.internal.tx.octets,
-                legs::OPUS_CLOCK,
-            ),
+            srtp_profile: self.legs[WA].srtp.as_ref().map(|s| s.tx.profile()),
+            whatsapp_remote: self.legs[WA].remote,
+            internal_remote: self.legs[INT].remote,
+            whatsapp: self.leg_stats(WA),
+            internal: self.leg_stats(INT),
             end_cause: self.ended,
             created_at: self.created_at,
         }
@@ -306,47 +298,36 @@ impl Call {
         (self.ice_connected_after, self.dtls_connected_after)
     }
 
+    fn leg_stats(&self, leg: usize) -> crate::api::LegStats {
+        let l = &self.legs[leg];
+        l.counters
+            .to_api(l.tx.packets, l.tx.octets, legs::OPUS_CLOCK)
+    }
+
     /// One leg's loss, jitter and RTT now, for the live quality metrics.
     pub fn leg_quality(&self, leg: LegKind) -> stats::LegQuality {
-        match leg {
-            LegKind::WhatsApp => stats::LegQuality {
-                remote: self.wa.selected.map(|(_, a)| a),
-                ..self
-                    .wa
-                    .counters
-                    .quality(self.wa.tx.packets, legs::OPUS_CLOCK)
-            },
-            LegKind::Internal => stats::LegQuality {
-                remote: self.internal.remote,
-                ..self
-                    .internal
-                    .counters
-                    .quality(self.internal.tx.packets, legs::OPUS_CLOCK)
-            },
+        let l = &self.legs[LegId::of(leg).index()];
+        stats::LegQuality {
+            remote: l.remote,
+            ..l.counters.quality(l.tx.packets, legs::OPUS_CLOCK)
         }
     }
 
     /// Counters of one leg for engine-wide metrics.
     pub fn leg_totals(&self, leg: LegKind) -> stats::LegTotals {
-        let (c, tx) = match leg {
-            LegKind::WhatsApp => (&self.wa.counters, &self.wa.tx),
-            LegKind::Internal => (&self.internal.counters, &self.internal.tx),
-        };
+        let l = &self.legs[LegId::of(leg).index()];
         stats::LegTotals {
-            rx_packets: c.rx_packets,
-            rx_bytes: c.rx_bytes,
-            tx_packets: tx.packets,
-            tx_bytes: tx.octets,
-            drops: c.drops,
+            rx_packets: l.counters.rx_packets,
+            rx_bytes: l.counters.rx_bytes,
+            tx_packets: l.tx.packets,
+            tx_bytes: l.tx.octets,
+            drops: l.counters.drops,
         }
     }
 
     /// Drops on one leg by reason (for metrics and tests).
     pub fn dropped(&self, leg: LegKind, reason: stats::DropReason) -> u64 {
-        match leg {
-            LegKind::WhatsApp => self.wa.counters.dropped(reason),
-            LegKind::Internal => self.internal.counters.dropped(reason),
-        }
+        self.legs[LegId::of(leg).index()].counters.dropped(reason)
     }
 
     fn end(&mut self, cause: EndCause) {
@@ -391,29 +372,29 @@ impl Call {
 
     fn process_ice_events(&mut self, now: Instant, out: &mut impl Outbox) {
         loop {
-            let Some(ice) = self.wa.ice.as_mut() else {
+            let Some(ice) = self.legs[WA].ice_mut() else {
                 return;
             };
-            let Some(ev) = ice.poll_event() else {
+            let Some(ev) = ice.agent.poll_event() else {
                 return;
             };
             match ev {
                 IceEvent::Connected { via, remote } => {
-                    self.wa.selected = Some((via, remote));
+                    self.legs[WA].set_path(via, remote);
                     self.ice_connected_after =
                         Some(now.saturating_duration_since(self.created_mono));
                     self.events
                         .push_back(CallEventKind::IceConnected { remote });
                     self.note_nominated_pair(via, remote);
                     // DTLS client: the ClientHello goes out the moment a check succeeds.
-                    if let Some(dtls) = self.wa.dtls.as_mut() {
+                    if let Some(dtls) = self.legs[WA].dtls_mut() {
                         dtls.start(now);
                     }
                     self.check_wa_ready(now, out);
                 }
                 IceEvent::SelectedPairChanged { via, remote } => {
                     // The WhatsApp side moved (Wi-Fi to mobile data) with valid credentials.
-                    self.wa.selected = Some((via, remote));
+                    self.legs[WA].set_path(via, remote);
                     self.note_nominated_pair(via, remote);
                 }
                 IceEvent::ConsentLost => {
@@ -427,13 +408,13 @@ impl Call {
 
     /// The per-call log's view of ICE toward WhatsApp: which pair, after how many checks.
     fn note_nominated_pair(&mut self, via: SocketRef, remote: SocketAddr) {
-        let Some(ice) = self.wa.ice.as_ref() else {
+        let Some(ice) = self.legs[WA].ice() else {
             return;
         };
-        let Some((_, local, _)) = ice.local_candidates().find(|(s, _, _)| *s == via) else {
+        let Some((_, local, _)) = ice.agent.local_candidates().find(|(s, _, _)| *s == via) else {
             return;
         };
-        let stats = ice.stats();
+        let stats = ice.agent.stats();
         self.events.push_back(CallEventKind::IcePairNominated {
             local,
             remote,
@@ -443,21 +424,22 @@ impl Call {
     }
 
     fn process_dtls(&mut self, now: Instant, out: &mut impl Outbox) {
-        let Some(dtls) = self.wa.dtls.as_mut() else {
+        let path = self.legs[WA].path();
+        let Some(dtls) = self.legs[WA].dtls_mut() else {
             return;
         };
         // Flush handshake flights toward the selected pair.
-        if let Some((via, to)) = self.wa.selected {
+        if let Some((via, to)) = path {
             let mut scratch = [0u8; 1500];
             while let Some(n) = dtls.poll_transmit(&mut scratch) {
                 out.push(via, to, &scratch[..n]);
             }
         }
-        while let Some(ev) = self.wa.dtls.as_mut().and_then(|d| d.poll_event()) {
+        while let Some(ev) = self.legs[WA].dtls_mut().and_then(|d| d.poll_event()) {
             match ev {
                 DtlsEvent::Connected { keys, profile } => match SrtpSession::new(&keys) {
                     Ok(s) => {
-                        self.wa.srtp = Some(Box::new(s));
+                        self.legs[WA].srtp = Some(Box::new(s));
                         self.dtls_connected_after =
                             Some(now.saturating_duration_since(self.created_mono));
                         self.events
@@ -466,10 +448,8 @@ impl Call {
                         // As the client we are done with DTLS: Meta's Finished arrived, so it
                         // has ours and will not retransmit. (As the server, see the first
                         // media from WhatsApp.)
-                        if self
-                            .wa
-                            .dtls
-                            .as_ref()
+                        if self.legs[WA]
+                            .dtls()
                             .is_some_and(|d| d.role() == crate::dtls::DtlsRole::Client)
                         {
                             self.release_wa_dtls();
@@ -491,7 +471,7 @@ impl Call {
     /// a client at connect, a server at Meta's first authenticated SRTP.
     fn release_wa_dtls(&mut self) {
         if !self.cfg.keep_dtls_state
-            && let Some(dtls) = self.wa.dtls.as_mut()
+            && let Some(dtls) = self.legs[WA].dtls_mut()
         {
             dtls.release();
         }
@@ -499,7 +479,7 @@ impl Call {
 
     /// Emit `WhatsAppReady` once, when the leg has a path and keys.
     fn check_wa_ready(&mut self, now: Instant, out: &mut impl Outbox) {
-        if self.wa_ready || self.wa.selected.is_none() || self.wa.srtp.is_none() {
+        if self.wa_ready || self.legs[WA].path().is_none() || self.legs[WA].srtp.is_none() {
             return;
         }
         self.wa_ready = true;
@@ -507,6 +487,7 @@ impl Call {
         self.on_wa_sendable(now, out);
     }
 
+    #[inline]
     fn gate_deadline(&self) -> Option<Instant> {
         self.gate.poll_timeout(&self.cfg, &self.fill_view())
     }
@@ -514,15 +495,13 @@ impl Call {
     /// Every deadline but the gate's.
     fn rest_deadline(&self) -> Option<Instant> {
         [
-            self.wa.ice.as_ref().and_then(|i| i.poll_timeout()),
-            self.wa.dtls.as_ref().and_then(|x| x.poll_timeout()),
-            self.internal.webrtc.as_ref().and_then(|w| w.poll_timeout()),
+            self.legs[WA].poll_timeout(),
+            self.legs[INT].poll_timeout(),
             self.watchdog.poll_timeout(&self.cfg),
             self.webrtc_idle_deadline(),
-            self.next_rtcp_wa,
-            self.next_rtcp_internal,
+            self.legs[WA].next_rtcp,
+            self.legs[INT].next_rtcp,
             self.forks.poll_timeout(),
-            self.bot_deadline(),
         ]
         .into_iter()
         .fold(None, earliest)
@@ -538,9 +517,9 @@ impl Call {
         if !self.wa_can_send() {
             return;
         }
-        if self.next_rtcp_wa.is_none() {
+        if self.legs[WA].next_rtcp.is_none() {
             // A first report soon after media starts, then every interval.
-            self.next_rtcp_wa = Some(
+            self.legs[WA].next_rtcp = Some(
                 now + self
                     .cfg
                     .rtcp_interval
@@ -549,7 +528,7 @@ impl Call {
         }
         if self.gate.start_playout(now) {
             self.drain_prebuffer(now, out);
-        } else if self.wa.tx.last_sent_at().is_none() {
+        } else if self.legs[WA].tx.last_sent_at().is_none() {
             self.send_silence(now, out);
         }
     }
@@ -561,18 +540,28 @@ impl Call {
     /// rate-limits everything else per source before it gets here.
     pub fn knows_source(&self, via: SocketRef, from: SocketAddr) -> bool {
         if self.forks.listen_socket() == Some(via) {
-            self.forks.listen_knows(from)
-        } else if via.is_whatsapp() {
-            self.wa.accepts(via, from)
-                || self
-                    .wa
-                    .ice
-                    .as_ref()
-                    .is_some_and(|ice| ice.is_remote_candidate(via, from))
-        } else if via == SocketRef::Internal {
-            self.internal.remote == Some(from)
-        } else {
-            false
+            return self.forks.listen_knows(from);
         }
+        self.leg_of(via)
+            .is_some_and(|leg| self.legs[leg].knows(via, from))
+    }
+
+    /// The leg whose socket `via` is (an index into [`Self::legs`]): the one place that maps
+    /// a socket to a leg. The two sockets every call starts with first, without a search.
+    #[inline]
+    fn leg_of(&self, via: SocketRef) -> Option<usize> {
+        if via.is_whatsapp() {
+            Some(WA)
+        } else if via == SocketRef::Internal {
+            Some(INT)
+        } else {
+            self.leg_owning(via)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn leg_owning(&self, via: SocketRef) -> Option<usize> {
+        self.legs.iter().position(|l| l.owns(via))
     }
 }

@@ -14,9 +14,10 @@
 use std::time::Instant;
 
 use crate::api::{CallEventKind, CreateCall, InternalLegSpec, WaSecurity};
+use crate::call::INT;
 use crate::call::setup::build_internal;
 use crate::call::{Advertised, Call, CallError, CallSetup, LocalSockets};
-use crate::net::{Outbox, SocketRef};
+use crate::net::Outbox;
 use crate::wire::rtcp;
 
 /// SR + SDES CNAME + BYE, plus SRTCP overhead.
@@ -57,26 +58,23 @@ impl Call {
             identity: self.identity.clone(),
             cfg: self.cfg.clone(),
         };
-        let (mut leg, local_key, internal_sdp) =
-            build_internal(spec, &setup, &self.internal_cname, now)?;
+        let (mut leg, internal_sdp) =
+            build_internal(spec, &setup, self.legs[INT].cname.clone(), now)?;
 
         self.send_internal_bye(now, out);
-        // A bot being replaced gets `stop` and its WebSocket closed (its task sees the link go).
-        self.bot = None;
-        let previous = self.internal.remote;
+        let previous = self.legs[INT].remote;
         // A new peer at the very same address is the same socket: it cannot be told apart.
         leg.refused = previous.filter(|p| leg.remote != Some(*p));
         let remote = leg.remote;
-        self.internal = leg;
-        self.internal_local_key = local_key;
-        self.internal_remote_sdp = spec.remote_sdp.clone();
+        // The new agent starts with a clean slate: its own first media, DTMF and RTCP
+        // schedule (all part of the fresh leg). A bot being replaced (the old leg's transport)
+        // gets `stop` and its WebSocket closed: its task sees the link go.
+        leg.next_rtcp = Some(now + self.cfg.rtcp_interval);
+        self.legs[INT] = leg;
 
-        // The new agent starts with a clean slate: its own first media, a full silence window
-        // before it counts as silent, and silence fill toward WhatsApp until it speaks.
-        self.first_media_from_internal = false;
+        // A full silence window before it counts as silent, and silence fill toward WhatsApp
+        // until it speaks.
         self.watchdog.on_internal_replaced(now);
-        self.last_dtmf_ts[1] = None;
-        self.next_rtcp_internal = Some(now + self.cfg.rtcp_interval);
         self.events
             .push_back(CallEventKind::InternalLegReplaced { previous, remote });
         self.after_input(now, out);
@@ -86,11 +84,11 @@ impl Call {
     /// A compound SR (or RR) + SDES + BYE to the current internal peer, if its address is known:
     /// "this stream is over" for a media server that is being transferred away from.
     fn send_internal_bye(&mut self, now: Instant, out: &mut impl Outbox) {
-        let Some(to) = self.internal.remote else {
+        let Some(to) = self.legs[INT].remote else {
             return;
         };
         let ntp = self.ntp_at(now);
-        let leg = &mut self.internal;
+        let leg = &mut self.legs[INT];
         let ssrc = leg.tx.ssrc();
         let mut buf = [0u8; BYE_BUF];
         let first = if leg.tx.packets > 0 {
@@ -107,8 +105,7 @@ impl Call {
             rtcp::write_rr(&mut buf, ssrc, &[])
         };
         let Ok(mut n) = first else { return };
-        if let Ok(len) = rtcp::write_sdes_cname(&mut buf[n..], ssrc, self.internal_cname.as_bytes())
-        {
+        if let Ok(len) = rtcp::write_sdes_cname(&mut buf[n..], ssrc, leg.cname.as_bytes()) {
             n += len;
         }
         if let Ok(len) = rtcp::write_bye(&mut buf[n..], ssrc) {
@@ -122,6 +119,6 @@ impl Call {
             None => n,
         };
         leg.counters.rtcp_sent += 1;
-        out.push(SocketRef::Internal, to, &buf[..n]);
+        out.push(leg.via, to, &buf[..n]);
     }
 }

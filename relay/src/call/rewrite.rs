@@ -5,7 +5,7 @@
 //! Model: `out = in + offset` (wrapping) for both sequence and timestamp, so the source's own
 //! small gaps (loss) and reordering pass through unchanged and the receiver's loss statistics
 //! stay true. The offsets are recomputed ("rebased") when the source changes SSRC or jumps
-//! by more than [`MAX_SEQ_JUMP`] packets: the next packet then gets sequence `last_out + 1`
+//! by more than [`crate::wire::seq`] allows (a [`Step::Jump`]): the next packet then gets sequence `last_out + 1`
 //! and a timestamp advanced by the wall-clock time since the last packet we sent, so the
 //! receiver's jitter buffer sees an unbroken clock.
 //!
@@ -20,8 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-/// A sequence jump larger than this (either way) is a source restart, not loss or reordering.
-pub const MAX_SEQ_JUMP: u16 = 1000;
+use crate::wire::seq::{self, Step};
 
 /// A packet resuming after a fill at most this far (in time) behind the fill's last frame
 /// arrived late and is dropped; further behind, the source restarted its clock (or does not
@@ -251,9 +250,7 @@ impl OutboundStream {
 
     fn is_jump(&self, m: Mapping, in_seq: u16) -> bool {
         let mapped = in_seq.wrapping_add(m.seq_offset);
-        let delta = mapped.wrapping_sub(self.last_seq);
-        // delta in (MAX, 65536-MAX) means far ahead or far behind.
-        delta > MAX_SEQ_JUMP && delta < 0u16.wrapping_sub(MAX_SEQ_JUMP)
+        seq::step(mapped, self.last_seq) == Step::Jump
     }
 
     fn advance_ts(&self, now: Instant) -> u32 {
@@ -274,10 +271,7 @@ impl OutboundStream {
     }
 }
 
-/// `a` is newer than `b` in RFC 1982 serial arithmetic.
-pub fn seq_newer(a: u16, b: u16) -> bool {
-    a != b && a.wrapping_sub(b) < 0x8000
-}
+pub use crate::wire::seq::seq_newer;
 
 pub fn clock_units(d: Duration, clock_rate: u32) -> u32 {
     ((d.as_micros() as u64).saturating_mul(clock_rate as u64) / 1_000_000) as u32

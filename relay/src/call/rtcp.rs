@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::call::Call;
 use crate::call::stats::LegCounters;
-use crate::net::{Outbox, SocketRef};
+use crate::call::{INT, WA};
+use crate::net::Outbox;
 use crate::wire::rtcp::{self, ReportBlock, RtcpPacket};
 
 /// Enough for SR + one report block + SDES CNAME + BYE, plus SRTCP overhead.
@@ -53,16 +54,14 @@ impl Call {
     }
 
     pub(super) fn send_due_rtcp(&mut self, now: Instant, out: &mut impl Outbox) {
-        if self.next_rtcp_wa.is_some_and(|t| t <= now) {
-            self.next_rtcp_wa = Some(now + rtcp_delay(self.cfg.rtcp_interval));
-            if self.wa_can_send() {
-                self.send_rtcp(now, SocketRef::WaV4, false, out);
-            }
-        }
-        if self.next_rtcp_internal.is_some_and(|t| t <= now) {
-            self.next_rtcp_internal = Some(now + rtcp_delay(self.cfg.rtcp_interval));
-            if self.internal.send_target().is_some() {
-                self.send_rtcp(now, SocketRef::Internal, false, out);
+        for leg in 0..self.legs.len() {
+            if self.legs[leg].next_rtcp.is_some_and(|t| t <= now) {
+                self.legs[leg].next_rtcp = Some(now + rtcp_delay(self.cfg.rtcp_interval));
+                // Toward WhatsApp only once media may flow (the gate); elsewhere once the
+                // peer's address (and keys) are known: `send_rtcp` checks.
+                if leg != WA || self.wa_can_send() {
+                    self.send_rtcp(now, leg, false, out);
+                }
             }
         }
     }
@@ -70,10 +69,10 @@ impl Call {
     /// RTCP BYE on both legs when the call ends by request.
     pub(super) fn send_bye(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.wa_can_send() {
-            self.send_rtcp(now, SocketRef::WaV4, true, out);
+            self.send_rtcp(now, WA, true, out);
         }
-        if self.internal.send_target().is_some() && self.internal.tx.packets > 0 {
-            self.send_rtcp(now, SocketRef::Internal, true, out);
+        if self.legs[INT].tx.packets > 0 {
+            self.send_rtcp(now, INT, true, out);
         }
     }
 
@@ -85,35 +84,19 @@ impl Call {
         )
     }
 
-    /// Write and send one compound report on a leg (`leg` is `Internal` or any WhatsApp ref).
-    fn send_rtcp(&mut self, now: Instant, leg: SocketRef, bye: bool, out: &mut impl Outbox) {
+    /// Write and send one compound report on leg `leg` (an index into the call's legs), if
+    /// its peer's address (and, for a secure leg, its keys) are known.
+    fn send_rtcp(&mut self, now: Instant, leg: usize, bye: bool, out: &mut impl Outbox) {
         let ntp = self.ntp_at(now);
-        let (stream, counters, srtp, dest, cname) = if leg.is_whatsapp() {
-            let Some((via, to)) = self.wa.selected else {
-                return;
-            };
-            (
-                &self.wa.tx,
-                &mut self.wa.counters,
-                self.wa.srtp.as_mut(),
-                (via, to),
-                &self.wa_cname,
-            )
-        } else {
-            let Some(to) = self.internal.send_target() else {
-                return;
-            };
-            (
-                &self.internal.tx,
-                &mut self.internal.counters,
-                self.internal.srtp.as_mut(),
-                (SocketRef::Internal, to),
-                &self.internal_cname,
-            )
-        };
-        if leg.is_whatsapp() && srtp.is_none() {
+        let Some(leg) = self.legs.get_mut(leg) else {
             return;
-        }
+        };
+        let Some(to) = leg.send_target() else {
+            return;
+        };
+        let dest = (leg.via, to);
+        let (stream, counters, srtp, cname) =
+            (&leg.tx, &mut leg.counters, leg.srtp.as_mut(), &leg.cname);
         let mut block = [ReportBlock::default(); 1];
         let reports: &[ReportBlock] = match report_block(counters, now) {
             Some(b) => {

@@ -7,11 +7,11 @@
 //! leg keeps the same kind of window over the source's sequence numbers: a packet already seen,
 //! or older than the window, is a replay and is dropped before anything counts it.
 //!
-//! The window follows [`super::rewrite`]'s idea of a restart: a new SSRC, or a jump of more
-//! than [`MAX_SEQ_JUMP`] either way, starts it afresh, so a media server that restarts its
-//! numbering is never mistaken for a replayer.
+//! The window follows the relay's one idea of a restart ([`crate::wire::seq`]): a new SSRC, or
+//! a [`Step::Jump`], starts it afresh, so a media server that restarts its numbering is never
+//! mistaken for a replayer.
 
-use crate::call::rewrite::MAX_SEQ_JUMP;
+use crate::wire::seq::{Step, step};
 
 /// Packets behind the newest one that can still be told apart from replays (2.56 s at 20 ms).
 const WINDOW: u16 = 128;
@@ -39,35 +39,28 @@ impl SeqWindow {
         let Some((top_ssrc, top)) = self.top.filter(|(s, _)| *s == ssrc) else {
             return self.restart(ssrc, seq);
         };
-        let ahead = seq.wrapping_sub(top);
-        if ahead == 0 {
-            return Err(Replay::Duplicate);
-        }
-        if ahead < 0x8000 {
-            if ahead > MAX_SEQ_JUMP {
-                return self.restart(ssrc, seq);
+        match step(seq, top) {
+            Step::Same => Err(Replay::Duplicate),
+            Step::Jump => self.restart(ssrc, seq),
+            Step::Ahead(ahead) => {
+                self.seen = if ahead >= WINDOW {
+                    0
+                } else {
+                    self.seen << ahead
+                } | 1;
+                self.top = Some((top_ssrc, seq));
+                Ok(())
             }
-            self.seen = if ahead >= WINDOW {
-                0
-            } else {
-                self.seen << ahead
-            } | 1;
-            self.top = Some((top_ssrc, seq));
-            return Ok(());
+            Step::Behind(behind) if behind >= WINDOW => Err(Replay::TooOld),
+            Step::Behind(behind) => {
+                let bit = 1u128 << behind;
+                if self.seen & bit != 0 {
+                    return Err(Replay::Duplicate);
+                }
+                self.seen |= bit;
+                Ok(())
+            }
         }
-        let behind = top.wrapping_sub(seq);
-        if behind > MAX_SEQ_JUMP {
-            return self.restart(ssrc, seq);
-        }
-        if behind >= WINDOW {
-            return Err(Replay::TooOld);
-        }
-        let bit = 1u128 << behind;
-        if self.seen & bit != 0 {
-            return Err(Replay::Duplicate);
-        }
-        self.seen |= bit;
-        Ok(())
     }
 
     fn restart(&mut self, ssrc: u32, seq: u16) -> Result<(), Replay> {
@@ -80,6 +73,7 @@ impl SeqWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::seq::MAX_DROPOUT;
 
     #[test]
     fn repeats_are_refused_and_reordering_is_not() {
@@ -105,9 +99,9 @@ mod tests {
         }
         assert_eq!(w.check_and_note(7, 1100), Err(Replay::TooOld));
         assert_eq!(w.check_and_note(7, 1200), Err(Replay::Duplicate));
-        // A new SSRC, or a jump beyond MAX_SEQ_JUMP, is a new stream.
+        // A new SSRC, or a jump, is a new stream.
         assert_eq!(w.check_and_note(8, 1200), Ok(()));
-        assert_eq!(w.check_and_note(8, 1200 + MAX_SEQ_JUMP + 1), Ok(()));
+        assert_eq!(w.check_and_note(8, 1200 + MAX_DROPOUT), Ok(()));
         assert_eq!(w.check_and_note(8, 5), Ok(()), "far behind: a restart");
         assert_eq!(w.check_and_note(8, 5), Err(Replay::Duplicate));
     }

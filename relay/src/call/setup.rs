@@ -13,20 +13,19 @@ use std::time::{Instant, SystemTime};
 use crate::api::{
     CallDirection, CreateCall, InternalKind, InternalLegSpec, LegKind, SourcePolicy, WaSecurity,
 };
-use crate::call::fill::ArrivalGaps;
 use crate::call::gate::Gate;
 use crate::call::internal_webrtc;
-use crate::call::legs::{InternalLeg, OPUS_CLOCK, WhatsAppLeg};
+use crate::call::legs::{IceTransport, Leg, OPUS_CLOCK, Transport};
 use crate::call::rewrite::OutboundStream;
-use crate::call::seq_window::SeqWindow;
-use crate::call::stats::LegCounters;
+use crate::call::transcode;
 use crate::call::watchdog::Watchdog;
 use crate::call::{Call, CallConfig, CallError};
+use crate::call::{INT, WA};
 use crate::dtls::{DtlsConfig, DtlsDriver, DtlsIdentity, DtlsRole};
 use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
 use crate::net::{Outbox, SocketRef};
 use crate::sdp::{self, LocalDescription, Setup};
-use crate::srtp::{self, MasterKey, SessionKeys, SrtpSession};
+use crate::srtp::{self, SessionKeys, SrtpSession};
 
 /// The sockets the engine bound for this call.
 #[derive(Copy, Clone, Debug)]
@@ -109,17 +108,20 @@ impl Call {
             ));
         }
 
-        let mut wa = WhatsAppLeg {
-            ice: None,
-            dtls: None,
-            srtp: None,
-            selected: None,
-            opus_pt: 111,
-            te_pt: Some(126),
-            tx: OutboundStream::new(wa_ssrc, OPUS_CLOCK, rand::random(), rand::random()),
-            counters: LegCounters::default(),
-        };
-        let mut wa_local_key = None;
+        let wa_sockets = [
+            setup.sockets.wa_v4.map(|_| SocketRef::WaV4),
+            setup.sockets.wa_v6.map(|_| SocketRef::WaV6),
+        ];
+        let mut wa = Leg::new(
+            wa_sockets,
+            SocketRef::WaV4,
+            OutboundStream::new(wa_ssrc, OPUS_CLOCK, rand::random(), rand::random()),
+            wa_cname.clone(),
+        );
+        // Nothing toward Meta is ever in the clear.
+        wa.secure = true;
+        wa.te_pt = Some(126);
+        wa.remote_sdp = req.whatsapp_offer.clone();
         let fingerprint = setup.identity.fingerprint().clone();
         let session_id = rand::random::<u32>() as u64;
         let (conn, port) = (candidates[0].0.ip(), candidates[0].0.port());
@@ -155,14 +157,16 @@ impl Call {
                 let security = match &offer.transport {
                     sdp::WaTransport::Dtls(d) => {
                         let role = dtls_role_for(Some(d.setup));
-                        wa.ice = Some(controlling_agent(&ice_creds, d, &setup.sockets, &cfg, now));
-                        wa.dtls = Some(DtlsDriver::new(
-                            setup.identity.clone(),
-                            &dtls_config(&cfg),
-                            role,
-                            d.fingerprint.clone(),
-                            now,
-                        ));
+                        wa.transport = Transport::Ice(Box::new(IceTransport {
+                            agent: controlling_agent(&ice_creds, d, &setup.sockets, &cfg, now),
+                            dtls: Some(DtlsDriver::new(
+                                setup.identity.clone(),
+                                &dtls_config(&cfg),
+                                role,
+                                d.fingerprint.clone(),
+                                now,
+                            )),
+                        }));
                         dtls_security(Some(match role {
                             DtlsRole::Client => Setup::Active,
                             DtlsRole::Server => Setup::Passive,
@@ -178,7 +182,7 @@ impl Call {
                             })
                             .map_err(bad)?,
                         ));
-                        wa.selected = Some((sdes_socket(&s.rtp_addr), s.rtp_addr));
+                        wa.set_path(sdes_socket(&s.rtp_addr), s.rtp_addr);
                         sdp::LocalSecurity::Sdes {
                             profile,
                             key_params: sdp::sdes_key_params(&local),
@@ -193,14 +197,17 @@ impl Call {
                 WaSecurity::DtlsSrtp => {
                     let mut ice = ControllingAgent::new(ice_creds.clone(), now, ice_config(&cfg));
                     add_locals(&mut ice, &setup.sockets);
-                    wa.ice = Some(ice);
+                    wa.transport = Transport::Ice(Box::new(IceTransport {
+                        agent: ice,
+                        dtls: None,
+                    }));
                     LocalDescription::whatsapp_offer(wa_params(dtls_security(Some(Setup::ActPass))))
                         .to_sdp()
                 }
                 WaSecurity::Sdes(profile) => {
                     let local = srtp::random_master_key(profile);
                     let key_params = sdp::sdes_key_params(&local);
-                    wa_local_key = Some(local);
+                    wa.local_key = Some(local);
                     LocalDescription::whatsapp_offer(wa_params(sdp::LocalSecurity::Sdes {
                         profile,
                         key_params,
@@ -210,8 +217,9 @@ impl Call {
             },
         };
 
-        let (internal, internal_local_key, internal_sdp) =
-            build_internal(&req.internal, &setup, &internal_cname, now)?;
+        let (mut internal, internal_sdp) =
+            build_internal(&req.internal, &setup, internal_cname, now)?;
+        internal.next_rtcp = Some(now + setup.cfg.rtcp_interval);
 
         let call = Call {
             call_id: req.call_id.clone(),
@@ -221,15 +229,8 @@ impl Call {
             cfg,
             created_at: wall,
             created_mono: now,
-            wa,
-            internal,
-            wa_local_key,
-            internal_local_key,
-            wa_remote_sdp: req.whatsapp_offer.clone(),
-            internal_remote_sdp: req.internal.remote_sdp.clone(),
             identity: setup.identity.clone(),
-            wa_cname,
-            internal_cname,
+            legs: [wa, internal],
             gate: Gate::new(setup.cfg.prebuffer_packets),
             wa_ready: false,
             watchdog: Watchdog::new(
@@ -237,11 +238,6 @@ impl Call {
                 (req.direction == CallDirection::UserInitiated).then_some(now),
             ),
             first_media_sent: false,
-            next_rtcp_wa: None,
-            next_rtcp_internal: Some(now + setup.cfg.rtcp_interval),
-            first_media_from_wa: false,
-            first_media_from_internal: false,
-            last_dtmf_ts: [None; 2],
             ice_connected_after: None,
             dtls_connected_after: None,
             events: VecDeque::from([crate::api::CallEventKind::Created]),
@@ -250,7 +246,6 @@ impl Call {
             fed_control: false,
             forks: Default::default(),
             released_sockets: Vec::new(),
-            bot: None,
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs
@@ -281,7 +276,7 @@ impl Call {
     }
 
     fn set_whatsapp_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
-        if let Some(prev) = &self.wa_remote_sdp {
+        if let Some(prev) = &self.legs[WA].remote_sdp {
             return if prev == text {
                 Ok(())
             } else if self.direction == CallDirection::UserInitiated {
@@ -296,35 +291,36 @@ impl Call {
             };
         }
         let answer = sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
-        self.wa.opus_pt = answer.opus_pt;
-        self.wa.te_pt = answer.telephone_event_pt;
+        self.legs[WA].opus_pt = answer.opus_pt;
+        self.legs[WA].te_pt = answer.telephone_event_pt;
         match &answer.transport {
             sdp::WaTransport::Dtls(d) => {
-                let Some(ice) = self.wa.ice.as_mut() else {
+                let (identity, dtls_cfg) = (self.identity.clone(), dtls_config(&self.cfg));
+                let Some(ice) = self.legs[WA].ice_mut() else {
                     return Err(bad("Meta's answer uses DTLS but our offer was SDES"));
                 };
-                ice.set_remote_credentials(IceCredentials {
+                ice.agent.set_remote_credentials(IceCredentials {
                     ufrag: d.ice_ufrag.clone(),
                     pwd: d.ice_pwd.clone(),
                 });
                 for c in &d.candidates {
-                    ice.add_remote_candidate(c.addr, c.priority);
+                    ice.agent.add_remote_candidate(c.addr, c.priority);
                 }
                 if d.setup == Setup::ActPass {
                     return Err(bad(
                         "Meta's answer says a=setup:actpass; an answer must pick active or passive",
                     ));
                 }
-                self.wa.dtls = Some(DtlsDriver::new(
-                    self.identity.clone(),
-                    &dtls_config(&self.cfg),
+                ice.dtls = Some(DtlsDriver::new(
+                    identity,
+                    &dtls_cfg,
                     dtls_role_for(Some(d.setup)),
                     d.fingerprint.clone(),
                     now,
                 ));
             }
             sdp::WaTransport::Sdes(s) => {
-                let Some(local) = self.wa_local_key.clone() else {
+                let Some(local) = self.legs[WA].local_key.clone() else {
                     return Err(bad("Meta's answer uses SDES but our offer was DTLS"));
                 };
                 if s.crypto.profile != local.profile {
@@ -333,35 +329,31 @@ impl Call {
                         s.crypto.profile, local.profile
                     )));
                 }
-                self.wa.srtp = Some(Box::new(
+                self.legs[WA].srtp = Some(Box::new(
                     SrtpSession::new(&SessionKeys {
                         local,
                         remote: s.crypto.key.clone(),
                     })
                     .map_err(bad)?,
                 ));
-                self.wa.selected = Some((sdes_socket(&s.rtp_addr), s.rtp_addr));
+                self.legs[WA].set_path(sdes_socket(&s.rtp_addr), s.rtp_addr);
             }
         }
-        self.wa_remote_sdp = Some(text.to_string());
+        self.legs[WA].remote_sdp = Some(text.to_string());
         self.watchdog.on_described(now);
         Ok(())
     }
 
     fn set_internal_remote(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
-        if self.internal.webrtc.is_some() {
+        if self.legs[INT].webrtc().is_some() {
             return self.set_browser_answer(text, now);
         }
-        if self.internal_remote_sdp.as_deref() == Some(text) && self.internal.remote.is_some() {
+        if self.legs[INT].remote_sdp.as_deref() == Some(text) && self.legs[INT].remote.is_some() {
             return Ok(());
         }
         let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
-        apply_internal_remote(
-            &mut self.internal,
-            self.internal_local_key.as_ref(),
-            &remote,
-        )?;
-        self.internal_remote_sdp = Some(text.to_string());
+        apply_internal_remote(&mut self.legs[INT], &remote)?;
+        self.legs[INT].remote_sdp = Some(text.to_string());
         Ok(())
     }
 }
@@ -371,7 +363,7 @@ impl Call {
     /// after the first (or after the browser's own offer at create) is refused: a new browser
     /// is a new internal leg.
     fn set_browser_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
-        if let Some(prev) = &self.internal_remote_sdp {
+        if let Some(prev) = &self.legs[INT].remote_sdp {
             return if prev == text {
                 Ok(())
             } else {
@@ -385,14 +377,14 @@ impl Call {
         let remote = sdp::validate_webrtc(&sdp::parse_webrtc(text).map_err(bad)?).map_err(bad)?;
         let ours = internal_webrtc::our_setup_after_answer(remote.setup).map_err(bad)?;
         internal_webrtc::apply_remote(
-            &mut self.internal,
+            &mut self.legs[INT],
             &remote,
             ours,
             self.identity.clone(),
             &self.cfg,
             now,
         );
-        self.internal_remote_sdp = Some(text.to_string());
+        self.legs[INT].remote_sdp = Some(text.to_string());
         Ok(())
     }
 }
@@ -432,44 +424,40 @@ fn sdes_socket(remote: &SocketAddr) -> SocketRef {
     }
 }
 
-/// The one place an [`InternalLeg`] is built from an [`InternalLegSpec`] (call creation, and
-/// replacing the internal leg): the leg, our SDES key if any, and the SDP to give the peer.
+/// The one place the internal [`Leg`] is built from an [`InternalLegSpec`] (call creation,
+/// and replacing the internal leg): the leg (our SDES key, if any, in `Leg::local_key`) and
+/// the SDP to give the peer.
 pub(crate) fn build_internal(
     spec: &InternalLegSpec,
     setup: &CallSetup<'_>,
-    cname: &str,
+    cname: String,
     now: Instant,
-) -> Result<(InternalLeg, Option<MasterKey>, String), CallError> {
+) -> Result<(Leg, String), CallError> {
     let ssrc = rand::random::<u32>();
-    let mut leg = InternalLeg {
-        srtp: None,
-        secure: spec.kind != InternalKind::PlainRtp,
-        webrtc: None,
-        remote: None,
-        policy: spec.source,
-        latched: false,
-        refused: None,
-        opus_pt: 111,
-        te_pt: Some(101),
-        tx: OutboundStream::new(ssrc, OPUS_CLOCK, rand::random(), rand::random()),
-        counters: LegCounters::default(),
-        rx_window: SeqWindow::default(),
-        arrivals: ArrivalGaps::default(),
-    };
-    let local_key = match spec.kind {
+    let mut leg = Leg::new(
+        [Some(SocketRef::Internal), None],
+        SocketRef::Internal,
+        OutboundStream::new(ssrc, OPUS_CLOCK, rand::random(), rand::random()),
+        cname,
+    );
+    leg.secure = spec.kind != InternalKind::PlainRtp;
+    leg.policy = spec.source;
+    leg.te_pt = Some(101);
+    leg.remote_sdp = spec.remote_sdp.clone();
+    leg.local_key = match spec.kind {
         InternalKind::PlainRtp => None,
         InternalKind::SdesSrtp(p) => Some(srtp::random_master_key(p)),
         InternalKind::WebRtc => {
-            let sdp = build_webrtc(&mut leg, spec, setup, cname, now)?;
-            return Ok((leg, None, sdp));
+            let sdp = build_webrtc(&mut leg, spec, setup, now)?;
+            return Ok((leg, sdp));
         }
         // A bot has no SDP and no RTP peer (`secure` keeps the UDP port refusing everything):
         // its connected WebSocket is attached to the call afterwards (`Call::attach_bot`).
-        InternalKind::WebSocket(_) => return Ok((leg, None, String::new())),
+        InternalKind::WebSocket(_) => return Ok((leg, String::new())),
     };
     if let Some(text) = &spec.remote_sdp {
         let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
-        apply_internal_remote(&mut leg, local_key.as_ref(), &remote)?;
+        apply_internal_remote(&mut leg, &remote)?;
     }
     let mut params = sdp::InternalLocalParams::new(
         rand::random::<u32>() as u64,
@@ -478,21 +466,26 @@ pub(crate) fn build_internal(
     );
     params.opus_pt = leg.opus_pt;
     params.telephone_event_pt = leg.te_pt;
-    params.crypto = local_key
+    match leg.transcode.as_ref() {
+        Some(tc) => params.codec = sdp::InternalCodec::G711(tc.law()),
+        // Offering: a media server without Opus may answer with G.711.
+        None => params.offer_g711 = spec.remote_sdp.is_none() && setup.cfg.offer_g711,
+    }
+    params.crypto = leg
+        .local_key
         .as_ref()
         .map(|k| (1, k.profile, sdp::sdes_key_params(k)));
-    params.ssrc = Some((ssrc, cname.to_string()));
+    params.ssrc = Some((ssrc, leg.cname.clone()));
     let desc = LocalDescription::internal(params);
-    Ok((leg, local_key, desc.to_sdp()))
+    Ok((leg, desc.to_sdp()))
 }
 
 /// A WebRTC leg toward a browser: our answer to its offer (`spec.remote_sdp`), or our offer.
 /// Media is accepted from the pair the browser nominates, whatever `spec.source` says.
 fn build_webrtc(
-    leg: &mut InternalLeg,
+    leg: &mut Leg,
     spec: &InternalLegSpec,
     setup: &CallSetup<'_>,
-    cname: &str,
     now: Instant,
 ) -> Result<String, CallError> {
     leg.policy = SourcePolicy::Strict;
@@ -511,9 +504,9 @@ fn build_webrtc(
         },
         fingerprint: setup.identity.fingerprint().clone(),
         ssrc: leg.tx.ssrc(),
-        cname: cname.to_string(),
+        cname: leg.cname.clone(),
     };
-    leg.webrtc = Some(Box::new(internal_webrtc::WebRtcTransport::new(
+    leg.transport = Transport::WebRtc(Box::new(internal_webrtc::WebRtcTransport::new(
         creds, &setup.cfg, now,
     )));
     let Some(text) = &spec.remote_sdp else {
@@ -528,13 +521,11 @@ fn build_webrtc(
     Ok(answer.to_sdp())
 }
 
-fn apply_internal_remote(
-    leg: &mut InternalLeg,
-    local_key: Option<&MasterKey>,
-    remote: &sdp::InternalRemote,
-) -> Result<(), CallError> {
+fn apply_internal_remote(leg: &mut Leg, remote: &sdp::InternalRemote) -> Result<(), CallError> {
+    let local_key = leg.local_key.clone();
     leg.opus_pt = remote.opus_pt;
     leg.te_pt = remote.telephone_event_pt.or(leg.te_pt);
+    transcode::apply_codec(leg, remote.codec)?;
     if !leg.latched {
         // `None` (c=0.0.0.0): learn the address from the first packet.
         leg.remote = remote.rtp_addr;

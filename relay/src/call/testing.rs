@@ -153,7 +153,7 @@ pub fn dtls_offer(ice: &IceCredentials, fingerprint: &Fingerprint) -> String {
     ))
 }
 
-fn crlf(text: &str) -> String {
+pub fn crlf(text: &str) -> String {
     text.replace('\n', "\r\n")
 }
 

@@ -219,6 +219,11 @@ pub(crate) struct IoCounters {
     /// counted, never retried.
     pub send_errors: u64,
     pub recv_errors: u64,
+    /// io_uring under pressure: sends dropped because every send slot was in flight (also in
+    /// `send_errors`), and receives stopped because the buffer ring was empty (the datagrams
+    /// waited in their sockets). Always 0 on epoll.
+    pub send_slots_full: u64,
+    pub recv_ring_dry: u64,
     /// System calls the driver made, by [`crate::engine::IO_SYSCALLS`] kind.
     pub syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
 }
@@ -232,6 +237,8 @@ struct Slot {
     local: Vec<Option<SocketAddr>>,
     /// The time of this call's live heap entry (see [`TimerHeap`]).
     armed: Option<Instant>,
+    /// The call transcodes (counted in [`ShardStats::transcoding`]).
+    transcodes: bool,
 }
 
 /// The engine's [`Outbox`] for one call: names the call's socket and queues into the driver.
@@ -461,8 +468,14 @@ impl ShardCore {
     fn remove<I: ShardIo>(&mut self, idx: u32, io: &mut I) -> Option<CallInfo> {
         let slot = self.slots.get_mut(idx as usize)?.take()?;
         let Slot {
-            call, generation, ..
+            call,
+            generation,
+            transcodes,
+            ..
         } = slot;
+        if transcodes {
+            self.stats.transcoding.fetch_sub(1, Ordering::Relaxed);
+        }
         io.detach(SlotKey {
             slot: idx,
             generation,
@@ -576,14 +589,18 @@ impl ShardCore {
                 req,
                 reply,
             } => {
-                let _ = reply.send(self.with_call(&call_id, io, |c, _| c.record(req, now)));
+                let _ = reply.send(self.with_call(&call_id, io, |c, _| {
+                    c.record(req, now).map_err(ApiError::from)
+                }));
             }
             Command::Listen {
                 call_id,
                 req,
                 reply,
             } => {
-                let _ = reply.send(self.with_call(&call_id, io, |c, out| c.listen(req, now, out)));
+                let _ = reply.send(self.with_call(&call_id, io, |c, out| {
+                    c.listen(req, now, out).map_err(ApiError::from)
+                }));
             }
             Command::WithNewSocket {
                 call_id,
@@ -666,6 +683,16 @@ impl ShardCore {
             },
         };
         let r = f(&mut slot.call, &mut out);
+        // A command may start or stop the call's transcoding (a bot attached or replaced).
+        let transcodes = slot.call.transcodes();
+        if transcodes != slot.transcodes {
+            slot.transcodes = transcodes;
+            if transcodes {
+                self.stats.transcoding.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.transcoding.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         // Commands may make a call due now (gate opened: maiden packet, fill timer).
         self.after_call_activity(idx, io);
         r
@@ -770,13 +797,18 @@ impl ShardCore {
         };
         io.attach(key, sockets);
         self.by_id.insert(call.call_id.clone(), idx);
+        let transcodes = call.transcodes();
         self.slots[idx as usize] = Some(Slot {
             call,
             generation,
             local,
             armed: None,
+            transcodes,
         });
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if transcodes {
+            self.stats.transcoding.fetch_add(1, Ordering::Relaxed);
+        }
         self.after_call_activity(idx, io);
     }
 
@@ -825,6 +857,7 @@ impl ShardCore {
         t.packets_in = self.packets_in;
         t.packets_out = io.sent;
         t.send_errors = io.send_errors;
+        t.io_pressure = [io.send_slots_full, io.recv_ring_dry];
         t.io_syscalls = io.syscalls;
         let elapsed = now.saturating_duration_since(self.last_publish);
         if !elapsed.is_zero() {

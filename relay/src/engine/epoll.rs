@@ -266,6 +266,7 @@ impl Driver for EpollDriver {
             send_errors: self.io.send.send_errors + self.io.send_dropped,
             recv_errors: self.recv_errors,
             syscalls,
+            ..Default::default()
         }
     }
 }

@@ -61,6 +61,12 @@ const ENDED_IN_FLIGHT_POLLS: usize = 250;
 /// tell it from other unavailability.
 pub const OVERLOADED: &str = "relay overloaded";
 
+/// [`EngineConfig::transcode_weight`] by default, measured (BENCHMARKS.md "Voice bot and
+/// G.711: codec cost"): a μ-law bot or G.711 call's codec work is 140-180 µs of CPU per 20 ms,
+/// L16 185-215 µs, against ~11 µs for the two packets of a forwarded call: 14-21 forwarded
+/// calls; 16 is the μ-law/G.711 middle.
+pub const DEFAULT_TRANSCODE_WEIGHT: u32 = 16;
+
 /// How the engine binds and what it advertises.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -75,8 +81,13 @@ pub struct EngineConfig {
     /// Media ports come from this range; `None` lets the OS pick.
     pub ports: Option<PortRange>,
     pub max_calls_per_number: u32,
-    /// Calls this relay admits in total.
+    /// Calls this relay admits in total, counted in forwarded calls: a transcoded call (a
+    /// voice-bot leg) counts as `transcode_weight` of them.
     pub capacity: u32,
+    /// What one transcoded call costs in forwarded calls' CPU: Opus decode and encode every
+    /// 20 ms against two forwarded packets (BENCHMARKS.md "Voice bot and G.711: codec cost").
+    /// Admission (`capacity`) and shard choice count a transcoded call this many times.
+    pub transcode_weight: u32,
     /// New calls go only to shards that spent less than this share of the last second working
     /// (0..1; 1.0 turns the check off). When every shard is this busy, creates are refused
     /// with UNAVAILABLE and /readyz turns 503, so the calls already up keep their core.
@@ -113,6 +124,7 @@ impl Default for EngineConfig {
             ports: None,
             max_calls_per_number: 1000,
             capacity: 10_000,
+            transcode_weight: DEFAULT_TRANSCODE_WEIGHT,
             max_shard_busy: 0.9,
             call: CallConfig::default(),
             rate_limit: ratelimit::RateLimitConfig::default(),
@@ -134,6 +146,9 @@ impl Default for EngineConfig {
 #[derive(Default, Debug)]
 pub struct ShardStats {
     pub calls: AtomicUsize,
+    /// Of `calls`, those whose codec work runs on this shard (a voice-bot leg): each costs
+    /// [`EngineConfig::transcode_weight`] forwarded calls' CPU (see [`EngineHandle::load`]).
+    pub transcoding: AtomicUsize,
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
     pub send_errors: AtomicU64,
@@ -155,6 +170,11 @@ pub const IO_SYSCALLS: [&str; 5] = [
     "eventfd_read",
     "io_uring_enter",
 ];
+
+/// The io_uring driver's pools running out (`relay_io_pressure_total{kind}`): sends dropped
+/// because every send slot was in flight, and multishot receives stopped because the provided
+/// buffer ring was empty (re-armed; the datagrams wait in their sockets).
+pub const IO_PRESSURE: [&str; 2] = ["send_slots_full", "recv_ring_dry"];
 
 /// An index into [`IO_SYSCALLS`].
 #[derive(Copy, Clone, Debug)]
@@ -439,6 +459,25 @@ impl EngineHandle {
 
     /// The shard for a new call: the one with fewest calls among those not over the busy
     /// limit, ties broken round-robin. `Unavailable` when every shard is over it.
+    /// Shard `i`'s calls counted by cost: a transcoded call as `transcode_weight` calls.
+    fn shard_load(&self, i: usize) -> u64 {
+        let s = &self.inner.shards[i].stats;
+        let extra = u64::from(self.inner.cfg.transcode_weight.saturating_sub(1));
+        s.calls.load(Ordering::Relaxed) as u64
+            + extra * s.transcoding.load(Ordering::Relaxed) as u64
+    }
+
+    /// The relay's load in forwarded calls, as admission counts it against `capacity`: every
+    /// call (live or being set up) once, plus `transcode_weight - 1` more for each that
+    /// transcodes on its shard.
+    fn load(&self, calls: usize) -> u64 {
+        let extra = u64::from(self.inner.cfg.transcode_weight.saturating_sub(1));
+        let transcoding: u64 = (self.inner.shards.iter())
+            .map(|s| s.stats.transcoding.load(Ordering::Relaxed) as u64)
+            .sum();
+        calls as u64 + extra * transcoding
+    }
+
     fn pick_shard(&self) -> Result<usize, ApiError> {
         let limit = self.max_shard_busy();
         let busy: Vec<f64> = self
@@ -466,7 +505,7 @@ impl EngineHandle {
         (0..n)
             .map(|i| (start + i) % n)
             .filter(|&i| limit >= 1.0 || busy.get(i).is_some_and(|b| *b < limit))
-            .min_by_key(|&i| self.inner.shards[i].stats.calls.load(Ordering::Relaxed))
+            .min_by_key(|&i| self.shard_load(i))
             .ok_or_else(|| ApiError::Unavailable("no engine shard".into()))
     }
 
@@ -564,10 +603,21 @@ impl EngineHandle {
             ));
         }
         let capacity = self.capacity();
-        if reg.calls.len() as u32 >= capacity {
+        // A transcoded call costs `transcode_weight` forwarded calls (a voice bot: decided
+        // here; a G.711 media server: counted once its answer makes the leg transcode).
+        let weight = match req.internal.kind {
+            crate::api::InternalKind::WebSocket(_) => {
+                u64::from(self.inner.cfg.transcode_weight.max(1))
+            }
+            _ => 1,
+        };
+        if self.load(reg.calls.len()) + weight > u64::from(capacity) {
             return Err(self.refuse(
                 RefusedReason::Capacity,
-                ApiError::Unavailable(format!("relay at capacity ({capacity} calls)")),
+                ApiError::Unavailable(format!(
+                    "relay at capacity ({capacity} calls; a transcoded call counts as {})",
+                    self.inner.cfg.transcode_weight
+                )),
             ));
         }
         let limit = self.inner.cfg.max_calls_per_number;

@@ -79,6 +79,8 @@ pub struct ShardTotals {
     pub packets_in: u64,
     pub packets_out: u64,
     pub send_errors: u64,
+    /// io_uring's pools running out, by [`crate::engine::IO_PRESSURE`] kind.
+    pub io_pressure: [u64; crate::engine::IO_PRESSURE.len()],
     /// I/O system calls made so far, by [`crate::engine::IO_SYSCALLS`] kind.
     pub io_syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
     /// Share of the last publish interval the shard spent working rather than waiting in
@@ -113,6 +115,7 @@ impl ShardTotals {
             packets_in: 0,
             packets_out: 0,
             send_errors: 0,
+            io_pressure: [0; crate::engine::IO_PRESSURE.len()],
             io_syscalls: [0; crate::engine::IO_SYSCALLS.len()],
             busy_ratio: 0.0,
             busy_seconds: 0.0,

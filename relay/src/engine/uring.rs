@@ -95,9 +95,14 @@ pub(crate) struct UringConfig {
 impl Default for UringConfig {
     fn default() -> Self {
         UringConfig {
+            // 4 MiB per shard, touched only as deep as a turn's datagrams reach.
             recv_buffers: 2048,
-            send_slots: 1024,
-            batch_wait_us: 0,
+            // A turn with more sends submits and reaps early (UDP sends complete as issued).
+            send_slots: 256,
+            // At 400 evenly spaced calls a turn then carries ~8 datagrams instead of one: about
+            // half the CPU per packet (6.3 vs 12.5 µs, 2026-12-05) for at most 0.2 ms more
+            // latency (BENCHMARKS.md, issue 17).
+            batch_wait_us: 200,
             batch_want: 32,
             fixed_files: false,
             connect: false,
@@ -132,6 +137,7 @@ impl UringConfig {
                 tracing::warn!(setting = kv, "RELAY_URING: ignored");
             }
         }
+        tracing::info!(config = ?c, "RELAY_URING: io_uring driver settings overridden");
         c
     }
 }
@@ -819,6 +825,8 @@ impl Driver for UringDriver {
             sent: self.io.sent,
             send_errors: self.io.send_errors,
             recv_errors: self.recv_errors,
+            send_slots_full: self.io.send_slots_full,
+            recv_ring_dry: self.recv_ring_dry,
             syscalls,
         }
     }

@@ -514,27 +514,7 @@ impl ControllingAgent {
         msg: &StunMessage<'_>,
         out: &mut impl Outbox,
     ) {
-        if !responder::authentic_request(msg, &self.local, self.remote.as_ref()) {
-            self.stats.rejected_requests += 1;
-            return;
-        }
-        if msg.ice_controlling().is_some() {
-            // Both sides think they control. We keep the role whatever the tiebreakers say
-            // (RFC 8445 §7.3.1.1 would let the lower tiebreaker switch): Meta is lite and
-            // must be controlled, and a controlled relay stalls with it.
-            responder::respond(
-                &mut self.scratch,
-                out,
-                &mut self.stats,
-                via,
-                from,
-                msg,
-                &self.local,
-                Some((code::ROLE_CONFLICT, "Role Conflict")),
-            );
-            return;
-        }
-        responder::respond(
+        if !responder::answer_request(
             &mut self.scratch,
             out,
             &mut self.stats,
@@ -542,8 +522,11 @@ impl ControllingAgent {
             from,
             msg,
             &self.local,
-            None,
-        );
+            self.remote.as_ref(),
+            responder::OurRole::Controlling,
+        ) {
+            return;
+        }
         self.trigger_check(via, from, msg.priority().unwrap_or(0));
     }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::ice::responder::{self, SCRATCH_LEN};
 use crate::ice::{IceConfig, IceCredentials, IceEvent, IceState, IceStats, later};
 use crate::net::{Outbox, SocketRef};
-use crate::wire::stun::{BINDING, StunClass, StunMessage, code};
+use crate::wire::stun::{BINDING, StunClass, StunMessage};
 
 pub struct LiteAgent {
     cfg: IceConfig,
@@ -118,26 +118,7 @@ impl LiteAgent {
         {
             return;
         }
-        if !responder::authentic_request(msg, &self.local, self.remote.as_ref()) {
-            self.stats.rejected_requests += 1;
-            return;
-        }
-        if msg.ice_controlled().is_some() {
-            // A lite agent is always controlled (RFC 8445 §6.1.1): a peer claiming to be
-            // controlled too must switch, which 487 tells it.
-            responder::respond(
-                &mut self.scratch,
-                out,
-                &mut self.stats,
-                via,
-                from,
-                msg,
-                &self.local,
-                Some((code::ROLE_CONFLICT, "Role Conflict")),
-            );
-            return;
-        }
-        responder::respond(
+        if !responder::answer_request(
             &mut self.scratch,
             out,
             &mut self.stats,
@@ -145,8 +126,11 @@ impl LiteAgent {
             from,
             msg,
             &self.local,
-            None,
-        );
+            self.remote.as_ref(),
+            responder::OurRole::Controlled,
+        ) {
+            return;
+        }
         if self.state == IceState::New {
             self.state = IceState::Checking;
         }

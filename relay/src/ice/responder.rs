@@ -43,6 +43,46 @@ pub(crate) fn authentic_request(
         && msg.verify_integrity(local.pwd.as_bytes())
 }
 
+/// Which role we hold, for the role-conflict rule (RFC 8445 §7.3.1.1).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum OurRole {
+    /// The relay toward Meta: Meta is lite and must be controlled, so we keep the role
+    /// whatever the tiebreakers say (a controlled relay stalls with a lite peer).
+    Controlling,
+    /// A lite agent is always controlled (RFC 8445 §6.1.1).
+    Controlled,
+}
+
+/// The one place both agents apply the security rules to an incoming Binding request:
+/// unauthenticated requests are counted and get no answer (no amplification for spoofed
+/// sources); a peer claiming our role gets 487 Role Conflict; anything else gets a success
+/// response. True when it was answered with success: the caller goes on to act on it
+/// (triggered check, nomination, consent).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn answer_request(
+    scratch: &mut [u8],
+    out: &mut impl Outbox,
+    stats: &mut IceStats,
+    via: SocketRef,
+    from: SocketAddr,
+    msg: &StunMessage<'_>,
+    local: &IceCredentials,
+    remote: Option<&IceCredentials>,
+    role: OurRole,
+) -> bool {
+    if !authentic_request(msg, local, remote) {
+        stats.rejected_requests += 1;
+        return false;
+    }
+    let conflict = match role {
+        OurRole::Controlling => msg.ice_controlling().is_some(),
+        OurRole::Controlled => msg.ice_controlled().is_some(),
+    };
+    let error = conflict.then_some((code::ROLE_CONFLICT, "Role Conflict"));
+    respond(scratch, out, stats, via, from, msg, local, error);
+    !conflict
+}
+
 /// Answers an authenticated request with a success response (XOR-MAPPED-ADDRESS = `from`)
 /// or, with `error`, an error response; both carry MESSAGE-INTEGRITY and FINGERPRINT.
 #[allow(clippy::too_many_arguments)]

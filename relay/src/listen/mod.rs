@@ -493,15 +493,16 @@ impl ListenSession {
             self.dropped += 1;
             return;
         };
-        let stamped = rtp::set_payload_type(&mut pkt, track.opus_pt)
-            .and_then(|()| rtp::set_marker(&mut pkt, hdr.marker || rw.marker))
-            .and_then(|()| rtp::set_sequence(&mut pkt, rw.seq))
-            .and_then(|()| rtp::set_timestamp(&mut pkt, rw.ts))
-            .and_then(|()| rtp::set_ssrc(&mut pkt, rw.ssrc));
-        if stamped.is_err() {
+        let Ok(mut header) = rtp::HeaderMut::new(&mut pkt) else {
             self.dropped += 1;
             return;
-        }
+        };
+        header
+            .set_payload_type(track.opus_pt)
+            .set_marker(hdr.marker || rw.marker)
+            .set_sequence(rw.seq)
+            .set_timestamp(rw.ts)
+            .set_ssrc(rw.ssrc);
         let sent = match srtp {
             Some(ctx) => ctx.protect_rtp(&mut pkt, n),
             None => Ok(n),

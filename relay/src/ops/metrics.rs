@@ -342,6 +342,18 @@ pub fn render(s: &MetricsSnapshot) -> String {
             sample(o, "relay_io_syscalls_total", &labels, n as f64);
         }
     }
+    family(
+        o,
+        "relay_io_pressure_total",
+        "counter",
+        "io_uring's pools running out, per engine shard: send_slots_full (datagrams dropped, also in relay_shard_send_errors_total), recv_ring_dry (receives re-armed; datagrams waited in their sockets). Always 0 on epoll.",
+    );
+    for t in &s.shards {
+        for (kind, n) in crate::engine::IO_PRESSURE.iter().zip(t.io_pressure) {
+            let labels = format!("shard=\"{}\",kind=\"{kind}\"", t.shard);
+            sample(o, "relay_io_pressure_total", &labels, n as f64);
+        }
+    }
     if let Some(r) = &s.recording {
         recording(o, r);
     }
@@ -734,6 +746,7 @@ mod tests {
         b.srtp_auth_failures_internal = 1;
         b.packets_in = 7;
         b.send_errors = 2;
+        b.io_pressure = [3, 5];
         b.busy_ratio = 0.25;
         b.ice_setup.observe_duration(Duration::from_millis(3));
         a.quality.rtt[0].observe(0.08);
@@ -803,6 +816,14 @@ mod tests {
         assert_eq!(v("relay_shard_calls{shard=\"1\"}"), 1.0);
         assert_eq!(v("relay_shard_packets_total{shard=\"1\"}"), 7.0);
         assert_eq!(v("relay_shard_send_errors_total{shard=\"1\"}"), 2.0);
+        assert_eq!(
+            v("relay_io_pressure_total{shard=\"1\",kind=\"send_slots_full\"}"),
+            3.0
+        );
+        assert_eq!(
+            v("relay_io_pressure_total{shard=\"1\",kind=\"recv_ring_dry\"}"),
+            5.0
+        );
         assert_eq!(v("relay_io_driver_info{driver=\"io_uring\"}"), 1.0);
         assert_eq!(
             v("relay_io_syscalls_total{shard=\"0\",kind=\"io_uring_enter\"}"),
@@ -906,6 +927,7 @@ mod tests {
             ("relay_shard_busy_ratio", "gauge"),
             ("relay_io_driver_info", "gauge"),
             ("relay_io_syscalls_total", "counter"),
+            ("relay_io_pressure_total", "counter"),
             ("relay_ice_setup_seconds", "histogram"),
             ("relay_dtls_setup_seconds", "histogram"),
             ("relay_call_loss_ratio", "histogram"),
@@ -939,7 +961,7 @@ mod tests {
             + 2 * DROP_REASONS.len()
             + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
-        let io = 1 + crate::engine::IO_SYSCALLS.len() * shards;
+        let io = 1 + (crate::engine::IO_SYSCALLS.len() + crate::engine::IO_PRESSURE.len()) * shards;
         let live = 4 * hist(LOSS_BUCKETS) + 4 * hist(JITTER_BUCKETS) + 2 * hist(RTT_BUCKETS);
         fixed
             + hist(SETUP_BUCKETS) * 2

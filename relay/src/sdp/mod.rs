@@ -28,8 +28,8 @@ pub use model::{
 };
 pub use parse::{MAX_LINE_BYTES, MAX_SDP_BYTES, parse, parse_bytes, parse_webrtc};
 pub use validate::{
-    DtlsRemote, InternalRemote, SdesCrypto, SdesRemote, TELEPHONE_EVENT_CLOCK, WaTransport,
-    WhatsAppOffer, sdes_key_params, validate_internal, validate_whatsapp_offer,
+    DtlsRemote, InternalCodec, InternalRemote, SdesCrypto, SdesRemote, TELEPHONE_EVENT_CLOCK,
+    WaTransport, WhatsAppOffer, sdes_key_params, validate_internal, validate_whatsapp_offer,
 };
 pub use webrtc::{
     WEBRTC_OFFER_MID, WEBRTC_STREAM_ID, WebRtcLocalParams, WebRtcRemote, validate_webrtc,

@@ -263,6 +263,25 @@ impl AudioMedia {
         self.offered_pt(|m| m.encoding.eq_ignore_ascii_case("opus") && m.clock_rate == 48000)
     }
 
+    /// The first G.711 payload type on the `m=` line (PCMU or PCMA at 8000 Hz), in the peer's
+    /// preference order: by `a=rtpmap`, or the static types 0 and 8 listed without one
+    /// (RFC 3551 §6 lets an SDP rely on the static assignment).
+    pub fn g711_pt(&self) -> Option<(u8, crate::codec::g711::G711)> {
+        use crate::codec::g711::G711;
+        self.formats
+            .iter()
+            .copied()
+            .find_map(|pt| match self.rtpmap(pt) {
+                Some(m) if m.clock_rate == 8000 && m.channels.unwrap_or(1) == 1 => {
+                    G711::from_encoding_name(&m.encoding).map(|law| (pt, law))
+                }
+                Some(_) => None,
+                None if pt == 0 => Some((0, G711::Ulaw)),
+                None if pt == 8 => Some((8, G711::Alaw)),
+                None => None,
+            })
+    }
+
     /// The `telephone-event` payload type at this clock rate (WhatsApp uses 8000).
     pub fn telephone_event_pt(&self, clock: u32) -> Option<u8> {
         self.offered_pt(|m| {

@@ -9,6 +9,7 @@ use base64::Engine as _;
 
 use super::error::SdpError;
 use super::model::{Candidate, Direction, Fingerprint, MediaProto, SessionDescription, Setup};
+use crate::codec::g711::G711;
 use crate::srtp::{MasterKey, SrtpProfile};
 
 /// The clock rate of the `telephone-event` payload the relay forwards (RFC 4733 at 8 kHz).
@@ -94,8 +95,12 @@ pub struct InternalRemote {
     /// Where to send RTCP: the RTP address with rtcp-mux, else `a=rtcp`, else port + 1.
     pub rtcp_addr: Option<SocketAddr>,
     pub rtcp_mux: bool,
+    /// The audio payload type: Opus's, or, when the peer has no Opus, the G.711 one `codec`
+    /// names.
     pub opus_pt: u8,
     pub opus_fmtp: Option<String>,
+    /// What the audio is: Opus (forwarded untouched) or G.711 (transcoded by the relay).
+    pub codec: InternalCodec,
     pub telephone_event_pt: Option<u8>,
     pub ptime: Option<u32>,
     /// Present exactly when `proto` is SDES (`RTP/SAVP`, `RTP/SAVPF`).
@@ -200,9 +205,19 @@ fn dtls_remote(sd: &SessionDescription) -> Result<DtlsRemote, SdpError> {
     })
 }
 
+/// The audio codec of an internal leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InternalCodec {
+    /// Opus: forwarded between the legs untouched.
+    Opus,
+    /// G.711 (a media server without Opus): the relay transcodes (relay/src/call/transcode.rs).
+    G711(G711),
+}
+
 /// Check an internal peer's SDP (`RTP/AVP[F]` or `RTP/SAVP[F]` with `a=crypto`) and extract
-/// where to send, the payload types, and the SDES key if any. Opus is required: the relay
-/// does not transcode.
+/// where to send, the payload types, and the SDES key if any. Opus is preferred (no
+/// transcoding); without it the first of PCMU/PCMA the peer lists is taken and the relay
+/// transcodes.
 pub fn validate_internal(sd: &SessionDescription) -> Result<InternalRemote, SdpError> {
     let audio = &sd.audio;
     let m_line = sd.lines.audio;
@@ -222,9 +237,16 @@ pub fn validate_internal(sd: &SessionDescription) -> Result<InternalRemote, SdpE
         .or(sd.connection)
         .ok_or_else(|| at_m("no c= address for the stream"))?;
     let rtp_addr = sd.remote_rtp_addr();
-    let opus_pt = audio
-        .opus_pt()
-        .ok_or_else(|| at_m("no opus/48000 payload type (the relay does not transcode)"))?;
+    let (opus_pt, codec) = match (audio.opus_pt(), audio.g711_pt()) {
+        (Some(pt), _) => (pt, InternalCodec::Opus),
+        (None, Some((pt, law))) => (pt, InternalCodec::G711(law)),
+        (None, None) => {
+            return Err(at_m(
+                "no opus/48000, PCMU/8000 or PCMA/8000 payload type (the relay bridges Opus \
+                 untouched or transcodes to G.711)",
+            ));
+        }
+    };
 
     let rtcp_addr = match (rtp_addr, audio.rtcp_mux, audio.rtcp) {
         (None, _, _) => None,
@@ -238,7 +260,11 @@ pub fn validate_internal(sd: &SessionDescription) -> Result<InternalRemote, SdpE
         rtcp_addr,
         rtcp_mux: audio.rtcp_mux,
         opus_pt,
-        opus_fmtp: audio.fmtp(opus_pt).map(str::to_string),
+        opus_fmtp: match codec {
+            InternalCodec::Opus => audio.fmtp(opus_pt).map(str::to_string),
+            InternalCodec::G711(_) => None,
+        },
+        codec,
         telephone_event_pt: audio.telephone_event_pt(TELEPHONE_EVENT_CLOCK),
         ptime: audio.ptime,
         crypto,

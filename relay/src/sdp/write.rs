@@ -7,7 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::error::SdpError;
 use super::model::{Direction, Fingerprint, MediaProto, Setup};
-use super::validate::{WaTransport, WhatsAppOffer};
+use super::validate::{InternalCodec, WaTransport, WhatsAppOffer};
+use crate::codec::g711::G711;
 use crate::srtp::SrtpProfile;
 
 /// The Opus parameters Meta puts in its offers; we answer and offer the same, since the relay
@@ -95,6 +96,18 @@ impl LocalPayload {
         }
     }
 
+    /// `PCMU/8000` or `PCMA/8000` (RFC 3551), usually on its static payload type.
+    pub fn g711(pt: u8, law: G711) -> LocalPayload {
+        LocalPayload {
+            pt,
+            encoding: law.encoding_name().to_string(),
+            clock_rate: 8000,
+            channels: None,
+            fmtp: None,
+            rtcp_fb: Vec::new(),
+        }
+    }
+
     /// `telephone-event/8000` (RFC 4733).
     pub fn telephone_event(pt: u8) -> LocalPayload {
         LocalPayload {
@@ -162,6 +175,11 @@ pub struct InternalLocalParams {
     /// Mirror the peer's PT when answering; [`DEFAULT_OPUS_PT`] when offering.
     pub opus_pt: u8,
     pub opus_fmtp: Option<String>,
+    /// The audio when answering: Opus on `opus_pt`, or G.711 on `opus_pt` (then no Opus).
+    pub codec: InternalCodec,
+    /// Offering: list PCMU (0) and PCMA (8) after Opus, so a media server without Opus can
+    /// answer with G.711 (the relay then transcodes).
+    pub offer_g711: bool,
     pub telephone_event_pt: Option<u8>,
     /// `(tag, profile, key_params)`: `RTP/SAVP` with this `a=crypto`; `None`: `RTP/AVP`.
     pub crypto: Option<(u32, SrtpProfile, String)>,
@@ -181,6 +199,8 @@ impl InternalLocalParams {
             port,
             opus_pt: DEFAULT_OPUS_PT,
             opus_fmtp: Some(META_OPUS_FMTP.to_string()),
+            codec: InternalCodec::Opus,
+            offer_g711: false,
             telephone_event_pt: Some(DEFAULT_TELEPHONE_EVENT_PT),
             crypto: None,
             ssrc: None,
@@ -314,7 +334,14 @@ impl LocalDescription {
     /// Our side of an internal leg: `RTP/AVP`, or `RTP/SAVP` with `a=crypto`; Opus and
     /// telephone-event, ptime 20, no ICE, no DTLS.
     pub fn internal(params: InternalLocalParams) -> LocalDescription {
-        let mut payloads = vec![LocalPayload::opus(params.opus_pt, params.opus_fmtp)];
+        let mut payloads = match params.codec {
+            InternalCodec::Opus => vec![LocalPayload::opus(params.opus_pt, params.opus_fmtp)],
+            InternalCodec::G711(law) => vec![LocalPayload::g711(params.opus_pt, law)],
+        };
+        if params.offer_g711 && params.codec == InternalCodec::Opus {
+            payloads.push(LocalPayload::g711(0, G711::Ulaw));
+            payloads.push(LocalPayload::g711(8, G711::Alaw));
+        }
         if let Some(pt) = params.telephone_event_pt {
             payloads.push(LocalPayload::telephone_event(pt));
         }

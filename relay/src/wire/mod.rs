@@ -3,4 +3,5 @@
 pub mod classify;
 pub mod rtcp;
 pub mod rtp;
+pub mod seq;
 pub mod stun;

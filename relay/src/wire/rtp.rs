@@ -168,42 +168,48 @@ fn byte_mut(buf: &mut [u8], at: usize) -> Result<&mut u8, RtpError> {
     buf.get_mut(at).ok_or(RtpError::TooShort(len))
 }
 
-fn put(buf: &mut [u8], at: usize, bytes: &[u8]) -> Result<(), RtpError> {
-    let len = buf.len();
-    if len < FIXED_HEADER_LEN {
-        return Err(RtpError::TooShort(len));
+/// An RTP packet's fixed header, for rewriting in place: the length is checked once, when it
+/// is made, so its setters cannot fail. The forwarding path restamps every packet with the
+/// outbound stream's numbering through it.
+pub struct HeaderMut<'a>(&'a mut [u8; FIXED_HEADER_LEN]);
+
+impl<'a> HeaderMut<'a> {
+    /// The fixed header at the start of `packet` (at least 12 bytes; the caller parsed it).
+    pub fn new(packet: &'a mut [u8]) -> Result<Self, RtpError> {
+        let len = packet.len();
+        packet
+            .first_chunk_mut::<FIXED_HEADER_LEN>()
+            .map(HeaderMut)
+            .ok_or(RtpError::TooShort(len))
     }
-    buf.get_mut(at..at + bytes.len())
-        .ok_or(RtpError::TooShort(len))?
-        .copy_from_slice(bytes);
-    Ok(())
-}
 
-pub fn set_marker(buf: &mut [u8], marker: bool) -> Result<(), RtpError> {
-    let b = byte_mut(buf, 1)?;
-    *b = (*b & 0x7F) | if marker { 0x80 } else { 0 };
-    Ok(())
-}
-
-pub fn set_payload_type(buf: &mut [u8], pt: u8) -> Result<(), RtpError> {
-    if pt > 0x7F {
-        return Err(RtpError::InvalidPayloadType(pt));
+    pub fn set_marker(&mut self, marker: bool) -> &mut Self {
+        self.0[1] = (self.0[1] & 0x7F) | if marker { 0x80 } else { 0 };
+        self
     }
-    let b = byte_mut(buf, 1)?;
-    *b = (*b & 0x80) | pt;
-    Ok(())
-}
 
-pub fn set_sequence(buf: &mut [u8], seq: u16) -> Result<(), RtpError> {
-    put(buf, 2, &seq.to_be_bytes())
-}
+    /// `pt` is 7 bits (0–127): payload types come from SDP, which the SDP parser bounds. A
+    /// larger value would corrupt the marker bit, so only its low 7 bits are written.
+    pub fn set_payload_type(&mut self, pt: u8) -> &mut Self {
+        debug_assert!(pt <= 0x7F, "payload type {pt} is not 7 bits");
+        self.0[1] = (self.0[1] & 0x80) | (pt & 0x7F);
+        self
+    }
 
-pub fn set_timestamp(buf: &mut [u8], ts: u32) -> Result<(), RtpError> {
-    put(buf, 4, &ts.to_be_bytes())
-}
+    pub fn set_sequence(&mut self, seq: u16) -> &mut Self {
+        self.0[2..4].copy_from_slice(&seq.to_be_bytes());
+        self
+    }
 
-pub fn set_ssrc(buf: &mut [u8], ssrc: u32) -> Result<(), RtpError> {
-    put(buf, 8, &ssrc.to_be_bytes())
+    pub fn set_timestamp(&mut self, ts: u32) -> &mut Self {
+        self.0[4..8].copy_from_slice(&ts.to_be_bytes());
+        self
+    }
+
+    pub fn set_ssrc(&mut self, ssrc: u32) -> &mut Self {
+        self.0[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        self
+    }
 }
 
 /// Removes the CSRC list and header extension from the plain RTP packet `buf[..len]` by
@@ -251,20 +257,9 @@ pub fn write_header(buf: &mut [u8], f: &RtpHeaderFields) -> Result<usize, RtpErr
     Ok(FIXED_HEADER_LEN)
 }
 
-/// `a - b` in sequence-number space: positive when `a` is newer than `b`.
-pub fn seq_delta(a: u16, b: u16) -> i16 {
-    a.wrapping_sub(b) as i16
-}
+use super::seq::{Step, step};
+pub use super::seq::{seq_delta, ts_delta};
 
-/// `a - b` in RTP timestamp space: positive when `a` is later than `b`.
-pub fn ts_delta(a: u32, b: u32) -> i32 {
-    a.wrapping_sub(b) as i32
-}
-
-/// RFC 3550 A.1: a jump of this many or more packets ahead is a possible source restart.
-const MAX_DROPOUT: u16 = 3000;
-/// RFC 3550 A.1: packets up to this far behind are late arrivals, not a restart.
-const MAX_MISORDER: u16 = 100;
 const SEQ_MOD: u64 = 1 << 16;
 
 /// Receiver statistics for one SSRC: extended highest sequence number, loss and
@@ -311,20 +306,23 @@ impl SeqTracker {
         if !self.started {
             self.init(seq);
         } else {
-            let udelta = seq.wrapping_sub(self.max_seq);
-            if udelta < MAX_DROPOUT {
-                if seq < self.max_seq {
-                    self.cycles += SEQ_MOD;
+            match step(seq, self.max_seq) {
+                Step::Ahead(_) => {
+                    if seq < self.max_seq {
+                        self.cycles += SEQ_MOD;
+                    }
+                    self.max_seq = seq;
                 }
-                self.max_seq = seq;
-            } else if udelta <= u16::MAX - MAX_MISORDER + 1 {
-                // A large jump: trust it only if the next packet follows it.
-                if self.bad_seq == Some(seq) {
-                    self.init(seq);
-                } else {
-                    self.bad_seq = Some(seq.wrapping_add(1));
-                    return false;
+                Step::Jump => {
+                    // A large jump: trust it only if the next packet follows it.
+                    if self.bad_seq == Some(seq) {
+                        self.init(seq);
+                    } else {
+                        self.bad_seq = Some(seq.wrapping_add(1));
+                        return false;
+                    }
                 }
+                Step::Same | Step::Behind(_) => {}
             }
             // Otherwise a duplicate or late packet: counted, max unchanged.
         }

@@ -7,7 +7,9 @@ use crate::call::CallConfig;
 use crate::call::stats::DropReason;
 
 fn released(sim: &Sim) -> bool {
-    sim.call.wa.dtls.as_ref().is_some_and(|d| d.is_released())
+    sim.call.legs[crate::call::WA]
+        .dtls()
+        .is_some_and(|d| d.is_released())
 }
 
 /// The relay is the DTLS client toward Meta's ice-lite server (the user-initiated shape): once

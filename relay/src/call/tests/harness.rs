@@ -139,6 +139,8 @@ pub struct WaDatagram {
 pub struct Sim {
     pub t0: Instant,
     pub now: Instant,
+    /// The relay's SDP for the media server.
+    pub internal_answer: String,
     pub call: Call,
     pub meta: MetaPeer,
     pub events: Vec<(Instant, CallEventKind)>,
@@ -173,18 +175,30 @@ impl Sim {
     }
 
     pub fn with_config(leg: Leg, cfg: CallConfig) -> Sim {
+        Sim::with_internal_sdp(leg, cfg, testing::internal_sdp())
+    }
+
+    /// A call whose media server describes itself with `internal_sdp` (e.g. G.711 only).
+    pub fn with_internal_sdp(leg: Leg, cfg: CallConfig, internal_sdp: String) -> Sim {
         let t0 = Instant::now();
         let (mut meta, offer) = match leg {
             Leg::Dtls => MetaPeer::dtls(t0),
             Leg::Sdes(p) => MetaPeer::sdes(p),
         };
         let identity = Arc::new(DtlsIdentity::generate().expect("relay certificate"));
-        let created = testing::create_call(&offer, cfg, identity, t0).expect("create call");
+        let spec = crate::api::InternalLegSpec {
+            kind: crate::api::InternalKind::PlainRtp,
+            remote_sdp: Some(internal_sdp),
+            source: crate::api::SourcePolicy::Strict,
+        };
+        let created =
+            testing::create_call_with(&offer, spec, cfg, identity, t0).expect("create call");
         meta.accept_answer(&created.whatsapp_sdp, t0)
             .expect("Meta accepts the relay's answer");
         Sim {
             t0,
             now: t0,
+            internal_answer: created.internal_sdp,
             call: created.call,
             meta,
             events: Vec::new(),

@@ -94,7 +94,7 @@ impl Net {
             &mut self.from_call,
         );
         self.collect();
-        r.map(|s| s.expect("a status"))
+        r.map(|s| s.expect("a status")).map_err(Into::into)
     }
 
     fn collect(&mut self) {

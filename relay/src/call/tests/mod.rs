@@ -7,6 +7,7 @@ mod harness;
 mod bot;
 mod dtls_state;
 mod fill;
+mod g711;
 mod gate;
 mod keepalive;
 mod lifetime;
