@@ -877,6 +877,15 @@ fn print_recording_totals(session: &Session) {
         get("relay_recording_dropped_packets_total"),
         get("relay_recording_write_errors_total"),
     );
+    // Why: the writer behind (queue_full), a payload too large, or not placeable (invalid).
+    let reasons: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("relay_recording_dropped_packets_total{"))
+        .map(|l| l.replace('}', ""))
+        .collect();
+    if !reasons.is_empty() {
+        println!("recording drops by reason: {}", reasons.join(", "));
+    }
     let _ = std::fs::remove_dir_all(recording_dir());
 }
 

@@ -274,7 +274,10 @@ impl Recorder {
         let w = writer::Writer::new(ctrl_rx, filled_rx, [free_tx, large_tx], stats);
         let thread = std::thread::Builder::new()
             .name("relay-recorder".into())
-            .spawn(move || w.run())?;
+            .spawn(move || {
+                writer::lower_priority();
+                w.run()
+            })?;
         Ok(Arc::new(Recorder {
             cfg,
             link,

@@ -105,10 +105,45 @@ const CRC_TABLE: [u32; 256] = {
 };
 
 pub fn crc32(data: &[u8]) -> u32 {
-    data.iter().fold(0u32, |crc, &b| {
-        (crc << 8) ^ CRC_TABLE[usize::from(((crc >> 24) as u8) ^ b)]
-    })
+    // Slicing by 8: eight bytes per step through eight tables, a quarter of the instructions
+    // of a byte at a time (the writer thread's largest cost, see BENCHMARKS.md).
+    let mut crc = 0u32;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let t = &CRC_TABLES;
+        let x = crc ^ u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        crc = t[7][(x >> 24) as usize]
+            ^ t[6][((x >> 16) & 0xff) as usize]
+            ^ t[5][((x >> 8) & 0xff) as usize]
+            ^ t[4][(x & 0xff) as usize]
+            ^ t[3][usize::from(c[4])]
+            ^ t[2][usize::from(c[5])]
+            ^ t[1][usize::from(c[6])]
+            ^ t[0][usize::from(c[7])];
+    }
+    chunks.remainder().iter().fold(crc, crc_byte)
 }
+
+fn crc_byte(crc: u32, b: &u8) -> u32 {
+    (crc << 8) ^ CRC_TABLE[usize::from(((crc >> 24) as u8) ^ b)]
+}
+
+/// `CRC_TABLES[k][i]`: the CRC of byte `i` followed by `k` zero bytes.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    t[0] = CRC_TABLE;
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev << 8) ^ CRC_TABLE[(prev >> 24) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
 
 /// One logical Ogg Opus bitstream being written. Output goes into a caller's `Vec<u8>` (the
 /// writer thread hands it to the file); the only buffer kept here is the open page.
@@ -523,6 +558,16 @@ mod tests {
         // The catalogue's CRC-32/CKSUM check value (same polynomial and init, but a final
         // xor with 0xffffffff) is 0x765e7680; Ogg has no final xor.
         assert_eq!(crc32(b"123456789"), 0x89a1_897f);
+        // Slicing by 8 agrees with a byte at a time, at every length and alignment.
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for start in 0..9 {
+            for end in start..data.len() {
+                let d = &data[start..end];
+                assert_eq!(crc32(d), d.iter().fold(0, crc_byte), "{start}..{end}");
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,50 @@ use crate::api::RecordingFiles;
 /// not signalled one by one (that would be a system call per packet on the shard).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
+/// How much nicer than the shards the writer thread runs. On a core it shares with a shard
+/// (a small machine, or `taskset` putting the whole relay on one CPU), the writer's batches
+/// would otherwise take time slices from the shard and delay live packets; nicer by 10, the
+/// shard preempts it and it writes with what the shard leaves. If it cannot keep up, packets
+/// are dropped from the recording (counted), never from the call.
+const WRITER_NICE: i32 = 10;
+
+/// Lower the calling thread's scheduling priority by [`WRITER_NICE`] (Linux: `setpriority`
+/// on a thread id affects only that thread). Best effort: a failure leaves it as it was.
+#[allow(unsafe_code)] // getpriority/setpriority on this thread's id
+pub(super) fn lower_priority() {
+    // SAFETY: gettid has no preconditions; getpriority and setpriority read and write this
+    // thread's nice value only, with plain integer arguments.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        let nicer = (current + WRITER_NICE).min(19);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, nicer) != 0 {
+            tracing::debug!("recording writer: cannot lower its priority");
+        }
+    }
+}
+
+/// Recording ids are a process-wide counter, not attacker input: a multiplicative hash is
+/// enough, and SipHash was a tenth of the writer's time per packet.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 const VENDOR: &str = concat!("relay ", env!("CARGO_PKG_VERSION"));
 
 pub(super) struct Writer {
@@ -31,7 +76,7 @@ pub(super) struct Writer {
     /// Back to the small and the large free list.
     free: [Sender<Box<PacketSlot>>; 2],
     stats: Arc<RecorderStats>,
-    open: HashMap<u64, Recording>,
+    open: HashMap<u64, Recording, BuildHasherDefault<IdHasher>>,
     /// Control messages read ahead of their turn (see `read_ahead_for_opens`).
     deferred: std::collections::VecDeque<Ctrl>,
 }
@@ -68,7 +113,7 @@ impl Writer {
             filled,
             free,
             stats,
-            open: HashMap::new(),
+            open: HashMap::default(),
             deferred: Default::default(),
         }
     }
