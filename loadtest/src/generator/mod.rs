@@ -7,7 +7,6 @@
 //! (as a media server with a port per call does); that costs the generator more syscalls.
 //! Calls are told apart by the relay's address (the relay uses a port per call and leg).
 
-mod rxbatch;
 mod timerfd;
 mod worker;
 

@@ -13,9 +13,7 @@ use crossbeam_channel::Receiver;
 use e2e::rtp::unix_micros;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use relay::engine::udp::{BATCH, BUF_SIZE, SendBatch};
-
-use super::rxbatch::{RecvBatch, enable_timestamps};
+use relay::engine::udp::{BATCH, BUF_SIZE, RecvBatch, SendBatch, enable_timestamps};
 
 use super::timerfd::TimerFd;
 use crate::generator::{Command, NewCall, PeerSocket, Spacing};
@@ -170,7 +168,7 @@ impl Worker {
                 early: VecDeque::new(),
             },
             io: Io {
-                rx: RecvBatch::new(),
+                rx: RecvBatch::with_timestamps(),
                 meta_out: SendBatch::new(),
                 sip_out: SendBatch::new(),
                 scratch: Box::new([0u8; BUF_SIZE]),
@@ -279,9 +277,12 @@ impl Worker {
             let now = Instant::now();
             let now_us = unix_micros();
             for i in 0..n {
-                let Some((data, Some(from), stamp)) = self.io.rx.get(i) else {
+                let stamp = self.io.rx.timestamp_us(i);
+                let (buf, len, from) = self.io.rx.get(i);
+                let Some(from) = from else {
                     continue;
                 };
+                let data = &mut buf[..len];
                 // Kernel arrival time if we have it: latency excludes our own read delay.
                 let arrived_us = stamp.unwrap_or(now_us).min(now_us);
                 self.calls.dispatch(

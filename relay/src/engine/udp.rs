@@ -17,10 +17,38 @@ pub const BUF_SIZE: usize = 2048;
 /// Datagrams per `recvmmsg`/`sendmmsg`.
 pub const BATCH: usize = 32;
 
+/// Room for one `SCM_TIMESTAMPNS` control message (CMSG_SPACE of a timespec is 32 on 64-bit).
+const CONTROL: usize = 64;
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; CONTROL]);
+
+/// Asks the kernel to timestamp datagrams arriving on `fd` (best effort), for a
+/// [`RecvBatch::with_timestamps`]. The load generator's latency excludes its own read delay so.
+pub fn enable_timestamps(fd: RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: a c_int option of the size declared; an invalid fd only makes the call fail.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 pub struct RecvBatch {
     bufs: Box<[[u8; BUF_SIZE]]>,
     addrs: Box<[libc::sockaddr_storage]>,
     lens: [usize; BATCH],
+    /// Control buffers for kernel receive timestamps ([`RecvBatch::with_timestamps`]); the
+    /// engine has none (it never asks for ancillary data).
+    controls: Option<Box<[Control]>>,
+    /// Kernel arrival times (µs since the Unix epoch) of the last batch, when timestamped.
+    stamps: [Option<u64>; BATCH],
     #[cfg(target_os = "linux")]
     iovecs: Box<[libc::iovec]>,
     #[cfg(target_os = "linux")]
@@ -50,6 +78,8 @@ impl RecvBatch {
             bufs: vec![[0u8; BUF_SIZE]; BATCH].into_boxed_slice(),
             addrs: vec![zeroed_addr; BATCH].into_boxed_slice(),
             lens: [0; BATCH],
+            controls: None,
+            stamps: [None; BATCH],
             #[cfg(target_os = "linux")]
             iovecs: vec![
                 libc::iovec {
@@ -67,6 +97,21 @@ impl RecvBatch {
         }
     }
 
+    /// A batch that also reads each datagram's kernel arrival time (the socket needs
+    /// [`enable_timestamps`]); see [`RecvBatch::timestamp_us`].
+    pub fn with_timestamps() -> Self {
+        RecvBatch {
+            controls: Some(vec![Control([0; CONTROL]); BATCH].into_boxed_slice()),
+            ..Self::new()
+        }
+    }
+
+    /// Kernel arrival time of datagram `i` of the last `recv`, in µs since the Unix epoch;
+    /// `None` without [`RecvBatch::with_timestamps`] or when the kernel gave none.
+    pub fn timestamp_us(&self, i: usize) -> Option<u64> {
+        self.stamps.get(i).copied().flatten()
+    }
+
     /// Receive up to [`BATCH`] datagrams without blocking. `Ok(0)` means the socket is drained.
     #[cfg(target_os = "linux")]
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
@@ -80,8 +125,16 @@ impl RecvBatch {
             hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_iov = &mut self.iovecs[i];
             hdr.msg_iovlen = 1;
-            hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_controllen = 0;
+            match self.controls.as_mut() {
+                Some(c) => {
+                    hdr.msg_control = c[i].0.as_mut_ptr().cast();
+                    hdr.msg_controllen = CONTROL as _;
+                }
+                None => {
+                    hdr.msg_control = std::ptr::null_mut();
+                    hdr.msg_controllen = 0;
+                }
+            }
             hdr.msg_flags = 0;
             self.msgs[i].msg_len = 0;
         }
@@ -112,6 +165,9 @@ impl RecvBatch {
             } else {
                 self.msgs[i].msg_len as usize
             };
+            if self.controls.is_some() {
+                self.stamps[i] = timestamp(&self.msgs[i].msg_hdr);
+            }
         }
         Ok(n)
     }
@@ -153,6 +209,26 @@ impl RecvBatch {
         let from = sockaddr_to_std(&self.addrs[i]);
         (&mut self.bufs[i], self.lens[i], from)
     }
+}
+
+/// The `SCM_TIMESTAMPNS` in a received message's control data, in µs since the Unix epoch.
+#[cfg(target_os = "linux")]
+fn timestamp(hdr: &libc::msghdr) -> Option<u64> {
+    // SAFETY: the kernel filled msg_control up to msg_controllen; CMSG_* walk within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                let us = (ts.tv_sec as u64)
+                    .checked_mul(1_000_000)?
+                    .checked_add(ts.tv_nsec as u64 / 1000)?;
+                return Some(us);
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
 }
 
 /// A queue of outbound datagrams for one shard, flushed with `sendmmsg` per run of datagrams
@@ -314,8 +390,7 @@ impl SendBatch {
     }
 }
 
-/// The source address the kernel wrote into `ss`; `None` for a family we don't speak. Shared
-/// with the load generator's timestamping receive batch.
+/// The source address the kernel wrote into `ss`; `None` for a family we don't speak.
 pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as libc::c_int {
         libc::AF_INET => {
@@ -378,6 +453,44 @@ mod tests {
     use super::*;
     use std::net::UdpSocket;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_timestamped_batch_reads_kernel_arrival_times() {
+        let unix_us = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64
+        };
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_timestamps(rx.as_raw_fd());
+        let before = unix_us();
+        for i in 0..3u8 {
+            tx.send_to(&[i; 10], rx.local_addr().unwrap()).unwrap();
+        }
+        let mut b = RecvBatch::with_timestamps();
+        let mut got = 0;
+        for _ in 0..100 {
+            got = b.recv(rx.as_raw_fd()).unwrap();
+            if got > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(got > 0);
+        let stamp = b.timestamp_us(0).expect("kernel timestamp");
+        assert!(stamp >= before && stamp <= unix_us());
+        let (_, len, from) = b.get(0);
+        assert_eq!((len, from), (10, Some(tx.local_addr().unwrap())));
+        // The engine's own batch asks for no ancillary data.
+        let mut plain = RecvBatch::new();
+        tx.send_to(&[9; 10], rx.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        while plain.recv(rx.as_raw_fd()).unwrap() > 0 {}
+        assert_eq!(plain.timestamp_us(0), None);
+    }
 
     #[test]
     fn batch_round_trip_v4_and_v6() {
