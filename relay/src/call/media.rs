@@ -160,15 +160,7 @@ impl Call {
         };
         let payload_len = n - RTP_HEADER_LEN;
         // Never `Late`: nothing generates packets toward the internal leg.
-        let Ok(rw) = internal.tx.next(
-            Source::Forwarded {
-                ssrc: hdr.ssrc,
-                seq: hdr.sequence,
-                ts: hdr.timestamp,
-                marker: hdr.marker,
-            },
-            now,
-        ) else {
+        let Ok(rw) = internal.tx.next(Source::forwarded(&hdr), now) else {
             return internal.counters.drop(DropReason::Late);
         };
         if rewrite_header(buf, out_pt, hdr.marker || rw.marker, rw).is_err() {
@@ -358,15 +350,7 @@ impl Call {
         let Ok(n) = rtp::strip_extensions_and_csrc(buf, n) else {
             return self.legs[INT].counters.drop(DropReason::Malformed);
         };
-        let Ok(rw) = wa.tx.next(
-            Source::Forwarded {
-                ssrc: hdr.ssrc,
-                seq: hdr.sequence,
-                ts: hdr.timestamp,
-                marker: hdr.marker,
-            },
-            now,
-        ) else {
+        let Ok(rw) = wa.tx.next(Source::forwarded(&hdr), now) else {
             // Silence already stood in for this packet's 20 ms.
             return self.legs[INT].counters.drop(DropReason::Late);
         };

@@ -55,6 +55,18 @@ pub enum Source {
     Generated,
 }
 
+impl Source {
+    /// A received packet forwarded as it is numbered.
+    pub fn forwarded(hdr: &crate::wire::rtp::RtpHeader) -> Source {
+        Source::Forwarded {
+            ssrc: hdr.ssrc,
+            seq: hdr.sequence,
+            ts: hdr.timestamp,
+            marker: hdr.marker,
+        }
+    }
+}
+
 /// Header values for one outbound packet.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Rewritten {

@@ -481,15 +481,7 @@ impl ListenSession {
             self.dropped += 1;
             return;
         };
-        let Ok(rw) = track.tx.next(
-            Source::Forwarded {
-                ssrc: hdr.ssrc,
-                seq: hdr.sequence,
-                ts: hdr.timestamp,
-                marker: hdr.marker,
-            },
-            now,
-        ) else {
+        let Ok(rw) = track.tx.next(Source::forwarded(hdr), now) else {
             self.dropped += 1;
             return;
         };
