@@ -1,6 +1,26 @@
 //! What a run reports: the final table, JSON (serde) and the HTML report ([`html`]).
+//!
+//! - this file: one run's report ([`RunReport`]: per direction, resources, the generator's
+//!   health, the timeline) and its text table;
+//! - [`document`]: the whole `--json` file ([`Report`]: command, machine, settings, result);
+//! - one file per mode that reports more than a run: [`ramp`], [`capacity`], [`overload`],
+//!   [`compare`]; [`slo`]: the service level those modes judge by;
+//! - [`html`]: the self-contained HTML report.
 
+pub mod capacity;
+pub mod compare;
+pub mod document;
 pub mod html;
+pub mod overload;
+pub mod ramp;
+pub mod slo;
+
+pub use capacity::{CapacityReport, Probe};
+pub use compare::CompareEntry;
+pub use document::{Machine, ModeReport, Report, Settings, load_average};
+pub use overload::OverloadReport;
+pub use ramp::{RampReport, StepReport};
+pub use slo::Slo;
 
 use std::collections::BTreeMap;
 
