@@ -1,5 +1,6 @@
 //! `capacity`: the largest call count that meets the SLO, by doubling and then bisection,
 //! each probe a fresh `run`.
+
 use std::time::Duration;
 
 use super::Session;

@@ -1,4 +1,5 @@
 //! `churn`: setups at a fixed rate, each call short: setup time under churn.
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

@@ -379,6 +379,26 @@ impl Session {
         (ok, failed)
     }
 
+    /// The end of a mode that holds `live` calls: tear them down, count the calls the relay
+    /// ended on its own as failed, take the final counters. Returns how many of `live` stayed
+    /// up to the end and the relay's per-call counters.
+    async fn wind_up(
+        &self,
+        live: Vec<LiveCall>,
+        failures: &mut Vec<Failure>,
+        sampler: &Arc<Mutex<Sampler>>,
+        stop: oneshot::Sender<()>,
+    ) -> (usize, Option<RelayCounters>) {
+        let calls_ok = live.len();
+        let (counters, more) = self.teardown(live).await;
+        failures.extend(more);
+        let ended = self.take_relay_ends();
+        let calls_ok = calls_ok - ended.len().min(calls_ok);
+        failures.extend(ended);
+        self.finish_sampler(sampler, stop).await;
+        (calls_ok, counters)
+    }
+
     /// Audio off everywhere, settle, terminate and forget every call.
     async fn teardown(&self, calls: Vec<LiveCall>) -> (Option<RelayCounters>, Vec<Failure>) {
         let calls: Vec<LiveCall> = calls

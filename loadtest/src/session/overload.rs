@@ -1,5 +1,6 @@
 //! `overload`: offer more calls than one core carries and check that admission control
 //! protects the calls already up.
+
 use std::time::Duration;
 
 use super::Session;

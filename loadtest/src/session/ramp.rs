@@ -1,4 +1,5 @@
 //! `ramp`: add calls step by step, hold each level, stop at the first step that misses the SLO.
+
 use std::time::{Duration, Instant};
 
 use super::{LiveCall, Session, lock};
@@ -42,13 +43,7 @@ impl Session {
             }
             target = (target + step.max(1)).min(max);
         }
-        let calls_ok = live.len();
-        let (counters, more) = self.teardown(live).await;
-        failures.extend(more);
-        let ended = self.take_relay_ends();
-        let calls_ok = calls_ok - ended.len().min(calls_ok);
-        failures.extend(ended);
-        self.finish_sampler(&sampler, stop).await;
+        let (calls_ok, counters) = self.wind_up(live, &mut failures, &sampler, stop).await;
         let whole = Window::default();
         let run = self.report(
             "ramp",

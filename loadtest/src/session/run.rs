@@ -1,5 +1,6 @@
 //! `run`: N calls up at the setup rate, held with audio both ways, ended; and `call_once`,
 //! the one call `loadtest call` explains.
+
 use std::time::Duration;
 
 use control::pb;
@@ -13,17 +14,11 @@ impl Session {
     pub async fn run(&self, calls: usize, hold: Duration, label: &str) -> RunReport {
         let (sampler, stop) = self.start_sampler();
         let (live, mut failures) = self.setup_many(calls).await;
-        let calls_ok = live.len();
         tokio::time::sleep(self.ctx.opts.warmup).await;
         lock(&sampler).open_window();
         tokio::time::sleep(hold).await;
         let window = lock(&sampler).close_window();
-        let (counters, more) = self.teardown(live).await;
-        failures.extend(more);
-        let ended = self.take_relay_ends();
-        let calls_ok = calls_ok - ended.len().min(calls_ok);
-        failures.extend(ended);
-        self.finish_sampler(&sampler, stop).await;
+        let (calls_ok, counters) = self.wind_up(live, &mut failures, &sampler, stop).await;
         self.report(
             label,
             calls,
@@ -44,7 +39,6 @@ impl Session {
     ) -> (RunReport, Option<pb::GetCallResponse>, Vec<pb::CallEvent>) {
         let (sampler, stop) = self.start_sampler();
         let (live, mut failures) = self.setup_many(1).await;
-        let calls_ok = live.len();
         lock(&sampler).open_window();
         tokio::time::sleep(hold / 2).await;
         let client = match &self.ctx.backend {
@@ -58,12 +52,7 @@ impl Session {
         }
         tokio::time::sleep(hold - hold / 2).await;
         let window = lock(&sampler).close_window();
-        let (counters, more) = self.teardown(live).await;
-        failures.extend(more);
-        let ended = self.take_relay_ends();
-        let calls_ok = calls_ok - ended.len().min(calls_ok);
-        failures.extend(ended);
-        self.finish_sampler(&sampler, stop).await;
+        let (calls_ok, counters) = self.wind_up(live, &mut failures, &sampler, stop).await;
         let mut events = Vec::new();
         if let (Some(mut c), Some(id)) = (client, call_id)
             && let Ok(r) = c.get_call(id).await

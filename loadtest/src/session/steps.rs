@@ -1,5 +1,6 @@
 //! One call's signaling steps (the module doc's 1-4): set it up through the backend and hand its
 //! peers to the generator ([`setup`]), audio off ([`stop_audio`]), and end it ([`end`]).
+
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
