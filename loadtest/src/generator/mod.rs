@@ -22,7 +22,7 @@ use crossbeam_channel::Sender;
 use mio::{Poll, Waker};
 use tokio::sync::oneshot;
 
-use crate::peer::meta::MetaPeer;
+use crate::peer::wa::WaPeer;
 use crate::peer::sip::SipPeer;
 use crate::stats::Totals;
 
@@ -84,7 +84,7 @@ pub enum PeerSocket {
 /// SDP.
 pub struct NewCall {
     pub id: u64,
-    pub meta: MetaPeer,
+    pub meta: WaPeer,
     pub meta_socket: PeerSocket,
     /// The relay's WhatsApp-side addresses (its checks, DTLS and media come from there).
     pub meta_remotes: Vec<SocketAddr>,

@@ -18,7 +18,7 @@ use relay::engine::udp::{BATCH, BUF_SIZE, RecvBatch, SendBatch, enable_timestamp
 use super::timerfd::TimerFd;
 use crate::generator::{Command, NewCall, PeerSocket, Spacing};
 use crate::peer::media::PTIME;
-use crate::peer::meta::MetaPeer;
+use crate::peer::wa::WaPeer;
 use crate::peer::sip::SipPeer;
 use crate::stats::{FLUSH_EVERY, Totals};
 
@@ -61,7 +61,7 @@ impl Side {
 
 struct Slot {
     id: u64,
-    meta: MetaPeer,
+    meta: WaPeer,
     sip: SipPeer,
     /// The relay addresses that map to this call (removed from the demux map at the end).
     remotes: Vec<SocketAddr>,

@@ -34,6 +34,7 @@ use std::time::Duration;
 use control::client::RelayClient;
 use control::pb;
 use e2e::dtls::PeerCertificate;
+use e2e::meta::MetaConfig;
 use relay::srtp::SrtpProfile;
 use serde::Serialize;
 use tokio::sync::{Semaphore, oneshot};
@@ -41,7 +42,6 @@ use tokio::task::JoinSet;
 
 use crate::generator::{Command, GenConfig, Generator};
 use crate::hist::Histogram;
-use crate::peer::meta::Security;
 use crate::procfs::{CpuSource, rss_bytes};
 use crate::raw::RawForwarder;
 use crate::report::{self, RelayCounters, RunInputs, RunReport, SetupBreakdown};
@@ -54,6 +54,8 @@ use steps::{end, setup, stop_audio};
 const CALLS_PER_NUMBER: u64 = 500;
 /// Concurrent Terminate requests at teardown.
 const TERMINATE_CONCURRENCY: usize = 64;
+/// The WhatsApp-side peers' first DTLS retransmission.
+const DTLS_RETRANSMIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -137,7 +139,8 @@ impl Default for Options {
 struct Ctx {
     backend: Backend,
     generator: Arc<Generator>,
-    security: Security,
+    /// Every WhatsApp-side peer's configuration (how it secures media).
+    meta: MetaConfig,
     opts: Options,
     nonce: u32,
     next_id: AtomicU64,
@@ -262,24 +265,27 @@ impl Session {
             .first()
             .copied()
             .unwrap_or(SrtpProfile::Aes128CmHmacSha1_80);
-        let security = match (&backend, opts.wa_mode) {
-            (Backend::Raw(_), _) | (_, WaMode::Plain) => Security::Plain,
-            (_, WaMode::Sdes) => Security::Sdes {
-                profile: sdes_profile,
-            },
-            (_, WaMode::Dtls) => Security::Dtls {
-                // One certificate for all Meta peers: key generation per call would only load
-                // the generator (Meta's fingerprint per call is not what the relay is tested on).
-                cert: PeerCertificate::generate()
+        // IPv4 only (a peer has one socket), DTLS retransmitting after 100 ms, not rtc-dtls's
+        // 1 s (Meta's stack is quicker), and one certificate for all Meta peers (in every mode:
+        // a link makes one otherwise): key generation per call would only load the generator
+        // (Meta's fingerprint per call is not what the relay is tested on).
+        let meta = MetaConfig {
+            dtls_retransmit: DTLS_RETRANSMIT,
+            ..MetaConfig::default().ipv4_only().certificate(
+                PeerCertificate::generate()
                     .map_err(|e| SessionError::Certificate(e.to_string()))?,
-                profiles: opts.profiles.clone(),
-            },
+            )
+        };
+        let meta = match (&backend, opts.wa_mode) {
+            (Backend::Raw(_), _) | (_, WaMode::Plain) => meta.plain(),
+            (_, WaMode::Sdes) => meta.sdes(sdes_profile),
+            (_, WaMode::Dtls) => meta.profiles(&opts.profiles),
         };
         let session = Session {
             ctx: Arc::new(Ctx {
                 backend,
                 generator,
-                security,
+                meta,
                 opts,
                 nonce: rand::random::<u32>() % 1_000_000,
                 next_id: AtomicU64::new(0),

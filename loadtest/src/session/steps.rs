@@ -9,15 +9,16 @@ use tokio::sync::oneshot;
 
 use super::{Backend, CALLS_PER_NUMBER, Ctx, Failure, LiveCall, fail, lock};
 use crate::generator::{Command, NewCall};
-use crate::peer::meta::{MetaPeer, Security};
 use crate::peer::sip::SipPeer;
+use crate::peer::wa::WaPeer;
 
 pub(super) async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
     let socks = ctx
         .generator
         .sockets_for(id)
         .map_err(|e| fail("create")(e.to_string()))?;
-    let mut meta = MetaPeer::new(socks.meta_addr, ctx.security.clone());
+    let mut meta = WaPeer::new(socks.meta_addr, ctx.meta.clone())
+        .map_err(|e| fail("create")(e.to_string()))?;
     let mut sip = SipPeer::new(socks.sip_addr);
     let call_id = format!("wacid.lt{}-{id}", ctx.nonce);
     let created_at = Instant::now();
@@ -63,7 +64,7 @@ pub(super) async fn setup(ctx: &Ctx, id: u64) -> Result<LiveCall, Failure> {
         Backend::RtpEngine { ng, .. } => {
             // offer (WhatsApp side's SDP) → SDP for the SIP side; answer (SIP side's SDP) →
             // SDP for the WhatsApp side. Both round trips count as the "create" stage.
-            let to_plain = matches!(ctx.security, Security::Sdes { .. });
+            let to_plain = ctx.meta.sdes.is_some() && !ctx.meta.plain;
             let sip_sdp = ng
                 .offer(&call_id, &meta.offer_sdp(), to_plain)
                 .await
