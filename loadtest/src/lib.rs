@@ -17,11 +17,14 @@
 //! - [`call`]: one call through a running relay, explained (`loadtest call`).
 //! - [`cli`]: the command line, one file per mode (the binary is a thin wrapper).
 
+#![deny(unsafe_code)] // except os.rs and the batch and timer I/O (raw/mmsg.rs, generator/timerfd.rs)
+
 pub mod bencode;
 pub mod call;
 pub mod cli;
 pub mod generator;
 pub mod hist;
+pub mod os;
 pub mod peer;
 pub mod procfs;
 pub mod raw;

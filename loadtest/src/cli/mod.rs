@@ -38,7 +38,8 @@ pub use ramp::RampArgs;
 pub use run::RunArgs;
 pub use target::TargetKind;
 
-use crate::generator::{Spacing, pin_current_thread};
+use crate::generator::Spacing;
+use crate::os::pin_current_thread;
 use crate::report::{Machine, ModeReport, Report, Settings, html, load_average};
 use crate::session::{Session, WaMode};
 use host::AutogroupNice;
@@ -314,20 +315,15 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if !matches!(cli.mode, Some(Mode::Compare(_))) {
         check_mode(kind, o.wa_mode(kind))?;
     }
-    crate::target::raise_fd_limit();
+    crate::os::raise_fd_limit();
     // With autogroup scheduling, nice only ranks threads inside this session's group; the
     // group's own nice decides its share against other sessions' builds. Restored on return.
     let _autogroup = o.nice.and_then(AutogroupNice::set);
     // Before any thread or child exists: they inherit it.
-    if let Some(n) = o.nice {
-        // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
-        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
-        if r != 0 {
-            eprintln!(
-                "loadtest: warning: cannot set nice {n}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    if let Some(n) = o.nice
+        && let Err(e) = crate::os::set_nice(n)
+    {
+        eprintln!("loadtest: warning: cannot set nice {n}: {e}");
     }
     let relay_cpu = o.relay_cpu.or(o.taskset.then_some(0));
     let gen_cpu = o.gen_cpu.or(o.taskset.then_some(1));

@@ -64,10 +64,7 @@ impl Machine {
         Machine {
             load_average: load_average(),
             // The machine's, not this process's (which --taskset pins to one).
-            // SAFETY: sysconf has no memory effects.
-            cpus: usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
-                .unwrap_or(1)
-                .max(1),
+            cpus: crate::os::online_cpus(),
             cpu_model,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .unwrap_or_default()
