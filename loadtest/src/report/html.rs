@@ -457,14 +457,9 @@ fn summary(r: &RunReport) -> String {
     if let Some(c) = &r.relay {
         let _ = write!(
             s,
-            "<tr><th>relay counters ({} calls)</th><td>WhatsApp rx {} tx {}, internal rx {} tx {}, dropped {}, authentication failures {}</td></tr>",
+            "<tr><th>relay counters ({} calls)</th><td>{}</td></tr>",
             c.calls,
-            c.whatsapp_received,
-            c.whatsapp_sent,
-            c.internal_received,
-            c.internal_sent,
-            c.dropped,
-            c.auth_failures
+            esc(&c.counts())
         );
     }
     s.push_str("</table>");

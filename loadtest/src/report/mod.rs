@@ -149,6 +149,22 @@ pub struct RelayCounters {
     pub auth_failures: u64,
 }
 
+impl RelayCounters {
+    /// "WhatsApp rx .. tx .., internal rx .. tx .., dropped .., auth failures ..", as the table
+    /// and the HTML report show them.
+    pub fn counts(&self) -> String {
+        format!(
+            "WhatsApp rx {} tx {}, internal rx {} tx {}, dropped {}, auth failures {}",
+            self.whatsapp_received,
+            self.whatsapp_sent,
+            self.internal_received,
+            self.internal_sent,
+            self.dropped,
+            self.auth_failures
+        )
+    }
+}
+
 /// Where setup time goes.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct SetupBreakdown {
@@ -487,16 +503,7 @@ pub fn table(r: &RunReport) -> String {
     if let Some(c) = &r.relay {
         line(
             &mut o,
-            format!(
-                "relay counters ({} calls): whatsapp rx {} tx {}, internal rx {} tx {}, dropped {}, auth failures {}",
-                c.calls,
-                c.whatsapp_received,
-                c.whatsapp_sent,
-                c.internal_received,
-                c.internal_sent,
-                c.dropped,
-                c.auth_failures
-            ),
+            format!("relay counters ({} calls): {}", c.calls, c.counts()),
         );
     }
     o
