@@ -681,6 +681,19 @@ impl ShardIo for UringIo {
     }
 }
 
+/// The process's soft limit on open files (a registered file table may not be larger).
+fn nofile_limit() -> u32 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit to a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    u32::try_from(r.rlim_cur).unwrap_or(u32::MAX)
+}
+
 /// [`UringConfig::connect`]: connect `sock` to `to` on its first send. True when the send may
 /// go without an address.
 fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
@@ -733,12 +746,22 @@ impl UringDriver {
             // Before 6.12: no batched wait, the loop wakes at the first completion.
             cfg.batch_wait_us = 0;
         }
-        let fixed_free =
-            if cfg.fixed_files && ring.submitter().register_files_sparse(FIXED_FILES).is_ok() {
-                (0..FIXED_FILES).rev().collect()
-            } else {
-                Vec::new()
-            };
+        // The table may not exceed the open-file limit (the kernel refuses it with EMFILE:
+        // before 2026-12-05 a 65,536-slot table failed silently under a 20,000 limit, so
+        // `fixed_files=1` measured nothing).
+        let table = FIXED_FILES.min(nofile_limit());
+        let fixed_free = if !cfg.fixed_files {
+            Vec::new()
+        } else {
+            match ring.submitter().register_files_sparse(table) {
+                Ok(()) => (0..table).rev().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, slots = table,
+                        "io_uring registered file table refused; naming sockets by descriptor");
+                    Vec::new()
+                }
+            }
+        };
         waker.set_nonblocking(false)?;
         let bufs = BufRing::new(cfg.recv_buffers)?;
         // SAFETY: the ring memory lives in `bufs`, which outlives the ring (`UringIo`'s field
