@@ -10,8 +10,11 @@
 //! The ring is set up with `IORING_SETUP_SINGLE_ISSUER` + `DEFER_TASKRUN` (the shard thread is
 //! the only submitter, and the kernel runs completion work only when we ask for events). The
 //! issue's prototype measured io_uring without them WORSE than epoll: completion work then
-//! interrupts the thread at every packet. Registered files and buffers are not used: the send
-//! path copies into a slab the ring reads from, and file lookups were not visible in profiles.
+//! interrupts the thread at every packet. Sockets are registered files (a table sized to the
+//! open-file limit; past it, by descriptor): `fget` + `sock_from_file` per send were 5.9 % of
+//! the shard's CPU, 3.3 % with registered files (perf, 2026-12-05 session 8). Forwarded media
+//! is sent straight from the receive buffer it arrived in ([`UringConfig::zero_copy`]); other
+//! sends are copied into a slab the ring reads from.
 //!
 //! user_data: a receive carries its [`SockKey`] (slot, socket index, generation), so a
 //! completion for a removed call is recognised even after its slot was reused. The top two bits
@@ -108,7 +111,9 @@ impl Default for UringConfig {
             // latency (BENCHMARKS.md, issue 17).
             batch_wait_us: 200,
             batch_want: 32,
-            fixed_files: false,
+            // 2026-12-05 session 8: the per-send file lookup 5.9 % → 3.3 % of the shard's CPU,
+            // 5.3 vs 5.5 µs per packet (3 interleaved rounds; BENCHMARKS.md).
+            fixed_files: true,
             connect: false,
             zero_copy: true,
         }
