@@ -198,9 +198,13 @@ pub fn nominal_call_pps(ptime: std::time::Duration) -> f64 {
     4.0 / ptime.as_secs_f64().max(0.001)
 }
 
-/// Below this many packets per second a shard's busy share is mostly fixed work (timers, the
-/// once-a-second publish), not a cost per packet worth extrapolating.
-const PROJECT_MIN_PPS: u64 = 500;
+/// Below this many packets per second (50 calls at 20 ms) a shard's busy share is mostly fixed
+/// work (timers, the once-a-second publish) and time spent waiting for a contended CPU, not a
+/// cost per packet worth extrapolating: with one call measured, the projection would double
+/// whatever the share is, and on a busy machine refuse a shard's second call. Admission reads
+/// the measured share as it is there, as before; the projection matters at the edge, hundreds
+/// of calls up.
+const PROJECT_MIN_PPS: u64 = 10_000;
 
 /// A shard's busy share once its calls' media flows, one more call included: the measured cost
 /// per packet (`busy` ÷ `packets_per_second`, both over the last published second, when
@@ -271,8 +275,11 @@ mod projection_tests {
         assert!(p(788) > 0.9, "{}", p(788));
         // A shard that just lost calls is never projected below its measured share.
         assert_eq!(p(100), 0.80);
-        // Idle or barely loaded shards: the measured share as it is.
+        // Idle or lightly loaded shards: the measured share as it is (one call on a contended
+        // machine reading 0.5 must not project to 1.0 for the second).
         assert_eq!(projected_busy(0.01, 100, 1, 50, PPS), 0.01);
+        assert_eq!(projected_busy(0.50, 200, 1, 1, PPS), 0.50);
+        assert_eq!(projected_busy(0.50, 9_999, 49, 49, PPS), 0.50);
         assert_eq!(projected_busy(0.0, 0, 0, 0, PPS), 0.0);
         assert!(projected_busy(f64::NAN, 9_000, 10, 10, PPS).is_nan());
     }
