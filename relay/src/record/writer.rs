@@ -13,15 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::ogg::{OggOpusWriter, SAMPLE_RATE, packet_samples};
+use super::ring::{Packet, Ring};
 use super::timeline::{Placement, Timeline};
-use super::{Ctrl, Direction, Note, OpenRecording, PacketSlot, RecorderStats};
+use super::{Ctrl, Direction, MAX_PAYLOAD, Note, OpenRecording, RecorderStats};
 use crate::api::RecordingFiles;
 
-/// How often the writer drains the packet queue when no control message wakes it. Packets are
-/// not signalled one by one (that would be a system call per packet on the shard).
+/// How often the writer drains the shards' rings when no control message wakes it. Packets
+/// are not signalled one by one (that would be a system call per packet on the shard): each
+/// pass takes everything the rings hold, so the shard and the writer meet once a pass, not
+/// once a packet.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// How much nicer than the shards the writer thread runs. On a core it shares with a shard
@@ -72,9 +75,10 @@ const VENDOR: &str = concat!("relay ", env!("CARGO_PKG_VERSION"));
 
 pub(super) struct Writer {
     ctrl: Receiver<Ctrl>,
-    filled: Receiver<Box<PacketSlot>>,
-    /// Back to the small and the large free list.
-    free: [Sender<Box<PacketSlot>>; 2],
+    /// Every producing thread's ring (a shard's, or a test's).
+    rings: Vec<Arc<Ring>>,
+    /// The payload being written, copied out of its ring.
+    payload: Vec<u8>,
     stats: Arc<RecorderStats>,
     open: HashMap<u64, Recording, BuildHasherDefault<IdHasher>>,
     /// Control messages read ahead of their turn (see `read_ahead_for_opens`).
@@ -102,16 +106,11 @@ struct Recording {
 }
 
 impl Writer {
-    pub(super) fn new(
-        ctrl: Receiver<Ctrl>,
-        filled: Receiver<Box<PacketSlot>>,
-        free: [Sender<Box<PacketSlot>>; 2],
-        stats: Arc<RecorderStats>,
-    ) -> Self {
+    pub(super) fn new(ctrl: Receiver<Ctrl>, stats: Arc<RecorderStats>) -> Self {
         Writer {
             ctrl,
-            filled,
-            free,
+            rings: Vec::new(),
+            payload: vec![0; MAX_PAYLOAD],
             stats,
             open: HashMap::default(),
             deferred: Default::default(),
@@ -124,6 +123,7 @@ impl Writer {
             match self.ctrl.recv_timeout(DRAIN_EVERY) {
                 // An open goes first: the shard sent it before any of the recording's packets.
                 Ok(Ctrl::Open(r)) => self.open_recording(*r),
+                Ok(Ctrl::Ring(r)) => self.rings.push(r),
                 Ok(msg) => {
                     self.drain_packets();
                     running = self.apply(msg);
@@ -144,11 +144,25 @@ impl Writer {
         }
     }
 
+    /// Everything the rings hold now. A control message read after a packet was queued is
+    /// applied after this, so it follows the packets its thread queued before sending it.
     fn drain_packets(&mut self) {
-        while let Ok(slot) = self.filled.try_recv() {
-            self.write_packet(&slot);
-            let _ = self.free[usize::from(slot.is_large())].try_send(slot);
+        let mut payload = std::mem::take(&mut self.payload);
+        let mut i = 0;
+        while let Some(ring) = self.rings.get(i).cloned() {
+            let mut d = ring.drain();
+            while let Some(p) = d.next_into(&mut payload) {
+                let len = p.len.min(payload.len());
+                self.write_packet(&p, &payload[..len]);
+            }
+            // A ring whose thread is gone (only this list holds it) and that is empty.
+            if Arc::strong_count(&ring) == 2 && ring.drain().is_empty() {
+                self.rings.swap_remove(i);
+            } else {
+                i += 1;
+            }
         }
+        self.payload = payload;
     }
 
     /// A packet of a recording not open yet: its open is still in the control queue (sent
@@ -158,6 +172,7 @@ impl Writer {
         while let Ok(msg) = self.ctrl.try_recv() {
             match msg {
                 Ctrl::Open(r) => self.open_recording(*r),
+                Ctrl::Ring(r) => self.rings.push(r),
                 other => self.deferred.push_back(other),
             }
         }
@@ -167,6 +182,7 @@ impl Writer {
     fn apply(&mut self, msg: Ctrl) -> bool {
         match msg {
             Ctrl::Open(r) => self.open_recording(*r),
+            Ctrl::Ring(r) => self.rings.push(r),
             Ctrl::Note { id, clock, note } => {
                 if let Some(rec) = self.open.get_mut(&id) {
                     rec.note(clock, &note, &self.stats);
@@ -223,11 +239,11 @@ impl Writer {
         self.open.insert(r.id, rec);
     }
 
-    fn write_packet(&mut self, slot: &PacketSlot) {
-        if !self.open.contains_key(&slot.recording) {
+    fn write_packet(&mut self, pkt: &Packet, payload: &[u8]) {
+        if !self.open.contains_key(&pkt.recording) {
             self.read_ahead_for_opens();
         }
-        let Some(rec) = self.open.get_mut(&slot.recording) else {
+        let Some(rec) = self.open.get_mut(&pkt.recording) else {
             // The recording was closed (or never opened): nothing to write it to.
             self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
             return;
@@ -235,20 +251,19 @@ impl Writer {
         if rec.failed {
             return;
         }
-        let payload = &slot.data[..usize::from(slot.len).min(slot.data.len())];
         let Ok(duration) = packet_samples(payload) else {
             rec.invalid += 1;
             self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let i = slot.direction as usize;
+        let i = pkt.direction as usize;
         let t = &mut rec.tracks[i];
         let written = t.ogg.position();
         let placement = t.timeline.place(
-            slot.ssrc,
-            slot.timestamp,
+            pkt.ssrc,
+            pkt.timestamp,
             u64::from(duration),
-            slot.clock,
+            pkt.clock,
             written,
         );
         match placement {
