@@ -79,6 +79,9 @@ pub(super) struct Writer {
     rings: Vec<Arc<Ring>>,
     /// The payload being written, copied out of its ring.
     payload: Vec<u8>,
+    /// Pages a packet completed, written to the track's file before the next packet: one
+    /// buffer for every track (each one's current page lives in its `OggOpusWriter`).
+    out: Vec<u8>,
     stats: Arc<RecorderStats>,
     open: HashMap<u64, Recording, BuildHasherDefault<IdHasher>>,
     /// Control messages read ahead of their turn (see `read_ahead_for_opens`).
@@ -89,8 +92,6 @@ struct Track {
     file: File,
     ogg: OggOpusWriter,
     timeline: Timeline,
-    /// Pages produced and not yet written (written after every packet that completes one).
-    out: Vec<u8>,
 }
 
 struct Recording {
@@ -111,6 +112,7 @@ impl Writer {
             ctrl,
             rings: Vec::new(),
             payload: vec![0; MAX_PAYLOAD],
+            out: Vec::with_capacity(8192),
             stats,
             open: HashMap::default(),
             deferred: Default::default(),
@@ -196,34 +198,34 @@ impl Writer {
 
     fn open_recording(&mut self, r: OpenRecording) {
         let serial = |d: u32| (r.id as u32).wrapping_mul(2).wrapping_add(d);
-        let track = |file: File, dir: &str, d: u32| {
-            // Holds one page (about 4 KiB) between its completion and the write.
-            let mut out = Vec::new();
+        // The header pages of both tracks, written one track at a time.
+        let mut headers: [Vec<u8>; 2] = Default::default();
+        let mut track = |file: File, dir: &str, d: u32| {
             let tags = [
                 ("CALL_ID", r.call_id.as_str()),
                 ("DIRECTION", dir),
                 ("ENCODER", "relay (Opus forwarded, not transcoded)"),
             ];
-            let ogg = OggOpusWriter::new(serial(d), VENDOR, &tags, &mut out);
+            let ogg = OggOpusWriter::new(serial(d), VENDOR, &tags, &mut headers[d as usize]);
             Track {
                 file,
                 ogg,
                 timeline: Timeline::default(),
-                out,
             }
         };
+        let tracks = [track(r.consumer, "consumer", 0), track(r.agent, "agent", 1)];
         let mut rec = Recording {
             call_id: r.call_id.clone(),
             files: r.files.clone(),
             started_at: r.started_at,
-            tracks: [track(r.consumer, "consumer", 0), track(r.agent, "agent", 1)],
+            tracks,
             events: r.events,
             failed: false,
             late: 0,
             invalid: 0,
         };
-        for i in 0..2 {
-            rec.flush_track(i, &self.stats);
+        for (i, mut h) in headers.into_iter().enumerate() {
+            rec.flush_track(i, &mut h, &self.stats);
         }
         let line = serde_json::json!({
             "t": 0.0,
@@ -274,9 +276,11 @@ impl Writer {
             }
             Placement::Write { gap } => {
                 if gap > 0 {
-                    t.ogg.write_gap(gap, &mut t.out);
+                    t.ogg.write_gap(gap, &mut self.out);
                 }
-                if t.ogg.write_packet(payload, &mut t.out).is_err() {
+                if t.ogg.write_packet(payload, &mut self.out).is_err() {
+                    // Pages the gap completed still go out.
+                    rec.flush_track(i, &mut self.out, &self.stats);
                     rec.invalid += 1;
                     self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -284,7 +288,7 @@ impl Writer {
             }
         }
         self.stats.packets_written.fetch_add(1, Ordering::Relaxed);
-        rec.flush_track(i, &self.stats);
+        rec.flush_track(i, &mut self.out, &self.stats);
     }
 
     fn close(&mut self, id: u64, clock: Option<u64>, reason: &str) {
@@ -303,9 +307,9 @@ impl Writer {
         for i in 0..2 {
             let t = &mut rec.tracks[i];
             let behind = end.saturating_sub(t.ogg.position());
-            t.ogg.write_gap(behind, &mut t.out);
-            t.ogg.finish(&mut t.out);
-            rec.flush_track(i, &self.stats);
+            t.ogg.write_gap(behind, &mut self.out);
+            t.ogg.finish(&mut self.out);
+            rec.flush_track(i, &mut self.out, &self.stats);
         }
         let summary = |t: &Track| {
             let (packets, gap_packets) = t.ogg.packet_counts();
@@ -338,23 +342,22 @@ impl Writer {
 }
 
 impl Recording {
-    fn flush_track(&mut self, i: usize, stats: &RecorderStats) {
-        let t = &mut self.tracks[i];
-        if t.out.is_empty() || self.failed {
-            t.out.clear();
+    /// Write the pages in `out` (track `i`'s, just completed) to its file, and empty `out`
+    /// (its capacity stays: one buffer serves every track).
+    fn flush_track(&mut self, i: usize, out: &mut Vec<u8>, stats: &RecorderStats) {
+        if out.is_empty() || self.failed {
+            out.clear();
             return;
         }
-        match t.file.write_all(&t.out) {
+        match self.tracks[i].file.write_all(out) {
             Ok(()) => {
                 stats
                     .bytes_written
-                    .fetch_add(t.out.len() as u64, Ordering::Relaxed);
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
             }
             Err(e) => self.fail(&e, stats),
         }
-        // Freed, not kept: a page a second per track is one allocation on this thread, and a
-        // thousand idle 4 KiB buffers are 8 MiB (see BENCHMARKS.md, memory per recording).
-        self.tracks[i].out = Vec::new();
+        out.clear();
     }
 
     fn note(&mut self, clock: u64, note: &Note, stats: &RecorderStats) {
