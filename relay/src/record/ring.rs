@@ -189,9 +189,17 @@ impl Drain<'_> {
         };
         let from = at.wrapping_add(HEADER_WORDS);
         let copied = len.min(buf.len());
-        for (i, chunk) in buf[..copied].chunks_mut(8).enumerate() {
-            let w = r.get(from.wrapping_add(i)).to_le_bytes();
-            chunk.copy_from_slice(&w[..chunk.len()]);
+        // Whole words with fixed-size copies (a move each), then the tail.
+        let mut chunks = buf[..copied].chunks_exact_mut(8);
+        let mut word = from;
+        for chunk in &mut chunks {
+            chunk.copy_from_slice(&r.get(word).to_le_bytes());
+            word = word.wrapping_add(1);
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let w = r.get(word).to_le_bytes();
+            tail.copy_from_slice(&w[..tail.len()]);
         }
         self.at = from.wrapping_add(len.div_ceil(8));
         // The words are read: the producer may overwrite them.
