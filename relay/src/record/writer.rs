@@ -120,30 +120,44 @@ impl Writer {
     }
 
     pub(super) fn run(mut self) {
-        let mut running = true;
-        while running {
-            match self.ctrl.recv_timeout(DRAIN_EVERY) {
-                // An open goes first: the shard sent it before any of the recording's packets.
-                Ok(Ctrl::Open(r)) => self.open_recording(*r),
-                Ok(Ctrl::Ring(r)) => self.rings.push(r),
-                Ok(msg) => {
-                    self.drain_packets();
-                    running = self.apply(msg);
-                }
-                Err(RecvTimeoutError::Timeout) => self.drain_packets(),
-                Err(RecvTimeoutError::Disconnected) => running = false,
-            }
-            // Messages read ahead while looking for an open (see `write_packet`).
-            while running && let Some(msg) = self.deferred.pop_front() {
-                self.drain_packets();
-                running = self.apply(msg);
-            }
-        }
+        while self.step(self.ctrl.recv_timeout(DRAIN_EVERY)) {}
         self.drain_packets();
         let ids: Vec<u64> = self.open.keys().copied().collect();
         for id in ids {
             self.close(id, None, "relay stopped");
         }
+    }
+
+    /// One turn of the loop: a control message (or the wait's timeout) and the packets.
+    /// Returns false on shutdown.
+    fn step(&mut self, msg: Result<Ctrl, RecvTimeoutError>) -> bool {
+        let mut running = true;
+        match msg {
+            // An open goes first: the shard sent it before any of the recording's packets.
+            // Then the rings: opens arriving more often than DRAIN_EVERY (200 calls a second
+            // starting to record) must not keep the timeout from ever firing, which left the
+            // rings undrained for seconds and dropped packets (BENCHMARKS.md, session 8).
+            Ok(Ctrl::Open(r)) => {
+                self.open_recording(*r);
+                self.drain_packets();
+            }
+            Ok(Ctrl::Ring(r)) => {
+                self.rings.push(r);
+                self.drain_packets();
+            }
+            Ok(msg) => {
+                self.drain_packets();
+                running = self.apply(msg);
+            }
+            Err(RecvTimeoutError::Timeout) => self.drain_packets(),
+            Err(RecvTimeoutError::Disconnected) => running = false,
+        }
+        // Messages read ahead while looking for an open (see `write_packet`).
+        while running && let Some(msg) = self.deferred.pop_front() {
+            self.drain_packets();
+            running = self.apply(msg);
+        }
+        running
     }
 
     /// Everything the rings hold now. A control message read after a packet was queued is
@@ -422,4 +436,60 @@ fn secs(samples: u64) -> f64 {
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Recorder, RecorderLink, RecordingConfig};
+
+    /// Opens arriving faster than `DRAIN_EVERY` (a burst of calls starting to record) still let
+    /// the writer drain the rings at every one: the packets of recordings already open are
+    /// written, not left to fill the ring (which dropped a seventh of them at 200 starts a
+    /// second before this).
+    #[test]
+    fn opens_in_a_row_do_not_starve_the_rings() {
+        let dir = std::env::temp_dir().join(format!("relay-writer-step-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A recorder for creating files and a link; its own writer thread is not used here.
+        let rec = Recorder::start(RecordingConfig {
+            dir: Some(dir.clone()),
+            name_template: "{call_id}".into(),
+            queue_packets: 64,
+        })
+        .unwrap();
+        let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(RecorderStats::default());
+        let link = RecorderLink::new(
+            64 * super::super::RING_WORDS_PER_PACKET,
+            ctrl_tx,
+            stats.clone(),
+        );
+        let mut w = Writer::new(ctrl_rx, stats.clone());
+        let ring = link.prepare_thread().unwrap();
+        let Ok(Ctrl::Ring(r)) = w.ctrl.try_recv() else {
+            panic!("the ring is announced");
+        };
+        assert!(w.step(Ok(Ctrl::Ring(r))));
+        let open = |i: u32| {
+            Box::new(
+                rec.create(&format!("c{i}"), "b", "c", SystemTime::now())
+                    .unwrap(),
+            )
+        };
+        let first = open(0);
+        let id = first.id;
+        assert!(w.step(Ok(Ctrl::Open(first))));
+        let opus = [0xF8u8, 1, 2];
+        for i in 1..50u32 {
+            // A packet of the open recording, then another call's open (no timeout between).
+            assert!(link.push(id, Direction::Agent, 1, i * 960, u64::from(i) * 960, &opus));
+            assert!(w.step(Ok(Ctrl::Open(open(i)))));
+            assert!(ring.drain().is_empty(), "drained at open {i}");
+        }
+        assert_eq!(stats.packets_written.load(Ordering::Relaxed), 49);
+        assert_eq!(stats.dropped_queue_full.load(Ordering::Relaxed), 0);
+        rec.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
