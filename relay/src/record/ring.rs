@@ -116,29 +116,47 @@ impl Ring {
                 return false;
             }
         }
-        self.put(head, recording);
-        self.put(head.wrapping_add(1), clock);
-        self.put(
-            head.wrapping_add(2),
+        let header = [
+            recording,
+            clock,
             u64::from(ssrc) | u64::from(timestamp) << 32,
-        );
-        self.put(
-            head.wrapping_add(3),
             payload.len() as u64 | (direction as u64) << 16,
-        );
-        let mut at = head.wrapping_add(HEADER_WORDS);
+        ];
+        let start = head & self.mask;
         let mut chunks = payload.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.put(at, u64::from_le_bytes(w));
-            at = at.wrapping_add(1);
-        }
         let rest = chunks.remainder();
-        if !rest.is_empty() {
+        let word = |c: &[u8]| {
             let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.put(at, u64::from_le_bytes(w));
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        };
+        if let Some(dst) = self.words.get(start..start + need) {
+            // The usual case: the packet's words are contiguous (no bounds check per word).
+            let (h, body) = dst.split_at(HEADER_WORDS);
+            for (d, v) in h.iter().zip(header) {
+                d.store(v, Ordering::Relaxed);
+            }
+            let mut body = body.iter();
+            // Chunks first: zip stops on them without taking a word from `body`.
+            for (c, d) in (&mut chunks).zip(body.by_ref()) {
+                d.store(word(c), Ordering::Relaxed);
+            }
+            if let Some(d) = body.next() {
+                d.store(word(rest), Ordering::Relaxed);
+            }
+        } else {
+            // It wraps: word by word.
+            for (i, v) in header.into_iter().enumerate() {
+                self.put(head.wrapping_add(i), v);
+            }
+            let mut at = head.wrapping_add(HEADER_WORDS);
+            for c in &mut chunks {
+                self.put(at, word(c));
+                at = at.wrapping_add(1);
+            }
+            if !rest.is_empty() {
+                self.put(at, word(rest));
+            }
         }
         // Publish: the words above happen-before the consumer's Acquire load of `head`.
         p.head.store(head.wrapping_add(need), Ordering::Release);
