@@ -94,7 +94,10 @@ fn main() {
             let rec = Recorder::start(RecordingConfig {
                 dir: Some(dir.clone()),
                 name_template: "{call_id}".into(),
-                ..RecordingConfig::default()
+                // Room for every packet of the run: the writer thread may not run until the
+                // end (valgrind serializes threads), and a full queue would make the shard's
+                // cost the cheaper drop path and the writer's cover only part of the packets.
+                queue_packets: (4 * n as usize).max(RecordingConfig::default().queue_packets),
             })
             .unwrap();
             let open = rec
@@ -173,6 +176,15 @@ fn main() {
     );
     if let Some(rec) = recorder {
         rec.shutdown();
+        // What the writer thread did with them (its instructions are divided by `written`).
+        let st = rec.stats();
+        println!(
+            "recorded: {} written, {} dropped (queue full)",
+            st.packets_written
+                .load(std::sync::atomic::Ordering::Relaxed),
+            st.dropped_queue_full
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
     drop(supervisor);

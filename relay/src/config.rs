@@ -513,7 +513,7 @@ pub const KEYS: &[Key] = keys! {
     "recording_name_template" => recording.name_template: Text,
         "a recording's file name under recording_dir, without extension ({call_id} {business} {consumer} {date} {time} {id}; / makes subdirectories)";
     "recording_queue_packets" => recording.queue_packets: Int(16, (1 << 20) as u64),
-        "packet slots (320 bytes each, and 1 in 64 more of 1.5 KiB for large payloads, allocated at start) between the shards and the recording writer; beyond, packets are dropped (counted) rather than slow a call";
+        "packets each shard may queue for the recording writer (a ring of 128 bytes a packet per recording shard, allocated at its first recording: 8192 = 1 MiB); beyond, packets are dropped (counted) rather than slow a call";
     "bot_ca_file" => bot.ca_file: Path,
         "PEM CA certificates trusted for voice bots' wss:// URLs besides the system's roots";
     "bot_connect_timeout" => bot.connect_timeout: Dur,

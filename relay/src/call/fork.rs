@@ -9,8 +9,8 @@
 //! - `mod.rs`: [`Forks::tick`] after every input (the call's clock), [`Forks::observe`] on
 //!   every event the call reports (gate, DTMF, transfer), [`Call::end_forks`] when it ends.
 //!
-//! Per packet and per fork: a check, one clock conversion, a slot taken from a free list, a
-//! payload copy and a queue push (recording); a copy, a header rewrite and an SRTP protect
+//! Per packet and per fork: a check, one clock conversion, the header and payload written
+//! into the shard's ring toward the disk writer (recording); a copy, a header rewrite and an SRTP protect
 //! into the call's outbox (listen-in). No allocation, no lock, no system call.
 
 use std::sync::Arc;
@@ -305,6 +305,9 @@ impl Call {
                     dropped: 0,
                     closed: false,
                 };
+                // This thread's ring toward the writer, allocated here (once per shard) rather
+                // than at the first packet.
+                let _ = r.link.prepare_thread();
                 r.link.send(Ctrl::Open(open));
                 let status = r.status(RecordingState::Recording);
                 forks.recording = Some(Box::new(r));

@@ -29,6 +29,18 @@ use crate::srtp::{MasterKey, SrtpError, SrtpSession};
 /// Opus always runs at 48 kHz RTP clock (RFC 7587).
 pub const OPUS_CLOCK: u32 = 48_000;
 
+/// A description as applied: its SHA-256, enough to tell the same text again from a different
+/// one without keeping the text.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SdpDigest([u8; 32]);
+
+impl SdpDigest {
+    pub fn of(text: &str) -> SdpDigest {
+        use sha2::Digest;
+        SdpDigest(sha2::Sha256::digest(text.as_bytes()).into())
+    }
+}
+
 /// A leg's place in the call's list.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LegId(u8);
@@ -112,8 +124,9 @@ pub struct Leg {
     pub arrivals: ArrivalGaps,
     /// Our SDES key, kept until the peer's description arrives.
     pub local_key: Option<MasterKey>,
-    /// The peer's description applied so far (a repeat is idempotent).
-    pub remote_sdp: Option<String>,
+    /// The peer's description applied so far, as its digest (a repeat is idempotent; the
+    /// text itself, ~1 KiB, is not kept).
+    pub remote_sdp: Option<SdpDigest>,
     /// Our RTCP CNAME on this leg.
     pub cname: String,
     /// The next RTCP report due on this leg (`None`: not scheduled yet).

@@ -15,7 +15,7 @@ use crate::api::{
 };
 use crate::call::gate::Gate;
 use crate::call::internal_webrtc;
-use crate::call::legs::{IceTransport, Leg, OPUS_CLOCK, Transport};
+use crate::call::legs::{IceTransport, Leg, OPUS_CLOCK, SdpDigest, Transport};
 use crate::call::rewrite::OutboundStream;
 use crate::call::transcode;
 use crate::call::watchdog::Watchdog;
@@ -121,7 +121,7 @@ impl Call {
         // Nothing toward Meta is ever in the clear.
         wa.secure = true;
         wa.te_pt = Some(126);
-        wa.remote_sdp = req.whatsapp_offer.clone();
+        wa.remote_sdp = req.whatsapp_offer.as_deref().map(SdpDigest::of);
         let fingerprint = setup.identity.fingerprint().clone();
         let session_id = rand::random::<u32>() as u64;
         let (conn, port) = (candidates[0].0.ip(), candidates[0].0.port());
@@ -276,8 +276,8 @@ impl Call {
     }
 
     fn set_whatsapp_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
-        if let Some(prev) = &self.legs[WA].remote_sdp {
-            return if prev == text {
+        if let Some(prev) = self.legs[WA].remote_sdp {
+            return if prev == SdpDigest::of(text) {
                 Ok(())
             } else if self.direction == CallDirection::UserInitiated {
                 Err(CallError::FailedPrecondition(
@@ -339,7 +339,7 @@ impl Call {
                 self.legs[WA].set_path(sdes_socket(&s.rtp_addr), s.rtp_addr);
             }
         }
-        self.legs[WA].remote_sdp = Some(text.to_string());
+        self.legs[WA].remote_sdp = Some(SdpDigest::of(text));
         self.watchdog.on_described(now);
         Ok(())
     }
@@ -348,12 +348,13 @@ impl Call {
         if self.legs[INT].webrtc().is_some() {
             return self.set_browser_answer(text, now);
         }
-        if self.legs[INT].remote_sdp.as_deref() == Some(text) && self.legs[INT].remote.is_some() {
+        let digest = SdpDigest::of(text);
+        if self.legs[INT].remote_sdp == Some(digest) && self.legs[INT].remote.is_some() {
             return Ok(());
         }
         let remote = sdp::validate_internal(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
         apply_internal_remote(&mut self.legs[INT], &remote)?;
-        self.legs[INT].remote_sdp = Some(text.to_string());
+        self.legs[INT].remote_sdp = Some(digest);
         Ok(())
     }
 }
@@ -363,8 +364,8 @@ impl Call {
     /// after the first (or after the browser's own offer at create) is refused: a new browser
     /// is a new internal leg.
     fn set_browser_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
-        if let Some(prev) = &self.legs[INT].remote_sdp {
-            return if prev == text {
+        if let Some(prev) = self.legs[INT].remote_sdp {
+            return if prev == SdpDigest::of(text) {
                 Ok(())
             } else {
                 Err(CallError::FailedPrecondition(
@@ -384,7 +385,7 @@ impl Call {
             &self.cfg,
             now,
         );
-        self.legs[INT].remote_sdp = Some(text.to_string());
+        self.legs[INT].remote_sdp = Some(SdpDigest::of(text));
         Ok(())
     }
 }
@@ -443,7 +444,7 @@ pub(crate) fn build_internal(
     leg.secure = spec.kind != InternalKind::PlainRtp;
     leg.policy = spec.source;
     leg.te_pt = Some(101);
-    leg.remote_sdp = spec.remote_sdp.clone();
+    leg.remote_sdp = spec.remote_sdp.as_deref().map(SdpDigest::of);
     leg.local_key = match spec.kind {
         InternalKind::PlainRtp => None,
         InternalKind::SdesSrtp(p) => Some(srtp::random_master_key(p)),

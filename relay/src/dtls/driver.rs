@@ -24,8 +24,9 @@ enum State {
 /// Handshake work allocates (setup, not the packet path); nothing here runs per media packet.
 pub struct DtlsDriver {
     /// `None` once dimpl returned an error: every dimpl error is fatal and the instance must
-    /// not be called again.
-    dtls: Option<dimpl::Dtls>,
+    /// not be called again. Boxed: the instance is ~3 KiB inline, and a call keeps its driver
+    /// for its whole life after freeing the instance (see [`Self::release`]).
+    dtls: Option<Box<dimpl::Dtls>>,
     role: DtlsRole,
     remote_fingerprint: Fingerprint,
     handshake_timeout: Duration,
@@ -118,11 +119,11 @@ impl DtlsDriver {
             // New dimpl instances start as servers; the client switches at `start`, because a
             // client emits its ClientHello on the first timer tick.
             Ok(config) => {
-                driver.dtls = Some(dimpl::Dtls::new_12(
+                driver.dtls = Some(Box::new(dimpl::Dtls::new_12(
                     config,
                     identity.certificate().clone(),
                     now,
-                ));
+                )));
             }
             Err(e) => driver.fail(DtlsFailure::Protocol(format!("invalid DTLS config: {e}"))),
         }

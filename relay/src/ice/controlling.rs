@@ -50,6 +50,9 @@ use crate::wire::stun::{BINDING, StunClass, StunMessage, code};
 /// Late consent responses are matched against this many recent transaction IDs.
 const CONSENT_TIDS: usize = 4;
 
+/// Remote candidates and pairs a call's agent reserves room for at creation.
+const TYPICAL_PAIRS: usize = 4;
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum PairState {
     Waiting,
@@ -124,15 +127,18 @@ impl ControllingAgent {
             None => StdRng::from_os_rng(),
         };
         let tiebreaker = rng.random();
-        let max_pairs = cfg.max_pairs;
+        // Room for what a call normally has (WhatsApp's host candidates over our two sockets);
+        // more grow the lists, up to `max_pairs`: a few reallocations in a call's life at most,
+        // while reserving `max_pairs` up front held ~2.5 KiB per call for nothing.
+        let typical = cfg.max_pairs.min(TYPICAL_PAIRS);
         ControllingAgent {
             cfg,
             local,
             remote: None,
             check_username: Vec::new(),
             locals: Vec::with_capacity(4),
-            remotes: Vec::with_capacity(max_pairs),
-            pairs: Vec::with_capacity(max_pairs),
+            remotes: Vec::with_capacity(typical),
+            pairs: Vec::with_capacity(typical),
             state: IceState::New,
             selected: None,
             tiebreaker,

@@ -4,13 +4,13 @@
 //! Three parts, each on its own side of a thread boundary:
 //! - [`ogg`] and [`timeline`] (pure): RFC 7845 framing, and where each RTP packet goes in the
 //!   file.
-//! - The shard side ([`RecorderLink`], used by `call::fork`): copies a forwarded packet's
-//!   payload into a preallocated [`PacketSlot`] taken from a free list and queues it, with no
-//!   allocation, no lock and no system call. When the free list is empty (the disk writer has
+//! - The shard side ([`RecorderLink`], used by `call::fork`): copies a forwarded packet into
+//!   the shard thread's own [`ring`] toward the writer, with no allocation, no lock, no
+//!   atomic read-modify-write and no system call. When the ring is full (the disk writer has
 //!   fallen behind), the packet is not recorded and `relay_recording_dropped_packets_total`
 //!   counts it: the live call is never slowed for the recording.
-//! - The writer thread ([`writer`]): drains the queue, places packets with [`timeline`],
-//!   frames them with [`ogg`], writes files, and hands the slots back.
+//! - The writer thread ([`writer`]): takes everything each ring holds in one pass, places
+//!   packets with [`timeline`], frames them with [`ogg`] and writes files.
 //!
 //! Files: `<name>.consumer.opus` (what WhatsApp sent: the consumer), `<name>.agent.opus` (what
 //! was sent to WhatsApp: the agent, whoever it is after transfers) and `<name>.events.jsonl`,
@@ -19,16 +19,18 @@
 //! browsers) handles a single-stream Ogg Opus file, and few play a multiplexed one.
 
 pub mod ogg;
+pub mod ring;
 pub mod timeline;
 mod writer;
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use crate::api::{ApiError, RecordingFiles};
 
@@ -36,14 +38,10 @@ use crate::api::{ApiError, RecordingFiles};
 /// dropped. Opus at WhatsApp's rates is around 100 bytes.
 pub const MAX_PAYLOAD: usize = 1472;
 
-/// The payload most slots hold: 20 ms of Opus up to 128 kbit/s (WhatsApp's and browsers'
-/// voice is 20-64). Larger payloads take one of the few [`MAX_PAYLOAD`] slots (one in
-/// [`LARGE_SLOT_SHARE`]). Sizing every slot for the rare large packet made the pool 12 MiB,
-/// 12 KiB per recorded call at 1,000 (see BENCHMARKS.md, memory per recording).
-pub const SLOT_PAYLOAD: usize = 320;
-
-/// One slot in this many is a large one (at least 16).
-pub const LARGE_SLOT_SHARE: usize = 64;
+/// Ring space per packet of `recording_queue_packets`: a 32-byte header and 96 bytes of
+/// payload (20 ms of Opus at 38 kbit/s; WhatsApp's voice is 20-64). A larger packet takes
+/// more, a smaller one less: the ring is bounded in bytes, not packets.
+pub const RING_WORDS_PER_PACKET: usize = 16;
 
 /// Recording settings (`recording_dir`, `recording_name_template`, `recording_queue_packets`).
 #[derive(Clone, Debug, PartialEq)]
@@ -54,10 +52,11 @@ pub struct RecordingConfig {
     /// `{call_id}`, `{business}`, `{consumer}`, `{date}` (YYYY-MM-DD, UTC), `{time}`
     /// (HHMMSS, UTC), `{id}` (a number unique within the process).
     pub name_template: String,
-    /// Packet slots between the shards and the disk writer (each [`SLOT_PAYLOAD`] bytes plus
-    /// a header, allocated once at start, and a share of [`MAX_PAYLOAD`] ones besides): how
-    /// much the writer may fall behind before packets are dropped. 8192 slots ≈ 3.4 MiB ≈
-    /// 80 ms of 1,000 recorded calls, or seconds of a few.
+    /// Packets each shard may have queued for the disk writer: how much the writer may fall
+    /// behind before packets are dropped. Each shard that records gets a ring of this many
+    /// times [`RING_WORDS_PER_PACKET`] words (rounded up to a power of two), allocated when it
+    /// first records: 8192 → 1 MiB per shard, ~70 ms of 1,000 recorded calls at 120-byte
+    /// packets, or seconds of a few.
     pub queue_packets: usize,
 }
 
@@ -78,40 +77,6 @@ pub enum Direction {
     Consumer = 0,
     /// To WhatsApp: the agent's voice (whichever internal peer, across transfers).
     Agent = 1,
-}
-
-/// One queued packet: a record recycled between the shards and the writer. `data` is
-/// [`SLOT_PAYLOAD`] or [`MAX_PAYLOAD`] bytes, allocated once; its size says which free list the
-/// slot goes back to.
-pub struct PacketSlot {
-    pub recording: u64,
-    pub direction: Direction,
-    pub ssrc: u32,
-    pub timestamp: u32,
-    /// Arrival, in 48 kHz samples since the recording started.
-    pub clock: u64,
-    pub len: u16,
-    pub data: Box<[u8]>,
-}
-
-impl PacketSlot {
-    /// A slot for payloads up to `capacity` bytes (setup only: this allocates).
-    pub fn new(capacity: usize) -> Box<PacketSlot> {
-        Box::new(PacketSlot {
-            recording: 0,
-            direction: Direction::Consumer,
-            ssrc: 0,
-            timestamp: 0,
-            clock: 0,
-            len: 0,
-            data: vec![0; capacity].into_boxed_slice(),
-        })
-    }
-
-    /// Is it one of the large slots (back to the large free list)?
-    pub fn is_large(&self) -> bool {
-        self.data.len() > SLOT_PAYLOAD
-    }
 }
 
 /// Things that happen to a recording besides audio, stamped with the shard's clock (samples
@@ -138,6 +103,8 @@ pub enum Note {
 /// What the shards send the writer besides packets (rare: allocation is fine here).
 pub(crate) enum Ctrl {
     Open(Box<OpenRecording>),
+    /// A thread's ring, the first time it records: the writer drains it from now on.
+    Ring(Arc<ring::Ring>),
     Note {
         id: u64,
         clock: u64,
@@ -167,9 +134,9 @@ pub struct OpenRecording {
 /// drop, and by the writer).
 #[derive(Debug, Default)]
 pub struct RecorderStats {
-    /// Packets not recorded because the queue was full (the disk writer is behind).
+    /// Packets not recorded because the shard's ring was full (the disk writer is behind).
     pub dropped_queue_full: AtomicU64,
-    /// Packets not recorded because they were larger than a slot.
+    /// Packets not recorded because they were larger than [`MAX_PAYLOAD`].
     pub dropped_oversize: AtomicU64,
     /// Packets the writer could not place or frame (bad Opus TOC, duplicates).
     pub dropped_invalid: AtomicU64,
@@ -181,21 +148,41 @@ pub struct RecorderStats {
     pub started: AtomicU64,
 }
 
-/// The shard side of the recorder: the slot free list, the queue toward the writer, the
-/// control channel. Shared by every call on every shard (each operation is lock-free).
+/// The shard side of the recorder: the control channel and each thread's ring toward the
+/// writer. Shared by every call on every shard.
 pub struct RecorderLink {
-    /// Free slots of [`SLOT_PAYLOAD`] bytes, and of [`MAX_PAYLOAD`].
-    free: Receiver<Box<PacketSlot>>,
-    free_large: Receiver<Box<PacketSlot>>,
-    filled: Sender<Box<PacketSlot>>,
+    /// Words in each thread's ring.
+    ring_words: usize,
+    /// Tells this link's rings from another recorder's in a thread's list (tests run several).
+    key: u64,
     ctrl: Sender<Ctrl>,
     pub stats: Arc<RecorderStats>,
     next_id: AtomicU64,
 }
 
+static NEXT_LINK_KEY: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's rings, one per recorder it has recorded into (a shard has one). A ring
+    /// has one producer, always the same thread: that is what makes it a plain SPSC ring.
+    static RINGS: RefCell<Vec<(u64, Arc<ring::Ring>)>> = const { RefCell::new(Vec::new()) };
+}
+
 impl RecorderLink {
-    /// Queue one payload. No allocation, no lock: a free slot is taken, filled and queued, or
-    /// the packet is counted as dropped. Returns whether it was queued.
+    fn new(ring_words: usize, ctrl: Sender<Ctrl>, stats: Arc<RecorderStats>) -> RecorderLink {
+        RecorderLink {
+            ring_words,
+            key: NEXT_LINK_KEY.fetch_add(1, Ordering::Relaxed),
+            ctrl,
+            stats,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Queue one payload into this thread's ring. No allocation (once the thread has its ring,
+    /// see [`Self::prepare_thread`]), no lock, no read-modify-write: the packet is written and
+    /// published, or counted as dropped. Returns whether it was queued.
+    #[inline]
     pub fn push(
         &self,
         recording: u64,
@@ -209,29 +196,48 @@ impl RecorderLink {
             self.stats.dropped_oversize.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        // A small payload takes a large slot when the small ones run out; a large one only a
-        // large slot.
-        let slot = if payload.len() <= SLOT_PAYLOAD {
-            self.free.try_recv().or_else(|_| self.free_large.try_recv())
-        } else {
-            self.free_large.try_recv()
-        };
-        let Ok(mut slot) = slot else {
+        let queued = RINGS
+            .try_with(|rings| {
+                let rings = rings.try_borrow().ok()?;
+                let (_, ring) = rings.iter().find(|(k, _)| *k == self.key)?;
+                Some(ring.push(recording, direction, ssrc, timestamp, clock, payload))
+            })
+            .ok()
+            .flatten()
+            .or_else(|| {
+                // This thread's first packet for this recorder (normally prepared at the
+                // recording's start, on the shard, so this does not run per packet).
+                let ring = self.prepare_thread()?;
+                Some(ring.push(recording, direction, ssrc, timestamp, clock, payload))
+            })
+            .unwrap_or(false);
+        if !queued {
             self.stats
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
-            return false;
-        };
-        slot.recording = recording;
-        slot.direction = direction;
-        slot.ssrc = ssrc;
-        slot.timestamp = timestamp;
-        slot.clock = clock;
-        slot.len = payload.len() as u16;
-        slot.data[..payload.len()].copy_from_slice(payload);
-        // The queue holds every slot there is, so this cannot be full; if it ever were, the
-        // slot is lost to the pool, never blocked on.
-        self.filled.try_send(slot).is_ok()
+        }
+        queued
+    }
+
+    /// Give the calling thread its ring toward the writer if it has none yet (allocates the
+    /// ring: setup only, e.g. when a call on this shard starts recording). `None` while the
+    /// thread is exiting.
+    pub fn prepare_thread(&self) -> Option<Arc<ring::Ring>> {
+        RINGS
+            .try_with(|rings| {
+                let mut rings = rings.try_borrow_mut().ok()?;
+                if let Some((_, r)) = rings.iter().find(|(k, _)| *k == self.key) {
+                    return Some(r.clone());
+                }
+                // Rings of recorders that are gone (only this list holds them) go first.
+                rings.retain(|(_, r)| Arc::strong_count(r) > 1);
+                let ring = Arc::new(ring::Ring::new(self.ring_words));
+                self.ctrl.send(Ctrl::Ring(ring.clone())).ok()?;
+                rings.push((self.key, ring.clone()));
+                Some(ring)
+            })
+            .ok()
+            .flatten()
     }
 
     pub(crate) fn send(&self, msg: Ctrl) {
@@ -247,31 +253,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Allocate the slot pool and start the writer thread.
+    /// Start the writer thread. (Each shard's ring is allocated when it first records.)
     pub fn start(cfg: RecordingConfig) -> std::io::Result<Arc<Recorder>> {
-        let n = cfg.queue_packets.max(1);
-        let large = (n / LARGE_SLOT_SHARE).max(16);
-        let (free_tx, free_rx) = crossbeam_channel::bounded(n);
-        let (large_tx, large_rx) = crossbeam_channel::bounded(large);
-        // The queue holds every slot there is.
-        let (filled_tx, filled_rx) = crossbeam_channel::bounded(n + large);
-        for _ in 0..n {
-            let _ = free_tx.send(PacketSlot::new(SLOT_PAYLOAD));
-        }
-        for _ in 0..large {
-            let _ = large_tx.send(PacketSlot::new(MAX_PAYLOAD));
-        }
+        let words = cfg.queue_packets.max(1) * RING_WORDS_PER_PACKET;
         let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(RecorderStats::default());
-        let link = Arc::new(RecorderLink {
-            free: free_rx,
-            free_large: large_rx,
-            filled: filled_tx,
-            ctrl: ctrl_tx,
-            stats: stats.clone(),
-            next_id: AtomicU64::new(1),
-        });
-        let w = writer::Writer::new(ctrl_rx, filled_rx, [free_tx, large_tx], stats);
+        let link = Arc::new(RecorderLink::new(words, ctrl_tx, stats.clone()));
+        let w = writer::Writer::new(ctrl_rx, stats);
         let thread = std::thread::Builder::new()
             .name("relay-recorder".into())
             .spawn(move || {
@@ -483,47 +471,42 @@ mod tests {
         assert_eq!(render_name("/", "c", "", "", t, 3), "recording-3");
     }
 
-    /// A link with no writer behind it: what a stalled disk looks like to the shards.
-    fn stalled_link(slots: usize) -> RecorderLink {
-        let (free_tx, free_rx) = crossbeam_channel::bounded(slots);
-        let (large_tx, large_rx) = crossbeam_channel::bounded(1);
-        let (filled_tx, _filled_rx) = crossbeam_channel::bounded(slots + 1);
-        for _ in 0..slots {
-            let _ = free_tx.send(PacketSlot::new(SLOT_PAYLOAD));
-        }
-        let _ = large_tx.send(PacketSlot::new(MAX_PAYLOAD));
-        std::mem::forget(_filled_rx);
-        let (ctrl, _) = crossbeam_channel::unbounded();
-        RecorderLink {
-            free: free_rx,
-            free_large: large_rx,
-            filled: filled_tx,
-            ctrl,
-            stats: Default::default(),
-            next_id: AtomicU64::new(1),
-        }
+    /// A link with no writer behind it: what a stalled disk looks like to the shards. (The
+    /// control receiver is returned so the link can still register its ring.)
+    fn stalled_link(packets: usize) -> (RecorderLink, crossbeam_channel::Receiver<Ctrl>) {
+        let (ctrl, rx) = crossbeam_channel::unbounded();
+        let link = RecorderLink::new(packets * RING_WORDS_PER_PACKET, ctrl, Default::default());
+        (link, rx)
     }
 
     #[test]
     fn a_stalled_writer_costs_the_shard_counted_drops_not_waits() {
-        let link = stalled_link(16);
-        // A large payload takes the large slot.
-        assert!(link.push(1, Direction::Agent, 1, 0, 0, &[0xF8; SLOT_PAYLOAD + 1]));
-        assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0xF8; SLOT_PAYLOAD + 1]));
-        let queued = (0..100)
+        // 64 packets' worth: 1,024 words. A 3-byte payload takes 5 (a 4-word header).
+        let (link, rx) = stalled_link(64);
+        let ring = link.prepare_thread().unwrap();
+        assert_eq!(ring.bytes(), 8192);
+        assert!(
+            matches!(rx.try_recv(), Ok(Ctrl::Ring(_))),
+            "the writer learns of it"
+        );
+        let queued = (0..300)
             .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
             .count();
-        assert_eq!(queued, 16);
-        assert_eq!(link.stats.dropped_queue_full.load(Ordering::Relaxed), 85);
+        assert_eq!(queued, 204);
+        assert_eq!(link.stats.dropped_queue_full.load(Ordering::Relaxed), 96);
         assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0; MAX_PAYLOAD + 1]));
         assert_eq!(link.stats.dropped_oversize.load(Ordering::Relaxed), 1);
+        // One ring per thread and recorder: preparing again returns the same one.
+        assert!(Arc::ptr_eq(&ring, &link.prepare_thread().unwrap()));
+        assert!(rx.try_recv().is_err());
 
-        // Small payloads fall back on the large slots when the small ones run out.
-        let link = stalled_link(2);
-        let queued = (0..5)
-            .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
-            .count();
-        assert_eq!(queued, 3);
+        // Another thread gets its own ring (one producer per ring).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(link.push(1, Direction::Consumer, 1, 0, 0, &[0xF8, 1, 2]));
+            });
+        });
+        assert!(matches!(rx.try_recv(), Ok(Ctrl::Ring(r)) if !Arc::ptr_eq(&r, &ring)));
     }
 
     /// Frames in through the shard-side link, files out through the writer thread: a transfer
@@ -647,9 +630,10 @@ mod tests {
             ..RecordingConfig::default()
         })
         .unwrap();
-        // The slot pool is allocated (and touched) once; measure from here.
-        let pool_kib = rss_kib();
         let link = rec.link().clone();
+        // This thread's ring is allocated (and touched) once; measure from here.
+        let ring_bytes = link.prepare_thread().unwrap().bytes();
+        let pool_kib = rss_kib();
         let mut ids = Vec::new();
         for i in 0..n {
             let open = rec
@@ -673,13 +657,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let per = (rss_kib() - pool_kib) as f64 / n as f64;
-        let n_slots = rec.cfg.queue_packets;
-        let large = (n_slots / LARGE_SLOT_SHARE).max(16);
-        let pool = (n_slots * (std::mem::size_of::<PacketSlot>() + SLOT_PAYLOAD)
-            + large * (std::mem::size_of::<PacketSlot>() + MAX_PAYLOAD))
-            / 1024;
+        let pool = ring_bytes / 1024;
         eprintln!(
-            "{n} open recordings: {per:.1} KiB each (writer side), plus the shared slot pool \
+            "{n} open recordings: {per:.1} KiB each (writer side), plus the shard's ring \
              of {pool} KiB by size, {} KiB by RSS ({:.1} KiB per recording at {n})",
             pool_kib - base_kib,
             (pool_kib - base_kib) as f64 / n as f64

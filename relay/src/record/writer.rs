@@ -13,15 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::ogg::{OggOpusWriter, SAMPLE_RATE, packet_samples};
+use super::ring::{Packet, Ring};
 use super::timeline::{Placement, Timeline};
-use super::{Ctrl, Direction, Note, OpenRecording, PacketSlot, RecorderStats};
+use super::{Ctrl, Direction, MAX_PAYLOAD, Note, OpenRecording, RecorderStats};
 use crate::api::RecordingFiles;
 
-/// How often the writer drains the packet queue when no control message wakes it. Packets are
-/// not signalled one by one (that would be a system call per packet on the shard).
+/// How often the writer drains the shards' rings when no control message wakes it. Packets
+/// are not signalled one by one (that would be a system call per packet on the shard): each
+/// pass takes everything the rings hold, so the shard and the writer meet once a pass, not
+/// once a packet.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// How much nicer than the shards the writer thread runs. On a core it shares with a shard
@@ -72,9 +75,13 @@ const VENDOR: &str = concat!("relay ", env!("CARGO_PKG_VERSION"));
 
 pub(super) struct Writer {
     ctrl: Receiver<Ctrl>,
-    filled: Receiver<Box<PacketSlot>>,
-    /// Back to the small and the large free list.
-    free: [Sender<Box<PacketSlot>>; 2],
+    /// Every producing thread's ring (a shard's, or a test's).
+    rings: Vec<Arc<Ring>>,
+    /// The payload being written, copied out of its ring.
+    payload: Vec<u8>,
+    /// Pages a packet completed, written to the track's file before the next packet: one
+    /// buffer for every track (each one's current page lives in its `OggOpusWriter`).
+    out: Vec<u8>,
     stats: Arc<RecorderStats>,
     open: HashMap<u64, Recording, BuildHasherDefault<IdHasher>>,
     /// Control messages read ahead of their turn (see `read_ahead_for_opens`).
@@ -85,8 +92,6 @@ struct Track {
     file: File,
     ogg: OggOpusWriter,
     timeline: Timeline,
-    /// Pages produced and not yet written (written after every packet that completes one).
-    out: Vec<u8>,
 }
 
 struct Recording {
@@ -102,16 +107,12 @@ struct Recording {
 }
 
 impl Writer {
-    pub(super) fn new(
-        ctrl: Receiver<Ctrl>,
-        filled: Receiver<Box<PacketSlot>>,
-        free: [Sender<Box<PacketSlot>>; 2],
-        stats: Arc<RecorderStats>,
-    ) -> Self {
+    pub(super) fn new(ctrl: Receiver<Ctrl>, stats: Arc<RecorderStats>) -> Self {
         Writer {
             ctrl,
-            filled,
-            free,
+            rings: Vec::new(),
+            payload: vec![0; MAX_PAYLOAD],
+            out: Vec::with_capacity(8192),
             stats,
             open: HashMap::default(),
             deferred: Default::default(),
@@ -119,24 +120,7 @@ impl Writer {
     }
 
     pub(super) fn run(mut self) {
-        let mut running = true;
-        while running {
-            match self.ctrl.recv_timeout(DRAIN_EVERY) {
-                // An open goes first: the shard sent it before any of the recording's packets.
-                Ok(Ctrl::Open(r)) => self.open_recording(*r),
-                Ok(msg) => {
-                    self.drain_packets();
-                    running = self.apply(msg);
-                }
-                Err(RecvTimeoutError::Timeout) => self.drain_packets(),
-                Err(RecvTimeoutError::Disconnected) => running = false,
-            }
-            // Messages read ahead while looking for an open (see `write_packet`).
-            while running && let Some(msg) = self.deferred.pop_front() {
-                self.drain_packets();
-                running = self.apply(msg);
-            }
-        }
+        while self.step(self.ctrl.recv_timeout(DRAIN_EVERY)) {}
         self.drain_packets();
         let ids: Vec<u64> = self.open.keys().copied().collect();
         for id in ids {
@@ -144,11 +128,57 @@ impl Writer {
         }
     }
 
-    fn drain_packets(&mut self) {
-        while let Ok(slot) = self.filled.try_recv() {
-            self.write_packet(&slot);
-            let _ = self.free[usize::from(slot.is_large())].try_send(slot);
+    /// One turn of the loop: a control message (or the wait's timeout) and the packets.
+    /// Returns false on shutdown.
+    fn step(&mut self, msg: Result<Ctrl, RecvTimeoutError>) -> bool {
+        let mut running = true;
+        match msg {
+            // An open goes first: the shard sent it before any of the recording's packets.
+            // Then the rings: opens arriving more often than DRAIN_EVERY (200 calls a second
+            // starting to record) must not keep the timeout from ever firing, which left the
+            // rings undrained for seconds and dropped packets (BENCHMARKS.md, session 8).
+            Ok(Ctrl::Open(r)) => {
+                self.open_recording(*r);
+                self.drain_packets();
+            }
+            Ok(Ctrl::Ring(r)) => {
+                self.rings.push(r);
+                self.drain_packets();
+            }
+            Ok(msg) => {
+                self.drain_packets();
+                running = self.apply(msg);
+            }
+            Err(RecvTimeoutError::Timeout) => self.drain_packets(),
+            Err(RecvTimeoutError::Disconnected) => running = false,
         }
+        // Messages read ahead while looking for an open (see `write_packet`).
+        while running && let Some(msg) = self.deferred.pop_front() {
+            self.drain_packets();
+            running = self.apply(msg);
+        }
+        running
+    }
+
+    /// Everything the rings hold now. A control message read after a packet was queued is
+    /// applied after this, so it follows the packets its thread queued before sending it.
+    fn drain_packets(&mut self) {
+        let mut payload = std::mem::take(&mut self.payload);
+        let mut i = 0;
+        while let Some(ring) = self.rings.get(i).cloned() {
+            let mut d = ring.drain();
+            while let Some(p) = d.next_into(&mut payload) {
+                let len = p.len.min(payload.len());
+                self.write_packet(&p, &payload[..len]);
+            }
+            // A ring whose thread is gone (only this list holds it) and that is empty.
+            if Arc::strong_count(&ring) == 2 && ring.drain().is_empty() {
+                self.rings.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.payload = payload;
     }
 
     /// A packet of a recording not open yet: its open is still in the control queue (sent
@@ -158,6 +188,7 @@ impl Writer {
         while let Ok(msg) = self.ctrl.try_recv() {
             match msg {
                 Ctrl::Open(r) => self.open_recording(*r),
+                Ctrl::Ring(r) => self.rings.push(r),
                 other => self.deferred.push_back(other),
             }
         }
@@ -167,6 +198,7 @@ impl Writer {
     fn apply(&mut self, msg: Ctrl) -> bool {
         match msg {
             Ctrl::Open(r) => self.open_recording(*r),
+            Ctrl::Ring(r) => self.rings.push(r),
             Ctrl::Note { id, clock, note } => {
                 if let Some(rec) = self.open.get_mut(&id) {
                     rec.note(clock, &note, &self.stats);
@@ -180,34 +212,34 @@ impl Writer {
 
     fn open_recording(&mut self, r: OpenRecording) {
         let serial = |d: u32| (r.id as u32).wrapping_mul(2).wrapping_add(d);
-        let track = |file: File, dir: &str, d: u32| {
-            // Holds one page (about 4 KiB) between its completion and the write.
-            let mut out = Vec::new();
+        // The header pages of both tracks, written one track at a time.
+        let mut headers: [Vec<u8>; 2] = Default::default();
+        let mut track = |file: File, dir: &str, d: u32| {
             let tags = [
                 ("CALL_ID", r.call_id.as_str()),
                 ("DIRECTION", dir),
                 ("ENCODER", "relay (Opus forwarded, not transcoded)"),
             ];
-            let ogg = OggOpusWriter::new(serial(d), VENDOR, &tags, &mut out);
+            let ogg = OggOpusWriter::new(serial(d), VENDOR, &tags, &mut headers[d as usize]);
             Track {
                 file,
                 ogg,
                 timeline: Timeline::default(),
-                out,
             }
         };
+        let tracks = [track(r.consumer, "consumer", 0), track(r.agent, "agent", 1)];
         let mut rec = Recording {
             call_id: r.call_id.clone(),
             files: r.files.clone(),
             started_at: r.started_at,
-            tracks: [track(r.consumer, "consumer", 0), track(r.agent, "agent", 1)],
+            tracks,
             events: r.events,
             failed: false,
             late: 0,
             invalid: 0,
         };
-        for i in 0..2 {
-            rec.flush_track(i, &self.stats);
+        for (i, mut h) in headers.into_iter().enumerate() {
+            rec.flush_track(i, &mut h, &self.stats);
         }
         let line = serde_json::json!({
             "t": 0.0,
@@ -223,11 +255,11 @@ impl Writer {
         self.open.insert(r.id, rec);
     }
 
-    fn write_packet(&mut self, slot: &PacketSlot) {
-        if !self.open.contains_key(&slot.recording) {
+    fn write_packet(&mut self, pkt: &Packet, payload: &[u8]) {
+        if !self.open.contains_key(&pkt.recording) {
             self.read_ahead_for_opens();
         }
-        let Some(rec) = self.open.get_mut(&slot.recording) else {
+        let Some(rec) = self.open.get_mut(&pkt.recording) else {
             // The recording was closed (or never opened): nothing to write it to.
             self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
             return;
@@ -235,20 +267,19 @@ impl Writer {
         if rec.failed {
             return;
         }
-        let payload = &slot.data[..usize::from(slot.len).min(slot.data.len())];
         let Ok(duration) = packet_samples(payload) else {
             rec.invalid += 1;
             self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let i = slot.direction as usize;
+        let i = pkt.direction as usize;
         let t = &mut rec.tracks[i];
         let written = t.ogg.position();
         let placement = t.timeline.place(
-            slot.ssrc,
-            slot.timestamp,
+            pkt.ssrc,
+            pkt.timestamp,
             u64::from(duration),
-            slot.clock,
+            pkt.clock,
             written,
         );
         match placement {
@@ -259,9 +290,11 @@ impl Writer {
             }
             Placement::Write { gap } => {
                 if gap > 0 {
-                    t.ogg.write_gap(gap, &mut t.out);
+                    t.ogg.write_gap(gap, &mut self.out);
                 }
-                if t.ogg.write_packet(payload, &mut t.out).is_err() {
+                if t.ogg.write_packet(payload, &mut self.out).is_err() {
+                    // Pages the gap completed still go out.
+                    rec.flush_track(i, &mut self.out, &self.stats);
                     rec.invalid += 1;
                     self.stats.dropped_invalid.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -269,7 +302,7 @@ impl Writer {
             }
         }
         self.stats.packets_written.fetch_add(1, Ordering::Relaxed);
-        rec.flush_track(i, &self.stats);
+        rec.flush_track(i, &mut self.out, &self.stats);
     }
 
     fn close(&mut self, id: u64, clock: Option<u64>, reason: &str) {
@@ -288,9 +321,9 @@ impl Writer {
         for i in 0..2 {
             let t = &mut rec.tracks[i];
             let behind = end.saturating_sub(t.ogg.position());
-            t.ogg.write_gap(behind, &mut t.out);
-            t.ogg.finish(&mut t.out);
-            rec.flush_track(i, &self.stats);
+            t.ogg.write_gap(behind, &mut self.out);
+            t.ogg.finish(&mut self.out);
+            rec.flush_track(i, &mut self.out, &self.stats);
         }
         let summary = |t: &Track| {
             let (packets, gap_packets) = t.ogg.packet_counts();
@@ -323,23 +356,22 @@ impl Writer {
 }
 
 impl Recording {
-    fn flush_track(&mut self, i: usize, stats: &RecorderStats) {
-        let t = &mut self.tracks[i];
-        if t.out.is_empty() || self.failed {
-            t.out.clear();
+    /// Write the pages in `out` (track `i`'s, just completed) to its file, and empty `out`
+    /// (its capacity stays: one buffer serves every track).
+    fn flush_track(&mut self, i: usize, out: &mut Vec<u8>, stats: &RecorderStats) {
+        if out.is_empty() || self.failed {
+            out.clear();
             return;
         }
-        match t.file.write_all(&t.out) {
+        match self.tracks[i].file.write_all(out) {
             Ok(()) => {
                 stats
                     .bytes_written
-                    .fetch_add(t.out.len() as u64, Ordering::Relaxed);
+                    .fetch_add(out.len() as u64, Ordering::Relaxed);
             }
             Err(e) => self.fail(&e, stats),
         }
-        // Freed, not kept: a page a second per track is one allocation on this thread, and a
-        // thousand idle 4 KiB buffers are 8 MiB (see BENCHMARKS.md, memory per recording).
-        self.tracks[i].out = Vec::new();
+        out.clear();
     }
 
     fn note(&mut self, clock: u64, note: &Note, stats: &RecorderStats) {
@@ -404,4 +436,60 @@ fn secs(samples: u64) -> f64 {
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Recorder, RecorderLink, RecordingConfig};
+
+    /// Opens arriving faster than `DRAIN_EVERY` (a burst of calls starting to record) still let
+    /// the writer drain the rings at every one: the packets of recordings already open are
+    /// written, not left to fill the ring (which dropped a seventh of them at 200 starts a
+    /// second before this).
+    #[test]
+    fn opens_in_a_row_do_not_starve_the_rings() {
+        let dir = std::env::temp_dir().join(format!("relay-writer-step-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A recorder for creating files and a link; its own writer thread is not used here.
+        let rec = Recorder::start(RecordingConfig {
+            dir: Some(dir.clone()),
+            name_template: "{call_id}".into(),
+            queue_packets: 64,
+        })
+        .unwrap();
+        let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(RecorderStats::default());
+        let link = RecorderLink::new(
+            64 * super::super::RING_WORDS_PER_PACKET,
+            ctrl_tx,
+            stats.clone(),
+        );
+        let mut w = Writer::new(ctrl_rx, stats.clone());
+        let ring = link.prepare_thread().unwrap();
+        let Ok(Ctrl::Ring(r)) = w.ctrl.try_recv() else {
+            panic!("the ring is announced");
+        };
+        assert!(w.step(Ok(Ctrl::Ring(r))));
+        let open = |i: u32| {
+            Box::new(
+                rec.create(&format!("c{i}"), "b", "c", SystemTime::now())
+                    .unwrap(),
+            )
+        };
+        let first = open(0);
+        let id = first.id;
+        assert!(w.step(Ok(Ctrl::Open(first))));
+        let opus = [0xF8u8, 1, 2];
+        for i in 1..50u32 {
+            // A packet of the open recording, then another call's open (no timeout between).
+            assert!(link.push(id, Direction::Agent, 1, i * 960, u64::from(i) * 960, &opus));
+            assert!(w.step(Ok(Ctrl::Open(open(i)))));
+            assert!(ring.drain().is_empty(), "drained at open {i}");
+        }
+        assert_eq!(stats.packets_written.load(Ordering::Relaxed), 49);
+        assert_eq!(stats.dropped_queue_full.load(Ordering::Relaxed), 0);
+        rec.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
