@@ -20,7 +20,7 @@ use relay::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use relay::dtls::DtlsIdentity;
 use relay::net::SocketRef;
 use relay::srtp::SrtpProfile;
-use relay::wire::rtp::{self, RtpHeaderFields};
+use relay::wire::rtp::{self, Pt, RtpHeaderFields, RtpTs, Seq, Ssrc};
 
 mod alloc_support;
 use alloc_support::allocations;
@@ -90,10 +90,10 @@ fn steady_state_allocates_nothing(format: MediaFormat) {
             &mut b,
             &RtpHeaderFields {
                 marker: i == 0,
-                payload_type: META_OPUS_PT,
-                sequence: 100u16.wrapping_add(i as u16),
-                timestamp: 5000u32.wrapping_add(i * 960),
-                ssrc: 0x1111_2222,
+                pt: Pt::new(META_OPUS_PT),
+                seq: Seq::new(100u16.wrapping_add(i as u16)),
+                ts: RtpTs::new(5000u32.wrapping_add(i * 960)),
+                ssrc: Ssrc::new(0x1111_2222),
             },
         )
         .unwrap();

@@ -17,7 +17,7 @@ use relay::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use relay::dtls::DtlsIdentity;
 use relay::net::SocketRef;
 use relay::srtp::SrtpProfile;
-use relay::wire::rtp::{self, RtpHeaderFields};
+use relay::wire::rtp::{self, Pt, RtpHeaderFields, RtpTs, Seq, Ssrc};
 
 mod alloc_support;
 use alloc_support::allocations;
@@ -92,10 +92,10 @@ fn a_g711_calls_steady_state_allocates_nothing() {
             &mut b,
             &RtpHeaderFields {
                 marker: i == 0,
-                payload_type: META_OPUS_PT,
-                sequence: 100u16.wrapping_add(i as u16),
-                timestamp: 5000u32.wrapping_add(i * 960),
-                ssrc: 0x1111_2222,
+                pt: Pt::new(META_OPUS_PT),
+                seq: Seq::new(100u16.wrapping_add(i as u16)),
+                ts: RtpTs::new(5000u32.wrapping_add(i * 960)),
+                ssrc: Ssrc::new(0x1111_2222),
             },
         )
         .unwrap();
@@ -108,10 +108,10 @@ fn a_g711_calls_steady_state_allocates_nothing() {
             &mut s,
             &RtpHeaderFields {
                 marker: i == 0,
-                payload_type: 0,
-                sequence: 7u16.wrapping_add(i as u16),
-                timestamp: 800u32.wrapping_add(i * 160),
-                ssrc: 0x3333_4444,
+                pt: Pt::new(0),
+                seq: Seq::new(7u16.wrapping_add(i as u16)),
+                ts: RtpTs::new(800u32.wrapping_add(i * 160)),
+                ssrc: Ssrc::new(0x3333_4444),
             },
         )
         .unwrap();

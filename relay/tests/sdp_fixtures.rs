@@ -8,6 +8,7 @@ use relay::sdp::{
     META_OPUS_FMTP, MediaProto, SessionDescription, Setup, WaLocalParams, WaTransport,
 };
 use relay::srtp::{MasterKey, SrtpProfile};
+use relay::wire::rtp::{Pt, Ssrc};
 
 const WA_USER_OFFER: &str = include_str!("fixtures/sdp/wa_user_offer.sdp");
 const WA_DOCS_OFFER: &str = include_str!("fixtures/sdp/wa_docs_offer.sdp");
@@ -69,14 +70,14 @@ fn capture_shaped_offer_extracts_everything_the_call_needs() {
 
     let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
     assert_eq!(offer.proto, MediaProto::UdpTlsRtpSavpf);
-    assert_eq!(offer.opus_pt, 111);
+    assert_eq!(offer.opus_pt, Pt::new(111));
     assert_eq!(offer.opus_fmtp.as_deref(), Some(META_OPUS_FMTP));
-    assert_eq!(offer.telephone_event_pt, Some(126));
+    assert_eq!(offer.telephone_event_pt, Some(Pt::new(126)));
     assert_eq!(offer.ptime, Some(20));
     assert_eq!(offer.mid.as_deref(), Some("audio"));
     assert!(offer.bundle && offer.rtcp_mux);
     assert_eq!(offer.direction, Direction::SendRecv);
-    assert_eq!(offer.remote_ssrc, Some(2903755416));
+    assert_eq!(offer.remote_ssrc, Some(Ssrc::new(2903755416)));
     assert_eq!(
         sd.audio.rtcp_fbs,
         vec![("111".to_string(), "transport-cc".to_string())]
@@ -135,7 +136,7 @@ fn documentation_shaped_offer_with_extmap_and_session_level_values() {
     };
     assert_eq!(dtls.fingerprint.bytes.first(), Some(&0x84));
     assert_eq!(dtls.candidates.len(), 2);
-    assert_eq!(offer.remote_ssrc, Some(1106247261));
+    assert_eq!(offer.remote_ssrc, Some(Ssrc::new(1106247261)));
     // Trailing whitespace is not part of values.
     assert_eq!(sd.bundle, vec!["audio"]);
     assert_eq!(sd.audio.ssrcs[0].2.as_deref(), Some("t8Bv1mXc0Jq7Rk2Z"));
@@ -179,9 +180,9 @@ fn browser_offer_skips_mdns_tcp_and_rtcp_component() {
         "only the srflx UDP component-1 candidate"
     );
     assert_eq!(sd.audio.candidates[0].typ, "srflx");
-    assert_eq!(sd.audio.telephone_event_pt(8000), Some(126));
-    assert_eq!(sd.audio.telephone_event_pt(48000), Some(110));
-    assert_eq!(sd.audio.fmtp(63), Some("111/111"));
+    assert_eq!(sd.audio.telephone_event_pt(8000), Some(Pt::new(126)));
+    assert_eq!(sd.audio.telephone_event_pt(48000), Some(Pt::new(110)));
+    assert_eq!(sd.audio.fmtp(Pt::new(63)), Some("111/111"));
     assert!(sdp::validate_whatsapp_offer(&sd).is_ok());
 }
 
@@ -210,8 +211,8 @@ fn internal_plain_rtp_offer() {
     assert_eq!(remote.rtp_addr, Some(addr("10.20.0.5:24578")));
     assert_eq!(remote.rtcp_addr, Some(addr("10.20.0.5:24579")));
     assert!(!remote.rtcp_mux);
-    assert_eq!(remote.opus_pt, 111);
-    assert_eq!(remote.telephone_event_pt, Some(101));
+    assert_eq!(remote.opus_pt, Pt::new(111));
+    assert_eq!(remote.telephone_event_pt, Some(Pt::new(101)));
     assert_eq!(
         remote.opus_fmtp.as_deref(),
         Some("useinbandfec=1; minptime=20")
@@ -247,7 +248,7 @@ fn dtls_params() -> WaLocalParams {
             fingerprint: our_fingerprint(),
             setup: None,
         },
-        ssrc: Some((0x1234_5678, "relay-cname".into())),
+        ssrc: Some((Ssrc::new(0x1234_5678), "relay-cname".into())),
     }
 }
 
@@ -345,9 +346,9 @@ fn answer_to_capture_offer_round_trips() {
         ("rLy4", "Zm9vYmFyYmF6cXV4cXV1eHh4")
     );
     assert_eq!(dtls.candidates.len(), 2);
-    assert_eq!(seen.opus_pt, 111);
-    assert_eq!(seen.telephone_event_pt, Some(126));
-    assert_eq!(seen.remote_ssrc, Some(0x1234_5678));
+    assert_eq!(seen.opus_pt, Pt::new(111));
+    assert_eq!(seen.telephone_event_pt, Some(Pt::new(126)));
+    assert_eq!(seen.remote_ssrc, Some(Ssrc::new(0x1234_5678)));
     assert!(back.audio.end_of_candidates);
 }
 
@@ -416,9 +417,9 @@ fn business_initiated_offer_has_metas_shape() {
     assert_crlf_only(&text);
     let sd = sdp::parse(&text).unwrap();
     let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
-    assert_eq!(offer.opus_pt, 111);
+    assert_eq!(offer.opus_pt, Pt::new(111));
     assert_eq!(offer.opus_fmtp.as_deref(), Some(META_OPUS_FMTP));
-    assert_eq!(offer.telephone_event_pt, Some(126));
+    assert_eq!(offer.telephone_event_pt, Some(Pt::new(126)));
     assert_eq!(offer.mid.as_deref(), Some("audio"));
     assert!(offer.bundle && offer.rtcp_mux);
     assert_eq!(sd.audio.maxptime, Some(20));
@@ -457,7 +458,7 @@ fn internal_descriptions_round_trip() {
     assert_eq!(remote.rtcp_addr, Some(addr("10.0.0.2:30000")));
     assert_eq!(
         (remote.opus_pt, remote.telephone_event_pt),
-        (111, Some(126))
+        (Pt::new(111), Some(Pt::new(126)))
     );
     assert_eq!(remote.ptime, Some(20));
 
@@ -473,13 +474,13 @@ fn internal_descriptions_round_trip() {
         sdp::sdes_key_params(&key),
     ));
     params.rtcp_mux = false;
-    params.opus_pt = 96;
+    params.opus_pt = Pt::new(96);
     let text = LocalDescription::internal(params).to_sdp();
     assert!(text.contains("c=IN IP6 2001:db8::2\r\n"));
     assert!(text.contains("a=rtcp:30003 IN IP6 2001:db8::2\r\n"));
     let remote = sdp::validate_internal(&sdp::parse(&text).unwrap()).unwrap();
     assert_eq!(remote.proto, MediaProto::RtpSavp);
-    assert_eq!(remote.opus_pt, 96);
+    assert_eq!(remote.opus_pt, Pt::new(96));
     assert_eq!(remote.rtcp_addr, Some(addr("[2001:db8::2]:30003")));
     let crypto = remote.crypto.unwrap();
     assert_eq!((crypto.tag, crypto.key), (3, key));

@@ -2,6 +2,7 @@
 //! cost of a document is bounded. Ends with a randomized mutation loop over valid offers.
 
 use relay::sdp::{self, LocalDescription, LocalIce, LocalSecurity, SdpError, WaLocalParams};
+use relay::wire::rtp::Ssrc;
 
 const WA_USER_OFFER: &str = include_str!("fixtures/sdp/wa_user_offer.sdp");
 const WA_DOCS_OFFER: &str = include_str!("fixtures/sdp/wa_docs_offer.sdp");
@@ -426,7 +427,7 @@ fn our_params() -> WaLocalParams {
             fingerprint: sdp::Fingerprint::sha256_of(b"cert"),
             setup: None,
         },
-        ssrc: Some((1, "c".into())),
+        ssrc: Some((Ssrc::new(1), "c".into())),
     }
 }
 

@@ -24,6 +24,7 @@ use crate::call::{INT, WA};
 use crate::net::{Outbox, SocketRef};
 use crate::record::Direction;
 use crate::wire::classify::{PacketKind, classify};
+use crate::wire::rtp::{Pt, RtpTs};
 use crate::wire::{rtp, stun};
 
 /// A 20 ms Opus frame of silence (TOC 0xF8: CELT fullband 20 ms mono, then an empty frame);
@@ -108,11 +109,7 @@ impl Call {
         wa.counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(
-                hdr.sequence,
-                hdr.timestamp,
-                rtp_clock_at(now, self.created_mono),
-            );
+            .update(hdr.seq, hdr.ts, rtp_clock_at(now, self.created_mono));
         self.watchdog.on_whatsapp_rtp(now);
         if !self.legs[WA].first_media_in {
             self.legs[WA].first_media_in = true;
@@ -123,7 +120,7 @@ impl Call {
             // handshake state (a client already did when it connected).
             self.release_wa_dtls();
         }
-        let opus = hdr.payload_type == self.legs[WA].opus_pt;
+        let opus = hdr.pt == self.legs[WA].opus_pt;
         (self.forks).on_rtp(Direction::Consumer, now, &hdr, &buf[..n], opus, out);
         if self.legs[INT].transcode.is_some() {
             // A G.711 internal leg: decode, compand, send (call/transcode.rs).
@@ -131,13 +128,13 @@ impl Call {
         }
 
         // Payload type map: WhatsApp's PTs → the internal leg's.
-        let out_pt = if hdr.payload_type == self.legs[WA].opus_pt {
+        let out_pt = if hdr.pt == self.legs[WA].opus_pt {
             self.legs[INT].opus_pt
-        } else if Some(hdr.payload_type) == self.legs[WA].te_pt {
+        } else if Some(hdr.pt) == self.legs[WA].te_pt {
             let Some(pt) = self.legs[INT].te_pt else {
                 return self.legs[WA].counters.drop(DropReason::UnknownPayloadType);
             };
-            self.note_dtmf(LegKind::WhatsApp, &buf[hdr.header_len..n], hdr.timestamp);
+            self.note_dtmf(LegKind::WhatsApp, &buf[hdr.header_len..n], hdr.ts);
             pt
         } else {
             return self.legs[WA].counters.drop(DropReason::UnknownPayloadType);
@@ -261,14 +258,14 @@ impl Call {
         let Ok(hdr) = rtp::parse(&buf[..n]) else {
             return internal.counters.drop(DropReason::Malformed);
         };
-        if hdr.payload_type != internal.opus_pt && Some(hdr.payload_type) != internal.te_pt {
+        if hdr.pt != internal.opus_pt && Some(hdr.pt) != internal.te_pt {
             return internal.counters.drop(DropReason::UnknownPayloadType);
         }
         // SRTP refused replays already; plain RTP has only this window.
         if internal.srtp.is_none()
             && internal
                 .rx_window
-                .check_and_note(hdr.ssrc, hdr.sequence)
+                .check_and_note(hdr.ssrc, hdr.seq)
                 .is_err()
         {
             return internal.counters.drop(DropReason::Replayed);
@@ -289,10 +286,10 @@ impl Call {
         let internal = &mut self.legs[INT];
         internal.arrivals.on_packet(now, self.cfg.fill_after_max);
         // Jitter (RFC 3550 A.8) in the leg's own clock units: 8 kHz for a G.711 leg.
-        let arrival = crate::call::rewrite::clock_units(
+        let arrival = RtpTs::new(crate::call::rewrite::clock_units(
             now.saturating_duration_since(self.created_mono),
             internal.clock_rate(),
-        );
+        ));
         internal.counters.rx_packets += 1;
         internal.counters.rx_bytes += n as u64;
         internal.counters.remote_ssrc = Some(hdr.ssrc);
@@ -300,7 +297,7 @@ impl Call {
             .counters
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
-            .update(hdr.sequence, hdr.timestamp, arrival);
+            .update(hdr.seq, hdr.ts, arrival);
         self.watchdog.on_internal_rtp(now);
         if !self.legs[INT].first_media_in {
             self.legs[INT].first_media_in = true;
@@ -308,8 +305,8 @@ impl Call {
                 from: LegKind::Internal,
             });
         }
-        if Some(hdr.payload_type) == self.legs[INT].te_pt {
-            self.note_dtmf(LegKind::Internal, &buf[hdr.header_len..n], hdr.timestamp);
+        if Some(hdr.pt) == self.legs[INT].te_pt {
+            self.note_dtmf(LegKind::Internal, &buf[hdr.header_len..n], hdr.ts);
         }
         if self.legs[INT].transcode.is_some() {
             // A G.711 internal leg: re-frame, Opus-encode, then the gate (call/transcode.rs).
@@ -333,9 +330,9 @@ impl Call {
         hdr: rtp::RtpHeader,
         out: &mut impl Outbox,
     ) {
-        let opus = hdr.payload_type == self.legs[INT].opus_pt;
+        let opus = hdr.pt == self.legs[INT].opus_pt;
         (self.forks).on_rtp(Direction::Agent, now, &hdr, &buf[..n], opus, out);
-        let out_pt = if hdr.payload_type == self.legs[INT].opus_pt {
+        let out_pt = if hdr.pt == self.legs[INT].opus_pt {
             self.legs[WA].opus_pt
         } else {
             match self.legs[WA].te_pt {
@@ -390,9 +387,9 @@ impl Call {
             &mut pkt,
             &rtp::RtpHeaderFields {
                 marker: rw.marker,
-                payload_type: wa.opus_pt,
-                sequence: rw.seq,
-                timestamp: rw.ts,
+                pt: wa.opus_pt,
+                seq: rw.seq,
+                ts: rw.ts,
                 ssrc: rw.ssrc,
             },
         ) else {
@@ -459,7 +456,7 @@ impl Call {
     }
 
     /// RFC 4733: report a digit once per event (the first packet with a new timestamp).
-    pub(super) fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: u32) {
+    pub(super) fn note_dtmf(&mut self, leg: LegKind, payload: &[u8], ts: RtpTs) {
         if let Some(digit) = self.legs[LegId::of(leg).index()].new_dtmf_digit(payload, ts) {
             self.events
                 .push_back(CallEventKind::DtmfReceived { from: leg, digit });
@@ -471,20 +468,23 @@ impl Call {
 /// fixed header is present).
 fn rewrite_header(
     buf: &mut [u8],
-    pt: u8,
+    pt: Pt,
     marker: bool,
     rw: Rewritten,
 ) -> Result<(), rtp::RtpError> {
     rtp::HeaderMut::new(buf)?
-        .set_payload_type(pt)
+        .set_pt(pt)
         .set_marker(marker)
-        .set_sequence(rw.seq)
-        .set_timestamp(rw.ts)
+        .set_seq(rw.seq)
+        .set_ts(rw.ts)
         .set_ssrc(rw.ssrc);
     Ok(())
 }
 
 /// Arrival time in RTP clock units (for RFC 3550 jitter), from the call's monotonic origin.
-fn rtp_clock_at(now: Instant, origin: Instant) -> u32 {
-    crate::call::rewrite::clock_units(now.saturating_duration_since(origin), OPUS_CLOCK)
+fn rtp_clock_at(now: Instant, origin: Instant) -> RtpTs {
+    RtpTs::new(crate::call::rewrite::clock_units(
+        now.saturating_duration_since(origin),
+        OPUS_CLOCK,
+    ))
 }

@@ -26,6 +26,7 @@ use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
 use crate::net::{Outbox, SocketRef};
 use crate::sdp::{self, LocalDescription, Setup};
 use crate::srtp::{self, SessionKeys, SrtpSession};
+use crate::wire::rtp::{Pt, Ssrc};
 
 /// The sockets the engine bound for this call.
 #[derive(Copy, Clone, Debug)]
@@ -90,7 +91,7 @@ impl Call {
         let ice_creds = IceCredentials::random();
         let wa_cname = format!("relay-{}", rand::random::<u32>());
         let internal_cname = format!("relay-{}", rand::random::<u32>());
-        let wa_ssrc = rand::random::<u32>();
+        let wa_ssrc = rand::random::<Ssrc>();
 
         // Our candidates: one per bound WhatsApp socket, at the advertised address.
         let mut candidates = Vec::new();
@@ -120,7 +121,7 @@ impl Call {
         );
         // Nothing toward Meta is ever in the clear.
         wa.secure = true;
-        wa.te_pt = Some(126);
+        wa.te_pt = Some(Pt::new(126));
         wa.remote_sdp = req.whatsapp_offer.clone();
         let fingerprint = setup.identity.fingerprint().clone();
         let session_id = rand::random::<u32>() as u64;
@@ -433,7 +434,7 @@ pub(crate) fn build_internal(
     cname: String,
     now: Instant,
 ) -> Result<(Leg, String), CallError> {
-    let ssrc = rand::random::<u32>();
+    let ssrc = rand::random::<Ssrc>();
     let mut leg = Leg::new(
         [Some(SocketRef::Internal), None],
         SocketRef::Internal,
@@ -442,7 +443,7 @@ pub(crate) fn build_internal(
     );
     leg.secure = spec.kind != InternalKind::PlainRtp;
     leg.policy = spec.source;
-    leg.te_pt = Some(101);
+    leg.te_pt = Some(Pt::new(101));
     leg.remote_sdp = spec.remote_sdp.clone();
     leg.local_key = match spec.kind {
         InternalKind::PlainRtp => None,

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::api::{ApiError, RecordingFiles};
+use crate::wire::rtp::{RtpTs, Ssrc};
 
 /// The largest RTP payload recorded (an Ethernet MTU's worth); a larger one is counted as
 /// dropped. Opus at WhatsApp's rates is around 100 bytes.
@@ -86,8 +87,8 @@ pub enum Direction {
 pub struct PacketSlot {
     pub recording: u64,
     pub direction: Direction,
-    pub ssrc: u32,
-    pub timestamp: u32,
+    pub ssrc: Ssrc,
+    pub ts: RtpTs,
     /// Arrival, in 48 kHz samples since the recording started.
     pub clock: u64,
     pub len: u16,
@@ -100,8 +101,8 @@ impl PacketSlot {
         Box::new(PacketSlot {
             recording: 0,
             direction: Direction::Consumer,
-            ssrc: 0,
-            timestamp: 0,
+            ssrc: Ssrc::default(),
+            ts: RtpTs::default(),
             clock: 0,
             len: 0,
             data: vec![0; capacity].into_boxed_slice(),
@@ -200,8 +201,8 @@ impl RecorderLink {
         &self,
         recording: u64,
         direction: Direction,
-        ssrc: u32,
-        timestamp: u32,
+        ssrc: Ssrc,
+        ts: RtpTs,
         clock: u64,
         payload: &[u8],
     ) -> bool {
@@ -225,7 +226,7 @@ impl RecorderLink {
         slot.recording = recording;
         slot.direction = direction;
         slot.ssrc = ssrc;
-        slot.timestamp = timestamp;
+        slot.ts = ts;
         slot.clock = clock;
         slot.len = payload.len() as u16;
         slot.data[..payload.len()].copy_from_slice(payload);
@@ -508,20 +509,59 @@ mod tests {
     fn a_stalled_writer_costs_the_shard_counted_drops_not_waits() {
         let link = stalled_link(16);
         // A large payload takes the large slot.
-        assert!(link.push(1, Direction::Agent, 1, 0, 0, &[0xF8; SLOT_PAYLOAD + 1]));
-        assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0xF8; SLOT_PAYLOAD + 1]));
+        assert!(link.push(
+            1,
+            Direction::Agent,
+            Ssrc::new(1),
+            RtpTs::new(0),
+            0,
+            &[0xF8; SLOT_PAYLOAD + 1]
+        ));
+        assert!(!link.push(
+            1,
+            Direction::Agent,
+            Ssrc::new(1),
+            RtpTs::new(0),
+            0,
+            &[0xF8; SLOT_PAYLOAD + 1]
+        ));
         let queued = (0..100)
-            .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
+            .filter(|&i| {
+                link.push(
+                    1,
+                    Direction::Agent,
+                    Ssrc::new(1),
+                    RtpTs::new(i * 960),
+                    0,
+                    &[0xF8, 1, 2],
+                )
+            })
             .count();
         assert_eq!(queued, 16);
         assert_eq!(link.stats.dropped_queue_full.load(Ordering::Relaxed), 85);
-        assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0; MAX_PAYLOAD + 1]));
+        assert!(!link.push(
+            1,
+            Direction::Agent,
+            Ssrc::new(1),
+            RtpTs::new(0),
+            0,
+            &[0; MAX_PAYLOAD + 1]
+        ));
         assert_eq!(link.stats.dropped_oversize.load(Ordering::Relaxed), 1);
 
         // Small payloads fall back on the large slots when the small ones run out.
         let link = stalled_link(2);
         let queued = (0..5)
-            .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
+            .filter(|&i| {
+                link.push(
+                    1,
+                    Direction::Agent,
+                    Ssrc::new(1),
+                    RtpTs::new(i * 960),
+                    0,
+                    &[0xF8, 1, 2],
+                )
+            })
             .count();
         assert_eq!(queued, 3);
     }
@@ -551,13 +591,27 @@ mod tests {
                 continue;
             }
             let ts = (u32::MAX - 960 * 50).wrapping_add(i * 960);
-            assert!(link.push(id, Direction::Agent, 0xA, ts, u64::from(i) * 960, &opus));
+            assert!(link.push(
+                id,
+                Direction::Agent,
+                Ssrc::new(0xA),
+                RtpTs::new(ts),
+                u64::from(i) * 960,
+                &opus
+            ));
             pushed += 1;
         }
         // Transfer: 1 s later agent B, its own SSRC and timestamps.
         for i in 0..50u32 {
             let clock = u64::from(150 + i) * 960;
-            assert!(link.push(id, Direction::Agent, 0xB, 5_000 + i * 960, clock, &opus));
+            assert!(link.push(
+                id,
+                Direction::Agent,
+                Ssrc::new(0xB),
+                RtpTs::new(5_000 + i * 960),
+                clock,
+                &opus
+            ));
             pushed += 1;
         }
         // The consumer: 200 packets, one duplicated, one not Opus at all.
@@ -565,14 +619,28 @@ mod tests {
             assert!(link.push(
                 id,
                 Direction::Consumer,
-                0xC,
-                i * 960,
+                Ssrc::new(0xC),
+                RtpTs::new(i * 960),
                 u64::from(i) * 960,
                 &opus
             ));
         }
-        link.push(id, Direction::Consumer, 0xC, 198 * 960, 200 * 960, &opus);
-        link.push(id, Direction::Consumer, 0xC, 199 * 960, 200 * 960, &[]);
+        link.push(
+            id,
+            Direction::Consumer,
+            Ssrc::new(0xC),
+            RtpTs::new(198 * 960),
+            200 * 960,
+            &opus,
+        );
+        link.push(
+            id,
+            Direction::Consumer,
+            Ssrc::new(0xC),
+            RtpTs::new(199 * 960),
+            200 * 960,
+            &[],
+        );
         link.send(Ctrl::Close {
             id,
             clock: 200 * 960,
@@ -662,7 +730,14 @@ mod tests {
         for p in 0..100u32 {
             for &id in &ids {
                 for dir in [Direction::Consumer, Direction::Agent] {
-                    while !link.push(id, dir, 1, p * 960, u64::from(p) * 960, &payload) {
+                    while !link.push(
+                        id,
+                        dir,
+                        Ssrc::new(1),
+                        RtpTs::new(p * 960),
+                        u64::from(p) * 960,
+                        &payload,
+                    ) {
                         std::thread::yield_now();
                     }
                 }

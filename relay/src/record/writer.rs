@@ -244,13 +244,9 @@ impl Writer {
         let i = slot.direction as usize;
         let t = &mut rec.tracks[i];
         let written = t.ogg.position();
-        let placement = t.timeline.place(
-            slot.ssrc,
-            slot.timestamp,
-            u64::from(duration),
-            slot.clock,
-            written,
-        );
+        let placement =
+            t.timeline
+                .place(slot.ssrc, slot.ts, u64::from(duration), slot.clock, written);
         match placement {
             Placement::Late => {
                 rec.late += 1;

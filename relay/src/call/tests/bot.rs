@@ -26,7 +26,7 @@ use crate::codec::testing::{rms, sine};
 use crate::dtls::DtlsIdentity;
 use crate::net::{SocketRef, VecOutbox};
 use crate::wire::classify::classify;
-use crate::wire::rtp;
+use crate::wire::rtp::{self, Pt, RtpTs, Seq, Ssrc};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -202,10 +202,10 @@ impl BotSim {
             &mut buf,
             &rtp::RtpHeaderFields {
                 marker: false,
-                payload_type: pt,
-                sequence: self.meta_seq,
-                timestamp: ts,
-                ssrc: 0x5eed,
+                pt: Pt::new(pt),
+                seq: Seq::new(self.meta_seq),
+                ts: RtpTs::new(ts),
+                ssrc: Ssrc::new(0x5eed),
             },
         )
         .expect("header");
