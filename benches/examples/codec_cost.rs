@@ -4,7 +4,7 @@
 //! - WhatsApp → bot: `OpusToPcm::push` of one WhatsApp Opus packet (decode at the bot's rate,
 //!   μ-law encode or L16), one call per 20 ms packet.
 //! - bot → WhatsApp: μ-law decode (or L16 unpack) and `OpusEncoder::encode` with the
-//!   relay's settings toward WhatsApp (`OpusEncoderConfig::toward_whatsapp`).
+//!   relay's settings toward WhatsApp (`OpusEncoderConfig::toward_wa`).
 //!
 //! Input: speech as raw 16-bit little-endian mono PCM at 48 kHz (`--pcm FILE`, e.g. made by
 //! `e2e/bots/quality.py prepare`), else a synthetic voiced signal. WhatsApp's side is encoded
@@ -71,7 +71,7 @@ fn whatsapp_packets(pcm48: &[i16]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// WhatsApp → bot, one packet (what `Call::bot_from_whatsapp` does, minus the link).
+/// WhatsApp → bot, one packet (what `Call::bot_from_wa` does, minus the link).
 #[inline(never)]
 fn measured_down(dec: &mut OpusToPcm, seq: u16, ts: u32, packet: &[u8], sink: &mut u64) {
     let _ = dec.push(
@@ -141,8 +141,7 @@ fn up_us(frames: &[Vec<u8>], format: PcmFormat) -> f64 {
     let mut out = [0u8; 1500];
     let mut bytes = 0usize;
     for _ in 0..PASSES {
-        let mut enc =
-            OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_whatsapp()).expect("enc");
+        let mut enc = OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_wa()).expect("enc");
         let t = Instant::now();
         for f in frames {
             bytes += measured_up(&mut enc, format, f, &mut out);
@@ -184,8 +183,7 @@ fn main() {
             }
         } else {
             let frames = bot_frames(&packets, format);
-            let mut enc =
-                OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_whatsapp()).unwrap();
+            let mut enc = OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_wa()).unwrap();
             let mut out = [0u8; 1500];
             for f in &frames {
                 sink += measured_up(&mut enc, format, f, &mut out) as u64;

@@ -380,7 +380,7 @@ pub fn sdp(data: &[u8]) {
     let _ = (sd.audio.opus_pt(), sd.audio.telephone_event_pt(8000));
     let _ = sd.audio.first_ssrc();
 
-    if let Ok(offer) = sdp::validate_whatsapp_offer(&sd) {
+    if let Ok(offer) = sdp::validate_wa_offer(&sd) {
         let security = match &offer.transport {
             WaTransport::Dtls(_) => our_dtls_security(),
             WaTransport::Sdes(remote) => LocalSecurity::Sdes {
@@ -390,11 +390,11 @@ pub fn sdp(data: &[u8]) {
         };
         // The default DTLS role fits every setup validation lets through and our SDES key
         // matches the chosen suite, so an answer must come out.
-        let answer = LocalDescription::whatsapp_answer(&offer, our_wa_params(security))
+        let answer = LocalDescription::wa_answer(&offer, our_wa_params(security))
             .unwrap_or_else(|e| panic!("no answer to a valid offer: {e}"))
             .to_sdp();
         let back = sdp::parse(&answer).unwrap_or_else(|e| panic!("{e}\n{answer}"));
-        sdp::validate_whatsapp_offer(&back).unwrap_or_else(|e| panic!("{e}\n{answer}"));
+        sdp::validate_wa_offer(&back).unwrap_or_else(|e| panic!("{e}\n{answer}"));
     }
 
     if let Ok(remote) = sdp::validate_internal(&sd) {

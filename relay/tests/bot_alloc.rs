@@ -72,7 +72,7 @@ fn steady_state_allocates_nothing(format: MediaFormat) {
     out.clear();
 
     let frames = WARM_UP + MEASURED;
-    let mut enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_whatsapp()).unwrap();
+    let mut enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_wa()).unwrap();
     let opus: Vec<Vec<u8>> = (0..frames)
         .map(|i| {
             let mut b = [0u8; 1500];

@@ -84,18 +84,18 @@ fn the_interposer_sees_libopus() {
 fn codec_frames_allocate_nothing() {
     // Everything constructed first.
     let wa_pcm = speechlike(48_000, 48_000 * 4);
-    let mut wa_enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_whatsapp()).unwrap();
+    let mut wa_enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_wa()).unwrap();
     let mut opus_to_ulaw = OpusToPcm::new(PcmFormat::Ulaw, RtpTs::new(1)).unwrap();
     let mut opus_to_l16 = OpusToPcm::new(PcmFormat::L16 { rate: 16_000 }, RtpTs::new(1)).unwrap();
     let mut ulaw_to_opus = PcmToOpus::new(
         PcmFormat::Ulaw,
-        OpusEncoderConfig::toward_whatsapp(),
+        OpusEncoderConfig::toward_wa(),
         RtpTs::new(2),
     )
     .unwrap();
     let mut alaw_to_opus = PcmToOpus::new(
         PcmFormat::Alaw,
-        OpusEncoderConfig::toward_whatsapp(),
+        OpusEncoderConfig::toward_wa(),
         RtpTs::new(2),
     )
     .unwrap();

@@ -190,7 +190,7 @@ fn seeds_reach_what_they_were_made_for() {
     let control_seeds = seeds("control");
     let create = seed(&control_seeds, "create-call-user-initiated");
     let req = pb::CreateCallRequest::decode(&create[1..]).expect("decodes");
-    relay::sdp::validate_whatsapp_offer(&relay::sdp::parse(&req.whatsapp_offer_sdp).unwrap())
+    relay::sdp::validate_wa_offer(&relay::sdp::parse(&req.whatsapp_offer_sdp).unwrap())
         .expect("the offer in the seed is valid");
 }
 

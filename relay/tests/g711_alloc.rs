@@ -67,7 +67,7 @@ fn a_g711_calls_steady_state_allocates_nothing() {
 
     // Both sides' audio made up front: WhatsApp's Opus (a 48 kHz tone) and the server's PCMU.
     let frames = WARM_UP + MEASURED;
-    let mut enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_whatsapp()).unwrap();
+    let mut enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_wa()).unwrap();
     let opus: Vec<Vec<u8>> = (0..frames)
         .map(|i| {
             let mut b = [0u8; 1500];

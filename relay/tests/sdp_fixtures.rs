@@ -68,7 +68,7 @@ fn capture_shaped_offer_extracts_everything_the_call_needs() {
         Some(("ZvQ1x/7rKd0mP2aL", "fP3kq8Lw0zN2vXbY7sHc1tRm=="))
     );
 
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     assert_eq!(offer.proto, MediaProto::UdpTlsRtpSavpf);
     assert_eq!(offer.opus_pt, Pt::new(111));
     assert_eq!(offer.opus_fmtp.as_deref(), Some(META_OPUS_FMTP));
@@ -130,7 +130,7 @@ fn documentation_shaped_offer_with_extmap_and_session_level_values() {
         sd.ice_credentials(),
         Some(("Hk2/nB9q", "Q0sZl4vR8yT1uW6xC3eG5hJ=="))
     );
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     let WaTransport::Dtls(dtls) = &offer.transport else {
         panic!("DTLS expected");
     };
@@ -145,7 +145,7 @@ fn documentation_shaped_offer_with_extmap_and_session_level_values() {
 #[test]
 fn meta_answer_keeps_udp_candidates_and_drops_tcp() {
     let sd = parse_both(META_ANSWER);
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     let WaTransport::Dtls(dtls) = &offer.transport else {
         panic!("DTLS expected");
     };
@@ -183,14 +183,14 @@ fn browser_offer_skips_mdns_tcp_and_rtcp_component() {
     assert_eq!(sd.audio.telephone_event_pt(8000), Some(Pt::new(126)));
     assert_eq!(sd.audio.telephone_event_pt(48000), Some(Pt::new(110)));
     assert_eq!(sd.audio.fmtp(Pt::new(63)), Some("111/111"));
-    assert!(sdp::validate_whatsapp_offer(&sd).is_ok());
+    assert!(sdp::validate_wa_offer(&sd).is_ok());
 }
 
 #[test]
 fn sip_sdes_offer_picks_first_usable_crypto_line() {
     let sd = parse_both(WA_SIP_SDES_OFFER);
     assert_eq!(sd.remote_rtp_addr(), Some(addr("198.51.100.5:40012")));
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     assert_eq!(offer.proto, MediaProto::RtpSavp);
     let WaTransport::Sdes(sdes) = &offer.transport else {
         panic!("SDES expected");
@@ -219,7 +219,7 @@ fn internal_plain_rtp_offer() {
     );
     assert!(remote.crypto.is_none());
     // A WhatsApp leg cannot be plain RTP.
-    let e = sdp::validate_whatsapp_offer(&sd).unwrap_err();
+    let e = sdp::validate_wa_offer(&sd).unwrap_err();
     assert_eq!(e.line, 6);
 }
 
@@ -271,8 +271,8 @@ fn assert_crlf_only(sdp: &str) {
 
 #[test]
 fn answer_to_capture_offer_round_trips() {
-    let offer = sdp::validate_whatsapp_offer(&sdp::parse(WA_USER_OFFER).unwrap()).unwrap();
-    let answer = LocalDescription::whatsapp_answer(&offer, dtls_params()).unwrap();
+    let offer = sdp::validate_wa_offer(&sdp::parse(WA_USER_OFFER).unwrap()).unwrap();
+    let answer = LocalDescription::wa_answer(&offer, dtls_params()).unwrap();
     let text = answer.to_sdp();
     assert_crlf_only(&text);
 
@@ -335,7 +335,7 @@ fn answer_to_capture_offer_round_trips() {
 
     // Meta's view of our answer: it parses and carries what a DTLS peer needs.
     let back = sdp::parse(&text).unwrap();
-    let seen = sdp::validate_whatsapp_offer(&back).unwrap();
+    let seen = sdp::validate_wa_offer(&back).unwrap();
     let WaTransport::Dtls(dtls) = seen.transport else {
         panic!("DTLS expected");
     };
@@ -355,8 +355,8 @@ fn answer_to_capture_offer_round_trips() {
 #[test]
 fn answer_mirrors_mid_pts_and_role_of_metas_answer_shape() {
     // Meta's side said passive: our role is forced to active; its mid is "0".
-    let offer = sdp::validate_whatsapp_offer(&sdp::parse(META_ANSWER).unwrap()).unwrap();
-    let answer = LocalDescription::whatsapp_answer(&offer, dtls_params()).unwrap();
+    let offer = sdp::validate_wa_offer(&sdp::parse(META_ANSWER).unwrap()).unwrap();
+    let answer = LocalDescription::wa_answer(&offer, dtls_params()).unwrap();
     assert_eq!(answer.audio.setup, Some(Setup::Active));
     assert_eq!(answer.audio.mid.as_deref(), Some("0"));
     let text = answer.to_sdp();
@@ -367,13 +367,13 @@ fn answer_mirrors_mid_pts_and_role_of_metas_answer_shape() {
     if let LocalSecurity::Dtls { setup, .. } = &mut params.security {
         *setup = Some(Setup::Passive);
     }
-    let e = LocalDescription::whatsapp_answer(&offer, params).unwrap_err();
+    let e = LocalDescription::wa_answer(&offer, params).unwrap_err();
     assert_eq!(e.line, 0);
 }
 
 #[test]
 fn sdes_answer_uses_the_offer_tag_and_suite() {
-    let offer = sdp::validate_whatsapp_offer(&sdp::parse(WA_SIP_SDES_OFFER).unwrap()).unwrap();
+    let offer = sdp::validate_wa_offer(&sdp::parse(WA_SIP_SDES_OFFER).unwrap()).unwrap();
     let our_key = MasterKey {
         profile: SrtpProfile::AeadAes128Gcm,
         key: vec![0x11; 16],
@@ -386,13 +386,13 @@ fn sdes_answer_uses_the_offer_tag_and_suite() {
         },
         ..dtls_params()
     };
-    let text = LocalDescription::whatsapp_answer(&offer, params.clone())
+    let text = LocalDescription::wa_answer(&offer, params.clone())
         .unwrap()
         .to_sdp();
     assert_crlf_only(&text);
     assert!(text.contains("m=audio 50000 RTP/SAVP 111 126\r\n"));
     assert!(!text.contains("a=ice-") && !text.contains("a=fingerprint"));
-    let back = sdp::validate_whatsapp_offer(&sdp::parse(&text).unwrap()).unwrap();
+    let back = sdp::validate_wa_offer(&sdp::parse(&text).unwrap()).unwrap();
     let WaTransport::Sdes(sdes) = back.transport else {
         panic!("SDES expected");
     };
@@ -407,8 +407,8 @@ fn sdes_answer_uses_the_offer_tag_and_suite() {
         },
         ..params
     };
-    assert!(LocalDescription::whatsapp_answer(&offer, wrong_suite).is_err());
-    assert!(LocalDescription::whatsapp_answer(&offer, dtls_params()).is_err());
+    assert!(LocalDescription::wa_answer(&offer, wrong_suite).is_err());
+    assert!(LocalDescription::wa_answer(&offer, dtls_params()).is_err());
 }
 
 #[test]
@@ -416,7 +416,7 @@ fn business_initiated_offer_has_metas_shape() {
     let text = LocalDescription::whatsapp_offer(dtls_params()).to_sdp();
     assert_crlf_only(&text);
     let sd = sdp::parse(&text).unwrap();
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     assert_eq!(offer.opus_pt, Pt::new(111));
     assert_eq!(offer.opus_fmtp.as_deref(), Some(META_OPUS_FMTP));
     assert_eq!(offer.telephone_event_pt, Some(Pt::new(126)));
@@ -439,7 +439,7 @@ fn business_initiated_offer_has_metas_shape() {
     .to_sdp();
     let sd = sdp::parse(&sdes).unwrap();
     assert_eq!(sd.audio.proto, MediaProto::RtpSavp);
-    assert!(sdp::validate_whatsapp_offer(&sd).is_ok());
+    assert!(sdp::validate_wa_offer(&sd).is_ok());
 }
 
 #[test]

@@ -88,7 +88,7 @@ impl Call {
             MediaFormat::L16_16k => (PcmFormat::L16 { rate: 16_000 }, 16_000),
         };
         let from_wa = OpusToPcm::new(pcm, RtpTs::default()).map_err(codec)?;
-        let to_wa = OpusEncoder::new(rate, OpusEncoderConfig::toward_whatsapp()).map_err(codec)?;
+        let to_wa = OpusEncoder::new(rate, OpusEncoderConfig::toward_wa()).map_err(codec)?;
         let mut playout = Playout::new(bot.format);
         playout.start(now);
         self.legs[INT].transport = Transport::Bot(Box::new(BotLeg {
@@ -114,7 +114,7 @@ impl Call {
 
     /// WhatsApp → bot: one authenticated, parsed RTP packet (`payload` after its header).
     /// `opus`: Opus, else telephone-event (the caller checked it is one of the two).
-    pub(super) fn bot_from_whatsapp(&mut self, hdr: &rtp::RtpHeader, payload: &[u8], opus: bool) {
+    pub(super) fn bot_from_wa(&mut self, hdr: &rtp::RtpHeader, payload: &[u8], opus: bool) {
         let Some(bot) = self.legs[INT].bot_mut() else {
             return;
         };

@@ -35,7 +35,7 @@ const RTP_HEADER_LEN: usize = 12;
 pub const OPUS_SILENCE: [u8; 3] = [0xf8, 0xff, 0xfe];
 
 impl Call {
-    pub(super) fn on_whatsapp_datagram(
+    pub(super) fn on_wa_datagram(
         &mut self,
         now: Instant,
         via: SocketRef,
@@ -74,7 +74,7 @@ impl Call {
                 }
             }
             PacketKind::Rtp => self.forward_to_internal(now, via, from, buf, len, out),
-            PacketKind::Rtcp => self.consume_whatsapp_rtcp(now, via, from, buf, len),
+            PacketKind::Rtcp => self.consume_wa_rtcp(now, via, from, buf, len),
             PacketKind::Unknown => self.legs[WA].counters.drop(DropReason::Malformed),
         }
     }
@@ -110,7 +110,7 @@ impl Call {
             .rx_seq
             .get_or_insert_with(rtp::SeqTracker::new)
             .update(hdr.seq, hdr.ts, rtp_clock_at(now, self.created_mono));
-        self.watchdog.on_whatsapp_rtp(now);
+        self.watchdog.on_wa_rtp(now);
         if !self.legs[WA].first_media_in {
             self.legs[WA].first_media_in = true;
             self.events.push_back(CallEventKind::FirstMedia {
@@ -144,7 +144,7 @@ impl Call {
             let Some(payload) = buf.get(hdr.header_len..payload_end.min(n)) else {
                 return self.legs[WA].counters.drop(DropReason::Malformed);
             };
-            return self.bot_from_whatsapp(&hdr, payload, opus);
+            return self.bot_from_wa(&hdr, payload, opus);
         }
 
         let internal = &mut self.legs[INT];
@@ -174,7 +174,7 @@ impl Call {
         internal.tx.count_sent(payload_len);
     }
 
-    fn consume_whatsapp_rtcp(
+    fn consume_wa_rtcp(
         &mut self,
         now: Instant,
         via: SocketRef,
@@ -193,7 +193,7 @@ impl Call {
             Ok(n) => n,
             Err(e) => return wa.counters.drop(srtp_drop_reason(e)),
         };
-        self.watchdog.on_whatsapp_rtcp(now);
+        self.watchdog.on_wa_rtcp(now);
         let ntp = self.ntp_at(now);
         let wa = &mut self.legs[WA];
         Self::read_reports(&mut wa.counters, wa.tx.ssrc(), &buf[..n], now, ntp);
@@ -220,7 +220,7 @@ impl Call {
             return self.legs[INT].counters.drop(DropReason::BadSource);
         }
         match kind {
-            PacketKind::Rtp => self.forward_to_whatsapp(now, buf, len, out),
+            PacketKind::Rtp => self.forward_to_wa(now, buf, len, out),
             PacketKind::Rtcp => {
                 let n = match self.legs[INT].unprotect_rtcp(&mut buf[..len]) {
                     Ok(n) => n,
@@ -243,13 +243,7 @@ impl Call {
     }
 
     /// Internal → WhatsApp, one RTP (or SDES/DTLS-SRTP) packet.
-    fn forward_to_whatsapp(
-        &mut self,
-        now: Instant,
-        buf: &mut [u8],
-        len: usize,
-        out: &mut impl Outbox,
-    ) {
+    fn forward_to_wa(&mut self, now: Instant, buf: &mut [u8], len: usize, out: &mut impl Outbox) {
         let internal = &mut self.legs[INT];
         let n = match internal.unprotect_rtp(&mut buf[..len]) {
             Ok(n) => n,
@@ -310,19 +304,19 @@ impl Call {
         }
         if self.legs[INT].transcode.is_some() {
             // A G.711 internal leg: re-frame, Opus-encode, then the gate (call/transcode.rs).
-            return self.transcode_to_whatsapp(now, &hdr, &buf[..n], out);
+            return self.transcode_to_wa(now, &hdr, &buf[..n], out);
         }
 
         // The gate: nothing reaches WhatsApp before accept, and nothing overtakes held media.
         let can_send = self.wa_can_send();
         if self.gate.route(&buf[..n], now, can_send) == Route::Send {
-            self.send_to_whatsapp(now, buf, n, hdr, out);
+            self.send_to_wa(now, buf, n, hdr, out);
         }
     }
 
     /// Rewrite and protect a plaintext internal RTP packet (in `buf[..n]`, parsed as `hdr`)
     /// and send it to the selected pair. The caller checked the gate.
-    pub(super) fn send_to_whatsapp(
+    pub(super) fn send_to_wa(
         &mut self,
         now: Instant,
         buf: &mut [u8],
@@ -449,7 +443,7 @@ impl Call {
         let mut pkt = [0u8; crate::call::prebuffer::SLOT_BYTES + 64];
         if let Some(n) = self.gate.pop_due(now, &self.cfg, &mut pkt) {
             match rtp::parse(&pkt[..n]) {
-                Ok(hdr) => self.send_to_whatsapp(now, &mut pkt, n, hdr, out),
+                Ok(hdr) => self.send_to_wa(now, &mut pkt, n, hdr, out),
                 Err(_) => self.legs[INT].counters.drop(DropReason::Malformed),
             }
         }

@@ -151,8 +151,7 @@ impl Call {
                     .whatsapp_offer
                     .as_deref()
                     .ok_or_else(|| bad("whatsapp_offer is required for a user-initiated call"))?;
-                let offer =
-                    sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+                let offer = sdp::validate_wa_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
                 wa.opus_pt = offer.opus_pt;
                 wa.te_pt = offer.telephone_event_pt;
                 let security = match &offer.transport {
@@ -190,7 +189,7 @@ impl Call {
                         }
                     }
                 };
-                LocalDescription::whatsapp_answer(&offer, wa_params(security))
+                LocalDescription::wa_answer(&offer, wa_params(security))
                     .map_err(bad)?
                     .to_sdp()
             }
@@ -269,14 +268,14 @@ impl Call {
         out: &mut impl Outbox,
     ) -> Result<(), CallError> {
         match leg {
-            LegKind::WhatsApp => self.set_whatsapp_answer(text, now)?,
+            LegKind::WhatsApp => self.set_wa_answer(text, now)?,
             LegKind::Internal => self.set_internal_remote(text, now)?,
         }
         self.after_input(now, out);
         Ok(())
     }
 
-    fn set_whatsapp_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
+    fn set_wa_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
         if let Some(prev) = &self.legs[WA].remote_sdp {
             return if prev == text {
                 Ok(())
@@ -291,7 +290,7 @@ impl Call {
                 ))
             };
         }
-        let answer = sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+        let answer = sdp::validate_wa_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
         self.legs[WA].opus_pt = answer.opus_pt;
         self.legs[WA].te_pt = answer.telephone_event_pt;
         match &answer.transport {

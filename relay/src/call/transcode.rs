@@ -50,10 +50,10 @@ const PACKET_BYTES: usize = 12 + crate::codec::opus::MAX_PACKET + 32;
 pub struct Transcode {
     law: G711,
     to_internal: OpusToPcm,
-    to_whatsapp: PcmToOpus,
+    to_wa: PcmToOpus,
     /// Sequence numbers of the packets generated toward each side.
     seq_to_internal: Seq,
-    seq_to_whatsapp: Seq,
+    seq_to_wa: Seq,
 }
 
 /// What one call's transcoding did (both directions).
@@ -61,7 +61,7 @@ pub struct Transcode {
 pub struct TranscodeCounters {
     pub law: Option<G711>,
     pub to_internal: TranscodeStats,
-    pub to_whatsapp: TranscodeStats,
+    pub to_wa: TranscodeStats,
 }
 
 impl Transcode {
@@ -69,13 +69,13 @@ impl Transcode {
         Ok(Transcode {
             law,
             to_internal: OpusToPcm::new(PcmFormat::from(law), rand::random())?,
-            to_whatsapp: PcmToOpus::new(
+            to_wa: PcmToOpus::new(
                 PcmFormat::from(law),
-                OpusEncoderConfig::toward_whatsapp(),
+                OpusEncoderConfig::toward_wa(),
                 rand::random(),
             )?,
             seq_to_internal: rand::random(),
-            seq_to_whatsapp: rand::random(),
+            seq_to_wa: rand::random(),
         })
     }
 
@@ -87,7 +87,7 @@ impl Transcode {
         TranscodeCounters {
             law: Some(self.law),
             to_internal: self.to_internal.stats(),
-            to_whatsapp: self.to_whatsapp.stats(),
+            to_wa: self.to_wa.stats(),
         }
     }
 
@@ -96,9 +96,9 @@ impl Transcode {
         self.seq_to_internal
     }
 
-    fn next_seq_to_whatsapp(&mut self) -> Seq {
-        self.seq_to_whatsapp = self.seq_to_whatsapp.next();
-        self.seq_to_whatsapp
+    fn next_seq_to_wa(&mut self) -> Seq {
+        self.seq_to_wa = self.seq_to_wa.next();
+        self.seq_to_wa
     }
 }
 
@@ -200,7 +200,7 @@ impl Call {
 
     /// A G.711 internal leg → WhatsApp: one plaintext internal RTP packet, already counted and
     /// checked. Each 20 ms Opus frame it completes goes through the gate like forwarded media.
-    pub(super) fn transcode_to_whatsapp(
+    pub(super) fn transcode_to_wa(
         &mut self,
         now: Instant,
         hdr: &rtp::RtpHeader,
@@ -211,17 +211,17 @@ impl Call {
             return;
         };
         let payload = &buf[hdr.payload_range()];
-        // Generated packets carry the leg's audio PT; `send_to_whatsapp` maps it to WhatsApp's
+        // Generated packets carry the leg's audio PT; `send_to_wa` maps it to WhatsApp's
         // Opus PT as it does for forwarded Opus.
         let audio_pt = self.legs[INT].opus_pt;
         if hdr.pt == audio_pt {
             let ssrc = hdr.ssrc;
-            let mut seqs = tc.seq_to_whatsapp;
+            let mut seqs = tc.seq_to_wa;
             let r = tc
-                .to_whatsapp
+                .to_wa
                 .push(hdr.ssrc, hdr.ts, payload, &mut |f: OpusFrame<'_>| {
                     seqs = seqs.next();
-                    self.route_generated_to_whatsapp(
+                    self.route_generated_to_wa(
                         now,
                         ssrc,
                         seqs,
@@ -232,19 +232,17 @@ impl Call {
                         out,
                     );
                 });
-            tc.seq_to_whatsapp = seqs;
+            tc.seq_to_wa = seqs;
             if r.is_err() {
                 self.legs[INT].counters.drop(DropReason::Malformed);
             }
         } else if Some(hdr.pt) == self.legs[INT].te_pt {
             match translate_event(payload, G711_CLOCK, WA_EVENT_CLOCK) {
                 Some(ev) => {
-                    let ts = tc.to_whatsapp.map_ts(hdr.ts);
-                    let seq = tc.next_seq_to_whatsapp();
+                    let ts = tc.to_wa.map_ts(hdr.ts);
+                    let seq = tc.next_seq_to_wa();
                     let pt = hdr.pt;
-                    self.route_generated_to_whatsapp(
-                        now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out,
-                    );
+                    self.route_generated_to_wa(now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out);
                 }
                 None => self.legs[INT].counters.drop(DropReason::Malformed),
             }
@@ -255,9 +253,9 @@ impl Call {
     }
 
     /// Builds a plaintext RTP packet standing for the internal source and sends it through
-    /// the gate, as `forward_to_whatsapp` does with a packet it received.
+    /// the gate, as `forward_to_wa` does with a packet it received.
     #[allow(clippy::too_many_arguments)]
-    fn route_generated_to_whatsapp(
+    fn route_generated_to_wa(
         &mut self,
         now: Instant,
         ssrc: Ssrc,
@@ -289,7 +287,7 @@ impl Call {
         };
         let can_send = self.wa_can_send();
         if self.gate.route(&pkt[..n], now, can_send) == crate::call::gate::Route::Send {
-            self.send_to_whatsapp(now, &mut pkt, n, parsed, out);
+            self.send_to_wa(now, &mut pkt, n, parsed, out);
         }
     }
 }

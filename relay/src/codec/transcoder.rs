@@ -488,7 +488,7 @@ mod tests {
             48_000,
             OpusEncoderConfig {
                 loss_percent: 20,
-                ..OpusEncoderConfig::toward_whatsapp()
+                ..OpusEncoderConfig::toward_wa()
             },
         )
         .unwrap();
@@ -709,7 +709,7 @@ mod tests {
         let pcm = sine(500.0, 8000, 8000, 8000.0);
         let mut t = PcmToOpus::new(
             PcmFormat::Ulaw,
-            OpusEncoderConfig::toward_whatsapp(),
+            OpusEncoderConfig::toward_wa(),
             RtpTs::new(77),
         )
         .unwrap();
@@ -747,7 +747,7 @@ mod tests {
     fn pcm_gaps_are_filled_and_jumps_restart_continuously() {
         let mut t = PcmToOpus::new(
             PcmFormat::Ulaw,
-            OpusEncoderConfig::toward_whatsapp(),
+            OpusEncoderConfig::toward_wa(),
             RtpTs::new(0),
         )
         .unwrap();
@@ -778,7 +778,7 @@ mod tests {
         // An odd L16 payload is an error.
         let mut l16 = PcmToOpus::new(
             PcmFormat::L16 { rate: 16_000 },
-            OpusEncoderConfig::toward_whatsapp(),
+            OpusEncoderConfig::toward_wa(),
             RtpTs::new(0),
         )
         .unwrap();

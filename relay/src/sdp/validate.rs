@@ -114,7 +114,7 @@ pub struct InternalRemote {
 /// (`UDP/TLS/RTP/SAVPF`, ICE credentials, a SHA-256 fingerprint, a setup role, at least one
 /// UDP candidate, rtcp-mux) or SDES (`RTP/SAVP` or `RTP/SAVPF`, a usable `a=crypto`, a `c=`
 /// address); and in both cases `opus/48000/2`.
-pub fn validate_whatsapp_offer(sd: &SessionDescription) -> Result<WhatsAppOffer, SdpError> {
+pub fn validate_wa_offer(sd: &SessionDescription) -> Result<WhatsAppOffer, SdpError> {
     let audio = &sd.audio;
     let m_line = sd.lines.audio;
     let at_m = |reason: &str| SdpError::at(m_line, &m_line_text(sd), reason);

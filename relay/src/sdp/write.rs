@@ -219,7 +219,7 @@ impl LocalDescription {
     ///
     /// Fails when `ours` does not fit the offer (DTLS offer, SDES params; a different SDES
     /// suite; a setup role the offer excludes).
-    pub fn whatsapp_answer(
+    pub fn wa_answer(
         offer: &WhatsAppOffer,
         ours: WaLocalParams,
     ) -> Result<LocalDescription, SdpError> {

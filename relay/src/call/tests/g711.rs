@@ -72,7 +72,7 @@ fn meta_speaks(sim: &mut Sim, frames: u32, lose: &[u32]) {
         48_000,
         OpusEncoderConfig {
             loss_percent: 20,
-            ..OpusEncoderConfig::toward_whatsapp()
+            ..OpusEncoderConfig::toward_wa()
         },
     )
     .unwrap();
