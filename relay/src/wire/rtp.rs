@@ -304,6 +304,7 @@ impl SeqTracker {
     /// Accounts for one received packet. `arrival` is the arrival time on the stream's clock
     /// (any origin; only differences matter). Returns false when the packet was not
     /// counted: a large jump that a second sequential packet has not yet confirmed.
+    #[inline]
     pub fn update(&mut self, seq: Seq, rtp_ts: RtpTs, arrival: RtpTs) -> bool {
         if !self.started {
             self.init(seq);

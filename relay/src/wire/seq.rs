@@ -34,6 +34,7 @@ pub enum Step {
 use super::rtp::Seq;
 
 /// `seq` relative to `top`, the newest number seen.
+#[inline]
 pub fn step(seq: Seq, top: Seq) -> Step {
     let ahead = seq.since(top);
     let behind = top.since(seq);

@@ -302,11 +302,20 @@ impl MediaTime {
         MediaTime { ticks, clock }
     }
 
-    /// `d` on `clock`, rounded down to whole ticks (saturating beyond ~2^63 ticks).
+    /// `d` on `clock`, rounded down to whole ticks (saturating at 2^64 µs·Hz: 12 years at
+    /// 48 kHz).
+    #[inline]
     pub const fn from_duration(d: Duration, clock: Clock) -> MediaTime {
-        let ticks = d.as_micros().saturating_mul(clock.hz() as u128) / 1_000_000;
+        // 64-bit arithmetic: the per-packet path must not pay a 128-bit division.
+        let us = d.as_micros();
+        let us = if us > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            us as u64
+        };
+        let ticks = us.saturating_mul(clock.hz() as u64) / 1_000_000;
         MediaTime::new(
-            if ticks > i64::MAX as u128 {
+            if ticks > i64::MAX as u64 {
                 i64::MAX
             } else {
                 ticks as i64
@@ -334,6 +343,10 @@ impl MediaTime {
     pub const fn rescale(self, to: Clock) -> MediaTime {
         if to.hz() == self.clock.hz() {
             return self;
+        }
+        // 64-bit when the product fits (any span a stream uses), else 128-bit.
+        if let Some(product) = self.ticks.checked_mul(to.hz() as i64) {
+            return MediaTime::new(product.div_euclid(self.clock.hz() as i64), to);
         }
         let scaled = (self.ticks as i128 * to.hz() as i128).div_euclid(self.clock.hz() as i128);
         MediaTime::new(
@@ -430,6 +443,15 @@ mod tests {
             MediaTime::new(960, Clock::OPUS)
         );
         assert_eq!(frame.rescale(Clock::OPUS), frame);
+        // Past 64-bit products: 128-bit, same rounding.
+        let huge = MediaTime::new(i64::MAX / 2, Clock::OPUS);
+        assert_eq!(huge.rescale(Clock::G711).ticks(), i64::MAX / 2 / 6);
+        assert_eq!(
+            MediaTime::new(i64::MIN / 2, Clock::G711)
+                .rescale(Clock::OPUS)
+                .ticks(),
+            i64::MIN
+        );
         // Behind: rounded toward minus infinity, so it stays behind.
         assert_eq!(
             MediaTime::new(-1, Clock::OPUS).rescale(Clock::G711).ticks(),
@@ -458,7 +480,7 @@ mod tests {
         assert_eq!(MediaTime::from_duration(d, Clock::G711).ticks(), 160);
         assert_eq!(
             MediaTime::from_duration(Duration::MAX, Clock::OPUS).ticks(),
-            i64::MAX
+            (u64::MAX / 1_000_000) as i64
         );
         assert_eq!(Clock::new(0), None);
         assert_eq!(Clock::at_least_1(0).hz(), 1);
