@@ -289,8 +289,9 @@ impl OutboundStream {
 }
 
 /// `d` in ticks of `clock`, as a 32-bit RTP span (wrapping).
+#[inline]
 pub fn clock_units(d: Duration, clock: Clock) -> u32 {
-    MediaTime::from_duration(d, clock).wire_ticks()
+    clock.rtp_ticks(d)
 }
 
 #[cfg(test)]

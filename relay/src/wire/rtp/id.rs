@@ -280,6 +280,13 @@ impl Clock {
     pub const fn hz(self) -> u32 {
         self.0.get()
     }
+
+    /// `d` in whole ticks of this clock, modulo 2^32: an RTP timestamp offset (the arrival
+    /// stamps of RFC 3550 A.8's jitter). The per-packet form of [`MediaTime::from_duration`].
+    #[inline]
+    pub const fn rtp_ticks(self, d: Duration) -> u32 {
+        ((d.as_micros() as u64).saturating_mul(self.0.get() as u64) / 1_000_000) as u32
+    }
 }
 
 impl fmt::Debug for Clock {
@@ -478,6 +485,13 @@ mod tests {
         let d = Duration::from_millis(20);
         assert_eq!(MediaTime::from_duration(d, Clock::OPUS).ticks(), 960);
         assert_eq!(MediaTime::from_duration(d, Clock::G711).ticks(), 160);
+        assert_eq!(Clock::OPUS.rtp_ticks(d), 960);
+        // Modulo 2^32: two days at 48 kHz wrap once.
+        let two_days = Duration::from_secs(172_800);
+        assert_eq!(
+            Clock::OPUS.rtp_ticks(two_days),
+            (172_800u64 * 48_000 - (1 << 32)) as u32
+        );
         assert_eq!(
             MediaTime::from_duration(Duration::MAX, Clock::OPUS).ticks(),
             (u64::MAX / 1_000_000) as i64
