@@ -165,9 +165,14 @@ impl OutboundStream {
                 marker: talkspurt,
             } => {
                 let mut marker = self.after_generated;
+                // Only after a fill (rare): the per-packet case tests one flag.
                 let resumed = match self.mapping {
-                    Some(m) if self.after_generated && m.in_ssrc == ssrc => {
-                        self.resume_after_fill(m, in_seq, in_ts, talkspurt, now)?
+                    Some(m) if self.after_generated => {
+                        if m.in_ssrc == ssrc {
+                            self.resume_after_fill(m, in_seq, in_ts, talkspurt, now)?
+                        } else {
+                            None
+                        }
                     }
                     _ => None,
                 };
