@@ -13,7 +13,7 @@ use relay::srtp::SrtpProfile;
 
 use crate::dtls::{DtlsSetup, PeerCertificate, PeerDtls};
 use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
-use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
+use crate::rtp::is_rtcp;
 use crate::runner::{MediaPeer, PeerCore, PeerHandle, Runner};
 use crate::sdp::{RemoteSdp, crlf};
 use crate::srtp::SrtpSession;
@@ -381,24 +381,8 @@ impl BrowserCore {
             self.stats.media.srtp_auth_failures += 1;
             return;
         };
-        if is_rtcp(&plain) {
-            self.stats.media.rtcp_received += 1;
-            self.recorder.rtcp.push(ReceivedRtcp {
-                at: now,
-                from,
-                types: rtcp_packet_types(&plain),
-            });
-        } else if let Some((header, payload)) = parse_rtp(&plain) {
-            self.stats.media.rtp_received += 1;
-            self.stats.media.first_packet_at.get_or_insert(now);
-            self.recorder.rtp.push(ReceivedRtp {
-                at: now,
-                at_unix_us: unix_micros(),
-                from,
-                header,
-                payload: payload.to_vec(),
-            });
-        }
+        self.recorder
+            .record(&mut self.stats.media, now, from, &plain);
     }
 }
 

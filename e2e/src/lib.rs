@@ -8,7 +8,9 @@
 //! - [`meta::MetaPeer`]: WhatsApp's media endpoint (ICE-lite, DTLS either role or SDES, Opus).
 //! - [`sip::SipPeer`]: the internal leg as a SIP media server (plain RTP or SDES-SRTP).
 //! - [`meta::MetaCore`] / [`sip::SipCore`]: the same peers sans-IO, for drivers that own
-//!   their sockets (the load test).
+//!   their sockets (the simulated-time scenario tests).
+//! - [`meta::MetaLink`]: Meta's setup half alone (SDP, ICE-lite, DTLS or SDES keys), which
+//!   `MetaCore` and the load test's peer both drive, each with its own media.
 
 #![deny(unsafe_code)]
 

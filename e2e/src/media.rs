@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::rtp::{
-    RtpHeader, SrEcho, build_rtp, build_sender_report_echo, dtmf_payload, stamped_payload,
+    RtpHeader, SrEcho, build_rtp, build_sender_report_echo, dtmf_payload, is_rtcp, parse_rtp,
+    rtcp_packet_types, stamped_payload, unix_micros,
 };
 
 pub const PTIME: Duration = Duration::from_millis(20);
@@ -57,6 +58,51 @@ pub struct MediaStats {
 pub struct Recorder {
     pub rtp: Vec<ReceivedRtp>,
     pub rtcp: Vec<ReceivedRtcp>,
+}
+
+/// What [`Recorder::record`] made of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    Rtp,
+    Rtcp,
+    /// Neither RTCP nor parseable RTP (counted in `media_dropped`).
+    Dropped,
+}
+
+impl Recorder {
+    /// Counts one unprotected packet from `from` in `stats` and records it: RTCP by its packet
+    /// types, RTP by its header and a copy of its payload.
+    pub fn record(
+        &mut self,
+        stats: &mut MediaStats,
+        now: Instant,
+        from: SocketAddr,
+        plain: &[u8],
+    ) -> Recorded {
+        if is_rtcp(plain) {
+            stats.rtcp_received += 1;
+            self.rtcp.push(ReceivedRtcp {
+                at: now,
+                from,
+                types: rtcp_packet_types(plain),
+            });
+            return Recorded::Rtcp;
+        }
+        let Some((header, payload)) = parse_rtp(plain) else {
+            stats.media_dropped += 1;
+            return Recorded::Dropped;
+        };
+        stats.rtp_received += 1;
+        stats.first_packet_at.get_or_insert(now);
+        self.rtp.push(ReceivedRtp {
+            at: now,
+            at_unix_us: unix_micros(),
+            from,
+            header,
+            payload: payload.to_vec(),
+        });
+        Recorded::Rtp
+    }
 }
 
 #[derive(Copy, Clone, Debug)]

@@ -21,28 +21,29 @@
 //!   can announce a new address is an authenticated Binding request from it. That is what a
 //!   full agent does (RFC 8445 §7.3.1.3-4) and what the relay must handle safely either way.
 //!
-//! [`MetaCore`] is the sans-IO core (the load test can drive many of them on its own sockets);
-//! [`MetaPeer::spawn`] runs one on loopback sockets in a thread.
+//! [`MetaLink`] is the sans-IO setup half (SDP, ICE-lite, DTLS or SDES keys): the one place
+//! these rules are written, used by [`MetaCore`] and by the load test's peer (which adds its
+//! own allocation-free media). [`MetaCore`] is the sans-IO test peer (the link, media on an
+//! independent SRTP stack, recording, moving); [`MetaPeer::spawn`] runs one on loopback
+//! sockets in a thread.
+
+mod link;
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use relay::srtp::{MasterKey, SessionKeys, SrtpProfile};
+use relay::srtp::SrtpProfile;
 
-use crate::dtls::{DtlsSetup, PeerCertificate, PeerDtls};
-use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
-use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
+pub use link::{Demux, MediaKeys, MetaLink, demux};
+
+use crate::dtls::{DtlsSetup, PeerCertificate};
+use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorded, Recorder};
+use crate::rtp::is_rtcp;
 use crate::runner::{MediaPeer, PeerCore, PeerHandle, Runner};
-use crate::sdp::{Crypto, RemoteSdp, crlf, host_candidate};
 use crate::srtp::SrtpSession;
-use crate::stun::{
-    ATTR_ICE_CONTROLLED, ATTR_ICE_CONTROLLING, ATTR_USE_CANDIDATE, BINDING_REQUEST, Message,
-    binding_error, binding_success,
-};
+use crate::stun::{ATTR_ICE_CONTROLLED, BINDING_REQUEST, Message};
 
 /// Which of the peer's two sockets.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +70,12 @@ pub struct MetaConfig {
     pub srtp_profiles: Vec<SrtpProfile>,
     /// SDES mode (RTP/SAVP + a=crypto with this suite, no ICE/DTLS).
     pub sdes: Option<SrtpProfile>,
+    /// Plain RTP (RTP/AVP): no ICE, DTLS or SRTP. Not Meta's; the baseline the load test
+    /// drives through a raw forwarder or rtpengine plain ↔ plain.
+    pub plain: bool,
+    /// The DTLS certificate; a new one per peer if `None` (a load test shares one: key
+    /// generation per call would only load the generator).
+    pub certificate: Option<PeerCertificate>,
     /// Also bind `::1` and offer an IPv6 host candidate (skipped if binding fails).
     pub ipv6: bool,
     pub opus_pt: u8,
@@ -99,6 +106,8 @@ impl Default for MetaConfig {
                 SrtpProfile::AeadAes256Gcm,
             ],
             sdes: None,
+            plain: false,
+            certificate: None,
             ipv6: true,
             opus_pt: 111,
             dtmf_pt: 126,
@@ -131,6 +140,15 @@ impl MetaConfig {
     }
     pub fn sdes(mut self, profile: SrtpProfile) -> Self {
         self.sdes = Some(profile);
+        self
+    }
+    /// Plain RTP, no ICE, DTLS or SRTP (see [`MetaConfig::plain`]).
+    pub fn plain(mut self) -> Self {
+        self.plain = true;
+        self
+    }
+    pub fn certificate(mut self, cert: PeerCertificate) -> Self {
+        self.certificate = Some(cert);
         self
     }
     pub fn ipv4_only(mut self) -> Self {
@@ -202,28 +220,18 @@ pub struct MetaStats {
     pub ignored_after_move: u64,
 }
 
-/// The sans-IO Meta endpoint.
+/// The sans-IO Meta endpoint: a [`MetaLink`] (SDP, ICE-lite, DTLS or SDES) with media on an
+/// independent SRTP stack, every received packet recorded, and the opt-in address move.
 pub struct MetaCore {
-    cfg: MetaConfig,
-    local_v4: SocketAddr,
-    local_v6: Option<SocketAddr>,
-    ufrag: String,
-    pwd: String,
-    ssrc: u32,
-    cname: String,
-    session_id: u64,
-    cert: PeerCertificate,
-    local_crypto: Option<Crypto>,
-    remote: Option<RemoteSdp>,
-    role: DtlsSetup,
-    dtls: Option<PeerDtls>,
-    dtls_family: Family,
+    link: MetaLink,
+    /// Media protection once keyed; `None` with `plain` set for plain RTP.
     srtp: Option<SrtpSession>,
-    target: Option<(Family, SocketAddr)>,
+    plain: bool,
     audio_requested: bool,
     sender: MediaSender,
     recorder: Recorder,
-    stats: MetaStats,
+    /// The media and move counters ([`MetaLink::stats`] has the rest).
+    own: MetaStats,
     out: VecDeque<(usize, SocketAddr, Vec<u8>)>,
     /// The unannounced second IPv4 socket (runner index, address), and whether IPv4 moved
     /// to it.
@@ -235,41 +243,8 @@ pub struct MetaCore {
 impl std::fmt::Debug for MetaCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetaCore")
-            .field("local_v4", &self.local_v4)
-            .field("local_v6", &self.local_v6)
-            .field("role", &self.role)
+            .field("link", &self.link)
             .finish_non_exhaustive()
-    }
-}
-
-fn random_ufrag() -> String {
-    // Meta's ufrags contain '/'; base64 alphabet, 4 + '/' + 4.
-    let b = B64
-        .encode(rand::random::<[u8; 6]>())
-        .replace(['+', '/'], "x");
-    format!("{}/{}", &b[..4], &b[4..8])
-}
-
-fn random_pwd() -> String {
-    // 16 random bytes in base64: 24 characters ending "==", like Meta's.
-    B64.encode(rand::random::<[u8; 16]>())
-}
-
-fn random_crypto(profile: SrtpProfile, tag: u32) -> Crypto {
-    let len = profile.key_len() + profile.salt_len();
-    Crypto {
-        tag,
-        profile,
-        key_salt: (0..len).map(|_| rand::random()).collect(),
-    }
-}
-
-fn split_crypto(c: &Crypto) -> MasterKey {
-    let k = c.profile.key_len();
-    MasterKey {
-        profile: c.profile,
-        key: c.key_salt.get(..k).unwrap_or_default().to_vec(),
-        salt: c.key_salt.get(k..).unwrap_or_default().to_vec(),
     }
 }
 
@@ -279,180 +254,82 @@ impl MetaCore {
         local_v4: SocketAddr,
         local_v6: Option<SocketAddr>,
     ) -> Result<Self, MetaError> {
-        let ssrc = cfg.ssrc.unwrap_or_else(rand::random);
-        let sender = MediaSender::new(ssrc, cfg.opus_pt, cfg.dtmf_pt, cfg.rtcp_interval);
-        let local_crypto = cfg.sdes.map(|p| random_crypto(p, 1));
+        let link = MetaLink::new(cfg, local_v4, local_v6)?;
+        let c = link.config();
+        let sender = MediaSender::new(link.ssrc(), c.opus_pt, c.dtmf_pt, c.rtcp_interval);
         Ok(MetaCore {
-            ufrag: cfg.ufrag.clone().unwrap_or_else(random_ufrag),
-            pwd: cfg.pwd.clone().unwrap_or_else(random_pwd),
-            ssrc,
-            cname: B64.encode(rand::random::<[u8; 12]>()),
-            session_id: rand::random::<u64>() >> 2,
-            cert: PeerCertificate::generate()?,
-            local_crypto,
-            remote: None,
-            role: cfg.dtls_setup,
-            dtls: None,
-            dtls_family: Family::V4,
+            link,
             srtp: None,
-            target: None,
+            plain: false,
             audio_requested: false,
             sender,
             recorder: Recorder::default(),
-            stats: MetaStats::default(),
+            own: MetaStats::default(),
             out: VecDeque::new(),
             spare_v4: None,
             moved: false,
             move_check: None,
-            cfg,
-            local_v4,
-            local_v6,
         })
     }
 
+    /// The setup half (SDP, ICE-lite, DTLS).
+    pub fn link(&self) -> &MetaLink {
+        &self.link
+    }
     pub fn ufrag(&self) -> &str {
-        &self.ufrag
+        self.link.ufrag()
     }
     pub fn pwd(&self) -> &str {
-        &self.pwd
+        self.link.pwd()
     }
     pub fn fingerprint(&self) -> [u8; 32] {
-        self.cert.fingerprint()
+        self.link.fingerprint()
     }
     pub fn ssrc(&self) -> u32 {
-        self.ssrc
+        self.link.ssrc()
     }
     pub fn local_addrs(&self) -> (SocketAddr, Option<SocketAddr>) {
-        (self.local_v4, self.local_v6)
-    }
-
-    fn sdp_lines(&self, setup: &str, opus_pt: u8, dtmf_pt: u8, crypto: Option<&Crypto>) -> String {
-        let sdes = crypto.is_some();
-        let proto = if sdes {
-            "RTP/SAVP"
-        } else {
-            "UDP/TLS/RTP/SAVPF"
-        };
-        let mut l: Vec<String> = vec![
-            "v=0".into(),
-            format!("o=- {} 2 IN IP4 {}", self.session_id, self.local_v4.ip()),
-            "s=-".into(),
-            "t=0 0".into(),
-        ];
-        if !sdes {
-            l.push("a=group:BUNDLE audio".into());
-            l.push("a=msid-semantic: WMS".into());
-            l.push("a=ice-lite".into());
-        }
-        l.push(format!(
-            "m=audio {} {proto} {opus_pt} {dtmf_pt}",
-            self.local_v4.port()
-        ));
-        l.push(format!("c=IN IP4 {}", self.local_v4.ip()));
-        if !sdes {
-            l.push(host_candidate(self.local_v4, 0));
-            if let Some(v6) = self.local_v6 {
-                l.push(host_candidate(v6, 1));
-            }
-            l.push(format!("a=ice-ufrag:{}", self.ufrag));
-            l.push(format!("a=ice-pwd:{}", self.pwd));
-            l.push(format!("a=fingerprint:{}", self.cert.fingerprint_sdp()));
-            l.push(format!("a=setup:{setup}"));
-        }
-        l.push("a=mid:audio".into());
-        l.push("a=sendrecv".into());
-        l.push("a=rtcp-mux".into());
-        l.push(format!("a=rtpmap:{opus_pt} opus/48000/2"));
-        l.push(format!("a=rtcp-fb:{opus_pt} transport-cc"));
-        l.push(format!(
-            "a=fmtp:{opus_pt} maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1"
-        ));
-        l.push(format!("a=rtpmap:{dtmf_pt} telephone-event/8000"));
-        l.push("a=ptime:20".into());
-        l.push("a=maxptime:20".into());
-        if let Some(c) = crypto {
-            l.push(c.to_attribute());
-        }
-        l.push(format!("a=ssrc:{} cname:{}", self.ssrc, self.cname));
-        crlf(&l)
+        self.link.local_addrs()
     }
 
     /// The offer of a user-initiated call (Meta's `connect` webhook).
     pub fn offer_sdp(&self) -> String {
-        self.sdp_lines(
-            "actpass",
-            self.cfg.opus_pt,
-            self.cfg.dtmf_pt,
-            self.local_crypto.as_ref(),
-        )
+        self.link.offer_sdp()
     }
 
     /// Meta's answer to the relay's offer (business-initiated). Also learns the relay's SDP.
     pub fn answer_sdp(&mut self, relay_offer: &str, now: Instant) -> Result<String, MetaError> {
-        let remote = RemoteSdp::parse(relay_offer)?;
-        let opus_pt = remote.opus_pt.unwrap_or(self.cfg.opus_pt);
-        let dtmf_pt = remote.dtmf_pt.unwrap_or(self.cfg.dtmf_pt);
-        self.sender.opus_pt = opus_pt;
-        self.sender.dtmf_pt = dtmf_pt;
-        if let Some(ours) = self.local_crypto.as_mut() {
-            // Answer with the tag of the offered line we accept (RFC 4568 §5.1.2).
-            let theirs = remote
-                .cryptos
-                .iter()
-                .find(|c| c.profile == ours.profile)
-                .ok_or(MetaError::Missing("an a=crypto line with our suite"))?;
-            ours.tag = theirs.tag;
-        }
-        self.role = self.cfg.dtls_setup;
-        self.learn_remote(remote, now)?;
-        let setup = match self.role {
-            DtlsSetup::Client => "active",
-            DtlsSetup::Server => "passive",
-        };
-        Ok(self.sdp_lines(setup, opus_pt, dtmf_pt, self.local_crypto.as_ref()))
+        let answer = self.link.answer_sdp(relay_offer)?;
+        (self.sender.opus_pt, self.sender.dtmf_pt) = self.link.payload_types();
+        self.key_media(now)?;
+        Ok(answer)
     }
 
     /// Learns the relay's answer to our offer (user-initiated).
     pub fn set_remote_sdp(&mut self, relay_sdp: &str, now: Instant) -> Result<(), MetaError> {
-        let remote = RemoteSdp::parse(relay_sdp)?;
-        self.role = match remote.setup.as_deref() {
-            Some("active") => DtlsSetup::Server,
-            Some("passive") => DtlsSetup::Client,
-            _ => self.cfg.dtls_setup,
-        };
-        self.learn_remote(remote, now)
+        self.link.set_remote_sdp(relay_sdp)?;
+        self.key_media(now)
     }
 
-    fn learn_remote(&mut self, remote: RemoteSdp, now: Instant) -> Result<(), MetaError> {
-        if let Some(ours) = &self.local_crypto {
-            let theirs = remote
-                .cryptos
-                .iter()
-                .find(|c| c.profile == ours.profile)
-                .ok_or(MetaError::Missing("an a=crypto line with our suite"))?;
-            let keys = SessionKeys {
-                local: split_crypto(ours),
-                remote: split_crypto(theirs),
-            };
-            self.srtp = Some(SrtpSession::new(&keys)?);
-            self.stats.srtp_profile = Some(ours.profile);
-            let to = remote
-                .media_address()
-                .ok_or(MetaError::Missing("a media address"))?;
-            let family = if to.is_ipv4() { Family::V4 } else { Family::V6 };
-            self.target = Some((family, to));
-            self.sender.enable_rtcp(now);
-        } else {
-            if remote.fingerprint.is_none() {
-                return Err(MetaError::Missing("a=fingerprint (sha-256)"));
-            }
-            if remote.pwd.is_none() {
-                return Err(MetaError::Missing("a=ice-pwd"));
-            }
-            self.stats.dtls_role = Some(self.role);
+    /// Takes the link's keys when it has them: SRTP (or plain) media from now on.
+    fn key_media(&mut self, now: Instant) -> Result<(), MetaError> {
+        match self.link.take_keys() {
+            Some(MediaKeys::Srtp(keys)) => self.srtp = Some(SrtpSession::new(&keys)?),
+            Some(MediaKeys::Plain) => self.plain = true,
+            None => return Ok(()),
         }
-        self.remote = Some(remote);
+        self.sender.enable_rtcp(now);
         Ok(())
+    }
+
+    /// After the link handled input: send what it queued, key media if DTLS just finished.
+    fn after_link(&mut self, now: Instant) {
+        while let Some((family, to, data)) = self.link.poll_transmit() {
+            self.push(family, to, data);
+        }
+        if let Err(e) = self.key_media(now) {
+            self.link.fail(e.to_string());
+        }
     }
 
     fn push(&mut self, family: Family, to: SocketAddr, data: Vec<u8>) {
@@ -472,7 +349,7 @@ impl MetaCore {
     pub fn current_v4(&self) -> SocketAddr {
         match self.spare_v4 {
             Some((_, a)) if self.moved => a,
-            _ => self.local_v4,
+            _ => self.link.local_addrs().0,
         }
     }
 
@@ -481,7 +358,7 @@ impl MetaCore {
     /// password) goes from the new address to where our IPv4 media went, every 100 ms until
     /// answered. Returns `false` without a spare socket or an IPv4 path to move.
     pub fn move_address(&mut self, now: Instant) -> bool {
-        let to = match self.target {
+        let to = match self.link.target() {
             Some((Family::V4, to)) => to,
             _ => return false,
         };
@@ -500,7 +377,7 @@ impl MetaCore {
     }
 
     fn send_move_check(&mut self, now: Instant) {
-        let Some(remote) = self.remote.as_ref() else {
+        let Some(remote) = self.link.remote() else {
             return;
         };
         let (Some(ufrag), Some(pwd)) = (remote.ufrag.clone(), remote.pwd.clone()) else {
@@ -520,215 +397,74 @@ impl MetaCore {
         let req = crate::stun::MessageWriter::new(BINDING_REQUEST, tid)
             .attr(
                 crate::stun::ATTR_USERNAME,
-                format!("{ufrag}:{}", self.ufrag).as_bytes(),
+                format!("{ufrag}:{}", self.link.ufrag()).as_bytes(),
             )
             .attr(crate::stun::ATTR_PRIORITY, &priority.to_be_bytes())
             .attr(ATTR_ICE_CONTROLLED, &rand::random::<u64>().to_be_bytes())
             .message_integrity(pwd.as_bytes())
             .fingerprint()
             .finish();
-        self.stats.move_checks_sent += 1;
+        self.own.move_checks_sent += 1;
         self.push(Family::V4, to, req);
     }
 
     fn on_stun(&mut self, now: Instant, family: Family, from: SocketAddr, data: &[u8]) {
-        let Ok(msg) = Message::parse(data) else {
-            return;
-        };
         // A lite agent reads no responses, except to the checks it sent after moving.
-        if msg.msg_type == crate::stun::BINDING_SUCCESS
-            && let Some(check) = self.move_check.as_ref()
+        if let Some(check) = self.move_check.as_ref()
+            && let Ok(msg) = Message::parse(data)
+            && msg.msg_type == crate::stun::BINDING_SUCCESS
             && msg.transaction_id == check.tid
-            && let Some(pwd) = self.remote.as_ref().and_then(|r| r.pwd.clone())
+            && let Some(pwd) = self.link.remote().and_then(|r| r.pwd.clone())
             && msg.check_integrity(pwd.as_bytes())
         {
             self.move_check = None;
-            self.stats.move_answered_at = Some(now);
+            self.own.move_answered_at = Some(now);
             return;
         }
-        if msg.msg_type != BINDING_REQUEST || self.local_crypto.is_some() {
-            return;
-        }
-        self.stats.binding_requests += 1;
-        let remote_ufrag = self.remote.as_ref().and_then(|r| r.ufrag.clone());
-        if self.remote.is_none() && !self.cfg.answer_checks_before_sdp {
-            self.stats.stun_before_remote_sdp += 1;
-            return;
-        }
-        let user_ok = msg.username().is_some_and(|u| {
-            u.split_once(':').is_some_and(|(ours, theirs)| {
-                ours == self.ufrag && remote_ufrag.as_deref().is_none_or(|r| r == theirs)
-            })
-        });
-        if !user_ok
-            || !msg.check_integrity(self.pwd.as_bytes())
-            || msg.check_fingerprint() == Some(false)
-        {
-            self.stats.stun_auth_failures += 1;
-            return;
-        }
-        if msg.has(ATTR_ICE_CONTROLLED) && !msg.has(ATTR_ICE_CONTROLLING) {
-            self.stats.role_conflicts += 1;
-            let resp = binding_error(msg.transaction_id, 487, "Role Conflict", &self.pwd);
-            self.push(family, from, resp);
-            return;
-        }
-        let resp = binding_success(msg.transaction_id, from, &self.pwd);
-        self.push(family, from, resp);
-        self.stats.binding_responses += 1;
-        if !self.stats.validated.contains(&from) {
-            self.stats.validated.push(from);
-        }
-        // A lite agent follows the controlling side's latest nomination (RFC 8445 §8.2
-        // leaves the choice among nominated pairs to it); the relay re-nominates its final
-        // pair, so both ends converge.
-        if msg.has(ATTR_USE_CANDIDATE) {
-            if self.stats.nominated.is_none() {
-                self.stats.nominated_at = Some(now);
-            }
-            self.stats.nominated = Some(from);
-            self.target = Some((family, from));
-            if self.role == DtlsSetup::Client && self.dtls.is_none() {
-                self.start_dtls(now, family, from);
-            }
-        }
-    }
-
-    fn start_dtls(&mut self, now: Instant, family: Family, remote: SocketAddr) {
-        let Some(expected) = self.remote.as_ref().and_then(|r| r.fingerprint) else {
-            return;
-        };
-        let local = match family {
-            Family::V4 => self.local_v4,
-            Family::V6 => self.local_v6.unwrap_or(self.local_v4),
-        };
-        match PeerDtls::new(
-            &self.cert,
-            self.role,
-            &self.cfg.srtp_profiles,
-            expected,
-            local,
-            remote,
-            self.cfg.dtls_retransmit,
-        ) {
-            Ok(mut d) => {
-                d.start(now);
-                self.dtls = Some(d);
-                self.dtls_family = family;
-                self.after_dtls(now);
-            }
-            Err(e) => self.stats.dtls_failure = Some(e.to_string()),
-        }
-    }
-
-    fn on_dtls(&mut self, now: Instant, family: Family, from: SocketAddr, data: &[u8]) {
-        self.stats.dtls_datagrams_received += 1;
-        if self.local_crypto.is_some() {
-            self.stats.dtls_dropped += 1;
-            return;
-        }
-        if self.dtls.is_none()
-            && self.role == DtlsSetup::Server
-            && self.stats.validated.contains(&from)
-        {
-            self.start_dtls(now, family, from);
-        }
-        match self.dtls.as_mut() {
-            Some(d) if d.remote() == from => {
-                d.handle(now, data);
-                self.after_dtls(now);
-            }
-            _ => self.stats.dtls_dropped += 1,
-        }
-    }
-
-    fn after_dtls(&mut self, now: Instant) {
-        let Some(d) = self.dtls.as_mut() else { return };
-        let mut sends = Vec::new();
-        while let Some(p) = d.poll_transmit() {
-            sends.push(p);
-        }
-        let to = d.remote();
-        let keys = d.keys().cloned();
-        let failure = d.failure().map(str::to_string);
-        for p in sends {
-            self.push(self.dtls_family, to, p);
-        }
-        if let Some(why) = failure {
-            self.stats.dtls_failure.get_or_insert(why);
-        }
-        if let (Some(keys), None) = (keys, self.srtp.as_ref()) {
-            match SrtpSession::new(&keys) {
-                Ok(s) => {
-                    self.stats.srtp_profile = Some(s.profile());
-                    self.srtp = Some(s);
-                    self.stats.dtls_connected_at = Some(now);
-                    self.target.get_or_insert((self.dtls_family, to));
-                    self.sender.enable_rtcp(now);
-                }
-                Err(e) => self.stats.dtls_failure = Some(e.to_string()),
-            }
-        }
+        self.link.on_stun(now, family, from, data);
+        self.after_link(now);
     }
 
     fn on_media(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(srtp) = self.srtp.as_mut() else {
-            self.stats.media.media_dropped += 1;
+        let rtcp = is_rtcp(data);
+        let unprotected = match self.srtp.as_mut() {
+            Some(s) if rtcp => s.unprotect_rtcp(data),
+            Some(s) => s.unprotect_rtp(data),
+            None if self.plain => Ok(data.to_vec()),
+            None => {
+                self.own.media.media_dropped += 1;
+                return;
+            }
+        };
+        let Ok(plain) = unprotected else {
+            self.own.media.srtp_auth_failures += 1;
             return;
         };
-        if is_rtcp(data) {
-            match srtp.unprotect_rtcp(data) {
-                Ok(plain) => {
-                    self.stats.media.rtcp_received += 1;
-                    self.sender.note_rtcp(&plain, now);
-                    self.recorder.rtcp.push(ReceivedRtcp {
-                        at: now,
-                        from,
-                        types: rtcp_packet_types(&plain),
-                    });
-                }
-                Err(_) => self.stats.media.srtp_auth_failures += 1,
+        match self.recorder.record(&mut self.own.media, now, from, &plain) {
+            Recorded::Rtcp => self.sender.note_rtcp(&plain, now),
+            Recorded::Rtp if self.audio_requested => {
+                self.audio_requested = false;
+                self.sender.start_audio(now);
             }
-            return;
-        }
-        match srtp.unprotect_rtp(data) {
-            Ok(plain) => {
-                let Some((header, payload)) = parse_rtp(&plain) else {
-                    self.stats.media.media_dropped += 1;
-                    return;
-                };
-                self.stats.media.rtp_received += 1;
-                self.stats.media.first_packet_at.get_or_insert(now);
-                self.recorder.rtp.push(ReceivedRtp {
-                    at: now,
-                    at_unix_us: unix_micros(),
-                    from,
-                    header,
-                    payload: payload.to_vec(),
-                });
-                if self.audio_requested {
-                    self.audio_requested = false;
-                    self.sender.start_audio(now);
-                }
-            }
-            Err(_) => self.stats.media.srtp_auth_failures += 1,
+            Recorded::Rtp | Recorded::Dropped => {}
         }
     }
 
     fn send_plain(&mut self, now: Instant, packet: &[u8], is_dtmf: bool) -> bool {
-        let (Some(srtp), Some((family, to))) = (self.srtp.as_mut(), self.target) else {
+        let Some((family, to)) = self.link.target() else {
             return false;
         };
         let rtcp = is_rtcp(packet);
-        let protected = if rtcp {
-            srtp.protect_rtcp(packet)
-        } else {
-            srtp.protect_rtp(packet)
+        let protected = match self.srtp.as_mut() {
+            Some(s) if rtcp => s.protect_rtcp(packet),
+            Some(s) => s.protect_rtp(packet),
+            None if self.plain => Ok(packet.to_vec()),
+            None => return false,
         };
         let Ok(protected) = protected else {
             return false;
         };
-        let m = &mut self.stats.media;
+        let m = &mut self.own.media;
         if rtcp {
             m.rtcp_sent += 1;
         } else {
@@ -743,12 +479,12 @@ impl MetaCore {
     }
 
     fn media_ready(&self) -> bool {
-        self.srtp.is_some() && self.target.is_some()
+        (self.srtp.is_some() || self.plain) && self.link.target().is_some()
     }
 
     /// Starts 20 ms Opus (or arms it for the first received packet with `wait_for_media`).
     pub fn start_audio(&mut self, now: Instant) {
-        if self.cfg.wait_for_media && self.stats.media.rtp_received == 0 {
+        if self.link.config().wait_for_media && self.own.media.rtp_received == 0 {
             self.audio_requested = true;
         } else {
             self.sender.start_audio(now);
@@ -780,7 +516,13 @@ impl MetaCore {
     }
 
     pub fn stats(&self) -> MetaStats {
-        self.stats.clone()
+        MetaStats {
+            media: self.own.media.clone(),
+            move_checks_sent: self.own.move_checks_sent,
+            move_answered_at: self.own.move_answered_at,
+            ignored_after_move: self.own.ignored_after_move,
+            ..self.link.stats().clone()
+        }
     }
     pub fn received(&self) -> Vec<ReceivedRtp> {
         self.recorder.rtp.clone()
@@ -789,28 +531,26 @@ impl MetaCore {
         self.recorder.rtcp.clone()
     }
     pub fn first_packet_at(&self) -> Option<Instant> {
-        self.stats.media.first_packet_at
+        self.own.media.first_packet_at
     }
 
     /// Feeds one datagram that arrived on `family`'s socket from `from`.
     pub fn handle_datagram(&mut self, now: Instant, family: Family, from: SocketAddr, data: &[u8]) {
-        // RFC 7983 demultiplexing by first byte.
-        match data.first() {
-            Some(0..=3) => self.on_stun(now, family, from, data),
-            Some(20..=63) => self.on_dtls(now, family, from, data),
-            Some(128..=191) => self.on_media(now, from, data),
-            _ => self.stats.media.media_dropped += 1,
+        match demux(data) {
+            Demux::Stun => self.on_stun(now, family, from, data),
+            Demux::Dtls => {
+                self.link.on_dtls(now, family, from, data);
+                self.after_link(now);
+            }
+            Demux::Media => self.on_media(now, from, data),
+            Demux::Other => self.own.media.media_dropped += 1,
         }
     }
 
     pub fn poll_at(&mut self, now: Instant) {
         self.send_move_check(now);
-        if let Some(d) = self.dtls.as_mut()
-            && d.poll_timeout().is_some_and(|t| now >= t)
-        {
-            d.handle_timeout(now);
-            self.after_dtls(now);
-        }
+        self.link.handle_timeout(now);
+        self.after_link(now);
         if self.media_ready() {
             for (p, is_dtmf) in self.sender.poll(now) {
                 self.send_plain(now, &p, is_dtmf);
@@ -819,7 +559,7 @@ impl MetaCore {
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
-        let dtls = self.dtls.as_ref().and_then(|d| d.poll_timeout());
+        let dtls = self.link.poll_timeout();
         let media = if self.media_ready() {
             self.sender.poll_timeout()
         } else {
@@ -851,7 +591,7 @@ impl PeerCore for MetaCore {
         };
         // After a move the old network is gone: nothing arrives there any more.
         if self.moved && socket == 0 {
-            self.stats.ignored_after_move += 1;
+            self.own.ignored_after_move += 1;
             return;
         }
         self.handle_datagram(now, family, from, data);

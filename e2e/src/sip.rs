@@ -11,8 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use relay::srtp::{MasterKey, SessionKeys, SrtpProfile};
 
-use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorder};
-use crate::rtp::{is_rtcp, parse_rtp, rtcp_packet_types, unix_micros};
+use crate::media::{MediaSender, MediaStats, ReceivedRtcp, ReceivedRtp, Recorded, Recorder};
+use crate::rtp::is_rtcp;
 use crate::runner::{MediaPeer, PeerCore, PeerHandle, Runner};
 use crate::sdp::{Crypto, RemoteSdp, crlf};
 use crate::srtp::SrtpSession;
@@ -287,26 +287,8 @@ impl SipCore {
                 }
             }
         };
-        if is_rtcp(&plain) {
-            self.stats.rtcp_received += 1;
+        if self.recorder.record(&mut self.stats, now, from, &plain) == Recorded::Rtcp {
             self.sender.note_rtcp(&plain, now);
-            self.recorder.rtcp.push(ReceivedRtcp {
-                at: now,
-                from,
-                types: rtcp_packet_types(&plain),
-            });
-        } else if let Some((header, payload)) = parse_rtp(&plain) {
-            self.stats.rtp_received += 1;
-            self.stats.first_packet_at.get_or_insert(now);
-            self.recorder.rtp.push(ReceivedRtp {
-                at: now,
-                at_unix_us: unix_micros(),
-                from,
-                header,
-                payload: payload.to_vec(),
-            });
-        } else {
-            self.stats.media_dropped += 1;
         }
     }
 }

@@ -5,22 +5,26 @@
 //!
 //! Layout, top down:
 //! - [`session`]: the signaling tier (gRPC: CreateCall → answer → OpenGate → Terminate) and the
-//!   modes (run, ramp, churn, capacity).
+//!   modes (run, ramp, churn, capacity, overload), one file each.
 //! - [`generator`]: generator threads, each a mio poll loop over nonblocking sockets with
 //!   `recvmmsg`/`sendmmsg`, running many calls' [`peer`]s.
 //! - [`sampler`], [`stats`], [`hist`], [`procfs`]: measurement; [`syscalls`] and [`scrape`]:
-//!   a target's system calls and the relay's own counters; [`report`]: table, JSON, HTML.
+//!   a target's system calls and the relay's own counters; [`report`]: table, JSON, HTML, and
+//!   each mode's report type.
 //! - [`target`]: start a relay process (or reach a running one); [`raw`]: the trivial
 //!   forwarders (a socket per call and leg, or one socket) that give the machine's ceiling; [`target_rtpengine`] (with [`bencode`]):
 //!   start rtpengine and drive it over its ng protocol, for a side-by-side comparison.
 //! - [`call`]: one call through a running relay, explained (`loadtest call`).
-//! - [`cli`]: the command line (the binary is a thin wrapper).
+//! - [`cli`]: the command line, one file per mode (the binary is a thin wrapper).
+
+#![deny(unsafe_code)] // except os.rs and the batch and timer I/O (raw/mmsg.rs, generator/timerfd.rs)
 
 pub mod bencode;
 pub mod call;
 pub mod cli;
 pub mod generator;
 pub mod hist;
+pub mod os;
 pub mod peer;
 pub mod procfs;
 pub mod raw;

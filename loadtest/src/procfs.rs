@@ -2,13 +2,6 @@
 
 use std::time::Instant;
 
-/// Clock ticks per second for /proc CPU times.
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
 /// utime + stime in seconds from a /proc/.../stat file.
 fn cpu_seconds(stat_path: &str) -> Option<f64> {
     let text = std::fs::read_to_string(stat_path).ok()?;
@@ -18,7 +11,7 @@ fn cpu_seconds(stat_path: &str) -> Option<f64> {
     // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_second())
+    Some((utime + stime) / crate::os::clock_ticks_per_second())
 }
 
 /// Resident set size in bytes (VmRSS of /proc/<pid>/status).

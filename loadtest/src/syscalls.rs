@@ -144,11 +144,8 @@ impl SyscallMeter {
         match self.running.take()? {
             Running::Count(before, at) => Some((self.read()?.saturating_sub(before), at.elapsed())),
             Running::Perf(child, at) => {
-                let pid = i32::try_from(child.id()).ok()?;
-                // SAFETY: signalling our own child; perf prints its counts on SIGINT.
-                unsafe {
-                    libc::kill(pid, libc::SIGINT);
-                }
+                // perf prints its counts on SIGINT.
+                crate::os::signal(&child, libc::SIGINT);
                 let elapsed = at.elapsed();
                 let out = child.wait_with_output().ok()?;
                 parse_perf(&String::from_utf8_lossy(&out.stderr)).map(|n| (n, elapsed))

@@ -1,7 +1,6 @@
 //! The relay under test: a child process this tool starts (and stops), or one already running.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,19 +103,7 @@ impl RelayProcess {
             .stdout(log)
             .stderr(log_err);
         let pin = if taskset.is_none() { opts.cpu } else { None };
-        // SAFETY: only async-signal-safe calls (prctl, sched_setaffinity) between fork and
-        // exec, on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if let Some(cpu) = pin {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                }
-                Ok(())
-            });
-        }
+        crate::os::die_with_parent_on_cpu(&mut cmd, pin);
         let child = cmd.spawn().map_err(|source| TargetError::Spawn {
             bin: opts.bin.clone(),
             source,
@@ -164,12 +151,7 @@ pub(crate) fn stop_child(child: &mut std::process::Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
+    crate::os::signal(child, libc::SIGTERM);
     let end = Instant::now() + Duration::from_secs(3);
     while Instant::now() < end {
         if let Ok(Some(_)) = child.try_wait() {
@@ -209,19 +191,6 @@ pub async fn connect(
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Raises this process's open-file limit to its hard limit (children inherit it): every call
-/// costs the relay three sockets and, with per-peer sockets, the generator two.
-pub fn raise_fd_limit() {
-    // SAFETY: plain struct in/out parameters.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
 

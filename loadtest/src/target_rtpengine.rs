@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,19 +348,7 @@ impl RtpEngineProcess {
             .stdout(log)
             .stderr(log_err);
         let pin = if taskset.is_none() { o.cpu } else { None };
-        // SAFETY: only async-signal-safe calls (prctl, sched_setaffinity) between fork and
-        // exec, on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if let Some(cpu) = pin {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                }
-                Ok(())
-            });
-        }
+        crate::os::die_with_parent_on_cpu(&mut cmd, pin);
         let child = cmd.spawn().map_err(|source| RtpEngineError::Spawn {
             bin: o.bin.clone(),
             source,

@@ -56,16 +56,31 @@ impl SocketId {
 
 /// Where state machines put datagrams to send. The engine implements it with a batch that it
 /// flushes with sendmmsg/sendto; tests implement it with a `Vec`. `push` copies `data`, so
-/// callers may reuse their scratch buffer immediately. Implementations must not allocate in
-/// steady state (the engine's batch is preallocated).
+/// callers may reuse their scratch buffer immediately, with one exception: bytes inside the
+/// receive buffer the engine handed to `Call::handle_datagram` may be sent straight from that
+/// buffer (the io_uring driver does: no copy), so a region of it must not be written after it
+/// was pushed. Implementations must not allocate in steady state (the engine's batch is
+/// preallocated).
 pub trait Outbox {
     fn push(&mut self, via: SocketRef, to: SocketAddr, data: &[u8]);
+
+    /// Are datagrams waiting unread on socket `via` (received by the kernel, not yet handed to
+    /// the call)? Silence fill asks before standing in for a packet that may be among them.
+    /// Default: no (tests, tools).
+    fn queued(&mut self, via: SocketRef) -> bool {
+        let _ = via;
+        false
+    }
 }
 
 /// A borrowed outbox is one (so `&mut dyn Outbox` can go where `&mut impl Outbox` is taken).
 impl<O: Outbox + ?Sized> Outbox for &mut O {
     fn push(&mut self, via: SocketRef, to: SocketAddr, data: &[u8]) {
         (**self).push(via, to, data)
+    }
+
+    fn queued(&mut self, via: SocketRef) -> bool {
+        (**self).queued(via)
     }
 }
 

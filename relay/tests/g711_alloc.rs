@@ -6,25 +6,18 @@
 //! is not seen by Rust's allocator; `relay/tests/codec_alloc.rs` interposes it and proves the
 //! codec calls allocate nothing there.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use relay::api::{InternalKind, InternalLegSpec, SourcePolicy};
-use relay::call::CallConfig;
-use relay::call::testing::{self, MEDIA_SERVER, META, META_OPUS_PT, MetaPeer, RingOutbox};
+use relay::call::testing::MEDIA_SERVER;
 use relay::codec::g711::{self, G711};
-use relay::codec::opus::{OpusEncoder, OpusEncoderConfig};
-use relay::dtls::DtlsIdentity;
 use relay::net::SocketRef;
-use relay::srtp::SrtpProfile;
 use relay::wire::rtp::{self, Pt, RtpHeaderFields, RtpTs, Seq, Ssrc};
 
 mod alloc_support;
+mod opus_call_support;
 use alloc_support::allocations;
-
-const WARM_UP: u32 = 200;
-const MEASURED: u32 = 3_000;
-const PTIME: Duration = Duration::from_millis(20);
+use opus_call_support::{MEASURED, OpusCall, PTIME, WARM_UP, assert_counting, tone};
 
 fn server_sdp() -> String {
     format!(
@@ -36,47 +29,19 @@ fn server_sdp() -> String {
     )
 }
 
-fn tone(freq: f64, rate: u32, start: u32, n: u32) -> Vec<i16> {
-    (start..start + n)
-        .map(|i| {
-            (8000.0 * (2.0 * std::f64::consts::PI * freq * f64::from(i) / f64::from(rate)).sin())
-                as i16
-        })
-        .collect()
-}
-
 #[test]
 fn a_g711_calls_steady_state_allocates_nothing() {
-    let identity = Arc::new(DtlsIdentity::generate().unwrap());
-    let t0 = Instant::now();
-    let (mut meta, offer) = MetaPeer::sdes(SrtpProfile::Aes128CmHmacSha1_80);
-    let internal = InternalLegSpec {
+    let mut c = OpusCall::establish(InternalLegSpec {
         kind: InternalKind::PlainRtp,
         remote_sdp: Some(server_sdp()),
         source: SourcePolicy::Strict,
-    };
-    let created =
-        testing::create_call_with(&offer, internal, CallConfig::default(), identity, t0).unwrap();
-    assert!(created.internal_sdp.contains("PCMU/8000"));
-    let mut call = created.call;
-    meta.accept_answer(&created.whatsapp_sdp, t0).unwrap();
-    let mut now = testing::establish(&mut call, &mut meta, t0, Duration::from_secs(5)).unwrap();
-    let mut out = RingOutbox::with_capacity(16);
-    call.open_gate(now, &mut out);
-    out.clear();
+    });
+    assert!(c.internal_sdp.contains("PCMU/8000"));
+    let mut now = c.now;
+    c.open_gate();
 
-    // Both sides' audio made up front: WhatsApp's Opus (a 48 kHz tone) and the server's PCMU.
+    // The server's PCMU made up front (WhatsApp's Opus is the support's).
     let frames = WARM_UP + MEASURED;
-    let mut enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_wa()).unwrap();
-    let opus: Vec<Vec<u8>> = (0..frames)
-        .map(|i| {
-            let mut b = [0u8; 1500];
-            let n = enc
-                .encode(&tone(440.0, 48_000, i * 960, 960), &mut b)
-                .unwrap();
-            b[..n].to_vec()
-        })
-        .collect();
     let pcmu: Vec<[u8; 160]> = (0..frames)
         .map(|i| {
             let mut b = [0u8; 160];
@@ -87,22 +52,7 @@ fn a_g711_calls_steady_state_allocates_nothing() {
 
     let (mut to_server, mut to_meta) = (0u64, 0u64);
     let mut step = |i: u32, now: Instant, to_server: &mut u64, to_meta: &mut u64| {
-        let mut b = [0u8; 1500];
-        let h = rtp::write_header(
-            &mut b,
-            &RtpHeaderFields {
-                marker: i == 0,
-                pt: Pt::new(META_OPUS_PT),
-                seq: Seq::new(100u16.wrapping_add(i as u16)),
-                ts: RtpTs::new(5000u32.wrapping_add(i * 960)),
-                ssrc: Ssrc::new(0x1111_2222),
-            },
-        )
-        .unwrap();
-        let p = &opus[i as usize];
-        b[h..h + p.len()].copy_from_slice(p);
-        let len = meta.protect_rtp(&mut b, h + p.len()).unwrap();
-        call.handle_datagram(now, SocketRef::WaV4, META, &mut b, len, &mut out);
+        c.whatsapp_sends(i, now);
         let mut s = [0u8; 172];
         let h = rtp::write_header(
             &mut s,
@@ -116,25 +66,25 @@ fn a_g711_calls_steady_state_allocates_nothing() {
         )
         .unwrap();
         s[h..h + 160].copy_from_slice(&pcmu[i as usize]);
-        call.handle_datagram(
+        c.call.handle_datagram(
             now,
             SocketRef::Internal,
             MEDIA_SERVER,
             &mut s,
             h + 160,
-            &mut out,
+            &mut c.out,
         );
-        call.handle_timeout(now, &mut out);
-        for k in 0..out.len() {
-            let (_, to, _, _) = out.get_mut(k).unwrap();
+        c.call.handle_timeout(now, &mut c.out);
+        for k in 0..c.out.len() {
+            let (_, to, _, _) = c.out.get_mut(k).unwrap();
             if to == MEDIA_SERVER {
                 *to_server += 1;
             } else {
                 *to_meta += 1;
             }
         }
-        out.clear();
-        while call.poll_event().is_some() {}
+        c.out.clear();
+        while c.call.poll_event().is_some() {}
     };
     for i in 0..WARM_UP {
         now += PTIME;
@@ -147,7 +97,7 @@ fn a_g711_calls_steady_state_allocates_nothing() {
         step(i, now, &mut to_server, &mut to_meta);
     }
     let during = allocations() - before;
-    let info = call.info();
+    let info = c.call.info();
     assert!(info.end_cause.is_none(), "{:?}", info.end_cause);
     // The traffic was real: one PCMU packet per WhatsApp frame, one Opus packet per server
     // frame (plus RTCP both ways).
@@ -161,11 +111,5 @@ fn a_g711_calls_steady_state_allocates_nothing() {
         during, 0,
         "{during} heap allocations over {MEASURED} frames each way"
     );
-    // The counter sees this thread's allocations at all.
-    let before = allocations();
-    std::hint::black_box(Vec::<u8>::with_capacity(64));
-    assert!(
-        allocations() > before,
-        "the counting allocator is installed"
-    );
+    assert_counting();
 }

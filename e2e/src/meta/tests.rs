@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use relay::dtls::{DtlsConfig, DtlsDriver, DtlsEvent, DtlsIdentity, DtlsRole, Fingerprint};
 
+use relay::srtp::SessionKeys;
+
+use super::link::{random_crypto, split_crypto};
 use super::*;
-use crate::rtp::{RtpHeader, build_rtp, read_stamp};
+use crate::rtp::{RtpHeader, build_rtp, parse_rtp, read_stamp};
+use crate::sdp::{Crypto, RemoteSdp, crlf, host_candidate};
 use crate::stun::{self, BINDING_ERROR, BINDING_SUCCESS};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -12,7 +12,6 @@ mod worker;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,8 +21,9 @@ use crossbeam_channel::Sender;
 use mio::{Poll, Waker};
 use tokio::sync::oneshot;
 
-use crate::peer::meta::MetaPeer;
+use crate::os::{current_tid, pin_current_thread, set_buffers};
 use crate::peer::sip::SipPeer;
+use crate::peer::wa::WaPeer;
 use crate::stats::Totals;
 
 /// Socket buffers for shared sockets: a second or more of a thread's traffic at 1,000s of
@@ -84,7 +84,7 @@ pub enum PeerSocket {
 /// SDP.
 pub struct NewCall {
     pub id: u64,
-    pub meta: MetaPeer,
+    pub meta: WaPeer,
     pub meta_socket: PeerSocket,
     /// The relay's WhatsApp-side addresses (its checks, DTLS and media come from there).
     pub meta_remotes: Vec<SocketAddr>,
@@ -142,32 +142,6 @@ pub struct CallSockets {
     pub sip_addr: SocketAddr,
 }
 
-/// Socket buffers of `bytes`: past `net.core.rmem_max`/`wmem_max` (212,992 bytes by default)
-/// when allowed (root: the `*BUFFORCE` options), else as much as the limits give. A socket
-/// shared by hundreds of calls needs more than the default to ride out a descheduled reader.
-pub(crate) fn set_buffers(s: &UdpSocket, bytes: usize) {
-    let v = bytes as libc::c_int;
-    let set = |opt: libc::c_int| {
-        // SAFETY: a valid fd and a c_int option value of the declared size.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // Failure only leaves the default buffer size.
-        let _ = set(force) || set(plain);
-    }
-}
-
 fn bind(ip: IpAddr, buffer: Option<usize>) -> io::Result<UdpSocket> {
     let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
     s.set_nonblocking(true)?;
@@ -175,25 +149,6 @@ fn bind(ip: IpAddr, buffer: Option<usize>) -> io::Result<UdpSocket> {
         set_buffers(&s, b);
     }
     Ok(s)
-}
-
-/// Pins the calling thread to `cpu` (best effort: an invalid CPU leaves it unpinned).
-pub fn pin_current_thread(cpu: usize) -> bool {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity(0, ..)
-    // affects only the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-            return false;
-        }
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
-pub(crate) fn current_tid() -> i32 {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
 impl Generator {

@@ -1,6 +1,8 @@
 //! A monotonic `timerfd`: epoll's own timeout has millisecond resolution, too coarse to send
 //! streams at their own instants 50 µs apart.
 
+#![allow(unsafe_code)] // the I/O system calls; each block says why it is sound
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;

@@ -18,8 +18,8 @@ use relay::engine::udp::{BATCH, BUF_SIZE, RecvBatch, SendBatch, enable_timestamp
 use super::timerfd::TimerFd;
 use crate::generator::{Command, NewCall, PeerSocket, Spacing};
 use crate::peer::media::PTIME;
-use crate::peer::meta::MetaPeer;
 use crate::peer::sip::SipPeer;
+use crate::peer::wa::WaPeer;
 use crate::stats::{FLUSH_EVERY, Totals};
 
 pub(super) const WAKER: Token = Token(usize::MAX);
@@ -61,7 +61,7 @@ impl Side {
 
 struct Slot {
     id: u64,
-    meta: MetaPeer,
+    meta: WaPeer,
     sip: SipPeer,
     /// The relay addresses that map to this call (removed from the demux map at the end).
     remotes: Vec<SocketAddr>,
@@ -186,10 +186,7 @@ impl Worker {
         let mut ready: Vec<Token> = Vec::with_capacity(1024);
         if self.timer.is_some() {
             // Timer slack (50 µs by default) would bunch the evenly spaced sends.
-            // SAFETY: prctl with integer arguments only.
-            unsafe {
-                libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-            }
+            crate::os::set_timer_slack(1);
         }
         loop {
             let now = Instant::now();

@@ -1,18 +1,18 @@
 //! The two peers of a load-test call, built for volume: each writes its packets into the
 //! generator thread's send batch and reads them from its receive buffers in place.
 //!
-//! - [`meta::MetaPeer`]: WhatsApp's media endpoint as the relay sees it, assembled from the
-//!   e2e emulator's parts (its certificate and `rtc-dtls` driver, its STUN codec, its SDP
-//!   reader): ICE-lite, DTLS in the role the relay's answer leaves it, SRTP, Opus-like audio
-//!   every 20 ms, sender reports every 5 s.
+//! - [`wa::WaPeer`]: WhatsApp's media endpoint as the relay sees it. Everything Meta does
+//!   before media (SDP, ICE-lite, DTLS in the role the relay's answer leaves it, SDES) is the
+//!   e2e emulator's [`e2e::meta::MetaLink`], the same code the e2e tests run; the media on top
+//!   is this crate's: Opus-like audio every 20 ms, sender reports every 5 s.
 //! - [`sip::SipPeer`]: a SIP media server's leg: plain RTP every 20 ms, sender reports.
 //!
-//! Why not drive `e2e::meta::MetaCore` itself: it records every received packet (with a copy
-//! of its payload) for test assertions and has no way to forget them, and it allocates several
-//! times per packet. A load test runs millions of packets, so the peers here keep counters and
-//! histograms instead, and use the relay's in-place SRTP for the media (the e2e tests cover
-//! interoperability with an independent SRTP stack).
+//! Why not `e2e::meta::MetaCore` whole: its media records every received packet (with a copy of
+//! its payload) for test assertions, on an SRTP stack that allocates per packet. A load test
+//! runs millions of packets, so the media here keeps counters and histograms instead and uses
+//! the relay's in-place SRTP (the e2e tests cover interoperability with an independent SRTP
+//! stack).
 
 pub mod media;
-pub mod meta;
 pub mod sip;
+pub mod wa;

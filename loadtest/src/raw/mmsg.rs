@@ -3,20 +3,24 @@
 //! system calls (including the `recvmmsg` that finds the socket empty), which is what
 //! `compare`'s "syscalls per packet" reports for the forwarders. No allocation after `new`.
 
+#![allow(unsafe_code)] // the I/O system calls; each block says why it is sound
+
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+
+use socket2::{SockAddr, SockAddrStorage};
 
 pub const BATCH: usize = 32;
 const BUF: usize = 2048;
 
 pub struct ForwardBatch {
     bufs: Box<[[u8; BUF]]>,
-    /// Sources of the datagrams received.
-    from: Box<[libc::sockaddr_in]>,
+    /// Sources of the datagrams received, as the kernel wrote them.
+    from: Box<[libc::sockaddr_storage]>,
     /// Destinations of the datagrams to send (index into `bufs`).
-    to: Box<[libc::sockaddr_in]>,
+    to: Box<[SockAddr]>,
     lens: [usize; BATCH],
     recv_iov: Box<[libc::iovec]>,
     recv_msgs: Box<[libc::mmsghdr]>,
@@ -62,7 +66,9 @@ impl ForwardBatch {
         ForwardBatch {
             bufs: vec![[0u8; BUF]; BATCH].into_boxed_slice(),
             from: (0..BATCH).map(|_| zeroed()).collect(),
-            to: (0..BATCH).map(|_| zeroed()).collect(),
+            to: (0..BATCH)
+                .map(|_| SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0))))
+                .collect(),
             lens: [0; BATCH],
             recv_iov: iov(),
             recv_msgs: (0..BATCH).map(|_| zeroed()).collect(),
@@ -86,8 +92,8 @@ impl ForwardBatch {
                 iov_len: BUF,
             };
             let h = &mut self.recv_msgs[i].msg_hdr;
-            h.msg_name = (&mut self.from[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut self.from[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut self.recv_iov[i];
             h.msg_iovlen = 1;
             h.msg_control = std::ptr::null_mut();
@@ -119,40 +125,35 @@ impl ForwardBatch {
         Ok(self.received)
     }
 
-    /// The source of received datagram `i` (IPv4: the forwarders bind 127.0.0.1).
-    pub fn source(&self, i: usize) -> SocketAddrV4 {
-        let a = &self.from[i];
-        SocketAddrV4::new(
-            u32::from_be(a.sin_addr.s_addr).into(),
-            u16::from_be(a.sin_port),
-        )
+    /// The source of received datagram `i`; `None` past those received or for a family other
+    /// than IP.
+    pub fn source(&self, i: usize) -> Option<SocketAddr> {
+        let from = self.from.get(..self.received)?.get(i)?;
+        let len = self.recv_msgs[i].msg_hdr.msg_namelen;
+        let mut storage = SockAddrStorage::zeroed();
+        // SAFETY: sockaddr_storage is one of this platform's sockaddr types (view_as checks
+        // the size); `from` is a plain copy of what the kernel wrote.
+        unsafe { *storage.view_as::<libc::sockaddr_storage>() = *from };
+        // SAFETY: the storage is wholly initialised (zeroed, then the kernel's bytes) and
+        // `len`, the length the kernel wrote, is within it.
+        unsafe { SockAddr::new(storage, len) }.as_socket()
     }
 
     /// Queues received datagram `i` for `to`.
     pub fn forward(&mut self, i: usize, to: SocketAddr) {
-        let SocketAddr::V4(to) = to else {
-            self.send_errors += 1;
-            return;
-        };
         if i >= self.received {
             return;
         }
         let q = self.queued;
-        self.to[i] = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: to.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*to.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
+        self.to[i] = SockAddr::from(to);
         self.send_iov[q] = libc::iovec {
             iov_base: self.bufs[i].as_mut_ptr().cast(),
             iov_len: self.lens[i],
         };
         let h = &mut self.send_msgs[q].msg_hdr;
-        h.msg_name = (&mut self.to[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // sendmmsg only reads the name; the pointer is mutable in the C struct's type alone.
+        h.msg_name = self.to[i].as_ptr().cast_mut().cast();
+        h.msg_namelen = self.to[i].len();
         h.msg_iov = &mut self.send_iov[q];
         h.msg_iovlen = 1;
         h.msg_control = std::ptr::null_mut();
@@ -212,7 +213,7 @@ mod tests {
         while got < 3 {
             let n = batch.recv(fwd.as_raw_fd()).unwrap();
             for i in 0..n {
-                assert_eq!(SocketAddr::V4(batch.source(i)), a.local_addr().unwrap());
+                assert_eq!(batch.source(i), Some(a.local_addr().unwrap()));
                 batch.forward(i, b.local_addr().unwrap());
             }
             batch.send(fwd.as_raw_fd());

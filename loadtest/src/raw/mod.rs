@@ -35,7 +35,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::Serialize;
 
-use crate::generator::{current_tid, pin_current_thread, set_buffers};
+use crate::os::{current_tid, pin_current_thread, set_buffers};
 use mmsg::ForwardBatch;
 
 const WAKER: Token = Token(usize::MAX);
@@ -372,7 +372,7 @@ fn run_single(
             }
             while let Ok(n @ 1..) = batch.recv(fd) {
                 for k in 0..n {
-                    if let Some(to) = routes.get(&SocketAddr::V4(batch.source(k))) {
+                    if let Some(to) = batch.source(k).and_then(|s| routes.get(&s)) {
                         batch.forward(k, *to);
                     }
                 }

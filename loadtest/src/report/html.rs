@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use crate::cli::{ModeReport, Report};
 use crate::hist::Bucket;
+use crate::report::Slo;
+use crate::report::{ModeReport, Report};
 use crate::report::{RunReport, table};
-use crate::session::Slo;
 
 /// The drawing's own units; the SVG scales to the page's width (viewBox, width 100 %).
 const W: f64 = 1000.0;
@@ -457,14 +457,9 @@ fn summary(r: &RunReport) -> String {
     if let Some(c) = &r.relay {
         let _ = write!(
             s,
-            "<tr><th>relay counters ({} calls)</th><td>WhatsApp rx {} tx {}, internal rx {} tx {}, dropped {}, authentication failures {}</td></tr>",
+            "<tr><th>relay counters ({} calls)</th><td>{}</td></tr>",
             c.calls,
-            c.whatsapp_received,
-            c.whatsapp_sent,
-            c.internal_received,
-            c.internal_sent,
-            c.dropped,
-            c.auth_failures
+            esc(&c.counts())
         );
     }
     s.push_str("</table>");
@@ -660,7 +655,7 @@ pub fn render(report: &Report) -> String {
                 );
             }
             body.push_str("</table>");
-            let by = |f: &dyn Fn(&crate::session::StepReport) -> Option<f64>| {
+            let by = |f: &dyn Fn(&crate::report::StepReport) -> Option<f64>| {
                 ramp.steps
                     .iter()
                     .filter_map(|s| f(s).map(|v| (s.calls as f64, v)))
@@ -745,11 +740,11 @@ pub fn render(report: &Report) -> String {
         }
         ModeReport::Compare { compare } => {
             body.push_str("<h2>Side by side</h2><table><tr>");
-            for h in crate::cli::CompareEntry::COLUMNS {
+            for h in crate::report::CompareEntry::COLUMNS {
                 let _ = write!(body, "<th>{}</th>", esc(h));
             }
             body.push_str("</tr>");
-            let cols = crate::cli::CompareEntry::COLUMNS.len();
+            let cols = crate::report::CompareEntry::COLUMNS.len();
             for e in compare {
                 match e.cells() {
                     Some(cells) => {

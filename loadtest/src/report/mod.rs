@@ -1,6 +1,26 @@
 //! What a run reports: the final table, JSON (serde) and the HTML report ([`html`]).
+//!
+//! - this file: one run's report ([`RunReport`]: per direction, resources, the generator's
+//!   health, the timeline) and its text table;
+//! - [`document`]: the whole `--json` file ([`Report`]: command, machine, settings, result);
+//! - one file per mode that reports more than a run: [`ramp`], [`capacity`], [`overload`],
+//!   [`compare`]; [`slo`]: the service level those modes judge by;
+//! - [`html`]: the self-contained HTML report.
 
+pub mod capacity;
+pub mod compare;
+pub mod document;
 pub mod html;
+pub mod overload;
+pub mod ramp;
+pub mod slo;
+
+pub use capacity::{CapacityReport, Probe};
+pub use compare::CompareEntry;
+pub use document::{Machine, ModeReport, Report, Settings, load_average};
+pub use overload::OverloadReport;
+pub use ramp::{RampReport, StepReport};
+pub use slo::Slo;
 
 use std::collections::BTreeMap;
 
@@ -127,6 +147,22 @@ pub struct RelayCounters {
     pub internal_sent: u64,
     pub dropped: u64,
     pub auth_failures: u64,
+}
+
+impl RelayCounters {
+    /// "WhatsApp rx .. tx .., internal rx .. tx .., dropped .., auth failures ..", as the table
+    /// and the HTML report show them.
+    pub fn counts(&self) -> String {
+        format!(
+            "WhatsApp rx {} tx {}, internal rx {} tx {}, dropped {}, auth failures {}",
+            self.whatsapp_received,
+            self.whatsapp_sent,
+            self.internal_received,
+            self.internal_sent,
+            self.dropped,
+            self.auth_failures
+        )
+    }
 }
 
 /// Where setup time goes.
@@ -467,16 +503,7 @@ pub fn table(r: &RunReport) -> String {
     if let Some(c) = &r.relay {
         line(
             &mut o,
-            format!(
-                "relay counters ({} calls): whatsapp rx {} tx {}, internal rx {} tx {}, dropped {}, auth failures {}",
-                c.calls,
-                c.whatsapp_received,
-                c.whatsapp_sent,
-                c.internal_received,
-                c.internal_sent,
-                c.dropped,
-                c.auth_failures
-            ),
+            format!("relay counters ({} calls): {}", c.calls, c.counts()),
         );
     }
     o

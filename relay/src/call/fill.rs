@@ -25,6 +25,13 @@ use std::time::{Duration, Instant};
 /// Frames a late fill tick sends at once at most; beyond, it skips to the newest slot.
 pub const MAX_CATCH_UP: u32 = 5;
 
+/// A fill frame whose slot is due while datagrams wait unread on the internal leg's socket
+/// (a shard behind its load: the packet fill would stand in for may be among them) waits for
+/// them to be read, at most this long past its slot. The bound keeps a stream of junk on the
+/// internal port from silencing the call toward Meta; a shard further behind than this loses
+/// media to lateness anyway.
+pub const MAX_DEFER: Duration = Duration::from_millis(200);
+
 /// How long a largest-gap observation is remembered (between one and two of these).
 const GAP_MEMORY: Duration = Duration::from_secs(10);
 

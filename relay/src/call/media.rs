@@ -425,6 +425,14 @@ impl Call {
             let Some(slot) = self.next_fill_at().filter(|t| *t <= now) else {
                 return;
             };
+            // The internal packet this frame would stand in for may be waiting unread: let it
+            // be read first (the engine runs the call again next turn). Asked only when a
+            // frame is due, so a system call at most per fill, none per packet.
+            if now.saturating_duration_since(slot) < fill::MAX_DEFER
+                && out.queued(self.legs[INT].via)
+            {
+                return;
+            }
             let ptime = self.cfg.ptime;
             let behind = now.duration_since(slot);
             let owed = behind.as_nanos() / ptime.as_nanos().max(1);

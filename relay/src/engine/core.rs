@@ -119,6 +119,12 @@ pub(crate) trait ShardIo {
     fn detach_socket(&mut self, key: SockKey) {
         let _ = key;
     }
+    /// Are datagrams waiting unread on socket `key` (in the kernel's queue, not yet handed to
+    /// the core)? Asked when a call's silence fill is due, never per packet. Unknown keys: no.
+    fn queued(&mut self, key: SockKey) -> bool {
+        let _ = key;
+        false
+    }
 }
 
 /// Requests from the control plane. Replies go back on tokio oneshots (a plain send, no
@@ -257,6 +263,13 @@ impl<I: ShardIo> Outbox for SlotOutbox<'_, I> {
             to,
             data,
         );
+    }
+
+    fn queued(&mut self, via: SocketRef) -> bool {
+        self.io.queued(SockKey {
+            call: self.call,
+            socket: via.index() as u16,
+        })
     }
 }
 

@@ -43,6 +43,10 @@ struct Recorder {
     sends: u64,
     /// The last datagram sent, if kept.
     last: Vec<u8>,
+    /// Sockets whose kernel queue holds a datagram the core has not been handed yet.
+    queued: Vec<SockKey>,
+    /// How often the core asked.
+    queue_checks: u64,
 }
 
 impl ShardIo for Recorder {
@@ -73,6 +77,11 @@ impl ShardIo for Recorder {
 
     fn detach_socket(&mut self, key: SockKey) {
         self.ops.push(IoOp::DetachSocket(key));
+    }
+
+    fn queued(&mut self, key: SockKey) -> bool {
+        self.queue_checks += 1;
+        self.queued.contains(&key)
     }
 }
 
@@ -538,4 +547,97 @@ fn timers_due_follows_the_earliest_deadline() {
         .arm(&mut armed, 0, 0, Some(now + Duration::from_millis(5)));
     assert!(!sh.core.timers_due(now));
     assert!(sh.core.timers_due(now + Duration::from_millis(5)));
+}
+
+/// Silence fill never stands in for an internal packet that is already waiting in the socket
+/// (a shard behind its load): while the driver reports the internal socket's queue non-empty,
+/// the due fill frame waits, the call is run again next turn, and the packet, once handed in,
+/// is forwarded (not refused as late). With the queue empty, fill runs as before; and a queue
+/// that never drains (junk on the internal port) delays fill by at most `fill::MAX_DEFER`.
+#[test]
+fn fill_never_fires_for_a_stream_whose_packet_is_already_waiting() {
+    let mut s = Shard::new();
+    let _meta = s.insert("c", CallConfig::default());
+    s.open_gate("c").expect("gate");
+    let internal = key(0, 0, SocketRef::Internal);
+    let wa = key(0, 0, SocketRef::WaV4);
+    let mut from_server = RtpSource::new(0xbbbb, INTERNAL_OPUS_PT, 200, 0);
+    let mut buf = [0u8; 2048];
+    let ptime = Duration::from_millis(20);
+    let to_meta = |io: &Recorder| {
+        io.ops
+            .iter()
+            .filter(|o| matches!(o, IoOp::Send { via, to, .. } if *via == wa && *to == META))
+            .count()
+    };
+    // Steady internal media: one packet every 20 ms, each forwarded to Meta.
+    let mut feed = |s: &mut Shard, buf: &mut [u8; 2048]| {
+        let n = from_server.write_next(buf, 160);
+        s.core
+            .on_datagram(s.now, internal, Some(MEDIA_SERVER), buf, n, &mut s.io);
+    };
+    for _ in 0..50 {
+        s.io.ops.clear();
+        feed(&mut s, &mut buf);
+        assert_eq!(to_meta(&s.io), 1, "{:?}", s.io.ops);
+        s.now += ptime;
+        s.core.run_timers(s.now, &mut s.io);
+    }
+
+    // The shard falls behind: the next packets sit in the internal socket while the clock runs
+    // past the fill deadline (fill_after: 60 ms). Turn after turn, 1 ms apart, for 150 ms: no
+    // silence goes to Meta, though the call is due and asked.
+    s.io.queued.push(internal);
+    s.io.ops.clear();
+    let checks = s.io.queue_checks;
+    for _ in 0..150 {
+        s.now += Duration::from_millis(1);
+        s.core.run_timers(s.now, &mut s.io);
+    }
+    assert_eq!(to_meta(&s.io), 0, "fill while media waits: {:?}", s.io.ops);
+    assert!(s.io.queue_checks > checks, "the core never asked");
+    // The call stays due, so the driver keeps turning without a long wait.
+    assert!(s.core.next_wake() <= s.now + TIMER_SLACK);
+
+    // The waiting packets are handed in: forwarded, none refused as late.
+    s.io.queued.clear();
+    let late_before = s.get("c").unwrap().internal.dropped;
+    for _ in 0..3 {
+        s.io.ops.clear();
+        feed(&mut s, &mut buf);
+        assert_eq!(to_meta(&s.io), 1, "{:?}", s.io.ops);
+    }
+    assert_eq!(s.get("c").unwrap().internal.dropped, late_before);
+
+    // Real silence (nothing queued): fill starts once the call's fill wait has passed, as
+    // before (the 150 ms gap just seen stretched that wait toward fill_after_max).
+    s.io.ops.clear();
+    for _ in 0..400 {
+        s.now += Duration::from_millis(1);
+        s.core.run_timers(s.now, &mut s.io);
+    }
+    assert!(to_meta(&s.io) >= 5, "no fill in silence: {:?}", s.io.ops);
+
+    // A queue that never drains (junk on the internal port): fill is late by at most MAX_DEFER.
+    for _ in 0..10 {
+        feed(&mut s, &mut buf);
+        s.now += ptime;
+        s.core.run_timers(s.now, &mut s.io);
+    }
+    s.io.queued.push(internal);
+    s.io.ops.clear();
+    let mut first_fill = None;
+    for ms in 1..=600u64 {
+        s.now += Duration::from_millis(1);
+        s.core.run_timers(s.now, &mut s.io);
+        if first_fill.is_none() && to_meta(&s.io) > 0 {
+            first_fill = Some(ms);
+        }
+    }
+    let first = first_fill.expect("fill never came");
+    let bound = CallConfig::default().fill_after_max + crate::call::fill::MAX_DEFER + ptime;
+    assert!(
+        Duration::from_millis(first) <= bound,
+        "fill {first} ms after the last packet (bound {bound:?})"
+    );
 }

@@ -231,6 +231,38 @@ fn epoll_forwards_both_ways_without_allocating() {
     forwards_both_ways_without_allocating(Rig::new(EpollDriver::new));
 }
 
+/// io_uring: forwarded media leaves straight from the receive buffer it arrived in (no copy
+/// into the send slab), and every buffer goes back to the ring once its send completed: with a
+/// ring of 4 buffers, 500 exchanges would stall on the first one held back.
+#[test]
+fn io_uring_sends_from_the_receive_buffer_and_gives_it_back() {
+    let cfg = UringConfig {
+        recv_buffers: 4,
+        ..UringConfig::default()
+    };
+    let Some(mut rig) = Rig::new(|w| UringDriver::with_config(w, cfg)) else {
+        return;
+    };
+    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
+    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    for _ in 0..500 {
+        assert!(rig.exchange(&mut meta_src, &mut server_src));
+    }
+    // Both directions forward in place (RTCP and silence are built in the call's scratch).
+    assert!(
+        rig.driver.zero_copy_sends() >= 1000,
+        "{} zero-copy sends",
+        rig.driver.zero_copy_sends()
+    );
+    rig.turn();
+    rig.turn();
+    assert_eq!(
+        rig.driver.rx_held(),
+        0,
+        "a receive buffer was never given back"
+    );
+}
+
 /// io_uring: a whole turn's datagrams on many sockets cost one `io_uring_enter`.
 #[test]
 fn io_uring_harvests_many_sockets_in_one_enter() {

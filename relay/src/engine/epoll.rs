@@ -13,7 +13,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey};
 use crate::engine::driver::{Driver, Waker};
-use crate::engine::udp::{BATCH, RecvBatch, SendBatch};
+use crate::engine::udp::{BATCH, RecvBatch, SendBatch, has_queued};
 use crate::engine::{IO_SYSCALLS, IoSyscall};
 
 /// The waker's token: the top bits, which no [`SockKey::encode`] sets.
@@ -52,6 +52,10 @@ impl ShardIo for EpollIo {
             Some(fd) => self.send.push(fd, to, data),
             None => self.send_dropped += 1,
         }
+    }
+
+    fn queued(&mut self, key: SockKey) -> bool {
+        self.fd(key).is_some_and(has_queued)
     }
 
     fn attach(&mut self, call: SlotKey, sockets: Vec<Option<UdpSocket>>) {

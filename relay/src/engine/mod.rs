@@ -480,22 +480,29 @@ impl EngineHandle {
 
     fn pick_shard(&self) -> Result<usize, ApiError> {
         let limit = self.max_shard_busy();
+        let call_pps = snapshot::nominal_call_pps(self.inner.cfg.call.ptime);
+        // Each shard's busy share with its calls' media flowing and this call added: the
+        // measured share trails admission by a second or more (snapshot::projected_busy).
         let busy: Vec<f64> = self
             .inner
             .shards
             .iter()
             .map(|s| {
-                s.totals
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .busy_ratio
+                let t = s.totals.lock().unwrap_or_else(|p| p.into_inner());
+                snapshot::projected_busy(
+                    t.busy_ratio,
+                    t.packets_per_second,
+                    t.calls,
+                    s.stats.calls.load(Ordering::Relaxed) as u64,
+                    call_pps,
+                )
             })
             .collect();
         if snapshot::overloaded(busy.iter().copied(), limit) {
             let least = busy.iter().copied().fold(f64::INFINITY, f64::min);
             return Err(ApiError::Unavailable(format!(
-                "{OVERLOADED}: the least busy shard worked {:.0}% of the last second \
-                 (limit {:.0}%)",
+                "{OVERLOADED}: the least busy shard would work {:.0}% of a second with its \
+                 calls and this one (limit {:.0}%)",
                 least * 100.0,
                 limit * 100.0
             )));

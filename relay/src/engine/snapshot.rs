@@ -192,6 +192,50 @@ impl MetricsSnapshot {
     }
 }
 
+/// Packets (in + out) per second a call moves at packet time `ptime` when both legs talk: one
+/// datagram each way on each leg per packet time.
+pub fn nominal_call_pps(ptime: std::time::Duration) -> f64 {
+    4.0 / ptime.as_secs_f64().max(0.001)
+}
+
+/// Below this many packets per second (50 calls at 20 ms) a shard's busy share is mostly fixed
+/// work (timers, the once-a-second publish) and time spent waiting for a contended CPU, not a
+/// cost per packet worth extrapolating: with one call measured, the projection would double
+/// whatever the share is, and on a busy machine refuse a shard's second call. Admission reads
+/// the measured share as it is there, as before; the projection matters at the edge, hundreds
+/// of calls up.
+const PROJECT_MIN_PPS: u64 = 10_000;
+
+/// A shard's busy share once its calls' media flows, one more call included: the measured cost
+/// per packet (`busy` ÷ `packets_per_second`, both over the last published second, when
+/// `measured_calls` were up) times the packet rate of `calls_now + 1` calls, each at least
+/// `call_pps` (a call admitted since the last publish, or whose media has not started yet, is
+/// counted at its nominal rate before the measurement sees it). Never below `busy`.
+///
+/// Why: the measured share trails admission by a second or more (one publish interval, plus
+/// setup until media flows), so at 25-50 setups a second admission on `busy` alone lets
+/// dozens of calls past the limit before it sees them (BENCHMARKS.md, 2026-12-05: demand 0.26
+/// with 748 calls up, 0.90 with 750). The projection counts every admitted call at once.
+pub fn projected_busy(
+    busy: f64,
+    packets_per_second: u64,
+    measured_calls: u64,
+    calls_now: u64,
+    call_pps: f64,
+) -> f64 {
+    if packets_per_second < PROJECT_MIN_PPS || busy.is_nan() || busy <= 0.0 {
+        return busy;
+    }
+    let pps = packets_per_second as f64;
+    let cost = busy / pps;
+    let per_call = if measured_calls > 0 {
+        (pps / measured_calls as f64).max(call_pps)
+    } else {
+        call_pps
+    };
+    busy.max(cost * per_call * (calls_now + 1) as f64)
+}
+
 /// True when no shard is below `limit` (and there is at least one shard).
 pub fn overloaded(busy: impl Iterator<Item = f64>, limit: f64) -> bool {
     if limit >= 1.0 {
@@ -205,4 +249,93 @@ pub fn overloaded(busy: impl Iterator<Item = f64>, limit: f64) -> bool {
         shards += 1;
     }
     shards > 0
+}
+
+#[cfg(test)]
+mod projection_tests {
+    use super::*;
+    use std::time::Duration;
+
+    const PPS: f64 = 200.0; // 20 ms packets
+
+    #[test]
+    fn nominal_rate_is_four_streams_at_the_packet_time() {
+        assert_eq!(nominal_call_pps(Duration::from_millis(20)), PPS);
+    }
+
+    /// Calls admitted since the last publish count at their packet rate before any measurement
+    /// sees them; with no new calls the projection is the measured share plus one call.
+    #[test]
+    fn calls_not_yet_measured_count_at_their_rate() {
+        // 700 calls measured at 0.80 of a core, 140,000 packets/s.
+        let p = |now| projected_busy(0.80, 140_000, 700, now, PPS);
+        assert!((p(700) - 0.80 * 701.0 / 700.0).abs() < 1e-9);
+        // 80 more admitted meanwhile: 0.80 measured, but 781 calls' worth projected.
+        assert!(p(780) < 0.9);
+        assert!(p(788) > 0.9, "{}", p(788));
+        // A shard that just lost calls is never projected below its measured share.
+        assert_eq!(p(100), 0.80);
+        // Idle or lightly loaded shards: the measured share as it is (one call on a contended
+        // machine reading 0.5 must not project to 1.0 for the second).
+        assert_eq!(projected_busy(0.01, 100, 1, 50, PPS), 0.01);
+        assert_eq!(projected_busy(0.50, 200, 1, 1, PPS), 0.50);
+        assert_eq!(projected_busy(0.50, 9_999, 49, 49, PPS), 0.50);
+        assert_eq!(projected_busy(0.0, 0, 0, 0, PPS), 0.0);
+        assert!(projected_busy(f64::NAN, 9_000, 10, 10, PPS).is_nan());
+    }
+
+    /// Calls still setting up (no media yet) in the measurement do not dilute the cost per
+    /// call: each counts at least at the nominal rate.
+    #[test]
+    fn silent_calls_in_the_measurement_count_at_the_nominal_rate() {
+        // 500 calls, only 250 with media flowing: 50,000 packets/s at 0.40.
+        let p = projected_busy(0.40, 50_000, 500, 500, PPS);
+        assert!((p - 0.40 / 50_000.0 * PPS * 501.0).abs() < 1e-9, "{p}");
+    }
+
+    /// The edge, simulated: a shard whose true demand is 4 µs per packet, calls set up at 50
+    /// a second, media starting 0.5 s after admission, the busy share published once a second
+    /// (as the shard does), admission limit 0.9. On the measured share alone, admission lets
+    /// calls past the limit for the second and a half the measurement trails; on the projection
+    /// it stops within a call of it.
+    #[test]
+    fn projected_admission_stops_at_the_edge_where_measured_share_overshoots() {
+        fn run(project: bool) -> (u64, f64) {
+            const COST: f64 = 4e-6;
+            let limit = 0.9;
+            let media_after = 25; // steps (0.5 s)
+            let mut admitted_at: Vec<u64> = Vec::new();
+            let (mut busy, mut pps, mut measured) = (0.0f64, 0u64, 0u64);
+            for t in 0..(30 * 50u64) {
+                // Once a second: publish what the last second measured.
+                if t % 50 == 0 {
+                    let flowing = admitted_at
+                        .iter()
+                        .filter(|&&a| a + media_after <= t)
+                        .count();
+                    pps = (flowing as f64 * PPS) as u64;
+                    busy = pps as f64 * COST;
+                    measured = admitted_at.len() as u64;
+                }
+                let calls_now = admitted_at.len() as u64;
+                let b = if project {
+                    projected_busy(busy, pps, measured, calls_now, PPS)
+                } else {
+                    busy
+                };
+                if !overloaded(std::iter::once(b), limit) {
+                    admitted_at.push(t);
+                }
+            }
+            let n = admitted_at.len() as u64;
+            (n, n as f64 * PPS * COST)
+        }
+        let edge = (0.9 / (PPS * 4e-6)) as u64; // 1,125 calls
+        let (n, demand) = run(true);
+        assert!(n <= edge + 1 && n + 60 >= edge, "{n} admitted, edge {edge}");
+        assert!(demand <= 0.9 + PPS * 4e-6, "{demand}");
+        let (n_raw, demand_raw) = run(false);
+        assert!(n_raw >= edge + 20, "measured share alone admitted {n_raw}");
+        assert!(demand_raw > 0.9 + 0.01, "{demand_raw}");
+    }
 }

@@ -391,6 +391,16 @@ impl SendBatch {
 }
 
 /// The source address the kernel wrote into `ss`; `None` for a family we don't speak.
+/// Does the socket's receive queue hold a datagram (`FIONREAD`, which for UDP is the size of
+/// the next one)? One system call: asked when a call's silence fill is due, not per packet.
+/// An error (a closed descriptor) reads as empty.
+pub(crate) fn has_queued(fd: RawFd) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to a live local.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    r == 0 && n > 0
+}
+
 pub fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as libc::c_int {
         libc::AF_INET => {

@@ -10,8 +10,11 @@
 //! The ring is set up with `IORING_SETUP_SINGLE_ISSUER` + `DEFER_TASKRUN` (the shard thread is
 //! the only submitter, and the kernel runs completion work only when we ask for events). The
 //! issue's prototype measured io_uring without them WORSE than epoll: completion work then
-//! interrupts the thread at every packet. Registered files and buffers are not used: the send
-//! path copies into a slab the ring reads from, and file lookups were not visible in profiles.
+//! interrupts the thread at every packet. Sockets are registered files (a table sized to the
+//! open-file limit; past it, by descriptor): `fget` + `sock_from_file` per send were 5.9 % of
+//! the shard's CPU, 3.3 % with registered files (perf, 2026-12-05 session 8). Forwarded media
+//! is sent straight from the receive buffer it arrived in ([`UringConfig::zero_copy`]); other
+//! sends are copied into a slab the ring reads from.
 //!
 //! user_data: a receive carries its [`SockKey`] (slot, socket index, generation), so a
 //! completion for a removed call is recognised even after its slot was reused. The top two bits
@@ -31,7 +34,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey};
 use crate::engine::driver::{Driver, Waker};
-use crate::engine::udp::{BUF_SIZE, sockaddr_to_std, std_to_sockaddr};
+use crate::engine::udp::{BUF_SIZE, has_queued, sockaddr_to_std, std_to_sockaddr};
 use crate::engine::{IO_SYSCALLS, IoSyscall};
 
 /// Tags in user_data's top two bits (a receive's [`SockKey::encode`] leaves them at zero).
@@ -90,6 +93,10 @@ pub(crate) struct UringConfig {
     /// address after that. Not safe for production: a connected socket no longer receives from
     /// other sources (a new ICE candidate, a transfer's new peer before our first send).
     pub connect: bool,
+    /// Send a datagram that lies in the receive buffer it arrived in straight from there (the
+    /// buffer goes back to the ring when the send completes) instead of copying it into the
+    /// send slab.
+    pub zero_copy: bool,
 }
 
 impl Default for UringConfig {
@@ -104,8 +111,11 @@ impl Default for UringConfig {
             // latency (BENCHMARKS.md, issue 17).
             batch_wait_us: 200,
             batch_want: 32,
-            fixed_files: false,
+            // 2026-12-05 session 8: the per-send file lookup 5.9 % → 3.3 % of the shard's CPU,
+            // 5.3 vs 5.5 µs per packet (3 interleaved rounds; BENCHMARKS.md).
+            fixed_files: true,
             connect: false,
+            zero_copy: true,
         }
     }
 }
@@ -131,6 +141,7 @@ impl UringConfig {
                 "batch_want" => v.parse().ok().filter(|n| *n > 0).map(|n| c.batch_want = n),
                 "fixed_files" => v.parse().ok().map(|b: u8| c.fixed_files = b != 0),
                 "connect" => v.parse().ok().map(|b: u8| c.connect = b != 0),
+                "zero_copy" => v.parse().ok().map(|b: u8| c.zero_copy = b != 0),
                 _ => None,
             };
             if ok.is_none() {
@@ -149,7 +160,10 @@ struct BufRing {
     ring: *mut BufRingEntry,
     ring_len: usize,
     entries: u16,
-    bufs: Box<[[u8; BUF_SIZE]]>,
+    /// `entries` buffers (a leaked boxed slice, freed in `drop`): the kernel writes into them,
+    /// the core works on them in place and zero-copy sends read from them, so they are reached
+    /// through this pointer, never through a `Box` whose uniqueness that would contradict.
+    bufs: *mut [u8; BUF_SIZE],
     /// Our copy of the tail; published to the kernel after each batch.
     tail: u16,
 }
@@ -175,7 +189,8 @@ impl BufRing {
             ring: ptr.cast(),
             ring_len,
             entries,
-            bufs: vec![[0u8; BUF_SIZE]; usize::from(entries)].into_boxed_slice(),
+            bufs: Box::into_raw(vec![[0u8; BUF_SIZE]; usize::from(entries)].into_boxed_slice())
+                .cast(),
             tail: 0,
         };
         for bid in 0..entries {
@@ -189,7 +204,7 @@ impl BufRing {
     fn give_back(&mut self, bid: u16) {
         let mask = self.entries - 1;
         let i = usize::from(self.tail & mask);
-        let addr = self.bufs[usize::from(bid)].as_mut_ptr() as u64;
+        let addr = self.buf_ptr(bid) as u64;
         // SAFETY: i < entries, inside the mapping; the kernel reads only entries between
         // its head and the published tail, and this one is past the published tail.
         let e = unsafe { &mut *self.ring.add(i) };
@@ -197,6 +212,36 @@ impl BufRing {
         e.set_len(BUF_SIZE as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// The start of buffer `bid` (< `entries`).
+    fn buf_ptr(&self, bid: u16) -> *mut u8 {
+        debug_assert!(bid < self.entries);
+        // SAFETY: bid < entries: inside the allocation.
+        unsafe { self.bufs.add(usize::from(bid)).cast() }
+    }
+
+    /// Buffer `bid`'s bytes, while the core handles the datagram in it.
+    ///
+    /// # Safety
+    /// `bid` was handed to us by the kernel (it will not write the buffer until given back)
+    /// and no other reference to the buffer is live.
+    unsafe fn buf_mut<'a>(&self, bid: u16) -> Option<&'a mut [u8; BUF_SIZE]> {
+        if bid >= self.entries {
+            return None;
+        }
+        // SAFETY: in bounds (checked); exclusive per the caller's contract.
+        Some(unsafe { &mut *self.bufs.add(usize::from(bid)) })
+    }
+
+    /// Does `data` lie inside buffer `bid`?
+    fn holds(&self, bid: u16, data: &[u8]) -> bool {
+        if bid >= self.entries {
+            return false;
+        }
+        let start = self.buf_ptr(bid) as usize;
+        let p = data.as_ptr() as usize;
+        p >= start && p + data.len() <= start + BUF_SIZE
     }
 
     fn publish(&self) {
@@ -211,6 +256,13 @@ impl Drop for BufRing {
         // SAFETY: the mapping made in `new`; the ring (which reads it) is dropped before us
         // (field order in `UringDriver`).
         unsafe { libc::munmap(self.ring.cast(), self.ring_len) };
+        // SAFETY: the boxed slice leaked in `new`, with its length; nothing reads it any more.
+        drop(unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.bufs,
+                usize::from(self.entries),
+            ))
+        });
     }
 }
 
@@ -269,6 +321,67 @@ pub(crate) struct UringIo {
     /// Sends dropped because every send slot was in flight (counted in `send_errors` too).
     send_slots_full: u64,
     enters: u64,
+    /// Per send slot: the receive buffer it sends from ([`UringConfig::zero_copy`]), or
+    /// [`NO_RX`] for a copy in the slab.
+    slot_rx: Box<[u16]>,
+    /// Per receive buffer: references that keep it from the kernel (the core handling its
+    /// datagram, sends in flight from it). It goes back to the ring when they reach zero.
+    rx_refs: Box<[u16]>,
+    /// The receive buffer whose datagram the core is handling now.
+    rx_cur: Option<u16>,
+    /// Sends made straight from a receive buffer.
+    zero_copy_sends: u64,
+    /// Debug builds: what the zero-copy sends of the current datagram read, to prove after the
+    /// core is done with it that nothing wrote a region after pushing it (see `Outbox`).
+    #[cfg(debug_assertions)]
+    zc_check: ZeroCopyCheck,
+    /// The provided buffer ring. Last, so it is dropped after the ring that reads it.
+    bufs: BufRing,
+}
+
+/// [`UringIo::slot_rx`] of a send copied into the slab.
+const NO_RX: u16 = u16::MAX;
+
+/// Debug builds: fingerprints of the regions zero-copy sends read, checked when the core is done
+/// with the datagram (a write after a push would make the kernel send other bytes).
+#[cfg(debug_assertions)]
+#[derive(Default)]
+struct ZeroCopyCheck {
+    n: usize,
+    regions: [(usize, usize, u64); 4],
+}
+
+#[cfg(debug_assertions)]
+impl ZeroCopyCheck {
+    fn fingerprint(p: *const u8, len: usize) -> u64 {
+        // SAFETY: a region of a live receive buffer (checked by `BufRing::holds`).
+        let b = unsafe { std::slice::from_raw_parts(p, len) };
+        b.iter().fold(0xcbf29ce484222325u64, |h, &x| {
+            (h ^ u64::from(x)).wrapping_mul(0x100000001b3)
+        })
+    }
+
+    fn note(&mut self, data: &[u8]) {
+        if let Some(r) = self.regions.get_mut(self.n) {
+            *r = (
+                data.as_ptr() as usize,
+                data.len(),
+                Self::fingerprint(data.as_ptr(), data.len()),
+            );
+            self.n += 1;
+        }
+    }
+
+    fn verify(&mut self) {
+        for &(p, len, h) in &self.regions[..self.n] {
+            assert_eq!(
+                Self::fingerprint(p as *const u8, len),
+                h,
+                "a receive-buffer region was written after it was pushed (Outbox contract)"
+            );
+        }
+        self.n = 0;
+    }
 }
 
 impl UringIo {
@@ -324,9 +437,29 @@ impl UringIo {
         self.push(&sqe.user_data(tagged(TAG_RECV, key.encode())));
     }
 
-    /// A send completed: its slot is free again.
+    /// Drop one reference to receive buffer `bid`; the last one gives it back to the kernel
+    /// (visible at the next publish).
+    fn release_rx(&mut self, bid: u16) {
+        let Some(r) = self.rx_refs.get_mut(usize::from(bid)) else {
+            return;
+        };
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.bufs.give_back(bid);
+        }
+    }
+
+    /// A send completed: its slot is free again (and the receive buffer it sent from, if it
+    /// was the last reference).
     fn on_send_done(&mut self, slot: u64, result: i32) {
-        self.free.push(slot as u16);
+        let slot = slot as u16;
+        self.free.push(slot);
+        if let Some(rx) = self.slot_rx.get_mut(usize::from(slot)) {
+            let bid = std::mem::replace(rx, NO_RX);
+            if bid != NO_RX {
+                self.release_rx(bid);
+            }
+        }
         if result < 0 {
             self.send_errors += 1;
         } else {
@@ -354,21 +487,21 @@ impl UringIo {
             tracing::error!(error = %e, "io_uring submit (send slots full) failed");
         }
         self.after_submit();
-        let mut cq = self.ring.completion();
-        cq.sync();
-        for cqe in &mut cq {
+        loop {
+            let cqe = {
+                let mut cq = self.ring.completion();
+                cq.sync();
+                cq.next()
+            };
+            let Some(cqe) = cqe else { break };
             let ud = cqe.user_data();
             if ud >> TAG_SHIFT == TAG_SEND {
-                self.free.push((ud & PAYLOAD_MASK) as u16);
-                if cqe.result() < 0 {
-                    self.send_errors += 1;
-                } else {
-                    self.sent += 1;
-                }
+                self.on_send_done(ud & PAYLOAD_MASK, cqe.result());
             } else {
                 self.deferred.push(cqe);
             }
         }
+        self.bufs.publish();
     }
     /// A socket joining the ring: registered as a fixed file while a slot is free.
     fn sock_io(&mut self, sock: UdpSocket) -> SockIo {
@@ -395,6 +528,13 @@ impl UringIo {
 }
 
 impl ShardIo for UringIo {
+    fn queued(&mut self, key: SockKey) -> bool {
+        // Datagrams the kernel already moved into receive buffers were handed to the core by
+        // the collect before timers; what is left waits in the socket.
+        self.sock(key)
+            .is_some_and(|s| has_queued(s.sock.as_raw_fd()))
+    }
+
     fn send(&mut self, via: SockKey, to: SocketAddr, data: &[u8]) {
         if data.len() > BUF_SIZE {
             self.send_errors += 1;
@@ -417,8 +557,23 @@ impl ShardIo for UringIo {
             return;
         };
         let i = usize::from(slot);
-        self.send_bufs[i][..data.len()].copy_from_slice(data);
-        let buf = self.send_bufs[i].as_ptr();
+        // Straight from the receive buffer the datagram arrived in, when it lies there: the
+        // buffer stays ours until this send completes.
+        let rx = (self.rx_cur).filter(|&bid| self.cfg.zero_copy && self.bufs.holds(bid, data));
+        let buf = match rx {
+            Some(bid) => {
+                self.rx_refs[usize::from(bid)] += 1;
+                self.slot_rx[i] = bid;
+                self.zero_copy_sends += 1;
+                #[cfg(debug_assertions)]
+                self.zc_check.note(data);
+                data.as_ptr()
+            }
+            None => {
+                self.send_bufs[i][..data.len()].copy_from_slice(data);
+                self.send_bufs[i].as_ptr()
+            }
+        };
         let len = data.len() as u32;
         let sqe = match target {
             Target::Fd(fd) => opcode::Send::new(Fd(fd), buf, len),
@@ -531,6 +686,19 @@ impl ShardIo for UringIo {
     }
 }
 
+/// The process's soft limit on open files (a registered file table may not be larger).
+fn nofile_limit() -> u32 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit to a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    u32::try_from(r.rlim_cur).unwrap_or(u32::MAX)
+}
+
 /// [`UringConfig::connect`]: connect `sock` to `to` on its first send. True when the send may
 /// go without an address.
 fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
@@ -547,9 +715,7 @@ fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
 }
 
 pub(crate) struct UringDriver {
-    // Field order matters for drop: the ring (inside `io`) goes before the buffer ring it reads.
     io: UringIo,
-    bufs: BufRing,
     waker: Waker,
     /// Where the waker's eventfd read lands.
     waker_buf: Box<u64>,
@@ -585,15 +751,26 @@ impl UringDriver {
             // Before 6.12: no batched wait, the loop wakes at the first completion.
             cfg.batch_wait_us = 0;
         }
-        let fixed_free =
-            if cfg.fixed_files && ring.submitter().register_files_sparse(FIXED_FILES).is_ok() {
-                (0..FIXED_FILES).rev().collect()
-            } else {
-                Vec::new()
-            };
+        // The table may not exceed the open-file limit (the kernel refuses it with EMFILE:
+        // before 2026-12-05 a 65,536-slot table failed silently under a 20,000 limit, so
+        // `fixed_files=1` measured nothing).
+        let table = FIXED_FILES.min(nofile_limit());
+        let fixed_free = if !cfg.fixed_files {
+            Vec::new()
+        } else {
+            match ring.submitter().register_files_sparse(table) {
+                Ok(()) => (0..table).rev().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, slots = table,
+                        "io_uring registered file table refused; naming sockets by descriptor");
+                    Vec::new()
+                }
+            }
+        };
         waker.set_nonblocking(false)?;
         let bufs = BufRing::new(cfg.recv_buffers)?;
-        // SAFETY: the ring memory lives in `bufs`, which outlives the ring (field order).
+        // SAFETY: the ring memory lives in `bufs`, which outlives the ring (`UringIo`'s field
+        // order).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufs.ring as u64,
@@ -625,8 +802,14 @@ impl UringDriver {
                 send_errors: 0,
                 send_slots_full: 0,
                 enters: 0,
+                slot_rx: vec![NO_RX; slots].into_boxed_slice(),
+                rx_refs: vec![0; usize::from(cfg.recv_buffers)].into_boxed_slice(),
+                rx_cur: None,
+                zero_copy_sends: 0,
+                #[cfg(debug_assertions)]
+                zc_check: ZeroCopyCheck::default(),
+                bufs,
             },
-            bufs,
             waker,
             waker_buf: Box::new(0),
             cqes: (0..CQE_BATCH)
@@ -640,6 +823,19 @@ impl UringDriver {
         d.io.enters += 1;
         d.io.ring.submit()?;
         Ok(d)
+    }
+
+    /// Sends made straight from a receive buffer so far.
+    #[cfg(test)]
+    pub(crate) fn zero_copy_sends(&self) -> u64 {
+        self.io.zero_copy_sends
+    }
+
+    /// Receive buffers held back from the kernel now (a datagram being handled, sends in
+    /// flight from it).
+    #[cfg(test)]
+    pub(crate) fn rx_held(&self) -> usize {
+        self.io.rx_refs.iter().filter(|&&r| r > 0).count()
     }
 
     fn arm_waker(&mut self) {
@@ -668,10 +864,19 @@ impl UringDriver {
         let flags = cqe.flags();
         let result = cqe.result();
         if let Some(bid) = cqueue::buffer_select(flags) {
-            if result >= 0 {
-                self.deliver_buffer(key, bid, result as usize, now, core);
+            if let Some(r) = self.io.rx_refs.get_mut(usize::from(bid)) {
+                // The core's reference while it handles the datagram; sends from the buffer
+                // add theirs, and the last one gives it back.
+                *r += 1;
+                if result >= 0 {
+                    self.io.rx_cur = Some(bid);
+                    self.deliver_buffer(key, bid, result as usize, now, core);
+                    self.io.rx_cur = None;
+                    #[cfg(debug_assertions)]
+                    self.io.zc_check.verify();
+                }
+                self.io.release_rx(bid);
             }
-            self.bufs.give_back(bid);
         } else if result == -libc::ENOBUFS {
             // The buffer ring ran dry: the datagrams wait in the socket (the kernel drops,
             // and counts in UDP RcvbufErrors, what overflows it) and the receive is re-armed
@@ -699,7 +904,9 @@ impl UringDriver {
         now: Instant,
         core: &mut ShardCore,
     ) {
-        let Some(buf) = self.bufs.bufs.get_mut(usize::from(bid)) else {
+        // SAFETY: the kernel handed us `bid` with this completion and gets it back only when
+        // its references are gone; the core's borrow ends before this returns.
+        let Some(buf) = (unsafe { self.io.bufs.buf_mut(bid) }) else {
             return;
         };
         if written < PAYLOAD_AT {
@@ -799,9 +1006,9 @@ impl Driver for UringDriver {
                 let cqe = unsafe { self.cqes[i].assume_init_ref() }.clone();
                 self.on_completion(&cqe, now, core);
             }
-            self.bufs.publish();
+            self.io.bufs.publish();
         }
-        self.bufs.publish();
+        self.io.bufs.publish();
     }
 
     fn io(&mut self) -> &mut UringIo {

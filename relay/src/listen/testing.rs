@@ -3,6 +3,10 @@
 //! DTLS as the client, SRTP from the exported keys; it unprotects and keeps what the relay
 //! sends. Built from the relay's own ICE, DTLS and SRTP modules (each tested on its own against
 //! RFC vectors and other stacks); the real-browser test is e2e's Chromium one.
+//!
+//! Its transport ([`BrowserTransport`]: ICE, DTLS, keys) is also the call's in-memory browser
+//! agent's (`call::testing::BrowserPeer`, a WebRTC internal leg): the two differ only in their
+//! SDP and in what they do with media.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,17 +18,170 @@ use crate::net::{Outbox, SocketRef};
 use crate::srtp::SrtpSession;
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::stun;
+use crate::wire::stun::StunError;
 
 /// The supervisor's browser's address.
 pub const SUPERVISOR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 30, 0, 7)), 50100);
 /// Its one socket's label (it only matters to its own ICE agent).
 const SOCKET: SocketRef = SocketRef::new(0);
 
-pub struct Supervisor {
+/// A browser's transport in memory: full ICE as the controlling agent on one socket, DTLS over
+/// the selected pair once ICE connects, SRTP from the exported keys. Allocates nothing per
+/// packet once up (ICE events are kept only when asked).
+pub struct BrowserTransport {
     pub ice: ControllingAgent,
     dtls: Option<DtlsDriver>,
     identity: Arc<DtlsIdentity>,
+    /// The label of our one socket (it only matters to our own agent).
+    socket: SocketRef,
+    /// Both directions, once DTLS completed.
     pub srtp: Option<SrtpSession>,
+    /// Keep every ICE event in `ice_events`.
+    pub keep_ice_events: bool,
+    pub ice_events: Vec<IceEvent>,
+    /// The relay closed DTLS (close_notify).
+    pub dtls_closed: bool,
+    /// DTLS failures, in order.
+    pub dtls_failures: Vec<String>,
+    scratch: Vec<u8>,
+}
+
+impl BrowserTransport {
+    /// A transport at `local` (socket label `socket`) with ICE credentials `ufrag`/`pwd` and a
+    /// fresh certificate. Panics if it cannot be generated (test support).
+    pub fn new(
+        ufrag: &str,
+        pwd: &str,
+        socket: SocketRef,
+        local: SocketAddr,
+        now: Instant,
+    ) -> BrowserTransport {
+        let mut ice =
+            ControllingAgent::new(IceCredentials::new(ufrag, pwd), now, IceConfig::default());
+        ice.add_local(socket, local);
+        BrowserTransport {
+            ice,
+            dtls: None,
+            identity: Arc::new(DtlsIdentity::generate().expect("browser certificate")),
+            socket,
+            srtp: None,
+            keep_ice_events: false,
+            ice_events: Vec::new(),
+            dtls_closed: false,
+            dtls_failures: Vec::new(),
+            scratch: vec![0; 2048],
+        }
+    }
+
+    /// Our certificate's fingerprint, as SDP writes it.
+    pub fn fingerprint_sdp(&self) -> String {
+        self.identity.fingerprint().to_sdp_value()
+    }
+
+    /// Swap in another certificate after the SDP was written: the relay must refuse it.
+    pub fn use_other_certificate(&mut self) {
+        self.identity = Arc::new(DtlsIdentity::generate().expect("browser certificate"));
+    }
+
+    /// The relay's side from its SDP: its ICE credentials and candidates (address, priority),
+    /// and the fingerprint its certificate must have; we take DTLS role `role`.
+    pub fn set_remote(
+        &mut self,
+        creds: IceCredentials,
+        candidates: impl IntoIterator<Item = (SocketAddr, u32)>,
+        fingerprint: Fingerprint,
+        role: DtlsRole,
+        now: Instant,
+    ) {
+        self.ice.set_remote_credentials(creds);
+        for (addr, priority) in candidates {
+            self.ice.add_remote_candidate(addr, priority);
+        }
+        self.dtls = Some(DtlsDriver::new(
+            self.identity.clone(),
+            &DtlsConfig::default(),
+            role,
+            fingerprint,
+            now,
+        ));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.srtp.is_some()
+    }
+
+    /// A STUN message from `from`; replies go to `out`. Call [`Self::after_input`] next.
+    pub fn handle_stun(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut impl Outbox,
+    ) -> Result<(), StunError> {
+        let msg = stun::parse(data)?;
+        self.ice
+            .handle_stun(now, self.socket, from, &msg, data, out);
+        Ok(())
+    }
+
+    /// A DTLS record. Call [`Self::after_input`] next.
+    pub fn handle_dtls(&mut self, now: Instant, data: &[u8]) {
+        if let Some(d) = self.dtls.as_mut() {
+            d.handle_datagram(now, data);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.ice.poll_timeout(),
+            self.dtls.as_ref().and_then(|d| d.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.ice.handle_timeout(now, out);
+        if let Some(d) = self.dtls.as_mut() {
+            d.handle_timeout(now);
+        }
+        self.after_input(now, out);
+    }
+
+    /// Start DTLS once our nominated pair works; send its flights; take the keys.
+    pub fn after_input(&mut self, now: Instant, out: &mut impl Outbox) {
+        while let Some(ev) = self.ice.poll_event() {
+            if matches!(ev, IceEvent::Connected { .. })
+                && let Some(d) = self.dtls.as_mut()
+            {
+                d.start(now);
+            }
+            if self.keep_ice_events {
+                self.ice_events.push(ev);
+            }
+        }
+        let Some(d) = self.dtls.as_mut() else {
+            return;
+        };
+        if let Some((via, to)) = self.ice.selected() {
+            while let Some(n) = d.poll_transmit(&mut self.scratch) {
+                out.push(via, to, &self.scratch[..n]);
+            }
+        }
+        while let Some(ev) = d.poll_event() {
+            match ev {
+                DtlsEvent::Connected { keys, .. } => self.srtp = SrtpSession::new(&keys).ok(),
+                DtlsEvent::Closed => self.dtls_closed = true,
+                DtlsEvent::Failed(f) => self.dtls_failures.push(f.to_string()),
+            }
+        }
+    }
+}
+
+pub struct Supervisor {
+    /// Its ICE, DTLS and SRTP.
+    pub transport: BrowserTransport,
     /// Plaintext RTP received, in order (unless `keep` is off).
     pub got: Vec<Vec<u8>>,
     /// Keep what arrives in `got` (off: only count it, allocating nothing per packet).
@@ -42,17 +199,14 @@ pub struct Supervisor {
 impl Supervisor {
     /// A browser with a fresh certificate. Panics if it cannot be generated (test support).
     pub fn new(now: Instant) -> Supervisor {
-        let mut ice = ControllingAgent::new(
-            IceCredentials::new("Wq7b", "5Tg0s5hX2XJq6VQxE0m1qW2y"),
-            now,
-            IceConfig::default(),
-        );
-        ice.add_local(SOCKET, SUPERVISOR);
         Supervisor {
-            ice,
-            dtls: None,
-            identity: Arc::new(DtlsIdentity::generate().expect("browser certificate")),
-            srtp: None,
+            transport: BrowserTransport::new(
+                "Wq7b",
+                "5Tg0s5hX2XJq6VQxE0m1qW2y",
+                SOCKET,
+                SUPERVISOR,
+                now,
+            ),
             got: Vec::new(),
             keep: true,
             received: 0,
@@ -65,7 +219,7 @@ impl Supervisor {
     /// Chrome's offer for two `recvonly` audio transceivers (BUNDLE, actpass, rtcp-mux, Opus
     /// 111 among RED/G722/PCMU/telephone-event, an mDNS host candidate).
     pub fn offer(&self) -> String {
-        let creds = self.ice.local_credentials();
+        let creds = self.transport.ice.local_credentials();
         let section = |mid: u8| {
             format!(
                 "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 126\r\n\
@@ -83,7 +237,7 @@ impl Supervisor {
                  a=rtpmap:126 telephone-event/8000\r\n",
                 creds.ufrag,
                 creds.pwd,
-                self.identity.fingerprint().to_sdp_value()
+                self.transport.fingerprint_sdp()
             )
         };
         format!(
@@ -103,8 +257,7 @@ impl Supervisor {
                 .map(|v| v.trim().to_string())
                 .ok_or_else(|| format!("no a={name} in the answer"))
         };
-        self.ice
-            .set_remote_credentials(IceCredentials::new(attr("ice-ufrag")?, attr("ice-pwd")?));
+        let creds = IceCredentials::new(attr("ice-ufrag")?, attr("ice-pwd")?);
         let cand = attr("candidate")?;
         let f: Vec<&str> = cand.split(' ').collect();
         let (Some(prio), Some(ip), Some(port)) = (f.get(3), f.get(4), f.get(5)) else {
@@ -114,21 +267,15 @@ impl Supervisor {
             ip.parse().map_err(|e| format!("{e}"))?,
             port.parse().map_err(|e| format!("{e}"))?,
         );
-        self.ice
-            .add_remote_candidate(addr, prio.parse().map_err(|e| format!("{e}"))?);
+        let prio = prio.parse().map_err(|e| format!("{e}"))?;
         let fp = Fingerprint::parse_sdp_value(&attr("fingerprint")?).map_err(|e| e.to_string())?;
-        self.dtls = Some(DtlsDriver::new(
-            self.identity.clone(),
-            &DtlsConfig::default(),
-            DtlsRole::Client,
-            fp,
-            now,
-        ));
+        self.transport
+            .set_remote(creds, [(addr, prio)], fp, DtlsRole::Client, now);
         Ok(())
     }
 
     pub fn is_ready(&self) -> bool {
-        self.srtp.is_some()
+        self.transport.is_ready()
     }
 
     /// One datagram from the relay's fork socket at `from`; replies go to `out`.
@@ -143,18 +290,16 @@ impl Supervisor {
             return;
         }
         match classify(data) {
-            PacketKind::Stun => match stun::parse(data) {
-                Ok(msg) => self.ice.handle_stun(now, SOCKET, from, &msg, data, out),
-                Err(e) => self.trouble.push(format!("STUN: {e:?}")),
-            },
-            PacketKind::Dtls => {
-                if let Some(d) = self.dtls.as_mut() {
-                    d.handle_datagram(now, data);
+            PacketKind::Stun => {
+                if let Err(e) = self.transport.handle_stun(now, from, data, out) {
+                    self.trouble.push(format!("STUN: {e:?}"));
                 }
             }
+            PacketKind::Dtls => self.transport.handle_dtls(now, data),
             PacketKind::Rtp => {
                 let len = data.len();
                 match self
+                    .transport
                     .srtp
                     .as_mut()
                     .map(|s| s.rx.unprotect_rtp(&mut data[..len]))
@@ -179,49 +324,27 @@ impl Supervisor {
         if self.gone {
             return None;
         }
-        [
-            self.ice.poll_timeout(),
-            self.dtls.as_ref().and_then(|d| d.poll_timeout()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.transport.poll_timeout()
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.gone {
             return;
         }
-        self.ice.handle_timeout(now, out);
-        if let Some(d) = self.dtls.as_mut() {
-            d.handle_timeout(now);
-        }
-        self.after(now, out);
+        self.transport.handle_timeout(now, out);
+        self.after_transport();
     }
 
     fn after(&mut self, now: Instant, out: &mut impl Outbox) {
-        while let Some(ev) = self.ice.poll_event() {
-            if matches!(ev, IceEvent::Connected { .. })
-                && let Some(d) = self.dtls.as_mut()
-            {
-                d.start(now);
-            }
-        }
-        let Some(d) = self.dtls.as_mut() else {
-            return;
-        };
-        if let Some((via, to)) = self.ice.selected() {
-            let mut buf = [0u8; 2048];
-            while let Some(n) = d.poll_transmit(&mut buf) {
-                out.push(via, to, &buf[..n]);
-            }
-        }
-        while let Some(ev) = d.poll_event() {
-            match ev {
-                DtlsEvent::Connected { keys, .. } => self.srtp = SrtpSession::new(&keys).ok(),
-                DtlsEvent::Closed => self.closed = true,
-                DtlsEvent::Failed(f) => self.trouble.push(format!("DTLS: {f}")),
-            }
+        self.transport.after_input(now, out);
+        self.after_transport();
+    }
+
+    /// What the transport saw of DTLS: the relay closing it, failures (trouble).
+    fn after_transport(&mut self) {
+        self.closed |= self.transport.dtls_closed;
+        for f in self.transport.dtls_failures.drain(..) {
+            self.trouble.push(format!("DTLS: {f}"));
         }
     }
 }

@@ -258,6 +258,7 @@ fn checks_with_the_wrong_password_are_refused() {
     let cfg = CallConfig::default();
     let mut s = Sim::new(&cfg);
     s.sup
+        .transport
         .ice
         .set_remote_credentials(IceCredentials::new("nope", "wrongPasswordOf24Chars00"));
     s.run_for(Duration::from_secs(2));

@@ -2,19 +2,21 @@
 //! agent (every check carries USE-CANDIDATE, as Chrome's nominating checks do, and keeps
 //! sending consent checks), DTLS in whichever role the offer/answer gives it, SRTP from the
 //! exported keys. Built from the relay's own ICE, DTLS and SRTP modules (tested on their own
-//! against RFC vectors and other stacks); the e2e crate has an independent one.
+//! against RFC vectors and other stacks); the e2e crate has an independent one. The transport
+//! (ICE, DTLS, keys) is the listen-in's supervisor's too
+//! ([`BrowserTransport`](crate::listen::testing::BrowserTransport)); this adds Chrome's SDP and
+//! media.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use crate::dtls::{DtlsConfig, DtlsDriver, DtlsEvent, DtlsIdentity, DtlsRole, Fingerprint};
-use crate::ice::{ControllingAgent, IceConfig, IceCredentials, IceEvent};
+use crate::dtls::{DtlsRole, Fingerprint};
+use crate::ice::{IceCredentials, IceEvent};
+use crate::listen::testing::BrowserTransport;
 use crate::net::{Outbox, SocketRef};
 use crate::sdp::{self, Setup};
-use crate::srtp::{SrtpError, SrtpSession};
+use crate::srtp::SrtpError;
 use crate::wire::classify::{PacketKind, classify};
-use crate::wire::stun;
 
 use super::{Received, crlf, unprotect_media, v4};
 
@@ -28,38 +30,36 @@ pub const BROWSER_TE_PT: u8 = 126;
 const BROWSER_SOCKET: SocketRef = SocketRef::Internal;
 
 pub struct BrowserPeer {
-    ice: ControllingAgent,
-    dtls: Option<DtlsDriver>,
-    identity: Arc<DtlsIdentity>,
-    /// Both directions, once DTLS completed.
-    pub srtp: Option<SrtpSession>,
-    /// Every ICE event, in order (tests look for `Connected`).
-    pub ice_events: Vec<IceEvent>,
+    transport: BrowserTransport,
     /// The tab is closed: nothing is answered or sent any more.
     pub closed: bool,
-    scratch: Vec<u8>,
 }
 
 impl BrowserPeer {
     /// A browser with a fresh certificate. Panics if it cannot be generated (test support).
     pub fn new(now: Instant) -> BrowserPeer {
-        let creds = IceCredentials::new("brws", "browserPasswordOf24Chrs0");
-        let mut ice = ControllingAgent::new(creds, now, IceConfig::default());
-        ice.add_local(BROWSER_SOCKET, BROWSER);
+        let mut transport = BrowserTransport::new(
+            "brws",
+            "browserPasswordOf24Chrs0",
+            BROWSER_SOCKET,
+            BROWSER,
+            now,
+        );
+        transport.keep_ice_events = true;
         BrowserPeer {
-            ice,
-            dtls: None,
-            identity: Arc::new(DtlsIdentity::generate().expect("browser certificate")),
-            srtp: None,
-            ice_events: Vec::new(),
+            transport,
             closed: false,
-            scratch: vec![0; 2048],
         }
+    }
+
+    /// Every ICE event, in order (tests look for `Connected`).
+    pub fn ice_events(&self) -> &[IceEvent] {
+        &self.transport.ice_events
     }
 
     /// Swap in another certificate after the SDP was written: the relay must refuse it.
     pub fn use_other_certificate(&mut self) {
-        self.identity = Arc::new(DtlsIdentity::generate().expect("browser certificate"));
+        self.transport.use_other_certificate();
     }
 
     /// A Chrome-shaped offer: BUNDLE, actpass, extmap, RED/G722/PCMU, telephone-event at 48 and
@@ -92,7 +92,7 @@ impl BrowserPeer {
     }
 
     fn description(&self, setup: Setup) -> String {
-        let creds = self.ice.local_credentials();
+        let creds = self.transport.ice.local_credentials();
         crlf(&format!(
             "v=0\n\
              o=- 4611731400430051336 2 IN IP4 127.0.0.1\n\
@@ -135,7 +135,7 @@ impl BrowserPeer {
             port = BROWSER.port(),
             ufrag = creds.ufrag,
             pwd = creds.pwd,
-            fp = self.identity.fingerprint().to_sdp_value(),
+            fp = self.transport.fingerprint_sdp(),
         ))
     }
 
@@ -146,11 +146,6 @@ impl BrowserPeer {
             return Err("the relay must be ICE-lite toward browsers".into());
         }
         let (ufrag, pwd) = sd.ice_credentials().ok_or("no ICE credentials")?;
-        self.ice
-            .set_remote_credentials(IceCredentials::new(ufrag, pwd));
-        for c in &sd.audio.candidates {
-            self.ice.add_remote_candidate(c.addr, c.priority);
-        }
         let fp = sd.fingerprint().ok_or("no fingerprint")?;
         let role = match ours {
             Setup::Active => DtlsRole::Client,
@@ -160,18 +155,18 @@ impl BrowserPeer {
             algorithm: fp.algorithm.clone(),
             bytes: fp.bytes.clone(),
         };
-        self.dtls = Some(DtlsDriver::new(
-            self.identity.clone(),
-            &DtlsConfig::default(),
-            role,
+        self.transport.set_remote(
+            IceCredentials::new(ufrag, pwd),
+            sd.audio.candidates.iter().map(|c| (c.addr, c.priority)),
             expect,
+            role,
             now,
-        ));
+        );
         Ok(())
     }
 
     pub fn is_ready(&self) -> bool {
-        self.srtp.is_some()
+        self.transport.is_ready()
     }
 
     /// Feed one datagram the relay sent us. Replies go to `out` (addressed from our socket
@@ -191,26 +186,20 @@ impl BrowserPeer {
             return Received::Unexpected;
         }
         let r = match classify(data) {
-            PacketKind::Stun => match stun::parse(data) {
-                Ok(msg) => {
-                    self.ice
-                        .handle_stun(now, BROWSER_SOCKET, from, &msg, data, out);
-                    Received::Stun
-                }
+            PacketKind::Stun => match self.transport.handle_stun(now, from, data, out) {
+                Ok(()) => Received::Stun,
                 Err(_) => Received::Unexpected,
             },
             PacketKind::Dtls => {
-                if let Some(d) = self.dtls.as_mut() {
-                    d.handle_datagram(now, data);
-                }
+                self.transport.handle_dtls(now, data);
                 Received::Dtls
             }
             kind @ (PacketKind::Rtp | PacketKind::Rtcp) => {
-                unprotect_media(self.srtp.as_mut(), kind, &mut buf[..len])
+                unprotect_media(self.transport.srtp.as_mut(), kind, &mut buf[..len])
             }
             PacketKind::Unknown => Received::Unexpected,
         };
-        self.after_input(now, out);
+        self.transport.after_input(now, out);
         r
     }
 
@@ -218,58 +207,23 @@ impl BrowserPeer {
         if self.closed {
             return None;
         }
-        [
-            self.ice.poll_timeout(),
-            self.dtls.as_ref().and_then(|d| d.poll_timeout()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        self.transport.poll_timeout()
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Outbox) {
-        self.ice.handle_timeout(now, out);
-        if let Some(d) = self.dtls.as_mut() {
-            d.handle_timeout(now);
-        }
-        self.after_input(now, out);
-    }
-
-    /// Start DTLS once our nominated pair works; send flights; pick up the keys.
-    fn after_input(&mut self, now: Instant, out: &mut impl Outbox) {
-        while let Some(ev) = self.ice.poll_event() {
-            if matches!(ev, IceEvent::Connected { .. })
-                && let Some(d) = self.dtls.as_mut()
-            {
-                d.start(now);
-            }
-            self.ice_events.push(ev);
-        }
-        let Some(d) = self.dtls.as_mut() else {
-            return;
-        };
-        if let Some((via, to)) = self.ice.selected() {
-            while let Some(n) = d.poll_transmit(&mut self.scratch) {
-                out.push(via, to, &self.scratch[..n]);
-            }
-        }
-        while let Some(ev) = d.poll_event() {
-            if let DtlsEvent::Connected { keys, .. } = ev {
-                self.srtp = SrtpSession::new(&keys).ok();
-            }
-        }
+        self.transport.handle_timeout(now, out);
     }
 
     /// Protect an RTP packet we send (`buf[..len]` plaintext; `buf` needs room for the tag).
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        match self.srtp.as_mut() {
+        match self.transport.srtp.as_mut() {
             Some(s) => s.tx.protect_rtp(buf, len),
             None => Err(SrtpError::BadKeyLength),
         }
     }
 
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        match self.srtp.as_mut() {
+        match self.transport.srtp.as_mut() {
             Some(s) => s.tx.protect_rtcp(buf, len),
             None => Err(SrtpError::BadKeyLength),
         }

@@ -281,6 +281,7 @@ fn start_is_idempotent_a_new_offer_replaces_and_stop_repeats() {
     // The supervisor reloads: a new offer (new ICE credentials) replaces the session.
     let mut reloaded = Supervisor::new(net.now);
     reloaded
+        .transport
         .ice
         .set_remote_credentials(crate::ice::IceCredentials::new("x", "y"));
     let fresh = net
