@@ -4,7 +4,7 @@
 //! - WhatsApp → bot: `OpusToPcm::push` of one WhatsApp Opus packet (decode at the bot's rate,
 //!   μ-law encode or L16), one call per 20 ms packet.
 //! - bot → WhatsApp: μ-law decode (or L16 unpack) and `OpusEncoder::encode` with the
-//!   relay's settings toward WhatsApp (`OpusEncoderConfig::toward_whatsapp`).
+//!   relay's settings toward WhatsApp (`OpusEncoderConfig::toward_wa`).
 //!
 //! Input: speech as raw 16-bit little-endian mono PCM at 48 kHz (`--pcm FILE`, e.g. made by
 //! `e2e/bots/quality.py prepare`), else a synthetic voiced signal. WhatsApp's side is encoded
@@ -29,6 +29,7 @@ use std::time::Instant;
 use relay::codec::g711::{self, G711};
 use relay::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use relay::codec::transcoder::{OpusToPcm, PcmFormat};
+use relay::wire::rtp::{RtpTs, Seq, Ssrc};
 
 const PASSES: usize = 5;
 
@@ -70,12 +71,18 @@ fn whatsapp_packets(pcm48: &[i16]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// WhatsApp → bot, one packet (what `Call::bot_from_whatsapp` does, minus the link).
+/// WhatsApp → bot, one packet (what `Call::bot_from_wa` does, minus the link).
 #[inline(never)]
 fn measured_down(dec: &mut OpusToPcm, seq: u16, ts: u32, packet: &[u8], sink: &mut u64) {
-    let _ = dec.push(1, seq, ts, packet, &mut |f| {
-        *sink = sink.wrapping_add(f.payload.len() as u64 + u64::from(f.payload[0]));
-    });
+    let _ = dec.push(
+        Ssrc::new(1),
+        Seq::new(seq),
+        RtpTs::new(ts),
+        packet,
+        &mut |f| {
+            *sink = sink.wrapping_add(f.payload.len() as u64 + u64::from(f.payload[0]));
+        },
+    );
 }
 
 /// bot → WhatsApp, one frame (what `Call::bot_timeout` does per played frame, minus RTP).
@@ -96,13 +103,19 @@ fn measured_up(enc: &mut OpusEncoder, format: PcmFormat, frame: &[u8], out: &mut
 
 /// The bot's frames: what the WhatsApp side decodes to, in the bot's wire format.
 fn bot_frames(packets: &[Vec<u8>], format: PcmFormat) -> Vec<Vec<u8>> {
-    let mut dec = OpusToPcm::new(format, 0).expect("decoder");
+    let mut dec = OpusToPcm::new(format, RtpTs::new(0)).expect("decoder");
     let mut frames = Vec::new();
     for (i, p) in packets.iter().enumerate() {
-        dec.push(1, i as u16, i as u32 * 960, p, &mut |f| match format {
-            PcmFormat::Ulaw => frames.push(f.payload.to_vec()),
-            _ => frames.push(f.pcm.iter().flat_map(|s| s.to_le_bytes()).collect()),
-        })
+        dec.push(
+            Ssrc::new(1),
+            Seq::new(i as u16),
+            RtpTs::new(i as u32 * 960),
+            p,
+            &mut |f| match format {
+                PcmFormat::Ulaw => frames.push(f.payload.to_vec()),
+                _ => frames.push(f.pcm.iter().flat_map(|s| s.to_le_bytes()).collect()),
+            },
+        )
         .expect("decode");
     }
     frames
@@ -112,7 +125,7 @@ fn down_us(packets: &[Vec<u8>], format: PcmFormat) -> f64 {
     let mut best = f64::INFINITY;
     let mut sink = 0u64;
     for _ in 0..PASSES {
-        let mut dec = OpusToPcm::new(format, 0).expect("decoder");
+        let mut dec = OpusToPcm::new(format, RtpTs::new(0)).expect("decoder");
         let t = Instant::now();
         for (i, p) in packets.iter().enumerate() {
             measured_down(&mut dec, i as u16, i as u32 * 960, p, &mut sink);
@@ -128,8 +141,7 @@ fn up_us(frames: &[Vec<u8>], format: PcmFormat) -> f64 {
     let mut out = [0u8; 1500];
     let mut bytes = 0usize;
     for _ in 0..PASSES {
-        let mut enc =
-            OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_whatsapp()).expect("enc");
+        let mut enc = OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_wa()).expect("enc");
         let t = Instant::now();
         for f in frames {
             bytes += measured_up(&mut enc, format, f, &mut out);
@@ -165,14 +177,13 @@ fn main() {
         let format = formats.iter().find(|f| f.0 == name).expect("format").1;
         let mut sink = 0u64;
         if dir == "down" {
-            let mut dec = OpusToPcm::new(format, 0).expect("decoder");
+            let mut dec = OpusToPcm::new(format, RtpTs::new(0)).expect("decoder");
             for (i, p) in packets.iter().enumerate() {
                 measured_down(&mut dec, i as u16, i as u32 * 960, p, &mut sink);
             }
         } else {
             let frames = bot_frames(&packets, format);
-            let mut enc =
-                OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_whatsapp()).unwrap();
+            let mut enc = OpusEncoder::new(format.rate(), OpusEncoderConfig::toward_wa()).unwrap();
             let mut out = [0u8; 1500];
             for f in &frames {
                 sink += measured_up(&mut enc, format, f, &mut out) as u64;

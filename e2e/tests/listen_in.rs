@@ -280,8 +280,8 @@ fn media_server_hears_both_streams_over_plain_rtp() {
             };
             assert_eq!(from.port(), status.local.port(), "from the fork's own port");
             let hdr = relay::wire::rtp::parse(&buf[..n]).expect("RTP");
-            assert_eq!((hdr.payload_type, hdr.ssrc), (96, ssrcs[i]));
-            seqs.push(hdr.sequence);
+            assert_eq!((hdr.pt.get(), hdr.ssrc.get()), (96, ssrcs[i]));
+            seqs.push(hdr.seq.get());
             let mut out = [0i16; 5760];
             let got = dec
                 .decode(&buf[hdr.payload_range()], &mut out)

@@ -158,8 +158,7 @@ fn direct(packets: &[Vec<u8>], rate: u32) -> (Vec<i16>, Vec<i16>) {
             to_bot.extend_from_slice(&pcm[..n]);
         }
     }
-    let mut enc =
-        OpusEncoder::new(rate, OpusEncoderConfig::toward_whatsapp()).expect("relay encoder");
+    let mut enc = OpusEncoder::new(rate, OpusEncoderConfig::toward_wa()).expect("relay encoder");
     let mut dec = OpusDecoder::new(rate).expect("decoder");
     let mut back = Vec::new();
     let frame = rate as usize / 50;

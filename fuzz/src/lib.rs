@@ -28,7 +28,7 @@ use relay::sdp::{
 use relay::srtp::{MasterKey, SrtpContext, SrtpProfile};
 use relay::wire::classify::{PacketKind, classify as classify_datagram};
 use relay::wire::rtcp::{self, RtcpPacket};
-use relay::wire::rtp::{self, SeqTracker};
+use relay::wire::rtp::{self, RtpTs, Seq, SeqTracker, Ssrc};
 use relay::wire::stun::{self, BINDING, StunClass, StunMessage, StunWriter};
 
 /// A harness: the fuzzer's bytes in, a panic on any violated property.
@@ -224,16 +224,20 @@ pub fn rtp(data: &[u8]) {
     assert_eq!((s.csrc_count, s.extension), (0, None));
     assert_eq!(s.header_len, rtp::FIXED_HEADER_LEN);
     assert_eq!(
-        (s.marker, s.payload_type, s.sequence, s.timestamp, s.ssrc),
-        (h.marker, h.payload_type, h.sequence, h.timestamp, h.ssrc)
+        (s.marker, s.pt, s.seq, s.ts, s.ssrc),
+        (h.marker, h.pt, h.seq, h.ts, h.ssrc)
     );
     assert_eq!(&copy[s.payload_range()], payload);
 
     let mut tracker = SeqTracker::new();
-    tracker.update(h.sequence, h.timestamp, 0);
+    tracker.update(h.seq, h.ts, RtpTs::new(0));
     let mut records = Input::new(payload);
     while !records.is_empty() {
-        tracker.update(records.u16(), records.u32(), records.u32());
+        tracker.update(
+            Seq::new(records.u16()),
+            RtpTs::new(records.u32()),
+            RtpTs::new(records.u32()),
+        );
     }
     let _ = (tracker.expected(), tracker.received(), tracker.lost());
     let _ = (tracker.jitter(), tracker.extended_max());
@@ -336,7 +340,7 @@ fn our_wa_params(security: LocalSecurity) -> WaLocalParams {
         connection: "192.0.2.1".parse().expect("literal"),
         port: 40000,
         security,
-        ssrc: Some((0x1234_5678, "relay".into())),
+        ssrc: Some((Ssrc::new(0x1234_5678), "relay".into())),
     }
 }
 
@@ -376,7 +380,7 @@ pub fn sdp(data: &[u8]) {
     let _ = (sd.audio.opus_pt(), sd.audio.telephone_event_pt(8000));
     let _ = sd.audio.first_ssrc();
 
-    if let Ok(offer) = sdp::validate_whatsapp_offer(&sd) {
+    if let Ok(offer) = sdp::validate_wa_offer(&sd) {
         let security = match &offer.transport {
             WaTransport::Dtls(_) => our_dtls_security(),
             WaTransport::Sdes(remote) => LocalSecurity::Sdes {
@@ -386,11 +390,11 @@ pub fn sdp(data: &[u8]) {
         };
         // The default DTLS role fits every setup validation lets through and our SDES key
         // matches the chosen suite, so an answer must come out.
-        let answer = LocalDescription::whatsapp_answer(&offer, our_wa_params(security))
+        let answer = LocalDescription::wa_answer(&offer, our_wa_params(security))
             .unwrap_or_else(|e| panic!("no answer to a valid offer: {e}"))
             .to_sdp();
         let back = sdp::parse(&answer).unwrap_or_else(|e| panic!("{e}\n{answer}"));
-        sdp::validate_whatsapp_offer(&back).unwrap_or_else(|e| panic!("{e}\n{answer}"));
+        sdp::validate_wa_offer(&back).unwrap_or_else(|e| panic!("{e}\n{answer}"));
     }
 
     if let Ok(remote) = sdp::validate_internal(&sd) {

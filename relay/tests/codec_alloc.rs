@@ -12,6 +12,7 @@ use relay::codec::g711::{self, G711};
 use relay::codec::opus::{MAX_PACKET, OpusDecoder, OpusEncoder, OpusEncoderConfig};
 use relay::codec::resample::Resampler;
 use relay::codec::transcoder::{OpusFrame, OpusToPcm, PcmFormat, PcmFrame, PcmToOpus};
+use relay::wire::rtp::{RtpTs, Seq, Ssrc};
 
 thread_local! {
     static MALLOCS: Cell<u64> = const { Cell::new(0) };
@@ -83,13 +84,21 @@ fn the_interposer_sees_libopus() {
 fn codec_frames_allocate_nothing() {
     // Everything constructed first.
     let wa_pcm = speechlike(48_000, 48_000 * 4);
-    let mut wa_enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_whatsapp()).unwrap();
-    let mut opus_to_ulaw = OpusToPcm::new(PcmFormat::Ulaw, 1).unwrap();
-    let mut opus_to_l16 = OpusToPcm::new(PcmFormat::L16 { rate: 16_000 }, 1).unwrap();
-    let mut ulaw_to_opus =
-        PcmToOpus::new(PcmFormat::Ulaw, OpusEncoderConfig::toward_whatsapp(), 2).unwrap();
-    let mut alaw_to_opus =
-        PcmToOpus::new(PcmFormat::Alaw, OpusEncoderConfig::toward_whatsapp(), 2).unwrap();
+    let mut wa_enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_wa()).unwrap();
+    let mut opus_to_ulaw = OpusToPcm::new(PcmFormat::Ulaw, RtpTs::new(1)).unwrap();
+    let mut opus_to_l16 = OpusToPcm::new(PcmFormat::L16 { rate: 16_000 }, RtpTs::new(1)).unwrap();
+    let mut ulaw_to_opus = PcmToOpus::new(
+        PcmFormat::Ulaw,
+        OpusEncoderConfig::toward_wa(),
+        RtpTs::new(2),
+    )
+    .unwrap();
+    let mut alaw_to_opus = PcmToOpus::new(
+        PcmFormat::Alaw,
+        OpusEncoderConfig::toward_wa(),
+        RtpTs::new(2),
+    )
+    .unwrap();
     let mut down = Resampler::new(48_000, 16_000, 960).unwrap();
     let mut up = Resampler::new(8_000, 48_000, 160).unwrap();
     let mut pkt = [0u8; MAX_PACKET];
@@ -102,31 +111,39 @@ fn codec_frames_allocate_nothing() {
     let before = mallocs();
     for (i, frame) in wa_pcm.chunks_exact(960).enumerate() {
         let n = wa_enc.encode(frame, &mut pkt).unwrap();
-        let seq = i as u16;
-        let ts = (i as u32).wrapping_mul(960);
+        let seq = Seq::new(i as u16);
+        let ts = RtpTs::new((i as u32).wrapping_mul(960));
         // Every 10th packet lost: FEC and concealment run too.
         if i % 10 == 5 {
             continue;
         }
         opus_to_ulaw
-            .push(7, seq, ts, &pkt[..n], &mut |f: PcmFrame<'_>| {
+            .push(Ssrc::new(7), seq, ts, &pkt[..n], &mut |f: PcmFrame<'_>| {
                 frames += 1;
                 law.copy_from_slice(f.payload);
             })
             .unwrap();
         opus_to_l16
-            .push(7, seq, ts, &pkt[..n], &mut |_: PcmFrame<'_>| frames += 1)
+            .push(Ssrc::new(7), seq, ts, &pkt[..n], &mut |_: PcmFrame<'_>| {
+                frames += 1
+            })
             .unwrap();
         ulaw_to_opus
-            .push(9, (i as u32) * 160, &law, &mut |f: OpusFrame<'_>| {
-                opus_out += f.payload.len() as u64
-            })
+            .push(
+                Ssrc::new(9),
+                RtpTs::new((i as u32) * 160),
+                &law,
+                &mut |f: OpusFrame<'_>| opus_out += f.payload.len() as u64,
+            )
             .unwrap();
         g711::encode(G711::Alaw, &pcm16[..160], &mut law);
         alaw_to_opus
-            .push(9, (i as u32) * 160, &law, &mut |_: OpusFrame<'_>| {
-                opus_out += 1
-            })
+            .push(
+                Ssrc::new(9),
+                RtpTs::new((i as u32) * 160),
+                &law,
+                &mut |_: OpusFrame<'_>| opus_out += 1,
+            )
             .unwrap();
         down.process(frame, &mut pcm16).unwrap();
         up.process(&pcm16[..160], &mut pcm48).unwrap();

@@ -21,6 +21,7 @@ use relay::ice::IceEvent;
 use relay::srtp::{SrtpContext, SrtpProfile};
 use relay::wire::classify::{PacketKind, classify};
 use relay::wire::rtcp::{self, ReportBlock};
+use relay::wire::rtp::{RtpTs, Ssrc};
 use relay::wire::stun::{self, BINDING, StunClass, StunWriter};
 
 use harness::{Input, frame};
@@ -189,7 +190,7 @@ fn seeds_reach_what_they_were_made_for() {
     let control_seeds = seeds("control");
     let create = seed(&control_seeds, "create-call-user-initiated");
     let req = pb::CreateCallRequest::decode(&create[1..]).expect("decodes");
-    relay::sdp::validate_whatsapp_offer(&relay::sdp::parse(&req.whatsapp_offer_sdp).unwrap())
+    relay::sdp::validate_wa_offer(&relay::sdp::parse(&req.whatsapp_offer_sdp).unwrap())
         .expect("the offer in the seed is valid");
 }
 
@@ -307,7 +308,7 @@ fn rtp_padded() -> Vec<u8> {
 
 fn report_block() -> ReportBlock {
     ReportBlock {
-        ssrc: 0x1122_3344,
+        ssrc: Ssrc::new(0x1122_3344),
         fraction_lost: 16,
         cumulative_lost: -2,
         highest_seq: 0x0001_0010,
@@ -322,22 +323,28 @@ fn rtcp_sr_sdes() -> Vec<u8> {
     let mut buf = [0u8; 256];
     let n = rtcp::write_sr(
         &mut buf,
-        0x5F4A_2B1C,
+        Ssrc::new(0x5F4A_2B1C),
         0xE81F_3C5A_8E35_3F7C,
-        0x0012_D687,
+        RtpTs::new(0x0012_D687),
         250,
         40_000,
         &[report_block()],
     )
     .unwrap();
-    let m = rtcp::write_sdes_cname(&mut buf[n..], 0x5F4A_2B1C, b"abcdefghijklmnop").unwrap();
+    let m =
+        rtcp::write_sdes_cname(&mut buf[n..], Ssrc::new(0x5F4A_2B1C), b"abcdefghijklmnop").unwrap();
     buf[..n + m].to_vec()
 }
 
 fn rtcp_rr_bye() -> Vec<u8> {
     let mut buf = [0u8; 256];
-    let n = rtcp::write_rr(&mut buf, 0x0102_0304, &[report_block(), report_block()]).unwrap();
-    let m = rtcp::write_bye(&mut buf[n..], 0x0102_0304).unwrap();
+    let n = rtcp::write_rr(
+        &mut buf,
+        Ssrc::new(0x0102_0304),
+        &[report_block(), report_block()],
+    )
+    .unwrap();
+    let m = rtcp::write_bye(&mut buf[n..], Ssrc::new(0x0102_0304)).unwrap();
     buf[..n + m].to_vec()
 }
 

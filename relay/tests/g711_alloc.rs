@@ -12,7 +12,7 @@ use relay::api::{InternalKind, InternalLegSpec, SourcePolicy};
 use relay::call::testing::MEDIA_SERVER;
 use relay::codec::g711::{self, G711};
 use relay::net::SocketRef;
-use relay::wire::rtp::{self, RtpHeaderFields};
+use relay::wire::rtp::{self, Pt, RtpHeaderFields, RtpTs, Seq, Ssrc};
 
 mod alloc_support;
 mod opus_call_support;
@@ -58,10 +58,10 @@ fn a_g711_calls_steady_state_allocates_nothing() {
             &mut s,
             &RtpHeaderFields {
                 marker: i == 0,
-                payload_type: 0,
-                sequence: 7u16.wrapping_add(i as u16),
-                timestamp: 800u32.wrapping_add(i * 160),
-                ssrc: 0x3333_4444,
+                pt: Pt::new(0),
+                seq: Seq::new(7u16.wrapping_add(i as u16)),
+                ts: RtpTs::new(800u32.wrapping_add(i * 160)),
+                ssrc: Ssrc::new(0x3333_4444),
             },
         )
         .unwrap();

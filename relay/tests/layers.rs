@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 /// Each lower module and the modules it may use.
 const RULES: &[(&str, &[&str])] = &[
     ("wire", &[]),
-    ("codec", &[]),
+    // The RTP vocabulary (`wire::rtp::{RtpTs, Clock, MediaTime, ...}`): codecs count time in it.
+    ("codec", &["wire"]),
     ("srtp", &["wire"]),
     ("net", &["wire"]),
     ("sdp", &["wire", "srtp", "codec"]),

@@ -30,6 +30,7 @@ use relay::net::SocketRef;
 use relay::srtp::SrtpProfile;
 use relay::wire::classify::{PacketKind, classify};
 use relay::wire::rtcp;
+use relay::wire::rtp::{RtpTs, Ssrc};
 
 mod alloc_support;
 use alloc_support::allocations;
@@ -235,9 +236,9 @@ impl Bench {
             // Meta's SR and the server's RR, about the streams the relay sends them.
             let n = rtcp::write_sr(
                 &mut buf,
-                0xa1a1_a1a1,
+                Ssrc::new(0xa1a1_a1a1),
                 0x1234_5678_0000_0000,
-                7,
+                RtpTs::new(7),
                 i,
                 i * 160,
                 &[],
@@ -246,7 +247,7 @@ impl Bench {
             let n = self.meta.protect_rtcp(&mut buf, n).unwrap();
             self.call
                 .handle_datagram(now, SocketRef::WaV4, META, &mut buf, n, &mut self.out);
-            let n = rtcp::write_rr(&mut buf, 0xb2b2_b2b2, &[]).unwrap();
+            let n = rtcp::write_rr(&mut buf, Ssrc::new(0xb2b2_b2b2), &[]).unwrap();
             let (from, n) = match self.browser.as_mut() {
                 Some(b) => (BROWSER, b.protect_rtcp(&mut buf, n).unwrap()),
                 None => (MEDIA_SERVER, n),

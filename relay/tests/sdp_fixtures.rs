@@ -8,6 +8,7 @@ use relay::sdp::{
     META_OPUS_FMTP, MediaProto, SessionDescription, Setup, WaLocalParams, WaTransport,
 };
 use relay::srtp::{MasterKey, SrtpProfile};
+use relay::wire::rtp::{Pt, Ssrc};
 
 const WA_USER_OFFER: &str = include_str!("fixtures/sdp/wa_user_offer.sdp");
 const WA_DOCS_OFFER: &str = include_str!("fixtures/sdp/wa_docs_offer.sdp");
@@ -67,16 +68,16 @@ fn capture_shaped_offer_extracts_everything_the_call_needs() {
         Some(("ZvQ1x/7rKd0mP2aL", "fP3kq8Lw0zN2vXbY7sHc1tRm=="))
     );
 
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     assert_eq!(offer.proto, MediaProto::UdpTlsRtpSavpf);
-    assert_eq!(offer.opus_pt, 111);
+    assert_eq!(offer.opus_pt, Pt::new(111));
     assert_eq!(offer.opus_fmtp.as_deref(), Some(META_OPUS_FMTP));
-    assert_eq!(offer.telephone_event_pt, Some(126));
+    assert_eq!(offer.telephone_event_pt, Some(Pt::new(126)));
     assert_eq!(offer.ptime, Some(20));
     assert_eq!(offer.mid.as_deref(), Some("audio"));
     assert!(offer.bundle && offer.rtcp_mux);
     assert_eq!(offer.direction, Direction::SendRecv);
-    assert_eq!(offer.remote_ssrc, Some(2903755416));
+    assert_eq!(offer.remote_ssrc, Some(Ssrc::new(2903755416)));
     assert_eq!(
         sd.audio.rtcp_fbs,
         vec![("111".to_string(), "transport-cc".to_string())]
@@ -129,13 +130,13 @@ fn documentation_shaped_offer_with_extmap_and_session_level_values() {
         sd.ice_credentials(),
         Some(("Hk2/nB9q", "Q0sZl4vR8yT1uW6xC3eG5hJ=="))
     );
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     let WaTransport::Dtls(dtls) = &offer.transport else {
         panic!("DTLS expected");
     };
     assert_eq!(dtls.fingerprint.bytes.first(), Some(&0x84));
     assert_eq!(dtls.candidates.len(), 2);
-    assert_eq!(offer.remote_ssrc, Some(1106247261));
+    assert_eq!(offer.remote_ssrc, Some(Ssrc::new(1106247261)));
     // Trailing whitespace is not part of values.
     assert_eq!(sd.bundle, vec!["audio"]);
     assert_eq!(sd.audio.ssrcs[0].2.as_deref(), Some("t8Bv1mXc0Jq7Rk2Z"));
@@ -144,7 +145,7 @@ fn documentation_shaped_offer_with_extmap_and_session_level_values() {
 #[test]
 fn meta_answer_keeps_udp_candidates_and_drops_tcp() {
     let sd = parse_both(META_ANSWER);
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     let WaTransport::Dtls(dtls) = &offer.transport else {
         panic!("DTLS expected");
     };
@@ -179,17 +180,17 @@ fn browser_offer_skips_mdns_tcp_and_rtcp_component() {
         "only the srflx UDP component-1 candidate"
     );
     assert_eq!(sd.audio.candidates[0].typ, "srflx");
-    assert_eq!(sd.audio.telephone_event_pt(8000), Some(126));
-    assert_eq!(sd.audio.telephone_event_pt(48000), Some(110));
-    assert_eq!(sd.audio.fmtp(63), Some("111/111"));
-    assert!(sdp::validate_whatsapp_offer(&sd).is_ok());
+    assert_eq!(sd.audio.telephone_event_pt(8000), Some(Pt::new(126)));
+    assert_eq!(sd.audio.telephone_event_pt(48000), Some(Pt::new(110)));
+    assert_eq!(sd.audio.fmtp(Pt::new(63)), Some("111/111"));
+    assert!(sdp::validate_wa_offer(&sd).is_ok());
 }
 
 #[test]
 fn sip_sdes_offer_picks_first_usable_crypto_line() {
     let sd = parse_both(WA_SIP_SDES_OFFER);
     assert_eq!(sd.remote_rtp_addr(), Some(addr("198.51.100.5:40012")));
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
     assert_eq!(offer.proto, MediaProto::RtpSavp);
     let WaTransport::Sdes(sdes) = &offer.transport else {
         panic!("SDES expected");
@@ -210,15 +211,15 @@ fn internal_plain_rtp_offer() {
     assert_eq!(remote.rtp_addr, Some(addr("10.20.0.5:24578")));
     assert_eq!(remote.rtcp_addr, Some(addr("10.20.0.5:24579")));
     assert!(!remote.rtcp_mux);
-    assert_eq!(remote.opus_pt, 111);
-    assert_eq!(remote.telephone_event_pt, Some(101));
+    assert_eq!(remote.opus_pt, Pt::new(111));
+    assert_eq!(remote.telephone_event_pt, Some(Pt::new(101)));
     assert_eq!(
         remote.opus_fmtp.as_deref(),
         Some("useinbandfec=1; minptime=20")
     );
     assert!(remote.crypto.is_none());
     // A WhatsApp leg cannot be plain RTP.
-    let e = sdp::validate_whatsapp_offer(&sd).unwrap_err();
+    let e = sdp::validate_wa_offer(&sd).unwrap_err();
     assert_eq!(e.line, 6);
 }
 
@@ -247,7 +248,7 @@ fn dtls_params() -> WaLocalParams {
             fingerprint: our_fingerprint(),
             setup: None,
         },
-        ssrc: Some((0x1234_5678, "relay-cname".into())),
+        ssrc: Some((Ssrc::new(0x1234_5678), "relay-cname".into())),
     }
 }
 
@@ -270,8 +271,8 @@ fn assert_crlf_only(sdp: &str) {
 
 #[test]
 fn answer_to_capture_offer_round_trips() {
-    let offer = sdp::validate_whatsapp_offer(&sdp::parse(WA_USER_OFFER).unwrap()).unwrap();
-    let answer = LocalDescription::whatsapp_answer(&offer, dtls_params()).unwrap();
+    let offer = sdp::validate_wa_offer(&sdp::parse(WA_USER_OFFER).unwrap()).unwrap();
+    let answer = LocalDescription::wa_answer(&offer, dtls_params()).unwrap();
     let text = answer.to_sdp();
     assert_crlf_only(&text);
 
@@ -334,7 +335,7 @@ fn answer_to_capture_offer_round_trips() {
 
     // Meta's view of our answer: it parses and carries what a DTLS peer needs.
     let back = sdp::parse(&text).unwrap();
-    let seen = sdp::validate_whatsapp_offer(&back).unwrap();
+    let seen = sdp::validate_wa_offer(&back).unwrap();
     let WaTransport::Dtls(dtls) = seen.transport else {
         panic!("DTLS expected");
     };
@@ -345,17 +346,17 @@ fn answer_to_capture_offer_round_trips() {
         ("rLy4", "Zm9vYmFyYmF6cXV4cXV1eHh4")
     );
     assert_eq!(dtls.candidates.len(), 2);
-    assert_eq!(seen.opus_pt, 111);
-    assert_eq!(seen.telephone_event_pt, Some(126));
-    assert_eq!(seen.remote_ssrc, Some(0x1234_5678));
+    assert_eq!(seen.opus_pt, Pt::new(111));
+    assert_eq!(seen.telephone_event_pt, Some(Pt::new(126)));
+    assert_eq!(seen.remote_ssrc, Some(Ssrc::new(0x1234_5678)));
     assert!(back.audio.end_of_candidates);
 }
 
 #[test]
 fn answer_mirrors_mid_pts_and_role_of_metas_answer_shape() {
     // Meta's side said passive: our role is forced to active; its mid is "0".
-    let offer = sdp::validate_whatsapp_offer(&sdp::parse(META_ANSWER).unwrap()).unwrap();
-    let answer = LocalDescription::whatsapp_answer(&offer, dtls_params()).unwrap();
+    let offer = sdp::validate_wa_offer(&sdp::parse(META_ANSWER).unwrap()).unwrap();
+    let answer = LocalDescription::wa_answer(&offer, dtls_params()).unwrap();
     assert_eq!(answer.audio.setup, Some(Setup::Active));
     assert_eq!(answer.audio.mid.as_deref(), Some("0"));
     let text = answer.to_sdp();
@@ -366,13 +367,13 @@ fn answer_mirrors_mid_pts_and_role_of_metas_answer_shape() {
     if let LocalSecurity::Dtls { setup, .. } = &mut params.security {
         *setup = Some(Setup::Passive);
     }
-    let e = LocalDescription::whatsapp_answer(&offer, params).unwrap_err();
+    let e = LocalDescription::wa_answer(&offer, params).unwrap_err();
     assert_eq!(e.line, 0);
 }
 
 #[test]
 fn sdes_answer_uses_the_offer_tag_and_suite() {
-    let offer = sdp::validate_whatsapp_offer(&sdp::parse(WA_SIP_SDES_OFFER).unwrap()).unwrap();
+    let offer = sdp::validate_wa_offer(&sdp::parse(WA_SIP_SDES_OFFER).unwrap()).unwrap();
     let our_key = MasterKey {
         profile: SrtpProfile::AeadAes128Gcm,
         key: vec![0x11; 16],
@@ -385,13 +386,13 @@ fn sdes_answer_uses_the_offer_tag_and_suite() {
         },
         ..dtls_params()
     };
-    let text = LocalDescription::whatsapp_answer(&offer, params.clone())
+    let text = LocalDescription::wa_answer(&offer, params.clone())
         .unwrap()
         .to_sdp();
     assert_crlf_only(&text);
     assert!(text.contains("m=audio 50000 RTP/SAVP 111 126\r\n"));
     assert!(!text.contains("a=ice-") && !text.contains("a=fingerprint"));
-    let back = sdp::validate_whatsapp_offer(&sdp::parse(&text).unwrap()).unwrap();
+    let back = sdp::validate_wa_offer(&sdp::parse(&text).unwrap()).unwrap();
     let WaTransport::Sdes(sdes) = back.transport else {
         panic!("SDES expected");
     };
@@ -406,8 +407,8 @@ fn sdes_answer_uses_the_offer_tag_and_suite() {
         },
         ..params
     };
-    assert!(LocalDescription::whatsapp_answer(&offer, wrong_suite).is_err());
-    assert!(LocalDescription::whatsapp_answer(&offer, dtls_params()).is_err());
+    assert!(LocalDescription::wa_answer(&offer, wrong_suite).is_err());
+    assert!(LocalDescription::wa_answer(&offer, dtls_params()).is_err());
 }
 
 #[test]
@@ -415,10 +416,10 @@ fn business_initiated_offer_has_metas_shape() {
     let text = LocalDescription::whatsapp_offer(dtls_params()).to_sdp();
     assert_crlf_only(&text);
     let sd = sdp::parse(&text).unwrap();
-    let offer = sdp::validate_whatsapp_offer(&sd).unwrap();
-    assert_eq!(offer.opus_pt, 111);
+    let offer = sdp::validate_wa_offer(&sd).unwrap();
+    assert_eq!(offer.opus_pt, Pt::new(111));
     assert_eq!(offer.opus_fmtp.as_deref(), Some(META_OPUS_FMTP));
-    assert_eq!(offer.telephone_event_pt, Some(126));
+    assert_eq!(offer.telephone_event_pt, Some(Pt::new(126)));
     assert_eq!(offer.mid.as_deref(), Some("audio"));
     assert!(offer.bundle && offer.rtcp_mux);
     assert_eq!(sd.audio.maxptime, Some(20));
@@ -438,7 +439,7 @@ fn business_initiated_offer_has_metas_shape() {
     .to_sdp();
     let sd = sdp::parse(&sdes).unwrap();
     assert_eq!(sd.audio.proto, MediaProto::RtpSavp);
-    assert!(sdp::validate_whatsapp_offer(&sd).is_ok());
+    assert!(sdp::validate_wa_offer(&sd).is_ok());
 }
 
 #[test]
@@ -457,7 +458,7 @@ fn internal_descriptions_round_trip() {
     assert_eq!(remote.rtcp_addr, Some(addr("10.0.0.2:30000")));
     assert_eq!(
         (remote.opus_pt, remote.telephone_event_pt),
-        (111, Some(126))
+        (Pt::new(111), Some(Pt::new(126)))
     );
     assert_eq!(remote.ptime, Some(20));
 
@@ -473,13 +474,13 @@ fn internal_descriptions_round_trip() {
         sdp::sdes_key_params(&key),
     ));
     params.rtcp_mux = false;
-    params.opus_pt = 96;
+    params.opus_pt = Pt::new(96);
     let text = LocalDescription::internal(params).to_sdp();
     assert!(text.contains("c=IN IP6 2001:db8::2\r\n"));
     assert!(text.contains("a=rtcp:30003 IN IP6 2001:db8::2\r\n"));
     let remote = sdp::validate_internal(&sdp::parse(&text).unwrap()).unwrap();
     assert_eq!(remote.proto, MediaProto::RtpSavp);
-    assert_eq!(remote.opus_pt, 96);
+    assert_eq!(remote.opus_pt, Pt::new(96));
     assert_eq!(remote.rtcp_addr, Some(addr("[2001:db8::2]:30003")));
     let crypto = remote.crypto.unwrap();
     assert_eq!((crypto.tag, crypto.key), (3, key));

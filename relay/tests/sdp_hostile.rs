@@ -2,6 +2,7 @@
 //! cost of a document is bounded. Ends with a randomized mutation loop over valid offers.
 
 use relay::sdp::{self, LocalDescription, LocalIce, LocalSecurity, SdpError, WaLocalParams};
+use relay::wire::rtp::Ssrc;
 
 const WA_USER_OFFER: &str = include_str!("fixtures/sdp/wa_user_offer.sdp");
 const WA_DOCS_OFFER: &str = include_str!("fixtures/sdp/wa_docs_offer.sdp");
@@ -146,7 +147,7 @@ fn sha1_fingerprint_only_is_refused_by_the_whatsapp_leg() {
     let no = line_of(WA_USER_OFFER, "a=fingerprint");
     let sha1 = "a=fingerprint:sha-1 D8:50:93:D6:12:52:50:62:B5:25:90:46:36:45:BF:03:2B:29:F1:61";
     let sd = sdp::parse(&replace_line(WA_USER_OFFER, "a=fingerprint", sha1)).unwrap();
-    let e = sdp::validate_whatsapp_offer(&sd).unwrap_err();
+    let e = sdp::validate_wa_offer(&sd).unwrap_err();
     assert_eq!(e.line, no, "{e}");
     assert!(e.reason.contains("sha-256"));
 
@@ -154,7 +155,7 @@ fn sha1_fingerprint_only_is_refused_by_the_whatsapp_leg() {
     let both = WA_USER_OFFER.replace("a=setup:actpass", &format!("{sha1}\na=setup:actpass"));
     let sd = sdp::parse(&both).unwrap();
     assert!(sd.fingerprint().unwrap().is_sha256());
-    assert!(sdp::validate_whatsapp_offer(&sd).is_ok());
+    assert!(sdp::validate_wa_offer(&sd).is_ok());
 }
 
 #[test]
@@ -192,7 +193,7 @@ fn only_unusable_candidates_fail_validation_on_the_m_line() {
     );
     let sd = sdp::parse(&text).unwrap();
     assert!(sd.audio.candidates.is_empty());
-    let e = sdp::validate_whatsapp_offer(&sd).unwrap_err();
+    let e = sdp::validate_wa_offer(&sd).unwrap_err();
     assert_eq!(e.line, line_of(&text, "m=audio"), "{e}");
 }
 
@@ -208,11 +209,11 @@ fn missing_dtls_pieces_name_the_m_line() {
         "a=rtpmap:111",
     ] {
         let sd = sdp::parse(&replace_line(WA_USER_OFFER, drop, "")).unwrap();
-        let e = sdp::validate_whatsapp_offer(&sd).unwrap_err();
+        let e = sdp::validate_wa_offer(&sd).unwrap_err();
         assert_eq!(e.line, m, "without {drop}: {e}");
     }
     let sd = sdp::parse(&replace_line(WA_USER_OFFER, "a=setup", "a=setup:holdconn")).unwrap();
-    let e = sdp::validate_whatsapp_offer(&sd).unwrap_err();
+    let e = sdp::validate_wa_offer(&sd).unwrap_err();
     assert_eq!(e.line, line_of(WA_USER_OFFER, "a=setup"));
 }
 
@@ -222,14 +223,14 @@ fn unusable_sdes_lines_name_the_first_crypto_line() {
     let text = WA_SIP_SDES_OFFER
         .replace("AEAD_AES_128_GCM", "F8_128_HMAC_SHA1_80")
         .replace("|2^31", "|2^31|1:4");
-    let e = sdp::validate_whatsapp_offer(&sdp::parse(&text).unwrap()).unwrap_err();
+    let e = sdp::validate_wa_offer(&sdp::parse(&text).unwrap()).unwrap_err();
     assert_eq!(e.line, first, "{e}");
     assert!(e.reason.contains("F8_128_HMAC_SHA1_80"));
     assert!(!e.text.contains("QGOLALIE"), "errors never echo keys");
 
     // The first line unusable, the second fine: the second is chosen.
     let text = WA_SIP_SDES_OFFER.replace("AEAD_AES_128_GCM", "F8_128_HMAC_SHA1_80");
-    let offer = sdp::validate_whatsapp_offer(&sdp::parse(&text).unwrap()).unwrap();
+    let offer = sdp::validate_wa_offer(&sdp::parse(&text).unwrap()).unwrap();
     let sdp::WaTransport::Sdes(s) = offer.transport else {
         panic!()
     };
@@ -240,7 +241,7 @@ fn unusable_sdes_lines_name_the_first_crypto_line() {
         "a=crypto:2",
         "",
     );
-    let e = sdp::validate_whatsapp_offer(&sdp::parse(&no_crypto).unwrap()).unwrap_err();
+    let e = sdp::validate_wa_offer(&sdp::parse(&no_crypto).unwrap()).unwrap_err();
     assert_eq!(e.line, line_of(&no_crypto, "m=audio"));
     let e = sdp::validate_internal(&sdp::parse(&no_crypto).unwrap()).unwrap_err();
     assert_eq!(e.line, line_of(&no_crypto, "m=audio"));
@@ -426,7 +427,7 @@ fn our_params() -> WaLocalParams {
             fingerprint: sdp::Fingerprint::sha256_of(b"cert"),
             setup: None,
         },
-        ssrc: Some((1, "c".into())),
+        ssrc: Some((Ssrc::new(1), "c".into())),
     }
 }
 
@@ -456,7 +457,7 @@ fn check(doc: &[u8], seed: u64) {
             );
             let _ = (sd.audio.opus_pt(), sd.audio.telephone_event_pt(8000));
             let _ = sdp::validate_internal(&sd);
-            if let Ok(offer) = sdp::validate_whatsapp_offer(&sd) {
+            if let Ok(offer) = sdp::validate_wa_offer(&sd) {
                 let params = match &offer.transport {
                     sdp::WaTransport::Dtls(_) => our_params(),
                     sdp::WaTransport::Sdes(remote) => WaLocalParams {
@@ -469,12 +470,12 @@ fn check(doc: &[u8], seed: u64) {
                 };
                 // We ask for the default DTLS role, which fits every role validation lets
                 // through, and our key matches the chosen suite: an answer must come out.
-                let answer = LocalDescription::whatsapp_answer(&offer, params)
+                let answer = LocalDescription::wa_answer(&offer, params)
                     .unwrap_or_else(|e| panic!("seed {seed}: {e}"))
                     .to_sdp();
                 let back =
                     sdp::parse(&answer).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{answer}"));
-                sdp::validate_whatsapp_offer(&back)
+                sdp::validate_wa_offer(&back)
                     .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{answer}"));
             }
         }

@@ -30,7 +30,7 @@ use crate::codec::g711;
 use crate::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use crate::codec::transcoder::{OpusToPcm, PcmFormat};
 use crate::net::Outbox;
-use crate::wire::rtp;
+use crate::wire::rtp::{self, RtpTs, Seq, Ssrc};
 
 /// Room for one RTP packet of ours: header, a 20 ms Opus frame at WhatsApp's bitrate (about
 /// 50 bytes; libopus is capped at this), and the SRTP tag added in place on the way out.
@@ -47,13 +47,13 @@ pub struct BotLeg {
     from_wa: OpusToPcm,
     to_wa: OpusEncoder,
     /// The PCM-clock timestamp of the first frame sent to the bot (`media.timestamp` origin).
-    first_ts: Option<u32>,
+    first_ts: Option<RtpTs>,
     /// The last RFC 4733 event timestamp reported (one `dtmf` per digit, not per packet).
-    last_dtmf_ts: Option<u32>,
+    last_dtmf_ts: Option<RtpTs>,
     /// Our RTP stream of the bot's audio (rewritten onto WhatsApp's stream like any source).
-    ssrc: u32,
-    seq: u16,
-    ts_base: u32,
+    ssrc: Ssrc,
+    seq: Seq,
+    ts_base: RtpTs,
     started: Instant,
     stream_sid: String,
     /// Frames that failed to encode or decode (counted, skipped).
@@ -87,8 +87,8 @@ impl Call {
             MediaFormat::Mulaw8k => (PcmFormat::Ulaw, 8000),
             MediaFormat::L16_16k => (PcmFormat::L16 { rate: 16_000 }, 16_000),
         };
-        let from_wa = OpusToPcm::new(pcm, 0).map_err(codec)?;
-        let to_wa = OpusEncoder::new(rate, OpusEncoderConfig::toward_whatsapp()).map_err(codec)?;
+        let from_wa = OpusToPcm::new(pcm, RtpTs::default()).map_err(codec)?;
+        let to_wa = OpusEncoder::new(rate, OpusEncoderConfig::toward_wa()).map_err(codec)?;
         let mut playout = Playout::new(bot.format);
         playout.start(now);
         self.legs[INT].transport = Transport::Bot(Box::new(BotLeg {
@@ -114,7 +114,7 @@ impl Call {
 
     /// WhatsApp → bot: one authenticated, parsed RTP packet (`payload` after its header).
     /// `opus`: Opus, else telephone-event (the caller checked it is one of the two).
-    pub(super) fn bot_from_whatsapp(&mut self, hdr: &rtp::RtpHeader, payload: &[u8], opus: bool) {
+    pub(super) fn bot_from_wa(&mut self, hdr: &rtp::RtpHeader, payload: &[u8], opus: bool) {
         let Some(bot) = self.legs[INT].bot_mut() else {
             return;
         };
@@ -123,10 +123,10 @@ impl Call {
             let Some(&event) = payload.first() else {
                 return;
             };
-            if bot.last_dtmf_ts == Some(hdr.timestamp) {
+            if bot.last_dtmf_ts == Some(hdr.ts) {
                 return;
             }
-            bot.last_dtmf_ts = Some(hdr.timestamp);
+            bot.last_dtmf_ts = Some(hdr.ts);
             if let Some(digit) = dtmf_digit(event) {
                 bot.end.send(Up::Dtmf(digit));
             }
@@ -143,9 +143,9 @@ impl Call {
         let rate_khz = format.sample_rate() / 1000;
         let mut sent = 0usize;
         let mut emit = |f: crate::codec::transcoder::PcmFrame<'_>| {
-            let origin = *first_ts.get_or_insert(f.timestamp);
+            let origin = *first_ts.get_or_insert(f.ts);
             let mut frame = AudioFrame {
-                timestamp_ms: f.timestamp.wrapping_sub(origin) / rate_khz,
+                timestamp_ms: f.ts.ticks_since(origin) / rate_khz,
                 len: 0,
                 data: [0; MAX_FRAME_BYTES],
             };
@@ -169,7 +169,7 @@ impl Call {
             sent += n;
         };
         if from_wa
-            .push(hdr.ssrc, hdr.sequence, hdr.timestamp, payload, &mut emit)
+            .push(hdr.ssrc, hdr.seq, hdr.ts, payload, &mut emit)
             .is_err()
         {
             *codec_errors += 1;
@@ -229,14 +229,14 @@ impl Call {
             };
             let pkt = &mut packets[count];
             let elapsed = slot.saturating_duration_since(*started);
-            let ts = ts_base.wrapping_add(clock_48k(elapsed));
+            let ts = ts_base.add(clock_48k(elapsed));
             let Ok(h) = rtp::write_header(
                 pkt,
                 &rtp::RtpHeaderFields {
                     marker: talkspurt,
-                    payload_type: opus_pt,
-                    sequence: *seq,
-                    timestamp: ts,
+                    pt: opus_pt,
+                    seq: *seq,
+                    ts,
                     ssrc: *ssrc,
                 },
             ) else {
@@ -244,7 +244,7 @@ impl Call {
             };
             match to_wa.encode(&pcm[..samples], &mut pkt[h..h + MAX_OPUS_FRAME]) {
                 Ok(n) => {
-                    *seq = seq.wrapping_add(1);
+                    *seq = seq.next();
                     lens[count] = h + n;
                     count += 1;
                 }

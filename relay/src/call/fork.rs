@@ -110,10 +110,7 @@ impl Forks {
             return;
         };
         let clock = clock_at(now, r.started);
-        if !r
-            .link
-            .push(r.id, dir, hdr.ssrc, hdr.timestamp, clock, payload)
-        {
+        if !r.link.push(r.id, dir, hdr.ssrc, hdr.ts, clock, payload) {
             r.dropped += 1;
         }
     }

@@ -25,9 +25,10 @@ use crate::dtls::DtlsDriver;
 use crate::ice::ControllingAgent;
 use crate::net::SocketRef;
 use crate::srtp::{MasterKey, SrtpError, SrtpSession};
+use crate::wire::rtp::{Clock, Pt, RtpTs};
 
 /// Opus always runs at 48 kHz RTP clock (RFC 7587).
-pub const OPUS_CLOCK: u32 = 48_000;
+pub const OPUS_CLOCK: Clock = Clock::OPUS;
 
 /// A description as applied: its SHA-256, enough to tell the same text again from a different
 /// one without keeping the text.
@@ -113,8 +114,8 @@ pub struct Leg {
     /// The previous peer after a transfer: never accepted, not even by latching (it keeps
     /// sending until it processes our BYE).
     pub refused: Option<SocketAddr>,
-    pub opus_pt: u8,
-    pub te_pt: Option<u8>,
+    pub opus_pt: Pt,
+    pub te_pt: Option<Pt>,
     /// Our outbound stream toward the peer.
     pub tx: OutboundStream,
     pub counters: LegCounters,
@@ -134,7 +135,7 @@ pub struct Leg {
     /// The first media from the peer was reported (`FirstMedia`).
     pub first_media_in: bool,
     /// Timestamp of the last DTMF event reported (one event per digit, not per packet).
-    pub last_dtmf_ts: Option<u32>,
+    pub last_dtmf_ts: Option<RtpTs>,
     /// A G.711 leg (the peer has no Opus): the codec state of both directions. Boxed: two
     /// libopus states and their buffers, ~60 KB, for the few legs that need them.
     pub transcode: Option<Box<Transcode>>,
@@ -158,7 +159,7 @@ impl Leg {
             policy: SourcePolicy::Strict,
             latched: false,
             refused: None,
-            opus_pt: 111,
+            opus_pt: Pt::new(111),
             te_pt: None,
             tx,
             counters: LegCounters::default(),
@@ -175,7 +176,7 @@ impl Leg {
     }
 
     /// The RTP clock of the leg's audio: 8 kHz for G.711, else Opus's 48 kHz.
-    pub fn clock_rate(&self) -> u32 {
+    pub fn clock_rate(&self) -> Clock {
         match self.transcode {
             Some(_) => crate::call::transcode::G711_CLOCK,
             None => OPUS_CLOCK,
@@ -339,7 +340,7 @@ impl Leg {
 
     /// RFC 4733: the digit of a telephone-event payload with timestamp `ts`, once per event
     /// (the first packet with a new timestamp).
-    pub fn new_dtmf_digit(&mut self, payload: &[u8], ts: u32) -> Option<char> {
+    pub fn new_dtmf_digit(&mut self, payload: &[u8], ts: RtpTs) -> Option<char> {
         let &event = payload.first()?;
         if self.last_dtmf_ts == Some(ts) {
             return None;

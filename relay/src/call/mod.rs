@@ -160,7 +160,7 @@ impl Call {
         } else {
             match self.leg_of(via) {
                 Some(WA) => {
-                    self.on_whatsapp_datagram(now, via, from, buf, len, out);
+                    self.on_wa_datagram(now, via, from, buf, len, out);
                     false
                 }
                 Some(INT) => {

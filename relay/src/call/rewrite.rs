@@ -20,7 +20,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::wire::seq::{self, Step};
+use crate::wire::rtp::{Clock, MediaTime, RtpTs, Seq, Ssrc};
+use crate::wire::seq::Step;
 
 /// A packet resuming after a fill at most this far (in time) behind the fill's last frame
 /// arrived late and is dropped; further behind, the source restarted its clock (or does not
@@ -44,9 +45,9 @@ pub struct Late;
 pub enum Source {
     /// Forwarded from the other leg, with the source's own SSRC/seq/ts.
     Forwarded {
-        ssrc: u32,
-        seq: u16,
-        ts: u32,
+        ssrc: Ssrc,
+        seq: Seq,
+        ts: RtpTs,
         /// The source marked a talkspurt start (RFC 3551 §4.1): it paused, so a timestamp
         /// behind the fill is its clock, not lateness.
         marker: bool,
@@ -60,8 +61,8 @@ impl Source {
     pub fn forwarded(hdr: &crate::wire::rtp::RtpHeader) -> Source {
         Source::Forwarded {
             ssrc: hdr.ssrc,
-            seq: hdr.sequence,
-            ts: hdr.timestamp,
+            seq: hdr.seq,
+            ts: hdr.ts,
             marker: hdr.marker,
         }
     }
@@ -70,28 +71,30 @@ impl Source {
 /// Header values for one outbound packet.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Rewritten {
-    pub ssrc: u32,
-    pub seq: u16,
-    pub ts: u32,
+    pub ssrc: Ssrc,
+    pub seq: Seq,
+    pub ts: RtpTs,
     /// Set on the first packet after a discontinuity (talkspurt start, RFC 3551 §4.1).
     pub marker: bool,
 }
 
 #[derive(Copy, Clone, Debug)]
 struct Mapping {
-    in_ssrc: u32,
+    in_ssrc: Ssrc,
+    /// Outbound minus inbound numbering, modulo 2^16.
     seq_offset: u16,
+    /// Outbound minus inbound timestamp, modulo 2^32 (one clock: forwarding keeps the codec).
     ts_offset: u32,
 }
 
 /// One outbound RTP stream (ours): SSRC, numbering and the mapping from the current source.
 #[derive(Debug)]
 pub struct OutboundStream {
-    ssrc: u32,
-    clock_rate: u32,
+    ssrc: Ssrc,
+    clock: Clock,
     /// Highest sequence we sent, its timestamp and when (for rebasing and RTCP SR).
-    last_seq: u16,
-    last_ts: u32,
+    last_seq: Seq,
+    last_ts: RtpTs,
     last_sent_at: Option<Instant>,
     mapping: Option<Mapping>,
     /// The previous packet was generated, so the next forwarded one starts a talkspurt.
@@ -106,11 +109,11 @@ pub struct OutboundStream {
 
 impl OutboundStream {
     /// `initial_seq`/`initial_ts` should be random (RFC 3550 §5.1).
-    pub fn new(ssrc: u32, clock_rate: u32, initial_seq: u16, initial_ts: u32) -> Self {
+    pub fn new(ssrc: Ssrc, clock: Clock, initial_seq: Seq, initial_ts: RtpTs) -> Self {
         OutboundStream {
             ssrc,
-            clock_rate,
-            last_seq: initial_seq.wrapping_sub(1),
+            clock,
+            last_seq: initial_seq.sub(1),
             last_ts: initial_ts,
             last_sent_at: None,
             mapping: None,
@@ -121,19 +124,23 @@ impl OutboundStream {
         }
     }
 
-    pub fn ssrc(&self) -> u32 {
+    pub fn ssrc(&self) -> Ssrc {
         self.ssrc
     }
 
     /// The RTP timestamp that corresponds to `now` on our outbound clock (for SR and fill).
-    pub fn ts_at(&self, now: Instant) -> u32 {
+    pub fn ts_at(&self, now: Instant) -> RtpTs {
         match self.last_sent_at {
-            Some(at) => self.last_ts.wrapping_add(clock_units(
-                now.saturating_duration_since(at),
-                self.clock_rate,
-            )),
+            Some(at) => self
+                .last_ts
+                .advance(self.span(now.saturating_duration_since(at))),
             None => self.last_ts,
         }
+    }
+
+    /// `d` on this stream's clock.
+    fn span(&self, d: Duration) -> MediaTime {
+        MediaTime::from_duration(d, self.clock)
     }
 
     pub fn last_sent_at(&self) -> Option<Instant> {
@@ -145,7 +152,7 @@ impl OutboundStream {
     pub fn next(&mut self, src: Source, now: Instant) -> Result<Rewritten, Late> {
         let (seq, ts, marker) = match src {
             Source::Generated => {
-                let seq = self.last_seq.wrapping_add(1);
+                let seq = self.last_seq.next();
                 let ts = self.advance_ts(now);
                 let marker = !self.after_generated && self.last_sent_at.is_none();
                 self.after_generated = true;
@@ -158,9 +165,14 @@ impl OutboundStream {
                 marker: talkspurt,
             } => {
                 let mut marker = self.after_generated;
+                // Only after a fill (rare): the per-packet case tests one flag.
                 let resumed = match self.mapping {
-                    Some(m) if self.after_generated && m.in_ssrc == ssrc => {
-                        self.resume_after_fill(m, in_seq, in_ts, talkspurt, now)?
+                    Some(m) if self.after_generated => {
+                        if m.in_ssrc == ssrc {
+                            self.resume_after_fill(m, in_seq, in_ts, talkspurt, now)?
+                        } else {
+                            None
+                        }
                     }
                     _ => None,
                 };
@@ -180,12 +192,12 @@ impl OutboundStream {
                         // A new source, a restart, the first packet after the maiden silence, or
                         // a clock restarted during a fill: continue from where our stream is,
                         // with the clock advanced by wall time.
-                        let seq = self.last_seq.wrapping_add(1);
+                        let seq = self.last_seq.next();
                         let ts = self.advance_ts(now);
                         let m = Mapping {
                             in_ssrc: ssrc,
-                            seq_offset: seq.wrapping_sub(in_seq),
-                            ts_offset: ts.wrapping_sub(in_ts),
+                            seq_offset: seq.since(in_seq),
+                            ts_offset: ts.ticks_since(in_ts),
                         };
                         self.mapping = Some(m);
                         marker = true;
@@ -194,15 +206,15 @@ impl OutboundStream {
                 };
                 self.after_generated = false;
                 (
-                    in_seq.wrapping_add(mapping.seq_offset),
-                    in_ts.wrapping_add(mapping.ts_offset),
+                    in_seq.add(mapping.seq_offset),
+                    in_ts.add(mapping.ts_offset),
                     marker,
                 )
             }
         };
         self.late_since = None;
         // Track the highest sequence sent (reordered older packets do not move it back).
-        if self.last_sent_at.is_none() || seq_newer(seq, self.last_seq) {
+        if self.last_sent_at.is_none() || seq.is_newer_than(self.last_seq) {
             self.last_seq = seq;
             self.last_ts = ts;
             self.last_sent_at = Some(now);
@@ -232,22 +244,20 @@ impl OutboundStream {
     fn resume_after_fill(
         &mut self,
         m: Mapping,
-        in_seq: u16,
-        in_ts: u32,
+        in_seq: Seq,
+        in_ts: RtpTs,
         talkspurt: bool,
         now: Instant,
     ) -> Result<Option<Mapping>, Late> {
-        let ts = in_ts.wrapping_add(m.ts_offset);
+        let ts = in_ts.add(m.ts_offset);
         // Due before the last generated frame is over?
-        let frame_end = self
-            .last_ts
-            .wrapping_add(clock_units(GENERATED_FRAME, self.clock_rate));
-        let behind = frame_end.wrapping_sub(ts);
+        let frame_end = self.last_ts.advance(self.span(GENERATED_FRAME));
+        let behind = frame_end.ticks_since(ts);
         if behind != 0 && behind < 0x8000_0000 {
             let burst_over = self
                 .late_since
                 .is_some_and(|t| now.saturating_duration_since(t) > LATE_BURST);
-            if talkspurt || burst_over || behind > clock_units(MAX_LATE, self.clock_rate) {
+            if talkspurt || burst_over || i64::from(behind) > self.span(MAX_LATE).ticks() {
                 return Ok(None);
             }
             self.late_since.get_or_insert(now);
@@ -255,49 +265,54 @@ impl OutboundStream {
         }
         Ok(Some(Mapping {
             in_ssrc: m.in_ssrc,
-            seq_offset: self.last_seq.wrapping_add(1).wrapping_sub(in_seq),
+            seq_offset: self.last_seq.next().since(in_seq),
             ts_offset: m.ts_offset,
         }))
     }
 
-    fn is_jump(&self, m: Mapping, in_seq: u16) -> bool {
-        let mapped = in_seq.wrapping_add(m.seq_offset);
-        seq::step(mapped, self.last_seq) == Step::Jump
+    fn is_jump(&self, m: Mapping, in_seq: Seq) -> bool {
+        let mapped = in_seq.add(m.seq_offset);
+        mapped.step_from(self.last_seq) == Step::Jump
     }
 
-    fn advance_ts(&self, now: Instant) -> u32 {
+    fn advance_ts(&self, now: Instant) -> RtpTs {
         // At least one tick so two packets never share a timestamp after a rebase, and after
         // a generated frame at least that frame: a packet that overlapped it would put two
         // frames in one slot.
         let min = if self.after_generated {
-            clock_units(GENERATED_FRAME, self.clock_rate)
+            self.span(GENERATED_FRAME)
         } else {
-            1
+            MediaTime::new(1, self.clock)
         };
         match self.last_sent_at {
-            Some(at) => self.last_ts.wrapping_add(
-                clock_units(now.saturating_duration_since(at), self.clock_rate).max(min),
-            ),
+            Some(at) => self
+                .last_ts
+                .advance(self.span(now.saturating_duration_since(at)).max(min)),
             None => self.last_ts,
         }
     }
 }
 
-pub use crate::wire::seq::seq_newer;
-
-pub fn clock_units(d: Duration, clock_rate: u32) -> u32 {
-    ((d.as_micros() as u64).saturating_mul(clock_rate as u64) / 1_000_000) as u32
+/// `d` in ticks of `clock`, as a 32-bit RTP span (wrapping).
+#[inline]
+pub fn clock_units(d: Duration, clock: Clock) -> u32 {
+    clock.rtp_ticks(d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn stream(ssrc: u32, clock: u32, seq: u16, ts: u32) -> OutboundStream {
+        let clock = Clock::new(clock).unwrap();
+        OutboundStream::new(Ssrc::new(ssrc), clock, Seq::new(seq), RtpTs::new(ts))
+    }
+
     fn fwd(ssrc: u32, seq: u16, ts: u32) -> Source {
         Source::Forwarded {
-            ssrc,
-            seq,
-            ts,
+            ssrc: Ssrc::new(ssrc),
+            seq: Seq::new(seq),
+            ts: RtpTs::new(ts),
             marker: false,
         }
     }
@@ -305,26 +320,26 @@ mod tests {
     #[test]
     fn passes_gaps_and_reordering_through() {
         let t0 = Instant::now();
-        let mut s = OutboundStream::new(7, 48000, 100, 5000);
+        let mut s = stream(7, 48000, 100, 5000);
         let a = s.next(fwd(1, 10, 0), t0).unwrap();
-        assert_eq!((a.seq, a.ts, a.marker), (100, 5000, true));
+        assert_eq!((a.seq.get(), a.ts.get(), a.marker), (100, 5000, true));
         // Loss of seq 11: the gap is preserved so the receiver sees it.
         let b = s
             .next(fwd(1, 12, 1920), t0 + Duration::from_millis(40))
             .unwrap();
-        assert_eq!((b.seq, b.ts, b.marker), (102, 6920, false));
+        assert_eq!((b.seq.get(), b.ts.get(), b.marker), (102, 6920, false));
         // Late 11 arrives: mapped into its place.
         let c = s
             .next(fwd(1, 11, 960), t0 + Duration::from_millis(41))
             .unwrap();
-        assert_eq!((c.seq, c.ts), (101, 5960));
-        assert_eq!(s.ssrc(), 7);
+        assert_eq!((c.seq.get(), c.ts.get()), (101, 5960));
+        assert_eq!(s.ssrc().get(), 7);
     }
 
     #[test]
     fn ssrc_change_keeps_outbound_continuous() {
         let t0 = Instant::now();
-        let mut s = OutboundStream::new(7, 48000, 0, 0);
+        let mut s = stream(7, 48000, 0, 0);
         for i in 0..5u16 {
             s.next(
                 fwd(1, 30000 + i, 960 * i as u32),
@@ -336,9 +351,9 @@ mod tests {
         let r = s
             .next(fwd(2, 7, 123_456), t0 + Duration::from_millis(100))
             .unwrap();
-        assert_eq!(r.seq, 5);
+        assert_eq!(r.seq.get(), 5);
         assert_eq!(
-            r.ts,
+            r.ts.get(),
             960 * 5,
             "timestamp advanced by exactly the 20 ms of wall time"
         );
@@ -346,42 +361,46 @@ mod tests {
         let r2 = s
             .next(fwd(2, 8, 123_456 + 960), t0 + Duration::from_millis(120))
             .unwrap();
-        assert_eq!((r2.seq, r2.ts, r2.marker), (6, 960 * 6, false));
+        assert_eq!((r2.seq.get(), r2.ts.get(), r2.marker), (6, 960 * 6, false));
     }
 
     #[test]
     fn sequence_jump_in_same_ssrc_is_rebased() {
         let t0 = Instant::now();
-        let mut s = OutboundStream::new(7, 48000, 500, 0);
+        let mut s = stream(7, 48000, 500, 0);
         s.next(fwd(1, 1, 0), t0).unwrap();
         let r = s
             .next(fwd(1, 40000, 960), t0 + Duration::from_millis(20))
             .unwrap();
-        assert_eq!(r.seq, 501);
+        assert_eq!(r.seq.get(), 501);
         assert!(r.marker);
     }
 
     #[test]
     fn generated_then_forwarded_is_continuous() {
         let t0 = Instant::now();
-        let mut s = OutboundStream::new(7, 48000, 65534, 4_294_967_000);
+        let mut s = stream(7, 48000, 65534, 4_294_967_000);
         let g1 = s.next(Source::Generated, t0).unwrap();
         let g2 = s
             .next(Source::Generated, t0 + Duration::from_millis(20))
             .unwrap();
-        assert_eq!(g2.seq, g1.seq.wrapping_add(1));
-        assert_eq!(g2.ts, g1.ts.wrapping_add(960));
+        assert_eq!(g2.seq.get(), g1.seq.get().wrapping_add(1));
+        assert_eq!(g2.ts.get(), g1.ts.get().wrapping_add(960));
         let f = s
             .next(fwd(9, 100, 0), t0 + Duration::from_millis(40))
             .unwrap();
-        assert_eq!(f.seq, g2.seq.wrapping_add(1), "sequence wraps continuously");
-        assert_eq!(f.ts, g2.ts.wrapping_add(960));
+        assert_eq!(
+            f.seq.get(),
+            g2.seq.get().wrapping_add(1),
+            "sequence wraps continuously"
+        );
+        assert_eq!(f.ts.get(), g2.ts.get().wrapping_add(960));
         assert!(f.marker, "talkspurt start after fill");
         let g3 = s
             .next(Source::Generated, t0 + Duration::from_millis(60))
             .unwrap();
-        assert_eq!(g3.seq, f.seq.wrapping_add(1));
-        assert_eq!(g3.ts, f.ts.wrapping_add(960));
+        assert_eq!(g3.seq.get(), f.seq.get().wrapping_add(1));
+        assert_eq!(g3.ts.get(), f.ts.get().wrapping_add(960));
     }
 
     /// After a fill, the same source's next packet keeps its own timing and follows the fill's
@@ -390,21 +409,27 @@ mod tests {
     fn the_source_resumes_on_its_own_clock_after_a_fill() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut s = OutboundStream::new(7, 48000, 100, 0);
+        let mut s = stream(7, 48000, 100, 0);
         let a = s.next(fwd(1, 10, 0), t0).unwrap();
         // The source stalls; fill covers the slots of its packets 11 and 12.
         let g1 = s.next(Source::Generated, t0 + ms(20)).unwrap();
         let g2 = s.next(Source::Generated, t0 + ms(40)).unwrap();
-        assert_eq!((g1.seq, g1.ts), (a.seq + 1, 960));
-        assert_eq!((g2.seq, g2.ts), (a.seq + 2, 1920));
+        assert_eq!((g1.seq.get(), g1.ts.get()), (a.seq.get() + 1, 960));
+        assert_eq!((g2.seq.get(), g2.ts.get()), (a.seq.get() + 2, 1920));
         // 11 and 12 arrive late, in a burst: their slots were filled.
         assert_eq!(s.next(fwd(1, 11, 960), t0 + ms(55)), Err(Late));
         assert_eq!(s.next(fwd(1, 12, 1920), t0 + ms(55)), Err(Late));
         // 13 is due after the fill: it continues both the sequence and its own timing.
         let r = s.next(fwd(1, 13, 2880), t0 + ms(55)).unwrap();
-        assert_eq!((r.seq, r.ts, r.marker), (a.seq + 3, 2880, true));
+        assert_eq!(
+            (r.seq.get(), r.ts.get(), r.marker),
+            (a.seq.get() + 3, 2880, true)
+        );
         let r2 = s.next(fwd(1, 14, 3840), t0 + ms(80)).unwrap();
-        assert_eq!((r2.seq, r2.ts, r2.marker), (a.seq + 4, 3840, false));
+        assert_eq!(
+            (r2.seq.get(), r2.ts.get(), r2.marker),
+            (a.seq.get() + 4, 3840, false)
+        );
     }
 
     /// A source that restarted its clock during a fill (far behind it) is rebased, not
@@ -412,7 +437,7 @@ mod tests {
     #[test]
     fn a_clock_far_behind_the_fill_is_rebased() {
         let t0 = Instant::now();
-        let mut s = OutboundStream::new(7, 48000, 100, 0);
+        let mut s = stream(7, 48000, 100, 0);
         s.next(fwd(1, 10, 480_000), t0).unwrap();
         for i in 1..=50u64 {
             s.next(Source::Generated, t0 + Duration::from_millis(20 * i))
@@ -422,8 +447,12 @@ mod tests {
         let r = s
             .next(fwd(1, 11, 480_960), t0 + Duration::from_millis(1020))
             .unwrap();
-        assert_eq!(r.seq, 100 + 51);
-        assert_eq!(r.ts, 51 * 960, "continues the stream's clock by wall time");
+        assert_eq!(r.seq.get(), 100 + 51);
+        assert_eq!(
+            r.ts.get(),
+            51 * 960,
+            "continues the stream's clock by wall time"
+        );
         assert!(r.marker);
     }
 
@@ -435,15 +464,15 @@ mod tests {
         let ms = Duration::from_millis;
         for marker in [true, false] {
             let t0 = Instant::now();
-            let mut s = OutboundStream::new(7, 48000, 100, 0);
+            let mut s = stream(7, 48000, 100, 0);
             s.next(fwd(1, 10, 0), t0).unwrap();
             for i in 3..=10u32 {
                 s.next(Source::Generated, t0 + ms(20) * i).unwrap();
             }
             let resume = Source::Forwarded {
-                ssrc: 1,
-                seq: 11,
-                ts: 960,
+                ssrc: Ssrc::new(1),
+                seq: Seq::new(11),
+                ts: RtpTs::new(960),
                 marker,
             };
             let at = t0 + ms(210);
@@ -453,11 +482,15 @@ mod tests {
                 assert_eq!(s.next(resume, at), Err(Late));
                 s.next(fwd(1, 12, 1920), at + ms(20)).unwrap()
             };
-            assert_eq!(r.seq, 100 + 9, "marker {marker}");
+            assert_eq!(r.seq.get(), 100 + 9, "marker {marker}");
             assert!(r.marker);
             // On the wall clock from the last fill frame (at 200 ms), at least its 20 ms.
             let after: u32 = if marker { 10 } else { 30 };
-            assert_eq!(r.ts, 960 * 10 + (after * 48).max(960), "marker {marker}");
+            assert_eq!(
+                r.ts.get(),
+                960 * 10 + (after * 48).max(960),
+                "marker {marker}"
+            );
         }
     }
 }

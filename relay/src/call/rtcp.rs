@@ -10,6 +10,7 @@ use crate::call::stats::LegCounters;
 use crate::call::{INT, WA};
 use crate::net::Outbox;
 use crate::wire::rtcp::{self, ReportBlock, RtcpPacket};
+use crate::wire::rtp::Ssrc;
 
 /// Enough for SR + one report block + SDES CNAME + BYE, plus SRTCP overhead.
 const RTCP_BUF: usize = 256;
@@ -19,7 +20,7 @@ impl Call {
     /// block about our stream (loss, jitter, RTT).
     pub(super) fn read_reports(
         counters: &mut LegCounters,
-        our_ssrc: u32,
+        our_ssrc: Ssrc,
         pkt: &[u8],
         now: Instant,
         now_ntp: u64,

@@ -11,7 +11,8 @@
 //! a [`Step::Jump`], starts it afresh, so a media server that restarts its numbering is never
 //! mistaken for a replayer.
 
-use crate::wire::seq::{Step, step};
+use crate::wire::rtp::{Seq, Ssrc};
+use crate::wire::seq::Step;
 
 /// Packets behind the newest one that can still be told apart from replays (2.56 s at 20 ms).
 const WINDOW: u16 = 128;
@@ -28,18 +29,18 @@ pub enum Replay {
 #[derive(Clone, Debug, Default)]
 pub struct SeqWindow {
     /// The source's SSRC and the newest sequence number received from it.
-    top: Option<(u32, u16)>,
+    top: Option<(Ssrc, Seq)>,
     /// Bit `i` set: `top - i` was received.
     seen: u128,
 }
 
 impl SeqWindow {
     /// Accept `seq` from `ssrc` once: `Ok` records it, a repeat or a too-old packet is refused.
-    pub fn check_and_note(&mut self, ssrc: u32, seq: u16) -> Result<(), Replay> {
+    pub fn check_and_note(&mut self, ssrc: Ssrc, seq: Seq) -> Result<(), Replay> {
         let Some((top_ssrc, top)) = self.top.filter(|(s, _)| *s == ssrc) else {
             return self.restart(ssrc, seq);
         };
-        match step(seq, top) {
+        match seq.step_from(top) {
             Step::Same => Err(Replay::Duplicate),
             Step::Jump => self.restart(ssrc, seq),
             Step::Ahead(ahead) => {
@@ -63,7 +64,7 @@ impl SeqWindow {
         }
     }
 
-    fn restart(&mut self, ssrc: u32, seq: u16) -> Result<(), Replay> {
+    fn restart(&mut self, ssrc: Ssrc, seq: Seq) -> Result<(), Replay> {
         self.top = Some((ssrc, seq));
         self.seen = 1;
         Ok(())
@@ -75,34 +76,39 @@ mod tests {
     use super::*;
     use crate::wire::seq::MAX_DROPOUT;
 
+    /// [`SeqWindow::check_and_note`] with the wire's numbers.
+    fn note(w: &mut SeqWindow, ssrc: u32, seq: u16) -> Result<(), Replay> {
+        w.check_and_note(Ssrc::new(ssrc), Seq::new(seq))
+    }
+
     #[test]
     fn repeats_are_refused_and_reordering_is_not() {
         let mut w = SeqWindow::default();
-        assert_eq!(w.check_and_note(1, 65534), Ok(()));
+        assert_eq!(note(&mut w, 1, 65534), Ok(()));
         assert_eq!(
-            w.check_and_note(1, 1),
+            note(&mut w, 1, 1),
             Ok(()),
             "across the wrap, 65535 and 0 lost"
         );
-        assert_eq!(w.check_and_note(1, 65535), Ok(()), "late, in the window");
-        assert_eq!(w.check_and_note(1, 65535), Err(Replay::Duplicate));
-        assert_eq!(w.check_and_note(1, 1), Err(Replay::Duplicate));
-        assert_eq!(w.check_and_note(1, 0), Ok(()));
-        assert_eq!(w.check_and_note(1, 65534), Err(Replay::Duplicate));
+        assert_eq!(note(&mut w, 1, 65535), Ok(()), "late, in the window");
+        assert_eq!(note(&mut w, 1, 65535), Err(Replay::Duplicate));
+        assert_eq!(note(&mut w, 1, 1), Err(Replay::Duplicate));
+        assert_eq!(note(&mut w, 1, 0), Ok(()));
+        assert_eq!(note(&mut w, 1, 65534), Err(Replay::Duplicate));
     }
 
     #[test]
     fn old_packets_are_too_old_and_restarts_start_afresh() {
         let mut w = SeqWindow::default();
         for seq in 1000..=1300u16 {
-            assert_eq!(w.check_and_note(7, seq), Ok(()));
+            assert_eq!(note(&mut w, 7, seq), Ok(()));
         }
-        assert_eq!(w.check_and_note(7, 1100), Err(Replay::TooOld));
-        assert_eq!(w.check_and_note(7, 1200), Err(Replay::Duplicate));
+        assert_eq!(note(&mut w, 7, 1100), Err(Replay::TooOld));
+        assert_eq!(note(&mut w, 7, 1200), Err(Replay::Duplicate));
         // A new SSRC, or a jump, is a new stream.
-        assert_eq!(w.check_and_note(8, 1200), Ok(()));
-        assert_eq!(w.check_and_note(8, 1200 + MAX_DROPOUT), Ok(()));
-        assert_eq!(w.check_and_note(8, 5), Ok(()), "far behind: a restart");
-        assert_eq!(w.check_and_note(8, 5), Err(Replay::Duplicate));
+        assert_eq!(note(&mut w, 8, 1200), Ok(()));
+        assert_eq!(note(&mut w, 8, 1200 + MAX_DROPOUT), Ok(()));
+        assert_eq!(note(&mut w, 8, 5), Ok(()), "far behind: a restart");
+        assert_eq!(note(&mut w, 8, 5), Err(Replay::Duplicate));
     }
 }

@@ -26,6 +26,7 @@ use crate::ice::{ControllingAgent, IceConfig, IceCredentials};
 use crate::net::{Outbox, SocketRef};
 use crate::sdp::{self, LocalDescription, Setup};
 use crate::srtp::{self, SessionKeys, SrtpSession};
+use crate::wire::rtp::{Pt, Ssrc};
 
 /// The sockets the engine bound for this call.
 #[derive(Copy, Clone, Debug)]
@@ -90,7 +91,7 @@ impl Call {
         let ice_creds = IceCredentials::random();
         let wa_cname = format!("relay-{}", rand::random::<u32>());
         let internal_cname = format!("relay-{}", rand::random::<u32>());
-        let wa_ssrc = rand::random::<u32>();
+        let wa_ssrc = rand::random::<Ssrc>();
 
         // Our candidates: one per bound WhatsApp socket, at the advertised address.
         let mut candidates = Vec::new();
@@ -120,7 +121,7 @@ impl Call {
         );
         // Nothing toward Meta is ever in the clear.
         wa.secure = true;
-        wa.te_pt = Some(126);
+        wa.te_pt = Some(Pt::new(126));
         wa.remote_sdp = req.whatsapp_offer.as_deref().map(SdpDigest::of);
         let fingerprint = setup.identity.fingerprint().clone();
         let session_id = rand::random::<u32>() as u64;
@@ -150,8 +151,7 @@ impl Call {
                     .whatsapp_offer
                     .as_deref()
                     .ok_or_else(|| bad("whatsapp_offer is required for a user-initiated call"))?;
-                let offer =
-                    sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+                let offer = sdp::validate_wa_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
                 wa.opus_pt = offer.opus_pt;
                 wa.te_pt = offer.telephone_event_pt;
                 let security = match &offer.transport {
@@ -189,7 +189,7 @@ impl Call {
                         }
                     }
                 };
-                LocalDescription::whatsapp_answer(&offer, wa_params(security))
+                LocalDescription::wa_answer(&offer, wa_params(security))
                     .map_err(bad)?
                     .to_sdp()
             }
@@ -268,14 +268,14 @@ impl Call {
         out: &mut impl Outbox,
     ) -> Result<(), CallError> {
         match leg {
-            LegKind::WhatsApp => self.set_whatsapp_answer(text, now)?,
+            LegKind::WhatsApp => self.set_wa_answer(text, now)?,
             LegKind::Internal => self.set_internal_remote(text, now)?,
         }
         self.after_input(now, out);
         Ok(())
     }
 
-    fn set_whatsapp_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
+    fn set_wa_answer(&mut self, text: &str, now: Instant) -> Result<(), CallError> {
         if let Some(prev) = self.legs[WA].remote_sdp {
             return if prev == SdpDigest::of(text) {
                 Ok(())
@@ -290,7 +290,7 @@ impl Call {
                 ))
             };
         }
-        let answer = sdp::validate_whatsapp_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
+        let answer = sdp::validate_wa_offer(&sdp::parse(text).map_err(bad)?).map_err(bad)?;
         self.legs[WA].opus_pt = answer.opus_pt;
         self.legs[WA].te_pt = answer.telephone_event_pt;
         match &answer.transport {
@@ -434,7 +434,7 @@ pub(crate) fn build_internal(
     cname: String,
     now: Instant,
 ) -> Result<(Leg, String), CallError> {
-    let ssrc = rand::random::<u32>();
+    let ssrc = rand::random::<Ssrc>();
     let mut leg = Leg::new(
         [Some(SocketRef::Internal), None],
         SocketRef::Internal,
@@ -443,7 +443,7 @@ pub(crate) fn build_internal(
     );
     leg.secure = spec.kind != InternalKind::PlainRtp;
     leg.policy = spec.source;
-    leg.te_pt = Some(101);
+    leg.te_pt = Some(Pt::new(101));
     leg.remote_sdp = spec.remote_sdp.as_deref().map(SdpDigest::of);
     leg.local_key = match spec.kind {
         InternalKind::PlainRtp => None,

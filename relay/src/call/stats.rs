@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use crate::api::{LegStats, StreamStats};
-use crate::wire::rtp::SeqTracker;
+use crate::wire::rtp::{Clock, SeqTracker, Ssrc};
 
 /// Why a datagram was dropped. Each is counted separately so an operator can tell a hostile
 /// flood (bad source) from a broken peer (malformed, auth) from a setup race (not ready).
@@ -112,7 +112,7 @@ pub struct LegCounters {
     pub remote_fraction_lost: Option<u8>,
     pub rtt_ms: Option<f64>,
     /// SSRC of the stream we receive (for our report block).
-    pub remote_ssrc: Option<u32>,
+    pub remote_ssrc: Option<Ssrc>,
     /// The peer's last SR: NTP middle 32 bits and when it arrived (for LSR/DLSR).
     pub last_sr: Option<(u32, Instant)>,
 }
@@ -140,7 +140,8 @@ pub struct LegQuality {
 }
 
 impl LegCounters {
-    pub fn quality(&self, tx_packets: u64, clock_rate: u32) -> LegQuality {
+    pub fn quality(&self, tx_packets: u64, clock: Clock) -> LegQuality {
+        let clock_rate = clock.hz();
         let (lost, jitter_units) = match &self.rx_seq {
             Some(t) => (t.lost().max(0) as u64, t.jitter()),
             None => (0, 0),
@@ -174,7 +175,8 @@ impl LegCounters {
         self.drops.iter().sum()
     }
 
-    pub fn to_api(&self, sent_packets: u64, sent_bytes: u64, clock_rate: u32) -> LegStats {
+    pub fn to_api(&self, sent_packets: u64, sent_bytes: u64, clock: Clock) -> LegStats {
+        let clock_rate = clock.hz();
         let (lost, jitter_units) = match &self.rx_seq {
             Some(t) => (t.lost().max(0) as u64, t.jitter()),
             None => (0, 0),

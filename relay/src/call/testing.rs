@@ -312,7 +312,7 @@ impl MetaPeer {
     /// its SDES key (SDES).
     pub fn accept_answer(&mut self, answer: &str, now: Instant) -> Result<(), String> {
         let parsed = sdp::parse(answer).map_err(|e| e.to_string())?;
-        let answer = sdp::validate_whatsapp_offer(&parsed).map_err(|e| e.to_string())?;
+        let answer = sdp::validate_wa_offer(&parsed).map_err(|e| e.to_string())?;
         match answer.transport {
             WaTransport::Sdes(s) => {
                 let local = self.sdes_key.clone().ok_or("SDES answer to a DTLS offer")?;

@@ -35,13 +35,13 @@ use crate::codec::transcoder::{
     OpusFrame, OpusToPcm, PcmFormat, PcmFrame, PcmToOpus, TranscodeStats,
 };
 use crate::net::Outbox;
-use crate::wire::rtp;
+use crate::wire::rtp::{self, Clock, Pt, RtpTs, Seq, Ssrc};
 
 /// The RTP clock of a G.711 leg (and of its telephone events).
-pub const G711_CLOCK: u32 = 8000;
+pub const G711_CLOCK: Clock = Clock::G711;
 
 /// WhatsApp's telephone-event clock (its offer's `telephone-event/8000`).
-const WA_EVENT_CLOCK: u32 = 8000;
+const WA_EVENT_CLOCK: Clock = Clock::G711;
 
 /// Room for one generated packet: header, the largest Opus frame we emit, SRTP's tag.
 const PACKET_BYTES: usize = 12 + crate::codec::opus::MAX_PACKET + 32;
@@ -50,10 +50,10 @@ const PACKET_BYTES: usize = 12 + crate::codec::opus::MAX_PACKET + 32;
 pub struct Transcode {
     law: G711,
     to_internal: OpusToPcm,
-    to_whatsapp: PcmToOpus,
+    to_wa: PcmToOpus,
     /// Sequence numbers of the packets generated toward each side.
-    seq_to_internal: u16,
-    seq_to_whatsapp: u16,
+    seq_to_internal: Seq,
+    seq_to_wa: Seq,
 }
 
 /// What one call's transcoding did (both directions).
@@ -61,7 +61,7 @@ pub struct Transcode {
 pub struct TranscodeCounters {
     pub law: Option<G711>,
     pub to_internal: TranscodeStats,
-    pub to_whatsapp: TranscodeStats,
+    pub to_wa: TranscodeStats,
 }
 
 impl Transcode {
@@ -69,13 +69,13 @@ impl Transcode {
         Ok(Transcode {
             law,
             to_internal: OpusToPcm::new(PcmFormat::from(law), rand::random())?,
-            to_whatsapp: PcmToOpus::new(
+            to_wa: PcmToOpus::new(
                 PcmFormat::from(law),
-                OpusEncoderConfig::toward_whatsapp(),
+                OpusEncoderConfig::toward_wa(),
                 rand::random(),
             )?,
             seq_to_internal: rand::random(),
-            seq_to_whatsapp: rand::random(),
+            seq_to_wa: rand::random(),
         })
     }
 
@@ -87,18 +87,18 @@ impl Transcode {
         TranscodeCounters {
             law: Some(self.law),
             to_internal: self.to_internal.stats(),
-            to_whatsapp: self.to_whatsapp.stats(),
+            to_wa: self.to_wa.stats(),
         }
     }
 
-    fn next_seq_to_internal(&mut self) -> u16 {
-        self.seq_to_internal = self.seq_to_internal.wrapping_add(1);
+    fn next_seq_to_internal(&mut self) -> Seq {
+        self.seq_to_internal = self.seq_to_internal.next();
         self.seq_to_internal
     }
 
-    fn next_seq_to_whatsapp(&mut self) -> u16 {
-        self.seq_to_whatsapp = self.seq_to_whatsapp.wrapping_add(1);
-        self.seq_to_whatsapp
+    fn next_seq_to_wa(&mut self) -> Seq {
+        self.seq_to_wa = self.seq_to_wa.next();
+        self.seq_to_wa
     }
 }
 
@@ -135,8 +135,8 @@ pub(super) fn apply_codec(
 
 /// An RFC 4733 payload with its duration moved from one event clock to another; `None` when
 /// the payload is too short to be an event.
-fn translate_event(payload: &[u8], from_hz: u32, to_hz: u32) -> Option<[u8; 4]> {
-    let ev = TelephoneEvent::parse(payload)?.rescaled(from_hz, to_hz);
+fn translate_event(payload: &[u8], from: Clock, to: Clock) -> Option<[u8; 4]> {
+    let ev = TelephoneEvent::parse(payload)?.rescaled(from, to);
     let mut out = [0u8; 4];
     ev.write(&mut out);
     Some(out)
@@ -158,47 +158,35 @@ impl Call {
         let payload = &buf[hdr.payload_range()];
         let (wa_opus_pt, wa_te_pt) = (self.legs[WA].opus_pt, self.legs[WA].te_pt);
         let internal = &mut self.legs[INT];
-        if hdr.payload_type == wa_opus_pt {
+        if hdr.pt == wa_opus_pt {
             let pt = internal.opus_pt;
             let ssrc = hdr.ssrc;
             let mut first = hdr.marker;
             let mut seqs = tc.seq_to_internal;
-            let r = tc.to_internal.push(
-                hdr.ssrc,
-                hdr.sequence,
-                hdr.timestamp,
-                payload,
-                &mut |f: PcmFrame<'_>| {
-                    seqs = seqs.wrapping_add(1);
+            let r = tc
+                .to_internal
+                .push(hdr.ssrc, hdr.seq, hdr.ts, payload, &mut |f: PcmFrame<
+                    '_,
+                >| {
+                    seqs = seqs.next();
                     let marker = std::mem::take(&mut first);
-                    send_internal(
-                        internal,
-                        now,
-                        ssrc,
-                        seqs,
-                        f.timestamp,
-                        marker,
-                        pt,
-                        f.payload,
-                        out,
-                    );
-                },
-            );
+                    send_internal(internal, now, ssrc, seqs, f.ts, marker, pt, f.payload, out);
+                });
             tc.seq_to_internal = seqs;
             if r.is_err() {
                 internal.counters.drop(DropReason::Malformed);
             }
-        } else if Some(hdr.payload_type) == wa_te_pt {
+        } else if Some(hdr.pt) == wa_te_pt {
             let Some(pt) = internal.te_pt else {
                 internal.counters.drop(DropReason::UnknownPayloadType);
                 self.legs[INT].transcode = Some(tc);
                 return;
             };
-            self.note_dtmf(crate::api::LegKind::WhatsApp, payload, hdr.timestamp);
+            self.note_dtmf(crate::api::LegKind::WhatsApp, payload, hdr.ts);
             let internal = &mut self.legs[INT];
             match translate_event(payload, WA_EVENT_CLOCK, G711_CLOCK) {
                 Some(ev) => {
-                    let ts = tc.to_internal.map_timestamp(hdr.timestamp);
+                    let ts = tc.to_internal.map_ts(hdr.ts);
                     let seq = tc.next_seq_to_internal();
                     send_internal(internal, now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out);
                 }
@@ -212,7 +200,7 @@ impl Call {
 
     /// A G.711 internal leg → WhatsApp: one plaintext internal RTP packet, already counted and
     /// checked. Each 20 ms Opus frame it completes goes through the gate like forwarded media.
-    pub(super) fn transcode_to_whatsapp(
+    pub(super) fn transcode_to_wa(
         &mut self,
         now: Instant,
         hdr: &rtp::RtpHeader,
@@ -223,40 +211,38 @@ impl Call {
             return;
         };
         let payload = &buf[hdr.payload_range()];
-        // Generated packets carry the leg's audio PT; `send_to_whatsapp` maps it to WhatsApp's
+        // Generated packets carry the leg's audio PT; `send_to_wa` maps it to WhatsApp's
         // Opus PT as it does for forwarded Opus.
         let audio_pt = self.legs[INT].opus_pt;
-        if hdr.payload_type == audio_pt {
+        if hdr.pt == audio_pt {
             let ssrc = hdr.ssrc;
-            let mut seqs = tc.seq_to_whatsapp;
+            let mut seqs = tc.seq_to_wa;
             let r = tc
-                .to_whatsapp
-                .push(hdr.ssrc, hdr.timestamp, payload, &mut |f: OpusFrame<'_>| {
-                    seqs = seqs.wrapping_add(1);
-                    self.route_generated_to_whatsapp(
+                .to_wa
+                .push(hdr.ssrc, hdr.ts, payload, &mut |f: OpusFrame<'_>| {
+                    seqs = seqs.next();
+                    self.route_generated_to_wa(
                         now,
                         ssrc,
                         seqs,
-                        f.timestamp,
+                        f.ts,
                         f.discontinuity,
                         audio_pt,
                         f.payload,
                         out,
                     );
                 });
-            tc.seq_to_whatsapp = seqs;
+            tc.seq_to_wa = seqs;
             if r.is_err() {
                 self.legs[INT].counters.drop(DropReason::Malformed);
             }
-        } else if Some(hdr.payload_type) == self.legs[INT].te_pt {
+        } else if Some(hdr.pt) == self.legs[INT].te_pt {
             match translate_event(payload, G711_CLOCK, WA_EVENT_CLOCK) {
                 Some(ev) => {
-                    let ts = tc.to_whatsapp.map_timestamp(hdr.timestamp);
-                    let seq = tc.next_seq_to_whatsapp();
-                    let pt = hdr.payload_type;
-                    self.route_generated_to_whatsapp(
-                        now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out,
-                    );
+                    let ts = tc.to_wa.map_ts(hdr.ts);
+                    let seq = tc.next_seq_to_wa();
+                    let pt = hdr.pt;
+                    self.route_generated_to_wa(now, hdr.ssrc, seq, ts, hdr.marker, pt, &ev, out);
                 }
                 None => self.legs[INT].counters.drop(DropReason::Malformed),
             }
@@ -267,25 +253,25 @@ impl Call {
     }
 
     /// Builds a plaintext RTP packet standing for the internal source and sends it through
-    /// the gate, as `forward_to_whatsapp` does with a packet it received.
+    /// the gate, as `forward_to_wa` does with a packet it received.
     #[allow(clippy::too_many_arguments)]
-    fn route_generated_to_whatsapp(
+    fn route_generated_to_wa(
         &mut self,
         now: Instant,
-        ssrc: u32,
-        seq: u16,
-        ts: u32,
+        ssrc: Ssrc,
+        seq: Seq,
+        ts: RtpTs,
         marker: bool,
-        pt: u8,
+        pt: Pt,
         payload: &[u8],
         out: &mut impl Outbox,
     ) {
         let mut pkt = [0u8; PACKET_BYTES];
         let fields = rtp::RtpHeaderFields {
             marker,
-            payload_type: pt,
-            sequence: seq,
-            timestamp: ts,
+            pt,
+            seq,
+            ts,
             ssrc,
         };
         let Ok(h) = rtp::write_header(&mut pkt, &fields) else {
@@ -301,7 +287,7 @@ impl Call {
         };
         let can_send = self.wa_can_send();
         if self.gate.route(&pkt[..n], now, can_send) == crate::call::gate::Route::Send {
-            self.send_to_whatsapp(now, &mut pkt, n, parsed, out);
+            self.send_to_wa(now, &mut pkt, n, parsed, out);
         }
     }
 }
@@ -312,11 +298,11 @@ impl Call {
 fn send_internal(
     internal: &mut Leg,
     now: Instant,
-    ssrc: u32,
-    seq: u16,
-    ts: u32,
+    ssrc: Ssrc,
+    seq: Seq,
+    ts: RtpTs,
     marker: bool,
-    pt: u8,
+    pt: Pt,
     payload: &[u8],
     out: &mut impl Outbox,
 ) {
@@ -337,9 +323,9 @@ fn send_internal(
     let mut pkt = [0u8; PACKET_BYTES];
     let fields = rtp::RtpHeaderFields {
         marker: marker || rw.marker,
-        payload_type: pt,
-        sequence: rw.seq,
-        timestamp: rw.ts,
+        pt,
+        seq: rw.seq,
+        ts: rw.ts,
         ssrc: rw.ssrc,
     };
     let Ok(h) = rtp::write_header(&mut pkt, &fields) else {
@@ -369,13 +355,13 @@ mod tests {
     fn events_keep_their_meaning_across_clocks() {
         // Digit 9, not ended, volume 10, 400 units at 8 kHz (50 ms).
         let p = [9u8, 10, 0x01, 0x90];
-        assert_eq!(translate_event(&p, 8000, 8000), Some(p));
+        assert_eq!(translate_event(&p, Clock::G711, Clock::G711), Some(p));
         // A 48 kHz event clock (a browser's telephone-event/48000) to G.711's 8 kHz.
         let at48 = [9u8, 0x80 | 10, 0x09, 0x60]; // 2400 units = 50 ms, end bit
         assert_eq!(
-            translate_event(&at48, 48_000, 8000),
+            translate_event(&at48, Clock::OPUS, Clock::G711),
             Some([9, 0x80 | 10, 0x01, 0x90])
         );
-        assert_eq!(translate_event(&[1, 2], 8000, 8000), None);
+        assert_eq!(translate_event(&[1, 2], Clock::G711, Clock::G711), None);
     }
 }

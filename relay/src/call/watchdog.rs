@@ -74,7 +74,7 @@ impl Watchdog {
     }
 
     /// An authenticated RTP packet from WhatsApp.
-    pub fn on_whatsapp_rtp(&mut self, now: Instant) {
+    pub fn on_wa_rtp(&mut self, now: Instant) {
         self.last_wa_media = Some(now);
         if self.one_way == Some(LegKind::WhatsApp) {
             self.one_way = None;
@@ -82,7 +82,7 @@ impl Watchdog {
     }
 
     /// An authenticated RTCP packet from WhatsApp: it keeps the inward timeouts at bay.
-    pub fn on_whatsapp_rtcp(&mut self, now: Instant) {
+    pub fn on_wa_rtcp(&mut self, now: Instant) {
         self.last_wa_media = Some(now);
     }
 

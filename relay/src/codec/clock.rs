@@ -1,5 +1,8 @@
 //! RTP timestamps between clocks: a stream arriving on one clock (Opus: 48 kHz) leaves on
-//! another (G.711: 8 kHz), and its RFC 4733 telephone events with it.
+//! another (G.711: 8 kHz), and its RFC 4733 telephone events with it. The change of clock
+//! is [`MediaTime::rescale`]'s; this module keeps the wrapping 32-bit timestamps anchored.
+
+use crate::wire::rtp::{Clock, MediaTime, RtpTs};
 
 /// Translates timestamps of one stream from one RTP clock to another, keeping the output
 /// continuous across any call length (the mapping is re-anchored, exactly, every time it drifts
@@ -7,63 +10,60 @@
 /// 48 kHz are always 160 at 8 kHz).
 #[derive(Clone, Debug)]
 pub struct ClockMap {
-    from: u32,
-    to: u32,
+    from: Clock,
+    to: Clock,
     /// (input timestamp, output timestamp) that correspond.
-    anchor: Option<(u32, u32)>,
+    anchor: Option<(RtpTs, RtpTs)>,
     /// Where output starts for the first input (or after [`ClockMap::restart`]).
-    next_base: u32,
+    next_base: RtpTs,
 }
 
 /// Re-anchor when the distance from the anchor passes this (2^29: hours at 48 kHz).
 const REANCHOR: i64 = 1 << 29;
 
 impl ClockMap {
-    /// Maps `from_hz` to `to_hz`; the first timestamp mapped becomes `out_base`.
-    pub fn new(from_hz: u32, to_hz: u32, out_base: u32) -> ClockMap {
+    /// Maps `from` to `to`; the first timestamp mapped becomes `out_base`.
+    pub fn new(from: Clock, to: Clock, out_base: RtpTs) -> ClockMap {
         ClockMap {
-            from: from_hz.max(1),
-            to: to_hz.max(1),
+            from,
+            to,
             anchor: None,
             next_base: out_base,
         }
     }
 
-    pub fn from_hz(&self) -> u32 {
+    pub fn from_clock(&self) -> Clock {
         self.from
     }
 
-    pub fn to_hz(&self) -> u32 {
+    pub fn to_clock(&self) -> Clock {
         self.to
     }
 
     /// The output timestamp for input `ts`. Timestamps behind the anchor (reordering) map
     /// behind its output too.
-    pub fn map(&mut self, ts: u32) -> u32 {
+    pub fn map(&mut self, ts: RtpTs) -> RtpTs {
         let (mut ain, mut aout) = *self.anchor.get_or_insert((ts, self.next_base));
-        let mut d = i64::from(ts.wrapping_sub(ain) as i32);
-        if d.abs() > REANCHOR {
+        let mut d = ts.since(ain, self.from);
+        if d.ticks().abs() > REANCHOR {
             // Move the anchor by whole seconds of the input clock: those map exactly.
-            let secs = d / i64::from(self.from);
-            ain = ain.wrapping_add((secs * i64::from(self.from)) as u32);
-            aout = aout.wrapping_add((secs * i64::from(self.to)) as u32);
-            d -= secs * i64::from(self.from);
+            let whole = MediaTime::new(
+                d.ticks() / i64::from(self.from.hz()) * i64::from(self.from.hz()),
+                self.from,
+            );
+            ain = ain.advance(whole);
+            aout = aout.advance(whole.rescale(self.to));
+            d = MediaTime::new(d.ticks() - whole.ticks(), self.from);
             self.anchor = Some((ain, aout));
         }
-        let scaled = (d * i64::from(self.to)).div_euclid(i64::from(self.from));
-        aout.wrapping_add(scaled as u32)
+        aout.advance(d.rescale(self.to))
     }
 
     /// A new input timeline (the source restarted: new SSRC, a jump): its next timestamp maps
     /// to `out_next`, so the output stays continuous.
-    pub fn restart(&mut self, out_next: u32) {
+    pub fn restart(&mut self, out_next: RtpTs) {
         self.anchor = None;
         self.next_base = out_next;
-    }
-
-    /// Units of the output clock in `units` of the input clock (durations).
-    pub fn scale(&self, units: u32) -> u32 {
-        (u64::from(units) * u64::from(self.to) / u64::from(self.from)) as u32
     }
 }
 
@@ -97,12 +97,12 @@ impl TelephoneEvent {
         out[2..4].copy_from_slice(&self.duration.to_be_bytes());
     }
 
-    /// The same event with its duration counted on `to_hz` instead of `from_hz` (saturating at
+    /// The same event with its duration counted on `to` instead of `from` (saturating at
     /// the field's 16 bits, as a long event's sender would split it: §2.5.1.3).
-    pub fn rescaled(self, from_hz: u32, to_hz: u32) -> TelephoneEvent {
-        let d = u64::from(self.duration) * u64::from(to_hz) / u64::from(from_hz.max(1));
+    pub fn rescaled(self, from: Clock, to: Clock) -> TelephoneEvent {
+        let d = MediaTime::new(i64::from(self.duration), from).rescale(to);
         TelephoneEvent {
-            duration: u16::try_from(d).unwrap_or(u16::MAX),
+            duration: u16::try_from(d.ticks()).unwrap_or(u16::MAX),
             ..self
         }
     }
@@ -112,40 +112,50 @@ impl TelephoneEvent {
 mod tests {
     use super::*;
 
+    fn clock_map(from: u32, to: u32, out_base: u32) -> ClockMap {
+        let clock = |hz| Clock::new(hz).unwrap();
+        ClockMap::new(clock(from), clock(to), RtpTs::new(out_base))
+    }
+
+    /// `m.map` on the wire's numbers.
+    fn map(m: &mut ClockMap, ts: u32) -> u32 {
+        m.map(RtpTs::new(ts)).get()
+    }
+
     #[test]
     fn opus_frames_map_to_g711_frames_exactly() {
-        let mut m = ClockMap::new(48_000, 8_000, 5000);
+        let mut m = clock_map(48_000, 8_000, 5000);
         let start = 4_294_000_000u32; // wraps within the run
         for i in 0..10_000u32 {
-            let out = m.map(start.wrapping_add(i * 960));
+            let out = map(&mut m, start.wrapping_add(i * 960));
             assert_eq!(out, 5000u32.wrapping_add(i * 160), "frame {i}");
         }
         // And back.
-        let mut back = ClockMap::new(8_000, 48_000, 7);
-        assert_eq!(back.map(100), 7);
-        assert_eq!(back.map(260), 7 + 960);
-        assert_eq!(back.map(180), 7 + 480);
+        let mut back = clock_map(8_000, 48_000, 7);
+        assert_eq!(map(&mut back, 100), 7);
+        assert_eq!(map(&mut back, 260), 7 + 960);
+        assert_eq!(map(&mut back, 180), 7 + 480);
     }
 
     #[test]
     fn reordered_timestamps_map_behind() {
-        let mut m = ClockMap::new(48_000, 8_000, 1000);
-        assert_eq!(m.map(96_000), 1000);
-        assert_eq!(m.map(96_000 + 1920), 1320);
-        assert_eq!(m.map(96_000 + 960), 1160);
-        assert_eq!(m.map(96_000 - 960), 840);
+        let mut m = clock_map(48_000, 8_000, 1000);
+        assert_eq!(map(&mut m, 96_000), 1000);
+        assert_eq!(map(&mut m, 96_000 + 1920), 1320);
+        assert_eq!(map(&mut m, 96_000 + 960), 1160);
+        assert_eq!(map(&mut m, 96_000 - 960), 840);
     }
 
     #[test]
     fn a_call_of_days_keeps_exact_spacing() {
         // 3 days of 20 ms frames at 48 kHz wraps the 32-bit timestamp several times.
-        let mut m = ClockMap::new(48_000, 16_000, 0);
+        let mut m = clock_map(48_000, 16_000, 0);
         let frames: u64 = 3 * 24 * 3600 * 50;
         let mut ts = 123u32;
-        let mut last = m.map(ts);
+        let mut last = map(&mut m, ts);
         for _ in 0..frames {
             ts = ts.wrapping_add(960);
-            let out = m.map(ts);
+            let out = map(&mut m, ts);
             assert_eq!(out.wrapping_sub(last), 320);
             last = out;
         }
@@ -153,12 +163,12 @@ mod tests {
 
     #[test]
     fn restart_continues_the_output_timeline() {
-        let mut m = ClockMap::new(48_000, 8_000, 0);
-        assert_eq!(m.map(10_000), 0);
-        assert_eq!(m.map(10_960), 160);
-        m.restart(320);
-        assert_eq!(m.map(777_777), 320);
-        assert_eq!(m.map(777_777 + 960), 480);
+        let mut m = clock_map(48_000, 8_000, 0);
+        assert_eq!(map(&mut m, 10_000), 0);
+        assert_eq!(map(&mut m, 10_960), 160);
+        m.restart(RtpTs::new(320));
+        assert_eq!(map(&mut m, 777_777), 320);
+        assert_eq!(map(&mut m, 777_777 + 960), 480);
     }
 
     #[test]
@@ -175,9 +185,9 @@ mod tests {
                 duration: 4800
             }
         );
-        let at8k = ev.rescaled(48_000, 8_000);
+        let at8k = ev.rescaled(Clock::OPUS, Clock::G711);
         assert_eq!(at8k.duration, 800);
-        assert_eq!(at8k.rescaled(8_000, 48_000), ev);
+        assert_eq!(at8k.rescaled(Clock::G711, Clock::OPUS), ev);
         let mut out = [0u8; 4];
         ev.write(&mut out);
         assert_eq!(out, payload);
@@ -186,7 +196,7 @@ mod tests {
             duration: 60_000,
             ..ev
         };
-        assert_eq!(long.rescaled(8_000, 48_000).duration, u16::MAX);
+        assert_eq!(long.rescaled(Clock::G711, Clock::OPUS).duration, u16::MAX);
         assert_eq!(TelephoneEvent::parse(&[1, 2, 3]), None);
     }
 }

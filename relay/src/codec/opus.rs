@@ -196,7 +196,7 @@ impl OpusEncoderConfig {
     /// What WhatsApp's offer asks for: `maxaveragebitrate=20000;maxplaybackrate=16000;
     /// useinbandfec=1`. Complexity 5 halves the encoder's CPU against 10 (122 against 229 µs a
     /// frame at 48 kHz here) for speech at this bitrate.
-    pub fn toward_whatsapp() -> OpusEncoderConfig {
+    pub fn toward_wa() -> OpusEncoderConfig {
         OpusEncoderConfig {
             bitrate: 20_000,
             complexity: 5,
@@ -311,7 +311,7 @@ mod tests {
             OpusDecoder::new(44_100),
             Err(CodecError::UnsupportedRate(44_100))
         ));
-        assert!(OpusEncoder::new(11_025, OpusEncoderConfig::toward_whatsapp()).is_err());
+        assert!(OpusEncoder::new(11_025, OpusEncoderConfig::toward_wa()).is_err());
     }
 
     #[test]
@@ -319,7 +319,7 @@ mod tests {
         for rate in [8000, 16000, 48000] {
             let frame = rate as usize / 50;
             let pcm = sine(440.0, rate, frame * 50, 8000.0);
-            let mut enc = OpusEncoder::new(rate, OpusEncoderConfig::toward_whatsapp()).unwrap();
+            let mut enc = OpusEncoder::new(rate, OpusEncoderConfig::toward_wa()).unwrap();
             let packets = encode_all(&mut enc, &pcm, frame);
             let mut dec = OpusDecoder::new(rate).unwrap();
             let mut out = vec![0i16; 0];
@@ -351,7 +351,7 @@ mod tests {
             rate,
             OpusEncoderConfig {
                 loss_percent: 20,
-                ..OpusEncoderConfig::toward_whatsapp()
+                ..OpusEncoderConfig::toward_wa()
             },
         )
         .unwrap();
@@ -412,7 +412,7 @@ mod tests {
         // A ToC saying code 3 (arbitrary frames) with a frame count byte of 0: invalid.
         assert!(dec.decode(&[0x03, 0x00], &mut out).is_err());
         // An output too small for the packet (20 ms at 8 kHz needs 160 samples).
-        let mut enc = OpusEncoder::new(8000, OpusEncoderConfig::toward_whatsapp()).unwrap();
+        let mut enc = OpusEncoder::new(8000, OpusEncoderConfig::toward_wa()).unwrap();
         let mut pkt = [0u8; MAX_PACKET];
         let n = enc.encode(&[0i16; 160], &mut pkt).unwrap();
         assert!(dec.decode(&pkt[..n], &mut out[..80]).is_err());
@@ -423,7 +423,7 @@ mod tests {
     #[test]
     fn the_encoder_keeps_to_the_bitrate_whatsapp_asks_for() {
         let pcm = sine(220.0, 48000, 960 * 100, 10000.0);
-        let mut enc = OpusEncoder::new(48000, OpusEncoderConfig::toward_whatsapp()).unwrap();
+        let mut enc = OpusEncoder::new(48000, OpusEncoderConfig::toward_wa()).unwrap();
         let packets = encode_all(&mut enc, &pcm, 960);
         let bytes: usize = packets.iter().map(Vec::len).sum();
         let kbps = bytes as f64 * 8.0 / 2.0 / 1000.0;

@@ -18,6 +18,7 @@ use super::CodecError;
 use super::clock::ClockMap;
 use super::g711::{self, G711};
 use super::opus::{MAX_PACKET, OPUS_RTP_CLOCK, OpusDecoder, OpusEncoder, OpusEncoderConfig};
+use crate::wire::rtp::{Clock, RtpTs, Seq, Ssrc};
 
 /// Lost frames rebuilt before a packet that follows a gap: 60 ms.
 pub const MAX_RECOVERED_FRAMES: u32 = 3;
@@ -60,6 +61,11 @@ impl PcmFormat {
             PcmFormat::Ulaw | PcmFormat::Alaw => 8000,
             PcmFormat::L16 { rate } => rate,
         }
+    }
+
+    /// The RTP clock of the format (its sample rate).
+    pub fn clock(self) -> Clock {
+        Clock::at_least_1(self.rate())
     }
 
     pub fn bytes_per_sample(self) -> usize {
@@ -118,7 +124,7 @@ impl PcmFormat {
 #[derive(Debug)]
 pub struct PcmFrame<'a> {
     /// RTP timestamp on the PCM side's clock.
-    pub timestamp: u32,
+    pub ts: RtpTs,
     /// The samples (mono, at the format's rate).
     pub pcm: &'a [i16],
     /// The same samples in the format's wire encoding.
@@ -150,10 +156,10 @@ pub struct TranscodeStats {
 
 #[derive(Clone, Copy, Debug)]
 struct LastIn {
-    ssrc: u32,
-    seq: u16,
+    ssrc: Ssrc,
+    seq: Seq,
     /// Input timestamp just past the packet's audio.
-    ts_end: u32,
+    ts_end: RtpTs,
 }
 
 /// Opus (48 kHz RTP clock) → 20 ms PCM frames.
@@ -163,7 +169,7 @@ pub struct OpusToPcm {
     clock: ClockMap,
     last: Option<LastIn>,
     /// Next output timestamp (continues the output timeline across restarts).
-    out_next: u32,
+    out_next: RtpTs,
     pcm: Box<[i16]>,
     bytes: Box<[u8]>,
     stats: TranscodeStats,
@@ -171,14 +177,14 @@ pub struct OpusToPcm {
 
 impl OpusToPcm {
     /// Output timestamps start at `out_base` (random, RFC 3550 §5.1).
-    pub fn new(format: PcmFormat, out_base: u32) -> Result<OpusToPcm, CodecError> {
+    pub fn new(format: PcmFormat, out_base: RtpTs) -> Result<OpusToPcm, CodecError> {
         let rate = format.rate();
         let dec = OpusDecoder::new(rate)?;
         let max = MAX_OPUS_SAMPLES_48K * rate as usize / OPUS_RTP_CLOCK as usize;
         Ok(OpusToPcm {
             format,
             dec,
-            clock: ClockMap::new(OPUS_RTP_CLOCK, rate, out_base),
+            clock: ClockMap::new(Clock::OPUS, format.clock(), out_base),
             last: None,
             out_next: out_base,
             pcm: vec![0i16; max].into_boxed_slice(),
@@ -197,7 +203,7 @@ impl OpusToPcm {
 
     /// The PCM-side timestamp for an Opus-side one, on the audio's mapping (RFC 4733 events
     /// share their audio stream's timestamp base).
-    pub fn map_timestamp(&mut self, ts48: u32) -> u32 {
+    pub fn map_ts(&mut self, ts48: RtpTs) -> RtpTs {
         self.clock.map(ts48)
     }
 
@@ -205,9 +211,9 @@ impl OpusToPcm {
     /// frames for a gap first). An error means the packet was dropped (counted in stats).
     pub fn push(
         &mut self,
-        ssrc: u32,
-        seq: u16,
-        ts: u32,
+        ssrc: Ssrc,
+        seq: Seq,
+        ts: RtpTs,
         payload: &[u8],
         emit: &mut impl FnMut(PcmFrame<'_>),
     ) -> Result<(), CodecError> {
@@ -215,7 +221,7 @@ impl OpusToPcm {
         let to_rate = |units48: u32| (u64::from(units48) * u64::from(rate) / 48_000) as usize;
         match self.last {
             Some(last) if last.ssrc == ssrc => {
-                let ahead = seq.wrapping_sub(last.seq) as i16;
+                let ahead = seq.delta(last.seq);
                 if ahead <= 0 {
                     self.stats.late += 1;
                     return Ok(());
@@ -223,7 +229,7 @@ impl OpusToPcm {
                 let lost = (ahead - 1) as u32;
                 if lost > 0 {
                     self.stats.lost += u64::from(lost);
-                    let gap48 = ts.wrapping_sub(last.ts_end) as i32;
+                    let gap48 = ts.delta(last.ts_end);
                     if gap48 > 0 && (gap48 as u32).is_multiple_of(lost) {
                         let frame48 = gap48 as u32 / lost;
                         // Only whole Opus frame durations (2.5 - 60 ms) are rebuilt.
@@ -231,7 +237,7 @@ impl OpusToPcm {
                             let frames = lost.min(MAX_RECOVERED_FRAMES);
                             let samples = to_rate(frame48);
                             for k in 0..frames {
-                                let ts_k = ts.wrapping_sub((frames - k) * frame48);
+                                let ts_k = ts.sub((frames - k) * frame48);
                                 let fec = k + 1 == frames;
                                 let r = if fec {
                                     self.dec.decode_fec(payload, samples, &mut self.pcm)
@@ -268,7 +274,7 @@ impl OpusToPcm {
         self.last = Some(LastIn {
             ssrc,
             seq,
-            ts_end: ts.wrapping_add(dur48),
+            ts_end: ts.add(dur48),
         });
         Ok(())
     }
@@ -276,7 +282,7 @@ impl OpusToPcm {
     /// Emits `self.pcm[..n]` (starting at Opus timestamp `ts48`) as 20 ms frames.
     fn emit_frames(
         &mut self,
-        ts48: u32,
+        ts48: RtpTs,
         n: usize,
         recovered: bool,
         emit: &mut impl FnMut(PcmFrame<'_>),
@@ -284,12 +290,12 @@ impl OpusToPcm {
         let frame = self.format.frame_samples();
         let per_frame48 = (frame as u64 * 48_000 / u64::from(self.format.rate())) as u32;
         for (i, chunk) in self.pcm[..n].chunks(frame).enumerate() {
-            let ts = self.clock.map(ts48.wrapping_add(i as u32 * per_frame48));
+            let ts = self.clock.map(ts48.add(i as u32 * per_frame48));
             let len = self.format.encode(chunk, &mut self.bytes);
-            self.out_next = ts.wrapping_add(chunk.len() as u32);
+            self.out_next = ts.add(chunk.len() as u32);
             self.stats.frames_out += 1;
             emit(PcmFrame {
-                timestamp: ts,
+                ts,
                 pcm: chunk,
                 payload: &self.bytes[..len],
                 recovered,
@@ -302,7 +308,7 @@ impl OpusToPcm {
 #[derive(Debug)]
 pub struct OpusFrame<'a> {
     /// RTP timestamp on the 48 kHz clock.
-    pub timestamp: u32,
+    pub ts: RtpTs,
     pub payload: &'a [u8],
     /// The first frame of a new input timeline (send with the marker bit).
     pub discontinuity: bool,
@@ -310,8 +316,8 @@ pub struct OpusFrame<'a> {
 
 #[derive(Clone, Copy, Debug)]
 struct Expect {
-    ssrc: u32,
-    next_ts: u32,
+    ssrc: Ssrc,
+    next_ts: RtpTs,
 }
 
 /// PCM (any packet time) → 20 ms Opus frames on the 48 kHz clock.
@@ -323,8 +329,8 @@ pub struct PcmToOpus {
     /// The 20 ms being assembled and the input timestamp of its first sample.
     acc: Box<[i16]>,
     acc_len: usize,
-    acc_ts: u32,
-    out_next: u32,
+    acc_ts: RtpTs,
+    out_next: RtpTs,
     discontinuity: bool,
     pcm: Box<[i16]>,
     packet: Box<[u8]>,
@@ -336,17 +342,17 @@ impl PcmToOpus {
     pub fn new(
         format: PcmFormat,
         config: OpusEncoderConfig,
-        out_base: u32,
+        out_base: RtpTs,
     ) -> Result<PcmToOpus, CodecError> {
         let rate = format.rate();
         Ok(PcmToOpus {
             format,
             enc: OpusEncoder::new(rate, config)?,
-            clock: ClockMap::new(rate, OPUS_RTP_CLOCK, out_base),
+            clock: ClockMap::new(format.clock(), Clock::OPUS, out_base),
             expect: None,
             acc: vec![0i16; format.frame_samples()].into_boxed_slice(),
             acc_len: 0,
-            acc_ts: 0,
+            acc_ts: RtpTs::default(),
             out_next: out_base,
             discontinuity: true,
             pcm: vec![0i16; MAX_PCM_SAMPLES].into_boxed_slice(),
@@ -364,7 +370,7 @@ impl PcmToOpus {
     }
 
     /// The Opus-side timestamp for a PCM-side one, on the audio's mapping.
-    pub fn map_timestamp(&mut self, ts: u32) -> u32 {
+    pub fn map_ts(&mut self, ts: RtpTs) -> RtpTs {
         self.clock.map(ts)
     }
 
@@ -372,8 +378,8 @@ impl PcmToOpus {
     /// complete 20 ms Opus frame.
     pub fn push(
         &mut self,
-        ssrc: u32,
-        ts: u32,
+        ssrc: Ssrc,
+        ts: RtpTs,
         payload: &[u8],
         emit: &mut impl FnMut(OpusFrame<'_>),
     ) -> Result<(), CodecError> {
@@ -388,7 +394,7 @@ impl PcmToOpus {
         match self.expect {
             Some(e) if e.ssrc == ssrc && e.next_ts == ts => {}
             Some(e) if e.ssrc == ssrc => {
-                let d = ts.wrapping_sub(e.next_ts) as i32;
+                let d = ts.delta(e.next_ts);
                 if d < 0 && d > -(frame as i32 * MAX_FILLED_FRAMES as i32) {
                     // Behind what was already taken: a duplicate or a late packet.
                     self.stats.late += 1;
@@ -410,7 +416,7 @@ impl PcmToOpus {
         self.append(Some(n), n, emit)?;
         self.expect = Some(Expect {
             ssrc,
-            next_ts: ts.wrapping_add(n as u32),
+            next_ts: ts.add(n as u32),
         });
         Ok(())
     }
@@ -419,7 +425,7 @@ impl PcmToOpus {
     /// continuing the output's.
     fn new_timeline(
         &mut self,
-        ts: u32,
+        ts: RtpTs,
         emit: &mut impl FnMut(OpusFrame<'_>),
     ) -> Result<(), CodecError> {
         if self.acc_len > 0 {
@@ -455,12 +461,12 @@ impl PcmToOpus {
                 let ts48 = self.clock.map(self.acc_ts);
                 let len = self.enc.encode(&self.acc, &mut self.packet)?;
                 self.acc_len = 0;
-                self.acc_ts = self.acc_ts.wrapping_add(self.acc.len() as u32);
-                self.out_next = ts48.wrapping_add(960);
+                self.acc_ts = self.acc_ts.add(self.acc.len() as u32);
+                self.out_next = ts48.add(960);
                 self.stats.frames_out += 1;
                 let discontinuity = std::mem::take(&mut self.discontinuity);
                 emit(OpusFrame {
-                    timestamp: ts48,
+                    ts: ts48,
                     payload: &self.packet[..len],
                     discontinuity,
                 });
@@ -482,7 +488,7 @@ mod tests {
             48_000,
             OpusEncoderConfig {
                 loss_percent: 20,
-                ..OpusEncoderConfig::toward_whatsapp()
+                ..OpusEncoderConfig::toward_wa()
             },
         )
         .unwrap();
@@ -508,14 +514,20 @@ mod tests {
     fn run(t: &mut OpusToPcm, packets: &[(u16, u32, &[u8])]) -> Vec<Out> {
         let mut out = Vec::new();
         for &(seq, ts, p) in packets {
-            t.push(0x1234, seq, ts, p, &mut |f: PcmFrame<'_>| {
-                out.push(Out {
-                    ts: f.timestamp,
-                    pcm: f.pcm.to_vec(),
-                    payload_len: f.payload.len(),
-                    recovered: f.recovered,
-                })
-            })
+            t.push(
+                Ssrc::new(0x1234),
+                Seq::new(seq),
+                RtpTs::new(ts),
+                p,
+                &mut |f: PcmFrame<'_>| {
+                    out.push(Out {
+                        ts: f.ts.get(),
+                        pcm: f.pcm.to_vec(),
+                        payload_len: f.payload.len(),
+                        recovered: f.recovered,
+                    })
+                },
+            )
             .unwrap();
         }
         out
@@ -524,7 +536,7 @@ mod tests {
     #[test]
     fn opus_to_ulaw_gives_20ms_frames_on_the_8k_clock() {
         let (_, packets) = opus_stream(440.0, 50);
-        let mut t = OpusToPcm::new(PcmFormat::Ulaw, 1000).unwrap();
+        let mut t = OpusToPcm::new(PcmFormat::Ulaw, RtpTs::new(1000)).unwrap();
         let input: Vec<(u16, u32, &[u8])> = packets
             .iter()
             .enumerate()
@@ -552,7 +564,7 @@ mod tests {
     #[test]
     fn a_lost_packet_is_rebuilt_from_fec_and_longer_gaps_are_concealed() {
         let (_, packets) = opus_stream(300.0, 60);
-        let mut clean = OpusToPcm::new(PcmFormat::L16 { rate: 16_000 }, 0).unwrap();
+        let mut clean = OpusToPcm::new(PcmFormat::L16 { rate: 16_000 }, RtpTs::new(0)).unwrap();
         let all: Vec<(u16, u32, &[u8])> = packets
             .iter()
             .enumerate()
@@ -566,7 +578,7 @@ mod tests {
             .copied()
             .filter(|(s, _, _)| *s != 30 && !(40..=44).contains(s))
             .collect();
-        let mut t = OpusToPcm::new(PcmFormat::L16 { rate: 16_000 }, 0).unwrap();
+        let mut t = OpusToPcm::new(PcmFormat::L16 { rate: 16_000 }, RtpTs::new(0)).unwrap();
         let got = run(&mut t, &lossy);
         let stats = t.stats();
         assert_eq!(stats.lost, 6);
@@ -591,15 +603,61 @@ mod tests {
     #[test]
     fn late_duplicate_and_bad_packets_are_counted_not_played() {
         let (_, packets) = opus_stream(300.0, 5);
-        let mut t = OpusToPcm::new(PcmFormat::Alaw, 0).unwrap();
+        let mut t = OpusToPcm::new(PcmFormat::Alaw, RtpTs::new(0)).unwrap();
         let mut n = 0;
         let mut count = |_: PcmFrame<'_>| n += 1;
-        t.push(1, 10, 9600, &packets[0], &mut count).unwrap();
-        t.push(1, 11, 10560, &packets[1], &mut count).unwrap();
-        t.push(1, 11, 10560, &packets[1], &mut count).unwrap(); // duplicate
-        t.push(1, 9, 8640, &packets[2], &mut count).unwrap(); // late
-        assert!(t.push(1, 12, 11520, &[0x03, 0x00], &mut count).is_err()); // garbage
-        assert!(t.push(1, 12, 11520, &[], &mut count).is_err());
+        t.push(
+            Ssrc::new(1),
+            Seq::new(10),
+            RtpTs::new(9600),
+            &packets[0],
+            &mut count,
+        )
+        .unwrap();
+        t.push(
+            Ssrc::new(1),
+            Seq::new(11),
+            RtpTs::new(10560),
+            &packets[1],
+            &mut count,
+        )
+        .unwrap();
+        t.push(
+            Ssrc::new(1),
+            Seq::new(11),
+            RtpTs::new(10560),
+            &packets[1],
+            &mut count,
+        )
+        .unwrap(); // duplicate
+        t.push(
+            Ssrc::new(1),
+            Seq::new(9),
+            RtpTs::new(8640),
+            &packets[2],
+            &mut count,
+        )
+        .unwrap(); // late
+        assert!(
+            t.push(
+                Ssrc::new(1),
+                Seq::new(12),
+                RtpTs::new(11520),
+                &[0x03, 0x00],
+                &mut count
+            )
+            .is_err()
+        ); // garbage
+        assert!(
+            t.push(
+                Ssrc::new(1),
+                Seq::new(12),
+                RtpTs::new(11520),
+                &[],
+                &mut count
+            )
+            .is_err()
+        );
         assert_eq!(n, 2);
         let s = t.stats();
         assert_eq!((s.late, s.bad, s.packets_in), (2, 2, 2));
@@ -608,28 +666,65 @@ mod tests {
     #[test]
     fn a_new_ssrc_continues_the_output_timeline() {
         let (_, packets) = opus_stream(300.0, 4);
-        let mut t = OpusToPcm::new(PcmFormat::Ulaw, 500).unwrap();
+        let mut t = OpusToPcm::new(PcmFormat::Ulaw, RtpTs::new(500)).unwrap();
         let mut ts_out = Vec::new();
-        let mut rec = |f: PcmFrame<'_>| ts_out.push(f.timestamp);
-        t.push(1, 100, 48_000, &packets[0], &mut rec).unwrap();
-        t.push(1, 101, 48_960, &packets[1], &mut rec).unwrap();
-        t.push(2, 7, 999_999, &packets[2], &mut rec).unwrap();
-        t.push(2, 8, 999_999 + 960, &packets[3], &mut rec).unwrap();
+        let mut rec = |f: PcmFrame<'_>| ts_out.push(f.ts.get());
+        t.push(
+            Ssrc::new(1),
+            Seq::new(100),
+            RtpTs::new(48_000),
+            &packets[0],
+            &mut rec,
+        )
+        .unwrap();
+        t.push(
+            Ssrc::new(1),
+            Seq::new(101),
+            RtpTs::new(48_960),
+            &packets[1],
+            &mut rec,
+        )
+        .unwrap();
+        t.push(
+            Ssrc::new(2),
+            Seq::new(7),
+            RtpTs::new(999_999),
+            &packets[2],
+            &mut rec,
+        )
+        .unwrap();
+        t.push(
+            Ssrc::new(2),
+            Seq::new(8),
+            RtpTs::new(999_999 + 960),
+            &packets[3],
+            &mut rec,
+        )
+        .unwrap();
         assert_eq!(ts_out, vec![500, 660, 820, 980]);
     }
 
     #[test]
     fn g711_in_10ms_packets_becomes_20ms_opus_on_the_48k_clock() {
         let pcm = sine(500.0, 8000, 8000, 8000.0);
-        let mut t =
-            PcmToOpus::new(PcmFormat::Ulaw, OpusEncoderConfig::toward_whatsapp(), 77).unwrap();
+        let mut t = PcmToOpus::new(
+            PcmFormat::Ulaw,
+            OpusEncoderConfig::toward_wa(),
+            RtpTs::new(77),
+        )
+        .unwrap();
         let mut frames = Vec::new();
         for (i, chunk) in pcm.chunks(80).enumerate() {
             let mut bytes = [0u8; 80];
             g711::encode(G711::Ulaw, chunk, &mut bytes);
-            t.push(9, 1000 + i as u32 * 80, &bytes, &mut |f: OpusFrame<'_>| {
-                frames.push((f.timestamp, f.payload.to_vec(), f.discontinuity))
-            })
+            t.push(
+                Ssrc::new(9),
+                RtpTs::new(1000 + i as u32 * 80),
+                &bytes,
+                &mut |f: OpusFrame<'_>| {
+                    frames.push((f.ts.get(), f.payload.to_vec(), f.discontinuity))
+                },
+            )
             .unwrap();
         }
         assert_eq!(frames.len(), 50);
@@ -650,13 +745,20 @@ mod tests {
 
     #[test]
     fn pcm_gaps_are_filled_and_jumps_restart_continuously() {
-        let mut t =
-            PcmToOpus::new(PcmFormat::Ulaw, OpusEncoderConfig::toward_whatsapp(), 0).unwrap();
+        let mut t = PcmToOpus::new(
+            PcmFormat::Ulaw,
+            OpusEncoderConfig::toward_wa(),
+            RtpTs::new(0),
+        )
+        .unwrap();
         let mut ts_out = Vec::new();
         let push = |t: &mut PcmToOpus, ts: u32, out: &mut Vec<(u32, bool)>| {
-            t.push(1, ts, &[0xffu8; 160], &mut |f: OpusFrame<'_>| {
-                out.push((f.timestamp, f.discontinuity))
-            })
+            t.push(
+                Ssrc::new(1),
+                RtpTs::new(ts),
+                &[0xffu8; 160],
+                &mut |f: OpusFrame<'_>| out.push((f.ts.get(), f.discontinuity)),
+            )
         };
         push(&mut t, 0, &mut ts_out).unwrap();
         push(&mut t, 160, &mut ts_out).unwrap();
@@ -676,12 +778,14 @@ mod tests {
         // An odd L16 payload is an error.
         let mut l16 = PcmToOpus::new(
             PcmFormat::L16 { rate: 16_000 },
-            OpusEncoderConfig::toward_whatsapp(),
-            0,
+            OpusEncoderConfig::toward_wa(),
+            RtpTs::new(0),
         )
         .unwrap();
         assert_eq!(
-            l16.push(1, 0, &[0; 3], &mut |_: OpusFrame<'_>| {}),
+            l16.push(Ssrc::new(1), RtpTs::new(0), &[0; 3], &mut |_: OpusFrame<
+                '_,
+            >| {}),
             Err(CodecError::OddL16Payload(3))
         );
     }

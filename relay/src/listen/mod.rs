@@ -48,11 +48,11 @@ use crate::record::Direction;
 use crate::srtp::{MasterKey, SrtpContext, SrtpSession, random_master_key};
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::rtcp;
-use crate::wire::rtp::{self, RtpHeader};
+use crate::wire::rtp::{self, Clock, Pt, RtpHeader, Ssrc};
 use crate::wire::stun;
 
 /// Opus's RTP clock (RFC 7587).
-const OPUS_CLOCK: u32 = 48_000;
+const OPUS_CLOCK: Clock = Clock::OPUS;
 /// The largest forwarded packet: an Ethernet MTU's worth. Room for the SRTP tag is added.
 const MAX_PACKET: usize = 1500;
 /// The longest SRTP trailer of the profiles we negotiate (AEAD-GCM's 16-byte tag).
@@ -135,7 +135,7 @@ struct RtpLink {
 
 struct Track {
     tx: OutboundStream,
-    opus_pt: u8,
+    opus_pt: Pt,
 }
 
 impl ListenSession {
@@ -144,7 +144,7 @@ impl ListenSession {
     /// is wrong with the offer.
     pub fn new(offer: &str, p: ListenParams<'_>, now: Instant) -> Result<ListenSession, String> {
         let parsed = sdp::parse_offer(offer)?;
-        let ssrcs = [rand::random::<u32>(), rand::random::<u32>()];
+        let ssrcs = [rand::random::<Ssrc>(), rand::random::<Ssrc>()];
         let cname = format!("relay-listen-{}", rand::random::<u32>());
         let session_id = u64::from(rand::random::<u32>());
         let (link, answer, pending) = match &parsed.transport {
@@ -490,10 +490,10 @@ impl ListenSession {
             return;
         };
         header
-            .set_payload_type(track.opus_pt)
+            .set_pt(track.opus_pt)
             .set_marker(hdr.marker || rw.marker)
-            .set_sequence(rw.seq)
-            .set_timestamp(rw.ts)
+            .set_seq(rw.seq)
+            .set_ts(rw.ts)
             .set_ssrc(rw.ssrc);
         let sent = match srtp {
             Some(ctx) => ctx.protect_rtp(&mut pkt, n),

@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::dtls::Fingerprint;
 use crate::srtp::{MasterKey, SrtpProfile, parse_sdes_inline, sdes_inline};
+use crate::wire::rtp::{Pt, Ssrc};
 
 /// Which track of the listen-in a section carries, in the order the offer's audio m-lines
 /// come.
@@ -58,7 +59,7 @@ pub struct OfferedTrack {
     pub section: usize,
     /// WebRTC: the mid (BUNDLE needs one). RTP: the mid if offered.
     pub mid: Option<String>,
-    pub opus_pt: u8,
+    pub opus_pt: Pt,
     pub opus_fmtp: Option<String>,
     /// RTP: where this track's packets go.
     pub target: Option<SocketAddr>,
@@ -88,7 +89,7 @@ pub struct AnswerParams<'a> {
     pub pwd: &'a str,
     pub fingerprint: &'a Fingerprint,
     /// Consumer, agent.
-    pub ssrcs: [u32; 2],
+    pub ssrcs: [Ssrc; 2],
     pub cname: &'a str,
     /// SDES: our key per track (consumer, agent).
     pub keys: Option<&'a [MasterKey; 2]>,
@@ -195,6 +196,7 @@ pub fn parse_offer(text: &str) -> Result<ListenOffer, String> {
             .iter()
             .find(|(pt, _)| *pt == opus_pt)
             .map(|(_, f)| f.clone());
+        let opus_pt = Pt::new(opus_pt);
         let mut track = OfferedTrack {
             section: i,
             mid: attrs.mid.clone(),
@@ -579,7 +581,7 @@ a=sctp-port:5000\r\n";
         assert_eq!(fingerprint.bytes.len(), 32);
         assert_eq!(o.tracks[0].mid.as_deref(), Some("0"));
         assert_eq!(o.tracks[1].mid.as_deref(), Some("1"));
-        assert_eq!(o.tracks[0].opus_pt, 111);
+        assert_eq!(o.tracks[0].opus_pt.get(), 111);
         assert_eq!(
             o.tracks[0].opus_fmtp.as_deref(),
             Some("minptime=10;useinbandfec=1")
@@ -600,7 +602,7 @@ a=sctp-port:5000\r\n";
                 ufrag: "lisT",
                 pwd: "listenPasswordOf24Chars0",
                 fingerprint: &fp,
-                ssrcs: [111_111, 222_222],
+                ssrcs: [Ssrc::new(111_111), Ssrc::new(222_222)],
                 cname: "relay-listen",
                 keys: None,
             },
@@ -685,7 +687,7 @@ a=rtpmap:96 opus/48000/2\r\n";
                 ufrag: "",
                 pwd: "",
                 fingerprint: &fp,
-                ssrcs: [111_111, 222_222],
+                ssrcs: [Ssrc::new(111_111), Ssrc::new(222_222)],
                 cname: "relay-listen",
                 keys,
             },
@@ -706,7 +708,7 @@ a=rtpmap:96 opus/48000/2\r\n";
             "a section's c= wins over the session's"
         );
         assert_eq!((o.tracks[0].rtcp_mux, o.tracks[1].rtcp_mux), (false, true));
-        assert_eq!(o.tracks[0].opus_pt, 96);
+        assert_eq!(o.tracks[0].opus_pt.get(), 96);
         assert_eq!(o.tracks[0].mid, None);
         assert_eq!(o.tracks[1].section, 2, "the video line keeps its place");
 

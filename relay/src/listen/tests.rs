@@ -12,7 +12,7 @@ use super::*;
 use crate::dtls::DtlsIdentity;
 use crate::ice::IceCredentials;
 use crate::net::{Sent, VecOutbox};
-use crate::wire::rtp;
+use crate::wire::rtp::{self, Pt, RtpTs, Seq, Ssrc};
 
 const FORK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 31000);
 const FORK_SOCKET: SocketRef = SocketRef::new(3);
@@ -114,10 +114,10 @@ impl Sim {
             &mut pkt,
             &rtp::RtpHeaderFields {
                 marker: false,
-                payload_type: 107,
-                sequence: seq,
-                timestamp: u32::from(seq) * 960,
-                ssrc,
+                pt: Pt::new(107),
+                seq: Seq::new(seq),
+                ts: RtpTs::new(u32::from(seq) * 960),
+                ssrc: Ssrc::new(ssrc),
             },
         )
         .unwrap();
@@ -175,11 +175,11 @@ fn both_tracks_reach_the_supervisor_with_their_own_ssrc_and_continuous_numbering
     let got: Vec<rtp::RtpHeader> = s.sup.got.iter().map(|p| rtp::parse(p).unwrap()).collect();
     assert_eq!(got.len(), 100);
     for ssrc in [consumer, agent] {
-        let track: Vec<&rtp::RtpHeader> = got.iter().filter(|h| h.ssrc == ssrc).collect();
+        let track: Vec<&rtp::RtpHeader> = got.iter().filter(|h| h.ssrc.get() == ssrc).collect();
         assert_eq!(track.len(), 50, "50 packets on track {ssrc:#x}");
-        assert!(track.iter().all(|h| h.payload_type == 111), "Chrome's PT");
+        assert!(track.iter().all(|h| h.pt.get() == 111), "Chrome's PT");
         for w in track.windows(2) {
-            assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
+            assert_eq!(w[1].seq, w[0].seq.next());
         }
     }
     // Payloads are untouched.
@@ -187,7 +187,7 @@ fn both_tracks_reach_the_supervisor_with_their_own_ssrc_and_continuous_numbering
         .sup
         .got
         .iter()
-        .find(|p| rtp::parse(p).unwrap().ssrc == agent);
+        .find(|p| rtp::parse(p).unwrap().ssrc.get() == agent);
     assert_eq!(&first_agent.unwrap()[12..], &[0x78, 0, 9]);
     let st = s.session.status();
     assert_eq!((st.consumer_packets, st.agent_packets), (50, 50));
@@ -295,10 +295,10 @@ fn rtp_packet(ssrc: u32, seq: u16, payload: &[u8]) -> Vec<u8> {
         &mut pkt,
         &rtp::RtpHeaderFields {
             marker: false,
-            payload_type: 107,
-            sequence: seq,
-            timestamp: u32::from(seq) * 960,
-            ssrc,
+            pt: Pt::new(107),
+            seq: Seq::new(seq),
+            ts: RtpTs::new(u32::from(seq) * 960),
+            ssrc: Ssrc::new(ssrc),
         },
     )
     .unwrap();
@@ -358,10 +358,13 @@ fn a_media_server_gets_each_direction_on_its_own_stream_at_once_and_a_bye_at_the
             .iter()
             .map(|d| rtp::parse(&d.data).unwrap())
             .collect();
-        assert!(hdrs.iter().all(|h| h.ssrc == ssrc && h.payload_type == 96));
+        assert!(
+            hdrs.iter()
+                .all(|h| h.ssrc.get() == ssrc && h.pt.get() == 96)
+        );
         for w in hdrs.windows(2) {
-            assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
-            assert_eq!(w[1].timestamp.wrapping_sub(w[0].timestamp), 960);
+            assert_eq!(w[1].seq, w[0].seq.next());
+            assert_eq!(w[1].ts.ticks_since(w[0].ts), 960);
         }
         // Plain RTP: the payload as the call forwarded it.
         assert_eq!(&stream[7].data[12..], &[0x78, 7, last]);

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::Sender;
 
 use crate::api::{ApiError, RecordingFiles};
+use crate::wire::rtp::{RtpTs, Ssrc};
 
 /// The largest RTP payload recorded (an Ethernet MTU's worth); a larger one is counted as
 /// dropped. Opus at WhatsApp's rates is around 100 bytes.
@@ -187,8 +188,8 @@ impl RecorderLink {
         &self,
         recording: u64,
         direction: Direction,
-        ssrc: u32,
-        timestamp: u32,
+        ssrc: Ssrc,
+        ts: RtpTs,
         clock: u64,
         payload: &[u8],
     ) -> bool {
@@ -200,7 +201,7 @@ impl RecorderLink {
             .try_with(|rings| {
                 let rings = rings.try_borrow().ok()?;
                 let (_, ring) = rings.iter().find(|(k, _)| *k == self.key)?;
-                Some(ring.push(recording, direction, ssrc, timestamp, clock, payload))
+                Some(ring.push(recording, direction, ssrc, ts, clock, payload))
             })
             .ok()
             .flatten()
@@ -208,7 +209,7 @@ impl RecorderLink {
                 // This thread's first packet for this recorder (normally prepared at the
                 // recording's start, on the shard, so this does not run per packet).
                 let ring = self.prepare_thread()?;
-                Some(ring.push(recording, direction, ssrc, timestamp, clock, payload))
+                Some(ring.push(recording, direction, ssrc, ts, clock, payload))
             })
             .unwrap_or(false);
         if !queued {
@@ -490,11 +491,27 @@ mod tests {
             "the writer learns of it"
         );
         let queued = (0..300)
-            .filter(|&i| link.push(1, Direction::Agent, 1, i * 960, 0, &[0xF8, 1, 2]))
+            .filter(|&i| {
+                link.push(
+                    1,
+                    Direction::Agent,
+                    Ssrc::new(1),
+                    RtpTs::new(i * 960),
+                    0,
+                    &[0xF8, 1, 2],
+                )
+            })
             .count();
         assert_eq!(queued, 204);
         assert_eq!(link.stats.dropped_queue_full.load(Ordering::Relaxed), 96);
-        assert!(!link.push(1, Direction::Agent, 1, 0, 0, &[0; MAX_PAYLOAD + 1]));
+        assert!(!link.push(
+            1,
+            Direction::Agent,
+            Ssrc::new(1),
+            RtpTs::new(0),
+            0,
+            &[0; MAX_PAYLOAD + 1]
+        ));
         assert_eq!(link.stats.dropped_oversize.load(Ordering::Relaxed), 1);
         // One ring per thread and recorder: preparing again returns the same one.
         assert!(Arc::ptr_eq(&ring, &link.prepare_thread().unwrap()));
@@ -503,7 +520,14 @@ mod tests {
         // Another thread gets its own ring (one producer per ring).
         std::thread::scope(|s| {
             s.spawn(|| {
-                assert!(link.push(1, Direction::Consumer, 1, 0, 0, &[0xF8, 1, 2]));
+                assert!(link.push(
+                    1,
+                    Direction::Consumer,
+                    Ssrc::new(1),
+                    RtpTs::new(0),
+                    0,
+                    &[0xF8, 1, 2]
+                ));
             });
         });
         assert!(matches!(rx.try_recv(), Ok(Ctrl::Ring(r)) if !Arc::ptr_eq(&r, &ring)));
@@ -534,13 +558,27 @@ mod tests {
                 continue;
             }
             let ts = (u32::MAX - 960 * 50).wrapping_add(i * 960);
-            assert!(link.push(id, Direction::Agent, 0xA, ts, u64::from(i) * 960, &opus));
+            assert!(link.push(
+                id,
+                Direction::Agent,
+                Ssrc::new(0xA),
+                RtpTs::new(ts),
+                u64::from(i) * 960,
+                &opus
+            ));
             pushed += 1;
         }
         // Transfer: 1 s later agent B, its own SSRC and timestamps.
         for i in 0..50u32 {
             let clock = u64::from(150 + i) * 960;
-            assert!(link.push(id, Direction::Agent, 0xB, 5_000 + i * 960, clock, &opus));
+            assert!(link.push(
+                id,
+                Direction::Agent,
+                Ssrc::new(0xB),
+                RtpTs::new(5_000 + i * 960),
+                clock,
+                &opus
+            ));
             pushed += 1;
         }
         // The consumer: 200 packets, one duplicated, one not Opus at all.
@@ -548,14 +586,28 @@ mod tests {
             assert!(link.push(
                 id,
                 Direction::Consumer,
-                0xC,
-                i * 960,
+                Ssrc::new(0xC),
+                RtpTs::new(i * 960),
                 u64::from(i) * 960,
                 &opus
             ));
         }
-        link.push(id, Direction::Consumer, 0xC, 198 * 960, 200 * 960, &opus);
-        link.push(id, Direction::Consumer, 0xC, 199 * 960, 200 * 960, &[]);
+        link.push(
+            id,
+            Direction::Consumer,
+            Ssrc::new(0xC),
+            RtpTs::new(198 * 960),
+            200 * 960,
+            &opus,
+        );
+        link.push(
+            id,
+            Direction::Consumer,
+            Ssrc::new(0xC),
+            RtpTs::new(199 * 960),
+            200 * 960,
+            &[],
+        );
         link.send(Ctrl::Close {
             id,
             clock: 200 * 960,
@@ -646,7 +698,14 @@ mod tests {
         for p in 0..100u32 {
             for &id in &ids {
                 for dir in [Direction::Consumer, Direction::Agent] {
-                    while !link.push(id, dir, 1, p * 960, u64::from(p) * 960, &payload) {
+                    while !link.push(
+                        id,
+                        dir,
+                        Ssrc::new(1),
+                        RtpTs::new(p * 960),
+                        u64::from(p) * 960,
+                        &payload,
+                    ) {
                         std::thread::yield_now();
                     }
                 }

@@ -18,6 +18,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::wire::rtp::{RtpTs, Ssrc};
+
 use super::{Direction, MAX_PAYLOAD};
 
 /// Words before a packet's payload: recording id, clock, SSRC + timestamp, length + direction.
@@ -47,8 +49,8 @@ pub struct Ring {
 pub struct Packet {
     pub recording: u64,
     pub direction: Direction,
-    pub ssrc: u32,
-    pub timestamp: u32,
+    pub ssrc: Ssrc,
+    pub ts: RtpTs,
     /// Arrival, in 48 kHz samples since the recording started.
     pub clock: u64,
     pub len: usize,
@@ -99,8 +101,8 @@ impl Ring {
         &self,
         recording: u64,
         direction: Direction,
-        ssrc: u32,
-        timestamp: u32,
+        ssrc: Ssrc,
+        ts: RtpTs,
         clock: u64,
         payload: &[u8],
     ) -> bool {
@@ -119,7 +121,7 @@ impl Ring {
         let header = [
             recording,
             clock,
-            u64::from(ssrc) | u64::from(timestamp) << 32,
+            u64::from(ssrc.get()) | u64::from(ts.get()) << 32,
             payload.len() as u64 | (direction as u64) << 16,
         ];
         let start = head & self.mask;
@@ -225,8 +227,8 @@ impl Drain<'_> {
         Some(Packet {
             recording,
             direction,
-            ssrc: w2 as u32,
-            timestamp: (w2 >> 32) as u32,
+            ssrc: Ssrc::new(w2 as u32),
+            ts: RtpTs::new((w2 >> 32) as u32),
             clock,
             len: copied,
         })
@@ -238,7 +240,14 @@ mod tests {
     use super::*;
 
     fn push(r: &Ring, id: u64, payload: &[u8]) -> bool {
-        r.push(id, Direction::Agent, 7, id as u32 * 960, id * 10, payload)
+        r.push(
+            id,
+            Direction::Agent,
+            Ssrc::new(7),
+            RtpTs::new(id as u32 * 960),
+            id * 10,
+            payload,
+        )
     }
 
     #[test]
@@ -267,7 +276,7 @@ mod tests {
                 assert_eq!(p.len, (next_out % 23) as usize * 3);
                 assert!(buf[..p.len].iter().all(|&b| b == next_out as u8));
                 assert_eq!(
-                    (p.ssrc, p.timestamp, p.clock),
+                    (p.ssrc.get(), p.ts.get(), p.clock),
                     (7, next_out as u32 * 960, next_out * 10)
                 );
                 assert_eq!(p.direction, Direction::Agent);
@@ -306,7 +315,14 @@ mod tests {
     fn largest_payload_round_trips() {
         let r = Ring::new(0);
         let payload: Vec<u8> = (0..MAX_PAYLOAD).map(|i| i as u8).collect();
-        assert!(r.push(1, Direction::Consumer, 1, 2, 3, &payload));
+        assert!(r.push(
+            1,
+            Direction::Consumer,
+            Ssrc::new(1),
+            RtpTs::new(2),
+            3,
+            &payload
+        ));
         let mut buf = [0u8; MAX_PAYLOAD];
         let p = r.drain().next_into(&mut buf).unwrap();
         assert_eq!(p.direction, Direction::Consumer);

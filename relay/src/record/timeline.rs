@@ -11,6 +11,7 @@
 //! timestamps). Timestamps wrap at 2³²; they are extended through the wrap.
 
 use super::ogg::GAP_QUANTUM;
+use crate::wire::rtp::{RtpTs, Ssrc};
 
 /// How far a stream's timestamps may run from the arrival clock before the stream is
 /// re-anchored: well above jitter and a pre-gate prebuffer's catch-up, well below anything a
@@ -32,9 +33,9 @@ pub enum Placement {
 /// One direction's RTP stream mapped onto the recording's sample clock.
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
-    ssrc: Option<u32>,
+    ssrc: Option<Ssrc>,
     /// The last timestamp seen, and its extended (wrap-free) value.
-    last_ts: u32,
+    last_ts: RtpTs,
     last_ext: i64,
     /// Extended timestamp ↔ recording position of the anchor.
     anchor_ext: i64,
@@ -47,8 +48,8 @@ impl Timeline {
     /// after the recording started, given that `written` samples are in the file already.
     pub fn place(
         &mut self,
-        ssrc: u32,
-        ts: u32,
+        ssrc: Ssrc,
+        ts: RtpTs,
         duration: u64,
         clock: u64,
         written: u64,
@@ -59,7 +60,7 @@ impl Timeline {
             }
             return self.anchor(ssrc, ts, clock, written);
         }
-        let ext = self.last_ext + i64::from(ts.wrapping_sub(self.last_ts) as i32);
+        let ext = self.last_ext + i64::from(ts.delta(self.last_ts));
         let pos = clamp_i64(self.anchor_pos).saturating_add(ext - self.anchor_ext);
         let ahead_of_clock = pos > clamp_i64(clock.saturating_add(MAX_DRIFT));
         let far_behind = pos.saturating_add(MAX_LATE as i64) < clamp_i64(written);
@@ -85,14 +86,14 @@ impl Timeline {
 
     /// Start (or restart) the stream here: at the arrival clock, or right after what is
     /// written if the clock is behind it.
-    fn anchor(&mut self, ssrc: u32, ts: u32, clock: u64, written: u64) -> Placement {
+    fn anchor(&mut self, ssrc: Ssrc, ts: RtpTs, clock: u64, written: u64) -> Placement {
         // Gaps are repairable in whole 2.5 ms frames only (RFC 7845 §4.1).
         let gap = clock.saturating_sub(written);
         let gap = gap - gap % GAP_QUANTUM;
         self.ssrc = Some(ssrc);
         self.last_ts = ts;
-        self.last_ext = i64::from(ts);
-        self.anchor_ext = i64::from(ts);
+        self.last_ext = i64::from(ts.get());
+        self.anchor_ext = i64::from(ts.get());
         self.anchor_pos = written.saturating_add(gap);
         Placement::Write { gap }
     }
@@ -108,11 +109,16 @@ mod tests {
 
     const P: u64 = 960;
 
+    /// [`Timeline::place`] with the wire's numbers.
+    fn place(t: &mut Timeline, ssrc: u32, ts: u32, d: u64, clock: u64, written: u64) -> Placement {
+        t.place(Ssrc::new(ssrc), RtpTs::new(ts), d, clock, written)
+    }
+
     /// Feed `n` 20 ms packets from `ts0` arriving on time from `clock0`; returns the gaps.
     fn run(t: &mut Timeline, ssrc: u32, ts0: u32, clock0: u64, n: u32, written: &mut u64) {
         for i in 0..n {
             let ts = ts0.wrapping_add(i * 960);
-            match t.place(ssrc, ts, P, clock0 + u64::from(i) * P, *written) {
+            match place(t, ssrc, ts, P, clock0 + u64::from(i) * P, *written) {
                 Placement::Write { gap } => *written += gap + P,
                 Placement::Late => {}
             }
@@ -123,7 +129,7 @@ mod tests {
     fn first_packet_lines_up_with_the_recording_clock() {
         let mut t = Timeline::default();
         assert_eq!(
-            t.place(1, 5, P, 3 * 48_000, 0),
+            place(&mut t, 1, 5, P, 3 * 48_000, 0),
             Placement::Write { gap: 144_000 }
         );
     }
@@ -143,7 +149,7 @@ mod tests {
         let mut written = 0;
         run(&mut t, 1, 1000, 0, 10, &mut written);
         // Three packets lost: the next one is 4 packet times on.
-        let p = t.place(1, 1000 + 13 * 960, P, 13 * P + 700, written);
+        let p = place(&mut t, 1, 1000 + 13 * 960, P, 13 * P + 700, written);
         assert_eq!(p, Placement::Write { gap: 3 * P });
     }
 
@@ -152,8 +158,14 @@ mod tests {
         let mut t = Timeline::default();
         let mut written = 0;
         run(&mut t, 1, 0, 0, 10, &mut written);
-        assert_eq!(t.place(1, 9 * 960, P, 10 * P, written), Placement::Late);
-        assert_eq!(t.place(1, 7 * 960, P, 10 * P, written), Placement::Late);
+        assert_eq!(
+            place(&mut t, 1, 9 * 960, P, 10 * P, written),
+            Placement::Late
+        );
+        assert_eq!(
+            place(&mut t, 1, 7 * 960, P, 10 * P, written),
+            Placement::Late
+        );
         assert_eq!(t.reanchors, 0);
     }
 
@@ -163,7 +175,7 @@ mod tests {
         let mut t = Timeline::default();
         let mut written = 0;
         run(&mut t, 1, 777, 0, 50, &mut written);
-        let p = t.place(2, 3_000_000_000, P, 3 * 48_000 + 500, written);
+        let p = place(&mut t, 2, 3_000_000_000, P, 3 * 48_000 + 500, written);
         assert_eq!(
             p,
             Placement::Write {
@@ -180,11 +192,11 @@ mod tests {
         let mut written = 0;
         run(&mut t, 1, 0, 0, 50, &mut written);
         // Jump forward by ~6 hours of timestamps while only 20 ms passed.
-        let p = t.place(1, 1_000_000_000, P, 51 * P, written);
+        let p = place(&mut t, 1, 1_000_000_000, P, 51 * P, written);
         assert_eq!(p, Placement::Write { gap: P });
         // Jump backward by ~10 s: re-anchored after what is written (never rewinds).
         let w = written + P + P;
-        let p = t.place(1, 1_000_000_000 - 480_000, P, 52 * P, w);
+        let p = place(&mut t, 1, 1_000_000_000 - 480_000, P, 52 * P, w);
         assert_eq!(p, Placement::Write { gap: 0 });
         assert_eq!(t.reanchors, 2);
     }
@@ -196,8 +208,8 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let _ = t.place(i as u32 % 2, ts, 5760, u64::MAX / 4, u64::MAX / 4);
-            let _ = t.place(3, ts, 0, 0, u64::MAX / 4);
+            let _ = place(&mut t, i as u32 % 2, ts, 5760, u64::MAX / 4, u64::MAX / 4);
+            let _ = place(&mut t, 3, ts, 0, 0, u64::MAX / 4);
         }
     }
 }

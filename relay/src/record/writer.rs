@@ -275,13 +275,9 @@ impl Writer {
         let i = pkt.direction as usize;
         let t = &mut rec.tracks[i];
         let written = t.ogg.position();
-        let placement = t.timeline.place(
-            pkt.ssrc,
-            pkt.timestamp,
-            u64::from(duration),
-            pkt.clock,
-            written,
-        );
+        let placement = t
+            .timeline
+            .place(pkt.ssrc, pkt.ts, u64::from(duration), pkt.clock, written);
         match placement {
             Placement::Late => {
                 rec.late += 1;
@@ -442,6 +438,7 @@ fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
     use crate::record::{Recorder, RecorderLink, RecordingConfig};
+    use crate::wire::rtp::{RtpTs, Ssrc};
 
     /// Opens arriving faster than `DRAIN_EVERY` (a burst of calls starting to record) still let
     /// the writer drain the rings at every one: the packets of recordings already open are
@@ -483,7 +480,14 @@ mod tests {
         let opus = [0xF8u8, 1, 2];
         for i in 1..50u32 {
             // A packet of the open recording, then another call's open (no timeout between).
-            assert!(link.push(id, Direction::Agent, 1, i * 960, u64::from(i) * 960, &opus));
+            assert!(link.push(
+                id,
+                Direction::Agent,
+                Ssrc::new(1),
+                RtpTs::new(i * 960),
+                u64::from(i) * 960,
+                &opus
+            ));
             assert!(w.step(Ok(Ctrl::Open(open(i)))));
             assert!(ring.drain().is_empty(), "drained at open {i}");
         }

@@ -465,11 +465,11 @@ mod tests {
         let c = candidate("1 1 udp 2122260223 192.0.2.1 3480 typ host generation 0")
             .unwrap()
             .unwrap();
-        assert_eq!(c.addr, "192.0.2.1:3480".parse().unwrap());
+        assert_eq!(c.addr, "192.0.2.1:3480".parse::<SocketAddr>().unwrap());
         let c = candidate("2 1 UDP 2122262783 2001:db8::1 3480 typ host")
             .unwrap()
             .unwrap();
-        assert_eq!(c.addr, "[2001:db8::1]:3480".parse().unwrap());
+        assert_eq!(c.addr, "[2001:db8::1]:3480".parse::<SocketAddr>().unwrap());
         assert_eq!(c.transport, "udp");
         // Kept out, not errors.
         assert_eq!(

@@ -3,7 +3,7 @@
 //! - [`parse`] / [`parse_bytes`]: a tolerant parser for one active `m=audio` stream, with the
 //!   attributes of ICE (RFC 8839), DTLS-SRTP (RFC 5763, RFC 8122) and SDES (RFC 4568).
 //!   Errors name the line ([`SdpError`]); input size is bounded ([`MAX_SDP_BYTES`]).
-//! - [`validate_whatsapp_offer`] / [`validate_internal`]: what each leg needs, checked and
+//! - [`validate_wa_offer`] / [`validate_internal`]: what each leg needs, checked and
 //!   extracted (transport, ICE, fingerprint, payload types, SDES keys).
 //! - [`parse_webrtc`] / [`validate_webrtc`] / [`LocalDescription::webrtc_offer`] /
 //!   [`LocalDescription::webrtc_answer`]: a browser agent's side of a WebRTC internal leg.
@@ -29,7 +29,7 @@ pub use model::{
 pub use parse::{MAX_LINE_BYTES, MAX_SDP_BYTES, parse, parse_bytes, parse_webrtc};
 pub use validate::{
     DtlsRemote, InternalCodec, InternalRemote, SdesCrypto, SdesRemote, TELEPHONE_EVENT_CLOCK,
-    WaTransport, WhatsAppOffer, sdes_key_params, validate_internal, validate_whatsapp_offer,
+    WaTransport, WhatsAppOffer, sdes_key_params, validate_internal, validate_wa_offer,
 };
 pub use webrtc::{
     WEBRTC_OFFER_MID, WEBRTC_STREAM_ID, WebRtcLocalParams, WebRtcRemote, validate_webrtc,

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::wire::rtp::{Pt, Ssrc};
+
 /// The `o=` line, kept as text: only equality matters to the relay, and some stacks put
 /// numbers wider than 64 bits in the session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,41 +261,41 @@ pub struct AudioMedia {
 
 impl AudioMedia {
     /// The Opus payload type (`opus/48000[/2]`), first in the `m=` line's order.
-    pub fn opus_pt(&self) -> Option<u8> {
+    pub fn opus_pt(&self) -> Option<Pt> {
         self.offered_pt(|m| m.encoding.eq_ignore_ascii_case("opus") && m.clock_rate == 48000)
     }
 
     /// The first G.711 payload type on the `m=` line (PCMU or PCMA at 8000 Hz), in the peer's
     /// preference order: by `a=rtpmap`, or the static types 0 and 8 listed without one
     /// (RFC 3551 §6 lets an SDP rely on the static assignment).
-    pub fn g711_pt(&self) -> Option<(u8, crate::codec::g711::G711)> {
+    pub fn g711_pt(&self) -> Option<(Pt, crate::codec::g711::G711)> {
         use crate::codec::g711::G711;
         self.formats
             .iter()
             .copied()
             .find_map(|pt| match self.rtpmap(pt) {
                 Some(m) if m.clock_rate == 8000 && m.channels.unwrap_or(1) == 1 => {
-                    G711::from_encoding_name(&m.encoding).map(|law| (pt, law))
+                    G711::from_encoding_name(&m.encoding).map(|law| (Pt::new(pt), law))
                 }
                 Some(_) => None,
-                None if pt == 0 => Some((0, G711::Ulaw)),
-                None if pt == 8 => Some((8, G711::Alaw)),
+                None if pt == 0 => Some((Pt::new(0), G711::Ulaw)),
+                None if pt == 8 => Some((Pt::new(8), G711::Alaw)),
                 None => None,
             })
     }
 
     /// The `telephone-event` payload type at this clock rate (WhatsApp uses 8000).
-    pub fn telephone_event_pt(&self, clock: u32) -> Option<u8> {
+    pub fn telephone_event_pt(&self, clock: u32) -> Option<Pt> {
         self.offered_pt(|m| {
             m.encoding.eq_ignore_ascii_case("telephone-event") && m.clock_rate == clock
         })
     }
 
     /// The `a=fmtp` parameters of a payload type.
-    pub fn fmtp(&self, pt: u8) -> Option<&str> {
+    pub fn fmtp(&self, pt: Pt) -> Option<&str> {
         self.fmtps
             .iter()
-            .find(|(p, _)| *p == pt)
+            .find(|(p, _)| *p == pt.get())
             .map(|(_, params)| params.as_str())
     }
 
@@ -303,17 +305,18 @@ impl AudioMedia {
     }
 
     /// The first SSRC the peer announced, if any.
-    pub fn first_ssrc(&self) -> Option<u32> {
-        self.ssrcs.first().map(|(ssrc, _, _)| *ssrc)
+    pub fn first_ssrc(&self) -> Option<Ssrc> {
+        self.ssrcs.first().map(|(ssrc, _, _)| Ssrc::new(*ssrc))
     }
 
     /// A payload type that matches and is actually offered on the `m=` line (an `a=rtpmap`
     /// for a format not listed there is not an offer).
-    fn offered_pt(&self, matches: impl Fn(&RtpMap) -> bool) -> Option<u8> {
+    fn offered_pt(&self, matches: impl Fn(&RtpMap) -> bool) -> Option<Pt> {
         self.formats
             .iter()
             .copied()
             .find(|pt| self.rtpmap(*pt).is_some_and(&matches))
+            .map(Pt::new)
     }
 }
 

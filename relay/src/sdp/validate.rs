@@ -11,6 +11,7 @@ use super::error::SdpError;
 use super::model::{Candidate, Direction, Fingerprint, MediaProto, SessionDescription, Setup};
 use crate::codec::g711::G711;
 use crate::srtp::{MasterKey, SrtpProfile};
+use crate::wire::rtp::{Pt, Ssrc};
 
 /// The clock rate of the `telephone-event` payload the relay forwards (RFC 4733 at 8 kHz).
 pub const TELEPHONE_EVENT_CLOCK: u32 = 8000;
@@ -21,10 +22,10 @@ pub const TELEPHONE_EVENT_CLOCK: u32 = 8000;
 pub struct WhatsAppOffer {
     pub proto: MediaProto,
     pub transport: WaTransport,
-    pub opus_pt: u8,
+    pub opus_pt: Pt,
     pub opus_fmtp: Option<String>,
     /// `telephone-event/8000`, if offered.
-    pub telephone_event_pt: Option<u8>,
+    pub telephone_event_pt: Option<Pt>,
     pub ptime: Option<u32>,
     pub mid: Option<String>,
     /// The audio mid is in an `a=group:BUNDLE` (our answer mirrors it).
@@ -32,7 +33,7 @@ pub struct WhatsAppOffer {
     pub rtcp_mux: bool,
     pub direction: Direction,
     /// The first `a=ssrc` Meta announced, if any.
-    pub remote_ssrc: Option<u32>,
+    pub remote_ssrc: Option<Ssrc>,
 }
 
 /// How the WhatsApp leg is secured.
@@ -97,15 +98,15 @@ pub struct InternalRemote {
     pub rtcp_mux: bool,
     /// The audio payload type: Opus's, or, when the peer has no Opus, the G.711 one `codec`
     /// names.
-    pub opus_pt: u8,
+    pub opus_pt: Pt,
     pub opus_fmtp: Option<String>,
     /// What the audio is: Opus (forwarded untouched) or G.711 (transcoded by the relay).
     pub codec: InternalCodec,
-    pub telephone_event_pt: Option<u8>,
+    pub telephone_event_pt: Option<Pt>,
     pub ptime: Option<u32>,
     /// Present exactly when `proto` is SDES (`RTP/SAVP`, `RTP/SAVPF`).
     pub crypto: Option<SdesCrypto>,
-    pub remote_ssrc: Option<u32>,
+    pub remote_ssrc: Option<Ssrc>,
     pub direction: Direction,
 }
 
@@ -113,14 +114,14 @@ pub struct InternalRemote {
 /// (`UDP/TLS/RTP/SAVPF`, ICE credentials, a SHA-256 fingerprint, a setup role, at least one
 /// UDP candidate, rtcp-mux) or SDES (`RTP/SAVP` or `RTP/SAVPF`, a usable `a=crypto`, a `c=`
 /// address); and in both cases `opus/48000/2`.
-pub fn validate_whatsapp_offer(sd: &SessionDescription) -> Result<WhatsAppOffer, SdpError> {
+pub fn validate_wa_offer(sd: &SessionDescription) -> Result<WhatsAppOffer, SdpError> {
     let audio = &sd.audio;
     let m_line = sd.lines.audio;
     let at_m = |reason: &str| SdpError::at(m_line, &m_line_text(sd), reason);
 
     let opus_pt = audio
         .opus_pt()
-        .filter(|pt| audio.rtpmap(*pt).and_then(|m| m.channels) == Some(2))
+        .filter(|pt| audio.rtpmap(pt.get()).and_then(|m| m.channels) == Some(2))
         .ok_or_else(|| at_m("no opus/48000/2 payload type offered"))?;
 
     let transport = match audio.proto {

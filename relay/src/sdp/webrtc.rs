@@ -10,6 +10,8 @@
 
 use std::net::IpAddr;
 
+use crate::wire::rtp::{Pt, Ssrc};
+
 use super::error::SdpError;
 use super::model::{
     Candidate, Direction, Fingerprint, MediaProto, MediaSection, SessionDescription, Setup,
@@ -37,14 +39,14 @@ pub struct WebRtcRemote {
     pub fingerprint: Fingerprint,
     /// Never `holdconn`.
     pub setup: Setup,
-    pub opus_pt: u8,
+    pub opus_pt: Pt,
     pub opus_fmtp: Option<String>,
     /// `telephone-event/8000`, if offered (browsers also offer a 48 kHz one, which we ignore).
-    pub telephone_event_pt: Option<u8>,
+    pub telephone_event_pt: Option<Pt>,
     pub mid: Option<String>,
     pub bundle: bool,
     pub direction: Direction,
-    pub remote_ssrc: Option<u32>,
+    pub remote_ssrc: Option<Ssrc>,
     /// Every m-section of the description, for answering the ones we reject.
     pub sections: Vec<MediaSection>,
 }
@@ -98,7 +100,7 @@ pub fn validate_webrtc(sd: &SessionDescription) -> Result<WebRtcRemote, SdpError
     }
     let opus_pt = audio
         .opus_pt()
-        .filter(|pt| audio.rtpmap(*pt).and_then(|m| m.channels) == Some(2))
+        .filter(|pt| audio.rtpmap(pt.get()).and_then(|m| m.channels) == Some(2))
         .ok_or_else(|| at_m("no opus/48000/2 payload type (the relay does not transcode)"))?;
     Ok(WebRtcRemote {
         ice_ufrag: ufrag.to_string(),
@@ -145,7 +147,7 @@ pub struct WebRtcLocalParams {
     pub ice: LocalIce,
     pub fingerprint: Fingerprint,
     /// The SSRC we send with and its cname.
-    pub ssrc: u32,
+    pub ssrc: Ssrc,
     pub cname: String,
 }
 
@@ -223,8 +225,8 @@ impl LocalDescription {
 /// The audio section common to our offers and answers, with the session id and version.
 fn webrtc_audio(
     p: WebRtcLocalParams,
-    opus_pt: u8,
-    te_pt: Option<u8>,
+    opus_pt: Pt,
+    te_pt: Option<Pt>,
     mid: String,
     setup: Setup,
     direction: Direction,
@@ -279,7 +281,7 @@ mod tests {
                 end_of_candidates: true,
             },
             fingerprint: Fingerprint::sha256_of(b"cert"),
-            ssrc: 1234,
+            ssrc: Ssrc::new(1234),
             cname: "relay-1".into(),
         }
     }
@@ -288,10 +290,10 @@ mod tests {
     fn chrome_offer_is_accepted_with_mdns_and_tcp_candidates() {
         let sd = parse_webrtc(BROWSER_OFFER).unwrap();
         let r = validate_webrtc(&sd).unwrap();
-        assert_eq!(r.opus_pt, 111);
+        assert_eq!(r.opus_pt, Pt::new(111));
         assert_eq!(
             r.telephone_event_pt,
-            Some(126),
+            Some(Pt::new(126)),
             "the 8 kHz one, not 110/48000"
         );
         assert_eq!(r.setup, Setup::ActPass);

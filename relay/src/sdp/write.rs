@@ -10,12 +10,13 @@ use super::model::{Direction, Fingerprint, MediaProto, Setup};
 use super::validate::{InternalCodec, WaTransport, WhatsAppOffer};
 use crate::codec::g711::G711;
 use crate::srtp::SrtpProfile;
+use crate::wire::rtp::{Pt, Ssrc};
 
 /// The Opus parameters Meta puts in its offers; we answer and offer the same, since the relay
 /// forwards Opus untouched between the legs.
 pub const META_OPUS_FMTP: &str = "maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1";
-pub const DEFAULT_OPUS_PT: u8 = 111;
-pub const DEFAULT_TELEPHONE_EVENT_PT: u8 = 126;
+pub const DEFAULT_OPUS_PT: Pt = Pt::new(111);
+pub const DEFAULT_TELEPHONE_EVENT_PT: Pt = Pt::new(126);
 /// The packet time the relay advertises (Meta sends 20 ms).
 pub const PTIME_MS: u32 = 20;
 
@@ -65,7 +66,7 @@ pub struct LocalAudio {
     /// `(tag, suite, key_params)` of our `a=crypto` line.
     pub crypto: Option<(u32, String, String)>,
     /// `(ssrc, cname)` for `a=ssrc:<ssrc> cname:<cname>`.
-    pub ssrc: Option<(u32, String)>,
+    pub ssrc: Option<(Ssrc, String)>,
     /// `(stream id, track id)` for `a=msid` (RFC 8830): WebRTC stacks hand the remote track to
     /// the application inside this stream (`ontrack`'s `event.streams[0]`).
     pub msid: Option<(String, String)>,
@@ -75,7 +76,7 @@ pub struct LocalAudio {
 /// One payload type we offer or accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalPayload {
-    pub pt: u8,
+    pub pt: Pt,
     pub encoding: String,
     pub clock_rate: u32,
     pub channels: Option<u8>,
@@ -85,7 +86,7 @@ pub struct LocalPayload {
 
 impl LocalPayload {
     /// `opus/48000/2` with the given parameters.
-    pub fn opus(pt: u8, fmtp: Option<String>) -> LocalPayload {
+    pub fn opus(pt: Pt, fmtp: Option<String>) -> LocalPayload {
         LocalPayload {
             pt,
             encoding: "opus".to_string(),
@@ -97,7 +98,7 @@ impl LocalPayload {
     }
 
     /// `PCMU/8000` or `PCMA/8000` (RFC 3551), usually on its static payload type.
-    pub fn g711(pt: u8, law: G711) -> LocalPayload {
+    pub fn g711(pt: Pt, law: G711) -> LocalPayload {
         LocalPayload {
             pt,
             encoding: law.encoding_name().to_string(),
@@ -109,7 +110,7 @@ impl LocalPayload {
     }
 
     /// `telephone-event/8000` (RFC 4733).
-    pub fn telephone_event(pt: u8) -> LocalPayload {
+    pub fn telephone_event(pt: Pt) -> LocalPayload {
         LocalPayload {
             pt,
             encoding: "telephone-event".to_string(),
@@ -161,7 +162,7 @@ pub struct WaLocalParams {
     pub port: u16,
     pub security: LocalSecurity,
     /// `(ssrc, cname)` we will send with.
-    pub ssrc: Option<(u32, String)>,
+    pub ssrc: Option<(Ssrc, String)>,
 }
 
 /// What we put in our side of an internal leg.
@@ -173,17 +174,17 @@ pub struct InternalLocalParams {
     pub connection: IpAddr,
     pub port: u16,
     /// Mirror the peer's PT when answering; [`DEFAULT_OPUS_PT`] when offering.
-    pub opus_pt: u8,
+    pub opus_pt: Pt,
     pub opus_fmtp: Option<String>,
     /// The audio when answering: Opus on `opus_pt`, or G.711 on `opus_pt` (then no Opus).
     pub codec: InternalCodec,
     /// Offering: list PCMU (0) and PCMA (8) after Opus, so a media server without Opus can
     /// answer with G.711 (the relay then transcodes).
     pub offer_g711: bool,
-    pub telephone_event_pt: Option<u8>,
+    pub telephone_event_pt: Option<Pt>,
     /// `(tag, profile, key_params)`: `RTP/SAVP` with this `a=crypto`; `None`: `RTP/AVP`.
     pub crypto: Option<(u32, SrtpProfile, String)>,
-    pub ssrc: Option<(u32, String)>,
+    pub ssrc: Option<(Ssrc, String)>,
     pub rtcp_mux: bool,
     pub direction: Direction,
 }
@@ -218,7 +219,7 @@ impl LocalDescription {
     ///
     /// Fails when `ours` does not fit the offer (DTLS offer, SDES params; a different SDES
     /// suite; a setup role the offer excludes).
-    pub fn whatsapp_answer(
+    pub fn wa_answer(
         offer: &WhatsAppOffer,
         ours: WaLocalParams,
     ) -> Result<LocalDescription, SdpError> {
@@ -339,8 +340,8 @@ impl LocalDescription {
             InternalCodec::G711(law) => vec![LocalPayload::g711(params.opus_pt, law)],
         };
         if params.offer_g711 && params.codec == InternalCodec::Opus {
-            payloads.push(LocalPayload::g711(0, G711::Ulaw));
-            payloads.push(LocalPayload::g711(8, G711::Alaw));
+            payloads.push(LocalPayload::g711(Pt::new(0), G711::Ulaw));
+            payloads.push(LocalPayload::g711(Pt::new(8), G711::Alaw));
         }
         if let Some(pt) = params.telephone_event_pt {
             payloads.push(LocalPayload::telephone_event(pt));
@@ -543,9 +544,9 @@ fn write_rejected(out: &mut Sdp, r: &RejectedMedia) {
 fn wa_audio(
     params: &WaLocalParams,
     proto: MediaProto,
-    opus_pt: u8,
+    opus_pt: Pt,
     opus_fmtp: Option<String>,
-    telephone_event_pt: Option<u8>,
+    telephone_event_pt: Option<Pt>,
 ) -> LocalAudio {
     let mut payloads = vec![LocalPayload::opus(opus_pt, opus_fmtp)];
     if let Some(pt) = telephone_event_pt {
@@ -649,7 +650,7 @@ mod tests {
             "192.0.2.10".parse().unwrap(),
             4000,
         ));
-        d.audio.ssrc = Some((5, "evil\r\na=ice-lite".to_string()));
+        d.audio.ssrc = Some((Ssrc::new(5), "evil\r\na=ice-lite".to_string()));
         let sdp = d.to_sdp();
         assert!(sdp.contains("a=ssrc:5 cname:evila=ice-lite\r\n"));
         assert!(!sdp.contains("\r\na=ice-lite"));

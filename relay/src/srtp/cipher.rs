@@ -19,6 +19,7 @@ use sha1::Sha1;
 
 use super::SrtpError;
 use super::header::RTCP_CLEAR_PREFIX;
+use crate::wire::rtp::{SeqNo, Ssrc};
 
 /// The E flag of the SRTCP trailer word: set when the payload is encrypted.
 pub(crate) const SRTCP_E_FLAG: u32 = 1 << 31;
@@ -84,15 +85,15 @@ impl Cipher {
         buf: &mut [u8],
         hdr: usize,
         len: usize,
-        ssrc: u32,
-        index: u64,
+        ssrc: Ssrc,
+        index: SeqNo,
     ) -> Result<usize, SrtpError> {
         let end = len
             .checked_add(self.tag_len())
             .filter(|&end| end <= buf.len())
             .ok_or(SrtpError::BufferTooSmall)?;
         let packet = buf.get_mut(..end).ok_or(SrtpError::BufferTooSmall)?;
-        each!(self, c => c.seal_rtp(packet, hdr, ssrc, index))?;
+        each!(self, c => c.seal_rtp(packet, hdr, ssrc, index.get()))?;
         Ok(end)
     }
 
@@ -101,10 +102,10 @@ impl Cipher {
         &self,
         buf: &mut [u8],
         hdr: usize,
-        ssrc: u32,
-        index: u64,
+        ssrc: Ssrc,
+        index: SeqNo,
     ) -> Result<usize, SrtpError> {
-        each!(self, c => c.open_rtp(buf, hdr, ssrc, index))?;
+        each!(self, c => c.open_rtp(buf, hdr, ssrc, index.get()))?;
         Ok(buf.len() - self.tag_len())
     }
 
@@ -114,7 +115,7 @@ impl Cipher {
         &self,
         buf: &mut [u8],
         len: usize,
-        ssrc: u32,
+        ssrc: Ssrc,
         index: u32,
     ) -> Result<usize, SrtpError> {
         let end = len
@@ -142,7 +143,7 @@ impl Cipher {
     pub(crate) fn open_rtcp(
         &self,
         buf: &mut [u8],
-        ssrc: u32,
+        ssrc: Ssrc,
         word: u32,
     ) -> Result<usize, SrtpError> {
         each!(self, c => c.open_rtcp(buf, ssrc, word))?;
@@ -160,7 +161,7 @@ pub(crate) struct AesCm {
 
 impl AesCm {
     /// XORs the keystream for (`ssrc`, `index`) into `data` (RFC 3711 §4.1.1).
-    pub(crate) fn apply_keystream(&self, ssrc: u32, index: u64, data: &mut [u8]) {
+    pub(crate) fn apply_keystream(&self, ssrc: Ssrc, index: u64, data: &mut [u8]) {
         let mut iv = [0u8; 16];
         iv[..14].copy_from_slice(&self.salt);
         xor_into(&mut iv[4..8], &ssrc.to_be_bytes());
@@ -174,7 +175,7 @@ impl AesCm {
         &self,
         packet: &mut [u8],
         hdr: usize,
-        ssrc: u32,
+        ssrc: Ssrc,
         index: u64,
     ) -> Result<(), SrtpError> {
         let (body, tag) = split_tail(packet, CM_TAG)?;
@@ -190,7 +191,7 @@ impl AesCm {
         &self,
         packet: &mut [u8],
         hdr: usize,
-        ssrc: u32,
+        ssrc: Ssrc,
         index: u64,
     ) -> Result<(), SrtpError> {
         let (body, tag) = split_tail(packet, CM_TAG)?;
@@ -203,7 +204,7 @@ impl AesCm {
         Ok(())
     }
 
-    fn seal_rtcp(&self, packet: &mut [u8], ssrc: u32, word: u32) -> Result<(), SrtpError> {
+    fn seal_rtcp(&self, packet: &mut [u8], ssrc: Ssrc, word: u32) -> Result<(), SrtpError> {
         let (authed, tag) = split_tail(packet, CM_TAG)?;
         let (rtcp, index_word) = split_tail(authed, INDEX_WORD)?;
         let payload = rtcp
@@ -217,7 +218,7 @@ impl AesCm {
         Ok(())
     }
 
-    fn open_rtcp(&self, packet: &mut [u8], ssrc: u32, word: u32) -> Result<(), SrtpError> {
+    fn open_rtcp(&self, packet: &mut [u8], ssrc: Ssrc, word: u32) -> Result<(), SrtpError> {
         let (authed, tag) = split_tail(packet, CM_TAG)?;
         let mut mac = self.mac.clone();
         mac.update(authed);
@@ -250,7 +251,7 @@ where
     }
 
     /// RFC 7714 §8.1 / §9.1: salt XOR (0^16 || SSRC || 48-bit index).
-    fn nonce(&self, ssrc: u32, index: u64) -> aes_gcm::Nonce<U12> {
+    fn nonce(&self, ssrc: Ssrc, index: u64) -> aes_gcm::Nonce<U12> {
         let mut iv = self.salt;
         xor_into(&mut iv[2..6], &ssrc.to_be_bytes());
         xor_into(&mut iv[6..12], &index48(index));
@@ -262,7 +263,7 @@ where
         &self,
         packet: &mut [u8],
         hdr: usize,
-        ssrc: u32,
+        ssrc: Ssrc,
         index: u64,
     ) -> Result<(), SrtpError> {
         let (body, tag) = split_tail(packet, GCM_TAG)?;
@@ -279,7 +280,7 @@ where
         &self,
         packet: &mut [u8],
         hdr: usize,
-        ssrc: u32,
+        ssrc: Ssrc,
         index: u64,
     ) -> Result<(), SrtpError> {
         let (body, tag) = split_tail(packet, GCM_TAG)?;
@@ -291,7 +292,7 @@ where
 
     /// RFC 7714 §9: AAD is the first 8 bytes || E || index; the rest becomes ciphertext, then
     /// the tag, then the E/index word.
-    fn seal_rtcp(&self, packet: &mut [u8], ssrc: u32, word: u32) -> Result<(), SrtpError> {
+    fn seal_rtcp(&self, packet: &mut [u8], ssrc: Ssrc, word: u32) -> Result<(), SrtpError> {
         let (sealed, index_word) = split_tail(packet, INDEX_WORD)?;
         let (rtcp, tag) = split_tail(sealed, GCM_TAG)?;
         let (clear, payload) = rtcp
@@ -308,7 +309,7 @@ where
         Ok(())
     }
 
-    fn open_rtcp(&self, packet: &mut [u8], ssrc: u32, word: u32) -> Result<(), SrtpError> {
+    fn open_rtcp(&self, packet: &mut [u8], ssrc: Ssrc, word: u32) -> Result<(), SrtpError> {
         let nonce = self.nonce(ssrc, u64::from(word & !SRTCP_E_FLAG));
         if word & SRTCP_E_FLAG != 0 {
             let (sealed, _) = split_tail(packet, INDEX_WORD)?;

@@ -5,8 +5,9 @@ use super::cipher::{Cipher, SRTCP_E_FLAG, SessionKey};
 use super::header::{self, RTCP_CLEAR_PREFIX};
 use super::kdf::{self, Label};
 use super::profile::{MasterKey, SessionKeys, SrtpProfile};
-use super::replay::{ReplayWindow, estimate_index};
+use super::replay::estimate_index;
 use super::streams::{RTCP_SLOTS, RTP_SLOTS, StreamTable};
+use crate::wire::rtp::SeqNo;
 
 /// The SRTCP index is 31 bits (RFC 3711 §3.4).
 const MAX_SRTCP_INDEX: u64 = (1 << 31) - 1;
@@ -109,12 +110,12 @@ impl SrtpContext {
     pub fn protect_rtp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let h = header::rtp_header(buf.get(..len).ok_or(SrtpError::BufferTooSmall)?)?;
         let window = self.rtp_streams.get(h.ssrc);
-        let index = estimate_index(window.map(ReplayWindow::top), h.seq)?;
+        let index = estimate_index(window.map(|w| SeqNo::new(w.top())), h.seq)?;
         if let Some(window) = window {
-            window.check(index)?;
+            window.check(index.get())?;
         }
         let out = self.rtp.seal_rtp(buf, h.len, len, h.ssrc, index)?;
-        self.rtp_streams.commit(h.ssrc, index);
+        self.rtp_streams.commit(h.ssrc, index.get());
         Ok(out)
     }
 
@@ -131,12 +132,12 @@ impl SrtpContext {
             .ok_or(SrtpError::TooShort)?;
         let h = header::rtp_header(buf.get(..body).ok_or(SrtpError::TooShort)?)?;
         let window = self.rtp_streams.get(h.ssrc);
-        let index = estimate_index(window.map(ReplayWindow::top), h.seq)?;
+        let index = estimate_index(window.map(|w| SeqNo::new(w.top())), h.seq)?;
         if let Some(window) = window {
-            window.check(index)?;
+            window.check(index.get())?;
         }
         let len = self.rtp.open_rtp(buf, h.len, h.ssrc, index)?;
-        self.rtp_streams.commit(h.ssrc, index);
+        self.rtp_streams.commit(h.ssrc, index.get());
         Ok(len)
     }
 
@@ -376,7 +377,7 @@ mod tests {
             let mut forged = other.clone();
             forged[14] ^= 1;
             assert_eq!(unprotect(&mut rx, &forged), Err(SrtpError::AuthFailed));
-            assert!(rx.rtp_streams.get(6).is_none());
+            assert!(rx.rtp_streams.get(crate::wire::rtp::Ssrc::new(6)).is_none());
             assert!(unprotect(&mut rx, &other).is_ok());
         }
     }
@@ -488,7 +489,8 @@ mod tests {
     #[test]
     fn srtcp_index_exhaustion_is_an_error() {
         let (mut tx, _) = pair(SrtpProfile::Aes128CmHmacSha1_80);
-        tx.rtcp_streams.commit(77, MAX_SRTCP_INDEX);
+        tx.rtcp_streams
+            .commit(crate::wire::rtp::Ssrc::new(77), MAX_SRTCP_INDEX);
         let plain = rtcp_sr(77, 0);
         let mut buf = plain.clone();
         buf.resize(plain.len() + 14, 0);

@@ -1,6 +1,7 @@
 //! The few RTP/RTCP header fields SRTP needs, read without allocation or full parsing.
 
 use super::SrtpError;
+use crate::wire::rtp::{Seq, Ssrc};
 
 const RTP_FIXED_HEADER: usize = 12;
 /// RTCP header (4) plus the sender SSRC (4): the part of an SRTCP packet never encrypted.
@@ -11,8 +12,8 @@ pub(crate) const RTCP_CLEAR_PREFIX: usize = 8;
 pub(crate) struct RtpHeader {
     /// Bytes of header (fixed part, CSRCs, extension): the clear, authenticated-only prefix.
     pub len: usize,
-    pub seq: u16,
-    pub ssrc: u32,
+    pub seq: Seq,
+    pub ssrc: Ssrc,
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -43,18 +44,18 @@ pub(crate) fn rtp_header(packet: &[u8]) -> Result<RtpHeader, SrtpError> {
     }
     Ok(RtpHeader {
         len,
-        seq: be16(packet, 2).ok_or(SrtpError::TooShort)?,
-        ssrc: be32(packet, 8).ok_or(SrtpError::TooShort)?,
+        seq: Seq::new(be16(packet, 2).ok_or(SrtpError::TooShort)?),
+        ssrc: Ssrc::new(be32(packet, 8).ok_or(SrtpError::TooShort)?),
     })
 }
 
 /// Checks the RTCP version and returns the sender SSRC of the first packet of the compound.
-pub(crate) fn rtcp_ssrc(packet: &[u8]) -> Result<u32, SrtpError> {
+pub(crate) fn rtcp_ssrc(packet: &[u8]) -> Result<Ssrc, SrtpError> {
     let ssrc = be32(packet, 4).ok_or(SrtpError::TooShort)?;
     if packet[0] >> 6 != 2 {
         return Err(SrtpError::Malformed);
     }
-    Ok(ssrc)
+    Ok(Ssrc::new(ssrc))
 }
 
 #[cfg(test)]
@@ -70,8 +71,8 @@ mod tests {
             rtp_header(&p),
             Ok(RtpHeader {
                 len: 12,
-                seq: 0x1234,
-                ssrc: 0xdeadbeef
+                seq: Seq::new(0x1234),
+                ssrc: Ssrc::new(0xdeadbeef)
             })
         );
     }
@@ -94,6 +95,6 @@ mod tests {
         assert_eq!(rtp_header(&[0x40; 12]), Err(SrtpError::Malformed));
         assert_eq!(rtcp_ssrc(&[0x80; 7]), Err(SrtpError::TooShort));
         assert_eq!(rtcp_ssrc(&[0xc0; 8]), Err(SrtpError::Malformed));
-        assert_eq!(rtcp_ssrc(&[0x80, 200, 0, 1, 0, 0, 0, 9]), Ok(9));
+        assert_eq!(rtcp_ssrc(&[0x80, 200, 0, 1, 0, 0, 0, 9]), Ok(Ssrc::new(9)));
     }
 }

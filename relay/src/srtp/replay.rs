@@ -2,6 +2,7 @@
 //! Appendix A).
 
 use super::SrtpError;
+use crate::wire::rtp::{Seq, SeqNo};
 
 /// Packets behind the highest accepted index that can still be told apart from replays.
 pub(crate) const WINDOW: u64 = 1024;
@@ -99,19 +100,20 @@ impl ReplayWindow {
 /// RFC 3711 Appendix A picks the ROC among {ROC-1, ROC, ROC+1} that puts the index closest to the
 /// highest one. Before the first wrap ROC-1 does not exist: the index is then just `seq`, as
 /// libsrtp and webrtc-srtp do.
-pub(crate) fn estimate_index(highest: Option<u64>, seq: u16) -> Result<u64, SrtpError> {
+pub(crate) fn estimate_index(highest: Option<SeqNo>, seq: Seq) -> Result<SeqNo, SrtpError> {
     let Some(highest) = highest else {
-        return Ok(u64::from(seq));
+        return Ok(SeqNo::from_parts(0, seq));
     };
-    let roc = highest >> 16;
-    let s_l = highest as u16;
+    let roc = highest.roc();
+    let s_l = highest.seq().get();
+    let seq16 = seq.get();
     let v = if s_l < 0x8000 {
-        if seq > s_l && seq - s_l > 0x8000 {
+        if seq16 > s_l && seq16 - s_l > 0x8000 {
             roc.saturating_sub(1)
         } else {
             roc
         }
-    } else if s_l - 0x8000 > seq {
+    } else if s_l - 0x8000 > seq16 {
         roc + 1
     } else {
         roc
@@ -119,7 +121,7 @@ pub(crate) fn estimate_index(highest: Option<u64>, seq: u16) -> Result<u64, Srtp
     if v > u64::from(u32::MAX) {
         return Err(SrtpError::KeyExhausted);
     }
-    Ok(v << 16 | u64::from(seq))
+    Ok(SeqNo::from_parts(v, seq))
 }
 
 #[cfg(test)]
@@ -180,6 +182,10 @@ mod tests {
 
     #[test]
     fn index_estimation_follows_wraps() {
+        // On the wire's numbers: the highest index so far and the packet's 16-bit SEQ.
+        let estimate_index = |highest: Option<u64>, seq: u16| {
+            estimate_index(highest.map(SeqNo::new), Seq::new(seq)).map(SeqNo::get)
+        };
         assert_eq!(estimate_index(None, 65000), Ok(65000));
         // Forward across the wrap: ROC + 1.
         assert_eq!(estimate_index(Some(65530), 3), Ok(0x1_0003));

@@ -12,6 +12,7 @@
 //! packet authenticated, so forged packets can neither evict real streams nor move windows.
 
 use super::replay::ReplayWindow;
+use crate::wire::rtp::Ssrc;
 
 /// RTP SSRCs tracked per context: the live stream, the one it replaced, and room for a brief
 /// overlap of two more.
@@ -22,7 +23,7 @@ pub(crate) const RTCP_SLOTS: usize = 2;
 
 #[derive(Clone, Debug)]
 struct Slot {
-    ssrc: u32,
+    ssrc: Ssrc,
     /// 0 = empty; otherwise the table clock at the last commit (for LRU).
     last_used: u64,
     window: ReplayWindow,
@@ -37,7 +38,7 @@ pub(crate) struct StreamTable<const SLOTS: usize> {
 impl<const SLOTS: usize> Default for StreamTable<SLOTS> {
     fn default() -> Self {
         let empty = Slot {
-            ssrc: 0,
+            ssrc: Ssrc::default(),
             last_used: 0,
             window: ReplayWindow::starting_at(0),
         };
@@ -50,7 +51,7 @@ impl<const SLOTS: usize> Default for StreamTable<SLOTS> {
 
 impl<const SLOTS: usize> StreamTable<SLOTS> {
     /// The replay window (highest index and history) of `ssrc`, if it is tracked.
-    pub(crate) fn get(&self, ssrc: u32) -> Option<&ReplayWindow> {
+    pub(crate) fn get(&self, ssrc: Ssrc) -> Option<&ReplayWindow> {
         self.slots
             .iter()
             .find(|s| s.last_used != 0 && s.ssrc == ssrc)
@@ -58,7 +59,7 @@ impl<const SLOTS: usize> StreamTable<SLOTS> {
     }
 
     /// Records `index` as accepted for `ssrc`, taking the least recently used slot for a new SSRC.
-    pub(crate) fn commit(&mut self, ssrc: u32, index: u64) {
+    pub(crate) fn commit(&mut self, ssrc: Ssrc, index: u64) {
         self.clock += 1;
         let clock = self.clock;
         if let Some(slot) = self
@@ -90,24 +91,24 @@ mod tests {
         const SLOTS: usize = RTP_SLOTS;
         let mut t = StreamTable::<SLOTS>::default();
         for ssrc in 1..=SLOTS as u32 {
-            t.commit(ssrc, 100);
+            t.commit(Ssrc::new(ssrc), 100);
         }
         // Touch SSRC 1 so SSRC 2 becomes the least recently used.
-        t.commit(1, 101);
-        t.commit(99, 7);
-        assert!(t.get(2).is_none());
-        assert_eq!(t.get(1).map(ReplayWindow::top), Some(101));
-        assert_eq!(t.get(99).map(ReplayWindow::top), Some(7));
+        t.commit(Ssrc::new(1), 101);
+        t.commit(Ssrc::new(99), 7);
+        assert!(t.get(Ssrc::new(2)).is_none());
+        assert_eq!(t.get(Ssrc::new(1)).map(ReplayWindow::top), Some(101));
+        assert_eq!(t.get(Ssrc::new(99)).map(ReplayWindow::top), Some(7));
         for ssrc in 3..=SLOTS as u32 {
-            assert!(t.get(ssrc).is_some(), "ssrc {ssrc} kept");
+            assert!(t.get(Ssrc::new(ssrc)).is_some(), "ssrc {ssrc} kept");
         }
     }
 
     #[test]
     fn ssrc_zero_is_a_real_ssrc() {
         let mut t = StreamTable::<RTCP_SLOTS>::default();
-        assert!(t.get(0).is_none());
-        t.commit(0, 5);
-        assert_eq!(t.get(0).map(ReplayWindow::top), Some(5));
+        assert!(t.get(Ssrc::new(0)).is_none());
+        t.commit(Ssrc::new(0), 5);
+        assert_eq!(t.get(Ssrc::new(0)).map(ReplayWindow::top), Some(5));
     }
 }

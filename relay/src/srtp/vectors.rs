@@ -30,7 +30,7 @@ fn rfc3711_b2_aes_cm_keystream() {
         panic!("AES-CM cipher");
     };
     let mut ks = vec![0u8; 0xff02 * 16];
-    cm.apply_keystream(0, 0, &mut ks);
+    cm.apply_keystream(crate::wire::rtp::Ssrc::new(0), 0, &mut ks);
     let block = |n: usize| ks[n * 16..(n + 1) * 16].to_vec();
     assert_eq!(block(0), hex("E03EAD0935C95E80E166B16DD92B4EB4"));
     assert_eq!(block(1), hex("D23513162B02D0F72A43A2FE4A5F97AB"));

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::wire::rtp::{RtpTs, Ssrc};
+
 pub const SR: u8 = 200;
 pub const RR: u8 = 201;
 pub const SDES: u8 = 202;
@@ -51,7 +53,7 @@ pub enum RtcpError {
 /// A reception report block (RFC 3550 §6.4.1).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub struct ReportBlock {
-    pub ssrc: u32,
+    pub ssrc: Ssrc,
     pub fraction_lost: u8,
     /// 24-bit signed on the wire; duplicates can make it negative.
     pub cumulative_lost: i32,
@@ -70,7 +72,7 @@ impl ReportBlock {
         // Sign-extend the low 24 bits.
         let cumulative_lost = ((lost << 8) as i32) >> 8;
         Some(ReportBlock {
-            ssrc: be32(b, 0)?,
+            ssrc: Ssrc::new(be32(b, 0)?),
             fraction_lost: (lost >> 24) as u8,
             cumulative_lost,
             highest_seq: be32(b, 8)?,
@@ -85,7 +87,7 @@ impl ReportBlock {
             | (self.cumulative_lost.clamp(-0x80_0000, 0x7F_FFFF) as u32 & 0x00FF_FFFF);
         let mut w = Writer::new(out);
         for v in [
-            self.ssrc,
+            self.ssrc.get(),
             lost,
             self.highest_seq,
             self.jitter,
@@ -131,20 +133,20 @@ pub struct Ssrcs<'a> {
 }
 
 impl Iterator for Ssrcs<'_> {
-    type Item = u32;
+    type Item = Ssrc;
 
-    fn next(&mut self) -> Option<u32> {
+    fn next(&mut self) -> Option<Ssrc> {
         let v = be32(self.raw, 0)?;
         self.raw = self.raw.get(4..).unwrap_or(&[]);
-        Some(v)
+        Some(Ssrc::new(v))
     }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct SenderReport<'a> {
-    pub ssrc: u32,
+    pub ssrc: Ssrc,
     pub ntp: u64,
-    pub rtp_ts: u32,
+    pub rtp_ts: RtpTs,
     pub packet_count: u32,
     pub octet_count: u32,
     pub reports: ReportBlocks<'a>,
@@ -154,34 +156,34 @@ pub struct SenderReport<'a> {
 pub enum RtcpPacket<'a> {
     SenderReport(SenderReport<'a>),
     ReceiverReport {
-        ssrc: u32,
+        ssrc: Ssrc,
         reports: ReportBlocks<'a>,
     },
     /// Items are not decoded; `ssrc` is the first chunk's (None for an empty SDES).
     SourceDescription {
         chunk_count: u8,
-        ssrc: Option<u32>,
+        ssrc: Option<Ssrc>,
     },
     Bye {
         ssrcs: Ssrcs<'a>,
     },
     App {
         subtype: u8,
-        ssrc: u32,
+        ssrc: Ssrc,
         name: [u8; 4],
         data: &'a [u8],
     },
     /// RTPFB (205): `fmt` 1 is generic NACK, 15 transport-wide CC.
     TransportFeedback {
         fmt: u8,
-        sender_ssrc: u32,
-        media_ssrc: u32,
+        sender_ssrc: Ssrc,
+        media_ssrc: Ssrc,
     },
     /// PSFB (206): `fmt` 1 is PLI, 15 application layer (REMB).
     PayloadFeedback {
         fmt: u8,
-        sender_ssrc: u32,
-        media_ssrc: u32,
+        sender_ssrc: Ssrc,
+        media_ssrc: Ssrc,
     },
     /// Any other packet type (XR, ...): framing checked, content not interpreted.
     Other {
@@ -277,15 +279,15 @@ fn frame<'a>(rest: &'a [u8], offset: usize) -> Result<(RtcpPacket<'a>, usize), R
     };
     let parsed = match packet_type {
         SR => RtcpPacket::SenderReport(SenderReport {
-            ssrc: be32(body, 0).ok_or(short)?,
+            ssrc: Ssrc::new(be32(body, 0).ok_or(short)?),
             ntp: be64(body, 4).ok_or(short)?,
-            rtp_ts: be32(body, 12).ok_or(short)?,
+            rtp_ts: RtpTs::new(be32(body, 12).ok_or(short)?),
             packet_count: be32(body, 16).ok_or(short)?,
             octet_count: be32(body, 20).ok_or(short)?,
             reports: reports(body.get(SENDER_INFO_LEN..).ok_or(short)?)?,
         }),
         RR => RtcpPacket::ReceiverReport {
-            ssrc: be32(body, 0).ok_or(short)?,
+            ssrc: Ssrc::new(be32(body, 0).ok_or(short)?),
             reports: reports(body.get(4..).ok_or(short)?)?,
         },
         SDES => RtcpPacket::SourceDescription {
@@ -293,7 +295,7 @@ fn frame<'a>(rest: &'a [u8], offset: usize) -> Result<(RtcpPacket<'a>, usize), R
             ssrc: if count == 0 {
                 None
             } else {
-                Some(be32(body, 0).ok_or(short)?)
+                Some(Ssrc::new(be32(body, 0).ok_or(short)?))
             },
         },
         BYE => RtcpPacket::Bye {
@@ -303,7 +305,7 @@ fn frame<'a>(rest: &'a [u8], offset: usize) -> Result<(RtcpPacket<'a>, usize), R
         },
         APP => RtcpPacket::App {
             subtype: count,
-            ssrc: be32(body, 0).ok_or(short)?,
+            ssrc: Ssrc::new(be32(body, 0).ok_or(short)?),
             name: body
                 .get(4..8)
                 .and_then(|n| n.try_into().ok())
@@ -311,8 +313,10 @@ fn frame<'a>(rest: &'a [u8], offset: usize) -> Result<(RtcpPacket<'a>, usize), R
             data: body.get(8..).ok_or(short)?,
         },
         RTPFB | PSFB => {
-            let (sender_ssrc, media_ssrc) =
-                (be32(body, 0).ok_or(short)?, be32(body, 4).ok_or(short)?);
+            let (sender_ssrc, media_ssrc) = (
+                Ssrc::new(be32(body, 0).ok_or(short)?),
+                Ssrc::new(be32(body, 4).ok_or(short)?),
+            );
             if packet_type == RTPFB {
                 RtcpPacket::TransportFeedback {
                     fmt: count,
@@ -391,9 +395,9 @@ fn write_reports(w: &mut Writer<'_>, reports: &[ReportBlock]) -> Result<(), Rtcp
 /// Writes a sender report; returns its length. Up to 31 report blocks.
 pub fn write_sr(
     buf: &mut [u8],
-    ssrc: u32,
+    ssrc: Ssrc,
     ntp: u64,
-    rtp_ts: u32,
+    rtp_ts: RtpTs,
     packet_count: u32,
     octet_count: u32,
     reports: &[ReportBlock],
@@ -405,9 +409,9 @@ pub fn write_sr(
     check_fits(buf, len)?;
     let mut w = Writer::new(buf);
     w.header(reports.len() as u8, SR, len)?;
-    w.u32(ssrc)?;
+    w.u32(ssrc.get())?;
     w.bytes(&ntp.to_be_bytes())?;
-    w.u32(rtp_ts)?;
+    w.u32(rtp_ts.get())?;
     w.u32(packet_count)?;
     w.u32(octet_count)?;
     write_reports(&mut w, reports)?;
@@ -415,7 +419,7 @@ pub fn write_sr(
 }
 
 /// Writes a receiver report; returns its length. Up to 31 report blocks.
-pub fn write_rr(buf: &mut [u8], ssrc: u32, reports: &[ReportBlock]) -> Result<usize, RtcpError> {
+pub fn write_rr(buf: &mut [u8], ssrc: Ssrc, reports: &[ReportBlock]) -> Result<usize, RtcpError> {
     if reports.len() > MAX_REPORTS {
         return Err(RtcpError::TooManyReports(reports.len()));
     }
@@ -423,13 +427,13 @@ pub fn write_rr(buf: &mut [u8], ssrc: u32, reports: &[ReportBlock]) -> Result<us
     check_fits(buf, len)?;
     let mut w = Writer::new(buf);
     w.header(reports.len() as u8, RR, len)?;
-    w.u32(ssrc)?;
+    w.u32(ssrc.get())?;
     write_reports(&mut w, reports)?;
     Ok(len)
 }
 
 /// Writes an SDES packet with one chunk holding a CNAME item; returns its length.
-pub fn write_sdes_cname(buf: &mut [u8], ssrc: u32, cname: &[u8]) -> Result<usize, RtcpError> {
+pub fn write_sdes_cname(buf: &mut [u8], ssrc: Ssrc, cname: &[u8]) -> Result<usize, RtcpError> {
     let item_len = u8::try_from(cname.len()).map_err(|_| RtcpError::CnameTooLong(cname.len()))?;
     // SSRC, type, length, text, then at least one null octet ending the item list, padded
     // to a 32-bit boundary.
@@ -438,7 +442,7 @@ pub fn write_sdes_cname(buf: &mut [u8], ssrc: u32, cname: &[u8]) -> Result<usize
     check_fits(buf, len)?;
     let mut w = Writer::new(buf);
     w.header(1, SDES, len)?;
-    w.u32(ssrc)?;
+    w.u32(ssrc.get())?;
     w.bytes(&[SDES_CNAME, item_len])?;
     w.bytes(cname)?;
     let pad = len - w.at;
@@ -450,12 +454,12 @@ pub fn write_sdes_cname(buf: &mut [u8], ssrc: u32, cname: &[u8]) -> Result<usize
 }
 
 /// Writes a BYE for one SSRC (no reason); returns its length.
-pub fn write_bye(buf: &mut [u8], ssrc: u32) -> Result<usize, RtcpError> {
+pub fn write_bye(buf: &mut [u8], ssrc: Ssrc) -> Result<usize, RtcpError> {
     let len = HEADER_LEN + 4;
     check_fits(buf, len)?;
     let mut w = Writer::new(buf);
     w.header(1, BYE, len)?;
-    w.u32(ssrc)?;
+    w.u32(ssrc.get())?;
     Ok(len)
 }
 

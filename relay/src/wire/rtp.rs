@@ -5,6 +5,9 @@ use std::ops::Range;
 
 use crate::wire::rtcp::ReportBlock;
 
+mod id;
+pub use id::{Clock, MediaTime, Pt, RtpTs, Seq, SeqNo, Ssrc};
+
 /// The fixed header, without CSRCs or extension.
 pub const FIXED_HEADER_LEN: usize = 12;
 
@@ -49,10 +52,10 @@ impl RtpExtension {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RtpHeader {
     pub marker: bool,
-    pub payload_type: u8,
-    pub sequence: u16,
-    pub timestamp: u32,
-    pub ssrc: u32,
+    pub pt: Pt,
+    pub seq: Seq,
+    pub ts: RtpTs,
+    pub ssrc: Ssrc,
     pub csrc_count: u8,
     pub extension: Option<RtpExtension>,
     /// Fixed header + CSRCs + extension: where the payload starts.
@@ -71,11 +74,11 @@ impl RtpHeader {
     }
 
     /// The `i`-th CSRC, read from the buffer this header was parsed from.
-    pub fn csrc(&self, buf: &[u8], i: u8) -> Option<u32> {
+    pub fn csrc(&self, buf: &[u8], i: u8) -> Option<Ssrc> {
         if i >= self.csrc_count {
             return None;
         }
-        be32(buf, FIXED_HEADER_LEN + 4 * usize::from(i))
+        be32(buf, FIXED_HEADER_LEN + 4 * usize::from(i)).map(Ssrc::new)
     }
 }
 
@@ -147,10 +150,10 @@ pub fn parse_header(buf: &[u8]) -> Result<RtpHeader, RtpError> {
     };
     Ok(RtpHeader {
         marker: b1 & 0x80 != 0,
-        payload_type: b1 & 0x7F,
-        sequence: be16(buf, 2).ok_or(too_short)?,
-        timestamp: be32(buf, 4).ok_or(too_short)?,
-        ssrc: be32(buf, 8).ok_or(too_short)?,
+        pt: Pt::new(b1 & 0x7F),
+        seq: Seq::new(be16(buf, 2).ok_or(too_short)?),
+        ts: RtpTs::new(be32(buf, 4).ok_or(too_short)?),
+        ssrc: Ssrc::new(be32(buf, 8).ok_or(too_short)?),
         csrc_count,
         extension,
         header_len,
@@ -190,23 +193,24 @@ impl<'a> HeaderMut<'a> {
 
     /// `pt` is 7 bits (0–127): payload types come from SDP, which the SDP parser bounds. A
     /// larger value would corrupt the marker bit, so only its low 7 bits are written.
-    pub fn set_payload_type(&mut self, pt: u8) -> &mut Self {
+    pub fn set_pt(&mut self, pt: Pt) -> &mut Self {
+        let pt = pt.get();
         debug_assert!(pt <= 0x7F, "payload type {pt} is not 7 bits");
         self.0[1] = (self.0[1] & 0x80) | (pt & 0x7F);
         self
     }
 
-    pub fn set_sequence(&mut self, seq: u16) -> &mut Self {
-        self.0[2..4].copy_from_slice(&seq.to_be_bytes());
+    pub fn set_seq(&mut self, seq: Seq) -> &mut Self {
+        self.0[2..4].copy_from_slice(&seq.get().to_be_bytes());
         self
     }
 
-    pub fn set_timestamp(&mut self, ts: u32) -> &mut Self {
-        self.0[4..8].copy_from_slice(&ts.to_be_bytes());
+    pub fn set_ts(&mut self, ts: RtpTs) -> &mut Self {
+        self.0[4..8].copy_from_slice(&ts.get().to_be_bytes());
         self
     }
 
-    pub fn set_ssrc(&mut self, ssrc: u32) -> &mut Self {
+    pub fn set_ssrc(&mut self, ssrc: Ssrc) -> &mut Self {
         self.0[8..12].copy_from_slice(&ssrc.to_be_bytes());
         self
     }
@@ -235,32 +239,29 @@ pub fn strip_extensions_and_csrc(buf: &mut [u8], len: usize) -> Result<usize, Rt
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub struct RtpHeaderFields {
     pub marker: bool,
-    pub payload_type: u8,
-    pub sequence: u16,
-    pub timestamp: u32,
-    pub ssrc: u32,
+    pub pt: Pt,
+    pub seq: Seq,
+    pub ts: RtpTs,
+    pub ssrc: Ssrc,
 }
 
 /// Writes a 12-byte header (version 2, no padding, extension or CSRC); returns 12.
 pub fn write_header(buf: &mut [u8], f: &RtpHeaderFields) -> Result<usize, RtpError> {
-    if f.payload_type > 0x7F {
-        return Err(RtpError::InvalidPayloadType(f.payload_type));
+    if f.pt.get() > 0x7F {
+        return Err(RtpError::InvalidPayloadType(f.pt.get()));
     }
     let out = buf
         .get_mut(..FIXED_HEADER_LEN)
         .ok_or(RtpError::BufferTooSmall)?;
-    let b1 = f.payload_type | if f.marker { 0x80 } else { 0 };
-    let [s0, s1] = f.sequence.to_be_bytes();
-    let [t0, t1, t2, t3] = f.timestamp.to_be_bytes();
+    let b1 = f.pt.get() | if f.marker { 0x80 } else { 0 };
+    let [s0, s1] = f.seq.get().to_be_bytes();
+    let [t0, t1, t2, t3] = f.ts.get().to_be_bytes();
     let [c0, c1, c2, c3] = f.ssrc.to_be_bytes();
     out.copy_from_slice(&[0x80, b1, s0, s1, t0, t1, t2, t3, c0, c1, c2, c3]);
     Ok(FIXED_HEADER_LEN)
 }
 
-use super::seq::{Step, step};
-pub use super::seq::{seq_delta, ts_delta};
-
-const SEQ_MOD: u64 = 1 << 16;
+use super::seq::Step;
 
 /// Receiver statistics for one SSRC: extended highest sequence number, loss and
 /// interarrival jitter, as RFC 3550 A.1 and A.8 define them (without the probation period:
@@ -269,15 +270,16 @@ const SEQ_MOD: u64 = 1 << 16;
 #[derive(Clone, Debug, Default)]
 pub struct SeqTracker {
     started: bool,
-    max_seq: u16,
-    /// Wraps of the sequence number, times 2^16.
-    cycles: u64,
-    base_seq: u64,
+    max_seq: Seq,
+    /// Wraps of the sequence number (the extended number's rollover counter).
+    roc: u64,
+    base_seq: SeqNo,
     /// The sequence number that would confirm a restart after a large jump.
-    bad_seq: Option<u16>,
+    bad_seq: Option<Seq>,
     received: u64,
     expected_prior: u64,
     received_prior: u64,
+    /// Arrival minus RTP timestamp of the previous packet, in clock units (wrapping).
     last_transit: Option<u32>,
     /// Jitter scaled by 16 (A.8's integer form).
     jitter16: u64,
@@ -288,28 +290,29 @@ impl SeqTracker {
         Self::default()
     }
 
-    fn init(&mut self, seq: u16) {
+    fn init(&mut self, seq: Seq) {
         *self = SeqTracker {
             started: true,
             max_seq: seq,
-            base_seq: u64::from(seq),
+            base_seq: SeqNo::from_parts(0, seq),
             last_transit: self.last_transit,
             jitter16: self.jitter16,
             ..SeqTracker::default()
         };
     }
 
-    /// Accounts for one received packet. `arrival` is the arrival time in the stream's clock
-    /// units (any origin; only differences matter). Returns false when the packet was not
+    /// Accounts for one received packet. `arrival` is the arrival time on the stream's clock
+    /// (any origin; only differences matter). Returns false when the packet was not
     /// counted: a large jump that a second sequential packet has not yet confirmed.
-    pub fn update(&mut self, seq: u16, rtp_ts: u32, arrival: u32) -> bool {
+    #[inline]
+    pub fn update(&mut self, seq: Seq, rtp_ts: RtpTs, arrival: RtpTs) -> bool {
         if !self.started {
             self.init(seq);
         } else {
-            match step(seq, self.max_seq) {
+            match seq.step_from(self.max_seq) {
                 Step::Ahead(_) => {
-                    if seq < self.max_seq {
-                        self.cycles += SEQ_MOD;
+                    if seq.get() < self.max_seq.get() {
+                        self.roc += 1;
                     }
                     self.max_seq = seq;
                 }
@@ -318,7 +321,7 @@ impl SeqTracker {
                     if self.bad_seq == Some(seq) {
                         self.init(seq);
                     } else {
-                        self.bad_seq = Some(seq.wrapping_add(1));
+                        self.bad_seq = Some(seq.next());
                         return false;
                     }
                 }
@@ -332,8 +335,8 @@ impl SeqTracker {
     }
 
     /// RFC 3550 A.8: J += (|D| - J) / 16, with D the change in transit time.
-    fn update_jitter(&mut self, rtp_ts: u32, arrival: u32) {
-        let transit = arrival.wrapping_sub(rtp_ts);
+    fn update_jitter(&mut self, rtp_ts: RtpTs, arrival: RtpTs) {
+        let transit = arrival.ticks_since(rtp_ts);
         if let Some(last) = self.last_transit {
             let d = u64::from((transit.wrapping_sub(last) as i32).unsigned_abs());
             self.jitter16 = self.jitter16 + d - ((self.jitter16 + 8) >> 4);
@@ -347,15 +350,15 @@ impl SeqTracker {
 
     /// Highest sequence number received, extended with the wrap count (the RR field keeps the
     /// low 32 bits).
-    pub fn extended_max(&self) -> u64 {
-        self.cycles + u64::from(self.max_seq)
+    pub fn extended_max(&self) -> SeqNo {
+        SeqNo::from_parts(self.roc, self.max_seq)
     }
 
     pub fn expected(&self) -> u64 {
         if !self.started {
             return 0;
         }
-        (self.extended_max() + 1).saturating_sub(self.base_seq)
+        self.extended_max().next().since(self.base_seq)
     }
 
     pub fn received(&self) -> u64 {
@@ -375,7 +378,7 @@ impl SeqTracker {
     /// A report block for RR/SR, closing the current reporting interval (fraction lost is
     /// measured since the previous call). `lsr`/`dlsr` come from the last SR received from
     /// this source (0 if none).
-    pub fn report_block(&mut self, ssrc: u32, lsr: u32, dlsr: u32) -> ReportBlock {
+    pub fn report_block(&mut self, ssrc: Ssrc, lsr: u32, dlsr: u32) -> ReportBlock {
         let expected = self.expected();
         let expected_interval = expected.saturating_sub(self.expected_prior);
         let received_interval = self.received.saturating_sub(self.received_prior);
@@ -391,7 +394,7 @@ impl SeqTracker {
             ssrc,
             fraction_lost,
             cumulative_lost: self.lost().clamp(-0x80_0000, 0x7F_FFFF) as i32,
-            highest_seq: self.extended_max() as u32,
+            highest_seq: self.extended_max().get() as u32,
             jitter: self.jitter(),
             lsr,
             dlsr,

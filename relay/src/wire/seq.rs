@@ -31,10 +31,13 @@ pub enum Step {
     Jump,
 }
 
+use super::rtp::Seq;
+
 /// `seq` relative to `top`, the newest number seen.
-pub fn step(seq: u16, top: u16) -> Step {
-    let ahead = seq.wrapping_sub(top);
-    let behind = top.wrapping_sub(seq);
+#[inline]
+pub fn step(seq: Seq, top: Seq) -> Step {
+    let ahead = seq.since(top);
+    let behind = top.since(seq);
     if ahead == 0 {
         Step::Same
     } else if ahead < MAX_DROPOUT {
@@ -46,27 +49,13 @@ pub fn step(seq: u16, top: u16) -> Step {
     }
 }
 
-/// `a - b` in sequence-number space: positive when `a` is newer than `b`.
-pub fn seq_delta(a: u16, b: u16) -> i16 {
-    a.wrapping_sub(b) as i16
-}
-
-/// `a` is newer than `b` in RFC 1982 serial arithmetic.
-pub fn seq_newer(a: u16, b: u16) -> bool {
-    a != b && a.wrapping_sub(b) < 0x8000
-}
-
-/// `a - b` in RTP timestamp space: positive when `a` is later than `b`.
-pub fn ts_delta(a: u32, b: u32) -> i32 {
-    a.wrapping_sub(b) as i32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn steps_across_the_wrap() {
+        let step = |seq: u16, top: u16| step(Seq::new(seq), Seq::new(top));
         assert_eq!(step(5, 5), Step::Same);
         assert_eq!(step(1, 65535), Step::Ahead(2));
         assert_eq!(step(65535, 1), Step::Behind(2));
@@ -81,13 +70,5 @@ mod tests {
         );
         assert_eq!(step(100u16.wrapping_sub(MAX_MISORDER), 100), Step::Jump);
         assert_eq!(step(30_000, 0), Step::Jump);
-    }
-
-    #[test]
-    fn deltas_and_order() {
-        assert_eq!(seq_delta(1, 65535), 2);
-        assert_eq!(seq_delta(65535, 1), -2);
-        assert!(seq_newer(1, 65535) && !seq_newer(65535, 1) && !seq_newer(7, 7));
-        assert_eq!(ts_delta(10, u32::MAX), 11);
     }
 }

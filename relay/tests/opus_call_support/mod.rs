@@ -17,7 +17,7 @@ use relay::codec::opus::{OpusEncoder, OpusEncoderConfig};
 use relay::dtls::DtlsIdentity;
 use relay::net::SocketRef;
 use relay::srtp::SrtpProfile;
-use relay::wire::rtp::{self, RtpHeaderFields};
+use relay::wire::rtp::{self, Pt, RtpHeaderFields, RtpTs, Seq, Ssrc};
 
 use super::alloc_support::allocations;
 
@@ -62,7 +62,7 @@ impl OpusCall {
         let mut call = created.call;
         meta.accept_answer(&created.whatsapp_sdp, t0).unwrap();
         let now = testing::establish(&mut call, &mut meta, t0, Duration::from_secs(5)).unwrap();
-        let mut enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_whatsapp()).unwrap();
+        let mut enc = OpusEncoder::new(48_000, OpusEncoderConfig::toward_wa()).unwrap();
         let opus = (0..WARM_UP + MEASURED)
             .map(|i| {
                 let mut b = [0u8; 1500];
@@ -96,10 +96,10 @@ impl OpusCall {
             &mut b,
             &RtpHeaderFields {
                 marker: i == 0,
-                payload_type: META_OPUS_PT,
-                sequence: 100u16.wrapping_add(i as u16),
-                timestamp: 5000u32.wrapping_add(i * 960),
-                ssrc: 0x1111_2222,
+                pt: Pt::new(META_OPUS_PT),
+                seq: Seq::new(100u16.wrapping_add(i as u16)),
+                ts: RtpTs::new(5000u32.wrapping_add(i * 960)),
+                ssrc: Ssrc::new(0x1111_2222),
             },
         )
         .unwrap();

@@ -26,7 +26,7 @@ use crate::codec::testing::{rms, sine};
 use crate::dtls::DtlsIdentity;
 use crate::net::{SocketRef, VecOutbox};
 use crate::wire::classify::classify;
-use crate::wire::rtp;
+use crate::wire::rtp::{self, Pt, RtpTs, Seq, Ssrc};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -95,7 +95,7 @@ impl BotSim {
             marks: Vec::new(),
             meta_seq: 100,
             meta_ts: 48_000,
-            enc48: OpusEncoder::new(48_000, OpusEncoderConfig::toward_whatsapp()).expect("enc"),
+            enc48: OpusEncoder::new(48_000, OpusEncoderConfig::toward_wa()).expect("enc"),
             tone48: sine(440.0, 48_000, 960, 8000.0),
         }
     }
@@ -159,7 +159,7 @@ impl BotSim {
             };
             self.now = self.now.max(t);
             if talk && next_talk <= self.now {
-                self.whatsapp_sends(META_OPUS_PT, None);
+                self.wa_sends(META_OPUS_PT, None);
                 next_talk += 20 * MS;
             }
             let mut out = VecOutbox::default();
@@ -182,7 +182,7 @@ impl BotSim {
     }
 
     /// One SRTP packet from WhatsApp: 20 ms of Opus tone, or an RFC 4733 event.
-    fn whatsapp_sends(&mut self, pt: u8, event: Option<(u8, u32)>) {
+    fn wa_sends(&mut self, pt: u8, event: Option<(u8, u32)>) {
         let mut buf = [0u8; 1500];
         let (ts, payload_len) = match event {
             Some((code, ts)) => {
@@ -202,10 +202,10 @@ impl BotSim {
             &mut buf,
             &rtp::RtpHeaderFields {
                 marker: false,
-                payload_type: pt,
-                sequence: self.meta_seq,
-                timestamp: ts,
-                ssrc: 0x5eed,
+                pt: Pt::new(pt),
+                seq: Seq::new(self.meta_seq),
+                ts: RtpTs::new(ts),
+                ssrc: Ssrc::new(0x5eed),
             },
         )
         .expect("header");
@@ -372,9 +372,9 @@ fn a_digit_pressed_on_whatsapp_reaches_the_bot_once() {
     s.open_gate();
     for _ in 0..3 {
         // RFC 4733 repeats an event's packets (same timestamp).
-        s.whatsapp_sends(META_TE_PT, Some((5, 777_000)));
+        s.wa_sends(META_TE_PT, Some((5, 777_000)));
     }
-    s.whatsapp_sends(META_TE_PT, Some((11, 778_000)));
+    s.wa_sends(META_TE_PT, Some((11, 778_000)));
     s.run(Duration::from_millis(40), false);
     assert_eq!(s.dtmf, vec!['5', '#']);
     assert!(

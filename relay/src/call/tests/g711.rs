@@ -56,10 +56,10 @@ fn server_packet(seq: u16, ts: u32, pt: u8, marker: bool, payload: &[u8]) -> Vec
     let mut buf = vec![0u8; 12 + payload.len()];
     let fields = RtpHeaderFields {
         marker,
-        payload_type: pt,
-        sequence: seq,
-        timestamp: ts,
-        ssrc: 0x5151,
+        pt: Pt::new(pt),
+        seq: Seq::new(seq),
+        ts: RtpTs::new(ts),
+        ssrc: Ssrc::new(0x5151),
     };
     rtp::write_header(&mut buf, &fields).unwrap();
     buf[12..].copy_from_slice(payload);
@@ -72,7 +72,7 @@ fn meta_speaks(sim: &mut Sim, frames: u32, lose: &[u32]) {
         48_000,
         OpusEncoderConfig {
             loss_percent: 20,
-            ..OpusEncoderConfig::toward_whatsapp()
+            ..OpusEncoderConfig::toward_wa()
         },
     )
     .unwrap();
@@ -84,10 +84,10 @@ fn meta_speaks(sim: &mut Sim, frames: u32, lose: &[u32]) {
             let mut buf = [0u8; 1500];
             let fields = RtpHeaderFields {
                 marker: i == 0,
-                payload_type: META_OPUS_PT,
-                sequence: 7000u16.wrapping_add(i as u16),
-                timestamp: 90_000u32.wrapping_add(i * 960),
-                ssrc: 0xabcd,
+                pt: Pt::new(META_OPUS_PT),
+                seq: Seq::new(7000u16.wrapping_add(i as u16)),
+                ts: RtpTs::new(90_000u32.wrapping_add(i * 960)),
+                ssrc: Ssrc::new(0xabcd),
             };
             let h = rtp::write_header(&mut buf, &fields).unwrap();
             buf[h..h + n].copy_from_slice(&opus[..n]);
@@ -198,10 +198,10 @@ fn dtmf_crosses_with_each_sides_clock() {
         let mut buf = [0u8; 64];
         let fields = RtpHeaderFields {
             marker: k == 0,
-            payload_type: META_TE_PT,
-            sequence: 7005 + k as u16,
-            timestamp: event_ts,
-            ssrc: 0xabcd,
+            pt: Pt::new(META_TE_PT),
+            seq: Seq::new(7005 + k as u16),
+            ts: RtpTs::new(event_ts),
+            ssrc: Ssrc::new(0xabcd),
         };
         let h = rtp::write_header(&mut buf, &fields).unwrap();
         buf[h..h + 4].copy_from_slice(&[

@@ -18,6 +18,7 @@ use crate::net::{Sent, SocketRef, VecOutbox};
 use crate::srtp::SrtpProfile;
 use crate::wire::classify::{PacketKind, classify};
 use crate::wire::rtp;
+pub use crate::wire::rtp::{Clock, Pt, RtpTs, Seq, Ssrc};
 
 pub const PTIME: Duration = Duration::from_millis(20);
 /// 12-byte header + 160-byte payload, as in the benchmarks.
@@ -95,11 +96,11 @@ impl Rtp {
         let h = rtp::parse(pkt).ok()?;
         Some(Rtp {
             at,
-            seq: h.sequence,
-            ts: h.timestamp,
+            seq: h.seq.get(),
+            ts: h.ts.get(),
             marker: h.marker,
-            pt: h.payload_type,
-            ssrc: h.ssrc,
+            pt: h.pt.get(),
+            ssrc: h.ssrc.get(),
             payload: pkt.get(h.payload_range())?.to_vec(),
         })
     }
@@ -548,7 +549,7 @@ pub fn assert_continuous(pkts: &[&Rtp]) {
             b.at
         );
         let elapsed = b.at.duration_since(a.at);
-        let mut expect = crate::call::rewrite::clock_units(elapsed, 48_000);
+        let mut expect = crate::call::rewrite::clock_units(elapsed, Clock::OPUS);
         if a.is_silence() {
             // A relay-made frame lasts 20 ms: what follows it never overlaps it.
             expect = expect.max(960);

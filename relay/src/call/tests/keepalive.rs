@@ -155,15 +155,15 @@ fn sender_reports_describe_the_stream_meta_received() {
                 rtcp_types(pkt)
             );
         };
-        assert_eq!(sr.ssrc, last.ssrc);
+        assert_eq!(sr.ssrc.get(), last.ssrc);
         assert_eq!(sr.packet_count as usize, before.len());
         let octets: usize = before.iter().map(|r| r.payload.len()).sum();
         assert_eq!(sr.octet_count as usize, octets);
         let since_last = d.at - last.at;
         assert_eq!(
-            sr.rtp_ts,
+            sr.rtp_ts.get(),
             last.ts
-                .wrapping_add(crate::call::rewrite::clock_units(since_last, 48_000))
+                .wrapping_add(crate::call::rewrite::clock_units(since_last, Clock::OPUS))
         );
         let elapsed = d.at - sim.t0;
         assert_eq!(
@@ -173,7 +173,7 @@ fn sender_reports_describe_the_stream_meta_received() {
         // The report block is about what Meta sends us.
         let blocks: Vec<_> = sr.reports.collect();
         assert_eq!(blocks.len(), 1);
-        assert_eq!(blocks[0].ssrc, sim.wa.src.ssrc);
+        assert_eq!(blocks[0].ssrc.get(), sim.wa.src.ssrc);
         assert_eq!(blocks[0].cumulative_lost, 0);
         let meta_sent_before = sim.wa.sent.iter().filter(|(t, _)| *t <= d.at).count() as u32;
         let first_seq = 4000u32; // `Talker` numbering

@@ -168,14 +168,17 @@ impl Net {
             .iter()
             .map(|p| rtp::parse(p).unwrap())
             .collect();
-        [0, 1].map(|i| got.iter().filter(|h| h.ssrc == ssrcs[i]).cloned().collect())
+        [0, 1].map(|i| {
+            got.iter()
+                .filter(|h| h.ssrc.get() == ssrcs[i])
+                .cloned()
+                .collect()
+        })
     }
 }
 
 fn continuous(track: &[rtp::RtpHeader]) -> bool {
-    track
-        .windows(2)
-        .all(|w| w[1].sequence == w[0].sequence.wrapping_add(1))
+    track.windows(2).all(|w| w[1].seq == w[0].seq.next())
 }
 
 #[test]
@@ -372,7 +375,7 @@ fn a_media_server_listens_over_plain_rtp_on_the_forks_socket() {
             "plain RTP, payload untouched"
         );
         let hdrs: Vec<rtp::RtpHeader> = got.iter().map(|d| rtp::parse(&d.data).unwrap()).collect();
-        assert!(continuous(&hdrs) && hdrs.iter().all(|h| h.payload_type == 96));
+        assert!(continuous(&hdrs) && hdrs.iter().all(|h| h.pt.get() == 96));
     }
     assert_eq!(to_server.len(), 50, "nothing else on the fork's socket");
 

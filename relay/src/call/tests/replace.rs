@@ -297,11 +297,11 @@ fn parse(at: Instant, pkt: &[u8]) -> Rtp {
     let h = rtp::parse(pkt).expect("valid RTP");
     Rtp {
         at,
-        seq: h.sequence,
-        ts: h.timestamp,
+        seq: h.seq.get(),
+        ts: h.ts.get(),
         marker: h.marker,
-        pt: h.payload_type,
-        ssrc: h.ssrc,
+        pt: h.pt.get(),
+        ssrc: h.ssrc.get(),
         payload: pkt.get(h.payload_range()).expect("payload").to_vec(),
     }
 }

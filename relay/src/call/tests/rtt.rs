@@ -7,7 +7,7 @@ use crate::srtp::SrtpProfile;
 use crate::wire::rtcp::{self, ReportBlock, RtcpPacket};
 
 /// The last SR the relay sent toward WhatsApp: when, and its (SSRC, NTP time).
-fn last_sr_to_wa(sim: &Sim) -> (std::time::Instant, u32, u64) {
+fn last_sr_to_wa(sim: &Sim) -> (std::time::Instant, Ssrc, u64) {
     sim.to_wa
         .iter()
         .rev()
@@ -45,7 +45,7 @@ fn rtt_is_measured_from_a_receiver_report_echoing_our_sender_report() {
             ..ReportBlock::default()
         };
         let mut buf = [0u8; 256];
-        let n = rtcp::write_rr(&mut buf, 0x2222_2222, &[block]).unwrap();
+        let n = rtcp::write_rr(&mut buf, Ssrc::new(0x2222_2222), &[block]).unwrap();
         let n = sim.meta.protect_rtcp(&mut buf, n).unwrap();
         sim.inject_wa(META, &mut buf, n);
 

@@ -17,6 +17,7 @@ use crate::call::{Call, CallConfig};
 use crate::dtls::DtlsIdentity;
 use crate::net::{SocketRef, VecOutbox};
 use crate::sdp::Setup;
+use crate::wire::rtp::Ssrc;
 use crate::wire::{rtcp, rtp};
 
 use super::harness::{ms, rtcp_types, secs};
@@ -310,7 +311,7 @@ impl WebSim {
     fn forwarded_to_browser(&self) -> Vec<&Got> {
         self.at_browser
             .iter()
-            .filter(|g| g.hdr().payload_type == BROWSER_OPUS_PT)
+            .filter(|g| g.hdr().pt.get() == BROWSER_OPUS_PT)
             .collect()
     }
 }
@@ -339,14 +340,14 @@ fn assert_audio_both_ways(s: &mut WebSim) {
     );
     let ssrc = announced_ssrc(&s.internal_sdp);
     for w in to_browser.windows(2) {
-        assert_eq!(w[1].hdr().sequence, w[0].hdr().sequence.wrapping_add(1));
+        assert_eq!(w[1].hdr().seq, w[0].hdr().seq.next());
         assert_eq!(
-            w[1].hdr().timestamp.wrapping_sub(w[0].hdr().timestamp),
+            w[1].hdr().ts.ticks_since(w[0].hdr().ts),
             testing::TS_PER_20MS
         );
     }
     for (i, g) in to_browser.iter().enumerate() {
-        assert_eq!(g.hdr().ssrc, ssrc, "the SSRC our SDP announced");
+        assert_eq!(g.hdr().ssrc.get(), ssrc, "the SSRC our SDP announced");
         assert_eq!(testing::payload_index(g.payload()), Some(i as u32));
         assert!(
             g.payload()[4..].iter().all(|b| *b == 0x5a),
@@ -356,8 +357,12 @@ fn assert_audio_both_ways(s: &mut WebSim) {
     let forwarded: Vec<&Got> = s.at_meta.iter().filter(|g| g.payload().len() > 3).collect();
     assert!(forwarded.len() >= 45, "{} packets to Meta", forwarded.len());
     for (i, g) in forwarded.iter().enumerate() {
-        assert_eq!(g.hdr().payload_type, META_OPUS_PT);
-        assert_ne!(g.hdr().ssrc, 0xb2b2_b2b2, "our own SSRC toward WhatsApp");
+        assert_eq!(g.hdr().pt.get(), META_OPUS_PT);
+        assert_ne!(
+            g.hdr().ssrc.get(),
+            0xb2b2_b2b2,
+            "our own SSRC toward WhatsApp"
+        );
         assert_eq!(testing::payload_index(g.payload()), Some(i as u32));
     }
 }
@@ -411,20 +416,20 @@ fn browser_offer_relay_answers_passive_audio_dtmf_rtcp() {
     assert_eq!(
         s.at_meta
             .iter()
-            .filter(|g| g.hdr().payload_type == META_TE_PT)
+            .filter(|g| g.hdr().pt.get() == META_TE_PT)
             .count(),
         3
     );
     let te_at_browser: Vec<&Got> = s
         .at_browser
         .iter()
-        .filter(|g| g.hdr().payload_type == BROWSER_TE_PT)
+        .filter(|g| g.hdr().pt.get() == BROWSER_TE_PT)
         .collect();
     assert_eq!(te_at_browser.len(), 1);
     assert_eq!(te_at_browser[0].payload()[0], 9);
 
     // RTCP both ways: the browser's receiver report is consumed, our SR reaches the browser.
-    let n = rtcp::write_rr(&mut buf, 0xb2b2_b2b2, &[]).unwrap();
+    let n = rtcp::write_rr(&mut buf, Ssrc::new(0xb2b2_b2b2), &[]).unwrap();
     s.send_from_browser(&mut buf, n, true);
     s.talk_for(secs(6));
     assert!(

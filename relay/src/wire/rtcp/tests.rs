@@ -26,7 +26,7 @@ fn sr_sdes() -> Vec<u8> {
 
 fn expected_block() -> ReportBlock {
     ReportBlock {
-        ssrc: 0x1122_3344,
+        ssrc: Ssrc::new(0x1122_3344),
         fraction_lost: 0x10,
         cumulative_lost: -2,
         highest_seq: 0x0001_0010,
@@ -44,9 +44,9 @@ fn parses_sr_sdes_compound() {
     let RtcpPacket::SenderReport(sr) = packets[0] else {
         panic!("expected SR, got {:?}", packets[0]);
     };
-    assert_eq!(sr.ssrc, 0x5F4A_2B1C);
+    assert_eq!(sr.ssrc.get(), 0x5F4A_2B1C);
     assert_eq!(sr.ntp, 0xE81F_3C5A_8E35_3F7C);
-    assert_eq!(sr.rtp_ts, 0x0012_D687);
+    assert_eq!(sr.rtp_ts.get(), 0x0012_D687);
     assert_eq!(sr.packet_count, 250);
     assert_eq!(sr.octet_count, 40_000);
     assert_eq!(sr.reports.len(), 1);
@@ -55,7 +55,7 @@ fn parses_sr_sdes_compound() {
         packets[1],
         RtcpPacket::SourceDescription {
             chunk_count: 1,
-            ssrc: Some(0x5F4A_2B1C)
+            ssrc: Some(Ssrc::new(0x5F4A_2B1C))
         }
     );
 }
@@ -66,15 +66,15 @@ fn writers_reproduce_the_compound() {
     let mut buf = [0u8; 128];
     let n = write_sr(
         &mut buf,
-        0x5F4A_2B1C,
+        Ssrc::new(0x5F4A_2B1C),
         0xE81F_3C5A_8E35_3F7C,
-        0x0012_D687,
+        RtpTs::new(0x0012_D687),
         250,
         40_000,
         &[expected_block()],
     )
     .unwrap();
-    let m = write_sdes_cname(&mut buf[n..], 0x5F4A_2B1C, b"abcdefghijklmnop").unwrap();
+    let m = write_sdes_cname(&mut buf[n..], Ssrc::new(0x5F4A_2B1C), b"abcdefghijklmnop").unwrap();
     assert_eq!(&buf[..n + m], &p[..]);
 }
 
@@ -84,15 +84,15 @@ fn rr_bye_and_sdes_round_trip() {
     let blocks = [
         expected_block(),
         ReportBlock {
-            ssrc: 7,
+            ssrc: Ssrc::new(7),
             cumulative_lost: 0x7F_FFFF,
             ..Default::default()
         },
     ];
-    let mut n = write_rr(&mut buf, 99, &blocks).unwrap();
+    let mut n = write_rr(&mut buf, Ssrc::new(99), &blocks).unwrap();
     for cname_len in [0usize, 1, 2, 3, 4, 255] {
         let cname = vec![b'x'; cname_len];
-        let m = write_sdes_cname(&mut buf[n..], 99, &cname).unwrap();
+        let m = write_sdes_cname(&mut buf[n..], Ssrc::new(99), &cname).unwrap();
         assert_eq!(m % 4, 0);
         assert!(buf[n + 10 + cname_len..n + m].iter().all(|b| *b == 0));
         n += m;
@@ -100,24 +100,24 @@ fn rr_bye_and_sdes_round_trip() {
             break; // 255 is checked separately below for buffer space
         }
     }
-    n += write_bye(&mut buf[n..], 99).unwrap();
+    n += write_bye(&mut buf[n..], Ssrc::new(99)).unwrap();
     let packets: Vec<_> = iter(&buf[..n]).collect::<Result<_, _>>().unwrap();
     assert_eq!(packets.len(), 7);
     let RtcpPacket::ReceiverReport { ssrc, reports } = packets[0] else {
         panic!("expected RR");
     };
-    assert_eq!(ssrc, 99);
+    assert_eq!(ssrc.get(), 99);
     assert_eq!(reports.collect::<Vec<_>>(), blocks.to_vec());
     let RtcpPacket::Bye { ssrcs } = packets[6] else {
         panic!("expected BYE");
     };
-    assert_eq!(ssrcs.collect::<Vec<_>>(), vec![99]);
+    assert_eq!(ssrcs.collect::<Vec<_>>(), vec![Ssrc::new(99)]);
 
     let mut big = [0u8; 300];
-    let m = write_sdes_cname(&mut big, 1, &[b'y'; 255]).unwrap();
+    let m = write_sdes_cname(&mut big, Ssrc::new(1), &[b'y'; 255]).unwrap();
     assert_eq!(m, 4 + 264);
     assert_eq!(
-        write_sdes_cname(&mut big, 1, &[b'y'; 256]),
+        write_sdes_cname(&mut big, Ssrc::new(1), &[b'y'; 256]),
         Err(RtcpError::CnameTooLong(256))
     );
 }
@@ -126,19 +126,29 @@ fn rr_bye_and_sdes_round_trip() {
 fn writers_check_sizes() {
     let mut small = [0u8; 27];
     assert_eq!(
-        write_sr(&mut small, 1, 0, 0, 0, 0, &[]),
-        Err(RtcpError::BufferTooSmall)
-    );
-    assert_eq!(write_sr(&mut [0u8; 28], 1, 0, 0, 0, 0, &[]), Ok(28));
-    assert_eq!(
-        write_rr(&mut [0u8; 31], 1, &[ReportBlock::default()]),
+        write_sr(&mut small, Ssrc::new(1), 0, RtpTs::new(0), 0, 0, &[]),
         Err(RtcpError::BufferTooSmall)
     );
     assert_eq!(
-        write_rr(&mut [0u8; 2048], 1, &[ReportBlock::default(); 32]),
+        write_sr(&mut [0u8; 28], Ssrc::new(1), 0, RtpTs::new(0), 0, 0, &[]),
+        Ok(28)
+    );
+    assert_eq!(
+        write_rr(&mut [0u8; 31], Ssrc::new(1), &[ReportBlock::default()]),
+        Err(RtcpError::BufferTooSmall)
+    );
+    assert_eq!(
+        write_rr(
+            &mut [0u8; 2048],
+            Ssrc::new(1),
+            &[ReportBlock::default(); 32]
+        ),
         Err(RtcpError::TooManyReports(32))
     );
-    assert_eq!(write_bye(&mut [0u8; 7], 1), Err(RtcpError::BufferTooSmall));
+    assert_eq!(
+        write_bye(&mut [0u8; 7], Ssrc::new(1)),
+        Err(RtcpError::BufferTooSmall)
+    );
 }
 
 #[test]
@@ -155,17 +165,17 @@ fn feedback_app_and_unknown_types() {
         vec![
             RtcpPacket::TransportFeedback {
                 fmt: 1,
-                sender_ssrc: 1,
-                media_ssrc: 2
+                sender_ssrc: Ssrc::new(1),
+                media_ssrc: Ssrc::new(2)
             },
             RtcpPacket::PayloadFeedback {
                 fmt: 1,
-                sender_ssrc: 3,
-                media_ssrc: 4
+                sender_ssrc: Ssrc::new(3),
+                media_ssrc: Ssrc::new(4)
             },
             RtcpPacket::App {
                 subtype: 2,
-                ssrc: 5,
+                ssrc: Ssrc::new(5),
                 name: *b"WAXX",
                 data: &[9, 9, 9, 9]
             },

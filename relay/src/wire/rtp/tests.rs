@@ -22,10 +22,10 @@ fn complex() -> Vec<u8> {
 fn parses_simple_packet() {
     let h = parse(&SIMPLE).unwrap();
     assert!(h.marker);
-    assert_eq!(h.payload_type, 111);
-    assert_eq!(h.sequence, 0x1234);
-    assert_eq!(h.timestamp, 0xDEAD_BEEF);
-    assert_eq!(h.ssrc, 0x0102_0304);
+    assert_eq!(h.pt.get(), 111);
+    assert_eq!(h.seq.get(), 0x1234);
+    assert_eq!(h.ts.get(), 0xDEAD_BEEF);
+    assert_eq!(h.ssrc.get(), 0x0102_0304);
     assert_eq!(h.csrc_count, 0);
     assert_eq!(h.extension, None);
     assert_eq!(h.header_len, 12);
@@ -39,12 +39,12 @@ fn parses_csrc_extension_and_padding() {
     let p = complex();
     let h = parse(&p).unwrap();
     assert!(!h.marker);
-    assert_eq!(h.payload_type, 111);
-    assert_eq!(h.sequence, 7);
-    assert_eq!(h.timestamp, 960);
+    assert_eq!(h.pt.get(), 111);
+    assert_eq!(h.seq.get(), 7);
+    assert_eq!(h.ts.get(), 960);
     assert_eq!(h.csrc_count, 2);
-    assert_eq!(h.csrc(&p, 0), Some(1));
-    assert_eq!(h.csrc(&p, 1), Some(2));
+    assert_eq!(h.csrc(&p, 0), Some(Ssrc::new(1)));
+    assert_eq!(h.csrc(&p, 1), Some(Ssrc::new(2)));
     assert_eq!(h.csrc(&p, 2), None);
     let ext = h.extension.unwrap();
     assert_eq!(ext.profile, 0xBEDE);
@@ -99,23 +99,23 @@ fn in_place_writers() {
     HeaderMut::new(&mut p)
         .unwrap()
         .set_marker(false)
-        .set_payload_type(0)
-        .set_sequence(65535)
-        .set_timestamp(1)
-        .set_ssrc(0xFFFF_FFFF);
+        .set_pt(Pt::new(0))
+        .set_seq(Seq::new(65535))
+        .set_ts(RtpTs::new(1))
+        .set_ssrc(Ssrc::new(0xFFFF_FFFF));
     let h = parse(&p).unwrap();
     assert!(!h.marker);
-    assert_eq!(h.payload_type, 0);
-    assert_eq!(h.sequence, 65535);
-    assert_eq!(h.timestamp, 1);
-    assert_eq!(h.ssrc, 0xFFFF_FFFF);
+    assert_eq!(h.pt.get(), 0);
+    assert_eq!(h.seq.get(), 65535);
+    assert_eq!(h.ts.get(), 1);
+    assert_eq!(h.ssrc.get(), 0xFFFF_FFFF);
     HeaderMut::new(&mut p)
         .unwrap()
         .set_marker(true)
-        .set_payload_type(126);
+        .set_pt(Pt::new(126));
     let h = parse(&p).unwrap();
     assert!(h.marker);
-    assert_eq!(h.payload_type, 126);
+    assert_eq!(h.pt.get(), 126);
     assert!(matches!(
         HeaderMut::new(&mut p[..5]),
         Err(RtpError::TooShort(5))
@@ -133,8 +133,8 @@ fn strips_csrc_and_extension_keeping_payload_and_padding() {
     assert_eq!(h.csrc_count, 0);
     assert_eq!(h.extension, None);
     assert_eq!(h.header_len, 12);
-    assert_eq!(h.sequence, 7);
-    assert_eq!(h.ssrc, 0xCAFE_BABE);
+    assert_eq!(h.seq.get(), 7);
+    assert_eq!(h.ssrc.get(), 0xCAFE_BABE);
     assert_eq!(&p[h.payload_range()], &[1, 2, 3, 4]);
     assert_eq!(h.padding, 4);
     // Nothing to strip: unchanged.
@@ -152,10 +152,10 @@ fn writes_generated_header() {
     let mut buf = [0u8; 20];
     let fields = RtpHeaderFields {
         marker: true,
-        payload_type: 111,
-        sequence: 0x1234,
-        timestamp: 0xDEAD_BEEF,
-        ssrc: 0x0102_0304,
+        pt: Pt::new(111),
+        seq: Seq::new(0x1234),
+        ts: RtpTs::new(0xDEAD_BEEF),
+        ssrc: Ssrc::new(0x0102_0304),
     };
     assert_eq!(write_header(&mut buf, &fields), Ok(12));
     assert_eq!(&buf[..12], &SIMPLE[..12]);
@@ -167,10 +167,17 @@ fn writes_generated_header() {
 
 #[test]
 fn wrapping_deltas() {
+    let seq_delta = |a: u16, b: u16| Seq::new(a).delta(Seq::new(b));
+    let ts_delta = |a: u32, b: u32| RtpTs::new(a).delta(RtpTs::new(b));
     assert_eq!(seq_delta(1, 65535), 2);
     assert_eq!(seq_delta(65535, 1), -2);
     assert_eq!(seq_delta(100, 100), 0);
     assert_eq!(ts_delta(960, u32::MAX - 959), 1920);
+}
+
+/// One packet into the tracker, numbered as the wire would.
+fn update(t: &mut SeqTracker, seq: u16, ts: u32, arrival: u32) -> bool {
+    t.update(Seq::new(seq), RtpTs::new(ts), RtpTs::new(arrival))
 }
 
 #[test]
@@ -180,50 +187,50 @@ fn tracker_counts_in_order_wrap_and_loss() {
     let mut seqs: Vec<u16> = (65530..=65535).collect();
     seqs.extend((0..10).filter(|s| *s != 3 && *s != 4));
     for (i, s) in seqs.iter().enumerate() {
-        assert!(t.update(*s, i as u32 * 960, i as u32 * 960));
+        assert!(update(&mut t, *s, i as u32 * 960, i as u32 * 960));
     }
-    assert_eq!(t.extended_max(), 65536 + 9);
+    assert_eq!(t.extended_max().get(), 65536 + 9);
     assert_eq!(t.expected(), 16);
     assert_eq!(t.received(), 14);
     assert_eq!(t.lost(), 2);
     assert_eq!(t.jitter(), 0);
-    let rb = t.report_block(42, 7, 8);
-    assert_eq!(rb.ssrc, 42);
+    let rb = t.report_block(Ssrc::new(42), 7, 8);
+    assert_eq!(rb.ssrc.get(), 42);
     assert_eq!(rb.cumulative_lost, 2);
     assert_eq!(rb.fraction_lost, (2 * 256 / 16) as u8);
     assert_eq!(rb.highest_seq, 65536 + 9);
     assert_eq!((rb.lsr, rb.dlsr), (7, 8));
     // The next interval has no loss.
     for s in 10..20u16 {
-        t.update(s, 0, 0);
+        update(&mut t, s, 0, 0);
     }
-    assert_eq!(t.report_block(42, 0, 0).fraction_lost, 0);
+    assert_eq!(t.report_block(Ssrc::new(42), 0, 0).fraction_lost, 0);
 }
 
 #[test]
 fn tracker_late_and_duplicate_packets() {
     let mut t = SeqTracker::new();
     for s in [10u16, 11, 13, 12, 13] {
-        assert!(t.update(s, 0, 0));
+        assert!(update(&mut t, s, 0, 0));
     }
-    assert_eq!(t.extended_max(), 13);
+    assert_eq!(t.extended_max().get(), 13);
     assert_eq!(t.expected(), 4);
     assert_eq!(t.received(), 5);
     assert_eq!(t.lost(), -1);
-    assert_eq!(t.report_block(1, 0, 0).cumulative_lost, -1);
+    assert_eq!(t.report_block(Ssrc::new(1), 0, 0).cumulative_lost, -1);
 }
 
 #[test]
 fn tracker_restarts_after_confirmed_jump() {
     let mut t = SeqTracker::new();
     for s in 0..5u16 {
-        t.update(s, 0, 0);
+        update(&mut t, s, 0, 0);
     }
     // A jump of 20000: ignored once, accepted when the next packet follows it.
-    assert!(!t.update(20_000, 0, 0));
-    assert_eq!(t.extended_max(), 4);
-    assert!(t.update(20_001, 0, 0));
-    assert_eq!(t.extended_max(), 20_001);
+    assert!(!update(&mut t, 20_000, 0, 0));
+    assert_eq!(t.extended_max().get(), 4);
+    assert!(update(&mut t, 20_001, 0, 0));
+    assert_eq!(t.extended_max().get(), 20_001);
     assert_eq!(t.expected(), 1);
     assert_eq!(t.received(), 1);
 }
@@ -237,7 +244,7 @@ fn tracker_jitter_follows_rfc3550_a8() {
     for i in 0..200u32 {
         let ts = i * 960;
         let arrival = 1000 + ts + if i % 2 == 1 { 480 } else { 0 };
-        t.update(i as u16, ts, arrival);
+        update(&mut t, i as u16, ts, arrival);
         let transit = arrival as i64 - ts as i64;
         if let Some(last) = last_transit {
             let d = (transit - last).unsigned_abs();
