@@ -760,7 +760,12 @@ mod tests {
         assert_eq!(offer.transport, OfferedTransport::Rtp { sdes: false });
         assert_eq!(offer.tracks[0].target, Some(c));
         assert_eq!(offer.tracks[1].target, Some(a));
-        assert!(offer.tracks.iter().all(|t| t.rtcp_mux && t.opus_pt.get() == 96));
+        assert!(
+            offer
+                .tracks
+                .iter()
+                .all(|t| t.rtcp_mux && t.opus_pt.get() == 96)
+        );
     }
 
     #[test]
