@@ -397,10 +397,12 @@ fn io_uring_send_slots_exhausted_drop_and_count() {
     assert!(c.send_slots_full > 0, "slots ran out: {c:?}");
     assert!(c.send_errors >= c.send_slots_full);
     // Every send is accounted for: sent, refused or dropped, except at most the two still in
-    // flight (the rig's exchange before counted its own sends: compare with `before`).
+    // flight (the rig's exchange before counted its own sends: compare with `before`). The
+    // rig's call may add a few of its own in the two turns (silence fill, RTCP) when a loaded
+    // machine makes them last past its 20 ms timer (seen once: 2,001 of 2,000 in 0.87 s).
     let done = (c.sent - before.sent) + (c.send_errors - before.send_errors);
     assert!(
-        (SENDS - 2..=SENDS).contains(&done),
+        (SENDS - 2..=SENDS + 4).contains(&done),
         "{done} of {SENDS}: {c:?}"
     );
 }

@@ -993,7 +993,9 @@ mod tests {
             + 2 * DROP_REASONS.len()
             + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
-        let io = 1 + (crate::engine::IO_SYSCALLS.len() + crate::engine::IO_PRESSURE.len()) * shards;
+        // + relay_connected_sockets and relay_connected_socket_failures_total per shard.
+        let io =
+            1 + (crate::engine::IO_SYSCALLS.len() + crate::engine::IO_PRESSURE.len() + 2) * shards;
         let live = 4 * hist(LOSS_BUCKETS) + 4 * hist(JITTER_BUCKETS) + 2 * hist(RTT_BUCKETS);
         fixed
             + hist(SETUP_BUCKETS) * 2
