@@ -17,8 +17,9 @@
 //! sends are copied into a slab the ring reads from.
 //!
 //! user_data: a receive carries its [`SockKey`] (slot, socket index, generation), so a
-//! completion for a removed call is recognised even after its slot was reused. The top two bits
-//! tag the driver's own operations (sends, the waker read, cancels).
+//! completion for a removed call is recognised even after its slot was reused; a connected
+//! twin's receive (see [`ShardIo::connect_twin`]) carries the same key with [`TWIN_BIT`]. The top
+//! two bits tag the driver's own operations (sends, the waker read, cancels).
 //!
 //! No allocation per packet: the receive buffers, the send slab and the completion scratch
 //! are allocated when the shard starts.
