@@ -554,6 +554,29 @@ fn twins_carry_the_peer_and_the_primary_the_rest<D: Driver + TwinTraffic>(rig: O
         "{name}: the peers' datagrams arrive on the twins"
     );
 
+    // The fill's wait sees a peer's datagram that waits unread on the twin.
+    let key = |socket| SockKey {
+        call: SlotKey {
+            slot: 0,
+            generation: 0,
+        },
+        socket,
+    };
+    assert!(!rig.driver.io().queued(key(2)), "{name}");
+    let mut buf = [0u8; 2048];
+    let n = server_src.write_next(&mut buf, 160);
+    rig.server.send_to(&buf[..n], rig.internal_at).unwrap();
+    assert!(
+        rig.driver.io().queued(key(2)),
+        "{name}: waiting on the twin"
+    );
+    for _ in 0..5 {
+        rig.turn();
+    }
+    assert!(!rig.driver.io().queued(key(2)), "{name}");
+    let recvs1 = rig.driver.twin_traffic().1;
+    assert_eq!(recvs1 - recvs0, 41, "{name}");
+
     // A stranger, on both sockets: arrives (on the primaries), never on a twin.
     let stranger = lo();
     let before = rig.core.packets_in();
@@ -575,13 +598,6 @@ fn twins_carry_the_peer_and_the_primary_the_rest<D: Driver + TwinTraffic>(rig: O
     assert_eq!(rig.driver.twin_traffic().1, recvs1, "{name}: not on a twin");
 
     // Twins closed: the primaries carry everything again.
-    let key = |socket| SockKey {
-        call: SlotKey {
-            slot: 0,
-            generation: 0,
-        },
-        socket,
-    };
     rig.driver.io().connect_twin(key(0), None);
     rig.driver.io().connect_twin(key(2), None);
     rig.turn();

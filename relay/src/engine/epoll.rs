@@ -151,7 +151,8 @@ impl ShardIo for EpollIo {
     }
 
     fn queued(&mut self, key: SockKey) -> bool {
-        self.fd(key).is_some_and(has_queued)
+        // The peer's datagrams wait on the connected twin, if the socket has one.
+        self.fd(key).is_some_and(has_queued) || self.twin(key).is_some_and(|t| has_queued(t.fd))
     }
 
     fn attach(&mut self, call: SlotKey, sockets: Vec<Option<UdpSocket>>) {

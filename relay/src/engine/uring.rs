@@ -579,8 +579,13 @@ impl ShardIo for UringIo {
     fn queued(&mut self, key: SockKey) -> bool {
         // Datagrams the kernel already moved into receive buffers were handed to the core by
         // the collect before timers; what is left waits in the socket.
-        self.sock(key)
-            .is_some_and(|s| has_queued(s.sock.as_raw_fd()))
+        // The peer's datagrams wait on the connected twin, if the socket has one.
+        self.sock(key).is_some_and(|s| {
+            has_queued(s.sock.as_raw_fd())
+                || s.twin
+                    .as_ref()
+                    .is_some_and(|t| has_queued(t.sock.as_raw_fd()))
+        })
     }
 
     fn send(&mut self, via: SockKey, to: SocketAddr, data: &[u8]) {
