@@ -54,6 +54,7 @@ pub struct Settings {
     pub drain_deadline: Duration,
     pub shards: usize,
     pub io_driver: IoDriverChoice,
+    pub connect_twins: bool,
     /// `None`: that family is disabled toward WhatsApp.
     pub whatsapp_v4: Option<IpAddr>,
     pub whatsapp_v6: Option<IpAddr>,
@@ -108,6 +109,7 @@ impl Default for Settings {
             drain_deadline: Duration::from_secs(300),
             shards: 0,
             io_driver: IoDriverChoice::Auto,
+            connect_twins: true,
             whatsapp_v4: Some(lo4),
             whatsapp_v6: Some(std::net::Ipv6Addr::LOCALHOST.into()),
             internal: lo4,
@@ -460,6 +462,8 @@ pub const KEYS: &[Key] = keys! {
         "engine shard threads; 0 = one per CPU";
     "io_driver" => io_driver: Text,
         "shard I/O: auto (io_uring, else epoll), io_uring (or fail to start), epoll (recvmmsg/sendmmsg)";
+    "connect_twins" => connect_twins: Bool,
+        "once a leg's peer is fixed, receive and send its media on a second socket connected to it (SO_REUSEPORT on media sockets; no route lookup per send)";
     "whatsapp_v4" => whatsapp_v4: IpOrNone,
         "WhatsApp-facing IPv4 bind address, or none";
     "whatsapp_v6" => whatsapp_v6: IpOrNone,
@@ -920,6 +924,7 @@ impl Settings {
         EngineConfig {
             shards: self.shards,
             io_driver: self.io_driver,
+            connect_twins: self.connect_twins,
             whatsapp_bind_v4: self.whatsapp_v4,
             whatsapp_bind_v6: self.whatsapp_v6,
             internal_bind: self.internal,

@@ -193,6 +193,20 @@ impl Leg {
         self.remote.map(|r| (self.via, r))
     }
 
+    /// The peer the leg's socket may be connected to (the engine's connected twin): the path
+    /// once it is fixed — ICE's nominated pair, the SDES or SDP address, the latched source, a
+    /// browser's nominated pair. A latching leg that has not latched yet has none (its first
+    /// sender decides), nor does a bot leg (no datagrams).
+    #[inline]
+    pub fn fixed_peer(&self) -> Option<(SocketRef, SocketAddr)> {
+        if (self.policy == SourcePolicy::Latch && !self.latched)
+            || matches!(self.transport, Transport::Bot(_))
+        {
+            return None;
+        }
+        self.path()
+    }
+
     pub fn set_path(&mut self, via: SocketRef, remote: SocketAddr) {
         self.via = via;
         self.remote = Some(remote);

@@ -133,6 +133,8 @@ pub struct Call {
     forks: fork::Forks,
     /// Sockets added while live that the call gives back (see [`Call::release_socket`]).
     released_sockets: Vec<SocketRef>,
+    /// Per leg: the fixed peer last reported by [`Call::poll_peer_change`].
+    peers: [Option<(SocketRef, SocketAddr)>; 2],
 }
 
 impl Call {
@@ -189,6 +191,39 @@ impl Call {
     /// The next socket the call gave back, for the engine to close.
     pub fn poll_released_socket(&mut self) -> Option<SocketRef> {
         self.released_sockets.pop()
+    }
+
+    /// The next change of a socket's fixed peer, for the engine's connected sockets: `(s,
+    /// Some(p))` when socket `s` now talks only to `p` (ICE nominated a pair or Meta moved to
+    /// a new one, the SDP gave the address, a latching leg latched, a transfer's new peer),
+    /// `(s, None)` when `s` no longer has one (its leg moved to another socket or lost its
+    /// peer). The engine polls it after every activity of the call; it compares each leg's
+    /// [`Leg::fixed_peer`] with what it reported last, so every way a leg's path changes is
+    /// caught without each of them having to say so. Nothing once the call ended (the engine
+    /// closes all its sockets then).
+    pub fn poll_peer_change(&mut self) -> Option<(SocketRef, Option<SocketAddr>)> {
+        if self.ended.is_some() {
+            return None;
+        }
+        for (leg, have) in self.legs.iter().zip(self.peers.iter_mut()) {
+            let want = leg.fixed_peer();
+            if want == *have {
+                continue;
+            }
+            match (*have, want) {
+                // The leg left this socket (or lost its peer): say so first.
+                (Some((old, _)), w) if w.map(|w| w.0) != Some(old) => {
+                    *have = None;
+                    return Some((old, None));
+                }
+                (_, Some((via, to))) => {
+                    *have = want;
+                    return Some((via, Some(to)));
+                }
+                (_, None) => *have = None,
+            }
+        }
+        None
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

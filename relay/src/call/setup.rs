@@ -246,6 +246,7 @@ impl Call {
             fed_control: false,
             forks: Default::default(),
             released_sockets: Vec::new(),
+            peers: [None; 2],
         };
         let mut call = call;
         // ICE's first check (or SDES readiness) is due at once: the engine runs

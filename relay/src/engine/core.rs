@@ -45,9 +45,11 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Bits of a [`SockKey`]'s encoding (see [`SockKey::encode`]).
 const SLOT_BITS: u32 = 32;
 const SOCKET_BITS: u32 = 10;
-const GENERATION_BITS: u32 = 20;
+const GENERATION_BITS: u32 = 19;
 const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 const SOCKET_MASK: u64 = (1 << SOCKET_BITS) - 1;
+/// Marks a socket's connected twin in an encoded [`SockKey`] (above the generation).
+pub(crate) const TWIN_BIT: u64 = 1 << (SLOT_BITS + SOCKET_BITS + GENERATION_BITS);
 
 /// A call's place in the shard: its slot index and the slot's generation when it was inserted.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,13 +70,20 @@ impl SockKey {
     /// inserted).
     pub(crate) const MAX_SOCKETS: usize = 1 << SOCKET_BITS;
 
-    /// The key as 62 bits (slot 32, socket index 10, generation 20), for an io_uring
+    /// The key as 61 bits (slot 32, socket index 10, generation 19), for an io_uring
     /// `user_data` or a mio token. The top two bits are left at zero for the driver's own
-    /// tags (waker, send completions).
+    /// tags (waker, send completions), and bit 61 for [`TWIN_BIT`].
     pub(crate) fn encode(self) -> u64 {
         u64::from(self.call.slot)
             | (u64::from(self.socket) & SOCKET_MASK) << SLOT_BITS
             | u64::from(self.call.generation & GENERATION_MASK) << (SLOT_BITS + SOCKET_BITS)
+    }
+
+    /// The key of the socket's connected twin (see [`ShardIo::connect_twin`]): the same key
+    /// with [`TWIN_BIT`] set, so a driver tells the twin's completions from the primary's.
+    /// [`SockKey::decode`] ignores the bit: the core sees the primary's key either way.
+    pub(crate) fn encode_twin(self) -> u64 {
+        self.encode() | TWIN_BIT
     }
 
     pub(crate) fn decode(v: u64) -> SockKey {
@@ -124,6 +133,23 @@ pub(crate) trait ShardIo {
     fn queued(&mut self, key: SockKey) -> bool {
         let _ = key;
         false
+    }
+    /// Socket `key`'s peer became `peer` (`Some`: fixed, `None`: no longer fixed). The driver
+    /// closes the socket's connected twin, if any, and with `Some` opens a new one: a socket
+    /// with `SO_REUSEPORT` bound to the same local address and `connect`ed to the peer. The
+    /// kernel then delivers the peer's datagrams to the twin (a connected socket outscores the
+    /// unconnected primary in the reuseport group) and every other source's to the primary;
+    /// the driver hands the twin's datagrams to the core under `key` (the call cannot tell),
+    /// and sends to the peer go out on the twin without an address (no route lookup per
+    /// send). A twin that cannot be opened is counted ([`IoCounters::twin_failures`]); sends
+    /// then stay on the primary. Unknown keys are ignored.
+    ///
+    /// What a switch can lose: datagrams from the old peer still queued on the old twin when
+    /// it closes (the receive is cancelled and the socket closed after the turn's submit).
+    /// Datagrams from the new peer arrive on the primary until the new twin is connected, so
+    /// none of those are lost.
+    fn connect_twin(&mut self, key: SockKey, peer: Option<SocketAddr>) {
+        let _ = (key, peer);
     }
 }
 
@@ -230,6 +256,10 @@ pub(crate) struct IoCounters {
     /// waited in their sockets). Always 0 on epoll.
     pub send_slots_full: u64,
     pub recv_ring_dry: u64,
+    /// Connected twins open now (see [`ShardIo::connect_twin`]), and twins that could not be
+    /// opened (socket, bind or connect refused; sends then stay on the primary).
+    pub twins: u64,
+    pub twin_failures: u64,
     /// System calls the driver made, by [`crate::engine::IO_SYSCALLS`] kind.
     pub syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
 }
@@ -308,6 +338,8 @@ pub(crate) struct ShardCore {
     quality: crate::ops::quality::QualitySampler,
     /// The shard thread's CPU demand, when measured ([`Self::measure_thread_demand`]).
     demand: Option<ThreadDemand>,
+    /// Give sockets whose peer is fixed a connected twin (`EngineConfig::connect_twins`).
+    connect_twins: bool,
 }
 
 /// A thread's CPU demand from `/proc/thread-self/schedstat`: nanoseconds on a CPU plus
@@ -385,7 +417,14 @@ impl ShardCore {
             rate_limited: [0; 2],
             quality: Default::default(),
             demand: None,
+            connect_twins: true,
         }
+    }
+
+    /// Whether sockets whose peer is fixed get a connected twin (see
+    /// [`ShardIo::connect_twin`]; `EngineConfig::connect_twins`). On by default.
+    pub(crate) fn set_connect_twins(&mut self, on: bool) {
+        self.connect_twins = on;
     }
 
     /// Count the calling thread's CPU demand (schedstat) in the busy share admission reads,
@@ -508,6 +547,22 @@ impl ShardCore {
                 },
                 socket: id.index() as u16,
             });
+        }
+        // A leg's peer became fixed or moved: the driver (re)connects the socket's twin.
+        // Polled after the released sockets (a released socket's twin closed with it).
+        if self.connect_twins {
+            while let Some((id, peer)) = slot.call.poll_peer_change() {
+                io.connect_twin(
+                    SockKey {
+                        call: SlotKey {
+                            slot: idx,
+                            generation: slot.generation,
+                        },
+                        socket: id.index() as u16,
+                    },
+                    peer,
+                );
+            }
         }
         while let Some(kind) = slot.call.poll_event() {
             let (ice, dtls) = slot.call.setup_times();
@@ -938,6 +993,8 @@ impl ShardCore {
         t.packets_out = io.sent;
         t.send_errors = io.send_errors;
         t.io_pressure = [io.send_slots_full, io.recv_ring_dry];
+        t.connected_sockets = io.twins;
+        t.twin_failures = io.twin_failures;
         t.io_syscalls = io.syscalls;
         let elapsed = now.saturating_duration_since(self.last_publish);
         if !elapsed.is_zero() {
@@ -956,6 +1013,12 @@ impl ShardCore {
     #[cfg(test)]
     pub(crate) fn calls(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Datagrams handed to the core so far.
+    #[cfg(test)]
+    pub(crate) fn packets_in(&self) -> u64 {
+        self.packets_in
     }
 
     /// Completions that arrived for a call already gone.

@@ -47,6 +47,8 @@ struct Recorder {
     queued: Vec<SockKey>,
     /// How often the core asked.
     queue_checks: u64,
+    /// Connected-twin requests, in order.
+    twins: Vec<(SockKey, Option<SocketAddr>)>,
 }
 
 impl ShardIo for Recorder {
@@ -82,6 +84,10 @@ impl ShardIo for Recorder {
     fn queued(&mut self, key: SockKey) -> bool {
         self.queue_checks += 1;
         self.queued.contains(&key)
+    }
+
+    fn connect_twin(&mut self, key: SockKey, peer: Option<SocketAddr>) {
+        self.twins.push((key, peer));
     }
 }
 
@@ -640,4 +646,34 @@ fn fill_never_fires_for_a_stream_whose_packet_is_already_waiting() {
         Duration::from_millis(first) <= bound,
         "fill {first} ms after the last packet (bound {bound:?})"
     );
+}
+
+/// The core asks the driver for a connected twin for each socket whose peer the call fixed
+/// (an SDES call: Meta's address from the offer, the media server's from its SDP), once; the
+/// ended call's twins go with its sockets (detach). With `connect_twins` off it never asks.
+#[test]
+fn fixed_peers_get_connected_twins_unless_switched_off() {
+    let mut s = Shard::new();
+    s.insert("a", CallConfig::default());
+    assert_eq!(
+        s.io.twins,
+        [
+            (key(0, 0, SocketRef::WaV4), Some(META)),
+            (key(0, 0, SocketRef::Internal), Some(MEDIA_SERVER)),
+        ]
+    );
+    s.open_gate("a").expect("gate");
+    assert_eq!(s.io.twins.len(), 2, "asked once per peer");
+    s.terminate("a");
+    assert_eq!(s.io.twins.len(), 2, "closed by the detach, not one by one");
+    assert!(s.io.ops.contains(&IoOp::Detach(SlotKey {
+        slot: 0,
+        generation: 0
+    })));
+
+    let mut s = Shard::new();
+    s.core.set_connect_twins(false);
+    s.insert("b", CallConfig::default());
+    s.open_gate("b").expect("gate");
+    assert_eq!(s.io.twins, []);
 }

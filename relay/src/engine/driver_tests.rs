@@ -33,6 +33,11 @@ fn lo() -> UdpSocket {
     s
 }
 
+/// A call socket as the engine binds it (`SO_REUSEPORT`, non-blocking).
+fn shared_lo() -> UdpSocket {
+    crate::engine::sockets::bind_udp("127.0.0.1:0".parse().unwrap(), true).expect("bind loopback")
+}
+
 /// A call between `meta` and `server` (loopback sockets), bound to `wa` and `internal`.
 fn call_between(
     wa: &UdpSocket,
@@ -124,9 +129,9 @@ impl<D: Driver> Rig<D> {
             RateLimitConfig::default(),
             now,
         );
-        let (wa, internal, meta, server) = (lo(), lo(), lo(), lo());
-        wa.set_nonblocking(true).unwrap();
-        internal.set_nonblocking(true).unwrap();
+        // Bound as the engine binds them (SO_REUSEPORT): the call's fixed peers get connected
+        // twins, so every test here runs through them.
+        let (wa, internal, meta, server) = (shared_lo(), shared_lo(), lo(), lo());
         let (call, peer) = call_between(&wa, &internal, &meta, &server, now);
         let mut rig = Rig {
             core,
@@ -392,10 +397,12 @@ fn io_uring_send_slots_exhausted_drop_and_count() {
     assert!(c.send_slots_full > 0, "slots ran out: {c:?}");
     assert!(c.send_errors >= c.send_slots_full);
     // Every send is accounted for: sent, refused or dropped, except at most the two still in
-    // flight (the rig's exchange before counted its own sends: compare with `before`).
+    // flight (the rig's exchange before counted its own sends: compare with `before`). The
+    // rig's call may add a few of its own in the two turns (silence fill, RTCP) when a loaded
+    // machine makes them last past its 20 ms timer (seen once: 2,001 of 2,000 in 0.87 s).
     let done = (c.sent - before.sent) + (c.send_errors - before.send_errors);
     assert!(
-        (SENDS - 2..=SENDS).contains(&done),
+        (SENDS - 2..=SENDS + 4).contains(&done),
         "{done} of {SENDS}: {c:?}"
     );
 }
@@ -493,4 +500,140 @@ fn io_uring_live_call_gains_and_gives_back_a_socket() {
 #[test]
 fn epoll_live_call_gains_and_gives_back_a_socket() {
     a_live_call_gains_and_gives_back_a_socket(Rig::new(EpollDriver::new));
+}
+
+/// Test access to the drivers' connected-twin counters.
+trait TwinTraffic {
+    /// (sends on twins, datagrams received on twins)
+    fn twin_traffic(&self) -> (u64, u64);
+}
+
+impl TwinTraffic for UringDriver {
+    fn twin_traffic(&self) -> (u64, u64) {
+        UringDriver::twin_traffic(self)
+    }
+}
+
+impl TwinTraffic for EpollDriver {
+    fn twin_traffic(&self) -> (u64, u64) {
+        EpollDriver::twin_traffic(self)
+    }
+}
+
+/// Connected twins: once the call's peers are fixed (SDES address, the media server's SDP),
+/// each socket has a twin connected to its peer. The peer's datagrams arrive on it and reach
+/// the call as the socket's own; a stranger's still arrive (on the primary, where the shard
+/// counts and rate-limits them); sends to the peer leave on the twin. With the twin closed,
+/// the peer's datagrams arrive on the primary again and sends use the primary; reopened, the
+/// twin carries them again.
+fn twins_carry_the_peer_and_the_primary_the_rest<D: Driver + TwinTraffic>(rig: Option<Rig<D>>) {
+    use crate::engine::core::{ShardIo, SlotKey, SockKey};
+
+    let Some(mut rig) = rig else { return };
+    let name = rig.driver.name();
+    assert_eq!(
+        rig.driver.counters().twins,
+        2,
+        "{name}: WhatsApp and internal twins"
+    );
+    assert_eq!(rig.driver.counters().twin_failures, 0, "{name}");
+    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
+    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    let (sends0, recvs0) = rig.driver.twin_traffic();
+    for _ in 0..20 {
+        assert!(rig.exchange(&mut meta_src, &mut server_src), "{name}");
+    }
+    let (sends1, recvs1) = rig.driver.twin_traffic();
+    assert!(
+        sends1 - sends0 >= 40,
+        "{name}: sends to the peers use the twins"
+    );
+    assert_eq!(
+        recvs1 - recvs0,
+        40,
+        "{name}: the peers' datagrams arrive on the twins"
+    );
+
+    // The fill's wait sees a peer's datagram that waits unread on the twin.
+    let key = |socket| SockKey {
+        call: SlotKey {
+            slot: 0,
+            generation: 0,
+        },
+        socket,
+    };
+    assert!(!rig.driver.io().queued(key(2)), "{name}");
+    let mut buf = [0u8; 2048];
+    let n = server_src.write_next(&mut buf, 160);
+    rig.server.send_to(&buf[..n], rig.internal_at).unwrap();
+    assert!(
+        rig.driver.io().queued(key(2)),
+        "{name}: waiting on the twin"
+    );
+    for _ in 0..5 {
+        rig.turn();
+    }
+    assert!(!rig.driver.io().queued(key(2)), "{name}");
+    let recvs1 = rig.driver.twin_traffic().1;
+    assert_eq!(recvs1 - recvs0, 41, "{name}");
+
+    // A stranger, on both sockets: arrives (on the primaries), never on a twin.
+    let stranger = lo();
+    let before = rig.core.packets_in();
+    for _ in 0..3 {
+        stranger.send_to(&[0x80; 20], rig.wa_at).unwrap();
+        stranger.send_to(&[0x80; 20], rig.internal_at).unwrap();
+    }
+    for _ in 0..20 {
+        rig.turn();
+        if rig.core.packets_in() - before >= 6 {
+            break;
+        }
+    }
+    assert_eq!(
+        rig.core.packets_in() - before,
+        6,
+        "{name}: a stranger's datagrams arrive"
+    );
+    assert_eq!(rig.driver.twin_traffic().1, recvs1, "{name}: not on a twin");
+
+    // Twins closed: the primaries carry everything again.
+    rig.driver.io().connect_twin(key(0), None);
+    rig.driver.io().connect_twin(key(2), None);
+    rig.turn();
+    rig.turn();
+    assert_eq!(rig.driver.counters().twins, 0, "{name}");
+    let (sends2, recvs2) = rig.driver.twin_traffic();
+    for _ in 0..20 {
+        assert!(
+            rig.exchange(&mut meta_src, &mut server_src),
+            "{name}: primaries again"
+        );
+    }
+    assert_eq!(
+        rig.driver.twin_traffic(),
+        (sends2, recvs2),
+        "{name}: no twin in use"
+    );
+
+    // Reopened toward Meta only.
+    let meta_at = rig.meta.local_addr().unwrap();
+    rig.driver.io().connect_twin(key(0), Some(meta_at));
+    assert_eq!(rig.driver.counters().twins, 1, "{name}");
+    for _ in 0..20 {
+        assert!(rig.exchange(&mut meta_src, &mut server_src), "{name}");
+    }
+    let (sends3, recvs3) = rig.driver.twin_traffic();
+    assert!(sends3 - sends2 >= 20, "{name}: sends to Meta on the twin");
+    assert_eq!(recvs3 - recvs2, 20, "{name}: Meta's datagrams on the twin");
+}
+
+#[test]
+fn io_uring_twins_carry_the_peer_and_the_primary_the_rest() {
+    twins_carry_the_peer_and_the_primary_the_rest(Rig::new(UringDriver::new));
+}
+
+#[test]
+fn epoll_twins_carry_the_peer_and_the_primary_the_rest() {
+    twins_carry_the_peer_and_the_primary_the_rest(Rig::new(EpollDriver::new));
 }

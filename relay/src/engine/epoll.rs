@@ -11,8 +11,9 @@ use std::time::Instant;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
-use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey};
+use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey, TWIN_BIT};
 use crate::engine::driver::{Driver, Waker};
+use crate::engine::sockets::open_twin;
 use crate::engine::udp::{BATCH, RecvBatch, SendBatch, has_queued};
 use crate::engine::{IO_SYSCALLS, IoSyscall};
 
@@ -23,6 +24,16 @@ struct CallIo {
     generation: u32,
     sockets: Vec<Option<mio::net::UdpSocket>>,
     fds: Vec<RawFd>,
+    /// Connected twins by socket index (see [`ShardIo::connect_twin`]); grown on demand.
+    twins: Vec<Option<Twin>>,
+}
+
+/// A socket's connected twin: registered with the key's [`TWIN_BIT`] token, so its datagrams
+/// reach the core under the primary's key.
+struct Twin {
+    sock: mio::net::UdpSocket,
+    fd: RawFd,
+    peer: SocketAddr,
 }
 
 /// The send side: the call sockets' table and the send batch.
@@ -31,6 +42,10 @@ pub(crate) struct EpollIo {
     calls: Vec<Option<CallIo>>,
     send: SendBatch,
     send_dropped: u64,
+    twins: u64,
+    twin_failures: u64,
+    twin_sends: u64,
+    twin_recvs: u64,
 }
 
 impl EpollIo {
@@ -44,18 +59,100 @@ impl EpollIo {
             .copied()
             .filter(|fd| *fd >= 0)
     }
+
+    fn twin(&self, key: SockKey) -> Option<&Twin> {
+        let c = self.calls.get(key.call.slot as usize)?.as_ref()?;
+        if c.generation != key.call.generation {
+            return None;
+        }
+        c.twins.get(usize::from(key.socket))?.as_ref()
+    }
+
+    /// Deregister and close a twin. What is queued for it leaves first; datagrams from its
+    /// peer still unread on it are lost (the peer's later ones reach the primary or the next
+    /// twin).
+    fn close_twin(&mut self, mut t: Twin) {
+        self.send.flush();
+        let _ = self.registry.deregister(&mut t.sock);
+        self.twins = self.twins.saturating_sub(1);
+    }
 }
 
 impl ShardIo for EpollIo {
     fn send(&mut self, via: SockKey, to: SocketAddr, data: &[u8]) {
+        if let Some(t) = self.twin(via)
+            && t.peer == to
+        {
+            let fd = t.fd;
+            self.twin_sends += 1;
+            return self.send.push_connected(fd, data);
+        }
         match self.fd(via) {
             Some(fd) => self.send.push(fd, to, data),
             None => self.send_dropped += 1,
         }
     }
 
+    fn connect_twin(&mut self, key: SockKey, peer: Option<SocketAddr>) {
+        let Some(c) = self
+            .calls
+            .get_mut(key.call.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == key.call.generation)
+        else {
+            return;
+        };
+        let i = usize::from(key.socket);
+        let Some(local) = c
+            .sockets
+            .get(i)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.local_addr().ok())
+        else {
+            return;
+        };
+        if c.twins.get(i).and_then(Option::as_ref).map(|t| t.peer) == peer {
+            return;
+        }
+        if c.twins.len() <= i {
+            c.twins.resize_with(i + 1, || None);
+        }
+        let old = c.twins[i].take();
+        if let Some(t) = old {
+            self.close_twin(t);
+        }
+        let Some(peer) = peer else { return };
+        let opened = open_twin(local, peer).and_then(|s| {
+            let fd = s.as_raw_fd();
+            let mut sock = mio::net::UdpSocket::from_std(s);
+            self.registry.register(
+                &mut sock,
+                Token((key.encode_twin()) as usize),
+                Interest::READABLE,
+            )?;
+            Ok(Twin { sock, fd, peer })
+        });
+        match opened {
+            Ok(t) => {
+                if let Some(c) = self
+                    .calls
+                    .get_mut(key.call.slot as usize)
+                    .and_then(Option::as_mut)
+                {
+                    c.twins[i] = Some(t);
+                    self.twins += 1;
+                }
+            }
+            Err(e) => {
+                self.twin_failures += 1;
+                tracing::debug!(error = %e, %peer, "connected twin not opened; sends stay on the socket");
+            }
+        }
+    }
+
     fn queued(&mut self, key: SockKey) -> bool {
-        self.fd(key).is_some_and(has_queued)
+        // The peer's datagrams wait on the connected twin, if the socket has one.
+        self.fd(key).is_some_and(has_queued) || self.twin(key).is_some_and(|t| has_queued(t.fd))
     }
 
     fn attach(&mut self, call: SlotKey, sockets: Vec<Option<UdpSocket>>) {
@@ -90,6 +187,7 @@ impl ShardIo for EpollIo {
             generation: call.generation,
             sockets: mio_sockets,
             fds,
+            twins: Vec::new(),
         });
     }
 
@@ -108,6 +206,10 @@ impl ShardIo for EpollIo {
         if let Some(mut c) = slot.take() {
             for s in c.sockets.iter_mut().flatten() {
                 let _ = self.registry.deregister(s);
+            }
+            for t in c.twins.iter_mut().flatten() {
+                let _ = self.registry.deregister(&mut t.sock);
+                self.twins = self.twins.saturating_sub(1);
             }
         }
     }
@@ -149,9 +251,13 @@ impl ShardIo for EpollIo {
             return;
         };
         c.fds[i] = -1;
+        let twin = c.twins.get_mut(i).and_then(Option::take);
         // What is queued on it leaves before it closes.
         self.send.flush();
         let _ = self.registry.deregister(&mut s);
+        if let Some(t) = twin {
+            self.close_twin(t);
+        }
     }
 }
 
@@ -183,6 +289,10 @@ impl EpollDriver {
                 calls: Vec::new(),
                 send: SendBatch::new(),
                 send_dropped: 0,
+                twins: 0,
+                twin_failures: 0,
+                twin_sends: 0,
+                twin_recvs: 0,
             },
             epoll_waits: 0,
             waker_reads: 0,
@@ -190,12 +300,24 @@ impl EpollDriver {
         })
     }
 
-    /// Receive everything queued on one socket and hand each datagram to the core.
-    fn drain_socket(&mut self, key: SockKey, now: Instant, core: &mut ShardCore) {
+    /// Sends that went out on connected twins, and datagrams received on them, so far.
+    #[cfg(test)]
+    pub(crate) fn twin_traffic(&self) -> (u64, u64) {
+        (self.io.twin_sends, self.io.twin_recvs)
+    }
+
+    /// Receive everything queued on one socket (its connected twin when `twin`) and hand
+    /// each datagram to the core under `key`.
+    fn drain_socket(&mut self, key: SockKey, twin: bool, now: Instant, core: &mut ShardCore) {
         loop {
             // Looked up each batch: the call may have ended (and its socket closed) during the
-            // last one.
-            let Some(fd) = self.io.fd(key) else { return };
+            // last one, or the twin been closed.
+            let fd = if twin {
+                self.io.twin(key).map(|t| t.fd)
+            } else {
+                self.io.fd(key)
+            };
+            let Some(fd) = fd else { return };
             let n = match self.recv.recv(fd) {
                 Ok(n) => n,
                 Err(_) => {
@@ -203,6 +325,9 @@ impl EpollDriver {
                     0
                 }
             };
+            if twin {
+                self.io.twin_recvs += n as u64;
+            }
             for i in 0..n {
                 let (buf, len, from) = self.recv.get(i);
                 core.on_datagram(now, key, from, &mut buf[..], len, &mut self.io);
@@ -242,7 +367,8 @@ impl Driver for EpollDriver {
                 self.waker.drain();
                 continue;
             }
-            self.drain_socket(SockKey::decode(ev.token().0 as u64), now, core);
+            let token = ev.token().0 as u64;
+            self.drain_socket(SockKey::decode(token), token & TWIN_BIT != 0, now, core);
         }
         self.events = events;
     }
@@ -269,6 +395,8 @@ impl Driver for EpollDriver {
             sent: self.io.send.sent,
             send_errors: self.io.send.send_errors + self.io.send_dropped,
             recv_errors: self.recv_errors,
+            twins: self.io.twins,
+            twin_failures: self.io.twin_failures,
             syscalls,
             ..Default::default()
         }

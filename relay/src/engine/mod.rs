@@ -97,6 +97,11 @@ pub struct EngineConfig {
     pub rate_limit: ratelimit::RateLimitConfig,
     /// The shards' I/O driver (io_uring where allowed, else epoll; see `driver`).
     pub io_driver: IoDriverChoice,
+    /// Once a leg's peer is fixed, give its socket a connected twin (`SO_REUSEPORT` on every
+    /// media socket; see `ShardIo::connect_twin`): the peer's datagrams arrive and leave on a
+    /// socket `connect`ed to it, with no route lookup per send. `RELAY_CONNECT_TWINS=0` turns
+    /// it off for engines built from defaults (tests, benchmarks).
+    pub connect_twins: bool,
     /// How long and how many ended call IDs are remembered (see [`TombstoneConfig`]).
     pub tombstones: TombstoneConfig,
     /// A shard whose loop has not turned for this long makes `/healthz` fail.
@@ -134,6 +139,7 @@ impl Default for EngineConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_default(),
+            connect_twins: std::env::var("RELAY_CONNECT_TWINS").map_or(true, |v| v != "0"),
             tombstones: TombstoneConfig::default(),
             shard_stall_timeout: std::time::Duration::from_secs(10),
             recording: Default::default(),
@@ -257,6 +263,7 @@ impl Engine {
             let setup = ShardSetup {
                 id,
                 driver: cfg.io_driver,
+                connect_twins: cfg.connect_twins,
                 waker: waker.clone(),
                 commands: rx,
                 events_out: events_tx.clone(),

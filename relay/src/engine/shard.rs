@@ -29,6 +29,8 @@ pub(crate) use crate::engine::core::{CallSockets, Command};
 pub(crate) struct ShardSetup {
     pub id: usize,
     pub driver: IoDriverChoice,
+    /// `EngineConfig::connect_twins`.
+    pub connect_twins: bool,
     pub waker: Waker,
     pub commands: Receiver<Command>,
     pub events_out: Sender<CallEvent>,
@@ -40,7 +42,7 @@ pub(crate) struct ShardSetup {
 /// The shard thread's body: open the driver (on this thread: io_uring's single-issuer ring
 /// belongs to the thread that made it), report which one to `started`, then run.
 pub(crate) fn run(setup: ShardSetup, started: mpsc::Sender<std::io::Result<&'static str>>) {
-    let core = ShardCore::new(
+    let mut core = ShardCore::new(
         setup.id,
         setup.events_out,
         setup.stats,
@@ -48,6 +50,7 @@ pub(crate) fn run(setup: ShardSetup, started: mpsc::Sender<std::io::Result<&'sta
         setup.rate_limit,
         Instant::now(),
     );
+    core.set_connect_twins(setup.connect_twins);
     let id = setup.id;
     let uring = match setup.driver {
         IoDriverChoice::Epoll => None,

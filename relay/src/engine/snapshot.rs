@@ -81,6 +81,10 @@ pub struct ShardTotals {
     pub send_errors: u64,
     /// io_uring's pools running out, by [`crate::engine::IO_PRESSURE`] kind.
     pub io_pressure: [u64; crate::engine::IO_PRESSURE.len()],
+    /// Connected twins open now (sockets whose fixed peer has a socket `connect`ed to it;
+    /// `relay_connected_sockets`), and twins that could not be opened so far.
+    pub connected_sockets: u64,
+    pub twin_failures: u64,
     /// I/O system calls made so far, by [`crate::engine::IO_SYSCALLS`] kind.
     pub io_syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
     /// Share of the last publish interval the shard spent working rather than waiting in
@@ -116,6 +120,8 @@ impl ShardTotals {
             packets_out: 0,
             send_errors: 0,
             io_pressure: [0; crate::engine::IO_PRESSURE.len()],
+            connected_sockets: 0,
+            twin_failures: 0,
             io_syscalls: [0; crate::engine::IO_SYSCALLS.len()],
             busy_ratio: 0.0,
             busy_seconds: 0.0,

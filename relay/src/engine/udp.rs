@@ -304,6 +304,24 @@ impl SendBatch {
         self.len += 1;
     }
 
+    /// Queue a copy of `data` for the connected socket `fd`, without an address (the
+    /// kernel sends it to the socket's peer, with no route lookup).
+    pub fn push_connected(&mut self, fd: RawFd, data: &[u8]) {
+        if data.len() > BUF_SIZE {
+            self.send_errors += 1;
+            return;
+        }
+        if self.len == BATCH {
+            self.flush();
+        }
+        let i = self.len;
+        self.bufs[i][..data.len()].copy_from_slice(data);
+        self.lens[i] = data.len();
+        self.fds[i] = fd;
+        self.addr_lens[i] = 0;
+        self.len += 1;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -331,7 +349,12 @@ impl SendBatch {
                 iov_len: self.lens[i],
             };
             let hdr = &mut self.msgs[i].msg_hdr;
-            hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            // No address (length 0): a connected socket's datagram to its peer.
+            hdr.msg_name = if self.addr_lens[i] == 0 {
+                std::ptr::null_mut()
+            } else {
+                (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast()
+            };
             hdr.msg_namelen = self.addr_lens[i];
             hdr.msg_iov = &mut self.iovecs[i];
             hdr.msg_iovlen = 1;
@@ -377,7 +400,11 @@ impl SendBatch {
                     self.bufs[i].as_ptr().cast(),
                     self.lens[i],
                     0,
-                    (&self.addrs[i] as *const libc::sockaddr_storage).cast(),
+                    if self.addr_lens[i] == 0 {
+                        std::ptr::null()
+                    } else {
+                        (&self.addrs[i] as *const libc::sockaddr_storage).cast()
+                    },
                     self.addr_lens[i],
                 )
             };

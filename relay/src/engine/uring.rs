@@ -17,8 +17,9 @@
 //! sends are copied into a slab the ring reads from.
 //!
 //! user_data: a receive carries its [`SockKey`] (slot, socket index, generation), so a
-//! completion for a removed call is recognised even after its slot was reused. The top two bits
-//! tag the driver's own operations (sends, the waker read, cancels).
+//! completion for a removed call is recognised even after its slot was reused; a connected
+//! twin's receive (see [`ShardIo::connect_twin`]) carries the same key with [`TWIN_BIT`]. The top
+//! two bits tag the driver's own operations (sends, the waker read, cancels).
 //!
 //! No allocation per packet: the receive buffers, the send slab and the completion scratch
 //! are allocated when the shard starts.
@@ -29,11 +30,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{BufRingEntry, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
-use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey};
+use crate::engine::core::{IoCounters, ShardCore, ShardIo, SlotKey, SockKey, TWIN_BIT};
 use crate::engine::driver::{Driver, Waker};
+use crate::engine::sockets::open_twin;
 use crate::engine::udp::{BUF_SIZE, has_queued, sockaddr_to_std, std_to_sockaddr};
 use crate::engine::{IO_SYSCALLS, IoSyscall};
 
@@ -89,10 +91,6 @@ pub(crate) struct UringConfig {
     pub batch_want: u32,
     /// Name sockets by registered file index (`IOSQE_FIXED_FILE`) instead of descriptor.
     pub fixed_files: bool,
-    /// Benchmark only: `connect` a socket to the first peer it sends to and send without an
-    /// address after that. Not safe for production: a connected socket no longer receives from
-    /// other sources (a new ICE candidate, a transfer's new peer before our first send).
-    pub connect: bool,
     /// Send a datagram that lies in the receive buffer it arrived in straight from there (the
     /// buffer goes back to the ring when the send completes) instead of copying it into the
     /// send slab.
@@ -114,7 +112,6 @@ impl Default for UringConfig {
             // 2026-12-05 session 8: the per-send file lookup 5.9 % → 3.3 % of the shard's CPU,
             // 5.3 vs 5.5 µs per packet (3 interleaved rounds; BENCHMARKS.md).
             fixed_files: true,
-            connect: false,
             zero_copy: true,
         }
     }
@@ -140,7 +137,6 @@ impl UringConfig {
                 "batch_wait_us" => v.parse().ok().map(|n| c.batch_wait_us = n),
                 "batch_want" => v.parse().ok().filter(|n| *n > 0).map(|n| c.batch_want = n),
                 "fixed_files" => v.parse().ok().map(|b: u8| c.fixed_files = b != 0),
-                "connect" => v.parse().ok().map(|b: u8| c.connect = b != 0),
                 "zero_copy" => v.parse().ok().map(|b: u8| c.zero_copy = b != 0),
                 _ => None,
             };
@@ -271,16 +267,29 @@ struct SockIo {
     sock: UdpSocket,
     /// Its registered file index, when it has one.
     fixed: Option<u32>,
-    /// The peer it is connected to ([`UringConfig::connect`] only).
-    peer: Option<SocketAddr>,
+    /// Its connected twin, while the socket's peer is fixed (see [`ShardIo::connect_twin`]).
+    twin: Option<Twin>,
+}
+
+/// A socket's connected twin: same local address and port (`SO_REUSEPORT`), `connect`ed to
+/// `peer`. Its receive carries the primary's key with [`TWIN_BIT`]; it takes a registered file
+/// slot like any socket (past the table, its descriptor).
+struct Twin {
+    sock: UdpSocket,
+    fixed: Option<u32>,
+    peer: SocketAddr,
+}
+
+fn target_of(sock: &UdpSocket, fixed: Option<u32>) -> Target {
+    match fixed {
+        Some(i) => Target::Fixed(i),
+        None => Target::Fd(sock.as_raw_fd()),
+    }
 }
 
 impl SockIo {
     fn target(&self) -> Target {
-        match self.fixed {
-            Some(i) => Target::Fixed(i),
-            None => Target::Fd(self.sock.as_raw_fd()),
-        }
+        target_of(&self.sock, self.fixed)
     }
 }
 
@@ -331,6 +340,12 @@ pub(crate) struct UringIo {
     rx_cur: Option<u16>,
     /// Sends made straight from a receive buffer.
     zero_copy_sends: u64,
+    /// Connected twins open now, and twins that could not be opened.
+    twins: u64,
+    twin_failures: u64,
+    /// Sends that went out on a connected twin (no address), datagrams received on one.
+    twin_sends: u64,
+    twin_recvs: u64,
     /// Debug builds: what the zero-copy sends of the current datagram read, to prove after the
     /// core is done with it that nothing wrote a region after pushing it (see `Outbox`).
     #[cfg(debug_assertions)]
@@ -397,6 +412,28 @@ impl UringIo {
         self.sock(key).map(|s| s.target())
     }
 
+    fn twin_target(&mut self, key: SockKey) -> Option<Target> {
+        self.sock(key)
+            .and_then(|s| s.twin.as_ref())
+            .map(|t| target_of(&t.sock, t.fixed))
+    }
+
+    /// Stop receiving on a closed-down twin of socket `key` and close it once the SQEs that
+    /// use it (sends queued this turn) were submitted. Every receive armed on it is cancelled
+    /// (`ALL`: a re-arm may have raced a stop). Datagrams from its peer still queued on it are
+    /// lost; the peer's later ones reach the primary (or the next twin).
+    fn close_twin(&mut self, key: SockKey, t: Twin) {
+        let cancel = opcode::AsyncCancel2::new(
+            CancelBuilder::user_data(tagged(TAG_RECV, key.encode_twin())).all(),
+        )
+        .build()
+        .user_data(tagged(TAG_CANCEL, 0));
+        self.push(&cancel);
+        self.closing.push(t.sock);
+        self.closing_fixed.extend(t.fixed);
+        self.twins = self.twins.saturating_sub(1);
+    }
+
     /// Queue one SQE; when the queue is full, submit what is there first.
     fn push(&mut self, sqe: &squeue::Entry) {
         loop {
@@ -430,11 +467,17 @@ impl UringIo {
     }
 
     fn arm_recv(&mut self, key: SockKey, target: Target) {
+        self.arm_recv_as(key.encode(), target);
+    }
+
+    /// Arm a multishot receive on `target` whose completions carry `encoded` (a key, with
+    /// [`TWIN_BIT`] for a twin).
+    fn arm_recv_as(&mut self, encoded: u64, target: Target) {
         let sqe = match target {
             Target::Fd(fd) => opcode::RecvMsgMulti::new(Fd(fd), &*self.recv_msg, BGID).build(),
             Target::Fixed(i) => opcode::RecvMsgMulti::new(Fixed(i), &*self.recv_msg, BGID).build(),
         };
-        self.push(&sqe.user_data(tagged(TAG_RECV, key.encode())));
+        self.push(&sqe.user_data(tagged(TAG_RECV, encoded)));
     }
 
     /// Drop one reference to receive buffer `bid`; the last one gives it back to the kernel
@@ -505,7 +548,17 @@ impl UringIo {
     }
     /// A socket joining the ring: registered as a fixed file while a slot is free.
     fn sock_io(&mut self, sock: UdpSocket) -> SockIo {
-        let fixed = self.fixed_free.pop().and_then(|f| {
+        let fixed = self.register(&sock);
+        SockIo {
+            sock,
+            fixed,
+            twin: None,
+        }
+    }
+
+    /// A registered file slot for `sock`, while one is free.
+    fn register(&mut self, sock: &UdpSocket) -> Option<u32> {
+        self.fixed_free.pop().and_then(|f| {
             match self
                 .ring
                 .submitter()
@@ -518,12 +571,7 @@ impl UringIo {
                     None
                 }
             }
-        });
-        SockIo {
-            sock,
-            fixed,
-            peer: None,
-        }
+        })
     }
 }
 
@@ -531,8 +579,13 @@ impl ShardIo for UringIo {
     fn queued(&mut self, key: SockKey) -> bool {
         // Datagrams the kernel already moved into receive buffers were handed to the core by
         // the collect before timers; what is left waits in the socket.
-        self.sock(key)
-            .is_some_and(|s| has_queued(s.sock.as_raw_fd()))
+        // The peer's datagrams wait on the connected twin, if the socket has one.
+        self.sock(key).is_some_and(|s| {
+            has_queued(s.sock.as_raw_fd())
+                || s.twin
+                    .as_ref()
+                    .is_some_and(|t| has_queued(t.sock.as_raw_fd()))
+        })
     }
 
     fn send(&mut self, via: SockKey, to: SocketAddr, data: &[u8]) {
@@ -543,13 +596,15 @@ impl ShardIo for UringIo {
         if self.free.is_empty() {
             self.reap_sends();
         }
-        let connect = self.cfg.connect;
         let Some(sock) = self.sock(via) else {
             self.send_errors += 1;
             return;
         };
-        let target = sock.target();
-        let connected = connect && sock_connected(sock, to);
+        // To the peer of the socket's connected twin: on the twin, without an address.
+        let (target, connected) = match &sock.twin {
+            Some(t) if t.peer == to => (target_of(&t.sock, t.fixed), true),
+            _ => (sock.target(), false),
+        };
         let Some(slot) = self.free.pop() else {
             // Dropped and counted: waiting here would stall every call of the shard.
             self.send_errors += 1;
@@ -580,6 +635,7 @@ impl ShardIo for UringIo {
             Target::Fixed(f) => opcode::Send::new(Fixed(f), buf, len),
         };
         let sqe = if connected {
+            self.twin_sends += 1;
             sqe.build()
         } else {
             let addr_len = std_to_sockaddr(to, &mut self.send_addrs[i]);
@@ -636,6 +692,9 @@ impl ShardIo for UringIo {
                 .build()
                 .user_data(tagged(TAG_CANCEL, 0));
             self.push(&cancel);
+            if let Some(t) = s.twin {
+                self.close_twin(key, t);
+            }
             // Closed after the next submit: the BYEs queued on it are still to be issued.
             self.closing.push(s.sock);
             self.closing_fixed.extend(s.fixed);
@@ -681,8 +740,47 @@ impl ShardIo for UringIo {
             .build()
             .user_data(tagged(TAG_CANCEL, 0));
         self.push(&cancel);
+        if let Some(t) = s.twin {
+            self.close_twin(key, t);
+        }
         self.closing.push(s.sock);
         self.closing_fixed.extend(s.fixed);
+    }
+
+    fn connect_twin(&mut self, key: SockKey, peer: Option<SocketAddr>) {
+        let Some(sock) = self.sock(key) else { return };
+        if let Some(t) = &sock.twin
+            && Some(t.peer) == peer
+        {
+            return;
+        }
+        let old = sock.twin.take();
+        let local = sock.sock.local_addr();
+        if let Some(t) = old {
+            self.close_twin(key, t);
+        }
+        let Some(peer) = peer else { return };
+        // Opened fresh for every peer rather than re-connected in place: sends to the old peer
+        // queued this turn (a transfer's BYE) name the old twin and must leave from it.
+        let twin = local.and_then(|local| open_twin(local, peer));
+        let twin = match twin {
+            Ok(t) => t,
+            Err(e) => {
+                self.twin_failures += 1;
+                tracing::debug!(error = %e, %peer, "connected twin not opened; sends stay on the socket");
+                return;
+            }
+        };
+        let fixed = self.register(&twin);
+        self.arm_recv_as(key.encode_twin(), target_of(&twin, fixed));
+        if let Some(s) = self.sock(key) {
+            s.twin = Some(Twin {
+                sock: twin,
+                fixed,
+                peer,
+            });
+            self.twins += 1;
+        }
     }
 }
 
@@ -697,21 +795,6 @@ fn nofile_limit() -> u32 {
         return 1024;
     }
     u32::try_from(r.rlim_cur).unwrap_or(u32::MAX)
-}
-
-/// [`UringConfig::connect`]: connect `sock` to `to` on its first send. True when the send may
-/// go without an address.
-fn sock_connected(sock: &mut SockIo, to: SocketAddr) -> bool {
-    match sock.peer {
-        Some(p) => p == to,
-        None => {
-            let ok = sock.sock.connect(to).is_ok();
-            if ok {
-                sock.peer = Some(to);
-            }
-            ok
-        }
-    }
 }
 
 pub(crate) struct UringDriver {
@@ -806,6 +889,10 @@ impl UringDriver {
                 rx_refs: vec![0; usize::from(cfg.recv_buffers)].into_boxed_slice(),
                 rx_cur: None,
                 zero_copy_sends: 0,
+                twins: 0,
+                twin_failures: 0,
+                twin_sends: 0,
+                twin_recvs: 0,
                 #[cfg(debug_assertions)]
                 zc_check: ZeroCopyCheck::default(),
                 bufs,
@@ -829,6 +916,12 @@ impl UringDriver {
     #[cfg(test)]
     pub(crate) fn zero_copy_sends(&self) -> u64 {
         self.io.zero_copy_sends
+    }
+
+    /// Sends that went out on connected twins, and datagrams received on them, so far.
+    #[cfg(test)]
+    pub(crate) fn twin_traffic(&self) -> (u64, u64) {
+        (self.io.twin_sends, self.io.twin_recvs)
     }
 
     /// Receive buffers held back from the kernel now (a datagram being handled, sends in
@@ -856,11 +949,26 @@ impl UringDriver {
             TAG_SEND => self.io.on_send_done(ud & PAYLOAD_MASK, result),
             TAG_WAKER => self.arm_waker(),
             TAG_CANCEL => {}
-            _ => self.on_recv(SockKey::decode(ud & PAYLOAD_MASK), cqe, now, core),
+            _ => self.on_recv(
+                SockKey::decode(ud & PAYLOAD_MASK),
+                ud & TWIN_BIT != 0,
+                cqe,
+                now,
+                core,
+            ),
         }
     }
 
-    fn on_recv(&mut self, key: SockKey, cqe: &cqueue::Entry, now: Instant, core: &mut ShardCore) {
+    /// A receive completion on socket `key` (on its connected twin when `twin`: handed to
+    /// the core under the same key).
+    fn on_recv(
+        &mut self,
+        key: SockKey,
+        twin: bool,
+        cqe: &cqueue::Entry,
+        now: Instant,
+        core: &mut ShardCore,
+    ) {
         let flags = cqe.flags();
         let result = cqe.result();
         if let Some(bid) = cqueue::buffer_select(flags) {
@@ -869,6 +977,7 @@ impl UringDriver {
                 // add theirs, and the last one gives it back.
                 *r += 1;
                 if result >= 0 {
+                    self.io.twin_recvs += u64::from(twin);
                     self.io.rx_cur = Some(bid);
                     self.deliver_buffer(key, bid, result as usize, now, core);
                     self.io.rx_cur = None;
@@ -886,11 +995,16 @@ impl UringDriver {
             self.recv_errors += 1;
         }
         // A multishot receive without F_MORE has stopped (out of buffers, an error): re-arm it
-        // if its call is still here.
-        if !cqueue::more(flags)
-            && let Some(target) = self.io.target(key)
-        {
-            self.io.arm_recv(key, target);
+        // if its socket is still here. A cancelled one was closed on purpose (a twin's end: a
+        // twin opened since for the same key has its own receive).
+        if !cqueue::more(flags) && result != -libc::ECANCELED {
+            if twin {
+                if let Some(target) = self.io.twin_target(key) {
+                    self.io.arm_recv_as(key.encode_twin(), target);
+                }
+            } else if let Some(target) = self.io.target(key) {
+                self.io.arm_recv(key, target);
+            }
         }
     }
 
@@ -1042,6 +1156,8 @@ impl Driver for UringDriver {
             recv_errors: self.recv_errors,
             send_slots_full: self.io.send_slots_full,
             recv_ring_dry: self.recv_ring_dry,
+            twins: self.io.twins,
+            twin_failures: self.io.twin_failures,
             syscalls,
         }
     }

@@ -354,6 +354,36 @@ pub fn render(s: &MetricsSnapshot) -> String {
             sample(o, "relay_io_pressure_total", &labels, n as f64);
         }
     }
+    family(
+        o,
+        "relay_connected_sockets",
+        "gauge",
+        "Connected twins open per engine shard: media sockets whose fixed peer has a second socket connect()ed to it (SO_REUSEPORT), so its datagrams skip the route lookup. 0 with connect_twins off.",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(
+            o,
+            "relay_connected_sockets",
+            &labels,
+            t.connected_sockets as f64,
+        );
+    }
+    family(
+        o,
+        "relay_connected_socket_failures_total",
+        "counter",
+        "Connected twins that could not be opened (socket, bind or connect refused), per engine shard: that peer's sends stay on the unconnected socket.",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(
+            o,
+            "relay_connected_socket_failures_total",
+            &labels,
+            t.twin_failures as f64,
+        );
+    }
     if let Some(r) = &s.recording {
         recording(o, r);
     }
@@ -928,6 +958,8 @@ mod tests {
             ("relay_io_driver_info", "gauge"),
             ("relay_io_syscalls_total", "counter"),
             ("relay_io_pressure_total", "counter"),
+            ("relay_connected_sockets", "gauge"),
+            ("relay_connected_socket_failures_total", "counter"),
             ("relay_ice_setup_seconds", "histogram"),
             ("relay_dtls_setup_seconds", "histogram"),
             ("relay_call_loss_ratio", "histogram"),
@@ -961,7 +993,9 @@ mod tests {
             + 2 * DROP_REASONS.len()
             + 2;
         let hist = |b: &[f64]| b.len() + 1 + 2;
-        let io = 1 + (crate::engine::IO_SYSCALLS.len() + crate::engine::IO_PRESSURE.len()) * shards;
+        // + relay_connected_sockets and relay_connected_socket_failures_total per shard.
+        let io =
+            1 + (crate::engine::IO_SYSCALLS.len() + crate::engine::IO_PRESSURE.len() + 2) * shards;
         let live = 4 * hist(LOSS_BUCKETS) + 4 * hist(JITTER_BUCKETS) + 2 * hist(RTT_BUCKETS);
         fixed
             + hist(SETUP_BUCKETS) * 2

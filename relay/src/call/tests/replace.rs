@@ -538,3 +538,75 @@ fn a_bad_replacement_changes_nothing_and_an_ended_call_refuses() {
         .unwrap_err();
     assert!(matches!(err, ApiError::FailedPrecondition(_)), "{err:?}");
 }
+
+/// Everything the call reports to the engine's connected sockets since the last poll.
+fn peer_changes(call: &mut Call) -> Vec<(SocketRef, Option<SocketAddr>)> {
+    std::iter::from_fn(|| call.poll_peer_change()).collect()
+}
+
+/// The peer-change signal behind the engine's connected sockets: each leg's fixed peer is
+/// reported once when it becomes fixed (ICE nominated Meta's pair; the media server's SDP
+/// address), again when it moves (Meta moves to a new pair: what `SelectedPairChanged` does to
+/// the path; a transfer; a latching leg latching), as gone while a latching leg has not latched
+/// yet, and not at all once the call ended (the engine closes its sockets then).
+#[test]
+fn the_call_reports_each_change_of_a_legs_fixed_peer() {
+    let mut net = Net::active();
+    let wa = net.call.info().whatsapp_remote.expect("nominated");
+    let wa_via = net.call.legs[crate::call::WA].via;
+    let mut first = peer_changes(&mut net.call);
+    first.sort_by_key(|(s, _)| s.index());
+    assert_eq!(
+        first,
+        [
+            (wa_via, Some(wa)),
+            (SocketRef::Internal, Some(MEDIA_SERVER))
+        ]
+    );
+    net.run_for(ms(200));
+    assert_eq!(
+        peer_changes(&mut net.call),
+        [],
+        "media alone changes nothing"
+    );
+
+    // Meta moves (the path SelectedPairChanged sets): the same socket, a new peer.
+    let moved: SocketAddr = "192.0.2.77:3480".parse().unwrap();
+    net.call.legs[crate::call::WA].set_path(wa_via, moved);
+    assert_eq!(peer_changes(&mut net.call), [(wa_via, Some(moved))]);
+    // ... and to the other address family's socket: the old socket is let go first.
+    net.call.legs[crate::call::WA].set_path(SocketRef::WaV6, moved);
+    assert_eq!(
+        peer_changes(&mut net.call),
+        [(wa_via, None), (SocketRef::WaV6, Some(moved))]
+    );
+    net.call.legs[crate::call::WA].set_path(wa_via, wa);
+    let _ = peer_changes(&mut net.call);
+
+    // A transfer to a latching leg: no fixed peer until B's first packet, then B's NAT
+    // address.
+    let switch = net.now;
+    net.b.from = AGENT_B_NAT;
+    net.replace(&InternalLegSpec {
+        kind: InternalKind::PlainRtp,
+        remote_sdp: Some(agent_b_sdp(AGENT_B, None)),
+        source: SourcePolicy::Latch,
+    })
+    .expect("replaced");
+    assert_eq!(peer_changes(&mut net.call), [(SocketRef::Internal, None)]);
+    net.a.until = Some(switch);
+    net.b.next = Some(switch + ms(60));
+    net.run_for(ms(200));
+    assert_eq!(
+        peer_changes(&mut net.call),
+        [(SocketRef::Internal, Some(AGENT_B_NAT))]
+    );
+
+    net.call
+        .terminate(net.now, EndCause::Terminated, &mut net.from_call);
+    assert_eq!(
+        peer_changes(&mut net.call),
+        [],
+        "ended: the engine closes all"
+    );
+}
