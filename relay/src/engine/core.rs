@@ -308,6 +308,9 @@ pub(crate) struct ShardCore {
     quality: crate::ops::quality::QualitySampler,
     /// The shard thread's CPU demand, when measured ([`Self::measure_thread_demand`]).
     demand: Option<ThreadDemand>,
+    /// The process's CPU limit, when known ([`Self::set_cpu_budget`]): the busy share counts
+    /// run time against this shard's part of it.
+    cpu: Option<Arc<crate::engine::cpu_limit::CpuBudget>>,
 }
 
 /// A thread's CPU demand from `/proc/thread-self/schedstat`: nanoseconds on a CPU plus
@@ -317,7 +320,7 @@ pub(crate) struct ShardCore {
 /// packets the shard then looked idle and admission never refused (BENCHMARKS.md, 2026-12-05).
 pub(crate) struct ThreadDemand {
     file: std::fs::File,
-    last: Option<u64>,
+    last: Option<(u64, u64)>,
 }
 
 impl ThreadDemand {
@@ -332,25 +335,26 @@ impl ThreadDemand {
         Some(d)
     }
 
-    /// Demand since the previous call, in ns (`None` the first time or if unreadable). Reads
-    /// into a stack buffer: no allocation.
-    pub(crate) fn delta(&mut self) -> Option<u64> {
+    /// Time on a CPU and time runnable but waiting (ns) since the previous call (`None` the
+    /// first time or if unreadable). Reads into a stack buffer: no allocation.
+    pub(crate) fn delta(&mut self) -> Option<(u64, u64)> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 128];
         let n = self.file.read_at(&mut buf, 0).ok()?;
-        let total = parse_schedstat(buf.get(..n)?)?;
-        let prev = self.last.replace(total);
-        prev.map(|p| total.saturating_sub(p))
+        let (run, wait) = parse_schedstat(buf.get(..n)?)?;
+        let prev = self.last.replace((run, wait));
+        prev.map(|(r, w)| (run.saturating_sub(r), wait.saturating_sub(w)))
     }
 }
 
-/// `run_ns wait_ns timeslices` → run + wait.
-fn parse_schedstat(b: &[u8]) -> Option<u64> {
+/// `run_ns wait_ns timeslices` → (run, wait).
+fn parse_schedstat(b: &[u8]) -> Option<(u64, u64)> {
     let s = std::str::from_utf8(b).ok()?;
     let mut it = s.split_ascii_whitespace();
     let run: u64 = it.next()?.parse().ok()?;
     let wait: u64 = it.next()?.parse().ok()?;
-    run.checked_add(wait)
+    run.checked_add(wait)?;
+    Some((run, wait))
 }
 
 impl ShardCore {
@@ -385,7 +389,13 @@ impl ShardCore {
             rate_limited: [0; 2],
             quality: Default::default(),
             demand: None,
+            cpu: None,
         }
+    }
+
+    /// Count the busy share against this shard's part of the process's CPU limit.
+    pub(crate) fn set_cpu_budget(&mut self, budget: Arc<crate::engine::cpu_limit::CpuBudget>) {
+        self.cpu = Some(budget);
     }
 
     /// Count the calling thread's CPU demand (schedstat) in the busy share admission reads,
@@ -911,14 +921,17 @@ impl ShardCore {
     fn publish_totals(&mut self, now: Instant, io: &IoCounters) {
         self.next_publish = now + PUBLISH_EVERY;
         // The thread's demand when measured (it covers the kernel's work inside the wait and
-        // time spent ready but not running), never less than the loop's own busy time.
-        let demand = self
+        // time spent ready but not running), never less than the loop's own busy time; under
+        // a CPU quota, run time against this shard's part of it (snapshot::busy_share).
+        let thread = self
             .demand
             .as_mut()
             .and_then(ThreadDemand::delta)
-            .map(Duration::from_nanos);
-        let busy = demand.map_or(self.busy, |d| d.max(self.busy));
-        self.totals.busy_seconds += busy.as_secs_f64();
+            .map(|(r, w)| (Duration::from_nanos(r), Duration::from_nanos(w)));
+        let share = self.cpu.as_ref().map_or(1.0, |c| c.shard_share());
+        let elapsed = now.saturating_duration_since(self.last_publish);
+        let busy_ratio = crate::engine::snapshot::busy_share(elapsed, self.busy, thread, share);
+        self.totals.busy_seconds += busy_ratio * elapsed.as_secs_f64();
         let live = self.slots.iter().flatten().map(|s| &*s.call);
         self.quality.sample(live, &mut self.totals.quality);
         let mut t = self.totals.clone();
@@ -939,9 +952,8 @@ impl ShardCore {
         t.send_errors = io.send_errors;
         t.io_pressure = [io.send_slots_full, io.recv_ring_dry];
         t.io_syscalls = io.syscalls;
-        let elapsed = now.saturating_duration_since(self.last_publish);
         if !elapsed.is_zero() {
-            t.busy_ratio = (busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+            t.busy_ratio = busy_ratio;
             let packets = t.packets_in + t.packets_out;
             t.packets_per_second = ((packets.saturating_sub(self.packets_at_publish)) as f64
                 / elapsed.as_secs_f64()) as u64;

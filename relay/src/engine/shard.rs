@@ -35,12 +35,14 @@ pub(crate) struct ShardSetup {
     pub stats: Arc<ShardStats>,
     pub published: Arc<std::sync::Mutex<ShardTotals>>,
     pub rate_limit: RateLimitConfig,
+    /// The process's CPU limit, which the busy share is counted against.
+    pub cpu: Arc<crate::engine::cpu_limit::CpuBudget>,
 }
 
 /// The shard thread's body: open the driver (on this thread: io_uring's single-issuer ring
 /// belongs to the thread that made it), report which one to `started`, then run.
 pub(crate) fn run(setup: ShardSetup, started: mpsc::Sender<std::io::Result<&'static str>>) {
-    let core = ShardCore::new(
+    let mut core = ShardCore::new(
         setup.id,
         setup.events_out,
         setup.stats,
@@ -48,6 +50,7 @@ pub(crate) fn run(setup: ShardSetup, started: mpsc::Sender<std::io::Result<&'sta
         setup.rate_limit,
         Instant::now(),
     );
+    core.set_cpu_budget(setup.cpu);
     let id = setup.id;
     let uring = match setup.driver {
         IoDriverChoice::Epoll => None,

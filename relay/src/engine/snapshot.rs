@@ -84,10 +84,11 @@ pub struct ShardTotals {
     /// I/O system calls made so far, by [`crate::engine::IO_SYSCALLS`] kind.
     pub io_syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
     /// Share of the last publish interval the shard spent working rather than waiting in
-    /// poll (0..=1): the admission signal, since a shard owns one core's worth of work.
+    /// poll (0..=1), of the CPU it may use ([`busy_share`]: a core, or its part of the
+    /// process's CPU quota): the admission signal.
     pub busy_ratio: f64,
-    /// Seconds spent working since the shard started (the counter behind `busy_ratio`, so
-    /// `rate()` over any window gives the busy share).
+    /// `busy_ratio` integrated over time since the shard started (seconds of work, counted
+    /// against the shard's CPU share), so `rate()` over any window gives the busy share.
     pub busy_seconds: f64,
     /// Datagrams received + sent per second over the last publish interval.
     pub packets_per_second: u64,
@@ -146,6 +147,9 @@ pub struct MetricsSnapshot {
     pub draining: bool,
     /// Admission refuses new calls when every shard is at least this busy (1.0 = never).
     pub max_shard_busy: f64,
+    /// The process's CPU limit (cgroup CFS quota) in cores, `None` when unlimited
+    /// ([`crate::engine::cpu_limit`]).
+    pub cpu_limit_cores: Option<f64>,
     pub shards: Vec<ShardTotals>,
     /// CreateCalls refused, indexed like [`RefusedReason::ALL`].
     pub refused: [u64; RefusedReason::ALL.len()],
@@ -190,6 +194,51 @@ impl MetricsSnapshot {
             self.max_shard_busy,
         )
     }
+}
+
+/// A shard's busy share over `elapsed`, as published and as admission reads it (0..=1).
+///
+/// `thread` is the shard thread's time on a CPU and time runnable but waiting for one
+/// (`/proc/thread-self/schedstat`), when measured; `loop_busy` the loop's own time outside its
+/// wait (the floor, and the whole figure where schedstat is missing). `share` is the part of a
+/// core the shard may use: 1.0, or its part of the process's CPU quota
+/// ([`crate::engine::cpu_limit::CpuBudget::shard_share`]).
+///
+/// The figure is the larger of
+/// - run + wait over the interval: the thread's demand. It reaches 1.0 when the thread is
+///   never idle, whether the CPU was taken by others or the cgroup's quota throttled it
+///   (measured on this kernel, 6.18: a busy loop under a quarter-core quota read run 0.249,
+///   run_delay 0.747 of the wall time; at half a core 0.500 and 0.501; the throttled time is
+///   counted as waiting). But under a quota it does not rise gradually: below the quota the
+///   thread is rarely throttled and the demand is about its run time, at the quota it jumps to
+///   1.0 (BENCHMARKS.md, session 8: 0.26 with 748 calls up, 0.90 with 750), too late to refuse.
+/// - run ÷ share: the run time against what the quota lets this shard use, which rises with
+///   the load up to the quota. Without a quota (share 1.0) it never exceeds the demand, so
+///   nothing changes there.
+pub fn busy_share(
+    elapsed: Duration,
+    loop_busy: Duration,
+    thread: Option<(Duration, Duration)>,
+    share: f64,
+) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    let share = if share.is_finite() && share > 0.0 {
+        share.min(1.0)
+    } else {
+        1.0
+    };
+    let lp = loop_busy.as_secs_f64() / secs;
+    let b = match thread {
+        Some((run, wait)) => {
+            let run = run.as_secs_f64() / secs;
+            (run + wait.as_secs_f64() / secs).max(run / share).max(lp)
+        }
+        None => lp / share,
+    };
+    b.clamp(0.0, 1.0)
 }
 
 /// Packets (in + out) per second a call moves at packet time `ptime` when both legs talk: one
@@ -255,6 +304,41 @@ pub fn overloaded(busy: impl Iterator<Item = f64>, limit: f64) -> bool {
 mod projection_tests {
     use super::*;
     use std::time::Duration;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Without a quota the share is the demand (run + wait), as before.
+    #[test]
+    fn busy_share_without_a_quota_is_the_demand() {
+        let s = ms(1000);
+        let b = busy_share(s, ms(100), Some((ms(200), ms(100))), 1.0);
+        assert!((b - 0.3).abs() < 1e-9, "{b}");
+        // The loop's own time is the floor.
+        assert_eq!(busy_share(s, ms(500), Some((ms(200), ms(100))), 1.0), 0.5);
+        assert_eq!(busy_share(s, ms(400), None, 1.0), 0.4);
+        assert_eq!(busy_share(s, ms(100), Some((ms(900), ms(900))), 1.0), 1.0);
+        assert_eq!(busy_share(Duration::ZERO, ms(1), None, 1.0), 0.0);
+    }
+
+    /// Under a quarter-core quota, run time is counted against the quarter: it rises with the
+    /// load, where run + wait stays low until the shard is throttled and then reads 1.0.
+    #[test]
+    fn busy_share_under_a_quota_counts_run_time_against_the_share() {
+        let s = ms(1000);
+        // 200 ms on a CPU, little waiting: 80 % of what a quarter core allows.
+        let b = busy_share(s, ms(150), Some((ms(200), ms(20))), 0.25);
+        assert!((b - 0.8).abs() < 1e-9, "{b}");
+        // Throttled: run 250 ms, 750 ms waiting on the quota.
+        assert_eq!(busy_share(s, ms(900), Some((ms(250), ms(750))), 0.25), 1.0);
+        // No schedstat: the loop's time against the share.
+        assert!((busy_share(s, ms(100), None, 0.25) - 0.4).abs() < 1e-9);
+        // Nonsense shares fall back to a whole core.
+        assert_eq!(busy_share(s, ms(0), Some((ms(200), ms(0))), 0.0), 0.2);
+        assert_eq!(busy_share(s, ms(0), Some((ms(200), ms(0))), f64::NAN), 0.2);
+        assert_eq!(busy_share(s, ms(0), Some((ms(200), ms(0))), 3.0), 0.2);
+    }
 
     const PPS: f64 = 200.0; // 20 ms packets
 

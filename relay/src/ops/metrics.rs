@@ -287,7 +287,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_shard_busy_ratio",
         "gauge",
-        "Share of the last second each shard spent working rather than waiting (admission refuses new calls when every shard is over max_shard_busy_percent).",
+        "Share of the last second each shard spent working rather than waiting, of the CPU it may use: a core, or under a CPU limit (relay_cpu_limit_cores) its part of it (admission refuses new calls when every shard is over max_shard_busy_percent).",
     );
     for t in &s.shards {
         let labels = format!("shard=\"{}\"", t.shard);
@@ -297,7 +297,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_shard_busy_seconds_total",
         "counter",
-        "Seconds each shard spent working rather than waiting; rate() over any window is the busy share (1 = one core saturated).",
+        "Seconds each shard spent working rather than waiting, counted against the CPU it may use (a core, or its part of relay_cpu_limit_cores); rate() over any window is the busy share (1 = its CPU saturated).",
     );
     for t in &s.shards {
         let labels = format!("shard=\"{}\"", t.shard);
@@ -330,6 +330,15 @@ pub fn render(s: &MetricsSnapshot) -> String {
         &format!("driver=\"{}\"", s.io_driver),
         1.0,
     );
+    family(
+        o,
+        "relay_cpu_limit_cores",
+        "gauge",
+        "The relay process's CPU limit in cores: its cgroup's CFS quota (a Kubernetes limits.cpu), read at start and every 10 s; no sample when there is none. Each shard's busy share is counted against its part of it (the limit over the shards, at most one core each).",
+    );
+    if let Some(c) = s.cpu_limit_cores {
+        sample(o, "relay_cpu_limit_cores", "", c);
+    }
     family(
         o,
         "relay_io_syscalls_total",
@@ -760,6 +769,7 @@ mod tests {
             capacity: 100,
             draining: true,
             max_shard_busy: 0.9,
+            cpu_limit_cores: Some(1.5),
             shards: vec![a, b],
             recording: None,
         }
@@ -825,6 +835,7 @@ mod tests {
             5.0
         );
         assert_eq!(v("relay_io_driver_info{driver=\"io_uring\"}"), 1.0);
+        assert_eq!(v("relay_cpu_limit_cores"), 1.5);
         assert_eq!(
             v("relay_io_syscalls_total{shard=\"0\",kind=\"io_uring_enter\"}"),
             42.0
@@ -908,6 +919,7 @@ mod tests {
             capacity: 1,
             draining: false,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             shards: vec![shard(0)],
             recording: None,
         }));
@@ -926,6 +938,7 @@ mod tests {
             ("relay_shard_packets_total", "counter"),
             ("relay_shard_busy_ratio", "gauge"),
             ("relay_io_driver_info", "gauge"),
+            ("relay_cpu_limit_cores", "gauge"),
             ("relay_io_syscalls_total", "counter"),
             ("relay_io_pressure_total", "counter"),
             ("relay_ice_setup_seconds", "histogram"),
@@ -945,6 +958,7 @@ mod tests {
             capacity: 1,
             draining: false,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             shards: vec![shard(0), shard(1)],
             recording: None,
         }));
@@ -981,6 +995,7 @@ mod tests {
             capacity: 1,
             draining: false,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             shards: vec![shard(0)],
             refused: Default::default(),
             recording: Some(crate::engine::snapshot::RecordingTotals {
