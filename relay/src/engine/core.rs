@@ -327,23 +327,27 @@ impl ThreadDemand {
     /// The calling thread's (open it on the shard thread). `None` where /proc or schedstat is
     /// missing: the loop's busy time alone is used then.
     pub(crate) fn open() -> Option<ThreadDemand> {
-        let mut d = ThreadDemand {
-            file: std::fs::File::open("/proc/thread-self/schedstat").ok()?,
-            last: None,
-        };
-        d.delta()?;
-        Some(d)
+        let file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
+        // The first reading is the baseline. (Until session 9 this took `delta()?`, which is
+        // `None` the first time by definition, so the relay never measured its demand and the
+        // busy share was the loop's own time only: 0.14 where schedstat said 0.39.)
+        let last = Some(Self::read(&file)?);
+        Some(ThreadDemand { file, last })
     }
 
-    /// Time on a CPU and time runnable but waiting (ns) since the previous call (`None` the
-    /// first time or if unreadable). Reads into a stack buffer: no allocation.
+    /// Time on a CPU and time runnable but waiting (ns) since the previous call (`None` if
+    /// unreadable). Reads into a stack buffer: no allocation.
     pub(crate) fn delta(&mut self) -> Option<(u64, u64)> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 128];
-        let n = self.file.read_at(&mut buf, 0).ok()?;
-        let (run, wait) = parse_schedstat(buf.get(..n)?)?;
+        let (run, wait) = Self::read(&self.file)?;
         let prev = self.last.replace((run, wait));
         prev.map(|(r, w)| (run.saturating_sub(r), wait.saturating_sub(w)))
+    }
+
+    fn read(file: &std::fs::File) -> Option<(u64, u64)> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        parse_schedstat(buf.get(..n)?)
     }
 }
 
