@@ -311,6 +311,8 @@ pub(crate) struct ShardCore {
     /// The process's CPU limit, when known ([`Self::set_cpu_budget`]): the busy share counts
     /// run time against this shard's part of it.
     cpu: Option<Arc<crate::engine::cpu_limit::CpuBudget>>,
+    /// How late turns with a due timer started behind it, for the once-a-second p99.
+    lateness: crate::engine::snapshot::Lateness,
 }
 
 /// A thread's CPU demand from `/proc/thread-self/schedstat`: nanoseconds on a CPU plus
@@ -394,6 +396,7 @@ impl ShardCore {
             quality: Default::default(),
             demand: None,
             cpu: None,
+            lateness: Default::default(),
         }
     }
 
@@ -470,12 +473,19 @@ impl ShardCore {
         // Collect first: a call re-armed at or before `until` while it runs waits for the next
         // turn, as a scan visiting each call once per turn would.
         self.due.clear();
+        let mut first = true;
         while let Some((deadline, idx, generation)) = self.timers.pop_due(until) {
             let Some(Some(slot)) = self.slots.get_mut(idx as usize) else {
                 continue;
             };
             if slot.generation != generation || slot.armed != Some(deadline) {
                 continue; // stale: slot reused, or re-armed earlier since
+            }
+            if first {
+                // The earliest live deadline: how late this turn started behind it.
+                self.lateness
+                    .observe(now.saturating_duration_since(deadline));
+                first = false;
             }
             slot.armed = None;
             self.due.push(idx);
@@ -958,6 +968,7 @@ impl ShardCore {
         t.io_syscalls = io.syscalls;
         if !elapsed.is_zero() {
             t.busy_ratio = busy_ratio;
+            t.turn_lateness_p99 = self.lateness.take_p99();
             let packets = t.packets_in + t.packets_out;
             t.packets_per_second = ((packets.saturating_sub(self.packets_at_publish)) as f64
                 / elapsed.as_secs_f64()) as u64;

@@ -92,6 +92,9 @@ pub struct ShardTotals {
     pub busy_seconds: f64,
     /// Datagrams received + sent per second over the last publish interval.
     pub packets_per_second: u64,
+    /// How late the shard's turns started behind their earliest due deadline, p99 over the
+    /// last publish interval (seconds, an upper bound: [`Lateness`]); 0 when no timer was due.
+    pub turn_lateness_p99: f64,
     /// Time from create to ICE connected / DTLS connected.
     pub ice_setup: Histogram,
     pub dtls_setup: Histogram,
@@ -121,6 +124,7 @@ impl ShardTotals {
             busy_ratio: 0.0,
             busy_seconds: 0.0,
             packets_per_second: 0,
+            turn_lateness_p99: 0.0,
             ice_setup: Histogram::new(SETUP_BUCKETS),
             dtls_setup: Histogram::new(SETUP_BUCKETS),
             call_loss: Histogram::new(LOSS_BUCKETS),
@@ -241,6 +245,66 @@ pub fn busy_share(
     b.clamp(0.0, 1.0)
 }
 
+/// How late a shard's turns start behind their deadlines: per turn with a due timer, how long
+/// after the earliest due deadline the turn began (the loop wakes 1 ms after it when idle). A
+/// shard that keeps up is late by about that; one that is behind (its CPU taken, throttled by
+/// a quota, more work than it can do) by tens of milliseconds, every turn. Counted in
+/// power-of-two microsecond buckets (a fixed array: no allocation), read as a p99 once a second.
+#[derive(Clone, Debug, Default)]
+pub struct Lateness {
+    buckets: [u32; LATENESS_BUCKETS],
+    n: u32,
+}
+
+const LATENESS_BUCKETS: usize = 25; // up to 2^25 µs ≈ 33 s
+
+/// Below this many late-turn observations in a second the p99 is not read (0).
+pub const LATENESS_MIN_TURNS: u32 = 50;
+
+/// Admission also refuses a shard whose turns started this late (p99 over the last second)
+/// while it was at least [`LATE_BUSY_FLOOR`] busy: a packet time behind. Late but idle is a
+/// CPU taken by others, not load this shard could shed.
+pub const MAX_TURN_LATENESS: f64 = 0.020;
+pub const LATE_BUSY_FLOOR: f64 = 0.5;
+
+impl Lateness {
+    pub fn observe(&mut self, late: Duration) {
+        let us = late.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = (u64::BITS - us.leading_zeros()) as usize; // 0 for 0 µs, 1 for 1 µs, 2 for 2-3 ...
+        self.buckets[i.min(LATENESS_BUCKETS - 1)] += 1;
+        self.n = self.n.saturating_add(1);
+    }
+
+    /// The p99's bucket's upper bound in seconds (0 with fewer than [`LATENESS_MIN_TURNS`]
+    /// observations), and start over.
+    pub fn take_p99(&mut self) -> f64 {
+        let n = std::mem::take(&mut self.n);
+        let buckets = std::mem::take(&mut self.buckets);
+        if n < LATENESS_MIN_TURNS {
+            return 0.0;
+        }
+        let want = n - n / 100; // at least 99 % at or below
+        let mut seen = 0u32;
+        for (i, c) in buckets.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return (1u64 << i) as f64 / 1e6;
+            }
+        }
+        (1u64 << (LATENESS_BUCKETS - 1)) as f64 / 1e6
+    }
+}
+
+/// A shard's figure for admission: its projected busy share, or 1.0 when its turns are more
+/// than [`MAX_TURN_LATENESS`] late at p99 while it is busy.
+pub fn admission_busy(projected: f64, busy: f64, lateness_p99: f64) -> f64 {
+    if lateness_p99 >= MAX_TURN_LATENESS && busy >= LATE_BUSY_FLOOR {
+        projected.max(1.0)
+    } else {
+        projected
+    }
+}
+
 /// Packets (in + out) per second a call moves at packet time `ptime` when both legs talk: one
 /// datagram each way on each leg per packet time.
 pub fn nominal_call_pps(ptime: std::time::Duration) -> f64 {
@@ -307,6 +371,44 @@ mod projection_tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn lateness_p99_in_power_of_two_buckets() {
+        let mut l = Lateness::default();
+        // Too few turns: not read.
+        for _ in 0..49 {
+            l.observe(Duration::from_secs(1));
+        }
+        assert_eq!(l.take_p99(), 0.0);
+        // 990 turns 1 ms late and 10 at 100 ms: the p99 is the 1 ms bucket (≤ 1.024 ms).
+        for _ in 0..990 {
+            l.observe(Duration::from_micros(1000));
+        }
+        for _ in 0..10 {
+            l.observe(Duration::from_millis(100));
+        }
+        assert_eq!(l.take_p99(), 1024e-6);
+        // Taken: starts over.
+        assert_eq!(l.take_p99(), 0.0);
+        // Every turn 30 ms late: p99 ≥ 30 ms (the 32.768 ms bound).
+        for _ in 0..100 {
+            l.observe(Duration::from_millis(30));
+        }
+        assert_eq!(l.take_p99(), 32768e-6);
+        for _ in 0..100 {
+            l.observe(Duration::ZERO);
+            l.observe(Duration::from_secs(10_000));
+        }
+        assert_eq!(l.take_p99(), (1u64 << 24) as f64 / 1e6);
+    }
+
+    #[test]
+    fn late_and_busy_refuses_late_and_idle_does_not() {
+        assert_eq!(admission_busy(0.5, 0.5, 0.030), 1.0);
+        assert_eq!(admission_busy(0.3, 0.3, 0.030), 0.3);
+        assert_eq!(admission_busy(0.7, 0.7, 0.010), 0.7);
+        assert_eq!(admission_busy(1.2, 0.9, 0.050), 1.2);
     }
 
     /// Without a quota the share is the demand (run + wait), as before.

@@ -305,6 +305,21 @@ pub fn render(s: &MetricsSnapshot) -> String {
     }
     family(
         o,
+        "relay_shard_turn_lateness_seconds",
+        "gauge",
+        "How late each shard's turns with a due timer started behind that deadline, p99 over the last second (an upper bound: power-of-two microsecond buckets; 0 below 50 such turns). A shard that keeps up is about 1 ms late; admission also refuses a shard over 20 ms while it is at least half busy.",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(
+            o,
+            "relay_shard_turn_lateness_seconds",
+            &labels,
+            t.turn_lateness_p99,
+        );
+    }
+    family(
+        o,
         "relay_shard_send_errors_total",
         "counter",
         "Datagrams the operating system refused to send, per engine shard.",
@@ -939,6 +954,7 @@ mod tests {
             ("relay_shard_busy_ratio", "gauge"),
             ("relay_io_driver_info", "gauge"),
             ("relay_cpu_limit_cores", "gauge"),
+            ("relay_shard_turn_lateness_seconds", "gauge"),
             ("relay_io_syscalls_total", "counter"),
             ("relay_io_pressure_total", "counter"),
             ("relay_ice_setup_seconds", "histogram"),
@@ -983,7 +999,7 @@ mod tests {
             + hist(JITTER_BUCKETS)
             + live
             + hist(MOS_BUCKETS)
-            + 5 * shards
+            + 6 * shards
             + io
     }
 
