@@ -144,6 +144,7 @@ pub fn load(l: &pb::GetLoadResponse) -> Value {
         "capacity": l.capacity,
         "draining": l.draining,
         "io_driver": l.io_driver,
+        "cpu_limit_cores": l.cpu_limit_cores,
         "shards": l.shards.iter().map(|s| json!({
             "shard": s.shard,
             "calls": s.calls,

@@ -576,6 +576,8 @@ pub struct Load {
     pub shards: Vec<ShardLoad>,
     /// The shards' I/O driver ("io_uring" or "epoll").
     pub io_driver: String,
+    /// The process's CPU limit (cgroup CFS quota) in cores; `None` when unlimited.
+    pub cpu_limit_cores: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -584,7 +586,8 @@ pub struct ShardLoad {
     pub calls: u32,
     /// Datagrams received + sent per second over the last second.
     pub packets_per_second: u64,
-    /// Share of the last second the shard spent working (the admission signal).
+    /// Share of the last second the shard spent working, of the CPU it may use (a core, or its
+    /// part of the CPU limit): the admission signal.
     pub busy_ratio: f64,
 }
 

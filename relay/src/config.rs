@@ -941,6 +941,7 @@ impl Settings {
             capacity: self.capacity,
             transcode_weight: self.transcode_weight,
             max_shard_busy: f64::from(self.max_shard_busy_percent) / 100.0,
+            cpu_limit_cores: None,
             call: self.call.clone(),
             recording: self.recording.clone(),
             bot: self.bot.clone(),

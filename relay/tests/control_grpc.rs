@@ -250,6 +250,7 @@ impl CallControl for FakeEngine {
             capacity: 5000,
             draining: false,
             io_driver: "io_uring".into(),
+            cpu_limit_cores: Some(1.5),
             shards: vec![ShardLoad {
                 shard: 0,
                 calls: n,
@@ -558,6 +559,7 @@ async fn list_filters_by_number_and_state() {
     assert_eq!(load.capacity, 5000);
     assert!(!load.draining);
     assert_eq!(load.shards[0].packets_per_second, 150);
+    assert_eq!(load.cpu_limit_cores, Some(1.5));
     relay.stop().await.unwrap();
 }
 

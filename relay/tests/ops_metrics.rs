@@ -267,6 +267,43 @@ fn live_quality_and_round_trip_time_while_a_call_runs() {
     engine.shutdown();
 }
 
+/// The CPU limit the relay counts its shards' busy share against: read from the process's
+/// cgroup unless configured, in /metrics as `relay_cpu_limit_cores` (no sample when unlimited).
+#[test]
+fn cpu_limit_is_in_metrics() {
+    let rt = runtime();
+    let fixed = Engine::start(EngineConfig {
+        shards: 2,
+        cpu_limit_cores: Some(0.5),
+        ..EngineConfig::default()
+    })
+    .expect("engine starts");
+    assert_eq!(fixed.cpu_limit_cores(), Some(0.5));
+    let (addr, _stop) = serve_http(&rt, &fixed);
+    let page = http_get(addr, "/metrics").1;
+    assert_eq!(sample(&page, "relay_cpu_limit_cores"), Some(0.5), "{page}");
+    assert!(
+        page.contains("# TYPE relay_cpu_limit_cores gauge"),
+        "{page}"
+    );
+    promtool_check(&page);
+    fixed.shutdown();
+
+    // From the cgroup: whatever this machine has (none, or a positive figure), /metrics agrees.
+    let read = engine(10, CallConfig::default());
+    let (addr, _stop2) = serve_http(&rt, &read);
+    let page = http_get(addr, "/metrics").1;
+    assert_eq!(
+        sample(&page, "relay_cpu_limit_cores"),
+        read.cpu_limit_cores()
+    );
+    if let Some(c) = read.cpu_limit_cores() {
+        assert!(c > 0.0, "{c}");
+    }
+    promtool_check(&page);
+    read.shutdown();
+}
+
 #[test]
 fn unknown_paths_and_methods() {
     let rt = runtime();

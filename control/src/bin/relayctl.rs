@@ -693,6 +693,13 @@ fn load_table(l: &pb::GetLoadResponse) -> String {
     if !l.io_driver.is_empty() {
         s.push_str(&format!("io driver {}\n", l.io_driver));
     }
+    // BUSY is counted against the CPU each shard may use: a core, or its part of this limit.
+    match l.cpu_limit_cores {
+        Some(c) => s.push_str(&format!(
+            "cpu limit {c:.2} cores (BUSY is of each shard's part of it)\n"
+        )),
+        None => s.push_str("cpu limit none\n"),
+    }
     if !l.shards.is_empty() {
         let mut t = Table::new(["SHARD", "CALLS", "PACKETS/S", "BUSY"]);
         for sh in &l.shards {

@@ -387,6 +387,7 @@ pub fn load(l: Load, draining: bool) -> pb::GetLoadResponse {
         capacity: l.capacity,
         draining: l.draining || draining,
         io_driver: l.io_driver,
+        cpu_limit_cores: l.cpu_limit_cores,
         shards: l
             .shards
             .into_iter()

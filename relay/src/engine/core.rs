@@ -340,6 +340,11 @@ pub(crate) struct ShardCore {
     demand: Option<ThreadDemand>,
     /// Give sockets whose peer is fixed a connected twin (`EngineConfig::connect_twins`).
     connect_twins: bool,
+    /// The process's CPU limit, when known ([`Self::set_cpu_budget`]): the busy share counts
+    /// run time against this shard's part of it.
+    cpu: Option<Arc<crate::engine::cpu_limit::CpuBudget>>,
+    /// How late turns with a due timer started behind it, for the once-a-second p99.
+    lateness: crate::engine::snapshot::Lateness,
 }
 
 /// A thread's CPU demand from `/proc/thread-self/schedstat`: nanoseconds on a CPU plus
@@ -349,40 +354,45 @@ pub(crate) struct ShardCore {
 /// packets the shard then looked idle and admission never refused (BENCHMARKS.md, 2026-12-05).
 pub(crate) struct ThreadDemand {
     file: std::fs::File,
-    last: Option<u64>,
+    last: Option<(u64, u64)>,
 }
 
 impl ThreadDemand {
     /// The calling thread's (open it on the shard thread). `None` where /proc or schedstat is
     /// missing: the loop's busy time alone is used then.
     pub(crate) fn open() -> Option<ThreadDemand> {
-        let mut d = ThreadDemand {
-            file: std::fs::File::open("/proc/thread-self/schedstat").ok()?,
-            last: None,
-        };
-        d.delta()?;
-        Some(d)
+        let file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
+        // The first reading is the baseline. (Until session 9 this took `delta()?`, which is
+        // `None` the first time by definition, so the relay never measured its demand and the
+        // busy share was the loop's own time only: 0.14 where schedstat said 0.39.)
+        let last = Some(Self::read(&file)?);
+        Some(ThreadDemand { file, last })
     }
 
-    /// Demand since the previous call, in ns (`None` the first time or if unreadable). Reads
-    /// into a stack buffer: no allocation.
-    pub(crate) fn delta(&mut self) -> Option<u64> {
+    /// Time on a CPU and time runnable but waiting (ns) since the previous call (`None` if
+    /// unreadable). Reads into a stack buffer: no allocation.
+    pub(crate) fn delta(&mut self) -> Option<(u64, u64)> {
+        let (run, wait) = Self::read(&self.file)?;
+        let prev = self.last.replace((run, wait));
+        prev.map(|(r, w)| (run.saturating_sub(r), wait.saturating_sub(w)))
+    }
+
+    fn read(file: &std::fs::File) -> Option<(u64, u64)> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 128];
-        let n = self.file.read_at(&mut buf, 0).ok()?;
-        let total = parse_schedstat(buf.get(..n)?)?;
-        let prev = self.last.replace(total);
-        prev.map(|p| total.saturating_sub(p))
+        let n = file.read_at(&mut buf, 0).ok()?;
+        parse_schedstat(buf.get(..n)?)
     }
 }
 
-/// `run_ns wait_ns timeslices` → run + wait.
-fn parse_schedstat(b: &[u8]) -> Option<u64> {
+/// `run_ns wait_ns timeslices` → (run, wait).
+fn parse_schedstat(b: &[u8]) -> Option<(u64, u64)> {
     let s = std::str::from_utf8(b).ok()?;
     let mut it = s.split_ascii_whitespace();
     let run: u64 = it.next()?.parse().ok()?;
     let wait: u64 = it.next()?.parse().ok()?;
-    run.checked_add(wait)
+    run.checked_add(wait)?;
+    Some((run, wait))
 }
 
 impl ShardCore {
@@ -418,6 +428,8 @@ impl ShardCore {
             quality: Default::default(),
             demand: None,
             connect_twins: true,
+            cpu: None,
+            lateness: Default::default(),
         }
     }
 
@@ -425,6 +437,11 @@ impl ShardCore {
     /// [`ShardIo::connect_twin`]; `EngineConfig::connect_twins`). On by default.
     pub(crate) fn set_connect_twins(&mut self, on: bool) {
         self.connect_twins = on;
+    }
+
+    /// Count the busy share against this shard's part of the process's CPU limit.
+    pub(crate) fn set_cpu_budget(&mut self, budget: Arc<crate::engine::cpu_limit::CpuBudget>) {
+        self.cpu = Some(budget);
     }
 
     /// Count the calling thread's CPU demand (schedstat) in the busy share admission reads,
@@ -495,12 +512,19 @@ impl ShardCore {
         // Collect first: a call re-armed at or before `until` while it runs waits for the next
         // turn, as a scan visiting each call once per turn would.
         self.due.clear();
+        let mut first = true;
         while let Some((deadline, idx, generation)) = self.timers.pop_due(until) {
             let Some(Some(slot)) = self.slots.get_mut(idx as usize) else {
                 continue;
             };
             if slot.generation != generation || slot.armed != Some(deadline) {
                 continue; // stale: slot reused, or re-armed earlier since
+            }
+            if first {
+                // The earliest live deadline: how late this turn started behind it.
+                self.lateness
+                    .observe(now.saturating_duration_since(deadline));
+                first = false;
             }
             slot.armed = None;
             self.due.push(idx);
@@ -966,14 +990,17 @@ impl ShardCore {
     fn publish_totals(&mut self, now: Instant, io: &IoCounters) {
         self.next_publish = now + PUBLISH_EVERY;
         // The thread's demand when measured (it covers the kernel's work inside the wait and
-        // time spent ready but not running), never less than the loop's own busy time.
-        let demand = self
+        // time spent ready but not running), never less than the loop's own busy time; under
+        // a CPU quota, run time against this shard's part of it (snapshot::busy_share).
+        let thread = self
             .demand
             .as_mut()
             .and_then(ThreadDemand::delta)
-            .map(Duration::from_nanos);
-        let busy = demand.map_or(self.busy, |d| d.max(self.busy));
-        self.totals.busy_seconds += busy.as_secs_f64();
+            .map(|(r, w)| (Duration::from_nanos(r), Duration::from_nanos(w)));
+        let share = self.cpu.as_ref().map_or(1.0, |c| c.shard_share());
+        let elapsed = now.saturating_duration_since(self.last_publish);
+        let busy_ratio = crate::engine::snapshot::busy_share(elapsed, self.busy, thread, share);
+        self.totals.busy_seconds += busy_ratio * elapsed.as_secs_f64();
         let live = self.slots.iter().flatten().map(|s| &*s.call);
         self.quality.sample(live, &mut self.totals.quality);
         let mut t = self.totals.clone();
@@ -996,9 +1023,9 @@ impl ShardCore {
         t.connected_sockets = io.twins;
         t.twin_failures = io.twin_failures;
         t.io_syscalls = io.syscalls;
-        let elapsed = now.saturating_duration_since(self.last_publish);
         if !elapsed.is_zero() {
-            t.busy_ratio = (busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+            t.busy_ratio = busy_ratio;
+            t.turn_lateness_p99 = self.lateness.take_p99();
             let packets = t.packets_in + t.packets_out;
             t.packets_per_second = ((packets.saturating_sub(self.packets_at_publish)) as f64
                 / elapsed.as_secs_f64()) as u64;

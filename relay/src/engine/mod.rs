@@ -11,6 +11,7 @@
 //! I/O: `uring.rs` (io_uring) or `epoll.rs` (epoll + `udp.rs`'s recvmmsg/sendmmsg).
 
 mod core;
+pub mod cpu_limit;
 #[allow(unsafe_code)] // eventfd waker, socket options
 mod driver;
 #[cfg(test)]
@@ -92,6 +93,12 @@ pub struct EngineConfig {
     /// (0..1; 1.0 turns the check off). When every shard is this busy, creates are refused
     /// with UNAVAILABLE and /readyz turns 503, so the calls already up keep their core.
     pub max_shard_busy: f64,
+    /// The CPU the process may use, in cores: `None` reads it from the process's cgroup (CFS
+    /// quota: a Kubernetes `limits.cpu`) at start and every 10 s; `Some` fixes it (tests, or
+    /// where the cgroup is not visible). Under a limit each shard's busy share counts its run
+    /// time against its part of the limit (at most a core), so `max_shard_busy` refuses at
+    /// that share of what the quota allows (`snapshot::busy_share`).
+    pub cpu_limit_cores: Option<f64>,
     pub call: CallConfig,
     /// Per-source budget for datagrams from addresses no call knows yet.
     pub rate_limit: ratelimit::RateLimitConfig,
@@ -131,6 +138,7 @@ impl Default for EngineConfig {
             capacity: 10_000,
             transcode_weight: DEFAULT_TRANSCODE_WEIGHT,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             call: CallConfig::default(),
             rate_limit: ratelimit::RateLimitConfig::default(),
             // RELAY_IO_DRIVER picks the driver for engines built from defaults too, so the
@@ -225,6 +233,8 @@ struct Inner {
     /// ([`CallControl::set_limits`]).
     capacity: AtomicU32,
     busy_permille: AtomicU32,
+    /// The process's CPU limit as last read (the shards hold the same `Arc`).
+    cpu: Arc<cpu_limit::CpuBudget>,
     /// CreateCalls refused, by [`RefusedReason::index`].
     refused: [AtomicU64; RefusedReason::ALL.len()],
     /// Probes' view of the shards' heartbeats (taken by probes only, never by a packet).
@@ -254,6 +264,23 @@ impl Engine {
             cfg.shards
         };
         let (events_tx, events_rx) = crossbeam_channel::unbounded::<CallEvent>();
+        let fixed_limit = cfg.cpu_limit_cores.filter(|c| c.is_finite() && *c > 0.0);
+        let limit = fixed_limit.or_else(cpu_limit::read_cpu_limit);
+        let cpu = Arc::new(cpu_limit::CpuBudget::new(limit, n));
+        match limit {
+            Some(cores) => tracing::info!(
+                cpu_limit_cores = cores,
+                shards = n,
+                shard_share = cpu.shard_share(),
+                source = if fixed_limit.is_some() {
+                    "configured"
+                } else {
+                    "cgroup"
+                },
+                "CPU limit: admission counts each shard's run time against its part of it"
+            ),
+            None => tracing::info!(shards = n, "no CPU limit (cgroup CFS quota) found"),
+        }
         let mut shards = Vec::with_capacity(n);
         for id in 0..n {
             let waker = Waker::new()?;
@@ -270,6 +297,7 @@ impl Engine {
                 stats: stats.clone(),
                 published: totals.clone(),
                 rate_limit: cfg.rate_limit,
+                cpu: cpu.clone(),
             };
             // The shard opens its driver on its own thread and says which one it got.
             let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -311,6 +339,7 @@ impl Engine {
             ),
             identity,
             shards,
+            cpu: cpu.clone(),
             registry: Mutex::new(Registry::new(cfg.tombstones)),
             events: bcast,
             next_shard: AtomicUsize::new(0),
@@ -332,6 +361,28 @@ impl Engine {
                     let _ = inner.events.send(ev);
                 }
             })?;
+        if fixed_limit.is_none() {
+            // The quota can change under a running pod (in-place resize): read it again now
+            // and then, off the shards' threads. Stops with the engine.
+            let weak = Arc::downgrade(&cpu);
+            drop(cpu);
+            std::thread::Builder::new()
+                .name("relay-cpu-limit".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(cpu_limit::REFRESH_EVERY);
+                        let Some(cpu) = weak.upgrade() else { return };
+                        let limit = cpu_limit::read_cpu_limit();
+                        if cpu.set(limit) {
+                            tracing::info!(
+                                cpu_limit_cores = limit.unwrap_or(f64::NAN),
+                                shard_share = cpu.shard_share(),
+                                "CPU limit changed"
+                            );
+                        }
+                    }
+                })?;
+        }
         Ok(EngineHandle { inner })
     }
 }
@@ -387,6 +438,7 @@ impl EngineHandle {
             capacity: self.capacity() as u64,
             draining,
             max_shard_busy: self.max_shard_busy(),
+            cpu_limit_cores: self.cpu_limit_cores(),
             shards: self
                 .inner
                 .shards
@@ -410,6 +462,12 @@ impl EngineHandle {
     /// The shard busy share (0..1) over which new calls are refused.
     pub fn max_shard_busy(&self) -> f64 {
         f64::from(self.inner.busy_permille.load(Ordering::Relaxed)) / 1000.0
+    }
+
+    /// The process's CPU limit in cores as last read (`None`: no quota), which each shard's
+    /// busy share is counted against.
+    pub fn cpu_limit_cores(&self) -> Option<f64> {
+        self.inner.cpu.limit()
     }
 
     /// Shards whose loop has not turned for `shard_stall_timeout` (stuck, or their thread
@@ -496,20 +554,30 @@ impl EngineHandle {
             .iter()
             .map(|s| {
                 let t = s.totals.lock().unwrap_or_else(|p| p.into_inner());
-                snapshot::projected_busy(
+                let projected = snapshot::projected_busy(
                     t.busy_ratio,
                     t.packets_per_second,
                     t.calls,
                     s.stats.calls.load(Ordering::Relaxed) as u64,
                     call_pps,
-                )
+                );
+                // A busy shard whose turns start a packet time late is behind already, whatever
+                // its share says (under a quota the share flattens at 1.0 near the edge).
+                snapshot::admission_busy(projected, t.busy_ratio, t.turn_lateness_p99)
             })
             .collect();
         if snapshot::overloaded(busy.iter().copied(), limit) {
             let least = busy.iter().copied().fold(f64::INFINITY, f64::min);
+            let of = match self.inner.cpu.limit() {
+                Some(c) => format!(
+                    "of its {:.2} core (CPU limit {c:.2} cores)",
+                    self.inner.cpu.shard_share()
+                ),
+                None => "of a second".into(),
+            };
             return Err(ApiError::Unavailable(format!(
-                "{OVERLOADED}: the least busy shard would work {:.0}% of a second with its \
-                 calls and this one (limit {:.0}%)",
+                "{OVERLOADED}: the least busy shard would work {:.0}% {of} with its calls and \
+                 this one (limit {:.0}%)",
                 least * 100.0,
                 limit * 100.0
             )));
@@ -1069,6 +1137,7 @@ impl CallControl for EngineHandle {
         let draining = lock(&self.inner.registry).draining;
         Ok(Load {
             io_driver: self.io_driver().to_string(),
+            cpu_limit_cores: self.cpu_limit_cores(),
             active_calls: self.active_calls() as u32,
             capacity: self.capacity(),
             draining,

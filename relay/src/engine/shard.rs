@@ -37,6 +37,8 @@ pub(crate) struct ShardSetup {
     pub stats: Arc<ShardStats>,
     pub published: Arc<std::sync::Mutex<ShardTotals>>,
     pub rate_limit: RateLimitConfig,
+    /// The process's CPU limit, which the busy share is counted against.
+    pub cpu: Arc<crate::engine::cpu_limit::CpuBudget>,
 }
 
 /// The shard thread's body: open the driver (on this thread: io_uring's single-issuer ring
@@ -51,6 +53,7 @@ pub(crate) fn run(setup: ShardSetup, started: mpsc::Sender<std::io::Result<&'sta
         Instant::now(),
     );
     core.set_connect_twins(setup.connect_twins);
+    core.set_cpu_budget(setup.cpu);
     let id = setup.id;
     let uring = match setup.driver {
         IoDriverChoice::Epoll => None,

@@ -88,13 +88,17 @@ pub struct ShardTotals {
     /// I/O system calls made so far, by [`crate::engine::IO_SYSCALLS`] kind.
     pub io_syscalls: [u64; crate::engine::IO_SYSCALLS.len()],
     /// Share of the last publish interval the shard spent working rather than waiting in
-    /// poll (0..=1): the admission signal, since a shard owns one core's worth of work.
+    /// poll (0..=1), of the CPU it may use ([`busy_share`]: a core, or its part of the
+    /// process's CPU quota): the admission signal.
     pub busy_ratio: f64,
-    /// Seconds spent working since the shard started (the counter behind `busy_ratio`, so
-    /// `rate()` over any window gives the busy share).
+    /// `busy_ratio` integrated over time since the shard started (seconds of work, counted
+    /// against the shard's CPU share), so `rate()` over any window gives the busy share.
     pub busy_seconds: f64,
     /// Datagrams received + sent per second over the last publish interval.
     pub packets_per_second: u64,
+    /// How late the shard's turns started behind their earliest due deadline, p99 over the
+    /// last publish interval (seconds, an upper bound: [`Lateness`]); 0 when no timer was due.
+    pub turn_lateness_p99: f64,
     /// Time from create to ICE connected / DTLS connected.
     pub ice_setup: Histogram,
     pub dtls_setup: Histogram,
@@ -126,6 +130,7 @@ impl ShardTotals {
             busy_ratio: 0.0,
             busy_seconds: 0.0,
             packets_per_second: 0,
+            turn_lateness_p99: 0.0,
             ice_setup: Histogram::new(SETUP_BUCKETS),
             dtls_setup: Histogram::new(SETUP_BUCKETS),
             call_loss: Histogram::new(LOSS_BUCKETS),
@@ -152,6 +157,9 @@ pub struct MetricsSnapshot {
     pub draining: bool,
     /// Admission refuses new calls when every shard is at least this busy (1.0 = never).
     pub max_shard_busy: f64,
+    /// The process's CPU limit (cgroup CFS quota) in cores, `None` when unlimited
+    /// ([`crate::engine::cpu_limit`]).
+    pub cpu_limit_cores: Option<f64>,
     pub shards: Vec<ShardTotals>,
     /// CreateCalls refused, indexed like [`RefusedReason::ALL`].
     pub refused: [u64; RefusedReason::ALL.len()],
@@ -195,6 +203,111 @@ impl MetricsSnapshot {
             self.shards.iter().map(|s| s.busy_ratio),
             self.max_shard_busy,
         )
+    }
+}
+
+/// A shard's busy share over `elapsed`, as published and as admission reads it (0..=1).
+///
+/// `thread` is the shard thread's time on a CPU and time runnable but waiting for one
+/// (`/proc/thread-self/schedstat`), when measured; `loop_busy` the loop's own time outside its
+/// wait (the floor, and the whole figure where schedstat is missing). `share` is the part of a
+/// core the shard may use: 1.0, or its part of the process's CPU quota
+/// ([`crate::engine::cpu_limit::CpuBudget::shard_share`]).
+///
+/// The figure is the larger of
+/// - run + wait over the interval: the thread's demand. It reaches 1.0 when the thread is
+///   never idle, whether the CPU was taken by others or the cgroup's quota throttled it
+///   (measured on this kernel, 6.18: a busy loop under a quarter-core quota read run 0.249,
+///   run_delay 0.747 of the wall time; at half a core 0.500 and 0.501; the throttled time is
+///   counted as waiting). But under a quota it does not rise gradually: below the quota the
+///   thread is rarely throttled and the demand is about its run time, at the quota it jumps to
+///   1.0 (BENCHMARKS.md, session 8: 0.26 with 748 calls up, 0.90 with 750), too late to refuse.
+/// - run ÷ share: the run time against what the quota lets this shard use, which rises with
+///   the load up to the quota. Without a quota (share 1.0) it never exceeds the demand, so
+///   nothing changes there.
+pub fn busy_share(
+    elapsed: Duration,
+    loop_busy: Duration,
+    thread: Option<(Duration, Duration)>,
+    share: f64,
+) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return 0.0;
+    }
+    let share = if share.is_finite() && share > 0.0 {
+        share.min(1.0)
+    } else {
+        1.0
+    };
+    let lp = loop_busy.as_secs_f64() / secs;
+    let b = match thread {
+        Some((run, wait)) => {
+            let run = run.as_secs_f64() / secs;
+            (run + wait.as_secs_f64() / secs).max(run / share).max(lp)
+        }
+        None => lp / share,
+    };
+    b.clamp(0.0, 1.0)
+}
+
+/// How late a shard's turns start behind their deadlines: per turn with a due timer, how long
+/// after the earliest due deadline the turn began (the loop wakes 1 ms after it when idle). A
+/// shard that keeps up is late by about that; one that is behind (its CPU taken, throttled by
+/// a quota, more work than it can do) by tens of milliseconds, every turn. Counted in
+/// power-of-two microsecond buckets (a fixed array: no allocation), read as a p99 once a second.
+#[derive(Clone, Debug, Default)]
+pub struct Lateness {
+    buckets: [u32; LATENESS_BUCKETS],
+    n: u32,
+}
+
+const LATENESS_BUCKETS: usize = 25; // up to 2^25 µs ≈ 33 s
+
+/// Below this many late-turn observations in a second the p99 is not read (0).
+pub const LATENESS_MIN_TURNS: u32 = 50;
+
+/// Admission also refuses a shard whose turns started this late (p99 over the last second)
+/// while it was at least [`LATE_BUSY_FLOOR`] busy: a packet time behind. Late but idle is a
+/// CPU taken by others, not load this shard could shed.
+pub const MAX_TURN_LATENESS: f64 = 0.020;
+pub const LATE_BUSY_FLOOR: f64 = 0.5;
+
+impl Lateness {
+    pub fn observe(&mut self, late: Duration) {
+        let us = late.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = (u64::BITS - us.leading_zeros()) as usize; // 0 for 0 µs, 1 for 1 µs, 2 for 2-3 ...
+        self.buckets[i.min(LATENESS_BUCKETS - 1)] += 1;
+        self.n = self.n.saturating_add(1);
+    }
+
+    /// The p99's bucket's upper bound in seconds (0 with fewer than [`LATENESS_MIN_TURNS`]
+    /// observations), and start over.
+    pub fn take_p99(&mut self) -> f64 {
+        let n = std::mem::take(&mut self.n);
+        let buckets = std::mem::take(&mut self.buckets);
+        if n < LATENESS_MIN_TURNS {
+            return 0.0;
+        }
+        let want = n - n / 100; // at least 99 % at or below
+        let mut seen = 0u32;
+        for (i, c) in buckets.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return (1u64 << i) as f64 / 1e6;
+            }
+        }
+        (1u64 << (LATENESS_BUCKETS - 1)) as f64 / 1e6
+    }
+}
+
+/// A shard's figure for admission: its projected busy share, or 1.0 when its turns are more
+/// than [`MAX_TURN_LATENESS`] late at p99 while it is busy.
+pub fn admission_busy(projected: f64, busy: f64, lateness_p99: f64) -> f64 {
+    if lateness_p99 >= MAX_TURN_LATENESS && busy >= LATE_BUSY_FLOOR {
+        projected.max(1.0)
+    } else {
+        projected
     }
 }
 
@@ -261,6 +374,79 @@ pub fn overloaded(busy: impl Iterator<Item = f64>, limit: f64) -> bool {
 mod projection_tests {
     use super::*;
     use std::time::Duration;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn lateness_p99_in_power_of_two_buckets() {
+        let mut l = Lateness::default();
+        // Too few turns: not read.
+        for _ in 0..49 {
+            l.observe(Duration::from_secs(1));
+        }
+        assert_eq!(l.take_p99(), 0.0);
+        // 990 turns 1 ms late and 10 at 100 ms: the p99 is the 1 ms bucket (≤ 1.024 ms).
+        for _ in 0..990 {
+            l.observe(Duration::from_micros(1000));
+        }
+        for _ in 0..10 {
+            l.observe(Duration::from_millis(100));
+        }
+        assert_eq!(l.take_p99(), 1024e-6);
+        // Taken: starts over.
+        assert_eq!(l.take_p99(), 0.0);
+        // Every turn 30 ms late: p99 ≥ 30 ms (the 32.768 ms bound).
+        for _ in 0..100 {
+            l.observe(Duration::from_millis(30));
+        }
+        assert_eq!(l.take_p99(), 32768e-6);
+        for _ in 0..100 {
+            l.observe(Duration::ZERO);
+            l.observe(Duration::from_secs(10_000));
+        }
+        assert_eq!(l.take_p99(), (1u64 << 24) as f64 / 1e6);
+    }
+
+    #[test]
+    fn late_and_busy_refuses_late_and_idle_does_not() {
+        assert_eq!(admission_busy(0.5, 0.5, 0.030), 1.0);
+        assert_eq!(admission_busy(0.3, 0.3, 0.030), 0.3);
+        assert_eq!(admission_busy(0.7, 0.7, 0.010), 0.7);
+        assert_eq!(admission_busy(1.2, 0.9, 0.050), 1.2);
+    }
+
+    /// Without a quota the share is the demand (run + wait), as before.
+    #[test]
+    fn busy_share_without_a_quota_is_the_demand() {
+        let s = ms(1000);
+        let b = busy_share(s, ms(100), Some((ms(200), ms(100))), 1.0);
+        assert!((b - 0.3).abs() < 1e-9, "{b}");
+        // The loop's own time is the floor.
+        assert_eq!(busy_share(s, ms(500), Some((ms(200), ms(100))), 1.0), 0.5);
+        assert_eq!(busy_share(s, ms(400), None, 1.0), 0.4);
+        assert_eq!(busy_share(s, ms(100), Some((ms(900), ms(900))), 1.0), 1.0);
+        assert_eq!(busy_share(Duration::ZERO, ms(1), None, 1.0), 0.0);
+    }
+
+    /// Under a quarter-core quota, run time is counted against the quarter: it rises with the
+    /// load, where run + wait stays low until the shard is throttled and then reads 1.0.
+    #[test]
+    fn busy_share_under_a_quota_counts_run_time_against_the_share() {
+        let s = ms(1000);
+        // 200 ms on a CPU, little waiting: 80 % of what a quarter core allows.
+        let b = busy_share(s, ms(150), Some((ms(200), ms(20))), 0.25);
+        assert!((b - 0.8).abs() < 1e-9, "{b}");
+        // Throttled: run 250 ms, 750 ms waiting on the quota.
+        assert_eq!(busy_share(s, ms(900), Some((ms(250), ms(750))), 0.25), 1.0);
+        // No schedstat: the loop's time against the share.
+        assert!((busy_share(s, ms(100), None, 0.25) - 0.4).abs() < 1e-9);
+        // Nonsense shares fall back to a whole core.
+        assert_eq!(busy_share(s, ms(0), Some((ms(200), ms(0))), 0.0), 0.2);
+        assert_eq!(busy_share(s, ms(0), Some((ms(200), ms(0))), f64::NAN), 0.2);
+        assert_eq!(busy_share(s, ms(0), Some((ms(200), ms(0))), 3.0), 0.2);
+    }
 
     const PPS: f64 = 200.0; // 20 ms packets
 

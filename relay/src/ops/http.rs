@@ -415,6 +415,7 @@ mod tests {
             capacity,
             draining,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             shards: vec![ShardTotals::new(0)],
             recording: None,
         })

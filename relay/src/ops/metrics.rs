@@ -287,7 +287,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_shard_busy_ratio",
         "gauge",
-        "Share of the last second each shard spent working rather than waiting (admission refuses new calls when every shard is over max_shard_busy_percent).",
+        "Share of the last second each shard spent working rather than waiting, of the CPU it may use: a core, or under a CPU limit (relay_cpu_limit_cores) its part of it (admission refuses new calls when every shard is over max_shard_busy_percent).",
     );
     for t in &s.shards {
         let labels = format!("shard=\"{}\"", t.shard);
@@ -297,11 +297,26 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_shard_busy_seconds_total",
         "counter",
-        "Seconds each shard spent working rather than waiting; rate() over any window is the busy share (1 = one core saturated).",
+        "Seconds each shard spent working rather than waiting, counted against the CPU it may use (a core, or its part of relay_cpu_limit_cores); rate() over any window is the busy share (1 = its CPU saturated).",
     );
     for t in &s.shards {
         let labels = format!("shard=\"{}\"", t.shard);
         sample(o, "relay_shard_busy_seconds_total", &labels, t.busy_seconds);
+    }
+    family(
+        o,
+        "relay_shard_turn_lateness_seconds",
+        "gauge",
+        "How late each shard's turns with a due timer started behind that deadline, p99 over the last second (an upper bound: power-of-two microsecond buckets; 0 below 50 such turns). A shard that keeps up is about 1 ms late; admission also refuses a shard over 20 ms while it is at least half busy.",
+    );
+    for t in &s.shards {
+        let labels = format!("shard=\"{}\"", t.shard);
+        sample(
+            o,
+            "relay_shard_turn_lateness_seconds",
+            &labels,
+            t.turn_lateness_p99,
+        );
     }
     family(
         o,
@@ -330,6 +345,15 @@ pub fn render(s: &MetricsSnapshot) -> String {
         &format!("driver=\"{}\"", s.io_driver),
         1.0,
     );
+    family(
+        o,
+        "relay_cpu_limit_cores",
+        "gauge",
+        "The relay process's CPU limit in cores: its cgroup's CFS quota (a Kubernetes limits.cpu), read at start and every 10 s; no sample when there is none. Each shard's busy share is counted against its part of it (the limit over the shards, at most one core each).",
+    );
+    if let Some(c) = s.cpu_limit_cores {
+        sample(o, "relay_cpu_limit_cores", "", c);
+    }
     family(
         o,
         "relay_io_syscalls_total",
@@ -790,6 +814,7 @@ mod tests {
             capacity: 100,
             draining: true,
             max_shard_busy: 0.9,
+            cpu_limit_cores: Some(1.5),
             shards: vec![a, b],
             recording: None,
         }
@@ -855,6 +880,7 @@ mod tests {
             5.0
         );
         assert_eq!(v("relay_io_driver_info{driver=\"io_uring\"}"), 1.0);
+        assert_eq!(v("relay_cpu_limit_cores"), 1.5);
         assert_eq!(
             v("relay_io_syscalls_total{shard=\"0\",kind=\"io_uring_enter\"}"),
             42.0
@@ -938,6 +964,7 @@ mod tests {
             capacity: 1,
             draining: false,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             shards: vec![shard(0)],
             recording: None,
         }));
@@ -956,6 +983,8 @@ mod tests {
             ("relay_shard_packets_total", "counter"),
             ("relay_shard_busy_ratio", "gauge"),
             ("relay_io_driver_info", "gauge"),
+            ("relay_cpu_limit_cores", "gauge"),
+            ("relay_shard_turn_lateness_seconds", "gauge"),
             ("relay_io_syscalls_total", "counter"),
             ("relay_io_pressure_total", "counter"),
             ("relay_connected_sockets", "gauge"),
@@ -977,6 +1006,7 @@ mod tests {
             capacity: 1,
             draining: false,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             shards: vec![shard(0), shard(1)],
             recording: None,
         }));
@@ -1003,7 +1033,7 @@ mod tests {
             + hist(JITTER_BUCKETS)
             + live
             + hist(MOS_BUCKETS)
-            + 5 * shards
+            + 6 * shards
             + io
     }
 
@@ -1015,6 +1045,7 @@ mod tests {
             capacity: 1,
             draining: false,
             max_shard_busy: 0.9,
+            cpu_limit_cores: None,
             shards: vec![shard(0)],
             refused: Default::default(),
             recording: Some(crate::engine::snapshot::RecordingTotals {
