@@ -240,7 +240,11 @@ impl ForwardBatch {
             self.counts.received += n as u64;
             self.counts.receives += 1;
             for i in first + 1..self.received {
-                if self.source(i).is_some() && self.source(i) == self.source(i - 1) {
+                // One flow: same source and (steered) same local port.
+                if self.source(i).is_some()
+                    && self.source(i) == self.source(i - 1)
+                    && self.orig_port[i] == self.orig_port[i - 1]
+                {
                     self.counts.same_flow_received += 1;
                 }
             }
