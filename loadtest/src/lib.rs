@@ -17,7 +17,7 @@
 //! - [`call`]: one call through a running relay, explained (`loadtest call`).
 //! - [`cli`]: the command line, one file per mode (the binary is a thin wrapper).
 
-#![deny(unsafe_code)] // except os.rs and the batch and timer I/O (raw/mmsg.rs, generator/timerfd.rs)
+#![deny(unsafe_code)] // except os.rs, the batch and timer I/O (raw/mmsg.rs, generator/timerfd.rs) and raw/bpf.rs
 
 pub mod bencode;
 pub mod call;

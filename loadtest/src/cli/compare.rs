@@ -24,6 +24,8 @@ impl CompareTarget {
         match self.kind {
             TargetKind::Raw => "raw".into(),
             TargetKind::RawSingle => "raw-single".into(),
+            TargetKind::RawSharedInternal => "raw-shared-internal".into(),
+            TargetKind::RawSteered => "raw-steered".into(),
             TargetKind::Relay => format!("relay-{}", wa_name(self.wa)),
             TargetKind::Rtpengine => format!("rtpengine-{}", wa_name(self.wa)),
         }
@@ -38,7 +40,8 @@ fn wa_name(w: WaMode) -> &'static str {
     }
 }
 
-/// "relay-dtls", "relay-sdes", "rtpengine-sdes", "rtpengine-plain", "raw", "raw-single".
+/// "relay-dtls", "relay-sdes", "rtpengine-sdes", "rtpengine-plain", "raw", "raw-single",
+/// "raw-shared-internal", "raw-steered".
 pub fn parse_compare_target(s: &str) -> Result<CompareTarget, String> {
     let t = |kind, wa| Ok(CompareTarget { kind, wa });
     match s.trim() {
@@ -48,8 +51,10 @@ pub fn parse_compare_target(s: &str) -> Result<CompareTarget, String> {
         "rtpengine-plain" => t(TargetKind::Rtpengine, WaMode::Plain),
         "raw" | "raw-per-leg" => t(TargetKind::Raw, WaMode::Plain),
         "raw-single" => t(TargetKind::RawSingle, WaMode::Plain),
+        "raw-shared-internal" => t(TargetKind::RawSharedInternal, WaMode::Plain),
+        "raw-steered" => t(TargetKind::RawSteered, WaMode::Plain),
         other => Err(format!(
-            "`{other}`: expected relay-dtls, relay-sdes, rtpengine-sdes, rtpengine-plain, raw or raw-single"
+            "`{other}`: expected relay-dtls, relay-sdes, rtpengine-sdes, rtpengine-plain, raw, raw-single, raw-shared-internal or raw-steered"
         )),
     }
 }

@@ -96,8 +96,12 @@ pub struct Common {
     pub relay_log: PathBuf,
     /// What to load: the relay (default), a raw forwarder (the machine's ceiling: `raw` with a
     /// socket per call and leg like the relay, `raw-single` with one socket demultiplexed by
-    /// source address), or rtpengine over its ng protocol (started from --rtpengine-bin unless
-    /// --rtpengine-ng).
+    /// source address; issue 17's levers: `raw-shared-internal` with a socket per call toward
+    /// WhatsApp and one shared internal socket, `raw-steered` with an eBPF sk_lookup program
+    /// steering every per-call port to one receive socket, root and `unshare -n` only), or
+    /// rtpengine over its ng protocol (started from --rtpengine-bin unless --rtpengine-ng).
+    /// Raw forwarders also read LOADTEST_RAW_BATCH_US (sleep that long before each wait, to
+    /// batch like the relay's io_uring driver; default 0).
     #[arg(long, global = true, value_enum, default_value_t = TargetKind::Relay)]
     pub target: TargetKind,
     /// Same as --target raw: a trivial recvmmsg/sendmmsg forwarder (a socket per call and leg)
@@ -107,6 +111,21 @@ pub struct Common {
     /// Same as --target rtpengine.
     #[arg(long, global = true)]
     pub rtpengine: bool,
+    /// Raw forwarders: receive and send buffer of each per-call socket in bytes, as the kernel
+    /// accounts them (it doubles what setsockopt is given, so half is set; forced past
+    /// rmem_max as root). 0 = the kernel default (net.core.rmem_default). Default: 2 MiB, as
+    /// before. Shared sockets keep 16 MiB.
+    #[arg(long, global = true)]
+    pub raw_buffer: Option<usize>,
+    /// Raw forwarders: UDP_GRO on every socket, reading each datagram's segment count (a
+    /// datagram GRO merged from several is dropped and counted; see --raw-count).
+    #[arg(long, global = true)]
+    pub raw_gro: bool,
+    /// Raw forwarders: count what GRO and GSO could merge (datagrams right after one of the
+    /// same flow in one receive; datagrams to the same destination as the one before in one
+    /// sendmmsg) and print it when the forwarder stops.
+    #[arg(long, global = true)]
+    pub raw_count: bool,
     /// How the WhatsApp side secures media: dtls (relay default), sdes (rtpengine default; the
     /// relay supports it too), plain (rtpengine only). SDES uses the first --profile
     /// (default AES_CM_128_HMAC_SHA1_80).
@@ -301,7 +320,10 @@ impl Common {
         self.wa_security.unwrap_or(match kind {
             TargetKind::Relay => WaMode::Dtls,
             TargetKind::Rtpengine => WaMode::Sdes,
-            TargetKind::Raw | TargetKind::RawSingle => WaMode::Plain,
+            TargetKind::Raw
+            | TargetKind::RawSingle
+            | TargetKind::RawSharedInternal
+            | TargetKind::RawSteered => WaMode::Plain,
         })
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::run::recording_dir;
 use super::{CliError, Common};
 use crate::generator::GenConfig;
-use crate::raw::{Layout, RawForwarder};
+use crate::raw::{Layout, RawForwarder, RawOptions};
 use crate::session::{Backend, Options, WaMode};
 use crate::target::{self, RelayProcess, SpawnOptions};
 use crate::target_rtpengine::{NgClient, RtpEngineOptions, RtpEngineProcess};
@@ -23,7 +23,29 @@ pub enum TargetKind {
     Raw,
     /// The raw forwarder with one socket, demultiplexed by source address.
     RawSingle,
+    /// The raw forwarder with a socket per call toward WhatsApp and one shared socket toward
+    /// the internal side, demultiplexed by source address (every generator peer gets its own
+    /// socket, as with raw-single).
+    RawSharedInternal,
+    /// The raw forwarder with a port per call and leg whose datagrams an eBPF sk_lookup
+    /// program steers to one receive socket (ports 20000-29999); replies leave from the
+    /// per-call sockets. Needs root and a network namespace of its own:
+    /// `unshare -n sh -c 'ip link set lo up && exec loadtest --target raw-steered ...'`.
+    RawSteered,
     Rtpengine,
+}
+
+impl TargetKind {
+    /// One of the raw forwarders.
+    pub fn is_raw(self) -> bool {
+        matches!(
+            self,
+            TargetKind::Raw
+                | TargetKind::RawSingle
+                | TargetKind::RawSharedInternal
+                | TargetKind::RawSteered
+        )
+    }
 }
 
 /// Which WhatsApp-side security each target can do.
@@ -33,9 +55,7 @@ pub(super) fn check_mode(kind: TargetKind, wa: WaMode) -> Result<(), CliError> {
         (TargetKind::Rtpengine, WaMode::Dtls) => {
             "this tool drives rtpengine with SDES or plain RTP on the WhatsApp side (ICE-lite + DTLS toward Meta is what the relay specialises in)"
         }
-        (TargetKind::Raw | TargetKind::RawSingle, WaMode::Dtls | WaMode::Sdes) => {
-            "the raw forwarders only copy plain RTP"
-        }
+        (k, WaMode::Dtls | WaMode::Sdes) if k.is_raw() => "the raw forwarders only copy plain RTP",
         _ => return Ok(()),
     };
     Err(CliError::Unsupported {
@@ -59,23 +79,43 @@ pub(super) async fn open_target(
     relay_cpu: Option<usize>,
 ) -> Result<(Backend, String, Option<Child>), CliError> {
     match kind {
-        TargetKind::Raw | TargetKind::RawSingle => {
-            let (layout, desc) = if kind == TargetKind::Raw {
-                (
+        TargetKind::Raw
+        | TargetKind::RawSingle
+        | TargetKind::RawSharedInternal
+        | TargetKind::RawSteered => {
+            let (layout, desc) = match kind {
+                TargetKind::Raw => (
                     Layout::PerLeg,
                     "raw forwarder: a socket per call and leg, epoll + recvmmsg/sendmmsg, no logic",
-                )
-            } else {
-                (
+                ),
+                TargetKind::RawSingle => (
                     Layout::Single,
                     "raw forwarder: one socket, recvmmsg/sendmmsg, hash demux by source, no logic",
-                )
+                ),
+                TargetKind::RawSharedInternal => (
+                    Layout::SharedInternal,
+                    "raw forwarder: a socket per call toward WhatsApp, one shared internal socket (demux by source), no logic",
+                ),
+                _ => (
+                    Layout::Steered,
+                    "raw forwarder: a port per call and leg, sk_lookup steers all to one receive socket (demux by IP_ORIGDSTADDR), sends from the per-call sockets, no logic",
+                ),
             };
-            let f = RawForwarder::start(GenConfig::default().bind_ip, relay_cpu, layout)
+            let opts = RawOptions {
+                buffer: o.raw_buffer,
+                gro: o.raw_gro,
+                count: o.raw_count,
+            };
+            let f = RawForwarder::start_with(GenConfig::default().bind_ip, relay_cpu, layout, opts)
                 .map_err(CliError::Raw)?;
+            let desc = if opts == RawOptions::default() {
+                desc.to_string()
+            } else {
+                format!("{desc}; {opts:?}")
+            };
             // Let the thread record its ID for the CPU meter.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok((Backend::Raw(f), desc.to_string(), None))
+            Ok((Backend::Raw(f), desc, None))
         }
         TargetKind::Rtpengine => {
             if let Some(addr) = o.rtpengine_ng {
@@ -215,7 +255,8 @@ pub(super) fn session_options(
             threads: o.threads.max(1),
             // One forwarder socket for every call: only the peers' own addresses tell the
             // calls apart.
-            pool: if kind == TargetKind::RawSingle {
+            // (raw-shared-internal: the internal peers must send from a port per call.)
+            pool: if matches!(kind, TargetKind::RawSingle | TargetKind::RawSharedInternal) {
                 0
             } else {
                 o.pool

@@ -12,6 +12,23 @@
 //!   is the bound, not a design option. The generator gives every peer its own socket for this
 //!   target (the source address is the only thing that tells calls apart).
 //!
+//! - [`Layout::SharedInternal`] (`raw-shared-internal`): a socket per call toward WhatsApp and
+//!   one socket shared by every call toward the internal side, demultiplexed by source address
+//!   (the internal media server sends from a port per call, so the generator gives every peer
+//!   its own socket). What arrives on WhatsApp-side sockets during one wake-up leaves in one
+//!   `sendmmsg` on the shared socket; what arrives on the shared socket leaves datagram by
+//!   datagram on each call's WhatsApp-side socket. Issue 17's "shared socket per shard on the
+//!   internal leg".
+//! - [`Layout::Steered`] (`raw-steered`): a port per call and leg as in `raw`, but an eBPF
+//!   `sk_lookup` program ([`bpf`]) steers every datagram to those ports to one receive socket;
+//!   `IP_ORIGDSTADDR` tells which port (so which call and leg) it was sent to. Replies leave
+//!   from the per-call socket of the other leg (a datagram's source port must be the call's),
+//!   one `sendmmsg` each. Issue 17's "eBPF sk_lookup steering a port range to one socket". It
+//!   must run in a network namespace of its own (`unshare -n`).
+//!
+//! [`RawOptions`] adds the other levers to any layout: the per-call sockets' buffer size,
+//! `UDP_GRO` on every socket, and counts of what GRO and GSO could merge.
+//!
 //! Both read a socket until a batch comes back short (it took everything queued; with
 //! edge-triggered epoll the next datagram raises a new event), not until EAGAIN: one
 //! `recvmmsg` fewer per wakeup.
@@ -20,12 +37,13 @@
 //! RTP on both sides. Each runs as one thread of the load-test process, pinned with `cpu` to
 //! compare it with a relay shard on the same core, and counts its own system calls.
 
+pub mod bpf;
 mod mmsg;
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -36,6 +54,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use serde::Serialize;
 
 use crate::os::{current_tid, pin_current_thread, set_buffers};
+pub use mmsg::Counts;
 use mmsg::ForwardBatch;
 
 const WAKER: Token = Token(usize::MAX);
@@ -43,6 +62,11 @@ const WAKER: Token = Token(usize::MAX);
 const SINGLE: Token = Token(0);
 /// Socket buffers of the one socket that carries every call.
 const SINGLE_BUFFER: usize = 8 << 20;
+
+/// Ports of the per-call sockets of [`Layout::Steered`], which its `sk_lookup` program steers
+/// to the receive socket: below the ephemeral range (32768-60999 by default), so no socket
+/// bound to port 0 (the generator's) lands in it.
+pub const STEERED_PORTS: (u16, u16) = (20_000, 29_999);
 
 /// How a raw forwarder lays out its sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -52,17 +76,70 @@ pub enum Layout {
     PerLeg,
     /// One socket for all calls, demultiplexed by source address.
     Single,
+    /// A socket per call toward WhatsApp, one shared socket toward the internal side
+    /// (demultiplexed by source address).
+    SharedInternal,
+    /// A port per call and leg, every datagram steered to one receive socket by `sk_lookup`.
+    Steered,
+}
+
+/// The levers measured on top of a layout (issue 17). The default is the forwarder as it was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RawOptions {
+    /// Receive and send buffer of each per-call socket, in bytes as the kernel accounts them
+    /// (`getsockopt` reports; the kernel doubles what `setsockopt` gives, so half is set, with
+    /// the `*BUFFORCE` options past `rmem_max`): `None` = 2 MiB (as before), `Some(0)` = the
+    /// kernel default (`net.core.rmem_default`, 212,992 bytes on Linux).
+    pub buffer: Option<usize>,
+    /// `UDP_GRO` on every socket of the forwarder, reading each datagram's segment count.
+    pub gro: bool,
+    /// Count what GRO and GSO could merge (printed when the forwarder stops).
+    pub count: bool,
+}
+
+impl RawOptions {
+    /// Sizes a per-call socket's buffers.
+    fn size(&self, s: &UdpSocket) {
+        match self.buffer {
+            None => set_buffers(s, 1 << 20),
+            Some(0) => {}
+            Some(b) => set_buffers(s, b / 2),
+        }
+    }
+
+    /// Turns on what the options ask of a socket (`UDP_GRO`).
+    fn prepare(&self, s: &UdpSocket) {
+        if self.gro {
+            set_int_option(s, libc::SOL_UDP, mmsg::UDP_GRO, 1);
+        }
+    }
+
+    fn batch(&self, control: bool) -> ForwardBatch {
+        let mut b = if control || self.gro {
+            ForwardBatch::with_control()
+        } else {
+            ForwardBatch::new()
+        };
+        b.counting = self.count;
+        b
+    }
+}
+
+/// `setsockopt` of an int option; false if the kernel refused it.
+fn set_int_option(s: &UdpSocket, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> bool {
+    mmsg::set_int_option(s.as_raw_fd(), level, name, v)
 }
 
 enum RawCmd {
     Add {
         id: u64,
-        /// Per leg: the call's two sockets [WhatsApp side, internal side].
-        sockets: Option<[UdpSocket; 2]>,
+        /// The call's own sockets: [WhatsApp side, internal side] per leg and steered, [WhatsApp
+        /// side] with a shared internal socket, none with one socket.
+        sockets: Vec<UdpSocket>,
         meta: SocketAddr,
         sip: SocketAddr,
-        /// One socket: answered once the routes are in (a datagram that arrives before its
-        /// route is dropped; a per-leg socket buffers it instead).
+        /// Answered once the routes are in, where a datagram that arrives before its route is
+        /// dropped (a per-leg socket buffers it instead).
         done: Option<Sender<()>>,
     },
     Remove(u64),
@@ -71,12 +148,16 @@ enum RawCmd {
 
 pub struct RawForwarder {
     layout: Layout,
+    opts: RawOptions,
     commands: Sender<RawCmd>,
     waker: Arc<Waker>,
     tid: Arc<AtomicI32>,
     syscalls: Arc<AtomicU64>,
-    /// The single socket's address (Layout::Single).
-    single: Option<SocketAddr>,
+    /// The shared socket's address: every call's (Single), the internal side's
+    /// (SharedInternal).
+    shared: Option<SocketAddr>,
+    /// The next port to try for a steered call's sockets.
+    next_port: std::sync::Mutex<u16>,
     join: Option<JoinHandle<()>>,
     bind_ip: std::net::IpAddr,
 }
@@ -85,8 +166,18 @@ impl std::fmt::Debug for RawForwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawForwarder")
             .field("layout", &self.layout)
+            .field("opts", &self.opts)
             .finish_non_exhaustive()
     }
+}
+
+/// What each layout's thread needs besides the commands.
+enum Shared {
+    None,
+    /// The socket every call (Single) or every call's internal side (SharedInternal) uses.
+    Socket(UdpSocket),
+    /// The receive socket and the steering that feeds it.
+    Steered(UdpSocket, bpf::Steering),
 }
 
 impl RawForwarder {
@@ -95,21 +186,43 @@ impl RawForwarder {
         cpu: Option<usize>,
         layout: Layout,
     ) -> io::Result<RawForwarder> {
+        Self::start_with(bind_ip, cpu, layout, RawOptions::default())
+    }
+
+    pub fn start_with(
+        bind_ip: std::net::IpAddr,
+        cpu: Option<usize>,
+        layout: Layout,
+        opts: RawOptions,
+    ) -> io::Result<RawForwarder> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let tid = Arc::new(AtomicI32::new(0));
         let syscalls = Arc::new(AtomicU64::new(0));
-        let single = match layout {
-            Layout::PerLeg => None,
-            Layout::Single => {
-                let s = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
-                s.set_nonblocking(true)?;
-                set_buffers(&s, SINGLE_BUFFER);
-                Some(s)
+        let shared_socket = || -> io::Result<UdpSocket> {
+            let s = UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
+            s.set_nonblocking(true)?;
+            set_buffers(&s, SINGLE_BUFFER);
+            opts.prepare(&s);
+            Ok(s)
+        };
+        let (shared, shared_addr) = match layout {
+            Layout::PerLeg => (Shared::None, None),
+            Layout::Single | Layout::SharedInternal => {
+                let s = shared_socket()?;
+                let a = s.local_addr()?;
+                (Shared::Socket(s), Some(a))
+            }
+            Layout::Steered => {
+                let s = shared_socket()?;
+                if !set_int_option(&s, libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1) {
+                    return Err(io::Error::last_os_error());
+                }
+                let steering = bpf::Steering::attach(&s, STEERED_PORTS.0, STEERED_PORTS.1)?;
+                (Shared::Steered(s, steering), None)
             }
         };
-        let single_addr = single.as_ref().map(UdpSocket::local_addr).transpose()?;
         let join = {
             let (tid, syscalls) = (tid.clone(), syscalls.clone());
             std::thread::Builder::new()
@@ -119,19 +232,32 @@ impl RawForwarder {
                         pin_current_thread(cpu);
                     }
                     tid.store(current_tid(), Ordering::Relaxed);
-                    match single {
-                        None => run_per_leg(poll, rx, &syscalls),
-                        Some(s) => run_single(poll, rx, s, &syscalls),
+                    let counts = match shared {
+                        Shared::None => run_per_leg(poll, rx, &syscalls, opts),
+                        Shared::Socket(s) if layout == Layout::Single => {
+                            run_single(poll, rx, s, &syscalls, opts)
+                        }
+                        Shared::Socket(s) => run_shared_internal(poll, rx, s, &syscalls, opts),
+                        Shared::Steered(s, steering) => {
+                            let c = run_steered(poll, rx, s, &syscalls, opts);
+                            drop(steering);
+                            c
+                        }
+                    };
+                    if opts.count {
+                        print_counts(layout, &counts);
                     }
                 })?
         };
         Ok(RawForwarder {
             layout,
+            opts,
             commands: tx,
             waker,
             tid,
             syscalls,
-            single: single_addr,
+            shared: shared_addr,
+            next_port: std::sync::Mutex::new(STEERED_PORTS.0),
             join: Some(join),
             bind_ip,
         })
@@ -149,35 +275,62 @@ impl RawForwarder {
         meta: SocketAddr,
         sip: SocketAddr,
     ) -> io::Result<(SocketAddr, SocketAddr)> {
-        if let Some(single) = self.single {
-            let (done, added) = crossbeam_channel::bounded(1);
-            self.send(RawCmd::Add {
-                id,
-                sockets: None,
-                meta,
-                sip,
-                done: Some(done),
-            });
+        let bind = |port: u16| -> io::Result<UdpSocket> {
+            let s = UdpSocket::bind(SocketAddr::new(self.bind_ip, port))?;
+            s.set_nonblocking(true)?;
+            self.opts.size(&s);
+            self.opts.prepare(&s);
+            Ok(s)
+        };
+        let sockets = match self.layout {
+            Layout::Single => Vec::new(),
+            Layout::PerLeg => vec![bind(0)?, bind(0)?],
+            Layout::SharedInternal => vec![bind(0)?],
+            Layout::Steered => vec![self.bind_steered(&bind)?, self.bind_steered(&bind)?],
+        };
+        let addrs = sockets
+            .iter()
+            .map(UdpSocket::local_addr)
+            .collect::<io::Result<Vec<_>>>()?;
+        let waits = self.layout != Layout::PerLeg;
+        let (done, added) = crossbeam_channel::bounded(1);
+        self.send(RawCmd::Add {
+            id,
+            sockets,
+            meta,
+            sip,
+            done: waits.then_some(done),
+        });
+        if waits {
             added
                 .recv_timeout(Duration::from_secs(2))
                 .map_err(|_| io::Error::other("the forwarder did not take the call"))?;
-            return Ok((single, single));
         }
-        let bind = || -> io::Result<UdpSocket> {
-            let s = UdpSocket::bind(SocketAddr::new(self.bind_ip, 0))?;
-            s.set_nonblocking(true)?;
-            Ok(s)
+        let shared = || {
+            self.shared
+                .ok_or_else(|| io::Error::other("no shared socket"))
         };
-        let (wa, internal) = (bind()?, bind()?);
-        let addrs = (wa.local_addr()?, internal.local_addr()?);
-        self.send(RawCmd::Add {
-            id,
-            sockets: Some([wa, internal]),
-            meta,
-            sip,
-            done: None,
-        });
-        Ok(addrs)
+        match addrs[..] {
+            [wa, internal] => Ok((wa, internal)),
+            [wa] => Ok((wa, shared()?)),
+            _ => Ok((shared()?, shared()?)),
+        }
+    }
+
+    /// A socket on the next free port of [`STEERED_PORTS`].
+    fn bind_steered(&self, bind: &dyn Fn(u16) -> io::Result<UdpSocket>) -> io::Result<UdpSocket> {
+        let mut next = self.next_port.lock().unwrap_or_else(|p| p.into_inner());
+        let (lo, hi) = STEERED_PORTS;
+        for _ in lo..=hi {
+            let port = *next;
+            *next = if port >= hi { lo } else { port + 1 };
+            match bind(port) {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("no free port in the steered range"))
     }
 
     pub fn remove(&self, id: u64) {
@@ -210,6 +363,35 @@ impl Drop for RawForwarder {
             let _ = j.join();
         }
     }
+}
+
+fn print_counts(layout: Layout, c: &Counts) {
+    let pct = |a: u64, b: u64| {
+        if b == 0 {
+            0.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
+    eprintln!(
+        "raw forwarder ({layout:?}) counts over the whole run: {} datagrams received in {} \
+         receives ({:.2} a receive), {} ({:.3} %) right after one of the same flow in the same \
+         receive (GRO could merge at best these); UDP_GRO merged {} datagrams ({} segments); \
+         {} datagrams sent in {} sendmmsg ({:.2} a send), {} ({:.3} %) to the same destination \
+         as the one before in the same send (one UDP_SEGMENT send could carry these with it)",
+        c.received,
+        c.receives,
+        c.received as f64 / c.receives.max(1) as f64,
+        c.same_flow_received,
+        pct(c.same_flow_received, c.received),
+        c.gro_merged,
+        c.gro_segments,
+        c.sent,
+        c.sends,
+        c.sent as f64 / c.sends.max(1) as f64,
+        c.same_dest_sent,
+        pct(c.same_dest_sent, c.sent),
+    );
 }
 
 struct Pair {
@@ -245,16 +427,21 @@ fn wait(poll: &mut Poll, events: &mut Events, syscalls: &mut u64, batch: Duratio
     }
 }
 
-fn run_per_leg(mut poll: Poll, commands: Receiver<RawCmd>, published: &AtomicU64) {
+fn run_per_leg(
+    mut poll: Poll,
+    commands: Receiver<RawCmd>,
+    published: &AtomicU64,
+    opts: RawOptions,
+) -> Counts {
     let mut events = Events::with_capacity(1024);
     let mut pairs: Vec<Option<Pair>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    let mut batch = ForwardBatch::new();
+    let mut batch = opts.batch(false);
     let mut waits = 0u64;
     let pause = batch_sleep();
     loop {
         if !wait(&mut poll, &mut events, &mut waits, pause) {
-            return;
+            return batch.counts;
         }
         for ev in events.iter() {
             let t = ev.token();
@@ -285,13 +472,14 @@ fn run_per_leg(mut poll: Poll, commands: Receiver<RawCmd>, published: &AtomicU64
             match cmd {
                 RawCmd::Add {
                     id,
-                    sockets: Some([wa, internal]),
+                    sockets,
                     meta,
                     sip,
                     ..
                 } => {
-                    set_buffers(&wa, 1 << 20);
-                    set_buffers(&internal, 1 << 20);
+                    let Ok([wa, internal]) = <[UdpSocket; 2]>::try_from(sockets) else {
+                        continue;
+                    };
                     let i = free.pop().unwrap_or_else(|| {
                         pairs.push(None);
                         pairs.len() - 1
@@ -319,7 +507,6 @@ fn run_per_leg(mut poll: Poll, commands: Receiver<RawCmd>, published: &AtomicU64
                         });
                     }
                 }
-                RawCmd::Add { sockets: None, .. } => {}
                 RawCmd::Remove(id) => {
                     if let Some(i) = pairs
                         .iter()
@@ -332,7 +519,7 @@ fn run_per_leg(mut poll: Poll, commands: Receiver<RawCmd>, published: &AtomicU64
                         free.push(i);
                     }
                 }
-                RawCmd::Stop => return,
+                RawCmd::Stop => return batch.counts,
             }
         }
     }
@@ -343,26 +530,27 @@ fn run_single(
     commands: Receiver<RawCmd>,
     socket: UdpSocket,
     published: &AtomicU64,
-) {
+    opts: RawOptions,
+) -> Counts {
+    let mut batch = opts.batch(false);
     let mut socket = mio::net::UdpSocket::from_std(socket);
     if poll
         .registry()
         .register(&mut socket, SINGLE, Interest::READABLE)
         .is_err()
     {
-        return;
+        return batch.counts;
     }
     let fd = socket.as_raw_fd();
     let mut events = Events::with_capacity(64);
     // Source → destination, both directions of every call.
     let mut routes: HashMap<SocketAddr, SocketAddr> = HashMap::new();
     let mut calls: HashMap<u64, [SocketAddr; 2]> = HashMap::new();
-    let mut batch = ForwardBatch::new();
     let mut waits = 0u64;
     let pause = batch_sleep();
     loop {
         if !wait(&mut poll, &mut events, &mut waits, pause) {
-            return;
+            return batch.counts;
         }
         let mut commands_waiting = false;
         for ev in events.iter() {
@@ -409,7 +597,280 @@ fn run_single(
                         }
                     }
                 }
-                RawCmd::Stop => return,
+                RawCmd::Stop => return batch.counts,
+            }
+        }
+    }
+}
+
+/// A call of [`Layout::SharedInternal`]: its WhatsApp-side socket and both peers.
+struct WaLeg {
+    id: u64,
+    socket: mio::net::UdpSocket,
+    meta: SocketAddr,
+    sip: SocketAddr,
+}
+
+/// [`Layout::SharedInternal`]: token 0 is the shared internal socket, token 1 + i the
+/// WhatsApp-side socket of slot i.
+fn run_shared_internal(
+    mut poll: Poll,
+    commands: Receiver<RawCmd>,
+    socket: UdpSocket,
+    published: &AtomicU64,
+    opts: RawOptions,
+) -> Counts {
+    // Internal side in (many calls per receive), out datagram by datagram on each call's
+    // WhatsApp-side socket.
+    let mut inward = opts.batch(false);
+    // WhatsApp side in (a socket per call), gathered over the wake-up, out in one sendmmsg on
+    // the shared socket.
+    let mut outward = opts.batch(false);
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    if poll
+        .registry()
+        .register(&mut socket, SINGLE, Interest::READABLE)
+        .is_err()
+    {
+        return inward.counts;
+    }
+    let shared_fd = socket.as_raw_fd();
+    let mut events = Events::with_capacity(1024);
+    let mut legs: Vec<Option<WaLeg>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    // The internal peer's address → slot.
+    let mut routes: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut waits = 0u64;
+    let pause = batch_sleep();
+    let total = |a: &ForwardBatch, b: &ForwardBatch| {
+        let mut c = a.counts;
+        c.add(&b.counts);
+        c
+    };
+    loop {
+        if !wait(&mut poll, &mut events, &mut waits, pause) {
+            return total(&inward, &outward);
+        }
+        for ev in events.iter() {
+            let t = ev.token();
+            if t == WAKER {
+                continue;
+            }
+            if t == SINGLE {
+                while let Ok(n @ 1..) = inward.recv(shared_fd) {
+                    for k in 0..n {
+                        let leg = inward
+                            .source(k)
+                            .and_then(|s| routes.get(&s))
+                            .and_then(|&i| legs.get(i))
+                            .and_then(Option::as_ref);
+                        if let Some(leg) = leg {
+                            let (out, to) = (leg.socket.as_raw_fd(), leg.meta);
+                            inward.forward(k, to);
+                            inward.send(out);
+                        }
+                    }
+                    if n < mmsg::BATCH {
+                        break;
+                    }
+                }
+                continue;
+            }
+            let Some(Some(leg)) = legs.get(t.0 - 1) else {
+                continue;
+            };
+            let (fd, to) = (leg.socket.as_raw_fd(), leg.sip);
+            loop {
+                let (before, room) = (outward.len(), mmsg::BATCH - outward.len());
+                let Ok(n @ 1..) = outward.recv_append(fd) else {
+                    break;
+                };
+                for k in before..before + n {
+                    outward.forward(k, to);
+                }
+                if outward.len() == mmsg::BATCH {
+                    outward.send(shared_fd);
+                    outward.clear();
+                }
+                if n < room {
+                    break;
+                }
+            }
+        }
+        if !outward.is_empty() {
+            outward.send(shared_fd);
+            outward.clear();
+        }
+        published.store(
+            waits + inward.syscalls + outward.syscalls,
+            Ordering::Relaxed,
+        );
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                RawCmd::Add {
+                    id,
+                    sockets,
+                    meta,
+                    sip,
+                    done,
+                } => {
+                    let Some(wa) = sockets.into_iter().next() else {
+                        continue;
+                    };
+                    let i = free.pop().unwrap_or_else(|| {
+                        legs.push(None);
+                        legs.len() - 1
+                    });
+                    let mut wa = mio::net::UdpSocket::from_std(wa);
+                    if poll
+                        .registry()
+                        .register(&mut wa, Token(1 + i), Interest::READABLE)
+                        .is_err()
+                    {
+                        free.push(i);
+                        continue;
+                    }
+                    routes.insert(sip, i);
+                    if let Some(slot) = legs.get_mut(i) {
+                        *slot = Some(WaLeg {
+                            id,
+                            socket: wa,
+                            meta,
+                            sip,
+                        });
+                    }
+                    if let Some(d) = done {
+                        let _ = d.send(());
+                    }
+                }
+                RawCmd::Remove(id) => {
+                    if let Some(i) = legs
+                        .iter()
+                        .position(|l| l.as_ref().is_some_and(|l| l.id == id))
+                        && let Some(mut l) = legs.get_mut(i).and_then(Option::take)
+                    {
+                        let _ = poll.registry().deregister(&mut l.socket);
+                        routes.remove(&l.sip);
+                        free.push(i);
+                    }
+                }
+                RawCmd::Stop => return total(&inward, &outward),
+            }
+        }
+    }
+}
+
+/// Where a datagram to one steered port goes: out of the other leg's socket to its peer.
+#[derive(Clone, Copy)]
+struct Route {
+    out: RawFd,
+    to: SocketAddr,
+}
+
+/// [`Layout::Steered`]: one receive socket (token 0) gets every call's datagrams; the local
+/// port each was sent to picks the route.
+fn run_steered(
+    mut poll: Poll,
+    commands: Receiver<RawCmd>,
+    socket: UdpSocket,
+    published: &AtomicU64,
+    opts: RawOptions,
+) -> Counts {
+    let mut batch = opts.batch(true);
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    if poll
+        .registry()
+        .register(&mut socket, SINGLE, Interest::READABLE)
+        .is_err()
+    {
+        return batch.counts;
+    }
+    let fd = socket.as_raw_fd();
+    let (lo, hi) = STEERED_PORTS;
+    let mut routes: Vec<Option<Route>> = vec![None; usize::from(hi - lo) + 1];
+    // The calls' sockets (send only: sk_lookup takes what arrives at their ports) and ports.
+    let mut calls: HashMap<u64, ([UdpSocket; 2], [u16; 2])> = HashMap::new();
+    let mut events = Events::with_capacity(64);
+    let mut waits = 0u64;
+    let pause = batch_sleep();
+    loop {
+        if !wait(&mut poll, &mut events, &mut waits, pause) {
+            return batch.counts;
+        }
+        let mut commands_waiting = false;
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                commands_waiting = true;
+                continue;
+            }
+            while let Ok(n @ 1..) = batch.recv(fd) {
+                for k in 0..n {
+                    let route = batch
+                        .orig_port(k)
+                        .and_then(|p| p.checked_sub(lo))
+                        .and_then(|i| routes.get(usize::from(i)))
+                        .copied()
+                        .flatten();
+                    if let Some(r) = route {
+                        batch.forward(k, r.to);
+                        batch.send(r.out);
+                    }
+                }
+                if n < mmsg::BATCH {
+                    break;
+                }
+            }
+        }
+        published.store(waits + batch.syscalls, Ordering::Relaxed);
+        if !commands_waiting {
+            continue;
+        }
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                RawCmd::Add {
+                    id,
+                    sockets,
+                    meta,
+                    sip,
+                    done,
+                } => {
+                    let Ok(pair @ [_, _]) = <[UdpSocket; 2]>::try_from(sockets) else {
+                        continue;
+                    };
+                    let port = |s: &UdpSocket| s.local_addr().map_or(0, |a| a.port());
+                    let ports = [port(&pair[0]), port(&pair[1])];
+                    // To the WhatsApp-side port: out of the internal socket to the SIP peer,
+                    // and the other way round.
+                    let legs = [
+                        (ports[0], pair[1].as_raw_fd(), sip),
+                        (ports[1], pair[0].as_raw_fd(), meta),
+                    ];
+                    for (p, out, to) in legs {
+                        if let Some(slot) = p
+                            .checked_sub(lo)
+                            .and_then(|i| routes.get_mut(usize::from(i)))
+                        {
+                            *slot = Some(Route { out, to });
+                        }
+                    }
+                    calls.insert(id, (pair, ports));
+                    if let Some(d) = done {
+                        let _ = d.send(());
+                    }
+                }
+                RawCmd::Remove(id) => {
+                    if let Some((_sockets, ports)) = calls.remove(&id) {
+                        for p in ports {
+                            if let Some(slot) = p
+                                .checked_sub(lo)
+                                .and_then(|i| routes.get_mut(usize::from(i)))
+                            {
+                                *slot = None;
+                            }
+                        }
+                    }
+                }
+                RawCmd::Stop => return batch.counts,
             }
         }
     }
@@ -426,38 +887,120 @@ mod tests {
         s
     }
 
-    /// Both layouts carry each call's datagrams to that call's other peer, both ways, and
-    /// count the system calls they made.
-    #[test]
-    fn both_layouts_forward_each_call_to_its_own_peer() {
-        for layout in [Layout::PerLeg, Layout::Single] {
-            let f = RawForwarder::start(IpAddr::V4(Ipv4Addr::LOCALHOST), None, layout).unwrap();
-            let calls: Vec<(UdpSocket, UdpSocket)> = (0..3).map(|_| (peer(), peer())).collect();
-            let mut targets = Vec::new();
-            for (id, (meta, sip)) in calls.iter().enumerate() {
-                let t = f
-                    .add(
-                        id as u64,
-                        meta.local_addr().unwrap(),
-                        sip.local_addr().unwrap(),
-                    )
-                    .unwrap();
-                targets.push(t);
-            }
-            // Let the thread take the calls.
-            std::thread::sleep(Duration::from_millis(50));
-            let mut buf = [0u8; 64];
-            for (k, ((meta, sip), (wa, internal))) in calls.iter().zip(&targets).enumerate() {
-                meta.send_to(&[k as u8, 1], wa).unwrap();
-                let n = sip.recv(&mut buf).unwrap();
-                assert_eq!(&buf[..n], &[k as u8, 1], "{layout:?}");
-                sip.send_to(&[k as u8, 2], internal).unwrap();
-                let n = meta.recv(&mut buf).unwrap();
-                assert_eq!(&buf[..n], &[k as u8, 2], "{layout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            assert!(f.syscalls().load(Ordering::Relaxed) >= 6, "{layout:?}");
-            f.remove(0);
+    /// Sends a datagram through each call both ways and checks it reaches that call's other
+    /// peer.
+    fn carries_each_call(f: &RawForwarder, what: &str) {
+        let calls: Vec<(UdpSocket, UdpSocket)> = (0..3).map(|_| (peer(), peer())).collect();
+        let mut targets = Vec::new();
+        for (id, (meta, sip)) in calls.iter().enumerate() {
+            let t = f
+                .add(
+                    id as u64,
+                    meta.local_addr().unwrap(),
+                    sip.local_addr().unwrap(),
+                )
+                .unwrap();
+            targets.push(t);
         }
+        // Let the thread take the calls.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 64];
+        for (k, ((meta, sip), (wa, internal))) in calls.iter().zip(&targets).enumerate() {
+            meta.send_to(&[k as u8, 1], wa).unwrap();
+            let (n, from) = sip.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[k as u8, 1], "{what}");
+            assert_eq!(from, *internal, "{what}: leaves from the internal side");
+            sip.send_to(&[k as u8, 2], internal).unwrap();
+            let (n, from) = meta.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], &[k as u8, 2], "{what}");
+            assert_eq!(
+                from, *wa,
+                "{what}: leaves from the call's WhatsApp-side port"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(f.syscalls().load(Ordering::Relaxed) >= 6, "{what}");
+        f.remove(0);
+    }
+
+    /// Every layout carries each call's datagrams to that call's other peer, both ways, from
+    /// the right port, and counts the system calls it made.
+    #[test]
+    fn every_layout_forwards_each_call_to_its_own_peer() {
+        for layout in [Layout::PerLeg, Layout::Single, Layout::SharedInternal] {
+            for opts in [
+                RawOptions::default(),
+                RawOptions {
+                    buffer: Some(64 << 10),
+                    gro: true,
+                    count: true,
+                },
+            ] {
+                let f =
+                    RawForwarder::start_with(IpAddr::V4(Ipv4Addr::LOCALHOST), None, layout, opts)
+                        .unwrap();
+                carries_each_call(&f, &format!("{layout:?} {opts:?}"));
+            }
+        }
+    }
+
+    /// The steered layout refuses the initial network namespace, and in a namespace of its own
+    /// (root only; skipped otherwise) carries every call through its one receive socket.
+    #[test]
+    fn steered_layout_forwards_by_the_port_a_datagram_was_sent_to() {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        if bpf::in_initial_netns().unwrap_or(false) {
+            let e = RawForwarder::start(ip, None, Layout::Steered).unwrap_err();
+            assert!(e.to_string().contains("namespace"), "{e}");
+        }
+        std::thread::spawn(move || {
+            if let Err(e) = bpf::private_netns_for_this_thread() {
+                eprintln!("skipped: no network namespace of our own ({e})");
+                return;
+            }
+            let f = match RawForwarder::start(ip, None, Layout::Steered) {
+                Ok(f) => f,
+                // bpf() refused (no CAP_BPF, a seccomp profile) or missing.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+                    ) =>
+                {
+                    eprintln!("skipped: no bpf() here ({e})");
+                    return;
+                }
+                Err(e) => panic!("sk_lookup steering in a private namespace: {e}"),
+            };
+            carries_each_call(&f, "steered");
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// `--raw-buffer` sets the size the kernel reports (it doubles what is set).
+    #[test]
+    fn buffer_option_sets_the_size_the_kernel_accounts() {
+        let size = |s: &UdpSocket| socket2::SockRef::from(s).recv_buffer_size().unwrap();
+        let s = peer();
+        let default = size(&s);
+        RawOptions {
+            buffer: Some(0),
+            ..RawOptions::default()
+        }
+        .size(&s);
+        assert_eq!(size(&s), default);
+        let sized = |want| {
+            let s = peer();
+            RawOptions {
+                buffer: Some(want),
+                ..RawOptions::default()
+            }
+            .size(&s);
+            size(&s)
+        };
+        // Below rmem_max: exactly; above, root forces it, others get the cap.
+        assert_eq!(sized(64 << 10), 64 << 10);
+        assert!(sized(64 << 20) <= 64 << 20);
     }
 }
