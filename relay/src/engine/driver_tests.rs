@@ -626,6 +626,16 @@ fn twins_carry_the_peer_and_the_primary_the_rest<D: Driver + TwinTraffic>(rig: O
     let (sends3, recvs3) = rig.driver.twin_traffic();
     assert!(sends3 - sends2 >= 20, "{name}: sends to Meta on the twin");
     assert_eq!(recvs3 - recvs2, 20, "{name}: Meta's datagrams on the twin");
+
+    // The socket given back (a released socket, the call's end): its twin closes with it.
+    rig.driver.io().detach_socket(key(0));
+    rig.turn();
+    assert_eq!(rig.driver.counters().twins, 0, "{name}");
+    let _ = rig.meta.send_to(&[0x80; 20], rig.wa_at);
+    for _ in 0..3 {
+        rig.turn();
+    }
+    assert_eq!(rig.driver.twin_traffic().1, recvs3, "{name}: closed");
 }
 
 #[test]

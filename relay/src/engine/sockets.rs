@@ -5,10 +5,11 @@
 //! driver can open a *connected twin* on the same address and port ([`open_twin`], see
 //! `ShardIo::connect_twin`): the kernel delivers the peer's datagrams to the connected twin
 //! and everything else to the unconnected primary, and sends to the peer skip the route
-//! lookup. The trade-off: with `SO_REUSEPORT` another process **of the same user** can bind a
-//! port the relay holds and take a share of its unconnected traffic (the kernel refuses other
-//! users). Run the relay under a user of its own (the container image and chart do), or turn
-//! twins off (`connect_twins = false`), which also drops the option.
+//! lookup. The trade-off: with `SO_REUSEPORT` another process **of the same user, in the same
+//! network namespace** can bind a port the relay holds and take a share of its unconnected
+//! traffic (the kernel refuses other users). Run the relay under a user no other workload there
+//! uses (deploy/README.md says how with the chart), or turn twins off (`connect_twins = false`),
+//! which also drops the option.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
