@@ -554,16 +554,15 @@ impl EngineHandle {
             .iter()
             .map(|s| {
                 let t = s.totals.lock().unwrap_or_else(|p| p.into_inner());
-                let projected = snapshot::projected_busy(
+                // (t.turn_lateness_p99 is not read here: as a refusal rule, 20 ms p99 while at
+                // least half busy, it did not fire before loss in BENCHMARKS.md's quota runs.)
+                snapshot::projected_busy(
                     t.busy_ratio,
                     t.packets_per_second,
                     t.calls,
                     s.stats.calls.load(Ordering::Relaxed) as u64,
                     call_pps,
-                );
-                // A busy shard whose turns start a packet time late is behind already, whatever
-                // its share says (under a quota the share flattens at 1.0 near the edge).
-                snapshot::admission_busy(projected, t.busy_ratio, t.turn_lateness_p99)
+                )
             })
             .collect();
         if snapshot::overloaded(busy.iter().copied(), limit) {

@@ -256,6 +256,9 @@ pub fn busy_share(
 /// shard that keeps up is late by about that; one that is behind (its CPU taken, throttled by
 /// a quota, more work than it can do) by tens of milliseconds, every turn. Counted in
 /// power-of-two microsecond buckets (a fixed array: no allocation), read as a p99 once a second.
+/// A metric only: as an admission rule (refuse a shard over 20 ms while at least half busy) it
+/// did not fire before loss under a CPU quota (BENCHMARKS.md, "Admission under a CPU quota"):
+/// timer turns read 1-16 ms at the edge and 33 ms only once calls were already losing packets.
 #[derive(Clone, Debug, Default)]
 pub struct Lateness {
     buckets: [u32; LATENESS_BUCKETS],
@@ -266,12 +269,6 @@ const LATENESS_BUCKETS: usize = 25; // up to 2^25 µs ≈ 33 s
 
 /// Below this many late-turn observations in a second the p99 is not read (0).
 pub const LATENESS_MIN_TURNS: u32 = 50;
-
-/// Admission also refuses a shard whose turns started this late (p99 over the last second)
-/// while it was at least [`LATE_BUSY_FLOOR`] busy: a packet time behind. Late but idle is a
-/// CPU taken by others, not load this shard could shed.
-pub const MAX_TURN_LATENESS: f64 = 0.020;
-pub const LATE_BUSY_FLOOR: f64 = 0.5;
 
 impl Lateness {
     pub fn observe(&mut self, late: Duration) {
@@ -298,16 +295,6 @@ impl Lateness {
             }
         }
         (1u64 << (LATENESS_BUCKETS - 1)) as f64 / 1e6
-    }
-}
-
-/// A shard's figure for admission: its projected busy share, or 1.0 when its turns are more
-/// than [`MAX_TURN_LATENESS`] late at p99 while it is busy.
-pub fn admission_busy(projected: f64, busy: f64, lateness_p99: f64) -> f64 {
-    if lateness_p99 >= MAX_TURN_LATENESS && busy >= LATE_BUSY_FLOOR {
-        projected.max(1.0)
-    } else {
-        projected
     }
 }
 
@@ -407,14 +394,6 @@ mod projection_tests {
             l.observe(Duration::from_secs(10_000));
         }
         assert_eq!(l.take_p99(), (1u64 << 24) as f64 / 1e6);
-    }
-
-    #[test]
-    fn late_and_busy_refuses_late_and_idle_does_not() {
-        assert_eq!(admission_busy(0.5, 0.5, 0.030), 1.0);
-        assert_eq!(admission_busy(0.3, 0.3, 0.030), 0.3);
-        assert_eq!(admission_busy(0.7, 0.7, 0.010), 0.7);
-        assert_eq!(admission_busy(1.2, 0.9, 0.050), 1.2);
     }
 
     /// Without a quota the share is the demand (run + wait), as before.

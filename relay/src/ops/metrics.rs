@@ -307,7 +307,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         o,
         "relay_shard_turn_lateness_seconds",
         "gauge",
-        "How late each shard's turns with a due timer started behind that deadline, p99 over the last second (an upper bound: power-of-two microsecond buckets; 0 below 50 such turns). A shard that keeps up is about 1 ms late; admission also refuses a shard over 20 ms while it is at least half busy.",
+        "How late each shard's turns with a due timer started behind that deadline, p99 over the last second (an upper bound: power-of-two microsecond buckets; 0 below 50 such turns). A shard that keeps up is about 1 ms late; one that is behind, tens of ms.",
     );
     for t in &s.shards {
         let labels = format!("shard=\"{}\"", t.shard);
