@@ -310,7 +310,7 @@ pub fn nominal_call_pps(ptime: std::time::Duration) -> f64 {
 /// whatever the share is, and on a busy machine refuse a shard's second call. Admission reads
 /// the measured share as it is there, as before; the projection matters at the edge, hundreds
 /// of calls up.
-const PROJECT_MIN_PPS: u64 = 10_000;
+pub(crate) const PROJECT_MIN_PPS: u64 = 10_000;
 
 /// A shard's busy share once its calls' media flows, one more call included: the measured cost
 /// per packet (`busy` ÷ `packets_per_second`, both over the last published second, when
