@@ -533,15 +533,9 @@ fn run_single(
     opts: RawOptions,
 ) -> Counts {
     let mut batch = opts.batch(false);
-    let mut socket = mio::net::UdpSocket::from_std(socket);
-    if poll
-        .registry()
-        .register(&mut socket, SINGLE, Interest::READABLE)
-        .is_err()
-    {
+    let Some((_socket, fd)) = register_single(&poll, socket) else {
         return batch.counts;
-    }
-    let fd = socket.as_raw_fd();
+    };
     let mut events = Events::with_capacity(64);
     // Source → destination, both directions of every call.
     let mut routes: HashMap<SocketAddr, SocketAddr> = HashMap::new();
@@ -626,15 +620,9 @@ fn run_shared_internal(
     // WhatsApp side in (a socket per call), gathered over the wake-up, out in one sendmmsg on
     // the shared socket.
     let mut outward = opts.batch(false);
-    let mut socket = mio::net::UdpSocket::from_std(socket);
-    if poll
-        .registry()
-        .register(&mut socket, SINGLE, Interest::READABLE)
-        .is_err()
-    {
+    let Some((_socket, shared_fd)) = register_single(&poll, socket) else {
         return inward.counts;
-    }
-    let shared_fd = socket.as_raw_fd();
+    };
     let mut events = Events::with_capacity(1024);
     let mut legs: Vec<Option<WaLeg>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
@@ -777,15 +765,9 @@ fn run_steered(
     opts: RawOptions,
 ) -> Counts {
     let mut batch = opts.batch(true);
-    let mut socket = mio::net::UdpSocket::from_std(socket);
-    if poll
-        .registry()
-        .register(&mut socket, SINGLE, Interest::READABLE)
-        .is_err()
-    {
+    let Some((_socket, fd)) = register_single(&poll, socket) else {
         return batch.counts;
-    }
-    let fd = socket.as_raw_fd();
+    };
     let (lo, hi) = STEERED_PORTS;
     let mut routes: Vec<Option<Route>> = vec![None; usize::from(hi - lo) + 1];
     // The calls' sockets (send only: sk_lookup takes what arrives at their ports) and ports.
@@ -874,6 +856,17 @@ fn run_steered(
             }
         }
     }
+}
+
+/// The one shared socket of the single, shared-internal and steered layouts, registered
+/// as [`SINGLE`]; `None` if the poll refuses it. Keep the socket: dropping it closes `fd`.
+fn register_single(poll: &Poll, socket: UdpSocket) -> Option<(mio::net::UdpSocket, RawFd)> {
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    poll.registry()
+        .register(&mut socket, SINGLE, Interest::READABLE)
+        .ok()?;
+    let fd = socket.as_raw_fd();
+    Some((socket, fd))
 }
 
 #[cfg(test)]

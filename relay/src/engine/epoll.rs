@@ -50,22 +50,26 @@ pub(crate) struct EpollIo {
 
 impl EpollIo {
     fn fd(&self, key: SockKey) -> Option<RawFd> {
-        let c = self.calls.get(key.call.slot as usize)?.as_ref()?;
-        if c.generation != key.call.generation {
-            return None;
-        }
-        c.fds
+        self.call(key.call)?
+            .fds
             .get(usize::from(key.socket))
             .copied()
             .filter(|fd| *fd >= 0)
     }
 
     fn twin(&self, key: SockKey) -> Option<&Twin> {
-        let c = self.calls.get(key.call.slot as usize)?.as_ref()?;
-        if c.generation != key.call.generation {
-            return None;
-        }
-        c.twins.get(usize::from(key.socket))?.as_ref()
+        self.call(key.call)?
+            .twins
+            .get(usize::from(key.socket))?
+            .as_ref()
+    }
+
+    /// The call's I/O if `key` still names it (not a reused slot).
+    fn call(&self, key: SlotKey) -> Option<&CallIo> {
+        self.calls
+            .get(key.slot as usize)?
+            .as_ref()
+            .filter(|c| c.generation == key.generation)
     }
 
     /// Deregister and close a twin. What is queued for it leaves first; datagrams from its
@@ -94,12 +98,7 @@ impl ShardIo for EpollIo {
     }
 
     fn connect_twin(&mut self, key: SockKey, peer: Option<SocketAddr>) {
-        let Some(c) = self
-            .calls
-            .get_mut(key.call.slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == key.call.generation)
-        else {
+        let Some(c) = live_call(&mut self.calls, key.call) else {
             return;
         };
         let i = usize::from(key.socket);
@@ -134,11 +133,7 @@ impl ShardIo for EpollIo {
         });
         match opened {
             Ok(t) => {
-                if let Some(c) = self
-                    .calls
-                    .get_mut(key.call.slot as usize)
-                    .and_then(Option::as_mut)
-                {
+                if let Some(c) = live_call(&mut self.calls, key.call) {
                     c.twins[i] = Some(t);
                     self.twins += 1;
                 }
@@ -215,12 +210,7 @@ impl ShardIo for EpollIo {
     }
 
     fn attach_socket(&mut self, key: SockKey, socket: UdpSocket) -> io::Result<()> {
-        let Some(c) = self
-            .calls
-            .get_mut(key.call.slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == key.call.generation)
-        else {
+        let Some(c) = live_call(&mut self.calls, key.call) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such call"));
         };
         let i = usize::from(key.socket);
@@ -238,12 +228,7 @@ impl ShardIo for EpollIo {
     }
 
     fn detach_socket(&mut self, key: SockKey) {
-        let Some(c) = self
-            .calls
-            .get_mut(key.call.slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == key.call.generation)
-        else {
+        let Some(c) = live_call(&mut self.calls, key.call) else {
             return;
         };
         let i = usize::from(key.socket);
@@ -401,4 +386,13 @@ impl Driver for EpollDriver {
             ..Default::default()
         }
     }
+}
+
+/// The call's I/O if `key` still names it (not a reused slot). A free function, so the
+/// caller can keep using the driver's other fields while it holds the call.
+fn live_call(calls: &mut [Option<CallIo>], key: SlotKey) -> Option<&mut CallIo> {
+    calls
+        .get_mut(key.slot as usize)?
+        .as_mut()
+        .filter(|c| c.generation == key.generation)
 }

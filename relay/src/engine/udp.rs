@@ -289,24 +289,16 @@ impl SendBatch {
 
     /// Queue a copy of `data` for `fd` → `to`; flushes first when the batch is full.
     pub fn push(&mut self, fd: RawFd, to: SocketAddr, data: &[u8]) {
-        if data.len() > BUF_SIZE {
-            self.send_errors += 1;
-            return;
-        }
-        if self.len == BATCH {
-            self.flush();
-        }
-        let i = self.len;
-        self.bufs[i][..data.len()].copy_from_slice(data);
-        self.lens[i] = data.len();
-        self.fds[i] = fd;
-        self.addr_lens[i] = std_to_sockaddr(to, &mut self.addrs[i]);
-        self.len += 1;
+        self.queue(fd, Some(to), data);
     }
 
     /// Queue a copy of `data` for the connected socket `fd`, without an address (the
     /// kernel sends it to the socket's peer, with no route lookup).
     pub fn push_connected(&mut self, fd: RawFd, data: &[u8]) {
+        self.queue(fd, None, data);
+    }
+
+    fn queue(&mut self, fd: RawFd, to: Option<SocketAddr>, data: &[u8]) {
         if data.len() > BUF_SIZE {
             self.send_errors += 1;
             return;
@@ -318,7 +310,8 @@ impl SendBatch {
         self.bufs[i][..data.len()].copy_from_slice(data);
         self.lens[i] = data.len();
         self.fds[i] = fd;
-        self.addr_lens[i] = 0;
+        // Length 0: no address in the header (flush passes a null name).
+        self.addr_lens[i] = to.map_or(0, |to| std_to_sockaddr(to, &mut self.addrs[i]));
         self.len += 1;
     }
 

@@ -401,11 +401,10 @@ impl ZeroCopyCheck {
 
 impl UringIo {
     fn sock(&mut self, key: SockKey) -> Option<&mut SockIo> {
-        let c = self.calls.get_mut(key.call.slot as usize)?.as_mut()?;
-        if c.generation != key.call.generation {
-            return None;
-        }
-        c.sockets.get_mut(usize::from(key.socket))?.as_mut()
+        live_call(&mut self.calls, key.call)?
+            .sockets
+            .get_mut(usize::from(key.socket))?
+            .as_mut()
     }
 
     fn target(&mut self, key: SockKey) -> Option<Target> {
@@ -702,12 +701,7 @@ impl ShardIo for UringIo {
     }
 
     fn attach_socket(&mut self, key: SockKey, socket: UdpSocket) -> io::Result<()> {
-        let Some(c) = self
-            .calls
-            .get_mut(key.call.slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == key.call.generation)
-        else {
+        let Some(c) = live_call(&mut self.calls, key.call) else {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such call"));
         };
         let i = usize::from(key.socket);
@@ -716,22 +710,14 @@ impl ShardIo for UringIo {
         }
         let io = self.sock_io(socket);
         self.arm_recv(key, io.target());
-        if let Some(c) = self
-            .calls
-            .get_mut(key.call.slot as usize)
-            .and_then(Option::as_mut)
-        {
+        if let Some(c) = live_call(&mut self.calls, key.call) {
             c.sockets[i] = Some(io);
         }
         Ok(())
     }
 
     fn detach_socket(&mut self, key: SockKey) {
-        let Some(s) = self
-            .calls
-            .get_mut(key.call.slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == key.call.generation)
+        let Some(s) = live_call(&mut self.calls, key.call)
             .and_then(|c| c.sockets.get_mut(usize::from(key.socket))?.take())
         else {
             return;
@@ -1161,4 +1147,13 @@ impl Driver for UringDriver {
             syscalls,
         }
     }
+}
+
+/// The call's I/O if `key` still names it (not a reused slot). A free function, so the
+/// caller can keep using the ring's other fields while it holds the call.
+fn live_call(calls: &mut [Option<CallIo>], key: SlotKey) -> Option<&mut CallIo> {
+    calls
+        .get_mut(key.slot as usize)?
+        .as_mut()
+        .filter(|c| c.generation == key.generation)
 }
