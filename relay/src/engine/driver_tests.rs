@@ -203,8 +203,7 @@ impl<D: Driver> Rig<D> {
 
 fn forwards_both_ways_without_allocating<D: Driver>(rig: Option<Rig<D>>) {
     let Some(mut rig) = rig else { return };
-    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
-    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    let (mut meta_src, mut server_src) = sources();
     // Warm-up: per-stream state, the send slab and receive buffers touched.
     for _ in 0..300 {
         assert!(
@@ -226,6 +225,23 @@ fn forwards_both_ways_without_allocating<D: Driver>(rig: Option<Rig<D>>) {
     assert!(rig.driver.counters().sent >= 4000);
 }
 
+/// The rig's two media sources: Meta's Opus stream and the media server's.
+fn sources() -> (RtpSource, RtpSource) {
+    (
+        RtpSource::new(0x1234, META_OPUS_PT, 1, 0),
+        RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0),
+    )
+}
+
+/// An io_uring rig whose receive ring has only 4 buffers (`None` where io_uring is refused).
+fn small_ring_rig() -> Option<Rig<UringDriver>> {
+    let cfg = UringConfig {
+        recv_buffers: 4,
+        ..UringConfig::default()
+    };
+    Rig::new(|w| UringDriver::with_config(w, cfg))
+}
+
 #[test]
 fn io_uring_forwards_both_ways_without_allocating() {
     forwards_both_ways_without_allocating(Rig::new(UringDriver::new));
@@ -241,15 +257,10 @@ fn epoll_forwards_both_ways_without_allocating() {
 /// ring of 4 buffers, 500 exchanges would stall on the first one held back.
 #[test]
 fn io_uring_sends_from_the_receive_buffer_and_gives_it_back() {
-    let cfg = UringConfig {
-        recv_buffers: 4,
-        ..UringConfig::default()
-    };
-    let Some(mut rig) = Rig::new(|w| UringDriver::with_config(w, cfg)) else {
+    let Some(mut rig) = small_ring_rig() else {
         return;
     };
-    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
-    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    let (mut meta_src, mut server_src) = sources();
     for _ in 0..500 {
         assert!(rig.exchange(&mut meta_src, &mut server_src));
     }
@@ -274,8 +285,7 @@ fn io_uring_harvests_many_sockets_in_one_enter() {
     let Some(mut rig) = Rig::new(UringDriver::new) else {
         return;
     };
-    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
-    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    let (mut meta_src, mut server_src) = sources();
     assert!(rig.exchange(&mut meta_src, &mut server_src));
     let enters = |r: &Rig<UringDriver>| {
         r.driver.counters().syscalls[crate::engine::IoSyscall::IoUringEnter as usize]
@@ -309,15 +319,10 @@ fn io_uring_harvests_many_sockets_in_one_enter() {
 /// wait in the socket meanwhile). Nothing panics, the shard keeps turning.
 #[test]
 fn io_uring_buffer_ring_dry_is_counted_and_nothing_is_lost() {
-    let cfg = UringConfig {
-        recv_buffers: 4,
-        ..UringConfig::default()
-    };
-    let Some(mut rig) = Rig::new(|w| UringDriver::with_config(w, cfg)) else {
+    let Some(mut rig) = small_ring_rig() else {
         return;
     };
-    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
-    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    let (mut meta_src, mut server_src) = sources();
     assert!(rig.exchange(&mut meta_src, &mut server_src));
     let mut buf = [0u8; 2048];
     for _ in 0..40 {
@@ -537,8 +542,7 @@ fn twins_carry_the_peer_and_the_primary_the_rest<D: Driver + TwinTraffic>(rig: O
         "{name}: WhatsApp and internal twins"
     );
     assert_eq!(rig.driver.counters().twin_failures, 0, "{name}");
-    let mut meta_src = RtpSource::new(0x1234, META_OPUS_PT, 1, 0);
-    let mut server_src = RtpSource::new(0x5678, INTERNAL_OPUS_PT, 1, 0);
+    let (mut meta_src, mut server_src) = sources();
     let (sends0, recvs0) = rig.driver.twin_traffic();
     for _ in 0..20 {
         assert!(rig.exchange(&mut meta_src, &mut server_src), "{name}");
